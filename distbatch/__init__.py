@@ -1,0 +1,11 @@
+"""distbatch: batch events across processes and machines, with Redis holding all state."""
+
+from .batcher import Batcher
+from .clock import ManualClock
+from .errors import ConfigError, DistbatchError, PayloadError
+from .models import Batch, EmitResult, Event
+
+__all__ = [
+    "Batch", "Batcher", "ConfigError", "DistbatchError", "EmitResult", "Event", "ManualClock",
+    "PayloadError",
+]

@@ -1,0 +1,80 @@
+"""msgpack encoding of events and batch records (the wire format other languages follow).
+
+An event is the msgpack array ``[id, source, emitted_at_ms, payload]``. A batch record stores
+its events as the plain concatenation of those encodings, so Lua can build it with
+``table.concat`` and never has to parse msgpack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from .errors import PayloadError
+from .keys import split_member
+from .models import Batch, Event
+
+_packer = msgpack.Packer(use_bin_type=True, datetime=False)
+
+
+def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object, limit: int) -> bytes:
+    if not isinstance(payload, Mapping):
+        raise PayloadError(
+            "payload_type", f"payload={payload!r:.80} must be a mapping, not {type(payload).__name__}"
+        )
+    try:
+        data = _packer.pack([event_id, source, emitted_at_ms, payload])
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
+        raise PayloadError(
+            "payload_unencodable", f"payload={payload!r:.80} cannot be msgpack-encoded: {exc}"
+        ) from exc
+    if len(data) > limit:
+        raise PayloadError(
+            "payload_too_large",
+            f"payload encodes to {len(data)} bytes, above the limit of {limit} bytes "
+            f"(Batcher max_payload_bytes)",
+        )
+    return data
+
+
+def decode_events(blob: bytes) -> list[Event]:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(blob)
+    return [Event(eid, source, payload, ts) for eid, source, ts, payload in unpacker]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_batch(batch_id: str, record: Mapping[bytes, Any]) -> Batch:
+    """HGETALL of a batch hash -> Batch."""
+    rec = {_text(k): v for k, v in record.items()}
+    binding, partition = split_member(_text(rec["member"]))
+    return Batch(
+        id=batch_id,
+        binding=binding,
+        partition_key=partition,
+        reason=_text(rec["reason"]),
+        events=decode_events(rec["events"]),
+        discarded=False,
+        attempt=int(rec.get("attempt", 0)),
+        cut_at_ms=int(rec["cut_ms"]),
+    )
+
+
+def decode_cut(row: list[Any]) -> Batch:
+    """A batch as a script returns it: [id, member, reason, discarded, cut_ms, events]."""
+    batch_id, member, reason, discarded, cut_ms, blob = row
+    binding, partition = split_member(_text(member))
+    return Batch(
+        id=_text(batch_id),
+        binding=binding,
+        partition_key=partition,
+        reason=_text(reason),
+        events=decode_events(blob),
+        discarded=bool(int(discarded)),
+        cut_at_ms=int(cut_ms),
+    )

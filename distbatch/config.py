@@ -1,0 +1,220 @@
+"""Trigger configuration: parsed and validated once, at the edge, into frozen dataclasses."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger("distbatch")
+
+BUFFER_CAP = 1024
+"""Most events one buffer holds; beyond it the oldest is dropped (SPEC §1)."""
+
+EXPIRE_ACTIONS = {"fire_partial": "fire_partial", "fire": "fire_partial", "discard": "discard"}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+_SOURCE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
+_HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def parse_duration(value: object, field: str = "window") -> int:
+    """Turn `"1h30m"`, `"250ms"` or a `timedelta` into whole milliseconds (> 0)."""
+    if value is None:
+        raise ConfigError(f"{field}_missing", f"batch.{field} is required (e.g. '30s')")
+    if isinstance(value, timedelta):
+        ms = int(value.total_seconds() * 1000)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT_MS[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            raise ConfigError(
+                f"{field}_format",
+                f"batch.{field}={value!r} is not a duration; use e.g. '250ms', '30s', '10m', "
+                "'2h', '1d' or '1h30m'",
+            )
+        ms = int(total)
+    else:
+        raise ConfigError(
+            f"{field}_type",
+            f"batch.{field}={value!r} must be a duration string or datetime.timedelta, "
+            f"not {type(value).__name__}",
+        )
+    if ms <= 0:
+        raise ConfigError(f"{field}_range", f"batch.{field}={value!r} must be longer than 0ms")
+    return ms
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """When a buffer fires: at `count` events, or when `window_ms` after its first event ran out."""
+
+    count: int
+    window_ms: int
+    key: str | None = None
+    expire_action: str = "fire_partial"
+
+    @classmethod
+    def parse(cls, batch: object) -> BatchConfig:
+        if not isinstance(batch, Mapping):
+            raise ConfigError(
+                "batch_type", f"batch={batch!r} must be a mapping, not {type(batch).__name__}"
+            )
+        unknown = set(batch) - {"count", "window", "key", "expire_action"}
+        if unknown:
+            raise ConfigError(
+                "batch_unknown_field",
+                f"batch has unknown field(s) {sorted(map(str, unknown))}; "
+                "valid: count, window, key, expire_action",
+            )
+        count = batch.get("count")
+        if count is None:
+            raise ConfigError("count_missing", "batch.count is required (an integer > 0)")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(
+                "count_type",
+                f"batch.count={count!r} must be an integer, not {type(count).__name__}",
+            )
+        if count <= 0:
+            raise ConfigError("count_range", f"batch.count={count!r} must be > 0")
+        window_ms = parse_duration(batch.get("window"))
+        key = batch.get("key")
+        if key is not None and not isinstance(key, str):
+            raise ConfigError(
+                "key_type", f"batch.key={key!r} must be a string, not {type(key).__name__}"
+            )
+        key = key.strip() if key else None
+        action = batch.get("expire_action", "fire_partial")
+        if not isinstance(action, str) or action not in EXPIRE_ACTIONS:
+            raise ConfigError(
+                "expire_action_invalid",
+                f"batch.expire_action={action!r} is not valid; "
+                f"valid: {', '.join(sorted(EXPIRE_ACTIONS))}",
+            )
+        return cls(count, window_ms, key or None, EXPIRE_ACTIONS[action])
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failing handler is tried, and how long to wait between tries."""
+
+    attempts: int = 3
+    backoff_ms: int = 1000
+    backoff_factor: float = 2.0
+    max_backoff_ms: int = 300_000
+
+    @classmethod
+    def parse(cls, retry: object) -> RetryPolicy:
+        if retry is None:
+            return cls()
+        if isinstance(retry, RetryPolicy):
+            return retry
+        if not isinstance(retry, Mapping):
+            raise ConfigError("retry_type", f"retry={retry!r} must be a mapping")
+        unknown = set(retry) - {"attempts", "backoff", "backoff_factor", "max_backoff"}
+        if unknown:
+            raise ConfigError(
+                "retry_unknown_field",
+                f"retry has unknown field(s) {sorted(map(str, unknown))}; "
+                "valid: attempts, backoff, backoff_factor, max_backoff",
+            )
+        default = cls()
+        attempts = retry.get("attempts", default.attempts)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigError(
+                "retry_attempts", f"retry.attempts={attempts!r} must be an integer >= 1"
+            )
+        factor = retry.get("backoff_factor", default.backoff_factor)
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 1:
+            raise ConfigError(
+                "retry_backoff_factor", f"retry.backoff_factor={factor!r} must be a number >= 1"
+            )
+        backoff = retry.get("backoff")
+        max_backoff = retry.get("max_backoff")
+        return cls(
+            attempts,
+            default.backoff_ms if backoff is None else parse_duration(backoff, "backoff"),
+            float(factor),
+            default.max_backoff_ms
+            if max_backoff is None
+            else parse_duration(max_backoff, "max_backoff"),
+        )
+
+    def delay_ms(self, attempt: int) -> int:
+        """Wait before try `attempt + 1`, after try `attempt` failed (exponential, capped)."""
+        return int(min(self.max_backoff_ms, self.backoff_ms * self.backoff_factor ** (attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A trigger bound to a source: what every app instance and worker reads from Redis."""
+
+    id: str
+    version: str
+    source: str
+    handler: str
+    batch: BatchConfig
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    @classmethod
+    def build(
+        cls,
+        id: str,
+        *,
+        version: str,
+        source: str,
+        batch: object,
+        handler: object,
+        retry: object = None,
+    ) -> Binding:
+        for field, value, pattern in (("id", id, _NAME), ("version", version, _NAME)):
+            if not isinstance(value, str) or not pattern.match(value):
+                raise ConfigError(
+                    f"{field}_invalid",
+                    f"{field}={value!r} must be 1-200 characters of A-Z a-z 0-9 _ . -",
+                )
+        if not isinstance(source, str) or not _SOURCE.match(source):
+            raise ConfigError(
+                "source_invalid", f"source={source!r} must be 1-200 characters of A-Z a-z 0-9 _.:/-"
+            )
+        if callable(handler):
+            handler = f"{handler.__module__}.{handler.__qualname__}"
+        if not isinstance(handler, str) or not _HANDLER.match(handler):
+            raise ConfigError(
+                "handler_invalid",
+                f"handler={handler!r} must be an import path like 'myapp.handlers.digest'",
+            )
+        binding = cls(id, version, source, handler, BatchConfig.parse(batch), RetryPolicy.parse(retry))
+        if binding.batch.count > BUFFER_CAP:
+            log.warning(
+                "count_above_cap: binding %s has count=%d > %d; its buffers are capped at %d "
+                "events (oldest dropped), so it can only fire when its window runs out",
+                binding.key, binding.batch.count, BUFFER_CAP, BUFFER_CAP,
+                extra={"event": "count_above_cap", "binding": binding.key},
+            )
+        return binding
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Binding:
+        return cls(
+            data["id"], data["version"], data["source"], data["handler"],
+            BatchConfig(**data["batch"]), RetryPolicy(**data["retry"]),
+        )

@@ -1,0 +1,40 @@
+"""The values a user sees: events, batches, and what `emit` reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    source: str
+    payload: dict[str, Any]
+    emitted_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a handler receives. `id` is stable across retries, so handlers can be idempotent."""
+
+    id: str
+    binding: str
+    partition_key: str | None
+    reason: str  # "count" or "expired"
+    events: list[Event] = field(default_factory=list)
+    discarded: bool = False
+    attempt: int = 0
+    cut_at_ms: int = 0
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class EmitResult:
+    binding: str
+    partition_key: str | None
+    batch: Batch | None = None
+    overflowed: int = 0
+    """Oldest events the 1024 cap dropped from this buffer while accepting this one."""

@@ -1,0 +1,45 @@
+"""The Lua scripts, read from `lua/` once per process and called by SHA.
+
+redis-py's `Script` sends EVALSHA and falls back to loading the script on NOSCRIPT (a Redis
+restart or SCRIPT FLUSH), in pipelines too. ``-- @include NAME`` lines pull in
+``lua/includes/NAME.lua`` so shared helpers are written once.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib.resources import files
+
+from redis import Redis
+from redis.commands.core import Script
+
+_INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
+NAMES = (
+    "accumulate", "flush_expired", "drop_binding", "register",
+    "claim", "complete", "fail", "replay",
+)
+
+
+@cache
+def source(name: str) -> str:
+    lua = files(__package__) / "lua"
+    text = (lua / f"{name}.lua").read_text()
+    return _INCLUDE.sub(lambda m: (lua / "includes" / f"{m.group(1)}.lua").read_text(), text)
+
+
+class Scripts:
+    """One `Script` per atomic operation, bound to a client."""
+
+    def __init__(self, client: Redis) -> None:
+        for name in NAMES:
+            setattr(self, name, client.register_script(source(name)))
+
+    accumulate: Script
+    flush_expired: Script
+    drop_binding: Script
+    register: Script
+    claim: Script
+    complete: Script
+    fail: Script
+    replay: Script

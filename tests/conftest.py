@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from distbatch import Batcher, ManualClock
+
+from .redis_server import RedisServer
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def client(
+    request: pytest.FixtureRequest, redis_server: RedisServer, fake_server: fakeredis.FakeServer
+) -> Iterator[redis.Redis]:
+    """The same behaviour tests run on a real redis-server and on fakeredis."""
+    if request.param == "redis":
+        c: redis.Redis = redis.Redis.from_url(redis_server.url)
+    else:
+        c = fakeredis.FakeRedis(server=fake_server)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{next(_namespaces)}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1_000_000)
+
+
+@pytest.fixture
+def make_batcher(
+    client: redis.Redis, namespace: str, clock: ManualClock
+) -> Callable[..., Batcher]:
+    def make(**kw: object) -> Batcher:
+        kw.setdefault("namespace", namespace)
+        kw.setdefault("clock", clock)
+        return Batcher(client, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def batcher(make_batcher: Callable[..., Batcher]) -> Batcher:
+    return make_batcher()

@@ -1,0 +1,1 @@
+"""Handlers the tests register (importable by worker processes)."""

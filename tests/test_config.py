@@ -1,0 +1,100 @@
+"""Every config error of SPEC §1: a ConfigError (a ValueError) with a code, naming field and value."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from distbatch import Batcher, ConfigError
+from distbatch.config import BatchConfig, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("250ms", 250), ("30s", 30_000), ("10m", 600_000), ("2h", 7_200_000), ("1d", 86_400_000),
+     ("1h30m", 5_400_000), ("1m30s500ms", 90_500), (" 2S ", 2000), ("1.5s", 1500),
+     (timedelta(seconds=2), 2000)],
+)
+def test_durations(text: object, ms: int) -> None:
+    assert parse_duration(text) == ms
+
+
+@pytest.mark.parametrize(
+    ("batch", "code", "names"),
+    [
+        ({"window": "1s"}, "count_missing", "count"),
+        ({"count": True, "window": "1s"}, "count_type", "True"),
+        ({"count": "3", "window": "1s"}, "count_type", "'3'"),
+        ({"count": 2.0, "window": "1s"}, "count_type", "2.0"),
+        ({"count": 0, "window": "1s"}, "count_range", "count=0"),
+        ({"count": -4, "window": "1s"}, "count_range", "-4"),
+        ({"count": 3}, "window_missing", "window"),
+        ({"count": 3, "window": 10}, "window_type", "window=10"),
+        ({"count": 3, "window": [1]}, "window_type", "[1]"),
+        ({"count": 3, "window": "10 minutes"}, "window_format", "'10 minutes'"),
+        ({"count": 3, "window": "5x"}, "window_format", "'5x'"),
+        ({"count": 3, "window": ""}, "window_format", "''"),
+        ({"count": 3, "window": "0s"}, "window_range", "'0s'"),
+        ({"count": 3, "window": timedelta(0)}, "window_range", "window"),
+        ({"count": 3, "window": timedelta(seconds=-1)}, "window_range", "window"),
+        ({"count": 3, "window": "1s", "key": 5}, "key_type", "key=5"),
+        ({"count": 3, "window": "1s", "expire_action": "explode"}, "expire_action_invalid",
+         "'explode'"),
+        ({"count": 3, "window": "1s", "colour": "red"}, "batch_unknown_field", "colour"),
+        ([("count", 3)], "batch_type", "batch="),
+        ("count=3", "batch_type", "'count=3'"),
+    ],
+)
+def test_config_errors(batch: object, code: str, names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        BatchConfig.parse(batch)
+    assert isinstance(info.value, ValueError)
+    assert info.value.code == code
+    assert names in str(info.value)
+
+
+def test_expire_action_message_lists_valid_values() -> None:
+    with pytest.raises(ConfigError, match=r"discard.*fire.*fire_partial"):
+        BatchConfig.parse({"count": 1, "window": "1s", "expire_action": "nope"})
+
+
+def test_key_whitespace_means_no_key_and_aliases() -> None:
+    assert BatchConfig.parse({"count": 1, "window": "1s", "key": "  "}).key is None
+    assert BatchConfig.parse({"count": 1, "window": "1s", "key": " repo "}).key == "repo"
+    assert BatchConfig.parse({"count": 1, "window": "1s", "expire_action": "fire"}) == BatchConfig(
+        1, 1000, None, "fire_partial")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [({"id": "a b"}, "id_invalid"), ({"version": ""}, "version_invalid"),
+     ({"source": "has space"}, "source_invalid"), ({"handler": "not a path"}, "handler_invalid"),
+     ({"retry": {"attempts": 0}}, "retry_attempts"), ({"retry": {"backoff": "x"}}, "backoff_format")],
+)
+def test_register_rejects_bad_fields_and_writes_nothing(
+    batcher: Batcher, client, kwargs: dict, code: str
+) -> None:
+    args = {"id": "d", "version": "v1", "source": "s", "handler": "m.h",
+            "batch": {"count": 1, "window": "1s"}, **kwargs}
+    ident = args.pop("id")
+    with pytest.raises(ConfigError) as info:
+        batcher.register(ident, **args)
+    assert info.value.code == code
+    assert client.keys(batcher.keys.base + "*") == []
+
+
+def test_same_config_again_is_noop_different_is_conflict(batcher: Batcher, client) -> None:
+    cfg = {"count": 3, "window": "10m", "key": "repo", "expire_action": "fire"}
+    assert batcher.register("d", version="v1", source="s", batch=cfg, handler="m.h") == "d@v1"
+    version = client.get(batcher.keys.registry_version)
+    same = {"count": 3, "window": "600s", "key": "repo", "expire_action": "fire_partial"}
+    assert batcher.register("d", version="v1", source="s", batch=same, handler="m.h") == "d@v1"
+    assert client.get(batcher.keys.registry_version) == version
+    with pytest.raises(ConfigError) as info:
+        batcher.register("d", version="v1", source="s", batch={**cfg, "count": 4}, handler="m.h")
+    assert info.value.code == "binding_conflict" and "d@v1" in str(info.value)
+    assert batcher.register("d", version="v2", source="s", batch={**cfg, "count": 4},
+                            handler="m.h") == "d@v2"
+    assert set(batcher.bindings()) == {"d@v1", "d@v2"}
+    assert batcher.bindings()["d@v1"].batch.count == 3

@@ -1,0 +1,66 @@
+"""Hostile partition keys: no collisions, no cross-slot keys, nothing corrupts another buffer."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from distbatch import Batcher, ManualClock
+from distbatch.keys import Keys, decode_partition, encode_partition
+
+HOSTILE = ["{", "}", "{x}", ":", "a:b", "*", "=", "|", "%", "%2A", "=*", "", " ", "null",
+           "\x00\x01", "\udcff"[:0] + "ü", "😀", "a|b=c", "{distbatch}", "}{", "x" * 100_000,
+           "\\", "\n", "buf:x"]
+
+
+def test_encoding_is_injective_and_reversible() -> None:
+    segs = [encode_partition(k) for k in [*HOSTILE, None]]
+    assert len(set(segs)) == len(segs)
+    for k in [*HOSTILE, None]:
+        assert decode_partition(encode_partition(k)) == k
+    for seg in segs[:-1]:
+        assert not set(seg) & set("{}:|*")
+
+
+@given(st.lists(st.one_of(st.none(), st.text()), unique=True, max_size=20))
+def test_encoding_injective_property(values: list[str | None]) -> None:
+    segs = {encode_partition(v) for v in values}
+    assert len(segs) == len(values)
+
+
+@given(st.text(), st.text())
+@settings(max_examples=200)
+def test_every_key_of_a_namespace_shares_one_slot(a: str, b: str) -> None:
+    k = Keys("ns")
+    slot = key_slot(k.deadlines.encode())
+    for name in (k.buffer("x@v1", a), k.buffer("y@v2", b), k.open_buffers("x@v1"),
+                 k.batch("123"), k.ready, k.stats):
+        assert key_slot(name.encode("utf-8", "surrogatepass")) == slot
+
+
+def test_hostile_keys_get_their_own_buffers(batcher: Batcher, clock: ManualClock, client) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h",
+                     batch={"count": 3, "window": "1m", "key": "k"})
+    for i, k in enumerate(HOSTILE):
+        batcher.emit("s", {"k": k, "i": i})
+    slots = {key_slot(name) for name in client.keys(batcher.keys.base + "*")}
+    assert len(slots) == 1
+    clock.advance("1m")
+    flushed = batcher.flush_expired()
+    assert sorted((b.partition_key, [e.payload["i"] for e in b.events]) for b in flushed) == sorted(
+        (k, [i]) for i, k in enumerate(HOSTILE))
+
+
+def test_hostile_key_value_cannot_reach_another_namespace(make_batcher) -> None:
+    a = make_batcher(namespace="victim")
+    b = make_batcher(namespace="attacker")
+    a.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1m"})
+    b.register("d", version="v1", source="s", handler="m.h",
+               batch={"count": 2, "window": "1m", "key": "k"})
+    b.emit("s", {"k": "}:buf:d@v1|*"})
+    b.emit("s", {"k": "{victim}:buf:d@v1|*"})
+    r = a.emit("s", {})
+    assert r[0].batch is None
+    a.drop("d@v1")
+    b.drop("d@v1")

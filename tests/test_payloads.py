@@ -1,0 +1,60 @@
+"""Bad payloads get a clear error and write nothing, not even the good events beside them."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from distbatch import Batcher, PayloadError
+
+
+@pytest.fixture
+def bound(batcher: Batcher) -> Batcher:
+    batcher.register("d", version="v1", source="s", handler="m.h",
+                     batch={"count": 100, "window": "1m", "key": "k"})
+    return batcher
+
+
+def _buffered(b: Batcher, client) -> int:
+    return sum(client.llen(k) for k in client.keys(b.keys.buffer_prefix + "*"))
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [({"when": datetime.datetime(2026, 1, 1)}, "payload_unencodable"),
+     ({"obj": object()}, "payload_unencodable"),
+     ({"big": 1 << 70}, "payload_unencodable"),
+     ("not a dict", "payload_type"), ([1, 2], "payload_type"),
+     ({"blob": "x" * (1 << 20)}, "payload_too_large")],
+)
+def test_bad_payload_raises_and_writes_nothing(bound: Batcher, client, payload, code) -> None:
+    with pytest.raises(PayloadError) as info:
+        bound.emit_many("s", [{"k": "a", "ok": 1}, payload])
+    assert info.value.code == code
+    assert _buffered(bound, client) == 0
+    assert client.zcard(bound.keys.deadlines) == 0
+
+
+def test_size_limit_is_configurable(make_batcher) -> None:
+    b = make_batcher(max_payload_bytes=100)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1s"})
+    b.emit("s", {"x": "y" * 50})
+    with pytest.raises(PayloadError, match="above the limit of 100 bytes"):
+        b.emit("s", {"x": "y" * 200})
+
+
+def test_binary_and_unicode_payloads_round_trip(bound: Batcher) -> None:
+    payload = {"k": "ключ", "bytes": b"\x00\xff", "nested": {"list": [1, None, 2.5]}, "n": -1}
+    bound.emit("s", payload)
+    (event,) = bound.drop("d@v1")
+    assert event.payload == payload and event.source == "s"
+
+
+def test_decode_responses_client_is_refused() -> None:
+    import fakeredis
+
+    from distbatch import ConfigError
+
+    with pytest.raises(ConfigError, match="decode_responses"):
+        Batcher(fakeredis.FakeRedis(decode_responses=True))

@@ -1,0 +1,246 @@
+"""SPEC §1, one rule per test, on a real redis-server and on fakeredis, with a manual clock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from distbatch import Batcher, ManualClock
+
+H = "tests.handlers.noop"
+
+
+def reg(b: Batcher, count: int = 3, window: str = "10s", **extra: object) -> str:
+    return b.register("t", version="v1", source="src", handler=H,
+                      batch={"count": count, "window": window, **extra})
+
+
+def payloads(results: list) -> list:
+    return [e.payload for r in results if r.batch for e in r.batch.events]
+
+
+def test_fires_at_exactly_count_in_arrival_order(batcher: Batcher) -> None:
+    reg(batcher, count=3)
+    results = [batcher.emit("src", {"n": i}) for i in range(3)]
+    assert [r[0].batch for r in results[:2]] == [None, None]
+    batch = results[2][0].batch
+    assert batch is not None and batch.reason == "count" and batch.binding == "t@v1"
+    assert [e.payload["n"] for e in batch.events] == [0, 1, 2]
+    assert not batch.discarded and batch.partition_key is None
+    assert batcher.flush_expired() == []
+
+
+def test_next_event_after_fire_opens_new_buffer_and_window(
+    batcher: Batcher, clock: ManualClock
+) -> None:
+    reg(batcher, count=2, window="10s")
+    batcher.emit_many("src", [{"n": 0}, {"n": 1}])
+    clock.advance("9s")
+    batcher.emit("src", {"n": 2})  # opens a fresh window at t=9s, deadline t=19s
+    clock.advance("9s")
+    assert batcher.flush_expired() == []
+    clock.advance("1s")
+    (batch,) = batcher.flush_expired()
+    assert [e.payload["n"] for e in batch.events] == [2]
+
+
+def test_window_counts_from_first_event_and_is_not_extended(
+    batcher: Batcher, clock: ManualClock
+) -> None:
+    reg(batcher, count=10, window="10s")
+    batcher.emit("src", {"n": 0})
+    clock.advance("6s")
+    batcher.emit("src", {"n": 1})
+    clock.advance(3999)
+    assert batcher.flush_expired() == []
+    clock.advance(1)  # exactly first + window: run out (inclusive)
+    (batch,) = batcher.flush_expired()
+    assert batch.reason == "expired" and [e.payload["n"] for e in batch.events] == [0, 1]
+
+
+def test_fire_partial_at_expiry(batcher: Batcher, clock: ManualClock) -> None:
+    reg(batcher, count=5, window="1m", expire_action="fire")
+    batcher.emit_many("src", [{"n": i} for i in range(3)])
+    clock.advance("1m")
+    (batch,) = batcher.flush_expired()
+    assert not batch.discarded and len(batch.events) == 3 and batch.reason == "expired"
+    assert batcher.claim(batch.id, 1000).status == "claimed"
+
+
+def test_discard_at_expiry_records_and_never_hands_off(
+    batcher: Batcher, clock: ManualClock, client
+) -> None:
+    reg(batcher, count=5, window="1m", expire_action="discard")
+    batcher.emit_many("src", [{"n": i} for i in range(3)])
+    clock.advance("1m")
+    (batch,) = batcher.flush_expired()
+    assert batch.discarded and [e.payload["n"] for e in batch.events] == [0, 1, 2]
+    assert batcher.claim(batch.id, 1000).status == "gone"
+    stats = client.hgetall(batcher.keys.stats)
+    assert stats[b"events_discarded:t@v1"] == b"3" and stats[b"batches_discarded:t@v1"] == b"1"
+    assert batcher.due_batches() == []
+
+
+def test_keyed_buffers_are_independent_with_own_windows(
+    batcher: Batcher, clock: ManualClock
+) -> None:
+    reg(batcher, count=2, window="10s", key="repo")
+    batcher.emit("src", {"repo": "a", "n": 0})
+    clock.advance("5s")
+    batcher.emit("src", {"repo": "b", "n": 1})
+    r = batcher.emit("src", {"repo": "a", "n": 2})
+    assert r[0].partition_key == "a" and [e.payload["n"] for e in r[0].batch.events] == [0, 2]
+    clock.advance("9999ms")  # b opened at 5s: its deadline is 15s
+    assert batcher.flush_expired() == []
+    clock.advance(1)
+    (batch,) = batcher.flush_expired()
+    assert batch.partition_key == "b" and [e.payload["n"] for e in batch.events] == [1]
+
+
+def test_nested_dot_path(batcher: Batcher) -> None:
+    reg(batcher, count=2, key="pull_request.user.login")
+    batcher.emit("src", {"pull_request": {"user": {"login": "ann"}}})
+    batcher.emit("src", {"pull_request": {"user": {"login": "bob"}}})
+    r = batcher.emit("src", {"pull_request": {"user": {"login": "ann"}}})
+    assert r[0].partition_key == "ann" and len(r[0].batch.events) == 2
+
+
+@pytest.mark.parametrize(
+    "payload", [{}, {"pull_request": None}, {"pull_request": {"user": "x"}},
+                {"pull_request": [1, 2]}, {"pull_request": {"user": {}}}],
+)
+def test_missing_path_goes_to_keyless_buffer(batcher: Batcher, payload: dict) -> None:
+    reg(batcher, count=2, key="pull_request.user.login")
+    assert batcher.emit("src", payload)[0].partition_key is None
+    r = batcher.emit("src", {"other": 1})
+    assert r[0].partition_key is None and len(r[0].batch.events) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, "null"), (True, "true"), (False, "false"), (42, "42"), (1.5, "1.5"),
+     ({"a": 1, "b": [1, 2]}, '{"a":1,"b":[1,2]}'), ([1, "x"], '[1,"x"]'), ("", ""),
+     ("plain", "plain")],
+)
+def test_partition_key_stringification(batcher: Batcher, value: object, expected: str) -> None:
+    reg(batcher, count=2, key="k")
+    assert batcher.emit("src", {"k": value})[0].partition_key == expected
+
+
+def test_empty_string_key_is_distinct_from_keyless(batcher: Batcher, clock: ManualClock) -> None:
+    reg(batcher, count=5, key="k")
+    batcher.emit("src", {"k": ""})
+    batcher.emit("src", {})
+    clock.advance("10s")
+    keys = sorted((b.partition_key is None, len(b.events)) for b in batcher.flush_expired())
+    assert keys == [(False, 1), (True, 1)]
+
+
+def test_cap_drops_oldest_with_warning_and_counter(
+    batcher: Batcher, clock: ManualClock, client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="distbatch"):
+        reg(batcher, count=2000, window="1h", key="k")
+    assert any(getattr(r, "event", "") == "count_above_cap" for r in caplog.records)
+    caplog.clear()
+    results = batcher.emit_many("src", [{"k": "a", "n": i} for i in range(1030)])
+    assert sum(r.overflowed for r in results) == 6
+    warnings = [r for r in caplog.records if getattr(r, "event", "") == "buffer_overflow"]
+    assert len(warnings) == 6
+    assert warnings[0].binding == "t@v1" and warnings[0].partition == "a"
+    assert client.hget(batcher.keys.stats, "events_overflowed:t@v1") == b"6"
+    clock.advance("1h")
+    (batch,) = batcher.flush_expired()
+    assert [e.payload["n"] for e in batch.events] == list(range(6, 1030))
+
+
+def test_drop_returns_pending_and_nothing_fires_after(
+    batcher: Batcher, clock: ManualClock, client
+) -> None:
+    key = reg(batcher, count=3, window="10s", key="k")
+    batcher.emit_many("src", [{"k": "a", "n": 0}, {"k": "b", "n": 1}, {"k": "a", "n": 2}])
+    pending = batcher.drop(key)
+    assert sorted(e.payload["n"] for e in pending) == [0, 1, 2]
+    assert batcher.emit("src", {"k": "a", "n": 3}) == []  # binding gone everywhere
+    clock.advance("1h")
+    assert batcher.flush_expired() == []
+    assert not [k for k in client.keys(batcher.keys.base + ":buf:*")]
+    assert client.zcard(batcher.keys.deadlines) == 0
+    assert batcher.drop(key) == []
+
+
+def test_drop_seen_by_another_instance_with_a_stale_cache(make_batcher) -> None:
+    a, b = make_batcher(), make_batcher()
+    key = reg(a, count=3)
+    assert len(b.emit("src", {"n": 0})) == 1  # b caches the binding
+    a.drop(key)
+    assert b.emit("src", {"n": 1}) == []
+
+
+def test_register_seen_by_another_instance(make_batcher) -> None:
+    a, b = make_batcher(), make_batcher()
+    assert b.emit("src", {"n": 0}) == []  # b caches "no bindings"
+    reg(a, count=2)
+    assert len(b.emit("src", {"n": 1})) == 1
+
+
+def test_several_bindings_on_one_source(batcher: Batcher) -> None:
+    batcher.register("a", version="v1", source="src", handler=H, batch={"count": 1, "window": "1s"})
+    batcher.register("b", version="v1", source="src", handler=H,
+                     batch={"count": 2, "window": "1s", "key": "k"})
+    batcher.register("c", version="v1", source="other", handler=H,
+                     batch={"count": 1, "window": "1s"})
+    r = batcher.emit("src", {"k": "x"})
+    assert sorted((x.binding, x.partition_key, x.batch is not None) for x in r) == [
+        ("a@v1", None, True), ("b@v1", "x", False)]
+
+
+def test_emit_many_results_in_order_one_per_event_per_binding(batcher: Batcher) -> None:
+    reg(batcher, count=4, key="k")
+    results = batcher.emit_many("src", [{"k": i % 2, "n": i} for i in range(10)])
+    assert [r.partition_key for r in results] == ["0", "1"] * 5
+    fired = [(r.partition_key, [e.payload["n"] for e in r.batch.events])
+             for r in results if r.batch]
+    assert fired == [("0", [0, 2, 4, 6]), ("1", [1, 3, 5, 7])]
+
+
+def test_emit_many_spans_chunks(make_batcher) -> None:
+    b = make_batcher(chunk_size=7)
+    reg(b, count=5)
+    results = b.emit_many("src", [{"n": i} for i in range(23)])
+    assert len(results) == 23
+    assert [[e.payload["n"] for e in r.batch.events] for r in results if r.batch] == [
+        list(range(i, i + 5)) for i in range(0, 20, 5)]
+
+
+def test_batch_ids_are_unique_and_stable(batcher: Batcher, clock: ManualClock) -> None:
+    reg(batcher, count=2, key="k")
+    results = batcher.emit_many("src", [{"k": i % 3} for i in range(12)])
+    ids = [r.batch.id for r in results if r.batch]
+    clock.advance("1h")
+    ids += [b.id for b in batcher.flush_expired()]
+    assert len(ids) == len(set(ids)) == 6
+    assert batcher.get_batch(ids[0]).id == ids[0]
+
+
+def test_namespaces_are_isolated(make_batcher) -> None:
+    a, b = make_batcher(namespace="nsa"), make_batcher(namespace="nsb")
+    reg(a, count=1)
+    assert b.emit("src", {}) == []
+    assert len(a.emit("src", {})) == 1
+    a.drop("t@v1")
+
+
+def test_server_clock_window(make_batcher) -> None:
+    from distbatch.clock import ServerClock
+
+    b = make_batcher(clock=ServerClock())
+    reg(b, count=5, window="50ms")
+    b.emit("src", {"n": 1})
+    assert b.flush_expired() == []
+    import time
+
+    time.sleep(0.08)
+    (batch,) = b.flush_expired()
+    assert batch.events[0].payload == {"n": 1}

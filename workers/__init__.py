@@ -1,0 +1,1 @@
+"""Entry points that deployments run, and example handlers."""
