@@ -20,7 +20,7 @@ class Model:
         cuts = []
         for name, cfg in self.bindings.items():
             pkey = partition_key(payload, split_path(cfg.key))
-            opened, events = self.buffers.setdefault((name, pkey), (now, []))
+            _opened, events = self.buffers.setdefault((name, pkey), (now, []))
             events.append(payload["n"])
             del events[:-BUFFER_CAP]
             if len(events) >= cfg.count:

@@ -22,7 +22,7 @@ binding_cfg = st.builds(
 )
 key_value = st.one_of(st.none(), st.integers(0, 3), st.sampled_from(["x", "", "{:}"]), st.booleans())
 payload = st.fixed_dictionaries({}, optional={"k": key_value, "a": st.one_of(
-    st.integers(), st.fixed_dictionaries({"b": key_value}))})
+    st.integers(-(2**63), 2**63 - 1), st.fixed_dictionaries({"b": key_value}))})
 op = st.one_of(
     st.tuples(st.just("emit"), st.lists(payload, min_size=1, max_size=5)),
     st.tuples(st.just("advance"), st.integers(0, 20).map(lambda a: a * 100)),
