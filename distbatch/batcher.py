@@ -18,6 +18,7 @@ from .clock import ManualClock, ServerClock
 from .codec import decode_batch, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import BatchNotFound, ConfigError
+from .handlers import handler as register_handler
 from .keys import Keys, split_member
 from .models import Batch, EmitResult, Event
 from .partition import partition_key, split_path
@@ -43,6 +44,14 @@ class Claim:
 
     status: str  # "claimed", "gone", "busy", "dead"
     batch: Batch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlushStep:
+    batches: list[Batch]
+    next_deadline_ms: int | None
+    """Earliest open window deadline, on the window clock."""
+    server_now_ms: int
 
 
 class Batcher:
@@ -108,7 +117,12 @@ class Batcher:
         handler: str | Callable[..., Any],
         retry: Mapping[str, Any] | RetryPolicy | None = None,
     ) -> str:
-        """Store a trigger binding for every instance to see; returns its key `id@version`."""
+        """Store a trigger binding for every instance to see; returns its key `id@version`.
+
+        A callable `handler` is stored by import path and allowed to run in this process.
+        """
+        if callable(handler):
+            register_handler(handler)
         binding = Binding.build(
             id, version=version, source=source, batch=batch, handler=handler, retry=retry
         )
@@ -242,13 +256,13 @@ class Batcher:
         """Cut or discard every buffer whose window has run out (what the sweeper does)."""
         batches: list[Batch] = []
         while True:
-            rows, _ = self.flush_step(limit, with_events=True)
+            rows = self.flush_step(limit, with_events=True).batches
             batches.extend(rows)
             if len(rows) < limit:
                 return batches
 
-    def flush_step(self, limit: int, *, with_events: bool) -> tuple[list[Batch], int | None]:
-        """One bounded flush; also returns the earliest deadline still open (ms) or None."""
+    def flush_step(self, limit: int, *, with_events: bool) -> FlushStep:
+        """One bounded flush; also says when the next window runs out, for the sweeper."""
         k = self.keys
         now = self.clock.now_ms()
         reply = self.scripts.flush_expired(
@@ -258,7 +272,7 @@ class Batcher:
                 k.buffer_prefix, k.open_prefix, k.batch_prefix, int(with_events),
             ],
         )
-        batches = [decode_cut(row) for row in reply[1:]]
+        batches = [decode_cut(row) for row in reply[2:]]
         for b in batches:
             if b.discarded:
                 log.info(
@@ -269,7 +283,7 @@ class Batcher:
         cuts = [b.id for b in batches if not b.discarded]
         if cuts and self.on_cut is not None:
             self.on_cut(cuts)
-        return batches, (None if reply[0] == -1 else int(reply[0]))
+        return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]))
 
     def drop(self, binding: str) -> list[Event]:
         """Remove a binding and all its buffers; returns the events still pending in them."""

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import random
-import time
+import sys
+from typing import Any
 
 import click
 
 from .batcher import Batcher
+from .config import parse_duration
+from .errors import DistbatchError
+
+URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
+                   show_default=True, help="redis://, rediss:// (TLS) or unix:// URL, with auth if "
+                   "needed. Env: DISTBATCH_REDIS_URL.")
+NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
+                  help="Key namespace. Env: DISTBATCH_NAMESPACE.")
 
 
-def _connect(redis_url: str | None, namespace: str) -> Batcher:
-    if redis_url:
-        return Batcher.from_url(redis_url, namespace=namespace)
-    import fakeredis
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_duration(value, param.name or "duration")
+    except DistbatchError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
-    return Batcher(fakeredis.FakeRedis(), namespace=namespace)
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
 
 
 @click.group()
@@ -28,46 +40,191 @@ def main(verbose: int) -> None:
 
 
 @main.command()
+@URL
+@NS
+@click.option("--handlers", envvar="DISTBATCH_HANDLERS", default="", show_default=True,
+              help="Comma-separated module prefixes whose handlers this worker may run "
+              "(e.g. myapp.handlers). Env: DISTBATCH_HANDLERS.")
+@click.option("--lease", default="10s", show_default=True, callback=_duration,
+              help="How long a batch stays with a worker that stops renewing it (killed).")
+@click.option("--with-sweeper", is_flag=True, help="Also run a sweeper in this process.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--name", default=None, help="Worker name (RQ).")
+def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweeper: bool,
+           burst: bool, name: str | None) -> None:
+    """Run batches: an RQ worker on the namespace's queue. SIGTERM finishes the batch in hand."""
+    from .worker import run_worker
+
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    run_worker(batcher, handlers=handlers.split(","), lease_ms=lease, with_sweeper=with_sweeper,
+               burst=burst, name=name, logging_level=logging.getLevelName(logging.getLogger().level))
+
+
+@main.command()
+@URL
+@NS
+@click.option("--max-sleep", default="1s", show_default=True, callback=_duration,
+              help="Longest idle sleep between checks for orphans and expired leases.")
+def sweeper(redis_url: str, namespace: str, max_sleep: int) -> None:
+    """Cut expired windows on time, hand off orphaned batches, reclaim dead workers' batches."""
+    import signal
+    import threading
+
+    from .sweeper import Sweeper
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    Sweeper(Batcher.from_url(redis_url, namespace=namespace), max_sleep_s=max_sleep / 1000).run(stop)
+
+
+@main.command()
+@URL
+@NS
+@click.argument("source")
+@click.argument("payload", required=False)
+@click.option("--chunk", default=1000, show_default=True, help="Events per round trip from stdin.")
+def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int) -> None:
+    """Emit PAYLOAD (a JSON object) to SOURCE, or JSON lines from stdin when PAYLOAD is omitted."""
+    from .dispatch import attach
+
+    batcher = attach(Batcher.from_url(redis_url, namespace=namespace))
+    lines = [payload] if payload is not None else sys.stdin
+    buffered = fired = n = 0
+
+    def send(events: list[Any]) -> None:
+        nonlocal buffered, fired
+        for r in batcher.emit_many(source, events):
+            fired += r.batch is not None
+            buffered += r.batch is None
+    events: list[Any] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"line {lineno}: not JSON ({exc}): {line[:80]!r}") from exc
+        n += 1
+        if len(events) >= chunk:
+            send(events)
+            events = []
+    if events:
+        send(events)
+    click.echo(json.dumps({"events": n, "results_buffered": buffered, "batches_fired": fired}))
+
+
+@main.command()
+@URL
+@NS
+def stats(redis_url: str, namespace: str) -> None:
+    """Bindings, open buffers and oldest deadline per binding, ready/running/dead batches, counters."""
+    from .stats import collect
+
+    _echo_json(collect(Batcher.from_url(redis_url, namespace=namespace)))
+
+
+@main.group()
+def triggers() -> None:
+    """Inspect trigger bindings."""
+
+
+@triggers.command("list")
+@URL
+@NS
+def triggers_list(redis_url: str, namespace: str) -> None:
+    """Every registered binding with its source, handler and batch config."""
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    _echo_json({k: b.to_dict() for k, b in batcher.bindings().items()})
+
+
+@main.group()
+def dead() -> None:
+    """Batches whose handler failed on every attempt."""
+
+
+@dead.command("list")
+@URL
+@NS
+def dead_list(redis_url: str, namespace: str) -> None:
+    """Dead batches with their binding, size and last error."""
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    for bid, when in batcher.client.zrange(batcher.keys.dead, 0, -1, withscores=True):
+        batch = batcher.get_batch(bid.decode())
+        error = (batcher.batch_error(batch.id) or "").strip().splitlines()
+        _echo_json({"id": batch.id, "binding": batch.binding, "partition_key": batch.partition_key,
+                    "events": len(batch.events), "attempts": batch.attempt, "dead_at_ms": int(when),
+                    "error": error[-1] if error else None})
+
+
+@dead.command("replay")
+@URL
+@NS
+@click.argument("batch_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead batch.")
+def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool) -> None:
+    """Run dead batches again, with fresh attempts."""
+    from .dispatch import attach
+
+    batcher = attach(Batcher.from_url(redis_url, namespace=namespace))
+    if replay_all:
+        batch_ids = tuple(i.decode() for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
+    if not batch_ids:
+        raise click.UsageError("name batch ids or pass --all")
+    for bid in batch_ids:
+        click.echo(f"{bid}: {'replayed' if batcher.replay(bid) else 'not dead'}")
+
+
+@dead.command("purge")
+@URL
+@NS
+@click.argument("batch_ids", nargs=-1)
+@click.option("--all", "purge_all", is_flag=True, help="Purge every dead batch.")
+def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge_all: bool) -> None:
+    """Delete dead batches for good (their events are gone)."""
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    k = batcher.keys
+    if purge_all:
+        batch_ids = tuple(i.decode() for i in batcher.client.zrange(k.dead, 0, -1))
+    if not batch_ids:
+        raise click.UsageError("name batch ids or pass --all")
+    purged = 0
+    for bid in batch_ids:
+        if batcher.client.zrem(k.dead, bid):
+            batcher.client.delete(k.batch(bid))
+            purged += 1
+    click.echo(f"purged {purged} dead batches")
+
+
+@main.command()
 @click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default=None,
               help="Redis to use; embedded fakeredis when omitted.")
 @click.option("--namespace", default="distbatch-demo", show_default=True)
-@click.option("--events", default=300, show_default=True, help="Events to emit.")
-@click.option("--keys", "n_keys", default=5, show_default=True, help="Distinct repos.")
+@click.option("--events", default=5000, show_default=True, help="Events to emit.")
+@click.option("--producers", default=3, show_default=True, help="Producer threads.")
+@click.option("--keys", "n_keys", default=20, show_default=True, help="Distinct repos (partitions).")
 @click.option("--count", default=10, show_default=True, help="Batch size.")
-@click.option("--window", default="300ms", show_default=True, help="Batch window.")
-def demo(redis_url: str | None, namespace: str, events: int, n_keys: int, count: int,
-         window: str) -> None:
-    """Emit events over several keys and print batches as they fire and as windows expire."""
-    batcher = _connect(redis_url, namespace)
-    key = batcher.register("pr-digest", version="v1", source="pr.merged",
-                           batch={"count": count, "window": window, "key": "repo"},
-                           handler="workers.handlers.print_batch")
-    rng = random.Random(7)
-    by_reason = {"count": 0, "expired": 0}
-    delivered = 0
+@click.option("--window", default="200ms", show_default=True, help="Batch window.")
+@click.option("--rate", default=2000.0, show_default=True, help="Events per second, all producers.")
+@click.option("--print-batches", is_flag=True, help="Print every batch as its handler runs.")
+def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_keys: int,
+         count: int, window: str, rate: float, print_batches: bool) -> None:
+    """The whole pipeline in one process: producers, a sweeper and a worker, with a summary."""
+    from .demo import run_demo
 
-    def show(batch) -> None:
-        nonlocal delivered
-        by_reason[batch.reason] += 1
-        delivered += len(batch.events)
-        numbers = [e.payload["number"] for e in batch.events]
-        click.echo(f"batch {batch.id:>4} {batch.reason:<7} repo={batch.partition_key:<10} "
-                   f"{len(numbers):>3} events: {numbers[:6]}{' ...' if len(numbers) > 6 else ''}")
+    if redis_url:
+        batcher = Batcher.from_url(redis_url, namespace=namespace)
+    else:
+        import fakeredis
 
-    for i in range(events):
-        payload = {"repo": f"acme/r{rng.randrange(n_keys)}", "number": i}
-        for r in batcher.emit("pr.merged", payload):
-            if r.batch:
-                show(r.batch)
-        for b in batcher.flush_expired():
-            show(b)
-        time.sleep(rng.random() * 0.004)
-    deadline = time.monotonic() + 10
-    while batcher.client.zcard(batcher.keys.deadlines) and time.monotonic() < deadline:
-        for b in batcher.flush_expired():
-            show(b)
-        time.sleep(0.01)
-    pending = batcher.drop(key)
-    click.echo(f"\n{events} events in: {by_reason['count']} batches at count, "
-               f"{by_reason['expired']} at expiry, {delivered} events in batches, "
-               f"{len(pending)} left pending")
+        batcher = Batcher(fakeredis.FakeRedis(), namespace=namespace)
+    summary = run_demo(batcher, events=events, producers=producers, keys=n_keys, count=count,
+                       window=window, rate=rate, show=print_batches)
+    click.echo("")
+    _echo_json(summary)
+    if summary["events_delivered"] != summary["events_in"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 -- KEYS: deadlines, batchseq, ready, stats, bindings
 -- ARGV: window_now ('' = server TIME), limit, grace_ms, buf_prefix, open_prefix, batch_prefix,
 --       with_events ('1' to return the events of each batch)
--- Returns {earliest remaining deadline or -1, then per batch:
+-- Returns {earliest remaining deadline or -1, server time (ms), then per batch:
 --          {id, member, 'expired', discarded 0/1, cut_ms, events or ''}}.
 local k_deadlines, k_seq, k_ready, k_stats, k_bindings = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local limit, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -13,7 +13,7 @@ local now = window_clock(ARGV[1])
 local with_events = ARGV[7] == '1'
 
 local actions = {}
-local out = {-1}
+local out = {-1, real_now}
 local due = redis.call('ZRANGEBYSCORE', k_deadlines, '-inf', now, 'LIMIT', 0, limit)
 for _, member in ipairs(due) do
   local binding = binding_of(member)

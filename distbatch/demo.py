@@ -1,0 +1,119 @@
+"""`distbatch demo`: the whole pipeline in one process — producers, a sweeper, a worker."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import click
+
+from .batcher import Batcher
+from .dispatch import attach
+from .handlers import handler
+from .models import Batch
+from .stats import collect
+from .worker import run_worker, start_sweeper
+
+
+@dataclass
+class Record:
+    """What the demo handler saw, for the closing summary."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batches: dict[str, int] = field(default_factory=lambda: {"count": 0, "expired": 0})
+    events: int = 0
+    cut_late_ms: list[int] = field(default_factory=list)
+    start_late_ms: list[int] = field(default_factory=list)
+    window_ms: int = 0
+    show: bool = False
+
+
+RECORD = Record()
+
+
+@handler
+def demo_handler(batch: Batch) -> None:
+    now_ms = int(time.time() * 1000)
+    with RECORD.lock:
+        RECORD.batches[batch.reason] += 1
+        RECORD.events += len(batch.events)
+        if batch.reason == "expired":
+            deadline = batch.events[0].emitted_at_ms + RECORD.window_ms
+            RECORD.cut_late_ms.append(batch.cut_at_ms - deadline)
+            RECORD.start_late_ms.append(now_ms - deadline)
+    if RECORD.show:
+        numbers = [e.payload["n"] for e in batch.events]
+        click.echo(f"\nbatch {batch.id:>5} {batch.reason:<7} repo={batch.partition_key} "
+                   f"{len(numbers)} events {numbers[:5]}{' ...' if len(numbers) > 5 else ''}")
+
+
+def _pct(values: list[int], q: float) -> int:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0
+
+
+def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count: int,
+             window: str, rate: float, show: bool) -> dict[str, object]:
+    attach(batcher)
+    key = batcher.register("pr-digest", version="demo", source="pr.merged",
+                           batch={"count": count, "window": window, "key": "repo"},
+                           handler=demo_handler)
+    RECORD.window_ms = batcher.binding(key).batch.window_ms  # type: ignore[union-attr]
+    RECORD.show = show
+    stop = threading.Event()
+    start_sweeper(batcher, stop)
+    sent = [0] * producers
+
+    def produce(p: int) -> None:
+        rng = random.Random(p)
+        share = events // producers + (p < events % producers)
+        i = 0
+        while i < share:
+            chunk = [{"repo": f"acme/repo{rng.randrange(keys)}", "n": p + producers * j}
+                     for j in range(i, min(share, i + rng.choice([1, 5, 20])))]
+            batcher.emit_many("pr.merged", chunk)
+            i += len(chunk)
+            sent[p] = i
+            time.sleep(len(chunk) / rate * producers * rng.uniform(0.5, 1.5))
+
+    threads = [threading.Thread(target=produce, args=(p,), daemon=True) for p in range(producers)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+
+    def status() -> str:
+        with RECORD.lock:
+            return (f"in {sum(sent)} | batches: {RECORD.batches['count']} at count, "
+                    f"{RECORD.batches['expired']} expired | delivered {RECORD.events}")
+
+    with click.progressbar(length=events, label="events", item_show_func=lambda s: s,
+                           show_eta=False, file=click.get_text_stream("stderr")) as bar:
+        done = 0
+        while True:
+            run_worker(batcher, burst=True, logging_level="ERROR")
+            total = sum(sent)
+            bar.update(total - done, status())
+            done = total
+            with RECORD.lock:
+                if RECORD.events >= events:
+                    break
+            if time.monotonic() - started > 120 + events / rate * 2:
+                break
+            time.sleep(0.02)
+    stop.set()
+    elapsed = time.monotonic() - started
+    stats = collect(batcher)
+    batcher.drop(key)
+    return {
+        "events_in": sum(sent), "batches_count": RECORD.batches["count"],
+        "batches_expired": RECORD.batches["expired"], "events_delivered": RECORD.events,
+        "seconds": round(elapsed, 2),
+        "cut_lateness_ms": {"p50": _pct(RECORD.cut_late_ms, 0.5), "p99": _pct(RECORD.cut_late_ms, 0.99),
+                            "max": max(RECORD.cut_late_ms, default=0)},
+        "handler_start_lateness_ms": {"p50": _pct(RECORD.start_late_ms, 0.5),
+                                      "p99": _pct(RECORD.start_late_ms, 0.99),
+                                      "max": max(RECORD.start_late_ms, default=0)},
+        "dead_batches": stats["dead_batches"],
+    }

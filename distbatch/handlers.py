@@ -1,0 +1,59 @@
+"""Which handlers a worker may run: registered in its process, or under an allowlisted module.
+
+A binding's handler path comes from Redis; importing whatever path Redis names would let anyone
+who can write to Redis run code on the workers. So a worker resolves a path only if the function
+was registered in its own process (`@handler`, or passed as a callable to `Batcher.register`) or
+if the path lies under one of the module prefixes it was started with (`--handlers`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .errors import HandlerNotAllowed
+
+Handler = Callable[[Any], Any]
+_registered: dict[str, Handler] = {}
+
+
+def handler_path(fn: Handler) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def handler(fn: Handler) -> Handler:
+    """Decorator: allow this function to be run by workers of this process."""
+    _registered[handler_path(fn)] = fn
+    return fn
+
+
+class HandlerResolver:
+    def __init__(self, allow_prefixes: Iterable[str] = ()) -> None:
+        self.allow_prefixes = tuple(p.strip().rstrip(".") for p in allow_prefixes if p.strip())
+        self._cache: dict[str, Handler] = {}
+
+    def allowed(self, path: str) -> bool:
+        return path in _registered or any(
+            path == p or path.startswith(p + ".") for p in self.allow_prefixes
+        )
+
+    def resolve(self, path: str) -> Handler:
+        if path in _registered:
+            return _registered[path]
+        if path in self._cache:
+            return self._cache[path]
+        if not self.allowed(path):
+            raise HandlerNotAllowed(
+                f"handler={path!r} is neither registered in this worker nor under its allowlist "
+                f"{list(self.allow_prefixes)}; start the worker with --handlers <module prefix>"
+            )
+        module_name, _, attr = path.rpartition(".")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise HandlerNotAllowed(f"handler={path!r} cannot be imported: {exc}") from exc
+        if not callable(fn):
+            raise HandlerNotAllowed(f"handler={path!r} is not callable")
+        self._cache[path] = fn
+        return fn
