@@ -1,21 +1,34 @@
-"""A producer process for the multi-process tests: `python -m tests.producer URL NS SOURCE ID N`."""
+"""A producer process: `python -m tests.producer URL NS SOURCE ID N [plain|dispatch|crash] [KEYS]`.
+
+`dispatch` hands cut batches to the workers; `crash` SIGKILLs itself right after its first cut
+is recorded and before the job is enqueued (the window the sweeper must cover).
+"""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sys
 
 from distbatch import Batcher
+from distbatch.dispatch import attach
 
 
 def main() -> None:
     url, ns, source, pid, n = sys.argv[1:6]
+    mode = sys.argv[6] if len(sys.argv) > 6 else "plain"
+    keys = int(sys.argv[7]) if len(sys.argv) > 7 else 50
     batcher = Batcher.from_url(url, namespace=ns)
+    if mode == "dispatch":
+        attach(batcher)
+    elif mode == "crash":
+        batcher.on_cut = lambda ids: os.kill(os.getpid(), signal.SIGKILL)
     rng = random.Random(pid)
     i, total = 0, int(n)
     while i < total:
-        size = rng.choice([1, 1, 5, 50, 200])
-        chunk = [{"p": pid, "i": j, "k": f"key{rng.randrange(50)}"} for j in range(i, min(total, i + size))]
+        size = 1 if mode == "crash" else rng.choice([1, 1, 5, 50, 200])
+        chunk = [{"p": pid, "i": j, "k": f"key{rng.randrange(keys)}"} for j in range(i, min(total, i + size))]
         if len(chunk) == 1:
             batcher.emit(source, chunk[0])
         else:

@@ -1,0 +1,172 @@
+"""The pipeline across real OS processes: producers, workers, sweepers, and kill -9 of each."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from distbatch import Batcher
+from distbatch.cli import main as cli
+
+from .processes import Procs, delivered, wait_for
+from .redis_server import RedisServer
+
+NS = "e2e"
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    s = RedisServer().start()
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture
+def procs(server: RedisServer, tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(server.url, NS, tmp_path)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def client(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url)
+
+
+@pytest.fixture
+def batcher(server: RedisServer) -> Batcher:
+    return Batcher.from_url(server.url, namespace=NS)
+
+
+def _events(rows: list[dict]) -> Counter:
+    return Counter(e for r in rows for e in r["events"])
+
+
+def test_end_to_end_2_workers_1_sweeper_3_producers(procs: Procs, client, batcher) -> None:
+    batcher.register("e2e", version="v1", source="s", handler="tests.handlers.record",
+                     batch={"count": 10, "window": "200ms", "key": "k"})
+    workers = [procs.worker("--lease", "5s") for _ in range(2)]
+    procs.sweeper()
+    producers = [procs.producer(p, 10_000, "dispatch", keys=100) for p in range(3)]
+    for p in producers:
+        assert p.wait(120) == 0, procs.logs()
+    wait_for(lambda: sum(len(r["events"]) for r in delivered(client)) >= 30_000, 120,
+             "30,000 events delivered", procs.logs)
+    rows = delivered(client)
+    events = _events(rows)
+    assert len(events) == 30_000 and max(events.values()) == 1  # each exactly once
+    assert {r["pid"] for r in rows} == {w.pid for w in workers}  # both workers took batches
+    for r in rows:
+        assert r["binding"] == "e2e@v1"
+        assert {p["k"] for p in r["payloads"]} == {r["partition_key"]}
+        if r["reason"] == "count":
+            assert len(r["events"]) == 10
+        else:
+            assert r["reason"] == "expired" and 0 < len(r["events"]) < 10
+    assert any(r["reason"] == "expired" for r in rows)
+    stats = client.hgetall(batcher.keys.stats)
+    assert int(stats[b"events_in:e2e@v1"]) == int(stats[b"events_delivered:e2e@v1"]) == 30_000
+    assert client.zcard(batcher.keys.ready) == client.zcard(batcher.keys.running) == 0
+
+
+def test_worker_killed_mid_handler_batch_runs_again(procs: Procs, client, batcher) -> None:
+    batcher.register("slow", version="v1", source="s", handler="tests.handlers.slow_record",
+                     batch={"count": 10, "window": "300ms", "key": "k"})
+    env = {"TEST_HANDLER_SLEEP": "0.4"}
+    victim = procs.worker("--lease", "1s", env=env)
+    procs.sweeper()
+    assert procs.producer(0, 200, "dispatch", keys=5).wait(60) == 0
+    wait_for(lambda: client.get(f"test:inflight:{victim.pid}") is not None, 30, "a batch in flight")
+    batch_id = client.get(f"test:inflight:{victim.pid}").decode()
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert batch_id not in {r["id"] for r in delivered(client)}
+    survivor = procs.worker("--lease", "1s", env=env)
+    wait_for(lambda: len(_events(delivered(client))) >= 200, 60, "every event delivered", procs.logs)
+    rows = delivered(client)
+    again = [r for r in rows if r["id"] == batch_id]
+    assert again and again[0]["pid"] == survivor.pid and again[0]["attempt"] >= 2
+    events = _events(rows)
+    stats = client.hgetall(batcher.keys.stats)
+    discarded = int(stats.get(b"events_discarded:slow@v1", 0))
+    assert int(stats[b"events_in:slow@v1"]) == 200 == len(events) + discarded
+    assert min(events.values()) >= 1
+
+
+def test_producer_killed_between_cut_and_enqueue_sweeper_hands_off(
+    procs: Procs, client, batcher
+) -> None:
+    batcher.register("orphan", version="v1", source="s", handler="tests.handlers.record",
+                     batch={"count": 5, "window": "1h"})
+    producer = procs.producer(0, 100, "crash")
+    assert producer.wait(60) == -signal.SIGKILL
+    assert client.zcard(batcher.keys.ready) == 1  # the cut is recorded ...
+    assert client.llen("rq:queue:distbatch-" + NS) == 0  # ... but no job was enqueued
+    procs.worker()
+    assert client.llen(delivered.__globals__["DELIVERED"]) == 0
+    procs.sweeper()
+    wait_for(lambda: len(delivered(client)) == 1, 30, "the orphaned batch delivered", procs.logs)
+    (row,) = delivered(client)
+    assert [p["i"] for p in row["payloads"]] == [0, 1, 2, 3, 4] and row["reason"] == "count"
+
+
+def test_flaky_handler_succeeds_on_attempt_3(procs: Procs, client, batcher) -> None:
+    batcher.register("flaky", version="v1", source="s", handler="tests.handlers.flaky",
+                     batch={"count": 2, "window": "1h"}, retry={"attempts": 3, "backoff": "50ms"})
+    procs.worker()
+    procs.sweeper()
+    assert procs.producer(0, 2, "dispatch").wait(30) == 0
+    wait_for(lambda: len(delivered(client)) == 1, 30, "delivery on the third try", procs.logs)
+    assert delivered(client)[0]["attempt"] == 3
+
+
+def test_always_failing_batch_goes_dead_and_replay_runs_it(procs: Procs, client, batcher, server) -> None:
+    batcher.register("broken", version="v1", source="s", handler="tests.handlers.broken_until_fixed",
+                     batch={"count": 2, "window": "1h"}, retry={"attempts": 2, "backoff": "50ms"})
+    procs.worker()
+    procs.sweeper()
+    assert procs.producer(0, 2, "dispatch").wait(30) == 0
+    wait_for(lambda: client.zcard(batcher.keys.dead) == 1, 30, "a dead batch", procs.logs)
+    runner = CliRunner()
+    args = ["--redis-url", server.url, "--namespace", NS]
+    listed = runner.invoke(cli, ["dead", "list", *args])
+    assert listed.exit_code == 0 and "ValueError: handler is broken" in listed.output
+    assert '"attempts": 2' in listed.output
+    client.set("test:fixed", 1)
+    replay = runner.invoke(cli, ["dead", "replay", "--all", *args])
+    assert replay.exit_code == 0 and "replayed" in replay.output
+    wait_for(lambda: len(delivered(client)) == 1, 30, "the replayed batch delivered", procs.logs)
+    assert delivered(client)[0]["attempt"] == 1
+    assert client.zcard(batcher.keys.dead) == 0
+
+
+def test_worker_refuses_handler_outside_allowlist(procs: Procs, client, batcher, server) -> None:
+    batcher.register("evil", version="v1", source="s", handler="workers.handlers.print_batch",
+                     batch={"count": 1, "window": "1h"})
+    procs.worker()  # allowlist: tests.handlers only
+    procs.sweeper()
+    assert procs.producer(0, 1, "dispatch").wait(30) == 0
+    wait_for(lambda: client.zcard(batcher.keys.dead) == 1, 30, "the refused batch dead", procs.logs)
+    (bid,) = client.zrange(batcher.keys.dead, 0, -1)
+    assert "HandlerNotAllowed" in batcher.batch_error(bid.decode())
+    purge = CliRunner().invoke(cli, ["dead", "purge", "--all", "--redis-url", server.url, "--namespace", NS])
+    assert "purged 1" in purge.output and client.zcard(batcher.keys.dead) == 0
+
+
+def test_sigterm_finishes_the_batch_in_hand(procs: Procs, client, batcher) -> None:
+    batcher.register("slow", version="v1", source="s", handler="tests.handlers.slow_record",
+                     batch={"count": 1, "window": "1h"})
+    w = procs.worker(env={"TEST_HANDLER_SLEEP": "1.0"})
+    assert procs.producer(0, 1, "dispatch").wait(30) == 0
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the batch in flight")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+    (row,) = delivered(client)
+    assert row["pid"] == w.pid and client.zcard(batcher.keys.running) == 0

@@ -1,0 +1,121 @@
+"""Running batches in-process: claims, leases, retries, dead batches, allowlists, no pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zlib
+
+import pytest
+import redis
+from rq import SimpleWorker
+
+from distbatch import Batch, Batcher, ManualClock
+from distbatch.dispatch import attach, make_queue
+from distbatch.executor import Executor
+from distbatch.handlers import HandlerResolver, handler
+
+from .redis_server import RedisServer
+
+seen: list[Batch] = []
+
+
+@handler
+def collect(batch: Batch) -> None:
+    seen.append(batch)
+
+
+def always_raises(batch: Batch) -> None:
+    raise RuntimeError(f"boom on attempt {batch.attempt}")
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    seen.clear()
+
+
+def test_executor_delivers_and_deletes_record(batcher: Batcher, client) -> None:
+    batcher.register("d", version="v1", source="s", handler=collect, batch={"count": 2, "window": "1s"})
+    (_, r) = batcher.emit_many("s", [{"n": 1}, {"n": 2}])
+    out = Executor(batcher, HandlerResolver()).run(r.batch.id)
+    assert out.status == "delivered" and out.attempt == 1
+    assert [e.payload for e in seen[0].events] == [{"n": 1}, {"n": 2}] and seen[0].attempt == 1
+    assert not client.exists(batcher.keys.batch(r.batch.id))
+    assert Executor(batcher, HandlerResolver()).run(r.batch.id).status == "gone"
+    assert client.hget(batcher.keys.stats, "events_delivered:d@v1") == b"2"
+
+
+def test_claim_is_exclusive_while_lease_lives(batcher: Batcher) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"})
+    bid = batcher.emit("s", {})[0].batch.id
+    assert batcher.claim(bid, 60_000).status == "claimed"
+    assert batcher.claim(bid, 60_000).status == "busy"
+    assert batcher.fail(bid, "lease", 0, only_if_expired=True) == "unchanged"
+
+
+def test_expired_lease_can_be_reclaimed(batcher: Batcher) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"})
+    bid = batcher.emit("s", {})[0].batch.id
+    assert batcher.claim(bid, -1).status == "claimed"  # lease already over: its worker is gone
+    assert batcher.fail(bid, "lease expired", 0, only_if_expired=True) == "retry"
+    c = batcher.claim(bid, 60_000)
+    assert c.status == "claimed" and c.batch.attempt == 2
+
+
+def test_retries_with_attempt_then_dead_then_replay(batcher: Batcher, client) -> None:
+    batcher.register("d", version="v1", source="s", handler=f"{__name__}.always_raises",
+                     batch={"count": 1, "window": "1s"}, retry={"attempts": 3, "backoff": "1ms"})
+    bid = batcher.emit("s", {})[0].batch.id
+    ex = Executor(batcher, HandlerResolver([__name__]))
+    assert [ex.run(bid).status for _ in range(3)] == ["retry", "retry", "dead"]
+    assert client.zscore(batcher.keys.dead, bid) is not None
+    assert "boom on attempt 3" in batcher.batch_error(bid)
+    assert ex.run(bid).status == "dead"
+    assert batcher.replay(bid)
+    assert ex.run(bid).attempt == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    from distbatch.config import RetryPolicy
+
+    p = RetryPolicy.parse({"attempts": 5, "backoff": "1s", "backoff_factor": 3, "max_backoff": "5s"})
+    assert [p.delay_ms(a) for a in (1, 2, 3)] == [1000, 3000, 5000]
+
+
+def test_refused_handler_is_never_imported_and_batch_goes_dead(batcher: Batcher, client) -> None:
+    batcher.register("d", version="v1", source="s", handler="os.system", batch={"count": 1, "window": "1s"})
+    bid = batcher.emit("s", {"cmd": "touch /tmp/pwned"})[0].batch.id
+    out = Executor(batcher, HandlerResolver(["tests.handlers", "osx"])).run(bid)
+    assert out.status == "refused"
+    assert "HandlerNotAllowed" in batcher.batch_error(bid) and "os.system" in batcher.batch_error(bid)
+    assert client.zscore(batcher.keys.dead, bid) is not None
+
+
+def test_allowlist_is_by_module_prefix_not_string_prefix() -> None:
+    r = HandlerResolver(["tests.handlers"])
+    assert r.allowed("tests.handlers.record")
+    assert not r.allowed("tests.handlers_evil.record")
+    assert not r.allowed("tests.handler")
+
+
+def test_rq_job_is_json_not_pickle_and_runs_in_simple_worker(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    b = attach(Batcher(client, namespace=namespace, clock=ManualClock(0)))
+    b.register("d", version="v1", source="s", handler=collect, batch={"count": 2, "window": "1s"})
+    bid = b.emit_many("s", [{"n": 1}, {"n": 2}])[1].batch.id
+    job_key = f"rq:job:distbatch-{namespace}-{bid}"
+    data = client.hget(job_key, "data")
+    assert not data.startswith(b"\x80")  # pickle protocol 2+ header
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(zlib.decompress(data))
+    func, _instance, args, _kwargs = json.loads(zlib.decompress(data))
+    assert func == "distbatch.jobs.run_batch" and args == [namespace, bid]
+    from distbatch import jobs
+
+    jobs.configure(b, HandlerResolver(), 5000)
+    worker = SimpleWorker([make_queue(b)], connection=client, serializer=make_queue(b).serializer)
+    assert worker.work(burst=True, logging_level="ERROR")
+    assert [e.payload["n"] for e in seen[0].events] == [1, 2]
+    assert client.zcard(b.keys.ready) == 0 and not client.exists(b.keys.batch(bid))
