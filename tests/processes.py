@@ -21,7 +21,9 @@ class Procs:
         self.url, self.namespace, self.logdir = url, namespace, logdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, *args: str, env: dict[str, str] | None = None, name: str = "p") -> subprocess.Popen[bytes]:
+    def spawn(
+        self, *args: str, env: dict[str, str] | None = None, name: str = "p"
+    ) -> subprocess.Popen[bytes]:
         full_env = {**env_with_path(), "DISTBATCH_REDIS_URL": self.url, **(env or {})}
         log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         p = subprocess.Popen([sys.executable, *args], env=full_env, stdout=log, stderr=subprocess.STDOUT)
