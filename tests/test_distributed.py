@@ -170,3 +170,32 @@ def test_sigterm_finishes_the_batch_in_hand(procs: Procs, client, batcher) -> No
     assert w.wait(30) == 0
     (row,) = delivered(client)
     assert row["pid"] == w.pid and client.zcard(batcher.keys.running) == 0
+
+
+def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
+    """Restart Redis (AOF, fsync always) under workers and a sweeper: they reconnect and every
+    acknowledged event is delivered."""
+    server = RedisServer("--appendfsync", "always", appendonly=True).start()
+    procs = Procs(server.url, NS, tmp_path)
+    try:
+        client = redis.Redis.from_url(server.url)
+        b = Batcher.from_url(server.url, namespace=NS)
+        from distbatch.dispatch import attach
+
+        attach(b)
+        b.register("r", version="v1", source="s", handler="tests.handlers.record",
+                   batch={"count": 10, "window": "300ms", "key": "k"})
+        procs.worker("--lease", "2s")
+        procs.sweeper()
+        b.emit_many("s", [{"k": i % 7, "n": i} for i in range(500)])
+        assert client.zcard(b.keys.deadlines) == 7  # open windows ride through the restart
+        server.stop()  # SIGTERM: Redis finishes its AOF and exits
+        server.start()  # same port, same dir: the AOF is replayed
+        for i in range(500, 1000):
+            b.emit("s", {"k": i % 7, "n": i})
+        wait_for(lambda: len(_events(delivered(client))) >= 1000, 60,
+                 "every event delivered after the restart", procs.logs)
+        assert int(client.hget(b.keys.stats, "events_in:r@v1")) == 1000
+    finally:
+        procs.stop_all()
+        server.cleanup()

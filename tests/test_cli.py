@@ -1,0 +1,62 @@
+"""The `distbatch` command: every subcommand answers --help; emit, stats and triggers work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from distbatch import Batcher
+from distbatch.cli import main as cli
+
+from .redis_server import RedisServer
+
+
+def _all_commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(cmd, "commands"):
+            yield from _all_commands(cmd, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", [(), *_all_commands(cli)])
+def test_help_everywhere(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_emit_stats_triggers(redis_server: RedisServer, namespace: str) -> None:
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    b = Batcher.from_url(redis_server.url, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="m.h",
+               batch={"count": 3, "window": "1h", "key": "k"})
+    runner = CliRunner()
+    one = runner.invoke(cli, ["emit", "s", '{"k": "a"}', *args])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.output) == {"events": 1, "results_buffered": 1, "batches_fired": 0}
+    many = runner.invoke(cli, ["emit", "s", *args], input='{"k": "a"}\n{"k": "a"}\n\n{"k": "b"}\n')
+    assert json.loads(many.output) == {"events": 3, "results_buffered": 2, "batches_fired": 1}
+    bad = runner.invoke(cli, ["emit", "s", *args], input='{"k": "a"}\nnot json\n')
+    assert bad.exit_code != 0 and "line 2" in bad.output
+    stats = json.loads(runner.invoke(cli, ["stats", *args]).output)
+    d = stats["bindings"]["d@v1"]
+    assert d["open_buffers"] == 1 and d["events_in"] == 4 and d["batches_count"] == 1
+    assert d["oldest_deadline_ms"] > stats["server_time_ms"]
+    assert stats["ready_batches"] == 1 and stats["dead_batches"] == 0
+    listed = json.loads(runner.invoke(cli, ["triggers", "list", *args]).output)
+    assert listed["d@v1"]["batch"] == {"count": 3, "window_ms": 3_600_000, "key": "k",
+                                       "expire_action": "fire_partial"}
+
+
+def test_bad_durations_name_the_option() -> None:
+    result = CliRunner().invoke(cli, ["worker", "--lease", "soon"])
+    assert result.exit_code == 2 and "'soon'" in result.output
+
+
+def test_demo_runs_whole_pipeline_on_fakeredis() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--events", "600", "--rate", "20000", "--window", "100ms"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["events_in"] == summary["events_delivered"] == 600
+    assert summary["batches_count"] + summary["batches_expired"] >= 60
