@@ -1,0 +1,39 @@
+"""Emit the way a service in another language would, from the README's wire format alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from urllib.parse import quote
+
+import msgpack
+
+from distbatch import Batcher, ManualClock
+from distbatch.scripts import source
+
+
+def test_foreign_emitter_following_the_documented_format(client, namespace: str) -> None:
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0))
+    b.register("d", version="v1", source="orders", handler="m.h",
+               batch={"count": 2, "window": "1m", "key": "shop"})
+    ns = "{" + namespace + "}"
+    version = client.get(f"{ns}:regver")
+    (definition,) = [json.loads(v) for v in client.hgetall(f"{ns}:bindings").values()]
+    lua = source("accumulate").encode()
+    sha = client.script_load(lua)
+    assert sha == hashlib.sha1(lua).hexdigest()
+    member = "d@v1|=" + quote("Ünï {shop}:1", safe="")
+    keys = [f"{ns}:{k}" for k in ("regver", "deadlines", "wake", "batchseq", "ready", "stats")]
+    head = [version, "", 2000, 1024, f"{ns}:buf:", f"{ns}:open:", f"{ns}:batch:"]
+    replies = []
+    for i in range(2):
+        event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"shop": "Ünï {shop}:1", "i": i}])
+        args = [*head, member, definition["batch"]["count"], definition["batch"]["window_ms"], event]
+        replies.append(client.evalsha(sha, len(keys), *keys, *args))
+    assert replies[0][1:] == [0, b"", b""]
+    _, overflowed, batch_id, _ = replies[1]
+    batch = b.get_batch(batch_id.decode())
+    assert batch.partition_key == "Ünï {shop}:1" and [e.payload["i"] for e in batch.events] == [0, 1]
+    assert batch.events[0].id == "go-0" and batch.events[1].emitted_at_ms == 1700000000001
+    stale = client.evalsha(sha, len(keys), *keys, b"999", *head[1:])
+    assert stale[0] == -1
