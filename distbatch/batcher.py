@@ -15,11 +15,11 @@ from typing import Any
 import redis
 
 from .clock import ManualClock, ServerClock
-from .codec import decode_batch, decode_cut, decode_events, encode_event
+from .codec import LazyEvents, decode_batch, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import BatchNotFound, ConfigError
 from .handlers import handler as register_handler
-from .keys import Keys, split_member
+from .keys import Keys, member_bytes, split_member
 from .models import Batch, EmitResult, Event
 from .partition import partition_key, split_path
 from .scripts import Scripts
@@ -33,6 +33,7 @@ OnCut = Callable[[list[str]], None]
 @dataclass(frozen=True, slots=True)
 class _Route:
     binding: Binding
+    key: str
     path: tuple[str, ...] | None
     count: bytes
     window: bytes
@@ -161,7 +162,7 @@ class Batcher:
         routes: dict[str, list[_Route]] = {}
         for b in bindings.values():
             routes.setdefault(b.source, []).append(
-                _Route(b, split_path(b.batch.key), b"%d" % b.batch.count, b"%d" % b.batch.window_ms)
+                _Route(b, b.key, split_path(b.batch.key), b"%d" % b.batch.count, b"%d" % b.batch.window_ms)
             )
         with self._lock:
             self._bindings, self._routes = bindings, routes
@@ -219,8 +220,8 @@ class Batcher:
             for payload, data in events:
                 for r in routes:
                     pkey = partition_key(payload, r.path)
-                    placed.append((r.binding.key, pkey))
-                    args += (Keys.member(r.binding.key, pkey), r.count, r.window, data)
+                    placed.append((r.key, pkey))
+                    args += (member_bytes(r.key, pkey), r.count, r.window, data)
             reply = self.scripts.accumulate(keys=self._acc_keys, args=args)
             if reply[0] == -1:
                 self._loaded = False
@@ -233,13 +234,19 @@ class Batcher:
     ) -> list[EmitResult]:
         out: list[EmitResult] = []
         cut_ms = reply[0]
-        for i, (binding, pkey) in enumerate(placed):
-            overflowed, batch_id, blob = reply[1 + 3 * i : 4 + 3 * i]
+        fields = iter(reply)
+        next(fields)
+        for (binding, pkey), overflowed, batch_id, blob in zip(
+            placed, fields, fields, fields, strict=True
+        ):
+            if not (batch_id or overflowed):
+                out.append(EmitResult(binding, pkey))
+                continue
             batch = None
             if batch_id:
                 bid = batch_id.decode()
                 cuts.append(bid)
-                batch = Batch(bid, binding, pkey, "count", decode_events(blob), cut_at_ms=cut_ms)
+                batch = Batch(bid, binding, pkey, "count", LazyEvents(blob), cut_at_ms=cut_ms)
             if overflowed:
                 log.warning(
                     "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, "

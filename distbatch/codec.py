@@ -7,7 +7,7 @@ its events as the plain concatenation of those encodings, so Lua can build it wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -20,7 +20,7 @@ _packer = msgpack.Packer(use_bin_type=True, datetime=False)
 
 
 def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object, limit: int) -> bytes:
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise PayloadError(
             "payload_type", f"payload={payload!r:.80} must be a mapping, not {type(payload).__name__}"
         )
@@ -40,9 +40,39 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
 
 
 def decode_events(blob: bytes) -> list[Event]:
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(blob) or 1)
     unpacker.feed(blob)
     return [Event(eid, source, payload, ts) for eid, source, ts, payload in unpacker]
+
+
+class LazyEvents(Sequence[Event]):
+    """A batch's events, decoded on first use: a producer that only counts cuts never pays."""
+
+    __slots__ = ("_blob", "_events")
+
+    def __init__(self, blob: bytes) -> None:
+        self._blob = blob
+        self._events: list[Event] | None = None
+
+    def _list(self) -> list[Event]:
+        if self._events is None:
+            self._events = decode_events(self._blob)
+        return self._events
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self._list()[index]
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self._list())
 
 
 def _text(value: bytes | str) -> str:
@@ -74,7 +104,7 @@ def decode_cut(row: list[Any]) -> Batch:
         binding=binding,
         partition_key=partition,
         reason=_text(reason),
-        events=decode_events(blob),
+        events=LazyEvents(blob),
         discarded=bool(int(discarded)),
         cut_at_ms=int(cut_ms),
     )

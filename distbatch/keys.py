@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 KEYLESS = "*"
@@ -32,6 +33,12 @@ def decode_partition(segment: str) -> str | None:
     if segment == KEYLESS:
         return None
     return unquote(segment[1:], errors="surrogatepass")
+
+
+@lru_cache(maxsize=1 << 16)
+def member_bytes(binding: str, partition_key: str | None) -> bytes:
+    """The hot path's member, cached: partition keys repeat, percent-encoding is not free."""
+    return f"{binding}|{encode_partition(partition_key)}".encode("utf-8", "surrogatepass")
 
 
 def split_member(member: str) -> tuple[str, str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ class Batch:
     binding: str
     partition_key: str | None
     reason: str  # "count" or "expired"
-    events: list[Event] = field(default_factory=list)
+    events: Sequence[Event] = field(default_factory=list)
     discarded: bool = False
     attempt: int = 0
     cut_at_ms: int = 0

@@ -28,7 +28,7 @@ def partition_key(payload: Mapping[str, Any], path: tuple[str, ...] | None) -> s
         return None
     value: Any = payload
     for part in path:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             return None
         value = value.get(part, _MISSING)
         if value is _MISSING:

@@ -31,7 +31,7 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
         args = [*head, member, definition["batch"]["count"], definition["batch"]["window_ms"], event]
         replies.append(client.evalsha(sha, len(keys), *keys, *args))
     assert replies[0][1:] == [0, b"", b""]
-    _, overflowed, batch_id, _ = replies[1]
+    _, _overflowed, batch_id, _ = replies[1]
     batch = b.get_batch(batch_id.decode())
     assert batch.partition_key == "Ünï {shop}:1" and [e.payload["i"] for e in batch.events] == [0, 1]
     assert batch.events[0].id == "go-0" and batch.events[1].emitted_at_ms == 1700000000001

@@ -1,0 +1,1 @@
+"""distbatch benchmarks: `python -m bench all [--quick]`. Each starts its own redis-server."""

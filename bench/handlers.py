@@ -1,0 +1,35 @@
+"""Handlers the benchmark workers run (started with --handlers bench.handlers)."""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import cache
+
+import redis
+
+from distbatch import Batch
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["DISTBATCH_REDIS_URL"])
+
+
+def record(batch: Batch) -> None:
+    """The same work the celery-batches side does: count the events, keep their ids."""
+    pipe = _client().pipeline(transaction=False)
+    pipe.rpush("bench:ids", *(e.payload["id"] for e in batch.events))
+    pipe.incrby("bench:events", len(batch.events))
+    pipe.execute()
+
+
+def lateness(batch: Batch) -> None:
+    """For the expiry benchmark: when was it cut and started, against its deadline."""
+    start_ms = time.time() * 1000
+    window_ms = batch.events[0].payload["window_ms"]
+    deadline = batch.events[0].payload["opened_ms"] + window_ms
+    pipe = _client().pipeline(transaction=False)
+    pipe.rpush("bench:late", f"{batch.cut_at_ms - deadline:.3f} {start_ms - deadline:.3f}")
+    pipe.incrby("bench:events", len(batch.events))
+    pipe.execute()
