@@ -25,11 +25,12 @@ class Dispatcher:
 
     If this process dies between the cut and the enqueue, the batch is still due in the ready set
     after the hand-off grace, and a sweeper enqueues it. If a job is lost after the enqueue (its
-    worker died before claiming it), the batch is due again after `redeliver_after_ms`.
+    worker died before claiming it), the batch is due again after `redeliver_after_ms`; a sweeper
+    then re-enqueues it unless its job is still waiting in the queue.
     Enqueuing a batch twice is harmless: the claim lets only one run hold it at a time.
     """
 
-    def __init__(self, batcher: Batcher, *, redeliver_after_ms: int = 60_000) -> None:
+    def __init__(self, batcher: Batcher, *, redeliver_after_ms: int = 5_000) -> None:
         self.batcher = batcher
         self.queue = make_queue(batcher)
         self.redeliver_after_ms = redeliver_after_ms

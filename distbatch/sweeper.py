@@ -12,7 +12,7 @@ import logging
 import threading
 
 from .batcher import Batcher
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, job_id
 
 log = logging.getLogger("distbatch.sweeper")
 
@@ -47,7 +47,7 @@ class Sweeper:
         pipe.zrangebyscore(k.ready, "-inf", now, start=0, num=self.limit)
         pipe.zrangebyscore(k.running, "-inf", now, start=0, num=self.limit)
         due, expired = pipe.execute()
-        due = [i.decode() for i in due]
+        due = self._still_queued([i.decode() for i in due])
         for bid in (i.decode() for i in expired):
             if self._reclaim(bid) == "retry":
                 due.append(bid)
@@ -64,6 +64,22 @@ class Sweeper:
             nxt.append(step.next_deadline_ms)
         wait = (min(nxt) - now) / 1000 if nxt else self.max_sleep_s
         return max(0.0, min(wait, self.max_sleep_s))
+
+    def _still_queued(self, due: list[str]) -> list[str]:
+        """Of the batches due for hand-off, those whose job still sits in the queue only get
+        their due time pushed out; the rest (never enqueued, or taken by a worker that died
+        before claiming) are enqueued again."""
+        if not due:
+            return due
+        ns = self.batcher.keys.namespace
+        queue_key = self.dispatcher.queue.key
+        pipe = self.batcher.client.pipeline(transaction=False)
+        for bid in due:
+            pipe.lpos(queue_key, job_id(ns, bid))  # a job's status stays "queued" if its worker
+        positions = pipe.execute()  # died right after taking it: only the list itself tells
+        waiting = [bid for bid, pos in zip(due, positions, strict=True) if pos is not None]
+        self.batcher.mark_handed_off(waiting, self.dispatcher.redeliver_after_ms)
+        return [bid for bid in due if bid not in set(waiting)]
 
     def _reclaim(self, batch_id: str) -> str:
         """A lease ran out: its worker stopped renewing it (killed, or cut off from Redis)."""
