@@ -119,3 +119,22 @@ def test_rq_job_is_json_not_pickle_and_runs_in_simple_worker(
     assert worker.work(burst=True, logging_level="ERROR")
     assert [e.payload["n"] for e in seen[0].events] == [1, 2]
     assert client.zcard(b.keys.ready) == 0 and not client.exists(b.keys.batch(bid))
+
+
+def test_sweeper_reenqueues_a_job_taken_by_a_worker_that_died_before_claiming(client, namespace) -> None:
+    from distbatch.dispatch import Dispatcher, job_id
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(client, namespace=namespace, handoff_grace_ms=0)
+    dispatcher = Dispatcher(b, redeliver_after_ms=0)
+    b.on_cut = dispatcher
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1m"})
+    bid = b.emit("s", {})[0].batch.id
+    queue, jid = dispatcher.queue.key, job_id(namespace, bid)
+    sweeper = Sweeper(b, dispatcher)
+    sweeper.run_once()
+    assert client.lrange(queue, 0, -1) == [jid.encode()]  # still queued: not enqueued twice
+    client.lpop(queue)  # a worker took the job and died before claiming the batch
+    sweeper.run_once()
+    assert client.lrange(queue, 0, -1) == [jid.encode()]
+    assert sweeper.handed_off == 1
