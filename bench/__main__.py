@@ -1,0 +1,33 @@
+"""`python -m bench [all|ingest|e2e|lateness|scaling|memory|plots] [--quick]`."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+NAMES = ("ingest", "e2e", "lateness", "scaling", "memory")
+
+
+@click.command()
+@click.argument("which", type=click.Choice(["all", *NAMES, "plots"]), default="all")
+@click.option("--quick", is_flag=True, help="A short smoke run (small sizes); figures are not meaningful.")
+@click.option("--no-plots", is_flag=True, help="Do not redraw the PNG plots.")
+def main(which: str, quick: bool, no_plots: bool) -> None:
+    """Run the distbatch benchmarks; each starts its own redis-server on a free loopback port."""
+    import importlib
+
+    names = NAMES if which == "all" else () if which == "plots" else (which,)
+    for name in names:
+        click.echo(f"\n== {name}{' (quick)' if quick else ''}")
+        t0 = time.perf_counter()
+        importlib.import_module(f"bench.{name}").run(quick=quick)
+        click.echo(f"({time.perf_counter() - t0:.1f}s)")
+    if not no_plots and not quick:
+        from . import plots
+
+        click.echo(f"plots: {[str(p) for p in plots.run()]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The benchmarks must not rot: run every one once in --quick mode (completion, not speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from distbatch.testing import env_with_path
+
+from bench.common import RESULTS
+
+
+def test_quick_benchmarks_complete() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "all", "--quick"], env=env_with_path(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for name in ("ingest", "e2e", "lateness", "scaling", "memory"):
+        assert f"== {name} (quick)" in out.stdout
+        assert json.loads((RESULTS / f"{name}.json").read_text())
+    e2e = json.loads((RESULTS / "e2e.json").read_text())
+    assert all(r["lost"] == 0 for r in e2e["rows"] if r["side"] == "distbatch")
