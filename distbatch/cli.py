@@ -157,6 +157,14 @@ def dead_list(redis_url: str, namespace: str) -> None:
                     "error": error[-1] if error else None})
 
 
+def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
+    if every:
+        batch_ids = tuple(i.decode() for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
+    if not batch_ids:
+        raise click.UsageError("name batch ids or pass --all")
+    return batch_ids
+
+
 @dead.command("replay")
 @URL
 @NS
@@ -167,11 +175,7 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
     from .dispatch import attach
 
     batcher = attach(Batcher.from_url(redis_url, namespace=namespace))
-    if replay_all:
-        batch_ids = tuple(i.decode() for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
-    if not batch_ids:
-        raise click.UsageError("name batch ids or pass --all")
-    for bid in batch_ids:
+    for bid in _dead_ids(batcher, batch_ids, replay_all):
         click.echo(f"{bid}: {'replayed' if batcher.replay(bid) else 'not dead'}")
 
 
@@ -184,12 +188,8 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
     """Delete dead batches for good (their events are gone)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
     k = batcher.keys
-    if purge_all:
-        batch_ids = tuple(i.decode() for i in batcher.client.zrange(k.dead, 0, -1))
-    if not batch_ids:
-        raise click.UsageError("name batch ids or pass --all")
     purged = 0
-    for bid in batch_ids:
+    for bid in _dead_ids(batcher, batch_ids, purge_all):
         if batcher.client.zrem(k.dead, bid):
             batcher.client.delete(k.batch(bid))
             purged += 1

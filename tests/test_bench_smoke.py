@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-from distbatch.testing import env_with_path
-
 from bench.common import RESULTS
+from distbatch.testing import env_with_path
 
 
 def test_quick_benchmarks_complete() -> None:
