@@ -15,8 +15,10 @@ from celery import Celery
 from celery_batches import Batches
 
 app = Celery("bench", broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-app.conf.update(task_serializer="json", accept_content=["json"], worker_prefetch_multiplier=0,
-                task_default_queue="bench-celery", task_ignore_result=True, broker_connection_retry_on_startup=True)
+app.conf.update(
+    task_serializer="json", accept_content=["json"], worker_prefetch_multiplier=0,
+    task_default_queue="bench-celery", task_ignore_result=True, broker_connection_retry_on_startup=True,
+)
 
 
 @cache

@@ -15,6 +15,7 @@ import redis
 
 from distbatch.testing import env_with_path
 
+from .celery_app import app, handle  # ImportError without the bench extra: e2e skips this side
 from .common import payload, stop, wait_counter
 
 E2E_KEYS = 10
@@ -26,15 +27,13 @@ def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
          "--concurrency=1", "-Q", "bench-celery", "--without-gossip", "--without-mingle",
          "--without-heartbeat", "-l", "WARNING"],
         env={**env_with_path(), "BENCH_REDIS_URL": url, "DISTBATCH_REDIS_URL": url},
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )
 
 
 def run_celery(url: str, events: int, workers: int, kill_one: bool = False,
                timeout: float = 180) -> dict[str, Any]:
     os.environ["BENCH_REDIS_URL"] = url
-    from .celery_app import app, handle
-
     app.conf.broker_url = url
     client = redis.Redis.from_url(url)
     client.delete("bench:ids", "bench:events")
