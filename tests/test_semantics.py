@@ -244,3 +244,36 @@ def test_server_clock_window(make_batcher) -> None:
     time.sleep(0.08)
     (batch,) = b.flush_expired()
     assert batch.events[0].payload == {"n": 1}
+
+
+def test_wake_is_pushed_only_when_a_new_earliest_deadline_appears(
+    batcher: Batcher, clock: ManualClock
+) -> None:
+    """Sweepers sleep until the earliest deadline; accumulate must wake them exactly then."""
+    reg(batcher, count=100, window="10s", key="k")
+    short = batcher.register("s", version="v1", source="other", handler=H,
+                             batch={"count": 100, "window": "1s", "key": "k"})
+    wake = batcher.keys.wake
+
+    def pushed() -> list[int]:
+        return [int(x) for x in batcher.client.lrange(wake, 0, -1)]
+
+    batcher.emit("src", {"k": "a"})  # first window: deadline now + 10s is the new earliest
+    assert pushed() == [clock.now_ms() + 10_000]
+    batcher.emit_many("src", [{"k": "a"}, {"k": "b"}])  # appends, and a later deadline
+    assert len(pushed()) == 1
+    clock.advance("1s")
+    batcher.emit_many("other", [{"k": "x"}, {"k": "y"}])  # deadline now + 1s < the 10s one
+    assert pushed()[1:] == [clock.now_ms() + 1_000]
+    batcher.emit("src", {"k": "c"})
+    assert len(pushed()) == 2
+    batcher.drop(short)
+    clock.advance("9s")
+    assert sorted(b.partition_key for b in batcher.flush_expired()) == ["a", "b"]
+    batcher.emit("src", {"k": "d"})  # c is still open, earlier than d: no wake
+    assert len(pushed()) == 2
+    clock.advance("10s")
+    assert sorted(b.partition_key for b in batcher.flush_expired()) == ["c", "d"]
+    # the deadline set is empty now, so the next window opened is the earliest
+    batcher.emit("src", {"k": "e"})
+    assert pushed()[-1] == clock.now_ms() + 10_000 and len(pushed()) == 3

@@ -16,9 +16,9 @@ local now = window_clock(ARGV[2])
 
 local out = {real_now}
 local accepted = {}
-local earliest = nil
-local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
-if first[2] then earliest = tonumber(first[2]) end
+-- Earliest open deadline, read only when this call opens a window (most appends open none):
+-- false = not read yet, nil = no open window.
+local earliest = false
 local woke = false
 
 for i = 8, #ARGV, 4 do
@@ -28,6 +28,10 @@ for i = 8, #ARGV, 4 do
   local n = redis.call('RPUSH', key, ARGV[i + 3])
   accepted[binding] = (accepted[binding] or 0) + 1
   if n == 1 then
+    if earliest == false then
+      local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
+      earliest = first[2] and tonumber(first[2])
+    end
     local deadline = now + tonumber(ARGV[i + 2])
     redis.call('ZADD', k_deadlines, deadline, member)
     redis.call('SADD', openp .. binding, member)
