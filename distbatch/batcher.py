@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -88,6 +89,7 @@ class Batcher:
         self._bindings: dict[str, Binding] = {}
         self._loaded = False
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
         k = self.keys
@@ -105,6 +107,21 @@ class Batcher:
     ) -> Batcher:
         """`redis://`, `rediss://` (TLS) and `unix://` URLs, with user:password when needed."""
         return cls(redis.Redis.from_url(url), namespace=namespace, clock=clock, **options)
+
+    def _emit_client(self) -> redis.Redis:
+        """This thread's own connection for the emit path.
+
+        Checking a connection out of the pool and back in costs about as much as distbatch's
+        whole Python side of an emit (≈ 20 µs of ≈ 140 µs on loopback). Keyed by pid too, so a
+        forked child never writes to its parent's socket.
+        """
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.client = self.client.__class__(
+                connection_pool=self.client.connection_pool, single_connection_client=True
+            )
+            local.pid = os.getpid()
+        return local.client  # type: ignore[no-any-return]
 
     # registry ---------------------------------------------------------------------------
 
@@ -222,7 +239,7 @@ class Batcher:
                     pkey = partition_key(payload, r.path)
                     placed.append((r.key, pkey))
                     args += (member_bytes(r.key, pkey), r.count, r.window, data)
-            reply = self.scripts.accumulate(keys=self._acc_keys, args=args)
+            reply = self.scripts.accumulate(keys=self._acc_keys, args=args, client=self._emit_client())
             if reply[0] == -1:
                 self._loaded = False
                 continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -27,6 +29,11 @@ def test_encoding_is_injective_and_reversible() -> None:
 def test_encoding_injective_property(values: list[str | None]) -> None:
     segs = {encode_partition(v) for v in values}
     assert len(segs) == len(values)
+
+
+@given(st.one_of(st.text(), st.text(alphabet="AZaz09_.~-%é{")))
+def test_unreserved_fast_path_encodes_as_quote_does(value: str) -> None:
+    assert encode_partition(value) == "=" + quote(value, safe="", errors="surrogatepass")
 
 
 @given(st.text(), st.text())

@@ -56,3 +56,48 @@ def test_concurrent_producers_cut_exact_batches(redis_server: RedisServer) -> No
     stats = client.hgetall(b.keys.stats)
     assert int(stats[b"events_in:hot@v1"]) == PRODUCERS * PER_PRODUCER
     assert int(stats[b"batches_count:hot@v1"]) == PRODUCERS * PER_PRODUCER // COUNT
+
+
+def test_threads_and_a_forked_child_share_one_batcher(redis_server: RedisServer) -> None:
+    """emit keeps one connection per thread and per process: no two ever share a socket.
+
+    The child's replies have a different shape (two bindings, always cut), so a reply read by
+    the wrong process fails loudly instead of passing unnoticed.
+    """
+    import os
+    import threading
+
+    b = Batcher.from_url(redis_server.url, namespace="fork")
+    b.register("t", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    for name in ("c1", "c2"):
+        b.register(name, version="v1", source="c", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.emit("s", {"i": -1})  # the parent's connection exists before the fork
+    pid = os.fork()
+    if pid == 0:  # child: the same Batcher object, inherited
+        ok = False
+        try:
+            ok = all(
+                [r.batch is not None for r in b.emit("c", {"i": i})] == [True, True] for i in range(500)
+            )
+        finally:
+            os._exit(0 if ok else 1)
+    done: list[int] = []
+
+    def produce(n: int) -> None:
+        for i in range(n):
+            (result,) = b.emit("s", {"i": i})
+            assert result.binding == "t@v1"
+        done.append(n)
+
+    threads = [threading.Thread(target=produce, args=(300,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    produce(299)
+    for t in threads:
+        t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(done) == [299, 300, 300, 300]
+    stats = redis.Redis.from_url(redis_server.url).hgetall(b.keys.stats)
+    assert int(stats[b"events_in:t@v1"]) == 1 + 3 * 300 + 299 and int(stats[b"batches_count:t@v1"]) == 120
+    assert int(stats[b"batches_count:c1@v1"]) == int(stats[b"batches_count:c2@v1"]) == 500
