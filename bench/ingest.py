@@ -1,7 +1,8 @@
 """Ingest: events/s accepted by emit and emit_many, against the raw redis-py ceiling.
 
-Ceiling (same run, same Redis): a pipelined EVALSHA of a minimal RPUSH + ZADD script with
-pre-encoded payloads, one EVALSHA per event, `chunk` of them per round trip.
+Ceiling (same run, same Redis): an EVALSHA of a minimal RPUSH + ZADD script with pre-encoded
+payloads, one EVALSHA per event: a plain redis-py call for `emit`, `chunk` of them pipelined per
+round trip for `emit_many`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ def _baseline(url: str, chunk: int, n: int, seed: int, barrier: Any, out: Any) -
     items = [(f"base:buf:{rng.randrange(KEYS)}", msgpack.packb(payload(i, KEYS))) for i in range(n)]
     barrier.wait()
     t0 = time.perf_counter()
-    for start in range(0, n, chunk):
-        pipe = client.pipeline(transaction=False)
-        for key, data in items[start : start + chunk]:
-            script(keys=[key, "base:deadlines"], args=[data, 1_000_000], client=pipe)
-        pipe.execute()
+    if chunk == 1:  # one plain call per event: a pipeline of one would only add overhead
+        for key, data in items:
+            script(keys=[key, "base:deadlines"], args=[data, 1_000_000])
+    else:
+        for start in range(0, n, chunk):
+            pipe = client.pipeline(transaction=False)
+            for key, data in items[start : start + chunk]:
+                script(keys=[key, "base:deadlines"], args=[data, 1_000_000], client=pipe)
+            pipe.execute()
     out.put(time.perf_counter() - t0)
 
 

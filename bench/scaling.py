@@ -26,22 +26,29 @@ def _populate(batcher: Batcher, start: int, stop: int) -> None:
         batcher.emit_many("src", [{**payload(i, stop), "k": f"p{i}"} for i in chunk])
 
 
-def _emit_cost(batcher: Batcher, open_keys: int, rounds: int) -> tuple[float, float]:
-    """µs per event for emit_many(100) and for single emit, into random open buffers."""
+def _server_us(client: Any) -> float:
+    """Time Redis spent in scripts so far (commandstats), to split server from client cost."""
+    return float(client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+
+
+def _emit_cost(batcher: Batcher, open_keys: int, rounds: int) -> tuple[float, float, float]:
+    """µs per event for emit_many(100) (all, and inside Redis) and for single emit."""
     rng = random.Random(open_keys)
     events = [{**payload(i, 1), "k": f"p{rng.randrange(open_keys)}"} for i in range(rounds * 100)]
+    batcher.client.config_resetstat()
     t0 = time.perf_counter()
     for i in range(rounds):
         batcher.emit_many("src", events[i * 100 : (i + 1) * 100])
     many = (time.perf_counter() - t0) / len(events) * 1e6
+    many_server = _server_us(batcher.client) / len(events)
     t0 = time.perf_counter()
     for e in events[: rounds * 5]:
         batcher.emit("src", e)
     single = (time.perf_counter() - t0) / (rounds * 5) * 1e6
-    return many, single
+    return many, many_server, single
 
 
-def _raw_cost(batcher: Batcher, open_keys: int, rounds: int) -> float:
+def _raw_cost(batcher: Batcher, open_keys: int, rounds: int) -> tuple[float, float]:
     """The same appends as emit_many(100) through the minimal RPUSH + ZADD script (the ceiling)."""
     client = batcher.client
     script = client.register_script(MINIMAL)
@@ -49,13 +56,14 @@ def _raw_cost(batcher: Batcher, open_keys: int, rounds: int) -> float:
     prefix, deadlines = batcher.keys.buffer_prefix, batcher.keys.deadlines
     items = [(f"{prefix}scale@v1|=p{rng.randrange(open_keys)}", msgpack.packb(payload(i, 1)))
              for i in range(rounds * 100)]
+    client.config_resetstat()
     t0 = time.perf_counter()
     for i in range(rounds):
         pipe = client.pipeline(transaction=False)
         for key, data in items[i * 100 : (i + 1) * 100]:
             script(keys=[key, deadlines], args=[data, 1], client=pipe)
         pipe.execute()
-    return (time.perf_counter() - t0) / len(items) * 1e6
+    return (time.perf_counter() - t0) / len(items) * 1e6, _server_us(client) / len(items)
 
 
 def _flush_cost(batcher: Batcher, calls: int) -> float:
@@ -81,16 +89,24 @@ def run(quick: bool = False) -> dict[str, Any]:
             fill = time.perf_counter() - t0
             assert batcher.client.zcard(batcher.keys.deadlines) == size
             time.sleep(2)  # let Redis finish rehashing its grown dicts before timing
-            many, single = _emit_cost(batcher, size, rounds)
-            rows.append({"open_buffers": size, "emit_many_us_per_event": many, "emit_us_per_call": single,
-                         "raw_us_per_event": _raw_cost(batcher, size, rounds),
+            many, many_server, single = _emit_cost(batcher, size, rounds)
+            raw, raw_server = _raw_cost(batcher, size, rounds)
+            rows.append({"open_buffers": size, "emit_many_us_per_event": many,
+                         "emit_many_redis_us_per_event": many_server, "emit_us_per_call": single,
+                         "raw_us_per_event": raw, "raw_redis_us_per_event": raw_server,
                          "flush_us_per_call": _flush_cost(batcher, calls), "fill_s": fill})
     base = rows[0]
     for r in rows:
         for k in ("emit_many_us_per_event", "emit_us_per_call", "flush_us_per_call", "raw_us_per_event"):
             r[k.replace("_us_per_event", "").replace("_us_per_call", "") + "_vs_1k"] = r[k] / base[k]
-    print(table(rows, ["open_buffers", "emit_many_us_per_event", "emit_many_vs_1k", "raw_us_per_event",
-                       "raw_vs_1k", "emit_us_per_call", "emit_vs_1k", "flush_us_per_call", "flush_vs_1k"]))
+        r["emit_many_client_us_per_event"] = r["emit_many_us_per_event"] - r["emit_many_redis_us_per_event"]
+    shown = {"open_buffers": "open", "emit_many_us_per_event": "many_us", "emit_many_vs_1k": "many_x",
+             "emit_many_redis_us_per_event": "many_redis", "emit_many_client_us_per_event": "many_client",
+             "raw_us_per_event": "raw_us", "raw_vs_1k": "raw_x", "raw_redis_us_per_event": "raw_redis",
+             "emit_us_per_call": "emit_us", "emit_vs_1k": "emit_x", "flush_us_per_call": "flush_us",
+             "flush_vs_1k": "flush_x"}
+    print("µs per event (emit_many, raw) or per call (emit, flush); _x = ratio to the 1k row")
+    print(table([{shown[k]: r[k] for k in shown} for r in rows], list(shown.values())))
     result = {"rows": rows}
     save("scaling", result)
     return result
