@@ -158,8 +158,8 @@ def dead_list(redis_url: str, namespace: str) -> None:
 
 
 def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
-    if every:
-        batch_ids = tuple(i.decode() for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
+    if every:  # nothing dead is a fine answer to --all, not a usage error
+        return tuple(i.decode() for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
     if not batch_ids:
         raise click.UsageError("name batch ids or pass --all")
     return batch_ids

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import quote, unquote
 
 KEYLESS = "*"
@@ -38,10 +37,24 @@ def decode_partition(segment: str) -> str | None:
     return unquote(segment[1:], errors="surrogatepass")
 
 
-@lru_cache(maxsize=1 << 16)
+_MEMBER_CACHE_SIZE = 1 << 16
+_members: dict[tuple[str, str | None], bytes] = {}
+
+
 def member_bytes(binding: str, partition_key: str | None) -> bytes:
-    """The hot path's member, cached: partition keys repeat, percent-encoding is not free."""
-    return f"{binding}|{encode_partition(partition_key)}".encode("utf-8", "surrogatepass")
+    """The hot path's member, cached: partition keys repeat, building a member is not free.
+
+    A plain dict emptied when full, not an LRU: with more live keys than the cache holds
+    (1M open buffers) an LRU misses anyway and its bookkeeping made each miss cost twice the
+    member itself; emptying a dict costs nothing per call.
+    """
+    member = _members.get((binding, partition_key))
+    if member is None:
+        if len(_members) >= _MEMBER_CACHE_SIZE:
+            _members.clear()
+        member = f"{binding}|{encode_partition(partition_key)}".encode("utf-8", "surrogatepass")
+        _members[binding, partition_key] = member
+    return member
 
 
 def split_member(member: str) -> tuple[str, str | None]:

@@ -49,6 +49,16 @@ def test_emit_stats_triggers(redis_server: RedisServer, namespace: str) -> None:
                                        "expire_action": "fire_partial"}
 
 
+def test_dead_commands_with_nothing_dead(redis_server: RedisServer, namespace: str) -> None:
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    runner = CliRunner()
+    purge = runner.invoke(cli, ["dead", "purge", "--all", *args])
+    assert purge.exit_code == 0 and "purged 0 dead batches" in purge.output
+    replay = runner.invoke(cli, ["dead", "replay", "--all", *args])
+    assert replay.exit_code == 0 and replay.output == ""
+    assert runner.invoke(cli, ["dead", "purge", *args]).exit_code == 2  # neither ids nor --all
+
+
 def test_bad_durations_name_the_option() -> None:
     result = CliRunner().invoke(cli, ["worker", "--lease", "soon"])
     assert result.exit_code == 2 and "'soon'" in result.output

@@ -71,3 +71,12 @@ def test_hostile_key_value_cannot_reach_another_namespace(make_batcher) -> None:
     assert r[0].batch is None
     a.drop("d@v1")
     b.drop("d@v1")
+
+
+def test_member_cache_is_bounded_and_agrees_with_keys() -> None:
+    from distbatch import keys
+
+    for i in range(keys._MEMBER_CACHE_SIZE + 10):
+        pk = None if i == 7 else f"{{k}}:{i}"
+        assert keys.member_bytes("b@v1", pk) == Keys.member("b@v1", pk).encode()
+        assert len(keys._members) <= keys._MEMBER_CACHE_SIZE
