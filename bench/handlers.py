@@ -33,3 +33,13 @@ def lateness(batch: Batch) -> None:
     pipe.rpush("bench:late", f"{batch.cut_at_ms - deadline:.3f} {start_ms - deadline:.3f}")
     pipe.incrby("bench:events", len(batch.events))
     pipe.execute()
+
+
+def count(batch: Batch) -> None:
+    """For the worker benchmark: the least a handler does, one INCRBY."""
+    _client().incrby("bench:events", len(batch.events))
+
+
+def rq_count(n: int) -> None:
+    """The same work as a plain RQ job: the worker benchmark's baseline."""
+    _client().incrby("bench:events", n)

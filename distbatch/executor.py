@@ -22,11 +22,50 @@ class Outcome:
     attempt: int = 0
 
 
+class LeaseKeeper:
+    """One thread renews the lease of every batch in hand, every lease/3.
+
+    A thread per batch cost more than the whole claim for small handlers. A batch is claimed with
+    a full lease, and the first renewal comes within lease/3 of any start, so no lease runs out
+    while its worker lives. Renewing a batch that just finished is a no-op (`ZADD XX`).
+    """
+
+    def __init__(self, batcher: Batcher, lease_ms: int) -> None:
+        self.batcher = batcher
+        self.lease_ms = lease_ms
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, batch_id: str) -> None:
+        with self._lock:
+            self._held.add(batch_id)
+            if self._thread is None or not self._thread.is_alive():  # first use, or a forked child
+                self._thread = threading.Thread(target=self._run, name="distbatch-lease", daemon=True)
+                self._thread.start()
+
+    def release(self, batch_id: str) -> None:
+        with self._lock:
+            self._held.discard(batch_id)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(max(self.lease_ms / 3000, 0.01))
+            with self._lock:
+                held = list(self._held)
+            for batch_id in held:
+                try:
+                    self.batcher.renew(batch_id, self.lease_ms)
+                except Exception:  # a blip must not stop renewals; the lease has slack
+                    log.exception("lease renewal failed for batch %s", batch_id)
+
+
 class Executor:
     def __init__(self, batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000) -> None:
         self.batcher = batcher
         self.resolver = resolver
         self.lease_ms = lease_ms
+        self.leases = LeaseKeeper(batcher, lease_ms)
 
     def run(self, batch_id: str) -> Outcome:
         claim = self.batcher.claim(batch_id, self.lease_ms)
@@ -43,14 +82,11 @@ class Executor:
                       extra={"event": "handler_refused", "batch": batch_id})
             self.batcher.fail(batch_id, f"HandlerNotAllowed: {exc}", None)
             return Outcome("refused", batch_id, batch.attempt)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(batch_id, stop), daemon=True)
-        beat.start()
+        self.leases.hold(batch_id)
         started = time.monotonic()
         try:
             fn(batch)
         except Exception as exc:
-            stop.set()
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
             status = self.batcher.fail(batch_id, traceback.format_exc(), delay)
@@ -59,17 +95,8 @@ class Executor:
                         extra={"event": "handler_failed", "batch": batch_id})
             return Outcome(status, batch_id, batch.attempt)
         finally:
-            stop.set()
-            beat.join()
+            self.leases.release(batch_id)
         self.batcher.complete(batch_id)
         log.info("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch_id,
                  batch.binding, len(batch.events), time.monotonic() - started)
         return Outcome("delivered", batch_id, batch.attempt)
-
-    def _heartbeat(self, batch_id: str, stop: threading.Event) -> None:
-        """Renew the lease while the handler runs, so only a dead worker loses its batch."""
-        while not stop.wait(self.lease_ms / 3000):
-            try:
-                self.batcher.renew(batch_id, self.lease_ms)
-            except Exception:  # a blip must not kill the handler; the lease has slack
-                log.exception("lease renewal failed for batch %s", batch_id)

@@ -14,7 +14,7 @@ def test_quick_benchmarks_complete() -> None:
     out = subprocess.run([sys.executable, "-m", "bench", "all", "--quick"], env=env_with_path(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for name in ("ingest", "e2e", "lateness", "scaling", "memory"):
+    for name in ("ingest", "e2e", "lateness", "scaling", "memory", "worker"):
         assert f"== {name} (quick)" in out.stdout
         assert json.loads((RESULTS / f"{name}.json").read_text())
     e2e = json.loads((RESULTS / "e2e.json").read_text())

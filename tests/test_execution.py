@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
+import time
 import zlib
 
 import pytest
@@ -22,6 +24,15 @@ seen: list[Batch] = []
 
 @handler
 def collect(batch: Batch) -> None:
+    seen.append(batch)
+
+
+started = threading.Event()
+
+
+def slow(batch: Batch) -> None:
+    started.set()
+    time.sleep(1.2)
     seen.append(batch)
 
 
@@ -138,3 +149,25 @@ def test_sweeper_reenqueues_a_job_taken_by_a_worker_that_died_before_claiming(cl
     sweeper.run_once()
     assert client.lrange(queue, 0, -1) == [jid.encode()]
     assert sweeper.handed_off == 1
+
+
+def test_a_long_handler_keeps_its_lease(redis_server: RedisServer) -> None:
+    """A handler running for several leases is never reclaimed; its lease keeps moving forward."""
+    b = Batcher.from_url(redis_server.url, namespace="lease-keep")
+    started.clear()
+    b.register("slow", version="v1", source="s", handler=slow, batch={"count": 1, "window": "1h"})
+    (r,) = b.emit("s", {"n": 1})
+    executor = Executor(b, HandlerResolver(), lease_ms=300)
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(executor.run(r.batch.id).status))
+    runner.start()
+    assert started.wait(5)
+    deadlines = []
+    for _ in range(4):  # 1 s: more than three leases of 300 ms
+        time.sleep(0.25)
+        deadlines.append(b.client.zscore(b.keys.running, r.batch.id))
+        assert b.fail(r.batch.id, "reclaim", 0, only_if_expired=True) == "unchanged"
+    runner.join(5)
+    assert outcome == ["delivered"] and len(seen) == 1
+    assert deadlines == sorted(deadlines) and len(set(deadlines)) >= 3
+    assert not b.client.zscore(b.keys.running, r.batch.id)
