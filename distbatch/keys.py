@@ -121,7 +121,7 @@ class Keys:
 
     @property
     def wake(self) -> str:
-        """List pushed when a new earliest deadline appears; sweepers block on it."""
+        """Pub/sub channel: accumulate publishes a new earliest deadline; sweepers listen."""
         return f"{self.base}:wake"
 
     # batches

@@ -2,14 +2,15 @@
 batches of workers that died.
 
 It sleeps until the earliest thing it has to do (a window deadline, a ready batch coming due, a
-lease running out) and blocks on the wake list meanwhile, so a new earlier deadline pushed by
-accumulate wakes it at once. Any number of sweepers can run: every step is atomic in Redis.
+lease running out) and listens on the wake channel meanwhile, so a new earlier deadline published
+by accumulate wakes it at once. Any number of sweepers can run: every step is atomic in Redis.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .batcher import Batcher
 from .dispatch import Dispatcher, job_id
@@ -39,6 +40,7 @@ class Sweeper:
         """Do what is due now; return how long (s) it may sleep before the next thing is due."""
         b, k = self.batcher, self.batcher.keys
         step = b.flush_step(self.limit, with_events=False)
+        stepped = time.monotonic()  # `now` below is the server's time at this point
         self.cut += len(step.batches)
         if len(step.batches) >= self.limit:
             return 0.0
@@ -62,7 +64,8 @@ class Sweeper:
         nxt = [rows[0][1] for rows in pipe.execute() if rows]
         if step.next_deadline_ms is not None and b.clock.now_ms() is None:
             nxt.append(step.next_deadline_ms)
-        wait = (min(nxt) - now) / 1000 if nxt else self.max_sleep_s
+        # minus the round trips since the flush, or every cut comes that much late
+        wait = (min(nxt) - now) / 1000 - (time.monotonic() - stepped) if nxt else self.max_sleep_s
         return max(0.0, min(wait, self.max_sleep_s))
 
     def _still_queued(self, due: list[str]) -> list[str]:
@@ -101,13 +104,24 @@ class Sweeper:
         return status
 
     def run(self, stop: threading.Event | None = None) -> None:
+        """Loop until `stop`: do what is due, then wait for the next due time or a wake message.
+
+        The wait is client-side (`get_message(timeout=...)` on a subscribed connection): a
+        server-side BLPOP timeout only fires on Redis's `hz` tick, up to 100 ms late on an idle
+        server. accumulate publishes on the wake channel when a new earliest deadline appears.
+        """
         stop = stop or threading.Event()
-        wake = self.batcher.keys.wake
-        while not stop.is_set():
-            try:
-                wait = self.run_once()
-                if wait >= 0.001:
-                    self.batcher.client.blpop([wake], timeout=wait)
-            except Exception:
-                log.exception("sweeper step failed; retrying in 1s")
-                stop.wait(1.0)
+        wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            while not stop.is_set():
+                try:
+                    if not wake.subscribed:  # before reading state, so no wake is missed
+                        wake.subscribe(self.batcher.keys.wake)
+                    wait = self.run_once()
+                    if wait >= 0.001:
+                        wake.get_message(timeout=wait)
+                except Exception:
+                    log.exception("sweeper step failed; retrying in 1s")
+                    stop.wait(1.0)
+        finally:
+            wake.close()

@@ -25,7 +25,7 @@ log = logging.getLogger("distbatch.worker")
 
 
 def start_sweeper(batcher: Batcher, stop: threading.Event, **options: float) -> threading.Thread:
-    """An in-process sweeper thread with its own connection (it blocks on the wake list)."""
+    """An in-process sweeper thread with its own connections (it listens on the wake channel)."""
     own = Batcher(
         batcher.client.__class__(connection_pool=batcher.client.connection_pool),
         namespace=batcher.keys.namespace,

@@ -171,3 +171,36 @@ def test_a_long_handler_keeps_its_lease(redis_server: RedisServer) -> None:
     assert outcome == ["delivered"] and len(seen) == 1
     assert deadlines == sorted(deadlines) and len(set(deadlines)) >= 3
     assert not b.client.zscore(b.keys.running, r.batch.id)
+
+
+@pytest.mark.parametrize("backend", ["redis", "fakeredis"])
+def test_sweeper_asleep_is_woken_by_a_new_window(backend: str, redis_server: RedisServer) -> None:
+    """A sweeper with nothing to do sleeps up to max_sleep; a new window must wake it, so the
+    partial batch is cut at its deadline, not at the end of that sleep."""
+    import fakeredis
+
+    from distbatch.sweeper import Sweeper
+
+    def connect() -> redis.Redis:
+        if backend == "redis":
+            return redis.Redis.from_url(redis_server.url)
+        return fakeredis.FakeRedis(server=server)
+
+    server = fakeredis.FakeServer()
+    b = Batcher(connect(), namespace=f"wake-{backend}")
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "200ms"})
+    sweeper = Sweeper(Batcher(connect(), namespace=f"wake-{backend}"), max_sleep_s=30)
+    stop = threading.Event()
+    thread = threading.Thread(target=sweeper.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # the sweeper found nothing due and went to sleep for max_sleep_s
+        b.emit("s", {"n": 1})
+        deadline = time.monotonic() + 5
+        while sweeper.cut == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sweeper.cut == 1
+    finally:
+        stop.set()
+        b.client.publish(b.keys.wake, "stop")  # end its wait now
+        thread.join(5)

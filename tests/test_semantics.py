@@ -246,17 +246,22 @@ def test_server_clock_window(make_batcher) -> None:
     assert batch.events[0].payload == {"n": 1}
 
 
-def test_wake_is_pushed_only_when_a_new_earliest_deadline_appears(
+def test_wake_is_published_only_when_a_new_earliest_deadline_appears(
     batcher: Batcher, clock: ManualClock
 ) -> None:
     """Sweepers sleep until the earliest deadline; accumulate must wake them exactly then."""
     reg(batcher, count=100, window="10s", key="k")
     short = batcher.register("s", version="v1", source="other", handler=H,
                              batch={"count": 100, "window": "1s", "key": "k"})
-    wake = batcher.keys.wake
+    sub = batcher.client.pubsub()
+    sub.subscribe(batcher.keys.wake)
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    got: list[int] = []
 
     def pushed() -> list[int]:
-        return [int(x) for x in batcher.client.lrange(wake, 0, -1)]
+        while (message := sub.get_message(timeout=0.05)) is not None:
+            got.append(int(message["data"]))
+        return got
 
     batcher.emit("src", {"k": "a"})  # first window: deadline now + 10s is the new earliest
     assert pushed() == [clock.now_ms() + 10_000]
@@ -277,3 +282,4 @@ def test_wake_is_pushed_only_when_a_new_earliest_deadline_appears(
     # the deadline set is empty now, so the next window opened is the earliest
     batcher.emit("src", {"k": "e"})
     assert pushed()[-1] == clock.now_ms() + 10_000 and len(pushed()) == 3
+    sub.close()

@@ -1,5 +1,5 @@
 -- Append events to their buffers; open windows; enforce the cap; cut batches at `count`.
--- KEYS: regver, deadlines, wake, batchseq, ready, stats
+-- KEYS: regver, deadlines, wake (a pub/sub channel), batchseq, ready, stats
 -- ARGV: expected_regver, window_now ('' = server TIME), grace_ms, cap, buf_prefix,
 --       open_prefix, batch_prefix, then per item: member, count, window_ms, event_bytes
 -- Returns {-1, current_regver} when the caller's bindings are stale (nothing written), else
@@ -64,7 +64,6 @@ for binding, n in pairs(accepted) do
   redis.call('HINCRBY', k_stats, 'events_in:' .. binding, n)
 end
 if woke then
-  redis.call('RPUSH', k_wake, earliest)
-  redis.call('LTRIM', k_wake, -16, -1)
+  redis.call('PUBLISH', k_wake, earliest)
 end
 return out
