@@ -28,7 +28,8 @@ from .scripts import Scripts
 log = logging.getLogger("distbatch")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
-OnCut = Callable[[list[str]], None]
+OnCut = Callable[[list[str], int | None], None]
+"""Called with the ids of batches just cut and the server time (ms) of the cut, None if unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,12 +218,12 @@ class Batcher:
             return []
         window_now = b"" if now is None else b"%d" % now
         results: list[EmitResult] = []
-        cuts: list[str] = []
+        cuts: list[Batch] = []
         step = max(1, self.chunk_size // max(1, len(self._routes.get(source, ())) or 1))
         for start in range(0, len(events), step):
             results.extend(self._accumulate(source, events[start : start + step], window_now, cuts))
         if cuts and self.on_cut is not None:
-            self.on_cut(cuts)
+            self.on_cut([b.id for b in cuts], cuts[-1].cut_at_ms)
         return results
 
     def _accumulate(
@@ -230,7 +231,7 @@ class Batcher:
         source: str,
         events: Sequence[tuple[Mapping[str, Any], bytes]],
         window_now: bytes,
-        cuts: list[str],
+        cuts: list[Batch],
     ) -> list[EmitResult]:
         for _ in range(10):
             if not self._loaded:
@@ -253,7 +254,7 @@ class Batcher:
         raise RuntimeError("bindings kept changing while emitting; giving up after 10 tries")
 
     def _results(
-        self, placed: list[tuple[str, str | None]], reply: list[Any], cuts: list[str]
+        self, placed: list[tuple[str, str | None]], reply: list[Any], cuts: list[Batch]
     ) -> list[EmitResult]:
         out: list[EmitResult] = []
         cut_ms = reply[0]
@@ -268,8 +269,8 @@ class Batcher:
             batch = None
             if batch_id:
                 bid = batch_id.decode()
-                cuts.append(bid)
                 batch = Batch(bid, binding, pkey, "count", LazyEvents(blob), cut_at_ms=cut_ms)
+                cuts.append(batch)
             if overflowed:
                 log.warning(
                     "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, "
@@ -312,7 +313,7 @@ class Batcher:
                 )
         cuts = [b.id for b in batches if not b.discarded]
         if cuts and self.on_cut is not None:
-            self.on_cut(cuts)
+            self.on_cut(cuts, int(reply[1]))
         return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]))
 
     def drop(self, binding: str) -> list[Event]:
@@ -377,7 +378,7 @@ class Batcher:
         k = self.keys
         ok = bool(self.scripts.replay(keys=[k.ready, k.dead], args=[batch_id, k.batch_prefix]))
         if ok and self.on_cut is not None:
-            self.on_cut([batch_id])
+            self.on_cut([batch_id], None)
         return ok
 
     def get_batch(self, batch_id: str) -> Batch:
@@ -397,10 +398,22 @@ class Batcher:
         ids = self.client.zrangebyscore(self.keys.ready, "-inf", now, start=0, num=limit)
         return [i.decode() for i in ids]
 
-    def mark_handed_off(self, batch_ids: Sequence[str], redeliver_after_ms: int) -> None:
-        """After enqueueing: hand it off again only if nobody claimed it by then."""
+    def mark_handed_off(
+        self,
+        batch_ids: Sequence[str],
+        redeliver_after_ms: int,
+        *,
+        server_ms: int | None = None,
+        pipeline: redis.client.Pipeline | None = None,
+    ) -> None:
+        """After enqueueing: hand it off again only if nobody claimed it by then.
+
+        With the server time already known (the cut's), it rides in the enqueue's pipeline.
+        """
         if not batch_ids:
             return
-        seconds, micros = self.client.time()
-        due = seconds * 1000 + micros // 1000 + redeliver_after_ms
-        self.client.zadd(self.keys.ready, dict.fromkeys(batch_ids, due), xx=True)
+        if server_ms is None:
+            seconds, micros = self.client.time()
+            server_ms = seconds * 1000 + micros // 1000
+        due = server_ms + redeliver_after_ms
+        (pipeline or self.client).zadd(self.keys.ready, dict.fromkeys(batch_ids, due), xx=True)

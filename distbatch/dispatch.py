@@ -21,7 +21,7 @@ def make_queue(batcher: Batcher) -> Queue:
 
 
 class Dispatcher:
-    """`on_cut` hook of a Batcher: enqueue right after the cut, then push the re-hand-off time out.
+    """`on_cut` hook of a Batcher: enqueue right after the cut and push the re-hand-off time out.
 
     If this process dies between the cut and the enqueue, the batch is still due in the ready set
     after the hand-off grace, and a sweeper enqueues it. If a job is lost after the enqueue (its
@@ -36,7 +36,8 @@ class Dispatcher:
         self.redeliver_after_ms = redeliver_after_ms
         self.namespace = batcher.keys.namespace
 
-    def __call__(self, batch_ids: Sequence[str]) -> None:
+    def __call__(self, batch_ids: Sequence[str], server_ms: int | None = None) -> None:
+        """Enqueue the batches; `server_ms` (the cut's server time) saves a TIME round trip."""
         if not batch_ids:
             return
         ns = self.namespace
@@ -51,8 +52,13 @@ class Dispatcher:
                 ],
                 pipeline=pipe,
             )
+            if server_ms is not None:  # one round trip for the enqueue and the new due time
+                self.batcher.mark_handed_off(
+                    batch_ids, self.redeliver_after_ms, server_ms=server_ms, pipeline=pipe
+                )
             pipe.execute()
-        self.batcher.mark_handed_off(batch_ids, self.redeliver_after_ms)
+        if server_ms is None:
+            self.batcher.mark_handed_off(batch_ids, self.redeliver_after_ms)
 
 
 def attach(batcher: Batcher, **options: int) -> Batcher:

@@ -49,12 +49,12 @@ class Sweeper:
         pipe.zrangebyscore(k.ready, "-inf", now, start=0, num=self.limit)
         pipe.zrangebyscore(k.running, "-inf", now, start=0, num=self.limit)
         due, expired = pipe.execute()
-        due = self._still_queued([i.decode() for i in due])
+        due = self._still_queued([i.decode() for i in due], now)
         for bid in (i.decode() for i in expired):
             if self._reclaim(bid) == "retry":
                 due.append(bid)
         if due:
-            self.dispatcher(due)
+            self.dispatcher(due, now)
             self.handed_off += len(due)
             log.debug("handed off %d batches", len(due))
         if len(due) >= self.limit:
@@ -68,7 +68,7 @@ class Sweeper:
         wait = (min(nxt) - now) / 1000 - (time.monotonic() - stepped) if nxt else self.max_sleep_s
         return max(0.0, min(wait, self.max_sleep_s))
 
-    def _still_queued(self, due: list[str]) -> list[str]:
+    def _still_queued(self, due: list[str], now_ms: int) -> list[str]:
         """Of the batches due for hand-off, those whose job still sits in the queue only get
         their due time pushed out; the rest (never enqueued, or taken by a worker that died
         before claiming) are enqueued again."""
@@ -81,7 +81,7 @@ class Sweeper:
             pipe.lpos(queue_key, job_id(ns, bid))  # a job's status stays "queued" if its worker
         positions = pipe.execute()  # died right after taking it: only the list itself tells
         waiting = [bid for bid, pos in zip(due, positions, strict=True) if pos is not None]
-        self.batcher.mark_handed_off(waiting, self.dispatcher.redeliver_after_ms)
+        self.batcher.mark_handed_off(waiting, self.dispatcher.redeliver_after_ms, server_ms=now_ms)
         return [bid for bid in due if bid not in set(waiting)]
 
     def _reclaim(self, batch_id: str) -> str:

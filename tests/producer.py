@@ -23,7 +23,7 @@ def main() -> None:
     if mode == "dispatch":
         attach(batcher)
     elif mode == "crash":
-        batcher.on_cut = lambda ids: os.kill(os.getpid(), signal.SIGKILL)
+        batcher.on_cut = lambda ids, server_ms: os.kill(os.getpid(), signal.SIGKILL)
     rng = random.Random(pid)
     i, total = 0, int(n)
     while i < total:

@@ -204,3 +204,25 @@ def test_sweeper_asleep_is_woken_by_a_new_window(backend: str, redis_server: Red
         stop.set()
         b.client.publish(b.keys.wake, "stop")  # end its wait now
         thread.join(5)
+
+
+def test_hand_off_pushes_the_due_time_out_from_the_cut_and_from_the_sweep(
+    client, namespace, make_batcher
+) -> None:
+    """The new due time of an enqueued batch is the cut's (or the sweep's) server time plus the
+    redelivery delay, written in the enqueue's own transaction."""
+    from distbatch.dispatch import Dispatcher
+    from distbatch.sweeper import Sweeper
+
+    b = attach(make_batcher(), redeliver_after_ms=7_000)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "5s"})
+    (_, r) = b.emit_many("s", [{"n": 1}, {"n": 2}])
+    assert client.zscore(b.keys.ready, r.batch.id) == r.batch.cut_at_ms + 7_000
+    b.emit("s", {"n": 3})  # a partial batch, cut by the sweeper once its window ran out
+    b.clock.advance("5s")
+    sweeper = Sweeper(b, Dispatcher(b, redeliver_after_ms=9_000))
+    sweeper.run_once()
+    ((bid, due),) = [(i.decode(), s) for i, s in client.zrange(b.keys.ready, 0, -1, withscores=True)
+                     if i.decode() != r.batch.id]
+    assert due == b.get_batch(bid).cut_at_ms + 9_000
+    assert len(client.lrange(make_queue(b).key, 0, -1)) == 2
