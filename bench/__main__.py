@@ -1,4 +1,4 @@
-"""`python -m bench [all|ingest|e2e|lateness|scaling|memory|worker|plots] [--quick]`."""
+"""`python -m bench [all|ingest|emit_path|e2e|lateness|scaling|memory|worker|plots] [--quick]`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import click
 
-NAMES = ("ingest", "e2e", "lateness", "scaling", "memory", "worker")
+NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker")
 
 
 @click.command()

@@ -62,9 +62,11 @@ def machine() -> dict[str, Any]:
             "redis": redis_version.split()[2] if redis_version else "?"}
 
 
-def save(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, data: dict[str, Any], quick: bool) -> Path:
+    """Full runs land in results/ (the plots read them); --quick smoke runs in results/quick/."""
+    folder = RESULTS / "quick" if quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), "at": time.strftime("%Y-%m-%d %H:%M"), **data},
                                indent=2))
     return path

@@ -118,7 +118,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(table(rows, ["side", "producer", "workers", "killed", "events_per_s", "vs_celery", "seconds",
                        "delivered", "lost", "duplicated"]))
     result = {"events": events, "count": 100, "rows": rows}
-    save("e2e", result)
+    save("e2e", result, quick)
     return result
 
 

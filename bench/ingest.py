@@ -96,7 +96,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(f"events/s, median of {rounds} alternating rounds; ratio = median of the per-round ratios")
     print(table(rows, ["producers", "call", "distbatch_ev_s", "ceiling_ev_s", "ratio"]))
     result = {"payload_bytes": payload_size(), "count": COUNT, "keys": KEYS, "rounds": rounds, "rows": rows}
-    save("ingest", result)
+    save("ingest", result, quick)
     return result
 
 

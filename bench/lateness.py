@@ -75,7 +75,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(f"cut p99 distbatch / polling baseline = {ratio:.2f}" if ratio else "")
     result = {"batches": batches, "window_ms": WINDOW_MS, "distbatch": ours, "baseline": base,
               "idle": {"batches": sparse, "distbatch": ours_idle, "baseline": base_idle}, "p99_ratio": ratio}
-    save("lateness", result)
+    save("lateness", result, quick)
     return result
 
 

@@ -55,7 +55,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(f"distbatch / raw = {ours / raw:.2f}")
     result = {"events": events, "payload_bytes": avg_payload, "distbatch_bytes_per_event": ours,
               "raw_bytes_per_event": raw, "ratio": ours / raw}
-    save("memory", result)
+    save("memory", result, quick)
     return result
 
 

@@ -137,7 +137,7 @@ def run(quick: bool = False) -> dict[str, Any]:
           "flush); _redis = inside Redis (commandstats); _x = ratio to the 1k row")
     print(table([{shown[k]: r[k] for k in shown} for r in rows], list(shown.values())))
     result = {"rounds": rounds, "rows": rows}
-    save("scaling", result)
+    save("scaling", result, quick)
     return result
 
 

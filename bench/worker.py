@@ -69,7 +69,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(table(rows, ["side", "batches_per_s", "ms_per_batch"]))
     print(f"distbatch / plain RQ = {ratio:.2f} (median of the per-round ratios)")
     result = {"jobs": jobs, "rounds": rounds, "rows": rows, "ratio": ratio}
-    save("worker", result)
+    save("worker", result, quick)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,11 +12,12 @@ from distbatch.testing import env_with_path
 
 
 def test_quick_benchmarks_complete() -> None:
+    shutil.rmtree(RESULTS / "quick", ignore_errors=True)  # every result below is from this run
     out = subprocess.run([sys.executable, "-m", "bench", "all", "--quick"], env=env_with_path(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for name in ("ingest", "e2e", "lateness", "scaling", "memory", "worker"):
+    for name in ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker"):
         assert f"== {name} (quick)" in out.stdout
-        assert json.loads((RESULTS / f"{name}.json").read_text())
-    e2e = json.loads((RESULTS / "e2e.json").read_text())
+        assert json.loads((RESULTS / "quick" / f"{name}.json").read_text())
+    e2e = json.loads((RESULTS / "quick" / "e2e.json").read_text())
     assert all(r["lost"] == 0 for r in e2e["rows"] if r["side"] == "distbatch")
