@@ -350,8 +350,7 @@ class Batcher:
 
     def renew(self, batch_id: str, lease_ms: int) -> bool:
         """Extend a running batch's lease (the worker's heartbeat)."""
-        (seconds, micros) = self.client.time()
-        deadline = seconds * 1000 + micros // 1000 + lease_ms
+        deadline = self.server_ms() + lease_ms
         return bool(self.client.zadd(self.keys.running, {batch_id: deadline}, xx=True, ch=True))
 
     def complete(self, batch_id: str) -> int:
@@ -393,27 +392,27 @@ class Batcher:
 
     def due_batches(self, limit: int = 1000) -> list[str]:
         """Ready batch ids whose hand-off is due by the server clock (new, retried, orphaned)."""
-        seconds, micros = self.client.time()
-        now = seconds * 1000 + micros // 1000
-        ids = self.client.zrangebyscore(self.keys.ready, "-inf", now, start=0, num=limit)
+        ids = self.client.zrangebyscore(self.keys.ready, "-inf", self.server_ms(), start=0, num=limit)
         return [i.decode() for i in ids]
+
+    def server_ms(self) -> int:
+        """The Redis server's clock (what leases and hand-off times are measured on)."""
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def mark_handed_off(
         self,
         batch_ids: Sequence[str],
         redeliver_after_ms: int,
-        *,
-        server_ms: int | None = None,
+        server_ms: int,
         pipeline: redis.client.Pipeline | None = None,
     ) -> None:
         """After enqueueing: hand it off again only if nobody claimed it by then.
 
-        With the server time already known (the cut's), it rides in the enqueue's pipeline.
+        `server_ms` is a server time already known (the cut's or the sweep's), so this can ride
+        in the enqueue's pipeline instead of costing round trips of its own.
         """
         if not batch_ids:
             return
-        if server_ms is None:
-            seconds, micros = self.client.time()
-            server_ms = seconds * 1000 + micros // 1000
         due = server_ms + redeliver_after_ms
         (pipeline or self.client).zadd(self.keys.ready, dict.fromkeys(batch_ids, due), xx=True)

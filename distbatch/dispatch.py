@@ -37,9 +37,14 @@ class Dispatcher:
         self.namespace = batcher.keys.namespace
 
     def __call__(self, batch_ids: Sequence[str], server_ms: int | None = None) -> None:
-        """Enqueue the batches; `server_ms` (the cut's server time) saves a TIME round trip."""
+        """Enqueue the batches and push their due time out, in one round trip.
+
+        `server_ms` is the cut's server time; without it (a replay) one TIME call fetches it.
+        """
         if not batch_ids:
             return
+        if server_ms is None:
+            server_ms = self.batcher.server_ms()
         ns = self.namespace
         with self.batcher.client.pipeline() as pipe:
             self.queue.enqueue_many(
@@ -52,14 +57,8 @@ class Dispatcher:
                 ],
                 pipeline=pipe,
             )
-            if server_ms is not None:  # one round trip for the enqueue and the new due time
-                self.batcher.mark_handed_off(
-                    batch_ids, self.redeliver_after_ms, server_ms=server_ms, pipeline=pipe
-                )
+            self.batcher.mark_handed_off(batch_ids, self.redeliver_after_ms, server_ms, pipe)
             pipe.execute()
-        if server_ms is None:
-            self.batcher.mark_handed_off(batch_ids, self.redeliver_after_ms)
-
 
 def attach(batcher: Batcher, **options: int) -> Batcher:
     """Make `batcher` hand every batch it cuts to the workers at once."""

@@ -81,7 +81,7 @@ class Sweeper:
             pipe.lpos(queue_key, job_id(ns, bid))  # a job's status stays "queued" if its worker
         positions = pipe.execute()  # died right after taking it: only the list itself tells
         waiting = [bid for bid, pos in zip(due, positions, strict=True) if pos is not None]
-        self.batcher.mark_handed_off(waiting, self.dispatcher.redeliver_after_ms, server_ms=now_ms)
+        self.batcher.mark_handed_off(waiting, self.dispatcher.redeliver_after_ms, now_ms)
         return [bid for bid in due if bid not in set(waiting)]
 
     def _reclaim(self, batch_id: str) -> str:

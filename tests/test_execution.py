@@ -181,12 +181,13 @@ def test_sweeper_asleep_is_woken_by_a_new_window(backend: str, redis_server: Red
 
     from distbatch.sweeper import Sweeper
 
+    server = fakeredis.FakeServer()
+
     def connect() -> redis.Redis:
         if backend == "redis":
             return redis.Redis.from_url(redis_server.url)
         return fakeredis.FakeRedis(server=server)
 
-    server = fakeredis.FakeServer()
     b = Batcher(connect(), namespace=f"wake-{backend}")
     b.register("w", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "200ms"})
     sweeper = Sweeper(Batcher(connect(), namespace=f"wake-{backend}"), max_sleep_s=30)
