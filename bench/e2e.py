@@ -18,7 +18,6 @@ from typing import Any
 import redis
 
 from distbatch import Batcher
-from distbatch.dispatch import attach
 
 from .common import payload, private_redis, save, spawn, stop, table, wait_counter
 
@@ -29,7 +28,7 @@ def run_distbatch(url: str, events: int, workers: int, kill_one: bool = False,
                   producer: str = "emit", timeout: float = 180) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     client.delete("bench:ids", "bench:events")
-    batcher = attach(Batcher.from_url(url, namespace=NS))
+    batcher = Batcher.from_url(url, namespace=NS)
     batcher.register("e2e", version="v1", source="src", handler="bench.handlers.record",
                      batch={"count": 100, "window": "1s", "key": "k"})
     logdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))

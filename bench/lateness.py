@@ -15,7 +15,6 @@ from typing import Any
 import redis
 
 from distbatch import Batcher
-from distbatch.dispatch import attach
 
 from .common import private_redis, save, spawn, stop, summary, table, wait_counter
 
@@ -26,7 +25,7 @@ def measure(url: str, sweeper: str, batches: int, rate: float) -> dict[str, Any]
     ns = f"late-{sweeper}"
     client = redis.Redis.from_url(url)
     client.delete("bench:late", "bench:events")
-    batcher = attach(Batcher.from_url(url, namespace=ns))
+    batcher = Batcher.from_url(url, namespace=ns)
     batcher.register("late", version="v1", source="src", handler="bench.handlers.lateness",
                      batch={"count": 10, "window": f"{WINDOW_MS}ms", "key": "k"})
     logdir = Path(tempfile.mkdtemp(prefix="bench-late-"))

@@ -7,14 +7,13 @@ import sys
 import time
 
 from distbatch import Batcher
-from distbatch.dispatch import Dispatcher
 from distbatch.sweeper import Sweeper
 
 
 def main() -> None:
     url, ns, interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
     batcher = Batcher.from_url(url, namespace=ns)
-    sweeper = Sweeper(batcher, Dispatcher(batcher))
+    sweeper = Sweeper(batcher)
     while True:
         sweeper.run_once()
         time.sleep(interval)

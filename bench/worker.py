@@ -18,7 +18,6 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 from distbatch import Batcher
-from distbatch.dispatch import attach
 from distbatch.worker import run_worker
 
 from .common import private_redis, save, table
@@ -27,7 +26,7 @@ COUNT = 10
 
 
 def _distbatch_round(url: str, jobs: int) -> float:
-    producer = attach(Batcher.from_url(url, namespace="wb"))
+    producer = Batcher.from_url(url, namespace="wb")
     producer.register("wb", version="v1", source="src", handler="bench.handlers.count",
                       batch={"count": COUNT, "window": "1h"})
     producer.emit_many("src", [{"i": i} for i in range(jobs * COUNT)])  # cuts and enqueues `jobs`

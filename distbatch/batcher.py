@@ -1,4 +1,8 @@
-"""Batcher: register triggers, emit events, cut and flush batches — all state in Redis."""
+"""Batcher: register triggers, emit events, cut and flush batches (ingest; all state in Redis).
+
+What happens to a batch after its cut lives in `records.py` (claim, lease, complete, fail) and
+`dispatch.py` (hand-off to the workers).
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,31 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from .clock import ManualClock, ServerClock
-from .codec import LazyEvents, decode_batch, decode_cut, decode_events, encode_event
+from .codec import LazyEvents, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
-from .errors import BatchNotFound, ConfigError
+from .dispatch import Dispatcher
+from .errors import ConfigError, EmitError
 from .handlers import handler as register_handler
-from .keys import Keys, member_bytes, split_member
+from .keys import Keys, member_bytes
 from .models import Batch, EmitResult, Event
 from .partition import partition_key, split_path
+from .records import Records
 from .scripts import Scripts
 
 log = logging.getLogger("distbatch")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
-OnCut = Callable[[list[str], int | None], None]
-"""Called with the ids of batches just cut and the server time (ms) of the cut, None if unknown."""
+OnCut = Callable[[Sequence[str]], object]
+"""Called with the ids of batches just cut (empty when a cut may have happened but its ids were
+lost with a reply); the default hands them to the workers (`Dispatcher`)."""
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +50,14 @@ class _Route:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """The outcome of `Batcher.claim`: `batch` is set only when this caller may run it."""
+class _Registry:
+    """One consistent read of the bindings: routes and the epoch they were read at, swapped as a
+    whole so an emit never pairs new routes with an old epoch (or the reverse)."""
 
-    status: str  # "claimed", "gone", "busy", "dead"
-    batch: Batch | None = None
+    epoch: bytes = b""
+    routes: dict[str, list[_Route]] = field(default_factory=dict)
+    bindings: dict[str, Binding] = field(default_factory=dict)
+    loaded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +69,13 @@ class FlushStep:
 
 
 class Batcher:
-    """Front door of distbatch. Safe to share between threads; many instances share one Redis."""
+    """Front door of distbatch. Safe to share between threads; many instances share one Redis.
+
+    By default every batch it cuts is handed to the workers at once (`handoff=True`): a ticket is
+    enqueued on the namespace's RQ queue (on `queue_client`, default the same Redis). Pass
+    `handoff=False` for a batcher that only ingests (a sweeper then hands its batches off), or
+    `on_cut=` for a hook of your own.
+    """
 
     def __init__(
         self,
@@ -68,9 +85,12 @@ class Batcher:
         clock: ManualClock | ServerClock | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         chunk_size: int = 1000,
-        handoff_grace_ms: int = 2000,
+        handoff: bool = True,
+        queue_client: redis.Redis | None = None,
         on_cut: OnCut | None = None,
     ) -> None:
+        if not hasattr(client, "get_connection_kwargs") or not callable(getattr(client, "evalsha", None)):
+            raise ConfigError("client_type", f"client={client!r} is not a redis.Redis client")
         if client.get_connection_kwargs().get("decode_responses"):
             raise ConfigError(
                 "client_decode_responses",
@@ -81,20 +101,17 @@ class Batcher:
         self.keys = Keys(namespace)
         self.clock = clock or ServerClock()
         self.scripts = Scripts(client)
+        self.records = Records(client, self.keys, self.scripts)
         self.max_payload_bytes = max_payload_bytes
         self.chunk_size = chunk_size
-        self.handoff_grace_ms = handoff_grace_ms
-        self.on_cut = on_cut
-        self._regver = b""
-        self._routes: dict[str, list[_Route]] = {}
-        self._bindings: dict[str, Binding] = {}
-        self._loaded = False
-        self._lock = threading.Lock()
+        self.dispatcher = Dispatcher(queue_client or client, self.keys) if handoff else None
+        self.on_cut: OnCut | None = on_cut or self.dispatcher
+        self._registry = _Registry()
         self._local = threading.local()
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
         k = self.keys
-        self._acc_keys = [k.registry_version, k.deadlines, k.wake, k.batch_seq, k.ready, k.stats]
+        self._acc_tail = [k.deadlines, k.wake, k.batch_seq, k.ready, k.stats]
         self._acc_head = [k.buffer_prefix, k.open_prefix, k.batch_prefix]
 
     @classmethod
@@ -104,17 +121,27 @@ class Batcher:
         *,
         namespace: str = "distbatch",
         clock: ManualClock | ServerClock | None = None,
+        queue_url: str | None = None,
         **options: Any,
     ) -> Batcher:
-        """`redis://`, `rediss://` (TLS) and `unix://` URLs, with user:password when needed."""
-        return cls(redis.Redis.from_url(url), namespace=namespace, clock=clock, **options)
+        """`redis://`, `rediss://` (TLS) and `unix://` URLs, with user:password when needed.
 
-    def _emit_client(self) -> redis.Redis:
-        """This thread's own connection for the emit path.
+        Options the Batcher does not take (`max_connections`, `socket_timeout`, ...) go to the
+        redis client.
+        """
+        own = {k: options.pop(k) for k in list(options)
+               if k in {"max_payload_bytes", "chunk_size", "handoff", "on_cut"}}
+        client = redis.Redis.from_url(url, **options)
+        queue_client = redis.Redis.from_url(queue_url, **options) if queue_url else None
+        return cls(client, namespace=namespace, clock=clock, queue_client=queue_client, **own)
+
+    def _emitter(self) -> tuple[redis.Redis, str, Iterator[int]]:
+        """This thread's own connection for the emit path, with its call-id key and counter.
 
         A pool checkout and check-in per emit (lock, pid check, metrics) cost 5-15% of a
         single-event emit on loopback; this keeps only the checkout's readiness check. Keyed by
-        pid too, so a forked child never writes to its parent's socket.
+        pid too, so a forked child never writes to its parent's socket. The call key lets the
+        script recognise a retried call (same id) after a lost reply and not store it twice.
         """
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
@@ -122,13 +149,15 @@ class Batcher:
                 connection_pool=self.client.connection_pool, single_connection_client=True
             )
             local.pid = os.getpid()
+            local.call_key = self.keys.call(f"{self._id_prefix}-{os.getpid()}-{threading.get_ident()}")
+            local.calls = itertools.count(1)
         conn = local.client.connection
         try:  # what the pool checks at checkout: a socket the server closed (restart) reconnects
             if conn.can_read():
                 raise redis.ConnectionError("connection has unread data")
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()
-        return local.client  # type: ignore[no-any-return]
+        return local.client, local.call_key, local.calls
 
     # registry ---------------------------------------------------------------------------
 
@@ -154,7 +183,8 @@ class Batcher:
         definition = json.dumps(binding.to_dict(), sort_keys=True, separators=(",", ":"))
         k = self.keys
         stored = self.scripts.register(
-            keys=[k.bindings, k.registry_version], args=[binding.key, definition]
+            keys=[k.bindings, k.registry_version, k.dropped],
+            args=[binding.key, definition, secrets.token_hex(8)],
         )
         if isinstance(stored, bytes):
             raise ConfigError(
@@ -162,24 +192,24 @@ class Batcher:
                 f"binding={binding.key!r} is already registered with a different config "
                 f"({stored.decode()}); register the new behaviour under a new version",
             )
-        self._loaded = False
+        self._registry = _Registry()
         return binding.key
 
     def bindings(self) -> dict[str, Binding]:
         """Every registered binding, as Redis has it now."""
-        self._load()
-        return dict(self._bindings)
+        return dict(self._load().bindings)
 
     def binding(self, key: str) -> Binding | None:
-        if key not in self._bindings:
-            self._load()
-        return self._bindings.get(key)
+        reg = self._registry
+        if key not in reg.bindings:
+            reg = self._load()
+        return reg.bindings.get(key)
 
-    def _load(self) -> None:
+    def _load(self) -> _Registry:
         pipe = self.client.pipeline(transaction=True)
         pipe.get(self.keys.registry_version)
         pipe.hgetall(self.keys.bindings)
-        version, raw = pipe.execute()
+        epoch, raw = pipe.execute()
         bindings = {
             k.decode(): Binding.from_dict(json.loads(v)) for k, v in sorted(raw.items())
         }
@@ -188,10 +218,8 @@ class Batcher:
             routes.setdefault(b.source, []).append(
                 _Route(b, b.key, split_path(b.batch.key), b"%d" % b.batch.count, b"%d" % b.batch.window_ms)
             )
-        with self._lock:
-            self._bindings, self._routes = bindings, routes
-            self._regver = version or b"0"
-            self._loaded = True
+        self._registry = reg = _Registry(epoch or b"", routes, bindings, True)
+        return reg
 
     # emitting ---------------------------------------------------------------------------
 
@@ -203,7 +231,10 @@ class Batcher:
         """Add events in order, one script call (one round trip) per chunk of events.
 
         Every payload is encoded and checked before anything is written, so a bad one raises
-        `PayloadError` and stores nothing.
+        `PayloadError` and stores nothing. Batches cut by a chunk are handed off right after it;
+        a failed hand-off is logged, never raised (a sweeper hands them off). If Redis fails
+        part-way, `EmitError` says which events were stored (`.stored`, `.results`) and how many
+        may or may not have been (`.uncertain`).
         """
         now = self.clock.now_ms()
         stamp = now if now is not None else int(time.time() * 1000)
@@ -216,48 +247,83 @@ class Batcher:
         ]
         if not events:
             return []
+        reg = self._registry if self._registry.loaded else self._load()
+        if not reg.routes.get(source):
+            self._warn_unbound(source)
         window_now = b"" if now is None else b"%d" % now
         results: list[EmitResult] = []
-        cuts: list[Batch] = []
-        step = max(1, self.chunk_size // max(1, len(self._routes.get(source, ())) or 1))
-        for start in range(0, len(events), step):
-            results.extend(self._accumulate(source, events[start : start + step], window_now, cuts))
-        if cuts and self.on_cut is not None:
-            self.on_cut([b.id for b in cuts], cuts[-1].cut_at_ms)
+        start = 0
+        while start < len(events):
+            routes = self._registry.routes.get(source, ())
+            step = max(1, self.chunk_size // max(1, len(routes)))
+            chunk = events[start : start + step]
+            try:
+                results.extend(self._accumulate(source, chunk, window_now))
+            except _TRANSIENT as exc:
+                raise EmitError(results, start, len(chunk), exc) from exc
+            start += len(chunk)
         return results
 
+    def _warn_unbound(self, source: str) -> None:
+        warned: set[str] = self.__dict__.setdefault("_warned_sources", set())
+        if source not in warned:
+            warned.add(source)
+            log.warning(
+                "source_unbound source=%r namespace=%r: no trigger is bound to this source, events "
+                "emitted to it are not stored (a typo, or the wrong namespace?)",
+                source, self.keys.namespace, extra={"event": "source_unbound", "source": source},
+            )
+
     def _accumulate(
-        self,
-        source: str,
-        events: Sequence[tuple[Mapping[str, Any], bytes]],
-        window_now: bytes,
-        cuts: list[Batch],
+        self, source: str, events: Sequence[tuple[Mapping[str, Any], bytes]], window_now: bytes
     ) -> list[EmitResult]:
+        client, call_key, calls = self._emitter()
         for _ in range(10):
-            if not self._loaded:
-                self._load()
-            routes = self._routes.get(source, [])
+            reg = self._registry if self._registry.loaded else self._load()
+            routes = reg.routes.get(source, [])
+            if not routes:  # maybe bound since we read the bindings: one GET tells
+                if (client.get(self.keys.registry_version) or b"") == reg.epoch:
+                    return []
+                self._registry = _Registry()
+                continue
             placed: list[tuple[str, str | None]] = []
-            args: list[Any] = [
-                self._regver, window_now, self.handoff_grace_ms, BUFFER_CAP, *self._acc_head
-            ]
+            call_id = b"%d" % next(calls)
+            args: list[Any] = [reg.epoch, call_id, window_now, BUFFER_CAP, *self._acc_head]
             for payload, data in events:
                 for r in routes:
                     pkey = partition_key(payload, r.path)
                     placed.append((r.key, pkey))
                     args += (member_bytes(r.key, pkey), r.count, r.window, data)
-            reply = self.scripts.accumulate(keys=self._acc_keys, args=args, client=self._emit_client())
+            keys = [self.keys.registry_version, call_key, *self._acc_tail]
+            try:
+                reply = self.scripts.accumulate(keys=keys, args=args, client=client)
+            except _TRANSIENT:
+                # The reply may be lost after Redis ran it: send the same call id again once;
+                # the script answers -2 if it ran, so nothing is stored twice.
+                client.connection.disconnect()
+                reply = self.scripts.accumulate(keys=keys, args=args, client=client)
             if reply[0] == -1:
-                self._loaded = False
+                self._registry = _Registry()
                 continue
-            return self._results(placed, reply, cuts)
+            if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
+                self._handoff(())
+                return [EmitResult(b, p) for b, p in placed]
+            return self._results(placed, reply)
         raise RuntimeError("bindings kept changing while emitting; giving up after 10 tries")
 
-    def _results(
-        self, placed: list[tuple[str, str | None]], reply: list[Any], cuts: list[Batch]
-    ) -> list[EmitResult]:
+    def _handoff(self, batch_ids: Sequence[str]) -> None:
+        if self.on_cut is None:
+            return
+        try:
+            self.on_cut(batch_ids)
+        except Exception as exc:  # the batches are safe in Redis; a sweeper hands them off
+            log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off", len(batch_ids),
+                        exc, extra={"event": "handoff_failed"})
+
+    def _results(self, placed: list[tuple[str, str | None]], reply: list[Any]) -> list[EmitResult]:
         out: list[EmitResult] = []
         cut_ms = reply[0]
+        cuts: list[str] = []
         fields = iter(reply)
         next(fields)
         for (binding, pkey), overflowed, batch_id, blob in zip(
@@ -270,7 +336,7 @@ class Batcher:
             if batch_id:
                 bid = batch_id.decode()
                 batch = Batch(bid, binding, pkey, "count", LazyEvents(blob), cut_at_ms=cut_ms)
-                cuts.append(batch)
+                cuts.append(bid)
             if overflowed:
                 log.warning(
                     "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, "
@@ -279,6 +345,8 @@ class Batcher:
                     extra={"event": "buffer_overflow", "binding": binding, "partition": pkey},
                 )
             out.append(EmitResult(binding, pkey, batch, overflowed))
+        if cuts:
+            self._handoff(cuts)
         return out
 
     # expiry and drop --------------------------------------------------------------------
@@ -299,7 +367,7 @@ class Batcher:
         reply = self.scripts.flush_expired(
             keys=[k.deadlines, k.batch_seq, k.ready, k.stats, k.bindings],
             args=[
-                "" if now is None else now, limit, self.handoff_grace_ms,
+                "" if now is None else now, limit,
                 k.buffer_prefix, k.open_prefix, k.batch_prefix, int(with_events),
             ],
         )
@@ -312,107 +380,28 @@ class Batcher:
                     extra={"event": "batch_discarded", "binding": b.binding},
                 )
         cuts = [b.id for b in batches if not b.discarded]
-        if cuts and self.on_cut is not None:
-            self.on_cut(cuts, int(reply[1]))
+        if cuts:
+            self._handoff(cuts)
         return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]))
 
     def drop(self, binding: str) -> list[Event]:
-        """Remove a binding and all its buffers; returns the events still pending in them."""
+        """Remove a binding and all its buffers; returns the events still pending in them.
+
+        Batches it already cut are not pending: they were handed off and are still delivered
+        (the definition stays readable for workers under `{ns}:dropped`).
+        """
         k = self.keys
         reply = self.scripts.drop_binding(
-            keys=[k.bindings, k.registry_version, k.deadlines, k.stats],
-            args=[binding, k.buffer_prefix, k.open_prefix],
+            keys=[k.bindings, k.registry_version, k.deadlines, k.stats, k.dropped],
+            args=[binding, k.buffer_prefix, k.open_prefix, secrets.token_hex(8)],
         )
-        self._loaded = False
+        self._registry = _Registry()
         events: list[Event] = []
         for i in range(1, len(reply), 2):
             events.extend(decode_events(reply[i + 1]))
         return events
 
-    # batch records: what the execution layer builds on ----------------------------------
-
-    def claim(self, batch_id: str, lease_ms: int) -> Claim:
-        """Take a ready batch to run it, holding a lease; counts the attempt."""
-        k = self.keys
-        reply = self.scripts.claim(
-            keys=[k.ready, k.running, k.dead], args=[batch_id, k.batch_prefix, lease_ms]
-        )
-        status = ("gone", "busy", "dead", "claimed")[reply[0]]
-        if status != "claimed":
-            return Claim(status)
-        _, member, reason, cut_ms, attempt, blob = reply
-        binding, pkey = split_member(member.decode())
-        return Claim(
-            status,
-            Batch(batch_id, binding, pkey, reason.decode(), decode_events(blob),
-                  attempt=int(attempt), cut_at_ms=int(cut_ms)),
-        )
-
-    def renew(self, batch_id: str, lease_ms: int) -> bool:
-        """Extend a running batch's lease (the worker's heartbeat)."""
-        deadline = self.server_ms() + lease_ms
-        return bool(self.client.zadd(self.keys.running, {batch_id: deadline}, xx=True, ch=True))
-
-    def complete(self, batch_id: str) -> int:
-        """The handler succeeded: delete the record. Returns events delivered (0 if gone)."""
-        k = self.keys
-        return int(self.scripts.complete(
-            keys=[k.ready, k.running, k.dead, k.stats], args=[batch_id, k.batch_prefix]
-        ))
-
-    def fail(
-        self, batch_id: str, error: str, retry_in_ms: int | None, *, only_if_expired: bool = False
-    ) -> str:
-        """Record a failed try: retry after `retry_in_ms`, or dead when it is None."""
-        k = self.keys
-        res = self.scripts.fail(
-            keys=[k.ready, k.running, k.dead, k.stats],
-            args=[batch_id, k.batch_prefix, error[:4000],
-                  -1 if retry_in_ms is None else retry_in_ms, int(only_if_expired)],
-        )
-        return ("unchanged", "retry", "dead")[res]
-
-    def replay(self, batch_id: str) -> bool:
-        """Make a dead batch ready again with fresh attempts."""
-        k = self.keys
-        ok = bool(self.scripts.replay(keys=[k.ready, k.dead], args=[batch_id, k.batch_prefix]))
-        if ok and self.on_cut is not None:
-            self.on_cut([batch_id], None)
-        return ok
-
-    def get_batch(self, batch_id: str) -> Batch:
-        record = self.client.hgetall(self.keys.batch(batch_id))
-        if not record:
-            raise BatchNotFound(batch_id)
-        return decode_batch(batch_id, record)
-
-    def batch_error(self, batch_id: str) -> str | None:
-        err = self.client.hget(self.keys.batch(batch_id), "error")
-        return err.decode() if err else None
-
-    def due_batches(self, limit: int = 1000) -> list[str]:
-        """Ready batch ids whose hand-off is due by the server clock (new, retried, orphaned)."""
-        ids = self.client.zrangebyscore(self.keys.ready, "-inf", self.server_ms(), start=0, num=limit)
-        return [i.decode() for i in ids]
-
     def server_ms(self) -> int:
-        """The Redis server's clock (what leases and hand-off times are measured on)."""
+        """The Redis server's clock (what leases and retry times are measured on)."""
         seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
-
-    def mark_handed_off(
-        self,
-        batch_ids: Sequence[str],
-        redeliver_after_ms: int,
-        server_ms: int,
-        pipeline: redis.client.Pipeline | None = None,
-    ) -> None:
-        """After enqueueing: hand it off again only if nobody claimed it by then.
-
-        `server_ms` is a server time already known (the cut's or the sweep's), so this can ride
-        in the enqueue's pipeline instead of costing round trips of its own.
-        """
-        if not batch_ids:
-            return
-        due = server_ms + redeliver_after_ms
-        (pipeline or self.client).zadd(self.keys.ready, dict.fromkeys(batch_ids, due), xx=True)

@@ -11,7 +11,7 @@ import click
 
 from .batcher import Batcher
 from .config import parse_duration
-from .errors import DistbatchError
+from .errors import BatchNotFound, DistbatchError
 
 URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
                    show_default=True, help="redis://, rediss:// (TLS) or unix:// URL, with auth if "
@@ -86,9 +86,12 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int) -> None:
 @click.option("--chunk", default=1000, show_default=True, help="Events per round trip from stdin.")
 def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int) -> None:
     """Emit PAYLOAD (a JSON object) to SOURCE, or JSON lines from stdin when PAYLOAD is omitted."""
-    from .dispatch import attach
-
-    batcher = attach(Batcher.from_url(redis_url, namespace=namespace))
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    if not batcher.bindings() or not any(b.source == source for b in batcher.bindings().values()):
+        raise click.ClickException(
+            f"no trigger is bound to source {source!r} in namespace {namespace!r}; nothing would be "
+            f"stored (bound sources: {sorted({b.source for b in batcher.bindings().values()})})"
+        )
     lines = [payload] if payload is not None else sys.stdin
     buffered = fired = n = 0
 
@@ -147,14 +150,45 @@ def dead() -> None:
 @URL
 @NS
 def dead_list(redis_url: str, namespace: str) -> None:
-    """Dead batches with their binding, size and last error."""
+    """Dead batches with their binding, size and the last line of their error (`dead show ID`
+    for the whole traceback)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
     for bid, when in batcher.client.zrange(batcher.keys.dead, 0, -1, withscores=True):
-        batch = batcher.get_batch(bid.decode())
-        error = (batcher.batch_error(batch.id) or "").strip().splitlines()
-        _echo_json({"id": batch.id, "binding": batch.binding, "partition_key": batch.partition_key,
-                    "events": len(batch.events), "attempts": batch.attempt, "dead_at_ms": int(when),
-                    "error": error[-1] if error else None})
+        try:
+            row = _dead_row(batcher, bid.decode(), int(when))
+        except BatchNotFound:
+            continue
+        error = (row.pop("error") or "").strip().splitlines()
+        _echo_json({**row, "error": error[-1] if error else None})
+
+
+@dead.command("show")
+@URL
+@NS
+@click.argument("batch_id")
+def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
+    """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    when = batcher.client.zscore(batcher.keys.dead, batch_id)
+    if when is None:
+        raise click.ClickException(f"batch {batch_id!r} is not dead")
+    try:
+        row = _dead_row(batcher, batch_id, int(when))
+    except BatchNotFound as exc:
+        raise click.ClickException(f"batch {batch_id!r} has no record") from exc
+    try:
+        row["events"] = [{"id": e.id, "emitted_at_ms": e.emitted_at_ms, "payload": e.payload}
+                         for e in batcher.records.get_batch(batch_id).events]
+    except Exception as exc:  # a poison record: say so, never crash
+        row["events"] = f"cannot decode: {type(exc).__name__}: {exc}"
+    _echo_json(row)
+
+
+def _dead_row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
+    raw = batcher.records.raw(batch_id)
+    return {"id": batch_id, "binding": raw["binding"], "partition_key": raw["partition_key"],
+            "events": int(raw.get("n", 0)), "attempts": int(raw.get("attempt", 0)),
+            "reason": raw.get("reason"), "dead_at_ms": when, "error": raw.get("error")}
 
 
 def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
@@ -172,11 +206,14 @@ def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tupl
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead batch.")
 def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool) -> None:
     """Run dead batches again, with fresh attempts."""
-    from .dispatch import attach
-
-    batcher = attach(Batcher.from_url(redis_url, namespace=namespace))
+    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    replayed = []
     for bid in _dead_ids(batcher, batch_ids, replay_all):
-        click.echo(f"{bid}: {'replayed' if batcher.replay(bid) else 'not dead'}")
+        ok = batcher.records.replay(bid)
+        replayed += [bid] if ok else []
+        click.echo(f"{bid}: {'replayed' if ok else 'not dead'}")
+    if replayed and batcher.dispatcher is not None:
+        batcher.dispatcher(replayed)
 
 
 @dead.command("purge")
@@ -187,12 +224,7 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
 def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge_all: bool) -> None:
     """Delete dead batches for good (their events are gone)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
-    k = batcher.keys
-    purged = 0
-    for bid in _dead_ids(batcher, batch_ids, purge_all):
-        if batcher.client.zrem(k.dead, bid):
-            batcher.client.delete(k.batch(bid))
-            purged += 1
+    purged = sum(batcher.records.purge(bid) for bid in _dead_ids(batcher, batch_ids, purge_all))
     click.echo(f"purged {purged} dead batches")
 
 

@@ -17,6 +17,7 @@ from .keys import split_member
 from .models import Batch, Event
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=False)
+_unpack = msgpack.unpackb
 
 
 def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object, limit: int) -> bytes:
@@ -29,6 +30,14 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
         raise PayloadError(
             "payload_unencodable", f"payload={payload!r:.80} cannot be msgpack-encoded: {exc}"
+        ) from exc
+    try:  # what cannot be decoded must never be stored: it would poison a whole batch
+        _unpack(data, raw=False, strict_map_key=False)
+    except (TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise PayloadError(
+            "payload_unencodable",
+            f"payload={payload!r:.80} does not survive msgpack decoding ({type(exc).__name__}: {exc}); "
+            "use str map keys and JSON-like values",
         ) from exc
     if len(data) > limit:
         raise PayloadError(

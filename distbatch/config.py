@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -113,6 +114,8 @@ class RetryPolicy:
     backoff_ms: int = 1000
     backoff_factor: float = 2.0
     max_backoff_ms: int = 300_000
+    timeout_ms: int | None = None
+    """A handler running longer loses its lease: the batch goes back and counts as a failed try."""
 
     @classmethod
     def parse(cls, retry: object) -> RetryPolicy:
@@ -122,12 +125,12 @@ class RetryPolicy:
             return retry
         if not isinstance(retry, Mapping):
             raise ConfigError("retry_type", f"retry={retry!r} must be a mapping")
-        unknown = set(retry) - {"attempts", "backoff", "backoff_factor", "max_backoff"}
+        unknown = set(retry) - {"attempts", "backoff", "backoff_factor", "max_backoff", "timeout"}
         if unknown:
             raise ConfigError(
                 "retry_unknown_field",
                 f"retry has unknown field(s) {sorted(map(str, unknown))}; "
-                "valid: attempts, backoff, backoff_factor, max_backoff",
+                "valid: attempts, backoff, backoff_factor, max_backoff, timeout",
             )
         default = cls()
         attempts = retry.get("attempts", default.attempts)
@@ -136,12 +139,13 @@ class RetryPolicy:
                 "retry_attempts", f"retry.attempts={attempts!r} must be an integer >= 1"
             )
         factor = retry.get("backoff_factor", default.backoff_factor)
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 1:
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not 1 <= factor < math.inf:
             raise ConfigError(
                 "retry_backoff_factor", f"retry.backoff_factor={factor!r} must be a number >= 1"
             )
         backoff = retry.get("backoff")
         max_backoff = retry.get("max_backoff")
+        timeout = retry.get("timeout")
         return cls(
             attempts,
             default.backoff_ms if backoff is None else parse_duration(backoff, "backoff"),
@@ -149,6 +153,7 @@ class RetryPolicy:
             default.max_backoff_ms
             if max_backoff is None
             else parse_duration(max_backoff, "max_backoff"),
+            None if timeout is None else parse_duration(timeout, "timeout"),
         )
 
     def delay_ms(self, attempt: int) -> int:
@@ -210,7 +215,10 @@ class Binding:
         return binding
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["retry"]["timeout_ms"] is None:  # keep definitions stored before it identical
+            del data["retry"]["timeout_ms"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Binding:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import click
 
 from .batcher import Batcher
-from .dispatch import attach
 from .handlers import handler
 from .models import Batch
 from .stats import collect
@@ -56,7 +55,6 @@ def _pct(values: list[int], q: float) -> int:
 
 def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count: int,
              window: str, rate: float, show: bool) -> dict[str, object]:
-    attach(batcher)
     key = batcher.register("pr-digest", version="demo", source="pr.merged",
                            batch={"count": count, "window": window, "key": "repo"},
                            handler=demo_handler)

@@ -1,66 +1,63 @@
-"""Hand cut batches to RQ: one job per batch, job id derived from the batch id, JSON-serialized."""
+"""Hand-off to RQ: make sure workers come for ready batches.
+
+An RQ job does not carry a batch. It is a ticket that tells one worker "batches are ready in this
+namespace"; the worker then claims ready batches from distbatch's own keys, oldest first, until
+none is left or its per-job budget is spent (see `jobs.run_batches`). So:
+
+- hand-off state lives in distbatch's keys: a job lost with its worker (killed after dequeue)
+  loses no batch, and nothing ever has to look inside RQ's queue (no O(backlog) scans);
+- RQ's ~27 round trips of job bookkeeping are paid per ticket, not per batch;
+- a retried or reclaimed batch goes back to the front (lowest id first), not behind a backlog
+  of queued jobs;
+- tickets are capped: a cut enqueues one only while fewer than `max_queued_jobs` wait, and every
+  ticket gets a fresh RQ job id.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from .batcher import Batcher
+from .keys import Keys
 
-JOB_FUNC = "distbatch.jobs.run_batch"
-
-
-def job_id(namespace: str, batch_id: str) -> str:
-    return f"distbatch-{namespace}-{batch_id}"
+JOB_FUNC = "distbatch.jobs.run_batches"
 
 
-def make_queue(batcher: Batcher) -> Queue:
-    return Queue(batcher.keys.queue_name, connection=batcher.client, serializer=JSONSerializer)
+def make_queue(client: redis.Redis, keys: Keys) -> Queue:
+    return Queue(keys.queue_name, connection=client, serializer=JSONSerializer)
 
 
 class Dispatcher:
-    """`on_cut` hook of a Batcher: enqueue right after the cut and push the re-hand-off time out.
+    """Enqueues drain tickets for a namespace. `Batcher` calls it after every cut (its `on_cut`
+    hook); sweepers call it while ready batches wait and no ticket does."""
 
-    If this process dies between the cut and the enqueue, the batch is still due in the ready set
-    after the hand-off grace, and a sweeper enqueues it. If a job is lost after the enqueue (its
-    worker died before claiming it), the batch is due again after `redeliver_after_ms`; a sweeper
-    then re-enqueues it unless its job is still waiting in the queue.
-    Enqueuing a batch twice is harmless: the claim lets only one run hold it at a time.
-    """
+    def __init__(self, queue_client: redis.Redis, keys: Keys, *, max_queued_jobs: int = 2) -> None:
+        self.client = queue_client
+        self.keys = keys
+        self.queue = make_queue(queue_client, keys)
+        self.max_queued_jobs = max_queued_jobs
 
-    def __init__(self, batcher: Batcher, *, redeliver_after_ms: int = 5_000) -> None:
-        self.batcher = batcher
-        self.queue = make_queue(batcher)
-        self.redeliver_after_ms = redeliver_after_ms
-        self.namespace = batcher.keys.namespace
+    def __call__(self, batch_ids: Sequence[str] = ()) -> int:
+        """Hand off newly ready batches (ids, or none when unknown): returns tickets enqueued."""
+        return self.ensure(max(1, len(batch_ids)))
 
-    def __call__(self, batch_ids: Sequence[str], server_ms: int | None = None) -> None:
-        """Enqueue the batches and push their due time out, in one round trip.
+    def queued(self) -> int:
+        return int(self.client.llen(self.queue.key))
 
-        `server_ms` is the cut's server time; without it (a replay) one TIME call fetches it.
-        """
-        if not batch_ids:
-            return
-        if server_ms is None:
-            server_ms = self.batcher.server_ms()
-        ns = self.namespace
-        with self.batcher.client.pipeline() as pipe:
-            self.queue.enqueue_many(
-                [
-                    Queue.prepare_data(
-                        JOB_FUNC, args=(ns, bid), job_id=job_id(ns, bid), timeout=-1,
-                        result_ttl=0, failure_ttl=86_400, description=f"distbatch batch {bid}",
-                    )
-                    for bid in batch_ids
-                ],
-                pipeline=pipe,
-            )
-            self.batcher.mark_handed_off(batch_ids, self.redeliver_after_ms, server_ms, pipe)
-            pipe.execute()
-
-def attach(batcher: Batcher, **options: int) -> Batcher:
-    """Make `batcher` hand every batch it cuts to the workers at once."""
-    batcher.on_cut = Dispatcher(batcher, **options)
-    return batcher
+    def ensure(self, ready: int, queued: int | None = None) -> int:
+        """Enqueue tickets until min(ready, max_queued_jobs) wait in the queue."""
+        if queued is None:
+            queued = self.queued()
+        want = min(ready, self.max_queued_jobs) - queued
+        if want <= 0:
+            return 0
+        ns = self.keys.namespace
+        self.queue.enqueue_many([
+            Queue.prepare_data(JOB_FUNC, args=(ns,), timeout=-1, result_ttl=0, failure_ttl=86_400,
+                               description=f"distbatch: run ready batches of {ns}")
+            for _ in range(want)
+        ])
+        return want

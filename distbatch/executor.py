@@ -1,102 +1,206 @@
-"""Run one batch: claim it, hold its lease while the handler runs, then complete or fail it."""
+"""Run batches: claim the oldest ready one, hold its lease while the handler runs, then complete
+or fail it — every change fenced by the claim's token."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 
-from .batcher import Batcher
+from .config import Binding
+from .dispatch import Dispatcher
 from .errors import HandlerNotAllowed
 from .handlers import HandlerResolver
+from .records import Claim, Outcome, Records
 
 log = logging.getLogger("distbatch.worker")
 
+UNAVAILABLE_RETRY_MS = 5_000
+"""How long a batch whose handler this worker cannot run waits before any worker tries again."""
+_BINDING_TTL_S = 5.0
+
+
+class Status(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+    LEASE_LOST = "lease_lost"  # this worker lost the batch (paused, cut off, timed out): dropped
+    UNAVAILABLE = "unavailable"  # handler not runnable here: given back uncounted
+    POISON = "poison"  # the record cannot be decoded: dead at once
+
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    status: str  # delivered, retry, dead, gone, busy, refused
+class Result:
+    status: Status
     batch_id: str
     attempt: int = 0
 
 
-class LeaseKeeper:
-    """One thread renews the lease of every batch in hand, every lease/3.
+@dataclass(slots=True)
+class _Held:
+    token: str
+    deadline: float  # monotonic; past it the handler is over its timeout and renewals stop
+    lost: bool = False
 
-    A thread per batch cost more than the whole claim for small handlers. A batch is claimed with
-    a full lease, and the first renewal comes within lease/3 of any start, so no lease runs out
-    while its worker lives. Renewing a batch that just finished is a no-op (`ZADD XX`).
+
+class LeaseKeeper:
+    """One thread renews the lease of every batch in hand, every lease/3, in one round trip.
+
+    A batch is claimed with a full lease and the first renewal comes within lease/3, so no lease
+    runs out while its worker lives. A renewal the script refuses means the lease is lost (the
+    worker was paused or cut off past it and the batch was reclaimed): it logs `lease_lost` and
+    the executor drops the outcome. A handler past its timeout is no longer renewed, so a hung
+    handler gives its batch back within one lease.
     """
 
-    def __init__(self, batcher: Batcher, lease_ms: int) -> None:
-        self.batcher = batcher
+    def __init__(self, records: Records, lease_ms: int) -> None:
+        self.records = records
         self.lease_ms = lease_ms
-        self._held: set[str] = set()
+        self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def hold(self, batch_id: str) -> None:
+    def hold(self, batch_id: str, token: str, timeout_ms: int | None) -> _Held:
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else float("inf")
+        held = _Held(token, deadline)
         with self._lock:
-            self._held.add(batch_id)
+            self._held[batch_id] = held
             if self._thread is None or not self._thread.is_alive():  # first use, or a forked child
                 self._thread = threading.Thread(target=self._run, name="distbatch-lease", daemon=True)
                 self._thread.start()
+        return held
 
     def release(self, batch_id: str) -> None:
         with self._lock:
-            self._held.discard(batch_id)
+            self._held.pop(batch_id, None)
+
+    def renew_now(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            items = [(bid, h) for bid, h in self._held.items() if not h.lost]
+        live = []
+        for bid, h in items:
+            if now > h.deadline:
+                h.lost = True
+                log.error("handler_timeout batch=%s: handler over its timeout; lease no longer "
+                          "renewed, the batch goes back to be retried", bid,
+                          extra={"event": "handler_timeout", "batch": bid})
+            else:
+                live.append((bid, h))
+        if not live:
+            return
+        renewed = self.records.renew_many([(bid, h.token) for bid, h in live], self.lease_ms)
+        for (bid, h), ok in zip(live, renewed, strict=True):
+            if not ok:
+                h.lost = True
+                log.error("lease_lost batch=%s: this worker no longer holds the batch (paused or cut "
+                          "off past its lease); its outcome will be dropped", bid,
+                          extra={"event": "lease_lost", "batch": bid})
 
     def _run(self) -> None:
         while True:
             time.sleep(max(self.lease_ms / 3000, 0.01))
-            with self._lock:
-                held = list(self._held)
-            for batch_id in held:
-                try:
-                    self.batcher.renew(batch_id, self.lease_ms)
-                except Exception:  # a blip must not stop renewals; the lease has slack
-                    log.exception("lease renewal failed for batch %s", batch_id)
+            try:
+                self.renew_now()
+            except Exception as exc:  # a blip must not stop renewals; the lease has slack
+                log.warning("lease renewal failed: %r", exc)
 
 
 class Executor:
-    def __init__(self, batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000) -> None:
-        self.batcher = batcher
+    def __init__(self, records: Records, resolver: HandlerResolver, lease_ms: int = 10_000,
+                 dispatcher: Dispatcher | None = None) -> None:
+        self.records = records
         self.resolver = resolver
         self.lease_ms = lease_ms
-        self.leases = LeaseKeeper(batcher, lease_ms)
+        self.dispatcher = dispatcher
+        self.leases = LeaseKeeper(records, lease_ms)
+        self.stop = threading.Event()
+        self._bindings: dict[str, tuple[Binding | None, float]] = {}
 
-    def run(self, batch_id: str) -> Outcome:
-        claim = self.batcher.claim(batch_id, self.lease_ms)
-        if claim.batch is None:
-            return Outcome(claim.status, batch_id)
-        batch = claim.batch
-        binding = self.batcher.binding(batch.binding)
+    def _binding(self, key: str) -> Binding | None:
+        cached = self._bindings.get(key)
+        if cached is None or time.monotonic() - cached[1] > _BINDING_TTL_S:
+            cached = (self.records.binding(key), time.monotonic())
+            self._bindings[key] = cached
+        return cached[0]
+
+    def drain(self, max_batches: int = 100, max_seconds: float = 2.0) -> dict[str, int]:
+        """Run ready batches until none is left or the budget is spent (then leave a ticket for
+        the rest, so one job never holds a worker forever and others can join)."""
+        self._fan_out()
+        counts: dict[str, int] = {}
+        started = time.monotonic()
+        n = 0
+        while not self.stop.is_set():
+            if n >= max_batches or time.monotonic() - started > max_seconds:
+                if self.dispatcher is not None:
+                    self.dispatcher.ensure(1)
+                break
+            result = self.run_next()
+            if result is None:
+                break
+            n += 1
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
+
+    def _fan_out(self) -> None:
+        """More than one batch waiting and no ticket queued: enqueue one, so an idle worker joins."""
+        if self.dispatcher is None:
+            return
+        waiting = int(self.records.client.zcard(self.records.keys.ready))
+        if waiting > 1:
+            self.dispatcher.ensure(waiting - 1)
+
+    def run_next(self) -> Result | None:
+        claim = self.records.claim_next(self.lease_ms)
+        return None if claim is None else self.run(claim)
+
+    def run(self, claim: Claim) -> Result:
+        batch, token, rec = claim.batch, claim.token, self.records
+        if claim.error is not None:
+            rec.fail(batch.id, token, claim.error, None)
+            log.error("batch_poison batch=%s binding=%s: %s; kept as a dead batch", batch.id,
+                      batch.binding, claim.error, extra={"event": "batch_poison", "batch": batch.id})
+            return Result(Status.POISON, batch.id, batch.attempt)
+        binding = self._binding(batch.binding)
         try:
             if binding is None:
-                raise HandlerNotAllowed(f"binding={batch.binding!r} is no longer registered")
+                raise HandlerNotAllowed(f"binding={batch.binding!r} is not registered")
             fn = self.resolver.resolve(binding.handler)
         except HandlerNotAllowed as exc:
-            log.error("handler_refused batch=%s %s", batch_id, exc,
-                      extra={"event": "handler_refused", "batch": batch_id})
-            self.batcher.fail(batch_id, f"HandlerNotAllowed: {exc}", None)
-            return Outcome("refused", batch_id, batch.attempt)
-        self.leases.hold(batch_id)
+            rec.fail(batch.id, token, f"HandlerNotAllowed: {exc}", UNAVAILABLE_RETRY_MS, refund=True)
+            log.error("handler_unavailable batch=%s %s; left for a worker that can run it (again "
+                      "in %ds)", batch.id, exc, UNAVAILABLE_RETRY_MS // 1000,
+                      extra={"event": "handler_unavailable", "batch": batch.id})
+            return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
+        held = self.leases.hold(batch.id, token, binding.retry.timeout_ms)
         started = time.monotonic()
         try:
             fn(batch)
         except Exception as exc:
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
-            status = self.batcher.fail(batch_id, traceback.format_exc(), delay)
+            outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
+            if outcome in (Outcome.STALE, Outcome.GONE):
+                return self._lost(batch.id, batch.attempt, held.lost)
             log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %r",
-                        batch_id, batch.binding, batch.attempt, retry.attempts, status, exc,
-                        extra={"event": "handler_failed", "batch": batch_id})
-            return Outcome(status, batch_id, batch.attempt)
+                        batch.id, batch.binding, batch.attempt, retry.attempts, outcome, exc,
+                        extra={"event": "handler_failed", "batch": batch.id})
+            return Result(Status(outcome.value), batch.id, batch.attempt)
         finally:
-            self.leases.release(batch_id)
-        self.batcher.complete(batch_id)
-        log.info("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch_id,
+            self.leases.release(batch.id)
+        if rec.complete(batch.id, token) is None:
+            return self._lost(batch.id, batch.attempt, held.lost)
+        log.info("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
                  batch.binding, len(batch.events), time.monotonic() - started)
-        return Outcome("delivered", batch_id, batch.attempt)
+        return Result(Status.DELIVERED, batch.id, batch.attempt)
+
+    @staticmethod
+    def _lost(batch_id: str, attempt: int, logged: bool) -> Result:
+        if not logged:
+            log.error("lease_lost batch=%s: this worker no longer holds the batch; its outcome is "
+                      "dropped", batch_id, extra={"event": "lease_lost", "batch": batch_id})
+        return Result(Status.LEASE_LOST, batch_id, attempt)

@@ -28,6 +28,11 @@ def handler(fn: Handler) -> Handler:
     return fn
 
 
+def registered() -> list[str]:
+    """Import paths of the handlers registered in this process."""
+    return sorted(_registered)
+
+
 class HandlerResolver:
     def __init__(self, allow_prefixes: Iterable[str] = ()) -> None:
         self.allow_prefixes = tuple(p.strip().rstrip(".") for p in allow_prefixes if p.strip())

@@ -90,8 +90,17 @@ class Keys:
 
     @property
     def registry_version(self) -> str:
-        """Counter bumped on every register/drop, so cached bindings can be checked in-script."""
+        """Random epoch set on every register/drop, so cached bindings can be checked in-script."""
         return f"{self.base}:regver"
+
+    @property
+    def dropped(self) -> str:
+        """Hash: binding key -> definition of a dropped binding, for batches it cut before."""
+        return f"{self.base}:dropped"
+
+    def call(self, emitter: str) -> str:
+        """String: the last accumulate call id of one emitter, so a retried call runs once."""
+        return f"{self.base}:call:{emitter}"
 
     # buffers and windows
     @property
@@ -139,8 +148,13 @@ class Keys:
 
     @property
     def ready(self) -> str:
-        """Sorted set: batch id -> when it is due to be handed to a worker (ms, server time)."""
+        """Sorted set: batch id -> the id as a number; workers claim the lowest (oldest) first."""
         return f"{self.base}:ready"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set: batch id -> when its retry backoff ends (ms, server time)."""
+        return f"{self.base}:delayed"
 
     @property
     def running(self) -> str:

@@ -17,15 +17,27 @@ from redis.commands.core import Script
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
 NAMES = (
     "accumulate", "flush_expired", "drop_binding", "register",
-    "claim", "complete", "fail", "replay",
+    "claim", "renew", "complete", "fail", "reclaim", "promote", "replay",
 )
 
 
 @cache
 def source(name: str) -> str:
+    """The script with its includes expanded, each include once (includes may include)."""
     lua = files(__package__) / "lua"
-    text = (lua / f"{name}.lua").read_text()
-    return _INCLUDE.sub(lambda m: (lua / "includes" / f"{m.group(1)}.lua").read_text(), text)
+    seen: set[str] = set()
+
+    def expand(text: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            inc = m.group(1)
+            if inc in seen:
+                return ""
+            seen.add(inc)
+            return expand((lua / "includes" / f"{inc}.lua").read_text())
+
+        return _INCLUDE.sub(one, text)
+
+    return expand((lua / f"{name}.lua").read_text())
 
 
 class Scripts:
@@ -40,6 +52,9 @@ class Scripts:
     drop_binding: Script
     register: Script
     claim: Script
+    renew: Script
     complete: Script
     fail: Script
+    reclaim: Script
+    promote: Script
     replay: Script

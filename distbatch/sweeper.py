@@ -1,9 +1,10 @@
-"""The sweeper: cut expired windows on time, hand off orphaned and retried batches, reclaim the
-batches of workers that died.
+"""The sweeper: cut expired windows on time, promote retries whose backoff ended, reclaim the
+batches of workers whose lease ran out, and make sure a ticket waits while batches are ready.
 
-It sleeps until the earliest thing it has to do (a window deadline, a ready batch coming due, a
-lease running out) and listens on the wake channel meanwhile, so a new earlier deadline published
-by accumulate wakes it at once. Any number of sweepers can run: every step is atomic in Redis.
+It sleeps until the earliest thing it has to do (a window deadline, a retry coming due, a lease
+running out) and listens on the wake channel meanwhile, so a new earlier deadline published by
+accumulate wakes it at once. Any number of sweepers can run: every step is atomic in Redis, and
+every step costs O(log N + work due), never a scan of a backlog.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import threading
 import time
 
 from .batcher import Batcher
-from .dispatch import Dispatcher, job_id
+from .dispatch import Dispatcher
+from .records import Outcome
 
 log = logging.getLogger("distbatch.sweeper")
 
@@ -26,82 +28,60 @@ class Sweeper:
         *,
         limit: int = 500,
         max_sleep_s: float = 1.0,
+        nudge_s: float = 1.0,
     ) -> None:
         self.batcher = batcher
-        self.dispatcher = dispatcher or Dispatcher(batcher)
-        batcher.on_cut = self.dispatcher
+        self.records = batcher.records
+        self.dispatcher = dispatcher or batcher.dispatcher or Dispatcher(batcher.client, batcher.keys)
         self.limit = limit
         self.max_sleep_s = max_sleep_s
+        self.nudge_s = nudge_s
         self.cut = 0
-        self.handed_off = 0
         self.reclaimed = 0
+        self.tickets = 0
+        self._head: bytes | None = None
+        self._head_since = 0.0
 
     def run_once(self) -> float:
         """Do what is due now; return how long (s) it may sleep before the next thing is due."""
-        b, k = self.batcher, self.batcher.keys
+        b, k, rec = self.batcher, self.batcher.keys, self.records
         step = b.flush_step(self.limit, with_events=False)
-        stepped = time.monotonic()  # `now` below is the server's time at this point
+        stepped = time.monotonic()  # `now` below is the server's time at about this point
         self.cut += len(step.batches)
-        if len(step.batches) >= self.limit:
-            return 0.0
-        now = step.server_now_ms
+        promoted, next_retry, now = rec.promote(self.limit)
         pipe = b.client.pipeline(transaction=False)
-        pipe.zrangebyscore(k.ready, "-inf", now, start=0, num=self.limit)
-        pipe.zrangebyscore(k.running, "-inf", now, start=0, num=self.limit)
-        due, expired = pipe.execute()
-        due = self._still_queued([i.decode() for i in due], now)
-        for bid in (i.decode() for i in expired):
-            if self._reclaim(bid) == "retry":
-                due.append(bid)
-        if due:
-            self.dispatcher(due, now)
-            self.handed_off += len(due)
-            log.debug("handed off %d batches", len(due))
-        if len(due) >= self.limit:
-            return 0.0
-        pipe.zrange(k.ready, 0, 0, withscores=True)
+        pipe.zrange(k.ready, 0, 0)
+        pipe.zrangebyscore(k.running, "-inf", now - 1, start=0, num=self.limit)
         pipe.zrange(k.running, 0, 0, withscores=True)
-        nxt = [rows[0][1] for rows in pipe.execute() if rows]
+        head_rows, expired, first_lease = pipe.execute()
+        reclaimed = 0
+        for bid in (i.decode() for i in expired):
+            outcome = rec.reclaim(bid)
+            if outcome in (Outcome.RETRY, Outcome.DEAD):
+                reclaimed += outcome is Outcome.RETRY
+                self.reclaimed += 1
+                log.warning("batch_reclaimed batch=%s -> %s: its worker stopped renewing the lease",
+                            bid, outcome, extra={"event": "batch_reclaimed", "batch": bid})
+        head = head_rows[0] if head_rows else None
+        if head != self._head:
+            self._head, self._head_since = head, stepped
+        # A ticket is due when batches came back (reclaimed, promoted) or the oldest ready batch
+        # has not moved for nudge_s: its hand-off was lost (producer died after the cut, a worker
+        # died with its ticket) or no worker is draining.
+        stuck = head is not None and stepped - self._head_since >= self.nudge_s
+        if reclaimed or promoted or stuck:
+            self.tickets += self.dispatcher.ensure(max(1, reclaimed + promoted))
+            self._head_since = stepped
+        if len(step.batches) >= self.limit or len(expired) >= self.limit:
+            return 0.0
+        nxt = [t for t in (next_retry, first_lease[0][1] if first_lease else None) if t is not None]
         if step.next_deadline_ms is not None and b.clock.now_ms() is None:
             nxt.append(step.next_deadline_ms)
         # minus the round trips since the flush, or every cut comes that much late
         wait = (min(nxt) - now) / 1000 - (time.monotonic() - stepped) if nxt else self.max_sleep_s
+        if head is not None:
+            wait = min(wait, self.nudge_s)
         return max(0.0, min(wait, self.max_sleep_s))
-
-    def _still_queued(self, due: list[str], now_ms: int) -> list[str]:
-        """Of the batches due for hand-off, those whose job still sits in the queue only get
-        their due time pushed out; the rest (never enqueued, or taken by a worker that died
-        before claiming) are enqueued again."""
-        if not due:
-            return due
-        ns = self.batcher.keys.namespace
-        queue_key = self.dispatcher.queue.key
-        pipe = self.batcher.client.pipeline(transaction=False)
-        for bid in due:
-            pipe.lpos(queue_key, job_id(ns, bid))  # a job's status stays "queued" if its worker
-        positions = pipe.execute()  # died right after taking it: only the list itself tells
-        waiting = [bid for bid, pos in zip(due, positions, strict=True) if pos is not None]
-        self.batcher.mark_handed_off(waiting, self.dispatcher.redeliver_after_ms, now_ms)
-        return [bid for bid in due if bid not in set(waiting)]
-
-    def _reclaim(self, batch_id: str) -> str:
-        """A lease ran out: its worker stopped renewing it (killed, or cut off from Redis)."""
-        b = self.batcher
-        attempt = b.client.hget(b.keys.batch(batch_id), "attempt")
-        member = b.client.hget(b.keys.batch(batch_id), "member")
-        if attempt is None or member is None:
-            return b.fail(batch_id, "", 0, only_if_expired=True)
-        binding = b.binding(member.decode().split("|", 1)[0])
-        attempts = binding.retry.attempts if binding else 1
-        status = b.fail(
-            batch_id, "lease expired: the worker running it stopped renewing (killed or cut off)",
-            0 if int(attempt) < attempts else None, only_if_expired=True,
-        )
-        if status != "unchanged":
-            self.reclaimed += 1
-            log.warning("batch_reclaimed batch=%s attempt=%s -> %s", batch_id, attempt.decode(),
-                        status, extra={"event": "batch_reclaimed", "batch": batch_id})
-        return status
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Loop until `stop`: do what is due, then wait for the next due time or a wake message.
@@ -109,19 +89,29 @@ class Sweeper:
         The wait is client-side (`get_message(timeout=...)` on a subscribed connection): a
         server-side BLPOP timeout only fires on Redis's `hz` tick, up to 100 ms late on an idle
         server. accumulate publishes on the wake channel when a new earliest deadline appears.
+        A failing step (Redis down or restarting) logs one line and retries with backoff.
         """
         stop = stop or threading.Event()
         wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)
+        backoff = 0.0
         try:
             while not stop.is_set():
                 try:
                     if not wake.subscribed:  # before reading state, so no wake is missed
                         wake.subscribe(self.batcher.keys.wake)
                     wait = self.run_once()
+                    backoff = 0.0
                     if wait >= 0.001:
                         wake.get_message(timeout=wait)
-                except Exception:
-                    log.exception("sweeper step failed; retrying in 1s")
-                    stop.wait(1.0)
+                except Exception as exc:
+                    backoff = min(5.0, max(0.1, backoff * 2))
+                    log.warning("sweeper_step_failed: %r; retrying in %.1fs", exc, backoff,
+                                extra={"event": "sweeper_step_failed"})
+                    log.debug("sweeper step failed", exc_info=True)
+                    try:
+                        wake.reset()
+                    except Exception:
+                        pass
+                    stop.wait(backoff)
         finally:
             wake.close()

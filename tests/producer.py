@@ -12,18 +12,16 @@ import signal
 import sys
 
 from distbatch import Batcher
-from distbatch.dispatch import attach
 
 
 def main() -> None:
     url, ns, source, pid, n = sys.argv[1:6]
     mode = sys.argv[6] if len(sys.argv) > 6 else "plain"
     keys = int(sys.argv[7]) if len(sys.argv) > 7 else 50
-    batcher = Batcher.from_url(url, namespace=ns)
-    if mode == "dispatch":
-        attach(batcher)
-    elif mode == "crash":
-        batcher.on_cut = lambda ids, server_ms: os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "crash":
+        batcher = Batcher.from_url(url, namespace=ns, on_cut=lambda ids: os.kill(os.getpid(), signal.SIGKILL))
+    else:
+        batcher = Batcher.from_url(url, namespace=ns, handoff=mode == "dispatch")
     rng = random.Random(pid)
     i, total = 0, int(n)
     while i < total:

@@ -147,17 +147,21 @@ def test_always_failing_batch_goes_dead_and_replay_runs_it(procs: Procs, client,
     assert client.zcard(batcher.keys.dead) == 0
 
 
-def test_worker_refuses_handler_outside_allowlist(procs: Procs, client, batcher, server) -> None:
-    batcher.register("evil", version="v1", source="s", handler="workers.handlers.print_batch",
+def test_worker_refuses_handler_outside_allowlist_and_leaves_the_batch(procs: Procs, client, batcher) -> None:
+    """A worker that may not run a handler (wrong --handlers, a rolling deploy) never kills the
+    batch: it goes back uncounted, and a worker that can run it delivers it."""
+    batcher.register("other", version="v1", source="s", handler="tests.handlers.record",
                      batch={"count": 1, "window": "1h"})
-    procs.worker()  # allowlist: tests.handlers only
+    procs.spawn("-m", "distbatch.cli", "worker", "--redis-url", procs.url, "--namespace", NS,
+                "--handlers", "workers.handlers", name="worker")  # allowlist: not tests.handlers
     procs.sweeper()
     assert procs.producer(0, 1, "dispatch").wait(30) == 0
-    wait_for(lambda: client.zcard(batcher.keys.dead) == 1, 30, "the refused batch dead", procs.logs)
-    (bid,) = client.zrange(batcher.keys.dead, 0, -1)
-    assert "HandlerNotAllowed" in batcher.batch_error(bid.decode())
-    purge = CliRunner().invoke(cli, ["dead", "purge", "--all", "--redis-url", server.url, "--namespace", NS])
-    assert "purged 1" in purge.output and client.zcard(batcher.keys.dead) == 0
+    wait_for(lambda: b"HandlerNotAllowed" in (client.hget(batcher.keys.batch("1"), "error") or b""), 30,
+             "the first worker to give the batch back", procs.logs)
+    assert client.zcard(batcher.keys.dead) == 0
+    procs.worker()
+    wait_for(lambda: len(delivered(client)) == 1, 30, "delivery by a worker that can run it", procs.logs)
+    assert delivered(client)[0]["attempt"] == 1
 
 
 def test_sigterm_finishes_the_batch_in_hand(procs: Procs, client, batcher) -> None:
@@ -180,9 +184,6 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
     try:
         client = redis.Redis.from_url(server.url)
         b = Batcher.from_url(server.url, namespace=NS)
-        from distbatch.dispatch import attach
-
-        attach(b)
         b.register("r", version="v1", source="s", handler="tests.handlers.record",
                    batch={"count": 10, "window": "300ms", "key": "k"})
         procs.worker("--lease", "2s")

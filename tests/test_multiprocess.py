@@ -35,7 +35,7 @@ def test_concurrent_producers_cut_exact_batches(redis_server: RedisServer) -> No
     batch_ids = client.zrange(b.keys.ready, 0, -1)
     assert len(batch_ids) == len(set(batch_ids))
     for bid in batch_ids:
-        batch = b.get_batch(bid.decode())
+        batch = b.records.get_batch(bid.decode())
         assert batch.reason == "count" and len(batch.events) == COUNT
         if batch.binding == "keyed@v1":
             assert {e.payload["k"] for e in batch.events} == {batch.partition_key}

@@ -65,7 +65,8 @@ def test_fire_partial_at_expiry(batcher: Batcher, clock: ManualClock) -> None:
     clock.advance("1m")
     (batch,) = batcher.flush_expired()
     assert not batch.discarded and len(batch.events) == 3 and batch.reason == "expired"
-    assert batcher.claim(batch.id, 1000).status == "claimed"
+    claim = batcher.records.claim([batch.id], 1000)
+    assert claim is not None and [e.payload["n"] for e in claim.batch.events] == [0, 1, 2]
 
 
 def test_discard_at_expiry_records_and_never_hands_off(
@@ -76,10 +77,10 @@ def test_discard_at_expiry_records_and_never_hands_off(
     clock.advance("1m")
     (batch,) = batcher.flush_expired()
     assert batch.discarded and [e.payload["n"] for e in batch.events] == [0, 1, 2]
-    assert batcher.claim(batch.id, 1000).status == "gone"
+    assert batcher.records.claim([batch.id], 1000) is None
     stats = client.hgetall(batcher.keys.stats)
     assert stats[b"events_discarded:t@v1"] == b"3" and stats[b"batches_discarded:t@v1"] == b"1"
-    assert batcher.due_batches() == []
+    assert client.zcard(batcher.keys.ready) == 0
 
 
 def test_keyed_buffers_are_independent_with_own_windows(
@@ -221,7 +222,7 @@ def test_batch_ids_are_unique_and_stable(batcher: Batcher, clock: ManualClock) -
     clock.advance("1h")
     ids += [b.id for b in batcher.flush_expired()]
     assert len(ids) == len(set(ids)) == 6
-    assert batcher.get_batch(ids[0]).id == ids[0]
+    assert batcher.records.get_batch(ids[0]).id == ids[0]
 
 
 def test_namespaces_are_isolated(make_batcher) -> None:

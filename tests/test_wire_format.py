@@ -23,17 +23,19 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
     sha = client.script_load(lua)
     assert sha == hashlib.sha1(lua).hexdigest()
     member = "d@v1|=" + quote("Ünï {shop}:1", safe="")
-    keys = [f"{ns}:{k}" for k in ("regver", "deadlines", "wake", "batchseq", "ready", "stats")]
-    head = [version, "", 2000, 1024, f"{ns}:buf:", f"{ns}:open:", f"{ns}:batch:"]
+    keys = [f"{ns}:{k}" for k in ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "ready", "stats")]
     replies = []
     for i in range(2):
+        head = [version, f"call-{i}", "", 1024, f"{ns}:buf:", f"{ns}:open:", f"{ns}:batch:"]
         event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"shop": "Ünï {shop}:1", "i": i}])
         args = [*head, member, definition["batch"]["count"], definition["batch"]["window_ms"], event]
         replies.append(client.evalsha(sha, len(keys), *keys, *args))
     assert replies[0][1:] == [0, b"", b""]
     _, _overflowed, batch_id, _ = replies[1]
-    batch = b.get_batch(batch_id.decode())
+    batch = b.records.get_batch(batch_id.decode())
     assert batch.partition_key == "Ünï {shop}:1" and [e.payload["i"] for e in batch.events] == [0, 1]
     assert batch.events[0].id == "go-0" and batch.events[1].emitted_at_ms == 1700000000001
-    stale = client.evalsha(sha, len(keys), *keys, b"999", *head[1:])
+    again = client.evalsha(sha, len(keys), *keys, *args)  # a retry of the same call id: not re-run
+    assert again == [-2] and client.llen(f"{ns}:buf:{member}") == 0
+    stale = client.evalsha(sha, len(keys), *keys, b"999", "call-9", *head[2:])
     assert stale[0] == -1

@@ -7,12 +7,11 @@ import random
 import time
 
 from distbatch import Batcher
-from distbatch.dispatch import attach
 
 
 def main() -> None:
-    batcher = attach(Batcher.from_url(os.environ.get("DISTBATCH_REDIS_URL", "redis://redis:6379/0"),
-                                      namespace=os.environ.get("DISTBATCH_NAMESPACE", "distbatch")))
+    batcher = Batcher.from_url(os.environ.get("DISTBATCH_REDIS_URL", "redis://redis:6379/0"),
+                               namespace=os.environ.get("DISTBATCH_NAMESPACE", "distbatch"))
     batcher.register("pr-digest", version="v1", source="pr.merged",
                      batch={"count": 10, "window": "2s", "key": "repo"},
                      handler="workers.handlers.print_batch")

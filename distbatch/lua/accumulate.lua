@@ -1,18 +1,23 @@
 -- Append events to their buffers; open windows; enforce the cap; cut batches at `count`.
--- KEYS: regver, deadlines, wake (a pub/sub channel), batchseq, ready, stats
--- ARGV: expected_regver, window_now ('' = server TIME), grace_ms, cap, buf_prefix,
---       open_prefix, batch_prefix, then per item: member, count, window_ms, event_bytes
--- Returns {-1, current_regver} when the caller's bindings are stale (nothing written), else
--- {real_now, then per item: overflowed, batch_id or '', batch events or ''}.
-local k_regver, k_deadlines, k_wake, k_seq, k_ready, k_stats =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local current = redis.call('GET', k_regver) or '0'
+-- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
+--       ready, stats
+-- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, buf_prefix, open_prefix,
+--       batch_prefix, then per item: member, count, window_ms, event_bytes
+-- Returns {-1, current_regver} when the caller's bindings are stale (nothing written),
+--         {-2} when this call id already ran (a retry after a lost reply; nothing written again),
+--         else {real_now, then per item: overflowed, batch_id or '', batch events or ''}.
+local k_regver, k_call, k_deadlines, k_wake, k_seq, k_ready, k_stats =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+-- The call id first: a retry of a call that ran must not be re-run after a reload either.
+if redis.call('GET', k_call) == ARGV[2] then return {-2} end
+local current = redis.call('GET', k_regver) or ''
 if current ~= ARGV[1] then return {-1, current} end
-local grace, cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('SET', k_call, ARGV[2], 'PX', 600000)
+local cap = tonumber(ARGV[4])
 local bufp, openp, batchp = ARGV[5], ARGV[6], ARGV[7]
 -- @include clock
 -- @include buffers
-local now = window_clock(ARGV[2])
+local now = window_clock(ARGV[3])
 
 local out = {real_now}
 local accepted = {}

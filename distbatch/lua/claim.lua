@@ -1,20 +1,29 @@
--- Take a batch for running: count the attempt and hold a lease, unless someone holds one.
--- KEYS: ready, running, dead
--- ARGV: batch_id, batch_prefix, lease_ms
--- Returns {0} gone (already delivered), {1, lease} busy, {2} dead, or
---         {3, member, reason, cut_ms, attempt, events}.
+-- Take the first candidate batch that is still ready: count the attempt, hold a lease under the
+-- caller's token. Idempotent per token: a retry after a lost reply gets the same claim back.
+-- KEYS: ready, running, then the batch hash of each candidate (same order as the ids in ARGV)
+-- ARGV: token, lease_ms, candidate ids...
+-- Returns {} when no candidate is ready, else {id, member, reason, cut_ms, attempt, events}.
 -- @include clock
-local k_ready, k_running, k_dead = KEYS[1], KEYS[2], KEYS[3]
-local id, key = ARGV[1], ARGV[2] .. ARGV[1]
-if redis.call('EXISTS', key) == 0 then
-  redis.call('ZREM', k_ready, id)
-  return {0}
+local k_ready, k_running = KEYS[1], KEYS[2]
+local token, lease_ms = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local id, key = ARGV[i], KEYS[i]
+  local mine = redis.call('HGET', key, 'owner') == token
+  if mine or redis.call('ZREM', k_ready, id) == 1 then
+    local attempt
+    if mine then
+      attempt = tonumber(redis.call('HGET', key, 'attempt'))
+    elseif redis.call('EXISTS', key) == 0 then
+      attempt = nil  -- a ready id without a record (purged): drop it and look further
+    else
+      attempt = redis.call('HINCRBY', key, 'attempt', 1)
+      redis.call('HSET', key, 'owner', token)
+      redis.call('ZADD', k_running, real_now + lease_ms, id)
+    end
+    if attempt then
+      local r = redis.call('HMGET', key, 'member', 'reason', 'cut_ms', 'events')
+      return {id, r[1], r[2], r[3], attempt, r[4]}
+    end
+  end
 end
-local lease = redis.call('ZSCORE', k_running, id)
-if lease and tonumber(lease) > real_now then return {1, lease} end
-if redis.call('ZSCORE', k_dead, id) then return {2} end
-local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-redis.call('ZREM', k_ready, id)
-redis.call('ZADD', k_running, real_now + tonumber(ARGV[3]), id)
-local r = redis.call('HMGET', key, 'member', 'reason', 'cut_ms', 'events')
-return {3, r[1], r[2], r[3], attempt, r[4]}
+return {}

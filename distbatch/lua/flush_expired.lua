@@ -1,16 +1,16 @@
 -- Cut (fire_partial) or discard every buffer whose window ran out, at most `limit` per call.
 -- KEYS: deadlines, batchseq, ready, stats, bindings
--- ARGV: window_now ('' = server TIME), limit, grace_ms, buf_prefix, open_prefix, batch_prefix,
+-- ARGV: window_now ('' = server TIME), limit, buf_prefix, open_prefix, batch_prefix,
 --       with_events ('1' to return the events of each batch)
 -- Returns {earliest remaining deadline or -1, server time (ms), then per batch:
 --          {id, member, 'expired', discarded 0/1, cut_ms, events or ''}}.
 local k_deadlines, k_seq, k_ready, k_stats, k_bindings = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local limit, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
-local bufp, openp, batchp = ARGV[4], ARGV[5], ARGV[6]
+local limit = tonumber(ARGV[2])
+local bufp, openp, batchp = ARGV[3], ARGV[4], ARGV[5]
 -- @include clock
 -- @include buffers
 local now = window_clock(ARGV[1])
-local with_events = ARGV[7] == '1'
+local with_events = ARGV[6] == '1'
 
 local actions = {}
 local out = {-1, real_now}

@@ -1,8 +1,6 @@
 -- Shared by every script that opens, cuts or removes a buffer.
--- Needs locals: bufp, openp, batchp, k_deadlines, k_seq, k_ready, k_stats, grace, real_now.
-local function binding_of(member)
-  return string.sub(member, 1, string.find(member, '|', 1, true) - 1)
-end
+-- Needs locals: bufp, openp, batchp, k_deadlines, k_seq, k_ready, k_stats, real_now.
+-- @include binding_of
 
 -- A buffer that is gone leaves no trace: its list, its deadline and its open-set entry.
 local function close_buffer(member, binding)
@@ -11,12 +9,15 @@ local function close_buffer(member, binding)
   redis.call('SREM', openp .. binding, member)
 end
 
--- Record a cut batch and make it due for hand-off, in the same step that emptied the buffer.
+-- Record a cut batch and make it ready, in the same step that emptied the buffer. Ready batches
+-- are ordered by id (= cut order), so a retried or reclaimed batch goes back ahead of every
+-- batch cut after it instead of behind the backlog.
 local function cut_batch(member, binding, events, reason)
-  local id = tostring(redis.call('INCR', k_seq))
+  local seq = redis.call('INCR', k_seq)
+  local id = tostring(seq)
   redis.call('HSET', batchp .. id, 'member', member, 'reason', reason, 'cut_ms', real_now,
              'n', #events, 'events', table.concat(events), 'attempt', 0)
-  redis.call('ZADD', k_ready, real_now + grace, id)
+  redis.call('ZADD', k_ready, seq, id)
   redis.call('HINCRBY', k_stats, 'batches_' .. reason .. ':' .. binding, 1)
   return id
 end

@@ -1,0 +1,63 @@
+"""The worker's door: which RQ jobs it runs at all.
+
+Anyone who can write to Redis can push a job onto a worker's queue, and a stock RQ worker imports
+and calls whatever `func_name` the job names, plus its callbacks, dependents and webhooks. A
+distbatch worker reads the raw job hash itself, before RQ resolves anything, and runs a job only
+if it is exactly distbatch's own ticket for its own namespace; every other job is left failed in
+RQ without running. Job data is JSON-decoded here (zlib, size-capped), never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+
+import redis
+from rq import Queue
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+
+from .dispatch import JOB_FUNC
+
+MAX_DATA = 64 * 1024
+FAILED_TTL = 86_400
+_EMPTY_OK = {b"success_callback_name", b"failure_callback_name", b"stopped_callback_name", b"group_id",
+             b"started_at", b"ended_at", b"last_heartbeat", b"worker_name"}
+_ALLOWED = _EMPTY_OK | {b"status", b"created_at", b"data", b"origin", b"description", b"enqueued_at",
+                        b"timeout", b"result_ttl", b"failure_ttl"}
+
+
+def refusal(raw: dict[bytes, bytes], queue_name: str, namespace: str) -> str | None:
+    """Why this job hash must not run, or None when it is distbatch's ticket for `namespace`."""
+    extra = sorted(k.decode(errors="replace") for k in set(raw) - _ALLOWED)
+    if extra:
+        return f"job carries fields a distbatch ticket never has: {extra}"
+    for name in _EMPTY_OK:
+        if raw.get(name):
+            return f"job sets {name.decode()}={raw[name][:80]!r}; distbatch tickets set none"
+    if raw.get(b"origin", b"").decode(errors="replace") != queue_name:
+        return f"job origin {raw.get(b'origin')!r} is not this worker's queue {queue_name!r}"
+    try:
+        data = zlib.decompressobj().decompress(raw.get(b"data", b""), MAX_DATA)
+        func, instance, args, kwargs = json.loads(data)
+    except (zlib.error, ValueError, TypeError, UnicodeDecodeError):
+        return "job data is not a JSON distbatch ticket (pickled, or malformed)"
+    if func != JOB_FUNC or instance is not None or kwargs != {}:
+        return f"job function {func!r:.100} is not {JOB_FUNC}"
+    if args != [namespace]:
+        return f"job args {args!r:.100} are not [{namespace!r}]"
+    return None
+
+
+def refuse(connection: redis.Redis, job: Job, queue: Queue, reason: str) -> None:
+    """Leave the job failed in RQ (inspectable, expires after a day); nothing of it runs."""
+    pipe = connection.pipeline()
+    pipe.hset(job.key, mapping={
+        "status": "failed", "exc_info": zlib.compress(f"refused by distbatch worker: {reason}".encode())
+    })
+    pipe.expire(job.key, FAILED_TTL)
+    pipe.zadd(FailedJobRegistry(queue.name, connection=connection).key, {job.id: time.time() + FAILED_TTL})
+    pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job.id)
+    pipe.execute()
