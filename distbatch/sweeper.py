@@ -9,6 +9,7 @@ every step costs O(log N + work due), never a scan of a backlog.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -108,10 +109,8 @@ class Sweeper:
                     log.warning("sweeper_step_failed: %r; retrying in %.1fs", exc, backoff,
                                 extra={"event": "sweeper_step_failed"})
                     log.debug("sweeper step failed", exc_info=True)
-                    try:
+                    with contextlib.suppress(Exception):
                         wake.reset()
-                    except Exception:
-                        pass
                     stop.wait(backoff)
         finally:
             wake.close()

@@ -23,7 +23,8 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
     sha = client.script_load(lua)
     assert sha == hashlib.sha1(lua).hexdigest()
     member = "d@v1|=" + quote("Ünï {shop}:1", safe="")
-    keys = [f"{ns}:{k}" for k in ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "ready", "stats")]
+    names = ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "ready", "stats")
+    keys = [f"{ns}:{k}" for k in names]
     replies = []
     for i in range(2):
         head = [version, f"call-{i}", "", 1024, f"{ns}:buf:", f"{ns}:open:", f"{ns}:batch:"]
