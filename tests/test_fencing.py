@@ -1,0 +1,328 @@
+"""Fencing, idempotent scripts and lost replies: a worker or client that lost track can never
+change a batch it no longer holds, and a retried call never does its work twice."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from distbatch import Batch, Batcher, ManualClock
+from distbatch.errors import EmitError
+from distbatch.executor import Executor, Status
+from distbatch.faultproxy import FaultProxy
+from distbatch.handlers import HandlerResolver
+from distbatch.records import Outcome
+
+from .redis_server import RedisServer
+
+ran: list[Batch] = []
+
+
+def record(batch: Batch) -> None:
+    ran.append(batch)
+
+
+def long_message(batch: Batch) -> None:
+    raise RuntimeError("x" * 10_000 + " THE LAST LINE")
+
+
+gate = threading.Event()
+
+
+def wait_for_gate(batch: Batch) -> None:
+    gate.wait(10)
+    ran.append(batch)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    ran.clear()
+    gate.clear()
+
+
+def states(b: Batcher, bid: str) -> list[str]:
+    """Which of ready/running/delayed/dead hold `bid` (the invariant: at most one)."""
+    k = b.keys
+    return [name for name, key in (("ready", k.ready), ("running", k.running), ("delayed", k.delayed),
+                                   ("dead", k.dead)) if b.client.zscore(key, bid) is not None]
+
+
+def one_batch(b: Batcher, **retry: Any) -> str:
+    b.register("f", version="v1", source="s", handler=f"{__name__}.record",
+               batch={"count": 1, "window": "1h"}, retry=retry or None)
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    return r.batch.id
+
+
+def test_a_stale_claim_changes_nothing(batcher: Batcher) -> None:
+    """Worker A's lease runs out and B takes the batch: A's renew, complete and fail are refused
+    and B's claim, lease and state stay as they were."""
+    bid = one_batch(batcher)
+    rec = batcher.records
+    a = rec.claim([bid], -1)  # A's lease is already over (A was paused past it)
+    assert a is not None
+    assert rec.reclaim(bid) == Outcome.RETRY
+    b = rec.claim([bid], 60_000)
+    assert b is not None and b.batch.attempt == 2
+    lease = batcher.client.zscore(batcher.keys.running, bid)
+    assert rec.renew(bid, a.token, 60_000) is False
+    assert rec.complete(bid, a.token) is None
+    assert rec.fail(bid, a.token, "late failure", 0) == Outcome.STALE
+    assert rec.fail(bid, a.token, "late failure", None) == Outcome.STALE
+    assert states(batcher, bid) == ["running"]
+    assert batcher.client.zscore(batcher.keys.running, bid) == lease
+    assert rec.renew(bid, b.token, 60_000) is True
+    assert rec.complete(bid, b.token) == 1
+    assert states(batcher, bid) == [] and not batcher.client.exists(batcher.keys.batch(bid))
+
+
+def test_a_lease_that_ran_out_is_lost_even_before_anyone_reclaims_it(batcher: Batcher) -> None:
+    bid = one_batch(batcher)
+    claim = batcher.records.claim([bid], -1)
+    assert claim is not None
+    assert batcher.records.complete(bid, claim.token) is None
+    assert batcher.records.renew(bid, claim.token, 1000) is False
+    assert states(batcher, bid) == ["running"]  # left for the sweeper to reclaim as a failed try
+
+
+def test_executor_drops_the_outcome_of_a_lost_lease_and_says_so(
+    batcher: Batcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler runs past its lease (paused), another worker takes the batch meanwhile: the
+    first worker's success is dropped with `lease_lost`, the second one's stands."""
+    batcher.register("f", version="v1", source="s", handler=f"{__name__}.wait_for_gate",
+                     batch={"count": 1, "window": "1h"})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    bid, rec = r.batch.id, batcher.records
+    first = rec.claim([bid], 150)
+    assert first is not None
+    result: list[Any] = []
+    slow = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
+    slow.leases.renew_now = lambda: None  # type: ignore[method-assign]
+    t = threading.Thread(target=lambda: result.append(slow.run(first)))
+    t.start()
+    time.sleep(0.3)
+    assert rec.reclaim(bid) == Outcome.RETRY
+    second = rec.claim([bid], 60_000)
+    assert second is not None
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        gate.set()
+        t.join(5)
+    assert result[0].status == Status.LEASE_LOST
+    assert any("lease_lost" in m for m in caplog.messages)
+    assert states(batcher, bid) == ["running"] and rec.complete(bid, second.token) == 1
+
+
+def test_lease_keeper_reports_a_lost_lease(batcher: Batcher, caplog: pytest.LogCaptureFixture) -> None:
+    bid = one_batch(batcher)
+    claim = batcher.records.claim([bid], -1)
+    assert claim is not None
+    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=1000)
+    held = ex.leases.hold(bid, claim.token, None)
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        ex.leases.renew_now()
+    assert held.lost and any("lease_lost" in m for m in caplog.messages)
+
+
+def test_hung_handler_loses_its_lease_after_its_timeout(batcher: Batcher) -> None:
+    batcher.register("t", version="v1", source="s", handler=f"{__name__}.record",
+                     batch={"count": 1, "window": "1h"}, retry={"timeout": "50ms"})
+    assert batcher.bindings()["t@v1"].retry.timeout_ms == 50
+    (r,) = batcher.emit("s", {})
+    assert r.batch is not None
+    claim = batcher.records.claim([r.batch.id], 1000)
+    assert claim is not None
+    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=1000)
+    held = ex.leases.hold(r.batch.id, claim.token, 50)
+    ex.leases.renew_now()
+    assert not held.lost  # within its timeout: renewed
+    time.sleep(0.08)
+    ex.leases.renew_now()
+    assert held.lost  # past it: no longer renewed, the sweeper takes the batch back
+
+
+def test_claim_is_idempotent_per_token(batcher: Batcher) -> None:
+    """A claim whose reply was lost, sent again with the same token, gets the same claim back
+    (today's bug: it answered `busy` to itself and the batch later went dead unrun)."""
+    bid = one_batch(batcher)
+    first = batcher.records.claim([bid], 60_000, token="t-1")
+    again = batcher.records.claim([bid], 60_000, token="t-1")
+    assert first is not None and again is not None
+    assert again.batch.attempt == first.batch.attempt == 1
+    assert batcher.records.claim([bid], 60_000, token="t-2") is None
+
+
+def test_fail_is_idempotent_per_token(batcher: Batcher) -> None:
+    bid = one_batch(batcher)
+    claim = batcher.records.claim([bid], 60_000)
+    assert claim is not None
+    assert batcher.records.fail(bid, claim.token, "boom", 0) == Outcome.RETRY
+    assert batcher.records.fail(bid, claim.token, "boom", 0) == Outcome.RETRY  # the retried call
+    assert states(batcher, bid) == ["ready"]
+
+
+def test_reclaimed_and_retried_batches_go_to_the_front(batcher: Batcher) -> None:
+    batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    ids = [r.batch.id for r in batcher.emit_many("s", [{"n": i} for i in range(50)]) if r.batch]
+    first = batcher.records.claim_next(-1)  # the oldest; its worker dies
+    assert first is not None and first.batch.id == ids[0]
+    for _ in range(10):
+        c = batcher.records.claim_next(60_000)
+        assert c is not None
+        batcher.records.complete(c.batch.id, c.token)
+    assert batcher.records.reclaim(ids[0]) == Outcome.RETRY
+    again = batcher.records.claim_next(60_000)
+    assert again is not None and again.batch.id == ids[0] and again.batch.attempt == 2
+
+
+def test_fail_keeps_the_tail_of_the_traceback(batcher: Batcher) -> None:
+    batcher.register("f", version="v1", source="s", handler=f"{__name__}.long_message",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    (r,) = batcher.emit("s", {})
+    assert r.batch is not None
+    claim = batcher.records.claim([r.batch.id], 10_000)
+    assert claim is not None
+    assert Executor(batcher.records, HandlerResolver([__name__])).run(claim).status == Status.DEAD
+    error = batcher.records.raw(r.batch.id)["error"]
+    assert error.rstrip().endswith("THE LAST LINE") and len(error) <= 4000
+
+
+# lost replies, through a proxy that lets Redis run the command and then drops the answer -------
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    with FaultProxy("127.0.0.1", redis_server.port).start() as p:
+        yield p
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_lost_accumulate_reply_never_stores_an_event_twice(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """redis.Redis(host, port) retries after a connection error; distbatch retries once itself.
+    Either way the event is stored once."""
+    client = (redis.Redis(host="127.0.0.1", port=proxy.port) if retrying_client
+              else redis.Redis(host="127.0.0.1", port=proxy.port, retry=Retry(NoBackoff(), 0)))
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+    b.emit("s", {"n": 0})
+    proxy.drop_next_reply(b"EVALSHA")
+    (r,) = b.emit("s", {"n": 1})
+    assert proxy.fired == 1
+    assert r.batch is None
+    direct = redis.Redis.from_url(redis_server.url)
+    assert direct.llen(b.keys.buffer("f@v1", None)) == 2
+    (r,) = b.emit("s", {"n": 2})
+    assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [0, 1, 2]
+
+
+def test_lost_claim_reply_is_retried_into_the_same_claim(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str
+) -> None:
+    client = redis.Redis(host="127.0.0.1", port=proxy.port)  # retries by default
+    b = Batcher(client, namespace=namespace, handoff=False)
+    bid = one_batch(b)
+    proxy.drop_next_reply(b"EVALSHA")
+    claim = b.records.claim([bid], 60_000)
+    assert proxy.fired == 1 and claim is not None and claim.batch.attempt == 1
+    assert Executor(b.records, HandlerResolver([__name__]), 60_000).run(claim).status == Status.DELIVERED
+    assert [x.id for x in ran] == [bid]
+
+
+def test_emit_error_says_exactly_what_was_stored(batcher: Batcher, client) -> None:
+    batcher.chunk_size = 10
+    batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
+    real = batcher.scripts.accumulate
+    calls = 0
+
+    def flaky(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:  # the second chunk's call and distbatch's own retry of it
+            raise redis.ConnectionError("Redis went away")
+        return real(*args, **kw)
+
+    batcher.scripts.accumulate = flaky  # type: ignore[method-assign]
+    with pytest.raises(EmitError) as err:
+        batcher.emit_many("s", [{"n": i} for i in range(35)])
+    assert err.value.stored == 20 and err.value.uncertain == 10 and len(err.value.results) == 20
+    assert client.llen(batcher.keys.buffer("f@v1", None)) == 20
+
+
+def test_a_failing_hand_off_never_fails_emit(batcher: Batcher, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(ids: Any) -> None:
+        raise redis.ConnectionError("queue Redis down")
+
+    batcher.on_cut = broken
+    batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        results = batcher.emit_many("s", [{"n": i} for i in range(4)])
+    assert sum(r.batch is not None for r in results) == 2
+    assert any("handoff_failed" in m for m in caplog.messages)
+    assert batcher.client.zcard(batcher.keys.ready) == 2  # safe: a sweeper hands them off
+
+
+def test_hand_off_is_per_chunk(batcher: Batcher) -> None:
+    """Batches cut by an earlier chunk are handed off before a later chunk is sent."""
+    seen: list[list[str]] = []
+    batcher.on_cut = lambda ids: seen.append(list(ids))
+    batcher.chunk_size = 4
+    batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    batcher.emit_many("s", [{"n": i} for i in range(12)])
+    assert [len(x) for x in seen] == [2, 2, 2]
+
+
+# registry ------------------------------------------------------------------------------------
+
+
+def test_registry_epoch_survives_redis_losing_its_data(make_batcher, client) -> None:
+    """A counter repeats after Redis loses its data; an epoch does not, so an emitter holding
+    routes from before reloads instead of writing to a binding that no longer exists."""
+    a, b = make_batcher(), make_batcher()
+    a.register("old", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    assert [r.binding for r in b.emit("s", {})] == ["old@v1"]
+    for key in client.scan_iter(f"{a.keys.base}*"):  # Redis restarted without persistence
+        client.delete(key)
+    a.register("new", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    assert [r.binding for r in b.emit("s", {})] == ["new@v1"]
+    assert not client.exists(b.keys.buffer("old@v1", None))
+
+
+def test_first_emit_many_sizes_chunks_from_the_real_routes(make_batcher) -> None:
+    a = make_batcher()
+    for i in range(20):
+        a.register(f"b{i}", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
+    b = make_batcher()  # a fresh instance: nothing loaded yet
+    real = b.scripts.accumulate
+    sizes: list[int] = []
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        sizes.append((len(kw["args"]) - 7) // 4)
+        return real(*args, **kw)
+
+    b.scripts.accumulate = spy  # type: ignore[method-assign]
+    b.emit_many("s", [{"n": i} for i in range(1000)])
+    assert sum(sizes) == 20_000 and max(sizes) <= b.chunk_size
+
+
+def test_batches_cut_before_drop_are_still_delivered(batcher: Batcher) -> None:
+    batcher.register("f", version="v1", source="s", handler=f"{__name__}.record",
+                     batch={"count": 2, "window": "1h"})
+    results = batcher.emit_many("s", [{"n": i} for i in range(3)])
+    cut = [r.batch.id for r in results if r.batch]
+    assert [e.payload["n"] for e in batcher.drop("f@v1")] == [2]  # only the open buffer
+    claim = batcher.records.claim(cut, 10_000)
+    assert claim is not None
+    assert Executor(batcher.records, HandlerResolver([__name__])).run(claim).status == Status.DELIVERED
+    assert [e.payload["n"] for e in ran[0].events] == [0, 1]
