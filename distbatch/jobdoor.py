@@ -61,3 +61,27 @@ def refuse(connection: redis.Redis, job: Job, queue: Queue, reason: str) -> None
     pipe.zadd(FailedJobRegistry(queue.name, connection=connection).key, {job.id: time.time() + FAILED_TTL})
     pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job.id)
     pipe.execute()
+
+
+class TicketJob(Job):
+    """A Job that vets its raw hash before RQ parses any of it.
+
+    RQ's own `restore` decodes dependency lists, metadata and callbacks, and a malformed field
+    crashes the worker's dequeue loop; a refused job is restored from its origin only, so nothing
+    an attacker wrote is parsed, and `execute_job` refuses it.
+    """
+
+    queue_name = ""
+    namespace = ""
+    refusal: str | None = None
+
+    def restore(self, raw_data: dict[bytes, bytes]) -> None:
+        self.refusal = refusal(raw_data, self.queue_name, self.namespace)
+        if self.refusal is None:
+            super().restore(raw_data)
+        else:
+            super().restore({b"data": b"", b"origin": raw_data.get(b"origin", b"")[:200]})
+
+
+def ticket_job_class(queue_name: str, namespace: str) -> type[TicketJob]:
+    return type("TicketJob", (TicketJob,), {"queue_name": queue_name, "namespace": namespace})

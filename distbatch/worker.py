@@ -36,7 +36,8 @@ class BatchWorker(SimpleWorker):
     namespace: str
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        reason = jobdoor.refusal(self.connection.hgetall(job.key), queue.name, self.namespace)
+        reason = getattr(job, "refusal", None) or jobdoor.refusal(
+            self.connection.hgetall(job.key), queue.name, self.namespace)
         if reason is not None:
             log.error("job_refused job=%s queue=%s: %s", job.id, queue.name, reason,
                       extra={"event": "job_refused", "job": job.id})
@@ -86,7 +87,8 @@ def run_worker(
     if with_sweeper:
         start_sweeper(batcher, stop)
     queue = make_queue(queue_client, batcher.keys)
-    worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer)
+    worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer,
+                         job_class=jobdoor.ticket_job_class(queue.name, batcher.keys.namespace))
     worker.executor, worker.namespace = executor, batcher.keys.namespace
     log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
                 batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),

@@ -200,3 +200,33 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
     finally:
         procs.stop_all()
         server.cleanup()
+
+
+def test_worker_paused_past_its_lease_cannot_touch_the_batch(procs: Procs, client, batcher) -> None:
+    """SIGSTOP a worker mid-handler past its lease: a sweeper reclaims the batch and a second
+    worker runs it. SIGCONT: the first worker's handler finishes, but its complete is refused
+    (lease_lost), and the batch is completed exactly once, by the worker that holds it."""
+    batcher.register("slow", version="v1", source="s", handler="tests.handlers.slow_record",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 5})
+    first = procs.worker("--lease", "1s", env={"TEST_HANDLER_SLEEP": "1.5"})
+    procs.sweeper()
+    assert procs.producer(0, 1, "dispatch").wait(30) == 0
+    wait_for(lambda: client.get(f"test:inflight:{first.pid}") is not None, 30, "the batch in flight",
+             procs.logs)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = procs.worker("--lease", "1s", env={"TEST_HANDLER_SLEEP": "1.5"})
+        wait_for(lambda: client.get(f"test:inflight:{second.pid}") is not None, 30,
+                 "the batch re-run by the second worker", procs.logs)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    wait_for(lambda: len(delivered(client)) == 2 and client.zcard(batcher.keys.running) == 0, 30,
+             "both handlers to return", procs.logs)
+    rows = delivered(client)
+    assert {r["pid"] for r in rows} == {first.pid, second.pid} and len({r["id"] for r in rows}) == 1
+    stats = client.hgetall(batcher.keys.stats)
+    assert stats[b"batches_delivered:slow@v1"] == b"1" and stats[b"events_delivered:slow@v1"] == b"1"
+    assert all(client.zcard(k) == 0 for k in (batcher.keys.ready, batcher.keys.dead, batcher.keys.delayed))
+    assert not client.exists(batcher.keys.batch(rows[0]["id"]))
+    wait_for(lambda: "lease_lost" in procs.logs(), 10, "the paused worker to say it lost the lease",
+             procs.logs)

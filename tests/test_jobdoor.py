@@ -1,0 +1,102 @@
+"""The worker's door: only distbatch's own ticket runs; an attacker with write access to Redis
+cannot make a worker import, call or unpickle anything."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zlib
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Callback, Queue
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from distbatch import Batch, Batcher
+from distbatch.dispatch import JOB_FUNC
+from distbatch.worker import run_worker
+
+from .redis_server import RedisServer
+
+delivered: list[Batch] = []
+called: list[str] = []
+
+
+def record(batch: Batch) -> None:
+    delivered.append(batch)
+
+
+def evil_callback(*args: object) -> None:
+    called.append("callback")
+
+
+class Boom:
+    """Unpickling this creates a file: proof that something was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.fixture
+def setup(redis_server: RedisServer, namespace: str, tmp_path: Path):
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace)
+    b.register("d", version="v1", source="s", handler=f"{__name__}.record",
+               batch={"count": 1, "window": "1h"})
+    delivered.clear()
+    called.clear()
+    return client, b, Queue(b.keys.queue_name, connection=client, serializer=JSONSerializer), tmp_path
+
+
+def assert_refused(client: redis.Redis, queue: Queue, job_id: str) -> None:
+    key = Job.key_for(job_id)  # read raw: RQ's own fetch would choke on the malformed ones
+    assert client.hget(key, "status") == JobStatus.FAILED.value.encode()
+    assert job_id in FailedJobRegistry(queue.name, connection=client).get_job_ids()
+    assert b"refused by distbatch worker" in zlib.decompress(client.hget(key, "exc_info"))
+
+
+def test_attacker_jobs_never_run_and_the_ticket_still_does(setup, caplog: pytest.LogCaptureFixture) -> None:
+    client, b, queue, tmp = setup
+    marker = tmp / "pwned"
+    b.emit("s", {"n": 1})  # cuts a batch: its ticket waits in the queue among the attacks
+    attacks = [
+        queue.enqueue("subprocess.check_call", ["touch", str(marker)]),
+        queue.enqueue("os.system", f"touch {marker}"),
+        queue.enqueue(JOB_FUNC, b.keys.namespace, on_success=Callback(f"{__name__}.evil_callback")),
+        queue.enqueue(JOB_FUNC, b.keys.namespace, on_failure=Callback(f"{__name__}.evil_callback")),
+        queue.enqueue(JOB_FUNC, "another-namespace"),
+    ]
+    dep = queue.enqueue(JOB_FUNC, b.keys.namespace)  # a ticket made to look like it has dependencies
+    client.hset(dep.key, "dependency_ids", "x")
+    pickled = Queue(b.keys.queue_name, connection=client).enqueue(  # RQ's default: pickle
+        "builtins.print", Boom(str(tmp / "unpickled")))
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        run_worker(Batcher(client, namespace=b.keys.namespace), handlers=[__name__], burst=True)
+    assert not marker.exists() and not (tmp / "unpickled").exists() and called == []
+    for job in [*attacks, dep, pickled]:
+        assert_refused(client, queue, job.id)
+    assert sum("job_refused" in m for m in caplog.messages) == len(attacks) + 2
+    assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
+
+
+def test_pickle_data_is_never_loaded(setup) -> None:
+    client, b, queue, tmp = setup
+    job = queue.enqueue(JOB_FUNC, b.keys.namespace)
+    client.hset(job.key, "data", zlib.compress(pickle.dumps((JOB_FUNC, None, Boom(str(tmp / "x")), {}))))
+    run_worker(Batcher(client, namespace=b.keys.namespace), burst=True)
+    assert not (tmp / "x").exists()
+    assert_refused(client, queue, job.id)
+
+
+def test_worker_that_allows_no_handler_warns_at_start(setup, caplog: pytest.LogCaptureFixture) -> None:
+    client, b, _, _ = setup
+    with caplog.at_level(logging.WARNING, "distbatch.worker"):
+        run_worker(Batcher(client, namespace=b.keys.namespace), burst=True)
+    assert any("worker_allows_no_handler" in m for m in caplog.messages)
