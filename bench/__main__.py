@@ -6,7 +6,7 @@ import time
 
 import click
 
-NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker")
+NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker", "sweeper")
 
 
 @click.command()
