@@ -52,13 +52,20 @@ class Producer:
         self.stopping = False
 
     def chunk(self) -> list[dict[str, Any]]:
-        """One event (60%) or a small emit_many of 2-8."""
-        n = 1 if self.rng.random() < 0.6 else self.rng.randint(2, 8)
-        pid = self.opts.id
+        """One event (60%), a small emit_many of 2-8 (30%), or a burst of 8-14 on one key (10%),
+        which cuts batches at count in both bindings."""
+        rng, pid = self.rng, self.opts.id
+        roll = rng.random()
+        if roll < 0.6:
+            keys = [rng.randrange(self.opts.keys)]
+        elif roll < 0.9:
+            keys = [rng.randrange(self.opts.keys) for _ in range(rng.randint(2, 8))]
+        else:
+            keys = [rng.randrange(self.opts.keys)] * rng.randint(8, 14)
         out = []
-        for _ in range(n):
+        for key in keys:
             i, self.next_i = self.next_i, self.next_i + 1
-            out.append({"k": f"key{self.rng.randrange(self.opts.keys)}", "p": pid, "i": i, "id": f"{pid}-{i}"})
+            out.append({"k": f"key{key}", "p": pid, "i": i, "id": f"{pid}-{i}"})
         return out
 
     def emit(self, chunk: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

@@ -111,7 +111,7 @@ class Batcher:
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
         k = self.keys
-        self._acc_tail = [k.deadlines, k.wake, k.batch_seq, k.ready, k.stats]
+        self._acc_tail = [k.deadlines, k.wake, k.batch_seq, k.ready, k.stats, k.bindings]
         self._acc_head = [k.buffer_prefix, k.open_prefix, k.batch_prefix]
 
     @classmethod
@@ -321,30 +321,37 @@ class Batcher:
                         exc, extra={"event": "handoff_failed"})
 
     def _results(self, placed: list[tuple[str, str | None]], reply: list[Any]) -> list[EmitResult]:
-        out: list[EmitResult] = []
+        """Build one result per item; the reply lists only items that cut, closed or overflowed."""
         cut_ms = reply[0]
+        notes: dict[int, dict[str, Any]] = {}
         cuts: list[str] = []
         fields = iter(reply)
         next(fields)
-        for (binding, pkey), overflowed, batch_id, blob in zip(
-            placed, fields, fields, fields, strict=True
-        ):
-            if not (batch_id or overflowed):
-                out.append(EmitResult(binding, pkey))
-                continue
-            batch = None
-            if batch_id:
-                bid = batch_id.decode()
-                batch = Batch(bid, binding, pkey, "count", LazyEvents(blob), cut_at_ms=cut_ms)
-                cuts.append(bid)
-            if overflowed:
+        for item, kind, batch_id, blob in zip(fields, fields, fields, fields, strict=True):
+            binding, pkey = placed[item - 1]
+            note = notes.setdefault(item - 1, {})
+            if kind == b"overflow":
+                note["overflowed"] = 1
                 log.warning(
                     "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, "
                     "oldest event dropped",
                     binding, pkey, BUFFER_CAP,
                     extra={"event": "buffer_overflow", "binding": binding, "partition": pkey},
                 )
-            out.append(EmitResult(binding, pkey, batch, overflowed))
+                continue
+            bid = batch_id.decode()
+            if kind == b"count":
+                note["batch"] = Batch(bid, binding, pkey, "count", LazyEvents(blob), cut_at_ms=cut_ms)
+                cuts.append(bid)
+            else:
+                discarded = kind == b"discard"
+                note["expired"] = Batch(bid, binding, pkey, "expired", LazyEvents(blob),
+                                        discarded=discarded, cut_at_ms=cut_ms)
+                if not discarded:
+                    cuts.append(bid)
+        out = [EmitResult(b, p) for b, p in placed]
+        for i, note in notes.items():
+            out[i] = EmitResult(out[i].binding, out[i].partition_key, **note)
         if cuts:
             self._handoff(cuts)
         return out

@@ -39,3 +39,7 @@ class EmitResult:
     batch: Batch | None = None
     overflowed: int = 0
     """Oldest events the 1024 cap dropped from this buffer while accepting this one."""
+    expired: Batch | None = None
+    """The buffer this event found with its window already run out (no sweeper had flushed it
+    yet): closed before the event opened a fresh one — cut (`reason="expired"`) or, with
+    `expire_action="discard"`, dropped (`discarded=True`)."""

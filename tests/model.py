@@ -17,9 +17,14 @@ class Model:
     buffers: dict[tuple[str, str | None], tuple[int, list[Any]]] = field(default_factory=dict)
 
     def emit(self, now: int, payload: dict[str, Any]) -> list[Cut]:
+        """Cuts in the order the emit makes them: an expired buffer this event closes first."""
         cuts = []
         for name, cfg in self.bindings.items():
             pkey = partition_key(payload, split_path(cfg.key))
+            opened, events = self.buffers.get((name, pkey), (now, []))
+            if events and opened + cfg.window_ms <= now:  # ran out before a sweeper came
+                del self.buffers[(name, pkey)]
+                cuts.append((name, pkey, "expired", cfg.expire_action == "discard", tuple(events)))
             _opened, events = self.buffers.setdefault((name, pkey), (now, []))
             events.append(payload["n"])
             del events[:-BUFFER_CAP]

@@ -326,3 +326,32 @@ def test_batches_cut_before_drop_are_still_delivered(batcher: Batcher) -> None:
     assert claim is not None
     assert Executor(batcher.records, HandlerResolver([__name__])).run(claim).status == Status.DELIVERED
     assert [e.payload["n"] for e in ran[0].events] == [0, 1]
+
+
+def test_sweeper_reclaims_and_hands_off_even_when_every_flush_hits_its_limit(make_batcher, client) -> None:
+    from distbatch.sweeper import Sweeper
+
+    b = make_batcher()
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.register("w", version="v1", source="w", handler="m.h", batch={"count": 99, "window": "1s", "key": "k"})
+    bid = b.emit("s", {})[0].batch.id
+    assert b.records.claim([bid], -1) is not None  # its worker died
+    b.emit_many("w", [{"k": i} for i in range(10)])
+    b.clock.advance("1s")
+    queue = b.dispatcher.queue.key
+    client.delete(queue)
+    sweeper = Sweeper(b, limit=3)  # 10 expired windows: every flush of this pass hits the limit
+    assert sweeper.run_once() == 0.0
+    assert sweeper.cut == 3 and sweeper.reclaimed == 1
+    assert states(b, bid) == ["ready"] and client.llen(queue) >= 1
+
+
+def test_every_hand_off_gets_a_fresh_job_id(batcher: Batcher, client) -> None:
+    batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    queue = batcher.dispatcher.queue.key
+    batcher.emit("s", {})
+    first = client.lrange(queue, 0, -1)
+    client.delete(queue)  # a worker took the ticket
+    batcher.emit("s", {})
+    second = client.lrange(queue, 0, -1)
+    assert len(first) == len(second) == 1 and first != second

@@ -95,7 +95,11 @@ def test_pickle_data_is_never_loaded(setup) -> None:
     assert_refused(client, queue, job.id)
 
 
-def test_worker_that_allows_no_handler_warns_at_start(setup, caplog: pytest.LogCaptureFixture) -> None:
+def test_worker_that_allows_no_handler_warns_at_start(setup, caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from distbatch import handlers
+
+    monkeypatch.setattr(handlers, "_registered", {})  # other tests registered handlers in-process
     client, b, _, _ = setup
     with caplog.at_level(logging.WARNING, "distbatch.worker"):
         run_worker(Batcher(client, namespace=b.keys.namespace), burst=True)

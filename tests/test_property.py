@@ -50,7 +50,7 @@ def test_redis_matches_reference_model(client, configs, ops) -> None:
     for kind, arg in ops:
         if kind == "emit":
             events = [{**p, "n": next(n)} for p in arg]
-            got = [_cut(r.batch) for r in batcher.emit_many("s", events) if r.batch]
+            got = [_cut(b) for r in batcher.emit_many("s", events) for b in (r.expired, r.batch) if b]
             want = [c for e in events for c in model.emit(clock.now_ms(), e)]
             assert got == want
         elif kind == "advance":

@@ -284,3 +284,46 @@ def test_wake_is_published_only_when_a_new_earliest_deadline_appears(
     batcher.emit("src", {"k": "e"})
     assert pushed()[-1] == clock.now_ms() + 10_000 and len(pushed()) == 3
     sub.close()
+
+
+def test_late_event_never_joins_an_expired_buffer(batcher: Batcher, clock: ManualClock) -> None:
+    """No sweeper ran: the late event closes the expired buffer (cut as `expired`, handed off) and
+    opens a fresh window of its own."""
+    handed: list[list[str]] = []
+    batcher.on_cut = lambda ids: handed.append(list(ids))
+    reg(batcher, count=5, window="1m")
+    batcher.emit("src", {"n": 0})
+    clock.advance("1m")
+    (r,) = batcher.emit("src", {"n": 1})
+    assert r.batch is None and r.expired is not None and not r.expired.discarded
+    assert r.expired.reason == "expired" and [e.payload["n"] for e in r.expired.events] == [0]
+    assert handed == [[r.expired.id]]
+    assert batcher.flush_expired() == []  # the new window opened at the late event
+    clock.advance("1m")
+    (late,) = batcher.flush_expired()
+    assert [e.payload["n"] for e in late.events] == [1]
+
+
+def test_late_event_never_completes_a_count_batch_with_an_expired_one(
+    batcher: Batcher, clock: ManualClock
+) -> None:
+    reg(batcher, count=2, window="1m")
+    batcher.emit("src", {"n": 0})
+    clock.advance("1m")
+    (r,) = batcher.emit("src", {"n": 1})
+    assert r.batch is None and r.expired is not None
+    assert [e.payload["n"] for e in r.expired.events] == [0]
+    (r,) = batcher.emit("src", {"n": 2})
+    assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [1, 2]
+
+
+def test_late_event_discards_the_expired_buffer_of_a_discard_binding(
+    batcher: Batcher, clock: ManualClock, client
+) -> None:
+    reg(batcher, count=5, window="1m", expire_action="discard")
+    batcher.emit_many("src", [{"n": 0}, {"n": 1}])
+    clock.advance("61s")
+    (r,) = batcher.emit("src", {"n": 2})
+    assert r.expired is not None and r.expired.discarded and len(r.expired.events) == 2
+    stats = client.hgetall(batcher.keys.stats)
+    assert stats[b"events_discarded:t@v1"] == b"2" and client.zcard(batcher.keys.ready) == 0

@@ -23,7 +23,7 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
     sha = client.script_load(lua)
     assert sha == hashlib.sha1(lua).hexdigest()
     member = "d@v1|=" + quote("Ünï {shop}:1", safe="")
-    names = ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "ready", "stats")
+    names = ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "ready", "stats", "bindings")
     keys = [f"{ns}:{k}" for k in names]
     replies = []
     for i in range(2):
@@ -31,8 +31,9 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
         event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"shop": "Ünï {shop}:1", "i": i}])
         args = [*head, member, definition["batch"]["count"], definition["batch"]["window_ms"], event]
         replies.append(client.evalsha(sha, len(keys), *keys, *args))
-    assert replies[0][1:] == [0, b"", b""]
-    _, _overflowed, batch_id, _ = replies[1]
+    assert replies[0][1:] == []  # nothing to report for the first event
+    _, item, kind, batch_id, _ = replies[1]
+    assert (item, kind) == (1, b"count")
     batch = b.records.get_batch(batch_id.decode())
     assert batch.partition_key == "Ünï {shop}:1" and [e.payload["i"] for e in batch.events] == [0, 1]
     assert batch.events[0].id == "go-0" and batch.events[1].emitted_at_ms == 1700000000001
