@@ -24,6 +24,7 @@ import ctypes
 import itertools
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ PRODUCER_RATE = 25.0
 """Events per second per producer: 2 bindings x ~1.2 events per partial batch keeps 3 workers
 (20-50 ms a batch) busy but not behind, on 2 cores."""
 ALLOWED_LEFTOVERS = {"bindings", "regver", "stats", "batchseq", "dropped"}
+_LEASE_LOST = re.compile(r"^(?P<when>\S+ \S+),(?P<ms>\d+) ERROR \S+ lease_lost batch=(?P<batch>\d+)", re.M)
 LOG_MARKERS = ("lease_lost", "batch_reclaimed", "handoff_failed", "sweeper_step_failed", "emit_error",
                "emit_failed", "Traceback")
 
@@ -94,6 +96,7 @@ class Fleet:
         self.slots: list[Slot] = []
         self.every: list[subprocess.Popen[bytes]] = []
         self._generation = itertools.count()
+        self.pids: dict[str, int] = {}  # process name (its log file) -> pid
 
     def _command(self, role: str, name: str) -> list[str]:
         common = ["--redis-url", self.url, "--namespace", NS]
@@ -114,6 +117,7 @@ class Fleet:
         slot = Slot(role, index, name, proc)
         self.slots.append(slot)
         self.every.append(proc)
+        self.pids[name] = proc.pid
         return slot
 
     def start(self, roles: Iterable[str]) -> None:
@@ -161,6 +165,16 @@ class Fleet:
                 with contextlib.suppress(ProcessLookupError):
                     p.kill()
                 p.wait()
+
+    def lease_lost_lines(self) -> list[tuple[str, int, str, float]]:
+        """(process name, pid, batch id, time logged) of every `lease_lost` a worker logged."""
+        out = []
+        for name, pid in self.pids.items():
+            path = self.logdir / f"{name}.log"
+            for m in _LEASE_LOST.finditer(path.read_text(errors="replace") if path.exists() else ""):
+                logged = time.mktime(time.strptime(m["when"], "%Y-%m-%d %H:%M:%S")) + int(m["ms"]) / 1000
+                out.append((name, pid, m["batch"], logged))
+        return out
 
     def log_counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter()
@@ -470,6 +484,28 @@ def rerun_delays(runs: list[Run], faults: list[Fault]) -> dict[str, Any]:
             "not_rerun": never[:5], "not_rerun_count": len(never)}
 
 
+def lease_lost(lines: list[tuple[str, int, str, float]], runs: list[Run],
+               faults: list[Fault]) -> dict[str, Any]:
+    """Each `lease_lost` a worker logged, with every run of that batch. `spurious`: the batch ran
+    once, by that very worker, which finished it before the line and was never paused meanwhile
+    (the lease was not lost: the batch was delivered)."""
+    by_batch: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_batch[run.batch].append(run)
+    stopped = {f.pid for f in faults if f.action == "stop"}
+    rows = []
+    for name, pid, batch, logged in lines:
+        rs = by_batch.get(batch, [])
+        spurious = (len(rs) == 1 and rs[0].pid == pid and rs[0].end is not None and rs[0].end <= logged
+                    and pid not in stopped)
+        rows.append({"worker": name, "pid": pid, "batch": batch, "logged_at": round(logged, 3),
+                     "spurious": spurious,
+                     "runs": [{"pid": r.pid, "attempt": r.attempt, "start": round(r.start, 3),
+                               "end": None if r.end is None else round(r.end, 3)} for r in rs]})
+    return {"lease_lost": len(rows), "lease_lost_spurious": sum(r["spurious"] for r in rows),
+            "lease_lost_detail": rows[:10]}
+
+
 def leftover_keys(client: redis.Redis) -> list[str]:
     """Keys of the namespace still there after the drain, other than registry, counters, call ids."""
     prefix = "{" + NS + "}:"
@@ -547,7 +583,8 @@ def soak(seconds: float, *, seed: int = 1, rate: float = PRODUCER_RATE, drain_ti
             fleet.kill_all()
         faults = chaos.faults + drained.pop("crashes")
         stats = {_text(k): int(v) for k, v in client.hgetall(Keys(NS).stats).items()}
-        result = figures(load(rec), stats, faults)
+        data = load(rec)
+        result = {**figures(data, stats, faults), **lease_lost(fleet.lease_lost_lines(), data.runs, faults)}
         result.update(seconds=chaos_s, drain=drained, leftover_keys=leftover_keys(client),
                       logs=fleet.log_counts(), logdir=str(logdir), stats=stats,
                       fault_log=[asdict(f) for f in faults])
@@ -572,6 +609,8 @@ def report(r: dict[str, Any]) -> None:
           f"worker, {r['concurrent']} otherwise; unfinished runs {r['unfinished_runs']}")
     print(f"worker kill/stop -> batch re-run: {r['inflight_hit']} in-flight batches hit, max "
           f"{r['rerun_s_max']:.2f}s, p99 {r['rerun_s_p99']:.2f}s, never re-run {r['not_rerun_count']}")
+    print(f"lease_lost logged {r['lease_lost']}, of which spurious (batch delivered once by that worker "
+          f"before the line, worker never paused) {r['lease_lost_spurious']}")
     print(f"keys left in {{{NS}}}: {len(r['leftover_keys'])} {r['leftover_keys'][:20]}")
     print(f"log lines: {r['logs']}; logs in {r['logdir']}")
     print("invariants: " + ("all hold" if not r["violations"] else f"VIOLATED {r['violations']}"))

@@ -6,6 +6,7 @@ What happens to a batch after its cut lives in `records.py` (claim, lease, compl
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -18,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from .clock import ManualClock, ServerClock
 from .codec import LazyEvents, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .dispatch import Dispatcher
-from .errors import ConfigError, EmitError
+from .errors import ConfigError, EmitError, PayloadError
 from .handlers import handler as register_handler
 from .keys import Keys, member_bytes
 from .models import Batch, EmitResult, Event
@@ -61,6 +63,21 @@ class _Registry:
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where each event goes under one registry snapshot: (binding, partition key, member) per
+    event and route, computed for the whole call before anything is written."""
+
+    registry: _Registry
+    routes: list[_Route]
+    placed: list[tuple[str, str | None, bytes]]
+    offset: int
+
+
+class _Stale(Exception):
+    """The registry changed: nothing was written; plan again and resend."""
+
+
+@dataclass(frozen=True, slots=True)
 class FlushStep:
     batches: list[Batch]
     next_deadline_ms: int | None
@@ -89,6 +106,13 @@ class Batcher:
         queue_client: redis.Redis | None = None,
         on_cut: OnCut | None = None,
     ) -> None:
+        if isinstance(client, redis.asyncio.Redis) or inspect.iscoroutinefunction(
+                getattr(client, "evalsha", None)):
+            raise ConfigError(
+                "client_async",
+                f"client={client!r} is a redis.asyncio client; Batcher is the sync API and needs a "
+                "redis.Redis (an asyncio AsyncBatcher is not available yet)",
+            )
         if not hasattr(client, "get_connection_kwargs") or not callable(getattr(client, "evalsha", None)):
             raise ConfigError("client_type", f"client={client!r} is not a redis.Redis client")
         if client.get_connection_kwargs().get("decode_responses"):
@@ -252,17 +276,42 @@ class Batcher:
             self._warn_unbound(source)
         window_now = b"" if now is None else b"%d" % now
         results: list[EmitResult] = []
-        start = 0
+        start = stale = 0
+        plan = self._plan(reg, source, events)  # every partition key, before the first write
         while start < len(events):
-            routes = self._registry.routes.get(source, ())
-            step = max(1, self.chunk_size // max(1, len(routes)))
+            if plan.registry is not self._registry:  # bindings changed under us: plan again
+                reg = self._registry if self._registry.loaded else self._load()
+                plan = self._plan(reg, source, events[start:], offset=start)
+            step = max(1, self.chunk_size // max(1, len(plan.routes)))
             chunk = events[start : start + step]
             try:
-                results.extend(self._accumulate(source, chunk, window_now))
+                results.extend(self._accumulate(source, chunk, plan, start, window_now))
+            except _Stale:
+                stale += 1
+                if stale > 10:
+                    raise RuntimeError("bindings kept changing while emitting; gave up") from None
+                continue
             except _TRANSIENT as exc:
                 raise EmitError(results, start, len(chunk), exc) from exc
             start += len(chunk)
         return results
+
+    def _plan(self, reg: _Registry, source: str, events: Sequence[tuple[Mapping[str, Any], bytes]],
+              offset: int = 0) -> _Plan:
+        routes = reg.routes.get(source, [])
+        placed: list[tuple[str, str | None, bytes]] = []
+        for i, (payload, _data) in enumerate(events, offset):
+            for r in routes:
+                try:
+                    pkey = partition_key(payload, r.path)
+                except Exception as exc:
+                    raise PayloadError(
+                        "partition_key",
+                        f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
+                        f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored",
+                    ) from exc
+                placed.append((r.key, pkey, member_bytes(r.key, pkey)))
+        return _Plan(reg, routes, placed, offset)
 
     def _warn_unbound(self, source: str) -> None:
         warned: set[str] = self.__dict__.setdefault("_warned_sources", set())
@@ -274,42 +323,42 @@ class Batcher:
                 source, self.keys.namespace, extra={"event": "source_unbound", "source": source},
             )
 
-    def _accumulate(
-        self, source: str, events: Sequence[tuple[Mapping[str, Any], bytes]], window_now: bytes
-    ) -> list[EmitResult]:
+    def _accumulate(self, source: str, events: Sequence[tuple[Mapping[str, Any], bytes]], plan: _Plan,
+                    start: int, window_now: bytes) -> list[EmitResult]:
         client, call_key, calls = self._emitter()
-        for _ in range(10):
-            reg = self._registry if self._registry.loaded else self._load()
-            routes = reg.routes.get(source, [])
-            if not routes:  # maybe bound since we read the bindings: one GET tells
-                if (client.get(self.keys.registry_version) or b"") == reg.epoch:
-                    return []
-                self._registry = _Registry()
-                continue
-            placed: list[tuple[str, str | None]] = []
-            call_id = b"%d" % next(calls)
-            args: list[Any] = [reg.epoch, call_id, window_now, BUFFER_CAP, *self._acc_head]
-            for payload, data in events:
-                for r in routes:
-                    pkey = partition_key(payload, r.path)
-                    placed.append((r.key, pkey))
-                    args += (member_bytes(r.key, pkey), r.count, r.window, data)
-            keys = [self.keys.registry_version, call_key, *self._acc_tail]
-            try:
-                reply = self.scripts.accumulate(keys=keys, args=args, client=client)
-            except _TRANSIENT:
-                # The reply may be lost after Redis ran it: send the same call id again once;
-                # the script answers -2 if it ran, so nothing is stored twice.
+        reg, routes = plan.registry, plan.routes
+        if not routes:  # maybe bound since we read the bindings: one GET tells
+            if (client.get(self.keys.registry_version) or b"") == reg.epoch:
+                return []
+            self._registry = _Registry()
+            raise _Stale
+        n = len(routes)
+        first = (start - plan.offset) * n
+        placed = plan.placed[first : first + len(events) * n]
+        call_id = b"%d" % next(calls)
+        args: list[Any] = [reg.epoch, call_id, window_now, BUFFER_CAP, *self._acc_head]
+        items = iter(placed)
+        for _payload, data in events:
+            for r in routes:
+                _, _, member = next(items)
+                args += (member, r.count, r.window, data)
+        keys = [self.keys.registry_version, call_key, *self._acc_tail]
+        try:
+            reply = self.scripts.accumulate(keys=keys, args=args, client=client)
+        except _TRANSIENT:
+            # The reply may be lost after Redis ran it: send the same call id again once;
+            # the script answers -2 if it ran, so nothing is stored twice.
+            if client.connection is not None:
                 client.connection.disconnect()
-                reply = self.scripts.accumulate(keys=keys, args=args, client=client)
-            if reply[0] == -1:
-                self._registry = _Registry()
-                continue
-            if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
-                self._handoff(())
-                return [EmitResult(b, p) for b, p in placed]
-            return self._results(placed, reply)
-        raise RuntimeError("bindings kept changing while emitting; giving up after 10 tries")
+            reply = self.scripts.accumulate(keys=keys, args=args, client=client)
+        if reply[0] == -1:
+            self._registry = _Registry()
+            raise _Stale
+        pairs = [(b, p) for b, p, _ in placed]
+        if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
+            self._handoff(())
+            return [EmitResult(b, p) for b, p in pairs]
+        return self._results(pairs, reply)
 
     def _handoff(self, batch_ids: Sequence[str]) -> None:
         if self.on_cut is None:

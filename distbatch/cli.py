@@ -31,12 +31,19 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group()
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
-    """distbatch: batch events across processes and machines on Redis."""
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+@click.group(context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})
+@click.option("-v", "--verbose", count=True, help="More logging (-v debug for distbatch, -vv for RQ too).")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+def main(verbose: int, quiet: bool) -> None:
+    """distbatch: batch events across processes and machines on Redis.
+
+    Every option can also come from the environment: DISTBATCH_<COMMAND>_<OPTION> (e.g.
+    DISTBATCH_WORKER_HANDLERS), and DISTBATCH_REDIS_URL / DISTBATCH_NAMESPACE for all commands.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ours = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("distbatch").setLevel(ours)
 
 
 @main.command()
@@ -50,14 +57,23 @@ def main(verbose: int) -> None:
 @click.option("--with-sweeper", is_flag=True, help="Also run a sweeper in this process.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", default=None, help="Worker name (RQ).")
+@click.option("--path", "paths", multiple=True, default=["."],
+              help="Directories put first on sys.path so handlers import (like `rq worker --path`).")
+@click.option("--queue-url", default=None, help="Redis for the RQ queue, if not the same one.")
+@click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweeper: bool,
-           burst: bool, name: str | None) -> None:
+           burst: bool, name: str | None, paths: tuple[str, ...], queue_url: str | None,
+           summary_every: int) -> None:
     """Run batches: an RQ worker on the namespace's queue. SIGTERM finishes the batch in hand."""
+    import os
+
     from .worker import run_worker
 
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    for path in reversed(paths):
+        sys.path.insert(0, os.path.abspath(path))
+    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
     run_worker(batcher, handlers=handlers.split(","), lease_ms=lease, with_sweeper=with_sweeper,
-               burst=burst, name=name, logging_level=logging.getLevelName(logging.getLogger().level))
+               burst=burst, name=name, logging_level="WARNING", summary_every_s=summary_every / 1000)
 
 
 @main.command()
@@ -65,7 +81,10 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
 @NS
 @click.option("--max-sleep", default="1s", show_default=True, callback=_duration,
               help="Longest idle sleep between checks for orphans and expired leases.")
-def sweeper(redis_url: str, namespace: str, max_sleep: int) -> None:
+@click.option("--queue-url", default=None, help="Redis for the RQ queue, if not the same one.")
+@click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | None,
+            summary_every: int) -> None:
     """Cut expired windows on time, hand off orphaned batches, reclaim dead workers' batches."""
     import signal
     import threading
@@ -75,7 +94,8 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Sweeper(Batcher.from_url(redis_url, namespace=namespace), max_sleep_s=max_sleep / 1000).run(stop)
+    Sweeper(Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url),
+            max_sleep_s=max_sleep / 1000, summary_every_s=summary_every / 1000).run(stop)
 
 
 @main.command()
@@ -120,11 +140,17 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 @main.command()
 @URL
 @NS
-def stats(redis_url: str, namespace: str) -> None:
-    """Bindings, open buffers and oldest deadline per binding, ready/running/dead batches, counters."""
-    from .stats import collect
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (times in ms).")
+def stats(redis_url: str, namespace: str, as_json: bool) -> None:
+    """Batches ready/running/waiting/dead now; per binding: open buffers, next window to close,
+    events in/delivered/discarded and batches cut (totals since the namespace began)."""
+    from .stats import collect, render
 
-    _echo_json(collect(Batcher.from_url(redis_url, namespace=namespace)))
+    data = collect(Batcher.from_url(redis_url, namespace=namespace))
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(render(data))
 
 
 @main.group()

@@ -7,6 +7,7 @@ its events as the plain concatenation of those encodings, so Lua can build it wi
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,26 +18,35 @@ from .keys import split_member
 from .models import Batch, Event
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=False)
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxstring, _repr.maxother = 3, 6, 6, 40, 40
+
+
+def _short(payload: object) -> str:
+    """A bounded repr for error messages: a full repr of a hostile payload (5,000 levels deep,
+    or megabytes) would raise RecursionError or flood the log."""
+    return _repr.repr(payload)[:120]
+
 _unpack = msgpack.unpackb
 
 
 def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object, limit: int) -> bytes:
     if type(payload) is not dict and not isinstance(payload, Mapping):
         raise PayloadError(
-            "payload_type", f"payload={payload!r:.80} must be a mapping, not {type(payload).__name__}"
+            "payload_type", f"payload={_short(payload)} must be a mapping, not {type(payload).__name__}"
         )
     try:
         data = _packer.pack([event_id, source, emitted_at_ms, payload])
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
         raise PayloadError(
-            "payload_unencodable", f"payload={payload!r:.80} cannot be msgpack-encoded: {exc}"
+            "payload_unencodable", f"payload={_short(payload)} cannot be msgpack-encoded: {exc}"
         ) from exc
     try:  # what cannot be decoded must never be stored: it would poison a whole batch
         _unpack(data, raw=False, strict_map_key=False)
     except (TypeError, ValueError, msgpack.UnpackException) as exc:
         raise PayloadError(
             "payload_unencodable",
-            f"payload={payload!r:.80} does not survive msgpack decoding ({type(exc).__name__}: {exc}); "
+            f"payload={_short(payload)} does not survive msgpack decoding ({type(exc).__name__}: {exc}); "
             "use str map keys and JSON-like values",
         ) from exc
     if len(data) > limit:

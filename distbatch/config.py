@@ -188,18 +188,18 @@ class Binding:
         retry: object = None,
     ) -> Binding:
         for field, value, pattern in (("id", id, _NAME), ("version", version, _NAME)):
-            if not isinstance(value, str) or not pattern.match(value):
+            if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise ConfigError(
                     f"{field}_invalid",
                     f"{field}={value!r} must be 1-200 characters of A-Z a-z 0-9 _ . -",
                 )
-        if not isinstance(source, str) or not _SOURCE.match(source):
+        if not isinstance(source, str) or not _SOURCE.fullmatch(source):
             raise ConfigError(
                 "source_invalid", f"source={source!r} must be 1-200 characters of A-Z a-z 0-9 _.:/-"
             )
         if callable(handler):
             handler = f"{handler.__module__}.{handler.__qualname__}"
-        if not isinstance(handler, str) or not _HANDLER.match(handler):
+        if not isinstance(handler, str) or not _HANDLER.fullmatch(handler):
             raise ConfigError(
                 "handler_invalid",
                 f"handler={handler!r} must be an import path like 'myapp.handlers.digest'",

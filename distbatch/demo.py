@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import click
 
 from .batcher import Batcher
-from .handlers import handler
+from .handlers import HandlerResolver, handler
 from .models import Batch
 from .stats import collect
-from .worker import run_worker, start_sweeper
+from .worker import configure, make_worker, start_sweeper
 
 
 @dataclass
@@ -86,18 +86,17 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
             return (f"in {sum(sent)} | batches: {RECORD.batches['count']} at count, "
                     f"{RECORD.batches['expired']} expired | delivered {RECORD.events}")
 
-    with click.progressbar(length=events, label="events", item_show_func=lambda s: s,
+    worker = make_worker(batcher, configure(batcher, HandlerResolver()))
+    with click.progressbar(length=events, label="delivered", item_show_func=lambda s: s,
                            show_eta=False, file=click.get_text_stream("stderr")) as bar:
         done = 0
         while True:
-            run_worker(batcher, burst=True, logging_level="ERROR")
-            total = sum(sent)
-            bar.update(total - done, status())
-            done = total
+            worker.work(burst=True, logging_level="ERROR")
             with RECORD.lock:
-                if RECORD.events >= events:
-                    break
-            if time.monotonic() - started > 120 + events / rate * 2:
+                delivered = RECORD.events
+            bar.update(delivered - done, status())
+            done = delivered
+            if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
                 break
             time.sleep(0.02)
     stop.set()
@@ -113,5 +112,5 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
         "handler_start_lateness_ms": {"p50": _pct(RECORD.start_late_ms, 0.5),
                                       "p99": _pct(RECORD.start_late_ms, 0.99),
                                       "max": max(RECORD.start_late_ms, default=0)},
-        "dead_batches": stats["dead_batches"],
+        "dead_batches": stats["batches_dead_now"],
     }

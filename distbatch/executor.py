@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 
 from .config import Binding
@@ -118,6 +119,7 @@ class Executor:
         self.dispatcher = dispatcher
         self.leases = LeaseKeeper(records, lease_ms)
         self.stop = threading.Event()
+        self.counts: Counter[str] = Counter()
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
 
     def _binding(self, key: str) -> Binding | None:
@@ -144,6 +146,7 @@ class Executor:
                 break
             n += 1
             counts[result.status] = counts.get(result.status, 0) + 1
+            self.counts[result.status] += 1
         return counts
 
     def _fan_out(self) -> None:
@@ -194,7 +197,7 @@ class Executor:
             self.leases.release(batch.id)
         if rec.complete(batch.id, token) is None:
             return self._lost(batch.id, batch.attempt, held.lost)
-        log.info("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
+        log.debug("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
                  batch.binding, len(batch.events), time.monotonic() - started)
         return Result(Status.DELIVERED, batch.id, batch.attempt)
 

@@ -70,7 +70,7 @@ class Keys:
     namespace: str = "distbatch"
 
     def __post_init__(self) -> None:
-        if not _NAMESPACE.match(self.namespace):
+        if not _NAMESPACE.fullmatch(self.namespace):
             from .errors import ConfigError
 
             raise ConfigError(

@@ -17,8 +17,8 @@ def _stringify(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError):  # e.g. an object with int and str keys: keys not sortable
         return str(value)
 
 

@@ -30,6 +30,7 @@ class Sweeper:
         limit: int = 500,
         max_sleep_s: float = 1.0,
         nudge_s: float = 1.0,
+        summary_every_s: float = 60.0,
     ) -> None:
         self.batcher = batcher
         self.records = batcher.records
@@ -37,6 +38,7 @@ class Sweeper:
         self.limit = limit
         self.max_sleep_s = max_sleep_s
         self.nudge_s = nudge_s
+        self.summary_every_s = summary_every_s
         self.cut = 0
         self.reclaimed = 0
         self.tickets = 0
@@ -93,10 +95,19 @@ class Sweeper:
         A failing step (Redis down or restarting) logs one line and retries with backoff.
         """
         stop = stop or threading.Event()
-        wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)
+        wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         backoff = 0.0
+        log.info("sweeper_started namespace=%s limit=%d max_sleep=%.1fs", self.batcher.keys.namespace,
+                 self.limit, self.max_sleep_s, extra={"event": "sweeper_started"})
+        last_summary, last = time.monotonic(), (0, 0, 0)
         try:
             while not stop.is_set():
+                if self.summary_every_s > 0 and time.monotonic() - last_summary >= self.summary_every_s:
+                    now = (self.cut, self.reclaimed, self.tickets)
+                    log.info("sweeper_summary last %.0fs: cut=%d reclaimed=%d tickets=%d",
+                             self.summary_every_s, *(a - b for a, b in zip(now, last, strict=True)),
+                             extra={"event": "sweeper_summary"})
+                    last_summary, last = time.monotonic(), now
                 try:
                     if not wake.subscribed:  # before reading state, so no wake is missed
                         wake.subscribe(self.batcher.keys.wake)

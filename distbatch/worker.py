@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
@@ -47,7 +48,7 @@ class BatchWorker(SimpleWorker):
 
     def handle_warm_shutdown_request(self) -> None:
         self.executor.stop.set()  # finish the batch in hand, take no more
-        super().handle_warm_shutdown_request()
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
 
 
 def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> threading.Thread:
@@ -64,6 +65,20 @@ def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> th
     return thread
 
 
+def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000) -> Executor:
+    """The executor the ticket job uses in this process."""
+    return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher))
+
+
+def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -> BatchWorker:
+    queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
+    queue = make_queue(queue_client, batcher.keys)
+    worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer,
+                         job_class=jobdoor.ticket_job_class(queue.name, batcher.keys.namespace))
+    worker.executor, worker.namespace = executor, batcher.keys.namespace
+    return worker
+
+
 def run_worker(
     batcher: Batcher,
     *,
@@ -74,26 +89,60 @@ def run_worker(
     max_jobs: int | None = None,
     name: str | None = None,
     logging_level: str = "WARNING",
+    summary_every_s: float = 60.0,
 ) -> bool:
-    """Run until SIGTERM/SIGINT (warm: the batch in hand finishes), or until empty with burst."""
+    """Run until SIGTERM/SIGINT (warm: the batch in hand finishes), or until empty with burst.
+
+    Redis down at start, or restarted under the worker: one line per failure and a retry with
+    backoff, never an exit (RQ's own loop quits on such errors; this starts it again).
+    """
     resolver = HandlerResolver(handlers)
     if not resolver.allow_prefixes and not registered():
         log.warning("worker_allows_no_handler: this worker may run no handler at all (no --handlers "
                     "and none registered in-process); every batch it takes goes back untouched",
                     extra={"event": "worker_allows_no_handler"})
     queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
-    executor = jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher))
+    executor = configure(batcher, resolver, lease_ms)
     stop = threading.Event()
     if with_sweeper:
         start_sweeper(batcher, stop)
     queue = make_queue(queue_client, batcher.keys)
-    worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer,
-                         job_class=jobdoor.ticket_job_class(queue.name, batcher.keys.namespace))
-    worker.executor, worker.namespace = executor, batcher.keys.namespace
     log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
-                batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
-                lease_ms, with_sweeper, extra={"event": "worker_started"})
+             batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
+             lease_ms, with_sweeper, extra={"event": "worker_started"})
+    if summary_every_s > 0:
+        threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
+                         name="distbatch-summary").start()
+    backoff = 0.0
+    worked = False
     try:
-        return bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
+        while True:
+            worker = make_worker(batcher, executor, name)
+            try:
+                worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
+                backoff = 0.0
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                backoff = min(10.0, max(0.5, backoff * 2))
+                log.warning("worker_redis_unavailable: %r; retrying in %.1fs", exc, backoff,
+                            extra={"event": "worker_redis_unavailable"})
+            else:
+                if burst or max_jobs is not None or worker._stop_requested or executor.stop.is_set():
+                    return worked
+                backoff = min(10.0, max(0.5, backoff * 2))
+                log.warning("worker_restarting: RQ's loop quit (Redis restarted or timed out); "
+                            "starting it again in %.1fs", backoff, extra={"event": "worker_restarting"})
+            if executor.stop.wait(backoff):
+                return worked
     finally:
         stop.set()
+
+
+def _summaries(executor: Executor, every_s: float, stop: threading.Event) -> None:
+    last: dict[str, int] = {}
+    while not stop.wait(every_s):
+        now = dict(executor.counts)
+        delta = {k: v - last.get(k, 0) for k, v in now.items() if v - last.get(k, 0)}
+        last = now
+        log.info("worker_summary last %.0fs: %s", every_s,
+                 " ".join(f"{k}={v}" for k, v in sorted(delta.items())) or "idle",
+                 extra={"event": "worker_summary", **{f"n_{k}": v for k, v in delta.items()}})

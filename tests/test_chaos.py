@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import DISCARD, PARTIAL, soak
+from bench.chaos import DISCARD, PARTIAL, report, soak
 
 SECONDS = 45
 
@@ -26,6 +26,7 @@ def _evidence(r: dict[str, Any]) -> str:
 def test_chaos_soak_loses_nothing_and_never_runs_a_batch_twice_at_once(tmp_path: Path) -> None:
     t0 = time.monotonic()
     r = soak(SECONDS, seed=7, drain_timeout=25, logdir=tmp_path)
+    report(r)  # shown when the test fails
     evidence = _evidence(r)
     # the run exercised what it claims to
     faults = r["faults"]
