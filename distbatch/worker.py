@@ -117,13 +117,14 @@ def run_worker(
     worked = False
     try:
         while True:
-            worker = make_worker(batcher, executor, name)
+            worker = None
             try:
+                worker = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
                 backoff = 0.0
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 backoff = min(10.0, max(0.5, backoff * 2))
-                log.warning("worker_redis_unavailable: %r; retrying in %.1fs", exc, backoff,
+                log.warning("worker_redis_unavailable: %s; retrying in %.1fs", exc, backoff,
                             extra={"event": "worker_redis_unavailable"})
             else:
                 if burst or max_jobs is not None or worker._stop_requested or executor.stop.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,13 +191,16 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
         procs.sweeper()
         b.emit_many("s", [{"k": i % 7, "n": i} for i in range(500)])
         assert client.zcard(b.keys.deadlines) == 7  # open windows ride through the restart
+        workers_before = [p for p in procs.procs if p.poll() is None]
         server.stop()  # SIGTERM: Redis finishes its AOF and exits
+        time.sleep(1.5)  # long enough for RQ's loop to notice and quit
         server.start()  # same port, same dir: the AOF is replayed
         for i in range(500, 1000):
             b.emit("s", {"k": i % 7, "n": i})
         wait_for(lambda: len(_events(delivered(client))) >= 1000, 60,
                  "every event delivered after the restart", procs.logs)
         assert int(client.hget(b.keys.stats, "events_in:r@v1")) == 1000
+        assert all(p.poll() is None for p in workers_before), "a worker or sweeper exited on the restart"
     finally:
         procs.stop_all()
         server.cleanup()

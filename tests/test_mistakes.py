@@ -1,0 +1,179 @@
+"""Mistakes a user easily makes get a clear word, never silence; bad input loses nothing."""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from click.testing import CliRunner
+
+from distbatch import Batcher, ConfigError, PayloadError
+from distbatch.cli import main as cli
+from distbatch.testing import RedisServer, env_with_path, free_port
+
+
+def test_emitting_to_an_unbound_source_warns_once(batcher: Batcher, caplog: pytest.LogCaptureFixture) -> None:
+    batcher.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1h"})
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        assert batcher.emit("ordres", {"n": 1}) == []
+        assert batcher.emit("ordres", {"n": 2}) == []
+    warnings = [m for m in caplog.messages if "source_unbound" in m]
+    assert len(warnings) == 1 and "'ordres'" in warnings[0]
+
+
+def test_cli_emit_to_an_unbound_source_fails(redis_server: RedisServer, namespace: str) -> None:
+    Batcher.from_url(redis_server.url, namespace=namespace).register(
+        "d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1h"})
+    result = CliRunner().invoke(cli, ["emit", "ordres", '{"n": 1}', "--redis-url", redis_server.url,
+                                      "--namespace", namespace])
+    assert result.exit_code != 0 and "'ordres'" in result.output and "orders" in result.output
+
+
+def test_an_asyncio_client_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError) as err:
+        Batcher(redis.asyncio.Redis())  # type: ignore[arg-type]
+    assert err.value.code == "client_async" and "asyncio" in str(err.value)
+
+
+def test_from_url_passes_client_options(redis_server: RedisServer) -> None:
+    b = Batcher.from_url(redis_server.url, max_connections=50, socket_timeout=5, chunk_size=10)
+    assert b.client.connection_pool.max_connections == 50 and b.chunk_size == 10
+
+
+def test_nothing_is_stored_when_a_partition_key_lookup_fails_late(batcher: Batcher, client) -> None:
+    class Nasty(dict):  # type: ignore[type-arg]
+        def get(self, *args: Any) -> Any:
+            raise RuntimeError("lookup exploded")
+
+    batcher.register("d", version="v1", source="s", handler="m.h",
+                     batch={"count": 5000, "window": "1h", "key": "a.b"})
+    events: list[dict[str, Any]] = [{"a": {"b": i % 7}} for i in range(1500)]
+    events[1200] = {"a": Nasty(b=1)}
+    with pytest.raises(PayloadError) as err:
+        batcher.emit_many("s", events)
+    assert "event 1200" in str(err.value) and err.value.code == "partition_key"
+    assert client.zcard(batcher.keys.deadlines) == 0
+
+
+def test_a_deeply_nested_payload_is_a_payload_error(batcher: Batcher) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5000):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(PayloadError):
+        batcher.emit("s", deep)
+
+
+@pytest.mark.parametrize("field", ["id", "version", "source"])
+def test_names_with_a_trailing_newline_are_refused(field: str) -> None:
+    from distbatch.config import Binding
+
+    args: dict[str, Any] = {"id": "ok", "version": "v1", "source": "s", "handler": "m.h",
+                            "batch": {"count": 1, "window": "1s"}}
+    args[field] += "\n"
+    with pytest.raises(ConfigError):
+        Binding.build(args.pop("id"), **args)
+
+
+def test_a_namespace_with_a_trailing_newline_is_refused(client) -> None:
+    with pytest.raises(ConfigError) as err:
+        Batcher(client, namespace="ns\n")
+    assert err.value.code == "namespace_invalid"
+
+
+@pytest.mark.parametrize("factor", [math.nan, math.inf])
+def test_backoff_factor_must_be_finite(factor: float) -> None:
+    from distbatch.config import RetryPolicy
+
+    with pytest.raises(ConfigError) as err:
+        RetryPolicy.parse({"backoff_factor": factor})
+    assert err.value.code == "retry_backoff_factor"
+
+
+def test_object_partition_keys_do_not_depend_on_field_order(batcher: Batcher) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h",
+                     batch={"count": 2, "window": "1h", "key": "k"})
+    batcher.emit("s", {"k": {"a": 1, "b": 2}})
+    (r,) = batcher.emit("s", {"k": {"b": 2, "a": 1}})
+    assert r.batch is not None and r.partition_key == '{"a":1,"b":2}'
+
+
+def test_every_option_can_come_from_the_environment() -> None:
+    result = CliRunner().invoke(cli, ["worker"], env={"DISTBATCH_WORKER_LEASE": "soon"})
+    assert result.exit_code == 2 and "'soon'" in result.output
+
+
+# real processes -----------------------------------------------------------------------------
+
+
+def test_worker_imports_handlers_from_the_app_folder(tmp_path: Path, redis_server: RedisServer) -> None:
+    app = tmp_path / "myapp"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "handlers.py").write_text(textwrap.dedent("""
+        import os, redis
+        def digest(batch):
+            redis.Redis.from_url(os.environ["DISTBATCH_REDIS_URL"]).rpush("test:myapp", batch.id)
+    """))
+    ns = "apppath"
+    b = Batcher.from_url(redis_server.url, namespace=ns)
+    b.register("d", version="v1", source="s", handler="myapp.handlers.digest",
+               batch={"count": 1, "window": "1h"})
+    (r,) = b.emit("s", {})
+    env = {**env_with_path(), "DISTBATCH_REDIS_URL": redis_server.url}
+    out = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--namespace", ns,
+                          "--handlers", "myapp.handlers"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert b.client.lrange("test:myapp", 0, -1) == [r.batch.id.encode()]  # type: ignore[union-attr]
+    assert "worker_started" in out.stderr  # a start-up line at the default level
+
+
+@pytest.mark.parametrize("role", ["worker", "sweeper"])
+def test_started_while_redis_is_down_it_waits_quietly_and_then_works(role: str, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    log = tmp_path / "out.log"
+    extra = ["--handlers", "tests.handlers"] if role == "worker" else []
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "distbatch.cli", role, "--redis-url", url,
+                                 "--namespace", "down", *extra],
+                                env={**env_with_path(), "DISTBATCH_REDIS_URL": url}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    server = RedisServer(port=port)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, log.read_text()
+        text = log.read_text()
+        assert "Traceback" not in text and 1 <= text.count("\n") <= 8, text
+        server.start()
+        b = Batcher.from_url(server.url, namespace="down")
+        b.register("d", version="v1", source="s", handler="tests.handlers.record",
+                   batch={"count": 1 if role == "worker" else 5, "window": "200ms"})
+        b.emit("s", {"n": 1})
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + 30
+        if role == "worker":  # it picks the batch up once Redis is there (delivered by tests.handlers)
+            while not client.llen("test:delivered") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.llen("test:delivered") == 1, log.read_text()
+        else:  # it cuts the expired window once Redis is there
+            while not client.zcard(b.keys.ready) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.zcard(b.keys.ready) == 1, log.read_text()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        server.cleanup()
