@@ -53,8 +53,8 @@ DISCARD = "chaos-discard@v1"
 COUNT, KEYS, WINDOW, LEASE = 10, 200, "300ms", "1s"
 FLEET = {"worker": 3, "sweeper": 2, "producer": 3}
 PRODUCER_RATE = 25.0
-"""Events per second per producer: 2 bindings x ~1.2 events per partial batch keeps 3 workers
-(20-50 ms a batch) busy but not behind, on 2 cores."""
+"""Events per second per producer. ~75 events/s in all make ~50 batches/s (most windows close
+with 1-2 events): 3 workers at 20-50 ms a batch stay about 60% busy, on 2 cores."""
 ALLOWED_LEFTOVERS = {"bindings", "regver", "stats", "batchseq", "dropped"}
 _LEASE_LOST = re.compile(r"^(?P<when>\S+ \S+),(?P<ms>\d+) ERROR \S+ lease_lost batch=(?P<batch>\d+)", re.M)
 LOG_MARKERS = ("lease_lost", "batch_reclaimed", "handoff_failed", "sweeper_step_failed", "emit_error",
@@ -190,8 +190,8 @@ class Chaos:
     the Redis under test. The first two strikes are a worker kill and a worker stop, so even a short
     run measures both."""
 
-    def __init__(self, fleet: Fleet, sut: RedisServer, rng: random.Random) -> None:
-        self.fleet, self.sut, self.rng = fleet, sut, rng
+    def __init__(self, fleet: Fleet, sut: RedisServer, rng: random.Random, redis_kill: bool = False) -> None:
+        self.fleet, self.sut, self.rng, self.redis_kill = fleet, sut, rng, redis_kill
         self.faults: list[Fault] = []
         self.plan: list[tuple[str | None, str]] = [("worker", "kill"), ("worker", "stop")]
 
@@ -233,9 +233,10 @@ class Chaos:
     def restart_redis(self) -> None:
         t = time.time()
         pid = self.sut.proc.pid if self.sut.proc else 0
-        self.sut.stop()
+        self.sut.stop(kill=self.redis_kill)
         self.sut.start()
-        self.faults.append(Fault("redis", pid, "restart", t, time.time()))
+        action = "kill+restart" if self.redis_kill else "restart"
+        self.faults.append(Fault("redis", pid, action, t, time.time()))
 
 
 def register(url: str) -> Batcher:
@@ -559,15 +560,17 @@ def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
 
 
 def soak(seconds: float, *, seed: int = 1, rate: float = PRODUCER_RATE, drain_timeout: float = 60.0,
-         logdir: Path | None = None) -> dict[str, Any]:
-    """Run producers, workers and sweepers under faults for `seconds`, drain, and measure."""
+         logdir: Path | None = None, redis_kill: bool = False) -> dict[str, Any]:
+    """Run producers, workers and sweepers under faults for `seconds`, drain, and measure.
+
+    The Redis under test is restarted with SIGTERM (`redis_kill`: SIGKILL, no shutdown flush)."""
     rng = random.Random(seed)
     logdir = logdir or Path(tempfile.mkdtemp(prefix="bench-chaos-"))
     with servers() as (sut, rec_server):
         client, rec = redis.Redis.from_url(sut.url), redis.Redis.from_url(rec_server.url)
         register(sut.url)
         fleet = Fleet(sut.url, rec_server.url, logdir, time.time() + seconds + 120, rate)
-        chaos = Chaos(fleet, sut, rng)
+        chaos = Chaos(fleet, sut, rng, redis_kill)
         try:
             fleet.start(["worker", "sweeper"])
             wait_workers(client, FLEET["worker"])
@@ -585,7 +588,7 @@ def soak(seconds: float, *, seed: int = 1, rate: float = PRODUCER_RATE, drain_ti
         stats = {_text(k): int(v) for k, v in client.hgetall(Keys(NS).stats).items()}
         data = load(rec)
         result = {**figures(data, stats, faults), **lease_lost(fleet.lease_lost_lines(), data.runs, faults)}
-        result.update(seconds=chaos_s, drain=drained, leftover_keys=leftover_keys(client),
+        result.update(seconds=chaos_s, seed=seed, drain=drained, leftover_keys=leftover_keys(client),
                       logs=fleet.log_counts(), logdir=str(logdir), stats=stats,
                       fault_log=[asdict(f) for f in faults])
     result["violations"] = violations(result)
@@ -617,7 +620,7 @@ def report(r: dict[str, Any]) -> None:
 
 
 def run(quick: bool = False, minutes: float | None = None) -> dict[str, Any]:
-    seconds = minutes * 60 if minutes is not None else 30.0 if quick else 120.0
+    seconds = minutes * 60 if minutes is not None else 36.0 if quick else 120.0
     result = soak(seconds)
     report(result)
     save("chaos", result, quick)

@@ -349,7 +349,7 @@ class Batcher:
             # The reply may be lost after Redis ran it: send the same call id again once;
             # the script answers -2 if it ran, so nothing is stored twice.
             if client.connection is not None:
-                client.connection.disconnect()
+                client.connection.disconnect()  # type: ignore[no-untyped-call]
             reply = self.scripts.accumulate(keys=keys, args=args, client=client)
         if reply[0] == -1:
             self._registry = _Registry()

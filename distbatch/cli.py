@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .batcher import Batcher
+from .codec import as_text
 from .config import parse_duration
 from .errors import BatchNotFound, DistbatchError
 
@@ -179,9 +180,10 @@ def dead_list(redis_url: str, namespace: str) -> None:
     """Dead batches with their binding, size and the last line of their error (`dead show ID`
     for the whole traceback)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
-    for bid, when in batcher.client.zrange(batcher.keys.dead, 0, -1, withscores=True):
+    rows: list[Any] = batcher.client.zrange(batcher.keys.dead, 0, -1, withscores=True)
+    for bid, when in rows:
         try:
-            row = _dead_row(batcher, bid.decode(), int(when))
+            row = _dead_row(batcher, as_text(bid), int(when))
         except BatchNotFound:
             continue
         error = (row.pop("error") or "").strip().splitlines()
@@ -219,7 +221,7 @@ def _dead_row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
 
 def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
     if every:  # nothing dead is a fine answer to --all, not a usage error
-        return tuple(i.decode() for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
+        return tuple(as_text(i) for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
     if not batch_ids:
         raise click.UsageError("name batch ids or pass --all")
     return batch_ids
@@ -273,8 +275,13 @@ def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_k
     if redis_url:
         batcher = Batcher.from_url(redis_url, namespace=namespace)
     else:
-        import fakeredis
-
+        try:
+            import fakeredis
+        except ImportError:
+            raise click.ClickException(
+                "the embedded Redis of the demo needs fakeredis: pip install 'distbatch[demo]' "
+                "(or pass --redis-url redis://host:6379/0)"
+            ) from None
         batcher = Batcher(fakeredis.FakeRedis(), namespace=namespace)
     summary = run_demo(batcher, events=events, producers=producers, keys=n_keys, count=count,
                        window=window, rate=rate, show=print_batches)

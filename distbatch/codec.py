@@ -36,7 +36,7 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
             "payload_type", f"payload={_short(payload)} must be a mapping, not {type(payload).__name__}"
         )
     try:
-        data = _packer.pack([event_id, source, emitted_at_ms, payload])
+        data: bytes = _packer.pack([event_id, source, emitted_at_ms, payload])
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
         raise PayloadError(
             "payload_unencodable", f"payload={_short(payload)} cannot be msgpack-encoded: {exc}"
@@ -94,11 +94,15 @@ class LazyEvents(Sequence[Event]):
         return repr(self._list())
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def as_text(value: Any) -> str:
+    """redis-py types replies as bytes | str (and more); distbatch's clients return bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def decode_batch(batch_id: str, record: Mapping[bytes, Any]) -> Batch:
+_text = as_text
+
+
+def decode_batch(batch_id: str, record: Mapping[Any, Any]) -> Batch:
     """HGETALL of a batch hash -> Batch."""
     rec = {_text(k): v for k, v in record.items()}
     binding, partition = split_member(_text(rec["member"]))

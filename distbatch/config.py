@@ -198,7 +198,7 @@ class Binding:
                 "source_invalid", f"source={source!r} must be 1-200 characters of A-Z a-z 0-9 _.:/-"
             )
         if callable(handler):
-            handler = f"{handler.__module__}.{handler.__qualname__}"
+            handler = f"{handler.__module__}.{getattr(handler, '__qualname__', handler)}"
         if not isinstance(handler, str) or not _HANDLER.fullmatch(handler):
             raise ConfigError(
                 "handler_invalid",

@@ -61,4 +61,4 @@ class HandlerResolver:
         if not callable(fn):
             raise HandlerNotAllowed(f"handler={path!r} is not callable")
         self._cache[path] = fn
-        return fn
+        return fn  # type: ignore[no-any-return]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Mapping
+from typing import Any
 
 import redis
 from rq import Queue
@@ -29,7 +31,7 @@ _ALLOWED = _EMPTY_OK | {b"status", b"created_at", b"data", b"origin", b"descript
                         b"timeout", b"result_ttl", b"failure_ttl"}
 
 
-def refusal(raw: dict[bytes, bytes], queue_name: str, namespace: str) -> str | None:
+def refusal(raw: Mapping[Any, Any], queue_name: str, namespace: str) -> str | None:
     """Why this job hash must not run, or None when it is distbatch's ticket for `namespace`."""
     extra = sorted(k.decode(errors="replace") for k in set(raw) - _ALLOWED)
     if extra:
@@ -75,7 +77,7 @@ class TicketJob(Job):
     namespace = ""
     refusal: str | None = None
 
-    def restore(self, raw_data: dict[bytes, bytes]) -> None:
+    def restore(self, raw_data: Mapping[Any, Any]) -> None:
         self.refusal = refusal(raw_data, self.queue_name, self.namespace)
         if self.refusal is None:
             super().restore(raw_data)

@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import redis
 
-from .codec import decode_batch, decode_events
+from .codec import as_text, decode_batch, decode_events
 from .config import Binding
 from .errors import BatchNotFound
 from .keys import Keys, split_member
@@ -67,7 +67,7 @@ class Records:
         racing for the same head each get a different batch without retry loops.
         """
         while True:
-            ids = [i.decode() for i in self.client.zrange(self.keys.ready, 0, candidates - 1)]
+            ids = [as_text(i) for i in self.client.zrange(self.keys.ready, 0, candidates - 1)]
             if not ids:
                 return None
             claim = self.claim(ids, lease_ms)
@@ -175,9 +175,9 @@ class Records:
             raise BatchNotFound(batch_id)
         out: dict[str, Any] = {}
         for name, value in record.items():
-            field = name.decode()
+            field = as_text(name)
             if field != "events":
-                out[field] = value.decode(errors="replace")
+                out[field] = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
         member = out.get("member", "")
         out["binding"], out["partition_key"] = split_member(member) if "|" in member else (member, None)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .batcher import Batcher
+from .codec import as_text
 
 SAMPLE = 10_000
 _TOTALS = {"batches_dead": "went_dead_total", "batch_retries": "retries_total",
@@ -18,7 +19,7 @@ def collect(batcher: Batcher) -> dict[str, Any]:
     counters: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
     for raw, value in b.client.hgetall(k.stats).items():
-        name, _, binding = raw.decode().partition(":")
+        name, _, binding = as_text(raw).partition(":")
         if binding:
             counters.setdefault(binding, {})[f"{name}_total"] = int(value)
         else:
@@ -31,7 +32,7 @@ def collect(batcher: Batcher) -> dict[str, Any]:
     now_ms = int(sec) * 1000 + int(usec) // 1000
     per_binding = {}
     for key in sorted(set(bindings) | set(counters)):
-        members = b.client.srandmember(k.open_buffers(key), SAMPLE) or []
+        members: list[Any] = list(b.client.srandmember(k.open_buffers(key), SAMPLE) or [])
         scores = [s for s in (b.client.zmscore(k.deadlines, members) if members else []) if s is not None]
         per_binding[key] = {
             "registered": key in bindings,
