@@ -102,7 +102,7 @@ class Fleet:
         common = ["--redis-url", self.url, "--namespace", NS]
         if role == "worker":
             return ["-m", "distbatch.cli", "worker", *common, "--handlers", "bench.chaos_handlers",
-                    "--lease", LEASE, "--name", name]
+                    "--lease", LEASE]
         if role == "sweeper":
             return ["-m", "distbatch.cli", "sweeper", *common, "--max-sleep", "200ms"]
         return ["-m", "bench.chaos_producer", "--url", self.url, "--namespace", NS, "--source", SOURCE,
@@ -488,23 +488,27 @@ def rerun_delays(runs: list[Run], faults: list[Fault]) -> dict[str, Any]:
 def lease_lost(lines: list[tuple[str, int, str, float]], runs: list[Run],
                faults: list[Fault]) -> dict[str, Any]:
     """Each `lease_lost` a worker logged, with every run of that batch. `spurious`: the batch ran
-    once, by that very worker, which finished it before the line and was never paused meanwhile
-    (the lease was not lost: the batch was delivered)."""
+    once, by that very worker, which finished it before the line (log times are truncated to the
+    ms) and was not paused meanwhile: the lease was not lost, the batch was delivered."""
     by_batch: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_batch[run.batch].append(run)
-    stopped = {f.pid for f in faults if f.action == "stop"}
+    stops: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for f in faults:
+        if f.action == "stop":
+            stops[f.pid].append((f.t_start, f.t_end))
     rows = []
     for name, pid, batch, logged in lines:
         rs = by_batch.get(batch, [])
-        spurious = (len(rs) == 1 and rs[0].pid == pid and rs[0].end is not None and rs[0].end <= logged
-                    and pid not in stopped)
+        only = rs[0] if len(rs) == 1 and rs[0].pid == pid else None
+        spurious = (only is not None and only.end is not None and only.end <= logged + 0.002
+                    and not _stopped(pid, only.start, logged + 0.002, stops))
         rows.append({"worker": name, "pid": pid, "batch": batch, "logged_at": round(logged, 3),
                      "spurious": spurious,
                      "runs": [{"pid": r.pid, "attempt": r.attempt, "start": round(r.start, 3),
                                "end": None if r.end is None else round(r.end, 3)} for r in rs]})
     return {"lease_lost": len(rows), "lease_lost_spurious": sum(r["spurious"] for r in rows),
-            "lease_lost_detail": rows[:10]}
+            "lease_lost_detail": rows[:20]}
 
 
 def leftover_keys(client: redis.Redis) -> list[str]:
@@ -613,7 +617,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"worker kill/stop -> batch re-run: {r['inflight_hit']} in-flight batches hit, max "
           f"{r['rerun_s_max']:.2f}s, p99 {r['rerun_s_p99']:.2f}s, never re-run {r['not_rerun_count']}")
     print(f"lease_lost logged {r['lease_lost']}, of which spurious (batch delivered once by that worker "
-          f"before the line, worker never paused) {r['lease_lost_spurious']}")
+          f"before the line, worker not paused) {r['lease_lost_spurious']}")
     print(f"keys left in {{{NS}}}: {len(r['leftover_keys'])} {r['leftover_keys'][:20]}")
     print(f"log lines: {r['logs']}; logs in {r['logdir']}")
     print("invariants: " + ("all hold" if not r["violations"] else f"VIOLATED {r['violations']}"))

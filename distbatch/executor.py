@@ -95,7 +95,9 @@ class LeaseKeeper:
             return
         renewed = self.records.renew_many([(bid, h.token) for bid, h in live], self.lease_ms)
         for (bid, h), ok in zip(live, renewed, strict=True):
-            if not ok:
+            with self._lock:  # released meanwhile (completed while we renewed): not lost
+                if ok or self._held.get(bid) is not h:
+                    continue
                 h.lost = True
                 log.error("lease_lost batch=%s: this worker no longer holds the batch (paused or cut "
                           "off past its lease); its outcome will be dropped", bid,

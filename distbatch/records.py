@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 import redis
+from redis.commands.core import Script
 
 from .codec import as_text, decode_batch, decode_events
 from .config import Binding
@@ -52,6 +53,18 @@ class Claim:
     error: str | None = None
 
 
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _once_more(script: Script, keys: list[str], args: list[Any]) -> Any:
+    """Call a script; after a connection error send the very same call once more. Safe because
+    every lifecycle script is idempotent per token (whatever redis-py's own retry setting is)."""
+    try:
+        return script(keys=keys, args=args)
+    except _TRANSIENT:
+        return script(keys=keys, args=args)
+
+
 class Records:
     """Batch records of one namespace. Shared by workers, sweepers and the CLI."""
 
@@ -80,10 +93,8 @@ class Records:
         """Claim the first of `batch_ids` that is still ready; None if none is."""
         k = self.keys
         token = token or secrets.token_hex(8)
-        reply = self.scripts.claim(
-            keys=[k.ready, k.running, *(k.batch(i) for i in batch_ids)],
-            args=[token, lease_ms, *batch_ids],
-        )
+        reply = _once_more(self.scripts.claim, [k.ready, k.running, *(k.batch(i) for i in batch_ids)],
+                           [token, lease_ms, *batch_ids])
         if not reply:
             return None
         bid, member, reason, cut_ms, attempt, blob = reply
@@ -101,8 +112,8 @@ class Records:
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""
         k = self.keys
-        return bool(self.scripts.renew(keys=[k.running, k.batch(batch_id)],
-                                       args=[batch_id, token, lease_ms]))
+        keys = [k.running, k.batch(batch_id)]
+        return bool(_once_more(self.scripts.renew, keys, [batch_id, token, lease_ms]))
 
     def renew_many(self, held: Sequence[tuple[str, str]], lease_ms: int) -> list[bool]:
         """Renew several leases in one round trip: [(batch_id, token)] -> renewed?"""
@@ -117,7 +128,7 @@ class Records:
         """The handler succeeded: delete the record. Events delivered, 0 if it was already gone,
         None if this claim lost the batch (nothing changed)."""
         k = self.keys
-        n = int(self.scripts.complete(keys=[k.running, k.stats, k.batch(batch_id)], args=[batch_id, token]))
+        n = int(_once_more(self.scripts.complete, [k.running, k.stats, k.batch(batch_id)], [batch_id, token]))
         return None if n < 0 else n
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,
@@ -125,19 +136,18 @@ class Records:
         """Record a failed try: retry after `retry_in_ms` (ahead of newer batches), or dead when
         None. `refund` gives the try back (this worker could not run the handler at all)."""
         k = self.keys
-        res = self.scripts.fail(
-            keys=[k.ready, k.running, k.delayed, k.dead, k.stats, k.batch(batch_id)],
-            args=[batch_id, token, error[-ERROR_TAIL:], -1 if retry_in_ms is None else retry_in_ms,
-                  int(refund)],
+        res = _once_more(
+            self.scripts.fail, [k.ready, k.running, k.delayed, k.dead, k.stats, k.batch(batch_id)],
+            [batch_id, token, error[-ERROR_TAIL:], -1 if retry_in_ms is None else retry_in_ms, int(refund)],
         )
         return Outcome(res.decode())
 
     def reclaim(self, batch_id: str) -> Outcome:
         """Take back a batch whose lease ran out, in one script call."""
         k = self.keys
-        res = self.scripts.reclaim(
-            keys=[k.bindings, k.dropped, k.ready, k.running, k.dead, k.stats, k.batch(batch_id)],
-            args=[batch_id],
+        res = _once_more(  # a re-run finds the lease gone: 'gone', nothing changes twice
+            self.scripts.reclaim,
+            [k.bindings, k.dropped, k.ready, k.running, k.dead, k.stats, k.batch(batch_id)], [batch_id],
         )
         return Outcome(res.decode())
 

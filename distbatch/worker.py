@@ -11,6 +11,7 @@ Its door (`jobdoor`) runs nothing but distbatch's own ticket for its namespace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -116,16 +117,24 @@ def run_worker(
     backoff = 0.0
     worked = False
     try:
+        previous: BatchWorker | None = None
         while True:
-            worker = None
+            if previous is not None:  # Redis went away under it: its registration may linger
+                with contextlib.suppress(Exception):
+                    previous.register_death()
             try:
-                worker = make_worker(batcher, executor, name)
+                worker = previous = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
                 backoff = 0.0
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 backoff = min(10.0, max(0.5, backoff * 2))
                 log.warning("worker_redis_unavailable: %s; retrying in %.1fs", exc, backoff,
                             extra={"event": "worker_redis_unavailable"})
+            except ValueError as exc:  # our own earlier registration, left while Redis was down
+                if "active worker named" not in str(exc):
+                    raise
+                backoff = min(10.0, max(0.5, backoff * 2))
+                log.warning("worker_name_busy: %s; retrying in %.1fs", exc, backoff)
             else:
                 if burst or max_jobs is not None or worker._stop_requested or executor.stop.is_set():
                     return worked

@@ -187,7 +187,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
         b = Batcher.from_url(server.url, namespace=NS)
         b.register("r", version="v1", source="s", handler="tests.handlers.record",
                    batch={"count": 10, "window": "300ms", "key": "k"})
-        procs.worker("--lease", "2s")
+        procs.worker("--lease", "2s", "--name", "fixed-name")  # a fixed name must survive it too
         procs.sweeper()
         b.emit_many("s", [{"k": i % 7, "n": i} for i in range(500)])
         assert client.zcard(b.keys.deadlines) == 7  # open windows ride through the restart

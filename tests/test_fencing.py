@@ -212,8 +212,8 @@ def test_lost_accumulate_reply_never_stores_an_event_twice(
 ) -> None:
     """redis.Redis(host, port) retries after a connection error; distbatch retries once itself.
     Either way the event is stored once."""
-    client = (redis.Redis(host="127.0.0.1", port=proxy.port) if retrying_client
-              else redis.Redis(host="127.0.0.1", port=proxy.port, retry=Retry(NoBackoff(), 0)))
+    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry)
     b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
     b.register("f", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
     b.emit("s", {"n": 0})
@@ -227,10 +227,12 @@ def test_lost_accumulate_reply_never_stores_an_event_twice(
     assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_lost_claim_reply_is_retried_into_the_same_claim(
-    proxy: FaultProxy, redis_server: RedisServer, namespace: str
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
 ) -> None:
-    client = redis.Redis(host="127.0.0.1", port=proxy.port)  # retries by default
+    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry)
     b = Batcher(client, namespace=namespace, handoff=False)
     bid = one_batch(b)
     proxy.drop_next_reply(b"EVALSHA")
