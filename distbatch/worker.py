@@ -121,7 +121,7 @@ def run_worker(
         while True:
             if previous is not None:  # Redis went away under it: its registration may linger
                 with contextlib.suppress(Exception):
-                    previous.register_death()
+                    previous.register_death()  # type: ignore[no-untyped-call]
             try:
                 worker = previous = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
