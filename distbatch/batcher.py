@@ -1,7 +1,8 @@
 """Batcher: register triggers, emit events, cut and flush batches (ingest; all state in Redis).
 
 What happens to a batch after its cut lives in `records.py` (claim, lease, complete, fail) and
-`dispatch.py` (hand-off to the workers).
+`dispatch.py` (hand-off to the workers); which shard a buffer lives on in `shards.py`; how calls
+reach the shards in `transport.py`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ import inspect
 import itertools
 import json
 import logging
-import os
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ import redis
 import redis.asyncio
 
 from .clock import ManualClock, ServerClock
-from .codec import LazyEvents, decode_cut, decode_events, encode_event
+from .codec import LazyEvents, as_text, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .dispatch import Dispatcher
 from .errors import ConfigError, EmitError, PayloadError
@@ -32,6 +31,8 @@ from .models import Batch, EmitResult, Event
 from .partition import partition_key, split_path
 from .records import Records
 from .scripts import Scripts
+from .shards import Layout, shard_of
+from .transport import Transport, is_cluster
 
 log = logging.getLogger("distbatch")
 
@@ -39,7 +40,6 @@ DEFAULT_MAX_PAYLOAD = 1 << 20
 OnCut = Callable[[Sequence[str]], object]
 """Called with the ids of batches just cut (empty when a cut may have happened but its ids were
 lost with a reply); the default hands them to the workers (`Dispatcher`)."""
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,28 +53,33 @@ class _Route:
 
 @dataclass(frozen=True, slots=True)
 class _Registry:
-    """One consistent read of the bindings: routes and the epoch they were read at, swapped as a
-    whole so an emit never pairs new routes with an old epoch (or the reverse)."""
+    """One consistent read of the bindings (from the first shard): routes and the epoch they were
+    read at, swapped as a whole so an emit never pairs new routes with an old epoch."""
 
     epoch: bytes = b""
     routes: dict[str, list[_Route]] = field(default_factory=dict)
     bindings: dict[str, Binding] = field(default_factory=dict)
+    raw: dict[bytes, bytes] = field(default_factory=dict)
     loaded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """Where each event goes under one registry snapshot: (binding, partition key, member) per
-    event and route, computed for the whole call before anything is written."""
+@dataclass(slots=True)
+class _Item:
+    """One event for one binding: where it goes and, once sent, what came of it."""
 
-    registry: _Registry
-    routes: list[_Route]
-    placed: list[tuple[str, str | None, bytes]]
-    offset: int
+    event: int
+    route: _Route
+    pkey: str | None
+    member: bytes
+    shard: int
+    result: EmitResult | None = None
 
 
-class _Stale(Exception):
-    """The registry changed: nothing was written; plan again and resend."""
+class _SendFailed(Exception):
+    def __init__(self, cause: BaseException, items: list[_Item]) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+        self.items = items
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +88,20 @@ class FlushStep:
     next_deadline_ms: int | None
     """Earliest open window deadline, on the window clock."""
     server_now_ms: int
+    more: bool = False
+    """The step stopped at its limit: more windows may have run out."""
 
 
 class Batcher:
-    """Front door of distbatch. Safe to share between threads; many instances share one Redis.
+    """Front door of distbatch. Safe to share between threads; many instances share one Redis
+    (or one Redis Cluster: `Batcher.from_url("redis+cluster://host:7000/")`).
 
     By default every batch it cuts is handed to the workers at once (`handoff=True`): a ticket is
-    enqueued on the namespace's RQ queue (on `queue_client`, default the same Redis). Pass
-    `handoff=False` for a batcher that only ingests (a sweeper then hands its batches off), or
-    `on_cut=` for a hook of your own.
+    enqueued on the namespace's RQ queue (on `queue_client`, default the same Redis; on a cluster
+    pass `queue_url`/`queue_client`: RQ cannot live on a cluster). Pass `handoff=False` for a
+    batcher that only ingests (a sweeper then hands its batches off), or `on_cut=` for a hook of
+    your own. `shards` splits the namespace (default 1 on one Redis, the number of masters on a
+    cluster); it is fixed when the namespace is first used.
     """
 
     def __init__(
@@ -105,38 +115,38 @@ class Batcher:
         handoff: bool = True,
         queue_client: redis.Redis | None = None,
         on_cut: OnCut | None = None,
+        shards: int | None = None,
     ) -> None:
-        if isinstance(client, redis.asyncio.Redis) or inspect.iscoroutinefunction(
-                getattr(client, "evalsha", None)):
-            raise ConfigError(
-                "client_async",
-                f"client={client!r} is a redis.asyncio client; Batcher is the sync API and needs a "
-                "redis.Redis (an asyncio AsyncBatcher is not available yet)",
-            )
-        if not hasattr(client, "get_connection_kwargs") or not callable(getattr(client, "evalsha", None)):
-            raise ConfigError("client_type", f"client={client!r} is not a redis.Redis client")
-        if client.get_connection_kwargs().get("decode_responses"):
-            raise ConfigError(
-                "client_decode_responses",
-                "redis client has decode_responses=True; distbatch stores binary events and "
-                "needs decode_responses=False",
-            )
+        _check_client(client)
         self.client = client
-        self.keys = Keys(namespace)
+        self.cluster = is_cluster(client)
+        self.layout = Layout.load(client, Keys(namespace).namespace, shards)
+        self.shards = self.layout.keys
+        self.keys = self.shards[0]
         self.clock = clock or ServerClock()
         self.scripts = Scripts(client)
-        self.records = Records(client, self.keys, self.scripts)
+        self.records = Records(client, self.layout, self.scripts)
+        self.transport = Transport(client)
         self.max_payload_bytes = max_payload_bytes
         self.chunk_size = chunk_size
+        if handoff and on_cut is None and queue_client is None and self.cluster:
+            raise ConfigError(
+                "cluster_needs_queue_url",
+                "RQ cannot run on Redis Cluster (its keys span slots): give the queue a standalone "
+                "Redis (queue_url= / queue_client=, --queue-url), or handoff=False",
+            )
         self.dispatcher = Dispatcher(queue_client or client, self.keys) if handoff else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
         self._registry = _Registry()
-        self._local = threading.local()
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
-        k = self.keys
-        self._acc_tail = [k.deadlines, k.wake, k.batch_seq, k.ready, k.stats, k.bindings]
-        self._acc_head = [k.buffer_prefix, k.open_prefix, k.batch_prefix]
+        self._heads = [self._head(s) for s in range(self.layout.count)]
+
+    def _head(self, s: int) -> tuple[list[str], list[Any]]:
+        """The keys and args every accumulate call to shard `s` starts with."""
+        k = self.shards[s]
+        keys = [k.registry_version, "", k.deadlines, k.wake, k.batch_seq, k.bindings, *k.lifecycle]
+        return keys, [self.layout.id_prefix(s), k.buffer_prefix]
 
     @classmethod
     def from_url(
@@ -148,40 +158,17 @@ class Batcher:
         queue_url: str | None = None,
         **options: Any,
     ) -> Batcher:
-        """`redis://`, `rediss://` (TLS) and `unix://` URLs, with user:password when needed.
+        """`redis://`, `rediss://` (TLS), `unix://`, and `redis+cluster://` / `rediss+cluster://`
+        (any node of a Redis Cluster), with user:password when needed.
 
         Options the Batcher does not take (`max_connections`, `socket_timeout`, ...) go to the
         redis client.
         """
         own = {k: options.pop(k) for k in list(options)
-               if k in {"max_payload_bytes", "chunk_size", "handoff", "on_cut"}}
-        client = redis.Redis.from_url(url, **options)
-        queue_client = redis.Redis.from_url(queue_url, **options) if queue_url else None
+               if k in {"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"}}
+        client = connect(url, **options)
+        queue_client = connect(queue_url, **options) if queue_url else None
         return cls(client, namespace=namespace, clock=clock, queue_client=queue_client, **own)
-
-    def _emitter(self) -> tuple[redis.Redis, str, Iterator[int]]:
-        """This thread's own connection for the emit path, with its call-id key and counter.
-
-        A pool checkout and check-in per emit (lock, pid check, metrics) cost 5-15% of a
-        single-event emit on loopback; this keeps only the checkout's readiness check. Keyed by
-        pid too, so a forked child never writes to its parent's socket. The call key lets the
-        script recognise a retried call (same id) after a lost reply and not store it twice.
-        """
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.client = self.client.__class__(
-                connection_pool=self.client.connection_pool, single_connection_client=True
-            )
-            local.pid = os.getpid()
-            local.call_key = self.keys.call(f"{self._id_prefix}-{os.getpid()}-{threading.get_ident()}")
-            local.calls = itertools.count(1)
-        conn = local.client.connection
-        try:  # what the pool checks at checkout: a socket the server closed (restart) reconnects
-            if conn.can_read():
-                raise redis.ConnectionError("connection has unread data")
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            conn.disconnect()
-        return local.client, local.call_key, local.calls
 
     # registry ---------------------------------------------------------------------------
 
@@ -205,17 +192,19 @@ class Batcher:
             id, version=version, source=source, batch=batch, handler=handler, retry=retry
         )
         definition = json.dumps(binding.to_dict(), sort_keys=True, separators=(",", ":"))
-        k = self.keys
-        stored = self.scripts.register(
-            keys=[k.bindings, k.registry_version, k.dropped],
-            args=[binding.key, definition, secrets.token_hex(8)],
-        )
-        if isinstance(stored, bytes):
-            raise ConfigError(
-                "binding_conflict",
-                f"binding={binding.key!r} is already registered with a different config "
-                f"({stored.decode()}); register the new behaviour under a new version",
+        epoch = secrets.token_hex(8)
+        for i, k in enumerate(self.shards):  # the first shard decides; the others are copies
+            stored = self.scripts.register(
+                keys=[k.bindings, k.registry_version, k.dropped], args=[binding.key, definition, epoch]
             )
+            if isinstance(stored, bytes):
+                if i == 0:
+                    raise ConfigError(
+                        "binding_conflict",
+                        f"binding={binding.key!r} is already registered with a different config "
+                        f"({stored.decode()}); register the new behaviour under a new version",
+                    )
+                self._sync(i, self._load())  # a copy out of step (an earlier op cut off part-way)
         self._registry = _Registry()
         return binding.key
 
@@ -230,20 +219,29 @@ class Batcher:
         return reg.bindings.get(key)
 
     def _load(self) -> _Registry:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.keys.registry_version)
-        pipe.hgetall(self.keys.bindings)
-        epoch, raw = pipe.execute()
-        bindings = {
-            k.decode(): Binding.from_dict(json.loads(v)) for k, v in sorted(raw.items())
-        }
+        k = self.keys
+        if self.cluster:  # epoch first: a register in between makes it stale, never the reverse
+            epoch = self.client.get(k.registry_version)
+            raw = self.client.hgetall(k.bindings)
+        else:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.get(k.registry_version)
+            pipe.hgetall(k.bindings)
+            epoch, raw = pipe.execute()
+        bindings = {as_text(b): Binding.from_dict(json.loads(v)) for b, v in sorted(raw.items())}
         routes: dict[str, list[_Route]] = {}
         for b in bindings.values():
             routes.setdefault(b.source, []).append(
                 _Route(b, b.key, split_path(b.batch.key), b"%d" % b.batch.count, b"%d" % b.batch.window_ms)
             )
-        self._registry = reg = _Registry(epoch or b"", routes, bindings, True)
+        self._registry = reg = _Registry(epoch or b"", routes, bindings, dict(raw), True)  # type: ignore[arg-type]
         return reg
+
+    def _sync(self, shard: int, reg: _Registry) -> None:
+        """Copy the first shard's registry onto `shard` (a register/drop that did not reach it)."""
+        k = self.shards[shard]
+        pairs = [x for kv in reg.raw.items() for x in kv]
+        self.scripts.sync_registry(keys=[k.bindings, k.registry_version], args=[reg.epoch, *pairs])
 
     # emitting ---------------------------------------------------------------------------
 
@@ -252,55 +250,63 @@ class Batcher:
         return self.emit_many(source, [payload])
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
-        """Add events in order, one script call (one round trip) per chunk of events.
+        """Add events in order, one script call per shard (one round trip per node) per chunk.
 
-        Every payload is encoded and checked before anything is written, so a bad one raises
-        `PayloadError` and stores nothing. Batches cut by a chunk are handed off right after it;
-        a failed hand-off is logged, never raised (a sweeper hands them off). If Redis fails
-        part-way, `EmitError` says which events were stored (`.stored`, `.results`) and how many
-        may or may not have been (`.uncertain`).
+        Every payload is encoded and checked, and every partition key read, before anything is
+        written, so a bad one raises `PayloadError` and stores nothing. Batches cut by a chunk are
+        handed off right after it; a failed hand-off is logged, never raised (a sweeper hands
+        them off). If Redis fails part-way, `EmitError` says which events were stored, which may
+        or may not have been, and which were not sent.
         """
         now = self.clock.now_ms()
         stamp = now if now is not None else int(time.time() * 1000)
         prefix = self._id_prefix
         ids = self._ids
         limit = self.max_payload_bytes
-        events = [
-            (p, encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit))
-            for p in payloads
-        ]
+        payload_list = payloads if isinstance(payloads, list) else list(payloads)
+        events = [encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit) for p in payload_list]
         if not events:
             return []
         reg = self._registry if self._registry.loaded else self._load()
-        if not reg.routes.get(source):
-            self._warn_unbound(source)
-        window_now = b"" if now is None else b"%d" % now
-        results: list[EmitResult] = []
-        start = stale = 0
-        plan = self._plan(reg, source, events)  # every partition key, before the first write
-        while start < len(events):
-            if plan.registry is not self._registry:  # bindings changed under us: plan again
-                reg = self._registry if self._registry.loaded else self._load()
-                plan = self._plan(reg, source, events[start:], offset=start)
-            step = max(1, self.chunk_size // max(1, len(plan.routes)))
-            chunk = events[start : start + step]
-            try:
-                results.extend(self._accumulate(source, chunk, plan, start, window_now))
-            except _Stale:
-                stale += 1
-                if stale > 10:
-                    raise RuntimeError("bindings kept changing while emitting; gave up") from None
-                continue
-            except _TRANSIENT as exc:
-                raise EmitError(results, start, len(chunk), exc) from exc
-            start += len(chunk)
-        return results
-
-    def _plan(self, reg: _Registry, source: str, events: Sequence[tuple[Mapping[str, Any], bytes]],
-              offset: int = 0) -> _Plan:
         routes = reg.routes.get(source, [])
-        placed: list[tuple[str, str | None, bytes]] = []
-        for i, (payload, _data) in enumerate(events, offset):
+        if not routes:
+            routes = self._recheck_unbound(source, reg)
+            if not routes:
+                return []
+        items = self._plan(routes, payload_list)
+        window_now = b"" if now is None else b"%d" % now
+        per_event = len(routes)
+        step = max(1, self.chunk_size // per_event) * per_event
+        done: list[_Item] = []
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            try:
+                done += self._send(source, payload_list, chunk, window_now, events)
+            except _SendFailed as err:
+                sent = done + err.items
+                stored = sorted({it.event for it in sent if it.result is not None}
+                                - {it.event for it in err.items if it.result is None})
+                uncertain = sorted({it.event for it in err.items if it.result is None})
+                keep = set(stored)
+                results = [it.result for it in sent if it.result is not None and it.event in keep]
+                raise EmitError(results, stored, uncertain, len(events), err.cause) from err.cause
+        return [it.result for it in done if it.result is not None]
+
+    def _recheck_unbound(self, source: str, reg: _Registry) -> list[_Route]:
+        """No binding for `source` in our copy: maybe one was registered since; one GET tells."""
+        current = self.client.get(self.keys.registry_version) or b""
+        if current != reg.epoch:
+            reg = self._load()
+        routes = reg.routes.get(source, [])
+        if not routes:
+            self._warn_unbound(source)
+        return routes
+
+    def _plan(self, routes: list[_Route], payloads: Sequence[Mapping[str, Any]],
+              offset: int = 0) -> list[_Item]:
+        n = self.layout.count
+        items: list[_Item] = []
+        for i, payload in enumerate(payloads, offset):
             for r in routes:
                 try:
                     pkey = partition_key(payload, r.path)
@@ -310,8 +316,9 @@ class Batcher:
                         f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
                         f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored",
                     ) from exc
-                placed.append((r.key, pkey, member_bytes(r.key, pkey)))
-        return _Plan(reg, routes, placed, offset)
+                member = member_bytes(r.key, pkey)
+                items.append(_Item(i, r, pkey, member, shard_of(member, n)))
+        return items
 
     def _warn_unbound(self, source: str) -> None:
         warned: set[str] = self.__dict__.setdefault("_warned_sources", set())
@@ -323,42 +330,80 @@ class Batcher:
                 source, self.keys.namespace, extra={"event": "source_unbound", "source": source},
             )
 
-    def _accumulate(self, source: str, events: Sequence[tuple[Mapping[str, Any], bytes]], plan: _Plan,
-                    start: int, window_now: bytes) -> list[EmitResult]:
-        client, call_key, calls = self._emitter()
-        reg, routes = plan.registry, plan.routes
-        if not routes:  # maybe bound since we read the bindings: one GET tells
-            if (client.get(self.keys.registry_version) or b"") == reg.epoch:
-                return []
-            self._registry = _Registry()
-            raise _Stale
-        n = len(routes)
-        first = (start - plan.offset) * n
-        placed = plan.placed[first : first + len(events) * n]
-        call_id = b"%d" % next(calls)
-        args: list[Any] = [reg.epoch, call_id, window_now, BUFFER_CAP, *self._acc_head]
-        items = iter(placed)
-        for _payload, data in events:
-            for r in routes:
-                _, _, member = next(items)
-                args += (member, r.count, r.window, data)
-        keys = [self.keys.registry_version, call_key, *self._acc_tail]
-        try:
-            reply = self.scripts.accumulate(keys=keys, args=args, client=client)
-        except _TRANSIENT:
-            # The reply may be lost after Redis ran it: send the same call id again once;
-            # the script answers -2 if it ran, so nothing is stored twice.
-            if client.connection is not None:
-                client.connection.disconnect()  # type: ignore[no-untyped-call]
-            reply = self.scripts.accumulate(keys=keys, args=args, client=client)
-        if reply[0] == -1:
-            self._registry = _Registry()
-            raise _Stale
-        pairs = [(b, p) for b, p, _ in placed]
-        if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
-            self._handoff(())
-            return [EmitResult(b, p) for b, p in pairs]
-        return self._results(pairs, reply)
+    def _send(self, source: str, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
+              window_now: bytes, events: list[bytes]) -> list[_Item]:
+        """Store a chunk: one call per shard. Items refused as stale (the registry changed) are
+        planned again under the new registry: an event none of whose items was stored gets the
+        new routes; one stored in part keeps its other bindings and loses only dropped ones."""
+        final: dict[int, list[_Item]] = {}
+        for it in chunk:
+            final.setdefault(it.event, []).append(it)
+        pending = chunk
+        for _ in range(10):
+            reg = self._registry if self._registry.loaded else self._load()
+            by_shard: dict[int, list[_Item]] = {}
+            for it in pending:
+                by_shard.setdefault(it.shard, []).append(it)
+            _, emitter, calls = self.transport.emitter()
+            shards = list(by_shard)
+            requests = [self._call(s, by_shard[s], reg.epoch, next(calls), emitter, window_now, events)
+                        for s in shards]
+            replies = self.transport.run(self.scripts.accumulate, requests)
+            stale: list[_Item] = []
+            cuts: list[str] = []
+            failed: BaseException | None = None
+            for s, reply in zip(shards, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    failed = reply
+                elif reply[0] == -1:
+                    stale += by_shard[s]
+                else:
+                    cuts += self._results(by_shard[s], reply)
+            if cuts or any(not isinstance(r, BaseException) and r[0] == -2 for r in replies):
+                self._handoff(cuts)
+            if failed is not None:
+                raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]])
+            if not stale:
+                break
+            reg = self._load()
+            for s in {it.shard for it in stale}:
+                if s != 0:
+                    self._sync(s, reg)
+            live = {r.key for rs in reg.routes.values() for r in rs}
+            pending = []
+            for e in sorted({it.event for it in stale}):
+                if all(it.result is None for it in final[e]):  # nothing stored yet: new routes
+                    final[e] = self._plan(reg.routes.get(source, []), [payloads[e]], offset=e)
+                    pending += final[e]
+                else:
+                    final[e] = [it for it in final[e] if it.result is not None or it.route.key in live]
+                    pending += [it for it in final[e] if it.result is None]
+            if not pending:
+                break
+        else:
+            raise RuntimeError("bindings kept changing while emitting; gave up")
+        return [it for e in sorted(final) for it in final[e]]
+
+    def _call(self, shard: int, items: list[_Item], epoch: bytes, call_id: int, emitter: str,
+              window_now: bytes, events: list[bytes]) -> tuple[list[Any], list[Any]]:
+        k = self.shards[shard]
+        head_keys, head_args = self._heads[shard]
+        routes: dict[str, int] = {}
+        route_args: list[Any] = []
+        for it in items:
+            if it.route.key not in routes:
+                routes[it.route.key] = len(routes) + 1
+                route_args += (it.route.key, it.route.count, it.route.window)
+        prefix = k.buffer_prefix.encode()
+        keys = [head_keys[0], k.call(emitter), *head_keys[2:], *(k.open_buffers(r) for r in routes),
+                *(prefix + it.member for it in items)]
+        args: list[Any] = [epoch, call_id, window_now, BUFFER_CAP, *head_args, len(routes), *route_args]
+        if len(routes) == 1:
+            args += [events[it.event] for it in items]
+        else:
+            for it in items:
+                args += (routes[it.route.key], events[it.event])
+        return keys, args
 
     def _handoff(self, batch_ids: Sequence[str]) -> None:
         if self.on_cut is None:
@@ -369,15 +414,21 @@ class Batcher:
             log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off", len(batch_ids),
                         exc, extra={"event": "handoff_failed"})
 
-    def _results(self, placed: list[tuple[str, str | None]], reply: list[Any]) -> list[EmitResult]:
-        """Build one result per item; the reply lists only items that cut, closed or overflowed."""
+    def _results(self, items: list[_Item], reply: list[Any]) -> list[str]:
+        """Fill each item's result; the reply lists only items that cut, closed or overflowed.
+        Returns the ids of the batches cut (to hand off)."""
+        for it in items:
+            it.result = EmitResult(it.route.key, it.pkey)
+        if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
+            return []
         cut_ms = reply[0]
         notes: dict[int, dict[str, Any]] = {}
         cuts: list[str] = []
         fields = iter(reply)
         next(fields)
         for item, kind, batch_id, blob in zip(fields, fields, fields, fields, strict=True):
-            binding, pkey = placed[item - 1]
+            it = items[item - 1]
+            binding, pkey = it.route.key, it.pkey
             note = notes.setdefault(item - 1, {})
             if kind == b"overflow":
                 note["overflowed"] = 1
@@ -398,36 +449,43 @@ class Batcher:
                                         discarded=discarded, cut_at_ms=cut_ms)
                 if not discarded:
                     cuts.append(bid)
-        out = [EmitResult(b, p) for b, p in placed]
         for i, note in notes.items():
-            out[i] = EmitResult(out[i].binding, out[i].partition_key, **note)
-        if cuts:
-            self._handoff(cuts)
-        return out
+            it = items[i]
+            it.result = EmitResult(it.route.key, it.pkey, **note)
+        return cuts
 
     # expiry and drop --------------------------------------------------------------------
 
     def flush_expired(self, limit: int = 1000) -> list[Batch]:
         """Cut or discard every buffer whose window has run out (what the sweeper does)."""
         batches: list[Batch] = []
-        while True:
-            rows = self.flush_step(limit, with_events=True).batches
-            batches.extend(rows)
-            if len(rows) < limit:
-                return batches
+        for s in range(self.layout.count):
+            while True:
+                step = self.flush_step(limit, with_events=True, shard=s)
+                batches.extend(step.batches)
+                if not step.more:
+                    break
+        return batches
 
-    def flush_step(self, limit: int, *, with_events: bool) -> FlushStep:
-        """One bounded flush; also says when the next window runs out, for the sweeper."""
-        k = self.keys
+    def flush_step(self, limit: int, *, with_events: bool, shard: int = 0) -> FlushStep:
+        """One bounded flush of one shard; also says when its next window runs out.
+
+        The earliest deadlines are read first, and their buffers passed to the script, which
+        checks each deadline again: every key it touches is named up front.
+        """
+        k = self.shards[shard]
         now = self.clock.now_ms()
+        due: list[bytes] = list(self.client.zrange(k.deadlines, 0, limit - 1))  # type: ignore[arg-type]
+        prefix = k.buffer_prefix.encode()
+        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.lifecycle]
+        for m in due:
+            keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
         reply = self.scripts.flush_expired(
-            keys=[k.deadlines, k.batch_seq, k.ready, k.stats, k.bindings],
-            args=[
-                "" if now is None else now, limit,
-                k.buffer_prefix, k.open_prefix, k.batch_prefix, int(with_events),
-            ],
+            keys=keys,
+            args=["" if now is None else now, self.layout.id_prefix(shard), k.buffer_prefix,
+                  int(with_events)],
         )
-        batches = [decode_cut(row) for row in reply[2:]]
+        batches = [decode_cut(row) for row in reply[3:]]
         for b in batches:
             if b.discarded:
                 log.info(
@@ -438,7 +496,8 @@ class Batcher:
         cuts = [b.id for b in batches if not b.discarded]
         if cuts:
             self._handoff(cuts)
-        return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]))
+        more = len(due) == limit and int(reply[2]) == 0
+        return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]), more)
 
     def drop(self, binding: str) -> list[Event]:
         """Remove a binding and all its buffers; returns the events still pending in them.
@@ -446,18 +505,59 @@ class Batcher:
         Batches it already cut are not pending: they were handed off and are still delivered
         (the definition stays readable for workers under `{ns}:dropped`).
         """
-        k = self.keys
-        reply = self.scripts.drop_binding(
-            keys=[k.bindings, k.registry_version, k.deadlines, k.stats, k.dropped],
-            args=[binding, k.buffer_prefix, k.open_prefix, secrets.token_hex(8)],
-        )
+        epoch = secrets.token_hex(8)
+        members: list[list[bytes]] = []
+        for k in self.shards:  # first: no shard takes events for it any more
+            reply = self.scripts.unbind(
+                keys=[k.bindings, k.registry_version, k.dropped, k.open_buffers(binding)],
+                args=[binding, epoch],
+            )
+            members.append(reply[1:])
         self._registry = _Registry()
         events: list[Event] = []
-        for i in range(1, len(reply), 2):
-            events.extend(decode_events(reply[i + 1]))
+        for k, open_members in zip(self.shards, members, strict=True):
+            prefix = k.buffer_prefix.encode()
+            while True:
+                reply = self.scripts.drain_buffers(
+                    keys=[k.deadlines, k.stats, k.open_buffers(binding), *(prefix + m for m in open_members)],
+                    args=[binding, k.buffer_prefix],
+                )
+                for i in range(1, len(reply), 2):
+                    events.extend(decode_events(reply[i + 1]))
+                if int(reply[0]) == 0:
+                    break
+                open_members = list(self.client.smembers(k.open_buffers(binding)))  # type: ignore[arg-type]
         return events
 
     def server_ms(self) -> int:
         """The Redis server's clock (what leases and retry times are measured on)."""
         seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+def connect(url: str, **options: Any) -> Any:
+    """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.endswith("+cluster"):
+        return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _check_client(client: Any) -> None:
+    if isinstance(client, redis.asyncio.Redis) or inspect.iscoroutinefunction(
+            getattr(client, "evalsha", None)):
+        raise ConfigError(
+            "client_async",
+            f"client={client!r} is a redis.asyncio client; Batcher is the sync API and needs a "
+            "redis.Redis (an asyncio AsyncBatcher is not available yet)",
+        )
+    if not callable(getattr(client, "evalsha", None)):
+        raise ConfigError("client_type", f"client={client!r} is not a redis.Redis client")
+    kwargs = (client.get_connection_kwargs() if hasattr(client, "get_connection_kwargs")
+              else client.get_default_node().redis_connection.get_connection_kwargs())
+    if kwargs.get("decode_responses"):
+        raise ConfigError(
+            "client_decode_responses",
+            "redis client has decode_responses=True; distbatch stores binary events and "
+            "needs decode_responses=False",
+        )

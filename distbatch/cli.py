@@ -28,6 +28,22 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc)) from exc
 
 
+def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None) -> Batcher:
+    """For long-running processes: Redis down at start costs one line per retry, not an exit."""
+    import time
+
+    import redis
+
+    backoff = 0.5
+    while True:
+        try:
+            return Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs", exc, backoff)
+            time.sleep(backoff)
+            backoff = min(10.0, backoff * 2)
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -72,7 +88,7 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
 
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
-    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+    batcher = _patient_batcher(redis_url, namespace, queue_url)
     run_worker(batcher, handlers=handlers.split(","), lease_ms=lease, with_sweeper=with_sweeper,
                burst=burst, name=name, logging_level="WARNING", summary_every_s=summary_every / 1000)
 
@@ -95,7 +111,7 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Sweeper(Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url),
+    Sweeper(_patient_batcher(redis_url, namespace, queue_url),
             max_sleep_s=max_sleep / 1000, summary_every_s=summary_every / 1000).run(stop)
 
 
@@ -180,7 +196,8 @@ def dead_list(redis_url: str, namespace: str) -> None:
     """Dead batches with their binding, size and the last line of their error (`dead show ID`
     for the whole traceback)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
-    rows: list[Any] = batcher.client.zrange(batcher.keys.dead, 0, -1, withscores=True)
+    rows: list[Any] = [r for k in batcher.shards
+                       for r in batcher.client.zrange(k.dead, 0, -1, withscores=True)]
     for bid, when in rows:
         try:
             row = _dead_row(batcher, as_text(bid), int(when))
@@ -197,7 +214,7 @@ def dead_list(redis_url: str, namespace: str) -> None:
 def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
-    when = batcher.client.zscore(batcher.keys.dead, batch_id)
+    when = batcher.client.zscore(batcher.records._keys(batch_id).dead, batch_id)
     if when is None:
         raise click.ClickException(f"batch {batch_id!r} is not dead")
     try:
@@ -221,7 +238,7 @@ def _dead_row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
 
 def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
     if every:  # nothing dead is a fine answer to --all, not a usage error
-        return tuple(as_text(i) for i in batcher.client.zrange(batcher.keys.dead, 0, -1))
+        return tuple(as_text(i) for k in batcher.shards for i in batcher.client.zrange(k.dead, 0, -1))
     if not batch_ids:
         raise click.UsageError("name batch ids or pass --all")
     return batch_ids

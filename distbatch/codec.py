@@ -102,19 +102,19 @@ def as_text(value: Any) -> str:
 _text = as_text
 
 
-def decode_batch(batch_id: str, record: Mapping[Any, Any]) -> Batch:
-    """HGETALL of a batch hash -> Batch."""
-    rec = {_text(k): v for k, v in record.items()}
-    binding, partition = split_member(_text(rec["member"]))
+def decode_batch(batch_id: str, info: Any, events: Any, attempt: Any) -> Batch:
+    """A record's fields (rec:info, rec:events, rec:attempt) -> Batch."""
+    member, reason, cut_ms, _n = as_text(info).split("\n", 3)
+    binding, partition = split_member(member)
     return Batch(
         id=batch_id,
         binding=binding,
         partition_key=partition,
-        reason=_text(rec["reason"]),
-        events=decode_events(rec["events"]),
+        reason=reason,
+        events=decode_events(events or b""),
         discarded=False,
-        attempt=int(rec.get("attempt", 0)),
-        cut_at_ms=int(rec["cut_ms"]),
+        attempt=int(attempt or 0),
+        cut_at_ms=int(cut_ms),
     )
 
 

@@ -34,20 +34,23 @@ class BatchNotFound(DistbatchError, KeyError):
 
 
 class EmitError(DistbatchError):
-    """Redis failed part-way through `emit_many`. Exactly what was stored is known:
+    """Redis failed part-way through `emit_many`. Exactly what was stored is known, by index
+    into the payloads given:
 
-    - `results` / `stored`: the events before index `stored` were stored (their results);
-    - `uncertain`: the next `uncertain` events were sent but no answer came back twice (Redis
-      unreachable); they may or may not be stored;
-    - events after those were not sent.
-    Retrying from index `stored + uncertain` never duplicates; retrying the uncertain ones may.
+    - `stored`: these events were stored (`results` are theirs, in order);
+    - `uncertain`: these were sent but no answer came back, twice (Redis unreachable); they may
+      or may not be stored;
+    - every other event was not sent (`not_sent`).
+    Re-emitting `not_sent` never duplicates; re-emitting `uncertain` may.
     """
 
-    def __init__(self, results: list[Any], stored: int, uncertain: int, cause: BaseException) -> None:
-        super().__init__(
-            f"emit failed after {stored} stored event(s); the next {uncertain} may or may not be "
-            f"stored (no reply from Redis: {cause!r}); events after those were not sent"
-        )
+    def __init__(self, results: list[Any], stored: list[int], uncertain: list[int], total: int,
+                 cause: BaseException) -> None:
         self.results = results
         self.stored = stored
         self.uncertain = uncertain
+        self.not_sent = sorted(set(range(total)) - set(stored) - set(uncertain))
+        super().__init__(
+            f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or may not "
+            f"be (no reply from Redis: {cause!r}), {len(self.not_sent)} not sent"
+        )

@@ -155,7 +155,7 @@ class Executor:
         """More than one batch waiting and no ticket queued: enqueue one, so an idle worker joins."""
         if self.dispatcher is None:
             return
-        waiting = int(self.records.client.zcard(self.records.keys.ready))
+        waiting = self.records.count("ready")
         if waiting > 1:
             self.dispatcher.ensure(waiting - 1)
 

@@ -15,6 +15,7 @@ from .executor import Executor
 from .handlers import HandlerResolver
 from .keys import Keys
 from .records import Records
+from .shards import Layout
 
 _lock = threading.Lock()
 _executors: dict[str, Executor] = {}
@@ -43,7 +44,7 @@ def _executor(namespace: str) -> Executor:
             raise RuntimeError("distbatch job run outside a worker")
         client: redis.Redis = job.connection
         keys = Keys(namespace)
-        executor = Executor(Records(client, keys),
+        executor = Executor(Records(client, Layout.load(client, namespace, None)),
                             HandlerResolver(os.environ.get("DISTBATCH_HANDLERS", "").split(",")),
                             dispatcher=Dispatcher(client, keys))
         _executors[namespace] = executor

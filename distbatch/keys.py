@@ -41,6 +41,11 @@ _MEMBER_CACHE_SIZE = 1 << 16
 _members: dict[tuple[str, str | None], bytes] = {}
 
 
+def member(binding: str, partition_key: str | None) -> str:
+    """A buffer's identity: ``<binding>|<segment>`` (the one place it is built; Lua only splits it)."""
+    return f"{binding}|{encode_partition(partition_key)}"
+
+
 def member_bytes(binding: str, partition_key: str | None) -> bytes:
     """The hot path's member, cached: partition keys repeat, building a member is not free.
 
@@ -48,13 +53,13 @@ def member_bytes(binding: str, partition_key: str | None) -> bytes:
     (1M open buffers) an LRU misses anyway and its bookkeeping made each miss cost twice the
     member itself; emptying a dict costs nothing per call.
     """
-    member = _members.get((binding, partition_key))
-    if member is None:
+    cached = _members.get((binding, partition_key))
+    if cached is None:
         if len(_members) >= _MEMBER_CACHE_SIZE:
             _members.clear()
-        member = f"{binding}|{encode_partition(partition_key)}".encode("utf-8", "surrogatepass")
-        _members[binding, partition_key] = member
-    return member
+        cached = member(binding, partition_key).encode("utf-8", "surrogatepass")
+        _members[binding, partition_key] = cached
+    return cached
 
 
 def split_member(member: str) -> tuple[str, str | None]:
@@ -65,9 +70,16 @@ def split_member(member: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names of one namespace. Prefixes end where a script appends an id or a member."""
+    """Key names of one shard of a namespace. Prefixes end where a member or binding follows.
+
+    Every key of a shard starts with the shard's hash tag (``{ns}`` for a one-shard namespace,
+    ``{ns:<shard>:<n>}`` otherwise, see `shards.py`), so each script touches one cluster slot.
+    Namespace-wide keys (`meta`, `sweepers`) live on the ``{ns}`` tag.
+    """
 
     namespace: str = "distbatch"
+    shard: int = 0
+    tag: str = ""
 
     def __post_init__(self) -> None:
         if not _NAMESPACE.fullmatch(self.namespace):
@@ -77,12 +89,30 @@ class Keys:
                 "namespace_invalid",
                 f"namespace={self.namespace!r} must be 1-64 characters of A-Z a-z 0-9 _ . -",
             )
+        if not self.tag:
+            object.__setattr__(self, "tag", "{" + self.namespace + "}")
 
     @property
     def base(self) -> str:
-        return "{" + self.namespace + "}"
+        return self.tag
 
-    # registry
+    # namespace-wide (on the {ns} tag)
+    @property
+    def meta(self) -> str:
+        """Hash: `shards` (how many) and `tags` (JSON list): fixed when the namespace is first used."""
+        return "{" + self.namespace + "}:meta"
+
+    @property
+    def sweepers(self) -> str:
+        """Sorted set: sweeper id -> last heartbeat (ms), so sweepers share the shards out."""
+        return "{" + self.namespace + "}:sweepers"
+
+    @property
+    def queue_name(self) -> str:
+        """RQ queue the workers of this namespace listen on."""
+        return f"distbatch-{self.namespace}"
+
+    # registry (a copy per shard, so every script reads it from its own slot)
     @property
     def bindings(self) -> str:
         """Hash: binding key -> JSON definition."""
@@ -102,6 +132,11 @@ class Keys:
         """String: the last accumulate call id of one emitter, so a retried call runs once."""
         return f"{self.base}:call:{emitter}"
 
+    @property
+    def lease(self) -> str:
+        """String: the sweeper that owns this shard for now (SET PX)."""
+        return f"{self.base}:sweeper"
+
     # buffers and windows
     @property
     def buffer_prefix(self) -> str:
@@ -109,11 +144,7 @@ class Keys:
         return f"{self.base}:buf:"
 
     def buffer(self, binding: str, partition_key: str | None) -> str:
-        return self.buffer_prefix + self.member(binding, partition_key)
-
-    @staticmethod
-    def member(binding: str, partition_key: str | None) -> str:
-        return f"{binding}|{encode_partition(partition_key)}"
+        return self.buffer_prefix + member(binding, partition_key)
 
     @property
     def deadlines(self) -> str:
@@ -133,22 +164,51 @@ class Keys:
         """Pub/sub channel: accumulate publishes a new earliest deadline; sweepers listen."""
         return f"{self.base}:wake"
 
-    # batches
+    # batches: a record is one field (the batch id) in each of the rec:* hashes of its shard,
+    # so every script names all its keys up front (Redis Cluster needs it while slots move)
     @property
     def batch_seq(self) -> str:
         return f"{self.base}:batchseq"
 
     @property
-    def batch_prefix(self) -> str:
-        """Hash per cut batch: ``batch_prefix + batch_id``."""
-        return f"{self.base}:batch:"
+    def rec_events(self) -> str:
+        """Hash: batch id -> its events (concatenated msgpack)."""
+        return f"{self.base}:rec:events"
 
-    def batch(self, batch_id: str) -> str:
-        return self.batch_prefix + batch_id
+    @property
+    def rec_info(self) -> str:
+        """Hash: batch id -> ``member\\nreason\\ncut_ms\\nn``."""
+        return f"{self.base}:rec:info"
+
+    @property
+    def rec_attempt(self) -> str:
+        """Hash: batch id -> tries so far."""
+        return f"{self.base}:rec:attempt"
+
+    @property
+    def rec_owner(self) -> str:
+        """Hash: batch id -> token of the claim running it."""
+        return f"{self.base}:rec:owner"
+
+    @property
+    def rec_tokens(self) -> str:
+        """Hash: claim token -> batch id (a retried claim finds its own claim again)."""
+        return f"{self.base}:rec:tokens"
+
+    @property
+    def rec_error(self) -> str:
+        """Hash: batch id -> ``failed_ms\\nfailed_by\\noutcome\\nerror text`` of its last failure."""
+        return f"{self.base}:rec:error"
+
+    @property
+    def lifecycle(self) -> list[str]:
+        """The 11 keys every lifecycle script takes first (see lua/includes/lifecycle.lua)."""
+        return [self.ready, self.running, self.delayed, self.dead, self.stats, self.rec_events,
+                self.rec_info, self.rec_attempt, self.rec_owner, self.rec_tokens, self.rec_error]
 
     @property
     def ready(self) -> str:
-        """Sorted set: batch id -> the id as a number; workers claim the lowest (oldest) first."""
+        """Sorted set: batch id -> its sequence number; workers claim the lowest (oldest) first."""
         return f"{self.base}:ready"
 
     @property
@@ -170,8 +230,3 @@ class Keys:
     def stats(self) -> str:
         """Hash of counters: ``<counter>:<binding>`` -> int."""
         return f"{self.base}:stats"
-
-    @property
-    def queue_name(self) -> str:
-        """RQ queue the workers of this namespace listen on."""
-        return f"distbatch-{self.namespace}"

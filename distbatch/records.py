@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .errors import BatchNotFound
 from .keys import Keys, split_member
 from .models import Batch
 from .scripts import Scripts
+from .shards import Layout, batch_id_shard
 
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
@@ -66,147 +68,146 @@ def _once_more(script: Script, keys: list[str], args: list[Any]) -> Any:
 
 
 class Records:
-    """Batch records of one namespace. Shared by workers, sweepers and the CLI."""
+    """Batch records of one namespace, over all its shards. Shared by workers, sweepers, the CLI.
 
-    def __init__(self, client: redis.Redis, keys: Keys, scripts: Scripts | None = None) -> None:
+    A batch id names its shard (`shards.batch_id_shard`), so every call goes to one shard.
+    """
+
+    def __init__(self, client: redis.Redis, layout: Layout, scripts: Scripts | None = None) -> None:
         self.client = client
-        self.keys = keys
+        self.layout = layout
+        self.shards = layout.keys
+        self.keys = self.shards[0]
         self.scripts = scripts or Scripts(client)
+        self._next = random.randrange(len(self.shards))
+        self._cluster = isinstance(client, redis.RedisCluster)
 
-    def claim_next(self, lease_ms: int, candidates: int = 8) -> Claim | None:
-        """Claim the oldest ready batch; None when nothing is ready.
+    def _keys(self, batch_id: str) -> Keys:
+        return self.shards[batch_id_shard(batch_id)]
 
-        Reads a few candidates and claims the first still ready in one script call, so workers
-        racing for the same head each get a different batch without retry loops.
-        """
-        while True:
-            ids = [as_text(i) for i in self.client.zrange(self.keys.ready, 0, candidates - 1)]
-            if not ids:
-                return None
-            claim = self.claim(ids, lease_ms)
+    def _call(self, script: Script, batch_id: str, *args: Any) -> Any:
+        k = self._keys(batch_id)
+        return _once_more(script, k.lifecycle, [batch_id, *args])
+
+    def claim_next(self, lease_ms: int) -> Claim | None:
+        """Claim the oldest ready batch of some shard (shards taken in turn); None when none is
+        ready anywhere. One script call per shard looked at."""
+        n = len(self.shards)
+        for i in range(n):
+            s = (self._next + i) % n
+            claim = self._claim(self.shards[s], [], lease_ms, None)
             if claim is not None:
+                self._next = (s + 1) % n
                 return claim
-            if len(ids) < candidates:  # every candidate was taken by others; look again
-                continue
+        return None
 
     def claim(self, batch_ids: Sequence[str], lease_ms: int, token: str | None = None) -> Claim | None:
-        """Claim the first of `batch_ids` that is still ready; None if none is."""
-        k = self.keys
+        """Claim the first of `batch_ids` (all of one shard) that is still ready; None if none is."""
+        return self._claim(self._keys(batch_ids[0]), batch_ids, lease_ms, token)
+
+    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
         token = token or secrets.token_hex(8)
-        reply = _once_more(self.scripts.claim, [k.ready, k.running, *(k.batch(i) for i in batch_ids)],
-                           [token, lease_ms, *batch_ids])
+        reply = _once_more(self.scripts.claim, k.lifecycle, [token, lease_ms, *batch_ids])
         if not reply:
             return None
         bid, member, reason, cut_ms, attempt, blob = reply
-        batch_id = bid.decode()
-        binding, pkey = split_member(member.decode())
+        batch_id = as_text(bid)
+        binding, pkey = split_member(as_text(member))
         error = None
         try:
             events = decode_events(blob)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             events, error = [], f"undecodable batch record: {type(exc).__name__}: {exc}"
-        batch = Batch(batch_id, binding, pkey, reason.decode(), events, attempt=int(attempt),
+        batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
                       cut_at_ms=int(cut_ms))
         return Claim(batch, token, error)
 
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""
-        k = self.keys
-        keys = [k.running, k.batch(batch_id)]
-        return bool(_once_more(self.scripts.renew, keys, [batch_id, token, lease_ms]))
+        return bool(self._call(self.scripts.renew, batch_id, token, lease_ms))
 
     def renew_many(self, held: Sequence[tuple[str, str]], lease_ms: int) -> list[bool]:
-        """Renew several leases in one round trip: [(batch_id, token)] -> renewed?"""
-        k = self.keys
+        """Renew several leases, in one round trip on one Redis: [(batch_id, token)] -> renewed?"""
+        if self._cluster:
+            return [self.renew(bid, token, lease_ms) for bid, token in held]
         pipe = self.client.pipeline(transaction=False)
         for batch_id, token in held:
-            self.scripts.renew(keys=[k.running, k.batch(batch_id)], args=[batch_id, token, lease_ms],
+            self.scripts.renew(keys=self._keys(batch_id).lifecycle, args=[batch_id, token, lease_ms],
                                client=pipe)
         return [bool(r) for r in pipe.execute()]
 
     def complete(self, batch_id: str, token: str) -> int | None:
         """The handler succeeded: delete the record. Events delivered, 0 if it was already gone,
         None if this claim lost the batch (nothing changed)."""
-        k = self.keys
-        n = int(_once_more(self.scripts.complete, [k.running, k.stats, k.batch(batch_id)], [batch_id, token]))
+        n = int(self._call(self.scripts.complete, batch_id, token))
         return None if n < 0 else n
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,
              refund: bool = False) -> Outcome:
         """Record a failed try: retry after `retry_in_ms` (ahead of newer batches), or dead when
         None. `refund` gives the try back (this worker could not run the handler at all)."""
-        k = self.keys
-        res = _once_more(
-            self.scripts.fail, [k.ready, k.running, k.delayed, k.dead, k.stats, k.batch(batch_id)],
-            [batch_id, token, error[-ERROR_TAIL:], -1 if retry_in_ms is None else retry_in_ms, int(refund)],
-        )
-        return Outcome(res.decode())
+        res = self._call(self.scripts.fail, batch_id, token, error[-ERROR_TAIL:],
+                         -1 if retry_in_ms is None else retry_in_ms, int(refund))
+        return Outcome(as_text(res))
 
     def reclaim(self, batch_id: str) -> Outcome:
-        """Take back a batch whose lease ran out, in one script call."""
-        k = self.keys
-        res = _once_more(  # a re-run finds the lease gone: 'gone', nothing changes twice
-            self.scripts.reclaim,
-            [k.bindings, k.dropped, k.ready, k.running, k.dead, k.stats, k.batch(batch_id)], [batch_id],
-        )
-        return Outcome(res.decode())
+        """Take back a batch whose lease ran out, in one script call (a re-sent call finds the
+        lease gone and changes nothing twice)."""
+        k = self._keys(batch_id)
+        res = _once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped], [batch_id])
+        return Outcome(as_text(res))
 
-    def promote(self, limit: int = 1000) -> tuple[int, int | None, int]:
+    def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:
         """Retries whose backoff ended become ready: (promoted, next due ms or None, server ms)."""
-        k = self.keys
-        n, nxt, now = self.scripts.promote(keys=[k.delayed, k.ready], args=[limit])
+        n, nxt, now = self.scripts.promote(keys=self.shards[shard].lifecycle, args=[limit])
         return int(n), None if int(nxt) < 0 else int(nxt), int(now)
 
     def replay(self, batch_id: str) -> bool:
         """Make a dead batch ready again with fresh attempts."""
-        k = self.keys
-        return bool(self.scripts.replay(keys=[k.ready, k.dead, k.batch(batch_id)], args=[batch_id]))
+        return bool(self._call(self.scripts.replay, batch_id))
 
     def purge(self, batch_id: str) -> bool:
         """Delete a dead batch for good."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(k.dead, batch_id)
-        pipe.delete(k.batch(batch_id))
-        removed, _ = pipe.execute()
-        return bool(removed)
+        return bool(self._call(self.scripts.purge, batch_id))
+
+    def _fields(self, batch_id: str) -> tuple[Any, Any, Any, Any]:
+        k = self._keys(batch_id)
+        if self._cluster:
+            return (self.client.hget(k.rec_info, batch_id), self.client.hget(k.rec_events, batch_id),
+                    self.client.hget(k.rec_attempt, batch_id), self.client.hget(k.rec_error, batch_id))
+        pipe = self.client.pipeline(transaction=False)
+        for h in (k.rec_info, k.rec_events, k.rec_attempt, k.rec_error):
+            pipe.hget(h, batch_id)
+        info, events, attempt, error = pipe.execute()
+        return info, events, attempt, error
 
     def get_batch(self, batch_id: str) -> Batch:
         """The record as a Batch; raises BatchNotFound, or ValueError if it cannot be decoded."""
-        record = self.client.hgetall(self.keys.batch(batch_id))
-        if not record:
+        info, events, attempt, _ = self._fields(batch_id)
+        if info is None:
             raise BatchNotFound(batch_id)
-        return decode_batch(batch_id, record)
+        return decode_batch(batch_id, info, events, attempt)
 
     def raw(self, batch_id: str) -> dict[str, Any]:
         """The record's plain fields (never fails on a poison record): for `dead list/show`."""
-        record = self.client.hgetall(self.keys.batch(batch_id))
-        if not record:
+        info, _, attempt, error = self._fields(batch_id)
+        if info is None:
             raise BatchNotFound(batch_id)
-        out: dict[str, Any] = {}
-        for name, value in record.items():
-            field = as_text(name)
-            if field != "events":
-                out[field] = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-        member = out.get("member", "")
-        out["binding"], out["partition_key"] = split_member(member) if "|" in member else (member, None)
+        member, reason, cut_ms, n = as_text(info).split("\n", 3)
+        out: dict[str, Any] = {"member": member, "reason": reason, "cut_ms": int(cut_ms), "n": int(n),
+                               "attempt": int(attempt or 0)}
+        out["binding"], out["partition_key"] = split_member(member)
+        if error is not None:
+            failed_ms, _by, outcome, text = as_text(error).split("\n", 3)
+            out.update(failed_ms=int(failed_ms), outcome=outcome, error=text)
         return out
 
     def binding(self, key: str) -> Binding | None:
         """A binding's definition: registered, or dropped after it cut batches still to deliver."""
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(k.bindings, key)
-        pipe.hget(k.dropped, key)
-        live, dropped = pipe.execute()
-        raw = live or dropped
+        raw = self.client.hget(k.bindings, key) or self.client.hget(k.dropped, key)
         return Binding.from_dict(json.loads(raw)) if raw else None
 
-    def due(self, now_ms: int, limit: int) -> tuple[int, list[str]]:
-        """(ready batches waiting, ids of running batches whose lease ran out by `now_ms`)."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(k.ready)
-        pipe.zrangebyscore(k.running, "-inf", now_ms - 1, start=0, num=limit)
-        waiting, expired = pipe.execute()
-        return int(waiting), [i.decode() for i in expired]
+    def count(self, which: str) -> int:
+        """How many ids all shards hold in `ready`, `running`, `delayed` or `dead`."""
+        return sum(int(self.client.zcard(getattr(k, which))) for k in self.shards)

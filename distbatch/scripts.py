@@ -16,8 +16,8 @@ from redis.commands.core import Script
 
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
 NAMES = (
-    "accumulate", "flush_expired", "drop_binding", "register",
-    "claim", "renew", "complete", "fail", "reclaim", "promote", "replay",
+    "accumulate", "flush_expired", "register", "sync_registry", "unbind", "drain_buffers",
+    "claim", "renew", "complete", "fail", "reclaim", "promote", "replay", "purge", "shard_lease",
 )
 
 
@@ -49,8 +49,12 @@ class Scripts:
 
     accumulate: Script
     flush_expired: Script
-    drop_binding: Script
     register: Script
+    sync_registry: Script
+    unbind: Script
+    drain_buffers: Script
+    purge: Script
+    shard_lease: Script
     claim: Script
     renew: Script
     complete: Script

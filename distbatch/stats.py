@@ -13,42 +13,44 @@ _TOTALS = {"batches_dead": "went_dead_total", "batch_retries": "retries_total",
 
 
 def collect(batcher: Batcher) -> dict[str, Any]:
-    """Counters are totals since the namespace began; `*_now` are current sizes."""
-    b, k = batcher, batcher.keys
+    """Counters are totals since the namespace began (summed over shards); `*_now` are current."""
+    b = batcher
     bindings = b.bindings()
     counters: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
-    for raw, value in b.client.hgetall(k.stats).items():
-        name, _, binding = as_text(raw).partition(":")
-        if binding:
-            counters.setdefault(binding, {})[f"{name}_total"] = int(value)
-        else:
-            totals[_TOTALS.get(name, f"{name}_total")] = int(value)
-    pipe = b.client.pipeline(transaction=False)
-    for name in (k.ready, k.running, k.delayed, k.dead):
-        pipe.zcard(name)
-    pipe.time()
-    ready, running, delayed, dead, (sec, usec) = pipe.execute()
-    now_ms = int(sec) * 1000 + int(usec) // 1000
+    for k in b.shards:
+        for raw, value in b.client.hgetall(k.stats).items():
+            name, _, binding = as_text(raw).partition(":")
+            bucket = counters.setdefault(binding, {}) if binding else totals
+            label = f"{name}_total" if binding else _TOTALS.get(name, f"{name}_total")
+            bucket[label] = bucket.get(label, 0) + int(value)
+    sizes = {which: b.records.count(which) for which in ("ready", "running", "delayed", "dead")}
+    now_ms = b.server_ms()
     per_binding = {}
     for key in sorted(set(bindings) | set(counters)):
-        members: list[Any] = list(b.client.srandmember(k.open_buffers(key), SAMPLE) or [])
-        scores = [s for s in (b.client.zmscore(k.deadlines, members) if members else []) if s is not None]
+        open_now = 0
+        scores: list[float] = []
+        for k in b.shards:
+            members: list[Any] = list(b.client.srandmember(k.open_buffers(key), SAMPLE) or [])
+            found = b.client.zmscore(k.deadlines, members) if members else []
+            scores += [x for x in found if x is not None]
+            open_now += int(b.client.scard(k.open_buffers(key)))
         per_binding[key] = {
             "registered": key in bindings,
             "source": bindings[key].source if key in bindings else None,
             "handler": bindings[key].handler if key in bindings else None,
-            "open_buffers_now": b.client.scard(k.open_buffers(key)),
+            "open_buffers_now": open_now,
             "next_window_closes_in_ms": int(min(scores)) - now_ms if scores else None,
             **counters.get(key, {}),
         }
     return {
-        "namespace": k.namespace,
+        "namespace": b.keys.namespace,
+        "shards": b.layout.count,
         "server_time_ms": now_ms,
-        "batches_ready_now": ready,
-        "batches_running_now": running,
-        "batches_waiting_retry_now": delayed,
-        "batches_dead_now": dead,
+        "batches_ready_now": sizes["ready"],
+        "batches_running_now": sizes["running"],
+        "batches_waiting_retry_now": sizes["delayed"],
+        "batches_dead_now": sizes["dead"],
         **totals,
         "bindings": per_binding,
     }

@@ -2,23 +2,34 @@
 batches of workers whose lease ran out, and make sure a ticket waits while batches are ready.
 
 It sleeps until the earliest thing it has to do (a window deadline, a retry coming due, a lease
-running out) and listens on the wake channel meanwhile, so a new earlier deadline published by
-accumulate wakes it at once. Any number of sweepers can run: every step is atomic in Redis, and
-every step costs O(log N + work due), never a scan of a backlog.
+running out) and listens on the wake channels meanwhile, so a new earlier deadline published by
+accumulate wakes it at once. Any number of sweepers can run: they share the namespace's shards
+out with short leases (each takes about shards / sweepers), so adding sweepers adds sweep
+capacity and a dead sweeper's shards are taken over within a lease. Every step is atomic in Redis
+and costs O(log N + work due), never a scan of a backlog.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import secrets
 import threading
 import time
+from dataclasses import dataclass
 
 from .batcher import Batcher
 from .dispatch import Dispatcher
 from .records import Outcome
 
 log = logging.getLogger("distbatch.sweeper")
+
+
+@dataclass(slots=True)
+class _ShardState:
+    head: bytes | None = None
+    head_since: float = 0.0
 
 
 class Sweeper:
@@ -31,6 +42,7 @@ class Sweeper:
         max_sleep_s: float = 1.0,
         nudge_s: float = 1.0,
         summary_every_s: float = 60.0,
+        lease_s: float = 3.0,
     ) -> None:
         self.batcher = batcher
         self.records = batcher.records
@@ -39,19 +51,73 @@ class Sweeper:
         self.max_sleep_s = max_sleep_s
         self.nudge_s = nudge_s
         self.summary_every_s = summary_every_s
+        self.lease_ms = int(lease_s * 1000)
+        self.id = secrets.token_hex(6)
+        self.owned: list[int] = []
         self.cut = 0
         self.reclaimed = 0
         self.tickets = 0
-        self._head: bytes | None = None
-        self._head_since = 0.0
+        self._state = [_ShardState() for _ in batcher.shards]
+        self._leased_at = 0.0
+
+    # sharing the shards ---------------------------------------------------------------------
+
+    def _own(self) -> list[int]:
+        """Heartbeat, then hold about shards / live sweepers of the shards (renewing the ones held)."""
+        b = self.batcher
+        n = b.layout.count
+        now_ms = int(time.time() * 1000)
+        k = b.keys
+        b.client.zadd(k.sweepers, {self.id: now_ms})
+        b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 3 * self.lease_ms)
+        live = max(1, int(b.client.zcard(k.sweepers)))
+        target = math.ceil(n / live)
+        start = int(self.id, 16) % n
+        owned: list[int] = []
+        for i in range(n):
+            s = (start + i) % n
+            held = s in self.owned
+            if len(owned) >= target:
+                if held:
+                    self._lease(s, "release")
+                continue
+            if self._lease(s, "hold"):
+                owned.append(s)
+        if owned != self.owned:
+            log.info("sweeper_shards sweeper=%s shards=%s of %d (%d sweepers)", self.id, sorted(owned),
+                     n, live, extra={"event": "sweeper_shards"})
+        self.owned = owned
+        self._leased_at = time.monotonic()
+        return owned
+
+    def _lease(self, shard: int, mode: str) -> bool:
+        k = self.batcher.shards[shard]
+        return bool(self.batcher.scripts.shard_lease(keys=[k.lease], args=[self.id, self.lease_ms, mode]))
+
+    def release(self) -> None:
+        for s in self.owned:
+            with contextlib.suppress(Exception):
+                self._lease(s, "release")
+        with contextlib.suppress(Exception):
+            self.batcher.client.zrem(self.batcher.keys.sweepers, self.id)
+        self.owned = []
+
+    # one pass -------------------------------------------------------------------------------
 
     def run_once(self) -> float:
-        """Do what is due now; return how long (s) it may sleep before the next thing is due."""
-        b, k, rec = self.batcher, self.batcher.keys, self.records
-        step = b.flush_step(self.limit, with_events=False)
+        """Do what is due now on the shards held; return how long (s) it may sleep."""
+        if not self.owned or time.monotonic() - self._leased_at > self.lease_ms / 3000:
+            self._own()
+        waits = [self._sweep(s) for s in self.owned]
+        return min(waits, default=min(self.max_sleep_s, self.lease_ms / 3000))
+
+    def _sweep(self, shard: int) -> float:
+        b, rec = self.batcher, self.records
+        k = b.shards[shard]
+        step = b.flush_step(self.limit, with_events=False, shard=shard)
         stepped = time.monotonic()  # `now` below is the server's time at about this point
         self.cut += len(step.batches)
-        promoted, next_retry, now = rec.promote(self.limit)
+        promoted, next_retry, now = rec.promote(shard, self.limit)
         pipe = b.client.pipeline(transaction=False)
         pipe.zrange(k.ready, 0, 0)
         pipe.zrangebyscore(k.running, "-inf", now - 1, start=0, num=self.limit)
@@ -65,17 +131,18 @@ class Sweeper:
                 self.reclaimed += 1
                 log.warning("batch_reclaimed batch=%s -> %s: its worker stopped renewing the lease",
                             bid, outcome, extra={"event": "batch_reclaimed", "batch": bid})
+        state = self._state[shard]
         head = head_rows[0] if head_rows else None
-        if head != self._head:
-            self._head, self._head_since = head, stepped
+        if head != state.head:
+            state.head, state.head_since = head, stepped
         # A ticket is due when batches came back (reclaimed, promoted) or the oldest ready batch
         # has not moved for nudge_s: its hand-off was lost (producer died after the cut, a worker
         # died with its ticket) or no worker is draining.
-        stuck = head is not None and stepped - self._head_since >= self.nudge_s
+        stuck = head is not None and stepped - state.head_since >= self.nudge_s
         if reclaimed or promoted or stuck:
             self.tickets += self.dispatcher.ensure(max(1, reclaimed + promoted))
-            self._head_since = stepped
-        if len(step.batches) >= self.limit or len(expired) >= self.limit:
+            state.head_since = stepped
+        if step.more or len(expired) >= self.limit:
             return 0.0
         nxt = [t for t in (next_retry, first_lease[0][1] if first_lease else None) if t is not None]
         if step.next_deadline_ms is not None and b.clock.now_ms() is None:
@@ -84,33 +151,35 @@ class Sweeper:
         wait = (min(nxt) - now) / 1000 - (time.monotonic() - stepped) if nxt else self.max_sleep_s
         if head is not None:
             wait = min(wait, self.nudge_s)
-        return max(0.0, min(wait, self.max_sleep_s))
+        return max(0.0, min(wait, self.max_sleep_s, self.lease_ms / 3000))
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Loop until `stop`: do what is due, then wait for the next due time or a wake message.
 
         The wait is client-side (`get_message(timeout=...)` on a subscribed connection): a
         server-side BLPOP timeout only fires on Redis's `hz` tick, up to 100 ms late on an idle
-        server. accumulate publishes on the wake channel when a new earliest deadline appears.
-        A failing step (Redis down or restarting) logs one line and retries with backoff.
+        server. accumulate publishes on its shard's wake channel when a new earliest deadline
+        appears. A failing step (Redis down or restarting) logs one line and retries with backoff.
         """
         stop = stop or threading.Event()
         wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         backoff = 0.0
-        log.info("sweeper_started namespace=%s limit=%d max_sleep=%.1fs", self.batcher.keys.namespace,
-                 self.limit, self.max_sleep_s, extra={"event": "sweeper_started"})
+        log.info("sweeper_started namespace=%s shards=%d limit=%d max_sleep=%.1fs",
+                 self.batcher.keys.namespace, self.batcher.layout.count, self.limit, self.max_sleep_s,
+                 extra={"event": "sweeper_started"})
         last_summary, last = time.monotonic(), (0, 0, 0)
+        channels = [k.wake for k in self.batcher.shards]
         try:
             while not stop.is_set():
                 if self.summary_every_s > 0 and time.monotonic() - last_summary >= self.summary_every_s:
                     now = (self.cut, self.reclaimed, self.tickets)
-                    log.info("sweeper_summary last %.0fs: cut=%d reclaimed=%d tickets=%d",
+                    log.info("sweeper_summary last %.0fs: cut=%d reclaimed=%d tickets=%d shards=%s",
                              self.summary_every_s, *(a - b for a, b in zip(now, last, strict=True)),
-                             extra={"event": "sweeper_summary"})
+                             sorted(self.owned), extra={"event": "sweeper_summary"})
                     last_summary, last = time.monotonic(), now
                 try:
                     if not wake.subscribed:  # before reading state, so no wake is missed
-                        wake.subscribe(self.batcher.keys.wake)
+                        wake.subscribe(*channels)
                     wait = self.run_once()
                     backoff = 0.0
                     if wait >= 0.001:
@@ -125,3 +194,4 @@ class Sweeper:
                     stop.wait(backoff)
         finally:
             wake.close()
+            self.release()

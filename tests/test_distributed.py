@@ -157,7 +157,7 @@ def test_worker_refuses_handler_outside_allowlist_and_leaves_the_batch(procs: Pr
                 "--handlers", "workers.handlers", name="worker")  # allowlist: not tests.handlers
     procs.sweeper()
     assert procs.producer(0, 1, "dispatch").wait(30) == 0
-    wait_for(lambda: b"HandlerNotAllowed" in (client.hget(batcher.keys.batch("1"), "error") or b""), 30,
+    wait_for(lambda: b"HandlerNotAllowed" in (client.hget(batcher.keys.rec_error, "1") or b""), 30,
              "the first worker to give the batch back", procs.logs)
     assert client.zcard(batcher.keys.dead) == 0
     procs.worker()
@@ -231,6 +231,6 @@ def test_worker_paused_past_its_lease_cannot_touch_the_batch(procs: Procs, clien
     stats = client.hgetall(batcher.keys.stats)
     assert stats[b"batches_delivered:slow@v1"] == b"1" and stats[b"events_delivered:slow@v1"] == b"1"
     assert all(client.zcard(k) == 0 for k in (batcher.keys.ready, batcher.keys.dead, batcher.keys.delayed))
-    assert not client.exists(batcher.keys.batch(rows[0]["id"]))
+    assert not client.hexists(batcher.keys.rec_info, rows[0]["id"])
     wait_for(lambda: "lease_lost" in procs.logs(), 10, "the paused worker to say it lost the lease",
              procs.logs)

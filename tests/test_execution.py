@@ -58,7 +58,7 @@ def test_executor_delivers_and_deletes_record(batcher: Batcher, client) -> None:
     out = run(batcher, r.batch.id)
     assert out.status == "delivered" and out.attempt == 1
     assert [e.payload["n"] for e in seen[0].events] == [1, 2] and seen[0].attempt == 1
-    assert not client.exists(batcher.keys.batch(r.batch.id))
+    assert not client.hexists(batcher.keys.rec_info, r.batch.id)
     assert batcher.records.claim([r.batch.id], 1000) is None
     assert client.hget(batcher.keys.stats, "events_delivered:d@v1") == b"2"
 
@@ -88,7 +88,7 @@ def test_retries_with_attempt_then_dead_then_replay(batcher: Batcher, client) ->
     statuses = []
     for _ in range(3):
         time.sleep(0.01)
-        batcher.records.promote()
+        batcher.records.promote(0)
         statuses.append(run(batcher, bid, resolver).status)
     assert statuses == ["retry", "retry", "dead"]
     assert client.zscore(batcher.keys.dead, bid) is not None
@@ -113,7 +113,7 @@ def test_refused_handler_is_never_imported_and_batch_waits_uncounted(batcher: Ba
     error = batcher.records.raw(bid)["error"]
     assert "HandlerNotAllowed" in error and "os.system" in error
     assert client.zscore(batcher.keys.dead, bid) is None and client.zscore(batcher.keys.delayed, bid)
-    assert batcher.records.raw(bid)["attempt"] == "0"  # the try was given back
+    assert batcher.records.raw(bid)["attempt"] == 0  # the try was given back
 
 
 def test_allowlist_is_by_module_prefix_not_string_prefix() -> None:

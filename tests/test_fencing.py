@@ -82,7 +82,7 @@ def test_a_stale_claim_changes_nothing(batcher: Batcher) -> None:
     assert batcher.client.zscore(batcher.keys.running, bid) == lease
     assert rec.renew(bid, b.token, 60_000) is True
     assert rec.complete(bid, b.token) == 1
-    assert states(batcher, bid) == [] and not batcher.client.exists(batcher.keys.batch(bid))
+    assert states(batcher, bid) == [] and not batcher.client.hexists(batcher.keys.rec_info, bid)
 
 
 def test_a_lease_that_ran_out_is_lost_even_before_anyone_reclaims_it(batcher: Batcher) -> None:
@@ -258,7 +258,9 @@ def test_emit_error_says_exactly_what_was_stored(batcher: Batcher, client) -> No
     batcher.scripts.accumulate = flaky  # type: ignore[method-assign]
     with pytest.raises(EmitError) as err:
         batcher.emit_many("s", [{"n": i} for i in range(35)])
-    assert err.value.stored == 20 and err.value.uncertain == 10 and len(err.value.results) == 20
+    e = err.value
+    assert e.stored == list(range(20)) and e.uncertain == list(range(20, 30))
+    assert e.not_sent == list(range(30, 35)) and len(e.results) == 20
     assert client.llen(batcher.keys.buffer("f@v1", None)) == 20
 
 
@@ -310,7 +312,7 @@ def test_first_emit_many_sizes_chunks_from_the_real_routes(make_batcher) -> None
     sizes: list[int] = []
 
     def spy(*args: Any, **kw: Any) -> Any:
-        sizes.append((len(kw["args"]) - 7) // 4)
+        sizes.append(len(kw["keys"]) - 17 - int(kw["args"][6]))  # buffer keys: one per item
         return real(*args, **kw)
 
     b.scripts.accumulate = spy  # type: ignore[method-assign]

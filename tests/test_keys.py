@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from distbatch import Batcher, ManualClock
-from distbatch.keys import Keys, decode_partition, encode_partition
+from distbatch.keys import Keys, decode_partition, encode_partition, member
+from distbatch.shards import Layout, tags_for
 
 HOSTILE = ["{", "}", "{x}", ":", "a:b", "*", "=", "|", "%", "%2A", "=*", "", " ", "null",
            "\x00\x01", "\udcff"[:0] + "ü", "😀", "a|b=c", "{distbatch}", "}{", "x" * 100_000,
@@ -38,12 +39,12 @@ def test_unreserved_fast_path_encodes_as_quote_does(value: str) -> None:
 
 @given(st.text(), st.text())
 @settings(max_examples=200)
-def test_every_key_of_a_namespace_shares_one_slot(a: str, b: str) -> None:
-    k = Keys("ns")
-    slot = key_slot(k.deadlines.encode())
-    for name in (k.buffer("x@v1", a), k.buffer("y@v2", b), k.open_buffers("x@v1"),
-                 k.batch("123"), k.ready, k.stats):
-        assert key_slot(name.encode("utf-8", "surrogatepass")) == slot
+def test_every_key_of_a_shard_shares_one_slot(a: str, b: str) -> None:
+    for k in (Keys("ns"), *Layout("ns", tuple(tags_for("ns", 3))).keys):
+        slot = key_slot(k.deadlines.encode())
+        for name in (k.buffer("x@v1", a), k.buffer("y@v2", b), k.open_buffers("x@v1"), k.call("e"),
+                     *k.lifecycle, k.bindings, k.registry_version, k.lease, k.wake):
+            assert key_slot(name.encode("utf-8", "surrogatepass")) == slot
 
 
 def test_hostile_keys_get_their_own_buffers(batcher: Batcher, clock: ManualClock, client) -> None:
@@ -78,5 +79,5 @@ def test_member_cache_is_bounded_and_agrees_with_keys() -> None:
 
     for i in range(keys._MEMBER_CACHE_SIZE + 10):
         pk = None if i == 7 else f"{{k}}:{i}"
-        assert keys.member_bytes("b@v1", pk) == Keys.member("b@v1", pk).encode()
+        assert keys.member_bytes("b@v1", pk) == member("b@v1", pk).encode()
         assert len(keys._members) <= keys._MEMBER_CACHE_SIZE

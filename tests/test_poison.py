@@ -34,7 +34,7 @@ def test_poisoned_record_goes_dead_at_once_and_the_cli_shows_it(redis_server: Re
                retry={"attempts": 5})
     (r,) = b.emit("s", {"n": 1})
     assert r.batch is not None
-    b.client.hset(b.keys.batch(r.batch.id), "events", b"\xc1\xc1garbage")  # a hostile writer
+    b.client.hset(b.keys.rec_events, r.batch.id, b"\xc1\xc1garbage")  # a hostile writer
     claim = b.records.claim([r.batch.id], 10_000)
     assert claim is not None and claim.error is not None
     out = Executor(b.records, HandlerResolver(["m"])).run(claim)

@@ -23,13 +23,17 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
     sha = client.script_load(lua)
     assert sha == hashlib.sha1(lua).hexdigest()
     member = "d@v1|=" + quote("Ünï {shop}:1", safe="")
-    names = ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "ready", "stats", "bindings")
+    names = ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "bindings",
+             "ready", "running", "delayed", "dead", "stats",
+             "rec:events", "rec:info", "rec:attempt", "rec:owner", "rec:tokens", "rec:error",
+             "open:d@v1", f"buf:{member}")
     keys = [f"{ns}:{k}" for k in names]
+    route = ["d@v1", definition["batch"]["count"], definition["batch"]["window_ms"]]
     replies = []
     for i in range(2):
-        head = [version, f"call-{i}", "", 1024, f"{ns}:buf:", f"{ns}:open:", f"{ns}:batch:"]
+        head = [version, f"call-{i}", "", 1024, "", f"{ns}:buf:", 1, *route]
         event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"shop": "Ünï {shop}:1", "i": i}])
-        args = [*head, member, definition["batch"]["count"], definition["batch"]["window_ms"], event]
+        args = [*head, event]
         replies.append(client.evalsha(sha, len(keys), *keys, *args))
     assert replies[0][1:] == []  # nothing to report for the first event
     _, item, kind, batch_id, _ = replies[1]

@@ -3,27 +3,38 @@
 -- expired buffer is flushed first (cut as 'expired', or discarded), and the event opens a fresh
 -- buffer and window, as if a sweeper had run just before.
 -- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
---       ready, stats, bindings
--- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, buf_prefix, open_prefix,
---       batch_prefix, then per item: member, count, window_ms, event_bytes
+--       bindings, the 11 lifecycle keys (see includes/lifecycle.lua), then the open-set key of
+--       each route, then the buffer key of each item (an item is one event for one route)
+-- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, batch id prefix,
+--       buffer key prefix, n_routes, then per route: binding, count, window_ms; then per item:
+--       its event's msgpack bytes, preceded by the item's route number when n_routes > 1
 -- Returns {-1, current_regver} when the caller's bindings are stale (nothing written),
 --         {-2} when this call id already ran (a retry after a lost reply; nothing written again),
 --         else {real_now, then per notable item: item number (1-based), kind, batch_id, events}
 --         with kind 'count' (cut at count), 'expired' (the expired buffer it closed, cut),
 --         'discard' (the expired buffer it closed, discarded) or 'overflow' (cap: oldest
 --         dropped; id and events ''). Items with nothing to report are left out.
-local k_regver, k_call, k_deadlines, k_wake, k_seq, k_ready, k_stats, k_bindings =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local B = 6
 -- The call id first: a retry of a call that ran must not be re-run after a reload either.
 if redis.call('GET', k_call) == ARGV[2] then return {-2} end
 local current = redis.call('GET', k_regver) or ''
 if current ~= ARGV[1] then return {-1, current} end
 redis.call('SET', k_call, ARGV[2], 'PX', 600000)
-local cap = tonumber(ARGV[4])
-local bufp, openp, batchp = ARGV[5], ARGV[6], ARGV[7]
 -- @include clock
+-- @include lifecycle
+local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 -- @include buffers
 local now = window_clock(ARGV[3])
+
+local bindings, counts, windows = {}, {}, {}
+for r = 1, nroutes do
+  bindings[r] = ARGV[5 + 3 * r]
+  counts[r] = tonumber(ARGV[6 + 3 * r])
+  windows[r] = tonumber(ARGV[7 + 3 * r])
+end
+local first_open, first_buffer, first_event = 17, 17 + nroutes, 7 + 3 * nroutes
 
 local out = {real_now}
 local accepted = {}
@@ -32,17 +43,6 @@ local accepted = {}
 local earliest = false
 local woke = false
 
-local actions = {}
-local function expire_action(binding)
-  local action = actions[binding]
-  if action == nil then
-    local def = redis.call('HGET', k_bindings, binding)
-    action = def and cjson.decode(def)['batch']['expire_action'] or 'fire_partial'
-    actions[binding] = action
-  end
-  return action
-end
-
 local function report(item, kind, id, blob)
   out[#out + 1] = item
   out[#out + 1] = kind
@@ -50,36 +50,37 @@ local function report(item, kind, id, blob)
   out[#out + 1] = blob
 end
 
-for i = 8, #ARGV, 4 do
-  local item = (i - 4) / 4
-  local member, count = ARGV[i], tonumber(ARGV[i + 1])
-  local binding = binding_of(member)
-  local key = bufp .. member
+local items = #KEYS - first_buffer
+for item = 1, items do
+  local r, data = 1, ARGV[first_event + item]
+  if nroutes > 1 then
+    r, data = tonumber(ARGV[first_event + 2 * item - 1]), ARGV[first_event + 2 * item]
+  end
+  local binding, count = bindings[r], counts[r]
+  local key, open_key = KEYS[first_buffer + item], KEYS[first_open + r]
+  local member = string.sub(key, #bufp + 1)
   local deadline = redis.call('ZSCORE', k_deadlines, member)
   if deadline and tonumber(deadline) <= now then
     local events = redis.call('LRANGE', key, 0, -1)
-    close_buffer(member, binding)
+    close_buffer(key, member, open_key)
     if #events > 0 then
       if expire_action(binding) == 'discard' then
-        local id = tostring(redis.call('INCR', k_seq))
-        redis.call('HINCRBY', k_stats, 'batches_discarded:' .. binding, 1)
-        redis.call('HINCRBY', k_stats, 'events_discarded:' .. binding, #events)
-        report(item, 'discard', id, table.concat(events))
+        report(item, 'discard', discard_batch(binding, events), table.concat(events))
       else
         report(item, 'expired', cut_batch(member, binding, events, 'expired'), table.concat(events))
       end
     end
   end
-  local n = redis.call('RPUSH', key, ARGV[i + 3])
+  local n = redis.call('RPUSH', key, data)
   accepted[binding] = (accepted[binding] or 0) + 1
   if n == 1 then
     if earliest == false then
       local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
       earliest = first[2] and tonumber(first[2])
     end
-    local closes = now + tonumber(ARGV[i + 2])
+    local closes = now + windows[r]
     redis.call('ZADD', k_deadlines, closes, member)
-    redis.call('SADD', openp .. binding, member)
+    redis.call('SADD', open_key, member)
     if earliest == nil or closes < earliest then
       earliest = closes
       woke = true
@@ -93,7 +94,7 @@ for i = 8, #ARGV, 4 do
   end
   if n >= count then
     local events = redis.call('LRANGE', key, 0, -1)
-    close_buffer(member, binding)
+    close_buffer(key, member, open_key)
     report(item, 'count', cut_batch(member, binding, events, 'count'), table.concat(events))
   end
 end

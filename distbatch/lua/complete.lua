@@ -1,19 +1,20 @@
 -- A handler returned: the batch is delivered and its record goes, if this claim still holds it.
--- KEYS: running, stats, batch
+-- KEYS: the 11 lifecycle keys
 -- ARGV: batch_id, token
 -- Returns events delivered (> 0), 0 if the record is gone (delivered already: a retried call),
 --         -1 if this claim lost the batch (stale token or lease ran out): nothing changed.
+local B = 0
 -- @include clock
-local k_running, k_stats, key, id = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
--- @include owner
+-- @include lifecycle
 -- @include binding_of
-local state = check_owner(ARGV[2])
+local id = ARGV[1]
+local state = check_owner(id, ARGV[2])
 if state == 'gone' then return 0 end
 if state == 'stale' then return -1 end
-local r = redis.call('HMGET', key, 'member', 'n')
+local info = record_info(id)
 redis.call('ZREM', k_running, id)
-redis.call('DEL', key)
-local binding = binding_of(r[1])
+delete_record(id)
+local binding = binding_of(info.member)
 redis.call('HINCRBY', k_stats, 'batches_delivered:' .. binding, 1)
-redis.call('HINCRBY', k_stats, 'events_delivered:' .. binding, tonumber(r[2]))
-return math.max(1, tonumber(r[2]))
+redis.call('HINCRBY', k_stats, 'events_delivered:' .. binding, info.n)
+return math.max(1, info.n)

@@ -1,43 +1,44 @@
--- Cut (fire_partial) or discard every buffer whose window ran out, at most `limit` per call.
--- KEYS: deadlines, batchseq, ready, stats, bindings
--- ARGV: window_now ('' = server TIME), limit, buf_prefix, open_prefix, batch_prefix,
+-- Cut (fire_partial) or discard the candidate buffers whose window ran out.
+-- The caller reads the earliest deadlines first (ZRANGE) and passes those buffers' keys, so the
+-- script names every key it touches; it checks each deadline again itself. A buffer whose binding
+-- is no longer registered is left for `drop` to return.
+-- KEYS: deadlines, batchseq, bindings, the 11 lifecycle keys, then per candidate: buffer key,
+--       open-set key of its binding
+-- ARGV: window_now ('' = server TIME), batch id prefix, buffer key prefix,
 --       with_events ('1' to return the events of each batch)
--- Returns {earliest remaining deadline or -1, server time (ms), then per batch:
---          {id, member, 'expired', discarded 0/1, cut_ms, events or ''}}.
-local k_deadlines, k_seq, k_ready, k_stats, k_bindings = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local limit = tonumber(ARGV[2])
-local bufp, openp, batchp = ARGV[3], ARGV[4], ARGV[5]
+-- Returns {earliest remaining deadline or -1, server time (ms), candidates not yet due,
+--          then per batch: {id, member, 'expired', discarded 0/1, cut_ms, events or ''}}.
+local k_deadlines, k_seq, k_bindings = KEYS[1], KEYS[2], KEYS[3]
+local B = 3
 -- @include clock
+-- @include lifecycle
+local id_prefix, bufp = ARGV[2], ARGV[3]
 -- @include buffers
 local now = window_clock(ARGV[1])
-local with_events = ARGV[6] == '1'
+local with_events = ARGV[4] == '1'
 
-local actions = {}
-local out = {-1, real_now}
-local due = redis.call('ZRANGEBYSCORE', k_deadlines, '-inf', now, 'LIMIT', 0, limit)
-for _, member in ipairs(due) do
+local out = {-1, real_now, 0}
+for i = 15, #KEYS, 2 do
+  local key, open_key = KEYS[i], KEYS[i + 1]
+  local member = string.sub(key, #bufp + 1)
+  local deadline = redis.call('ZSCORE', k_deadlines, member)
   local binding = binding_of(member)
-  local events = redis.call('LRANGE', bufp .. member, 0, -1)
-  close_buffer(member, binding)
-  if #events > 0 then
-    local action = actions[binding]
-    if action == nil then
-      local def = redis.call('HGET', k_bindings, binding)
-      action = def and cjson.decode(def)['batch']['expire_action'] or 'fire_partial'
-      actions[binding] = action
+  local action = deadline and expire_action(binding)
+  if not deadline or tonumber(deadline) > now then
+    out[3] = out[3] + 1
+  elseif action then
+    local events = redis.call('LRANGE', key, 0, -1)
+    close_buffer(key, member, open_key)
+    if #events > 0 then
+      local id, discarded
+      if action == 'discard' then
+        id, discarded = discard_batch(binding, events), 1
+      else
+        id, discarded = cut_batch(member, binding, events, 'expired'), 0
+      end
+      out[#out + 1] = {id, member, 'expired', discarded, real_now,
+                       with_events and table.concat(events) or ''}
     end
-    local id, discarded
-    if action == 'discard' then
-      id = tostring(redis.call('INCR', k_seq))
-      discarded = 1
-      redis.call('HINCRBY', k_stats, 'batches_discarded:' .. binding, 1)
-      redis.call('HINCRBY', k_stats, 'events_discarded:' .. binding, #events)
-    else
-      id = cut_batch(member, binding, events, 'expired')
-      discarded = 0
-    end
-    out[#out + 1] = {id, member, 'expired', discarded, real_now,
-                     with_events and table.concat(events) or ''}
   end
 end
 local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')

@@ -1,0 +1,101 @@
+"""Which shard a buffer lives on, and where the shards live.
+
+A namespace is split into N shards, each with its own hash tag and so its own cluster slot:
+buffers, deadlines, batch records, ready/running/dead sets and counters. N is fixed when the
+namespace is first used and stored in ``{ns}:meta``, so every instance agrees; asking for another
+N is a clear error. A buffer's shard is a stable hash of its member, so one partition's buffer
+never moves. Shard tags are chosen so their slots spread evenly over the slot space: on a cluster
+whose masters own equal slot ranges (what `redis-cli --cluster create` makes), N shards land
+evenly on the masters.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.crc import key_slot
+
+from .errors import ConfigError
+from .keys import Keys
+
+SLOTS = 16384
+
+
+def shard_of(member: bytes, shards: int) -> int:
+    """Stable for a member: the same buffer always goes to the same shard."""
+    return zlib.crc32(member) % shards if shards > 1 else 0
+
+
+def tags_for(namespace: str, shards: int) -> list[str]:
+    """One hash tag per shard; shard s gets a tag whose slot lies in the s-th Nth of the slots."""
+    if shards == 1:
+        return ["{" + namespace + "}"]
+    tags = []
+    for s in range(shards):
+        lo, hi = s * SLOTS // shards, (s + 1) * SLOTS // shards
+        for x in range(1_000_000):
+            tag = "{" + f"{namespace}:{s}:{x}" + "}"
+            if lo <= key_slot(tag.encode()) < hi:
+                tags.append(tag)
+                break
+    return tags
+
+
+def batch_id_shard(batch_id: str) -> int:
+    """Batch ids are `<seq>` on a one-shard namespace, `<shard>.<seq>` otherwise."""
+    head, dot, _ = batch_id.partition(".")
+    return int(head) if dot and head.isdigit() else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    namespace: str
+    tags: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.tags)
+
+    @property
+    def keys(self) -> list[Keys]:
+        return [Keys(self.namespace, s, t) for s, t in enumerate(self.tags)]
+
+    def id_prefix(self, shard: int) -> str:
+        return "" if self.count == 1 else f"{shard}."
+
+    @classmethod
+    def load(cls, client: Any, namespace: str, shards: int | None) -> Layout:
+        """Read the namespace's layout, fixing it on first use (`shards`, default 1 on one Redis,
+        the number of masters on a cluster)."""
+        k = Keys(namespace)
+        raw = client.hgetall(k.meta)
+        if raw:
+            tags = tuple(json.loads(raw[b"tags"]))
+        else:
+            want = shards or default_shards(client)
+            if isinstance(want, bool) or not isinstance(want, int) or want < 1:
+                raise ConfigError("shards_invalid", f"shards={want!r} must be an integer >= 1")
+            # no meta key means one shard (nothing is written until there is data); a namespace
+            # already in use without one has one shard
+            if want == 1 or client.exists(k.bindings, k.registry_version):
+                tags = tuple(tags_for(namespace, 1))
+            else:
+                client.hsetnx(k.meta, "tags", json.dumps(tags_for(namespace, want)))
+                tags = tuple(json.loads(client.hget(k.meta, "tags")))
+        if shards is not None and shards != len(tags):
+            raise ConfigError(
+                "shards_mismatch",
+                f"namespace={namespace!r} has {len(tags)} shard(s), fixed when it was first used; "
+                f"this instance asked for shards={shards} (use the same number, or a new namespace)",
+            )
+        return cls(namespace, tags)
+
+
+def default_shards(client: Any) -> int:
+    if isinstance(client, redis.RedisCluster):
+        return max(1, len(client.get_primaries()))  # type: ignore[no-untyped-call]
+    return 1
