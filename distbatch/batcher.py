@@ -529,6 +529,18 @@ class Batcher:
                 open_members = list(self.client.smembers(k.open_buffers(binding)))  # type: ignore[arg-type]
         return events
 
+    def counters(self) -> dict[str, int]:
+        """Every counter (`events_in:<binding>`, `batches_dead`, ...) summed over the shards."""
+        total: dict[str, int] = {}
+        for k in self.shards:
+            for name, value in self.client.hgetall(k.stats).items():
+                total[as_text(name)] = total.get(as_text(name), 0) + int(value)
+        return total
+
+    def open_buffers(self) -> int:
+        """How many buffers are open now, over all shards."""
+        return sum(int(self.client.zcard(k.deadlines)) for k in self.shards)
+
     def server_ms(self) -> int:
         """The Redis server's clock (what leases and retry times are measured on)."""
         seconds, micros = self.client.time()

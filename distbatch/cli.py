@@ -214,7 +214,7 @@ def dead_list(redis_url: str, namespace: str) -> None:
 def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace)
-    when = batcher.client.zscore(batcher.records._keys(batch_id).dead, batch_id)
+    when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
     if when is None:
         raise click.ClickException(f"batch {batch_id!r} is not dead")
     try:

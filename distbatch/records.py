@@ -82,11 +82,11 @@ class Records:
         self._next = random.randrange(len(self.shards))
         self._cluster = isinstance(client, redis.RedisCluster)
 
-    def _keys(self, batch_id: str) -> Keys:
+    def keys_for(self, batch_id: str) -> Keys:
         return self.shards[batch_id_shard(batch_id)]
 
     def _call(self, script: Script, batch_id: str, *args: Any) -> Any:
-        k = self._keys(batch_id)
+        k = self.keys_for(batch_id)
         return _once_more(script, k.lifecycle, [batch_id, *args])
 
     def claim_next(self, lease_ms: int) -> Claim | None:
@@ -103,7 +103,7 @@ class Records:
 
     def claim(self, batch_ids: Sequence[str], lease_ms: int, token: str | None = None) -> Claim | None:
         """Claim the first of `batch_ids` (all of one shard) that is still ready; None if none is."""
-        return self._claim(self._keys(batch_ids[0]), batch_ids, lease_ms, token)
+        return self._claim(self.keys_for(batch_ids[0]), batch_ids, lease_ms, token)
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
         token = token or secrets.token_hex(8)
@@ -132,7 +132,7 @@ class Records:
             return [self.renew(bid, token, lease_ms) for bid, token in held]
         pipe = self.client.pipeline(transaction=False)
         for batch_id, token in held:
-            self.scripts.renew(keys=self._keys(batch_id).lifecycle, args=[batch_id, token, lease_ms],
+            self.scripts.renew(keys=self.keys_for(batch_id).lifecycle, args=[batch_id, token, lease_ms],
                                client=pipe)
         return [bool(r) for r in pipe.execute()]
 
@@ -153,7 +153,7 @@ class Records:
     def reclaim(self, batch_id: str) -> Outcome:
         """Take back a batch whose lease ran out, in one script call (a re-sent call finds the
         lease gone and changes nothing twice)."""
-        k = self._keys(batch_id)
+        k = self.keys_for(batch_id)
         res = _once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped], [batch_id])
         return Outcome(as_text(res))
 
@@ -171,7 +171,7 @@ class Records:
         return bool(self._call(self.scripts.purge, batch_id))
 
     def _fields(self, batch_id: str) -> tuple[Any, Any, Any, Any]:
-        k = self._keys(batch_id)
+        k = self.keys_for(batch_id)
         if self._cluster:
             return (self.client.hget(k.rec_info, batch_id), self.client.hget(k.rec_events, batch_id),
                     self.client.hget(k.rec_attempt, batch_id), self.client.hget(k.rec_error, batch_id))

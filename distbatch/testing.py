@@ -71,3 +71,65 @@ def env_with_path() -> dict[str, str]:
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too and still a valid port."""
+    for _ in range(1000):
+        port = free_port()
+        if port <= 55535:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    info = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+    text = info.decode() if isinstance(info, bytes) else str(info)  # raw or parsed, by redis-py version
+    return "cluster_state:ok" in text or "'cluster_state': 'ok'" in text
+
+
+class LocalCluster:
+    """A Redis Cluster of `masters` redis-servers on free loopback ports, for tests and benchmarks."""
+
+    def __init__(self, masters: int = 3, *extra: str) -> None:
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  "--cluster-node-timeout", "5000", *extra, port=cluster_port())
+                      for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> LocalCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            client = redis.Redis(port=node.port)
+            while not _cluster_ok(client):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the local cluster did not come up")
+                time.sleep(0.05)
+        return self
+
+    def client(self, **options: object) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **options)  # type: ignore[arg-type]
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()

@@ -9,7 +9,7 @@ import redis
 
 from distbatch import Batcher, ManualClock
 
-from .redis_server import RedisServer
+from .redis_server import LocalCluster, RedisServer
 
 _namespaces = itertools.count()
 
@@ -26,15 +26,25 @@ def fake_server() -> fakeredis.FakeServer:
     return fakeredis.FakeServer()
 
 
-@pytest.fixture(params=["redis", "fakeredis"])
-def client(
-    request: pytest.FixtureRequest, redis_server: RedisServer, fake_server: fakeredis.FakeServer
-) -> Iterator[redis.Redis]:
-    """The same behaviour tests run on a real redis-server and on fakeredis."""
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster on loopback ports, started once for the session."""
+    cluster = LocalCluster(3).start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture(params=["redis", "fakeredis", "cluster"])
+def client(request: pytest.FixtureRequest, redis_server: RedisServer, fake_server: fakeredis.FakeServer
+           ) -> Iterator[redis.Redis]:
+    """The same behaviour tests run on a real redis-server, on fakeredis and on a real 3-master
+    Redis Cluster (where a namespace has 3 shards, one per master)."""
     if request.param == "redis":
         c: redis.Redis = redis.Redis.from_url(redis_server.url)
-    else:
+    elif request.param == "fakeredis":
         c = fakeredis.FakeRedis(server=fake_server)
+    else:
+        c = request.getfixturevalue("local_cluster").client()
     yield c
     c.close()
 
@@ -51,11 +61,13 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def make_batcher(
-    client: redis.Redis, namespace: str, clock: ManualClock
+    client: redis.Redis, namespace: str, clock: ManualClock, redis_server: RedisServer
 ) -> Callable[..., Batcher]:
     def make(**kw: object) -> Batcher:
         kw.setdefault("namespace", namespace)
         kw.setdefault("clock", clock)
+        if isinstance(client, redis.RedisCluster):  # RQ lives on a standalone Redis
+            kw.setdefault("queue_client", redis.Redis.from_url(redis_server.url))
         return Batcher(client, **kw)  # type: ignore[arg-type]
 
     return make

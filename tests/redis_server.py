@@ -1,5 +1,5 @@
-"""Tests use the same private-server helper the benchmarks use."""
+"""Tests use the same private-server helpers the benchmarks use."""
 
-from distbatch.testing import RedisServer, env_with_path, free_port
+from distbatch.testing import LocalCluster, RedisServer, env_with_path, free_port
 
-__all__ = ["RedisServer", "env_with_path", "free_port"]
+__all__ = ["LocalCluster", "RedisServer", "env_with_path", "free_port"]

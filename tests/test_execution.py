@@ -58,9 +58,9 @@ def test_executor_delivers_and_deletes_record(batcher: Batcher, client) -> None:
     out = run(batcher, r.batch.id)
     assert out.status == "delivered" and out.attempt == 1
     assert [e.payload["n"] for e in seen[0].events] == [1, 2] and seen[0].attempt == 1
-    assert not client.hexists(batcher.keys.rec_info, r.batch.id)
+    assert not client.hexists(batcher.records.keys_for(r.batch.id).rec_info, r.batch.id)
     assert batcher.records.claim([r.batch.id], 1000) is None
-    assert client.hget(batcher.keys.stats, "events_delivered:d@v1") == b"2"
+    assert batcher.counters().get("events_delivered:d@v1") == 2
 
 
 def test_claim_is_exclusive_while_lease_lives(batcher: Batcher) -> None:
@@ -91,7 +91,7 @@ def test_retries_with_attempt_then_dead_then_replay(batcher: Batcher, client) ->
         batcher.records.promote(0)
         statuses.append(run(batcher, bid, resolver).status)
     assert statuses == ["retry", "retry", "dead"]
-    assert client.zscore(batcher.keys.dead, bid) is not None
+    assert client.zscore(batcher.records.keys_for(bid).dead, bid) is not None
     assert "boom on attempt 3" in batcher.records.raw(bid)["error"]
     assert batcher.records.claim([bid], 1000) is None
     assert batcher.records.replay(bid)
@@ -112,7 +112,8 @@ def test_refused_handler_is_never_imported_and_batch_waits_uncounted(batcher: Ba
     assert out.status == "unavailable"
     error = batcher.records.raw(bid)["error"]
     assert "HandlerNotAllowed" in error and "os.system" in error
-    assert client.zscore(batcher.keys.dead, bid) is None and client.zscore(batcher.keys.delayed, bid)
+    k = batcher.records.keys_for(bid)
+    assert client.zscore(k.dead, bid) is None and client.zscore(k.delayed, bid)
     assert batcher.records.raw(bid)["attempt"] == 0  # the try was given back
 
 
@@ -144,7 +145,7 @@ def test_rq_job_is_json_not_pickle_and_runs_in_simple_worker(
     worker = SimpleWorker([queue], connection=client, serializer=queue.serializer)
     assert worker.work(burst=True, logging_level="ERROR")
     assert [e.payload["n"] for e in seen[0].events] == [1, 2]
-    assert client.zcard(b.keys.ready) == 0 and not client.exists(f"{b.keys.base}:batch:1")
+    assert b.records.count("ready") == 0 and not client.exists(f"{b.keys.base}:batch:1")
 
 
 def test_a_long_handler_keeps_its_lease(redis_server: RedisServer) -> None:
@@ -162,12 +163,12 @@ def test_a_long_handler_keeps_its_lease(redis_server: RedisServer) -> None:
     deadlines = []
     for _ in range(4):  # 1 s: more than three leases of 300 ms
         time.sleep(0.25)
-        deadlines.append(b.client.zscore(b.keys.running, r.batch.id))
+        deadlines.append(b.client.zscore(b.records.keys_for(r.batch.id).running, r.batch.id))
         assert b.records.reclaim(r.batch.id) == "live"
     runner.join(5)
     assert outcome == ["delivered"] and len(seen) == 1
     assert deadlines == sorted(deadlines) and len(set(deadlines)) >= 3
-    assert not b.client.zscore(b.keys.running, r.batch.id)
+    assert not b.client.zscore(b.records.keys_for(r.batch.id).running, r.batch.id)
 
 
 @pytest.mark.parametrize("backend", ["redis", "fakeredis"])

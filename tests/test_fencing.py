@@ -50,7 +50,7 @@ def _clear() -> None:
 
 def states(b: Batcher, bid: str) -> list[str]:
     """Which of ready/running/delayed/dead hold `bid` (the invariant: at most one)."""
-    k = b.keys
+    k = b.records.keys_for(bid)
     return [name for name, key in (("ready", k.ready), ("running", k.running), ("delayed", k.delayed),
                                    ("dead", k.dead)) if b.client.zscore(key, bid) is not None]
 
@@ -73,16 +73,17 @@ def test_a_stale_claim_changes_nothing(batcher: Batcher) -> None:
     assert rec.reclaim(bid) == Outcome.RETRY
     b = rec.claim([bid], 60_000)
     assert b is not None and b.batch.attempt == 2
-    lease = batcher.client.zscore(batcher.keys.running, bid)
+    lease = batcher.client.zscore(batcher.records.keys_for(bid).running, bid)
     assert rec.renew(bid, a.token, 60_000) is False
     assert rec.complete(bid, a.token) is None
     assert rec.fail(bid, a.token, "late failure", 0) == Outcome.STALE
     assert rec.fail(bid, a.token, "late failure", None) == Outcome.STALE
     assert states(batcher, bid) == ["running"]
-    assert batcher.client.zscore(batcher.keys.running, bid) == lease
+    assert batcher.client.zscore(batcher.records.keys_for(bid).running, bid) == lease
     assert rec.renew(bid, b.token, 60_000) is True
     assert rec.complete(bid, b.token) == 1
-    assert states(batcher, bid) == [] and not batcher.client.hexists(batcher.keys.rec_info, bid)
+    assert states(batcher, bid) == []
+    assert not batcher.client.hexists(batcher.records.keys_for(bid).rec_info, bid)
 
 
 def test_a_lease_that_ran_out_is_lost_even_before_anyone_reclaims_it(batcher: Batcher) -> None:
@@ -242,7 +243,8 @@ def test_lost_claim_reply_is_retried_into_the_same_claim(
     assert [x.id for x in ran] == [bid]
 
 
-def test_emit_error_says_exactly_what_was_stored(batcher: Batcher, client) -> None:
+def test_emit_error_says_exactly_what_was_stored(make_batcher, client) -> None:
+    batcher = make_batcher(shards=1)
     batcher.chunk_size = 10
     batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
     real = batcher.scripts.accumulate
@@ -274,7 +276,7 @@ def test_a_failing_hand_off_never_fails_emit(batcher: Batcher, caplog: pytest.Lo
         results = batcher.emit_many("s", [{"n": i} for i in range(4)])
     assert sum(r.batch is not None for r in results) == 2
     assert any("handoff_failed" in m for m in caplog.messages)
-    assert batcher.client.zcard(batcher.keys.ready) == 2  # safe: a sweeper hands them off
+    assert batcher.records.count("ready") == 2  # safe: a sweeper hands them off
 
 
 def test_hand_off_is_per_chunk(batcher: Batcher) -> None:
@@ -335,7 +337,7 @@ def test_batches_cut_before_drop_are_still_delivered(batcher: Batcher) -> None:
 def test_sweeper_reclaims_and_hands_off_even_when_every_flush_hits_its_limit(make_batcher, client) -> None:
     from distbatch.sweeper import Sweeper
 
-    b = make_batcher()
+    b = make_batcher(shards=1)
     b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
     b.register("w", version="v1", source="w", handler="m.h", batch={"count": 99, "window": "1s", "key": "k"})
     bid = b.emit("s", {})[0].batch.id
@@ -343,16 +345,16 @@ def test_sweeper_reclaims_and_hands_off_even_when_every_flush_hits_its_limit(mak
     b.emit_many("w", [{"k": i} for i in range(10)])
     b.clock.advance("1s")
     queue = b.dispatcher.queue.key
-    client.delete(queue)
+    b.dispatcher.client.delete(queue)
     sweeper = Sweeper(b, limit=3)  # 10 expired windows: every flush of this pass hits the limit
     assert sweeper.run_once() == 0.0
     assert sweeper.cut == 3 and sweeper.reclaimed == 1
-    assert states(b, bid) == ["ready"] and client.llen(queue) >= 1
+    assert states(b, bid) == ["ready"] and b.dispatcher.client.llen(queue) >= 1
 
 
 def test_every_hand_off_gets_a_fresh_job_id(batcher: Batcher, client) -> None:
     batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
-    queue = batcher.dispatcher.queue.key
+    queue, client = batcher.dispatcher.queue.key, batcher.dispatcher.client
     batcher.emit("s", {})
     first = client.lrange(queue, 0, -1)
     client.delete(queue)  # a worker took the ticket

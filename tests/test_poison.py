@@ -34,12 +34,13 @@ def test_poisoned_record_goes_dead_at_once_and_the_cli_shows_it(redis_server: Re
                retry={"attempts": 5})
     (r,) = b.emit("s", {"n": 1})
     assert r.batch is not None
-    b.client.hset(b.keys.rec_events, r.batch.id, b"\xc1\xc1garbage")  # a hostile writer
+    poisoned = b.records.keys_for(r.batch.id).rec_events
+    b.client.hset(poisoned, r.batch.id, b"\xc1\xc1garbage")  # a hostile writer
     claim = b.records.claim([r.batch.id], 10_000)
     assert claim is not None and claim.error is not None
     out = Executor(b.records, HandlerResolver(["m"])).run(claim)
     assert out.status == Status.POISON and out.attempt == 1
-    assert b.client.zscore(b.keys.dead, r.batch.id) is not None
+    assert b.client.zscore(b.records.keys_for(r.batch.id).dead, r.batch.id) is not None
     args = ["--redis-url", redis_server.url, "--namespace", namespace]
     listed = CliRunner().invoke(cli, ["dead", "list", *args])
     assert listed.exit_code == 0, listed.output

@@ -40,7 +40,7 @@ def _cut(b) -> tuple:
 @given(configs=st.lists(binding_cfg, min_size=1, max_size=3), ops=st.lists(op, max_size=40))
 def test_redis_matches_reference_model(client, configs, ops) -> None:
     clock = ManualClock(0)
-    batcher = Batcher(client, namespace=f"prop{next(_ns)}", clock=clock)
+    batcher = Batcher(client, namespace=f"prop{next(_ns)}", clock=clock, handoff=False)
     model = Model()
     names = []
     for i, cfg in enumerate(configs):

@@ -78,9 +78,9 @@ def test_discard_at_expiry_records_and_never_hands_off(
     (batch,) = batcher.flush_expired()
     assert batch.discarded and [e.payload["n"] for e in batch.events] == [0, 1, 2]
     assert batcher.records.claim([batch.id], 1000) is None
-    stats = client.hgetall(batcher.keys.stats)
-    assert stats[b"events_discarded:t@v1"] == b"3" and stats[b"batches_discarded:t@v1"] == b"1"
-    assert client.zcard(batcher.keys.ready) == 0
+    stats = batcher.counters()
+    assert stats["events_discarded:t@v1"] == 3 and stats["batches_discarded:t@v1"] == 1
+    assert batcher.records.count("ready") == 0
 
 
 def test_keyed_buffers_are_independent_with_own_windows(
@@ -150,7 +150,7 @@ def test_cap_drops_oldest_with_warning_and_counter(
     warnings = [r for r in caplog.records if getattr(r, "event", "") == "buffer_overflow"]
     assert len(warnings) == 6
     assert warnings[0].binding == "t@v1" and warnings[0].partition == "a"
-    assert client.hget(batcher.keys.stats, "events_overflowed:t@v1") == b"6"
+    assert batcher.counters().get("events_overflowed:t@v1") == 6
     clock.advance("1h")
     (batch,) = batcher.flush_expired()
     assert [e.payload["n"] for e in batch.events] == list(range(6, 1030))
@@ -167,7 +167,7 @@ def test_drop_returns_pending_and_nothing_fires_after(
     clock.advance("1h")
     assert batcher.flush_expired() == []
     assert not [k for k in client.keys(batcher.keys.base + ":buf:*")]
-    assert client.zcard(batcher.keys.deadlines) == 0
+    assert batcher.open_buffers() == 0
     assert batcher.drop(key) == []
 
 
@@ -248,9 +248,11 @@ def test_server_clock_window(make_batcher) -> None:
 
 
 def test_wake_is_published_only_when_a_new_earliest_deadline_appears(
-    batcher: Batcher, clock: ManualClock
+    make_batcher, clock: ManualClock
 ) -> None:
-    """Sweepers sleep until the earliest deadline; accumulate must wake them exactly then."""
+    """Sweepers sleep until the earliest deadline of a shard; accumulate must wake them exactly
+    then (one shard here, so every buffer shares one earliest deadline)."""
+    batcher = make_batcher(shards=1)
     reg(batcher, count=100, window="10s", key="k")
     short = batcher.register("s", version="v1", source="other", handler=H,
                              batch={"count": 100, "window": "1s", "key": "k"})
@@ -325,5 +327,5 @@ def test_late_event_discards_the_expired_buffer_of_a_discard_binding(
     clock.advance("61s")
     (r,) = batcher.emit("src", {"n": 2})
     assert r.expired is not None and r.expired.discarded and len(r.expired.events) == 2
-    stats = client.hgetall(batcher.keys.stats)
-    assert stats[b"events_discarded:t@v1"] == b"2" and client.zcard(batcher.keys.ready) == 0
+    stats = batcher.counters()
+    assert stats["events_discarded:t@v1"] == 2 and batcher.records.count("ready") == 0
