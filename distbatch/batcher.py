@@ -120,6 +120,12 @@ class Batcher:
         _check_client(client)
         self.client = client
         self.cluster = is_cluster(client)
+        if handoff and on_cut is None and queue_client is None and self.cluster:
+            raise ConfigError(
+                "cluster_needs_queue_url",
+                "RQ cannot run on Redis Cluster (its keys span slots): give the queue a standalone "
+                "Redis (queue_url= / queue_client=, --queue-url), or handoff=False",
+            )
         self.layout = Layout.load(client, Keys(namespace).namespace, shards)
         self.shards = self.layout.keys
         self.keys = self.shards[0]
@@ -129,12 +135,6 @@ class Batcher:
         self.transport = Transport(client)
         self.max_payload_bytes = max_payload_bytes
         self.chunk_size = chunk_size
-        if handoff and on_cut is None and queue_client is None and self.cluster:
-            raise ConfigError(
-                "cluster_needs_queue_url",
-                "RQ cannot run on Redis Cluster (its keys span slots): give the queue a standalone "
-                "Redis (queue_url= / queue_client=, --queue-url), or handoff=False",
-            )
         self.dispatcher = Dispatcher(queue_client or client, self.keys) if handoff else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
         self._registry = _Registry()

@@ -15,8 +15,12 @@ from .config import parse_duration
 from .errors import BatchNotFound, DistbatchError
 
 URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
-                   show_default=True, help="redis://, rediss:// (TLS) or unix:// URL, with auth if "
-                   "needed. Env: DISTBATCH_REDIS_URL.")
+                   show_default=True, help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
+                   "rediss+cluster:// (any node of a Redis Cluster) URL, with auth if needed. "
+                   "Env: DISTBATCH_REDIS_URL.")
+QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None,
+                     help="A standalone Redis for the RQ queue, if not the same one (required with a "
+                     "redis+cluster:// --redis-url: RQ cannot live on a cluster). Env: DISTBATCH_QUEUE_URL.")
 NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
                   help="Key namespace. Env: DISTBATCH_NAMESPACE.")
 
@@ -76,7 +80,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--name", default=None, help="Worker name (RQ).")
 @click.option("--path", "paths", multiple=True, default=["."],
               help="Directories put first on sys.path so handlers import (like `rq worker --path`).")
-@click.option("--queue-url", default=None, help="Redis for the RQ queue, if not the same one.")
+@QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweeper: bool,
            burst: bool, name: str | None, paths: tuple[str, ...], queue_url: str | None,
@@ -98,7 +102,7 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
 @NS
 @click.option("--max-sleep", default="1s", show_default=True, callback=_duration,
               help="Longest idle sleep between checks for orphans and expired leases.")
-@click.option("--queue-url", default=None, help="Redis for the RQ queue, if not the same one.")
+@QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | None,
             summary_every: int) -> None:
@@ -121,9 +125,11 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @click.argument("source")
 @click.argument("payload", required=False)
 @click.option("--chunk", default=1000, show_default=True, help="Events per round trip from stdin.")
-def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int) -> None:
+@QUEUE
+def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int,
+         queue_url: str | None) -> None:
     """Emit PAYLOAD (a JSON object) to SOURCE, or JSON lines from stdin when PAYLOAD is omitted."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
     if not batcher.bindings() or not any(b.source == source for b in batcher.bindings().values()):
         raise click.ClickException(
             f"no trigger is bound to source {source!r} in namespace {namespace!r}; nothing would be "
@@ -163,7 +169,7 @@ def stats(redis_url: str, namespace: str, as_json: bool) -> None:
     events in/delivered/discarded and batches cut (totals since the namespace began)."""
     from .stats import collect, render
 
-    data = collect(Batcher.from_url(redis_url, namespace=namespace))
+    data = collect(Batcher.from_url(redis_url, namespace=namespace, handoff=False))
     if as_json:
         _echo_json(data)
     else:
@@ -180,7 +186,7 @@ def triggers() -> None:
 @NS
 def triggers_list(redis_url: str, namespace: str) -> None:
     """Every registered binding with its source, handler and batch config."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     _echo_json({k: b.to_dict() for k, b in batcher.bindings().items()})
 
 
@@ -195,7 +201,7 @@ def dead() -> None:
 def dead_list(redis_url: str, namespace: str) -> None:
     """Dead batches with their binding, size and the last line of their error (`dead show ID`
     for the whole traceback)."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     rows: list[Any] = [r for k in batcher.shards
                        for r in batcher.client.zrange(k.dead, 0, -1, withscores=True)]
     for bid, when in rows:
@@ -213,7 +219,7 @@ def dead_list(redis_url: str, namespace: str) -> None:
 @click.argument("batch_id")
 def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
     if when is None:
         raise click.ClickException(f"batch {batch_id!r} is not dead")
@@ -249,9 +255,11 @@ def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tupl
 @NS
 @click.argument("batch_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead batch.")
-def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool) -> None:
+@QUEUE
+def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool,
+                queue_url: str | None) -> None:
     """Run dead batches again, with fresh attempts."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
     replayed = []
     for bid in _dead_ids(batcher, batch_ids, replay_all):
         ok = batcher.records.replay(bid)
@@ -268,7 +276,7 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
 @click.option("--all", "purge_all", is_flag=True, help="Purge every dead batch.")
 def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge_all: bool) -> None:
     """Delete dead batches for good (their events are gone)."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     purged = sum(batcher.records.purge(bid) for bid in _dead_ids(batcher, batch_ids, purge_all))
     click.echo(f"purged {purged} dead batches")
 

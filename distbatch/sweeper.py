@@ -59,6 +59,7 @@ class Sweeper:
         self.tickets = 0
         self._state = [_ShardState() for _ in batcher.shards]
         self._leased_at = 0.0
+        self._free: set[int] = set()
 
     # sharing the shards ---------------------------------------------------------------------
 
@@ -69,20 +70,25 @@ class Sweeper:
         now_ms = int(time.time() * 1000)
         k = b.keys
         b.client.zadd(k.sweepers, {self.id: now_ms})
-        b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 3 * self.lease_ms)
+        b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 2 * self.lease_ms)
         live = max(1, int(b.client.zcard(k.sweepers)))
         target = math.ceil(n / live)
         start = int(self.id, 16) % n
         owned: list[int] = []
+        free: set[int] = set()
         for i in range(n):
             s = (start + i) % n
-            held = s in self.owned
-            if len(owned) >= target:
-                if held:
-                    self._lease(s, "release")
-                continue
-            if self._lease(s, "hold"):
-                owned.append(s)
+            if len(owned) < target:
+                if self._lease(s, "hold"):
+                    owned.append(s)
+            elif s in self.owned:  # more than our share: let a newcomer have it
+                self._lease(s, "release")
+            elif b.client.get(b.shards[s].lease) is None:
+                if s in self._free and self._lease(s, "hold"):
+                    owned.append(s)  # free at two passes in a row: its sweeper died, take it over
+                else:
+                    free.add(s)
+        self._free = free
         if owned != self.owned:
             log.info("sweeper_shards sweeper=%s shards=%s of %d (%d sweepers)", self.id, sorted(owned),
                      n, live, extra={"event": "sweeper_shards"})

@@ -20,7 +20,7 @@ DELIVERED = "test:delivered"
 
 @cache
 def client() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["DISTBATCH_REDIS_URL"])
+    return redis.Redis.from_url(os.environ.get("TEST_RECORD_URL") or os.environ["DISTBATCH_REDIS_URL"])
 
 
 def describe(batch: Batch) -> str:

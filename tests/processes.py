@@ -17,14 +17,15 @@ from .redis_server import env_with_path
 
 
 class Procs:
-    def __init__(self, url: str, namespace: str, logdir: Path) -> None:
+    def __init__(self, url: str, namespace: str, logdir: Path, env: dict[str, str] | None = None) -> None:
         self.url, self.namespace, self.logdir = url, namespace, logdir
+        self.env = env or {}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(
         self, *args: str, env: dict[str, str] | None = None, name: str = "p"
     ) -> subprocess.Popen[bytes]:
-        full_env = {**env_with_path(), "DISTBATCH_REDIS_URL": self.url, **(env or {})}
+        full_env = {**env_with_path(), "DISTBATCH_REDIS_URL": self.url, **self.env, **(env or {})}
         log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         p = subprocess.Popen([sys.executable, *args], env=full_env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)

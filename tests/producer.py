@@ -18,10 +18,11 @@ def main() -> None:
     url, ns, source, pid, n = sys.argv[1:6]
     mode = sys.argv[6] if len(sys.argv) > 6 else "plain"
     keys = int(sys.argv[7]) if len(sys.argv) > 7 else 50
+    queue_url = os.environ.get("DISTBATCH_QUEUE_URL")
     if mode == "crash":
         batcher = Batcher.from_url(url, namespace=ns, on_cut=lambda ids: os.kill(os.getpid(), signal.SIGKILL))
     else:
-        batcher = Batcher.from_url(url, namespace=ns, handoff=mode == "dispatch")
+        batcher = Batcher.from_url(url, namespace=ns, handoff=mode == "dispatch", queue_url=queue_url)
     rng = random.Random(pid)
     i, total = 0, int(n)
     while i < total:

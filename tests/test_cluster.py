@@ -1,0 +1,196 @@
+"""distbatch on a real local Redis Cluster (3 masters): real processes, a worker killed, sweepers
+sharing shards, and a live slot migration under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from distbatch import Batcher
+from distbatch.cli import main as cli
+from distbatch.sweeper import Sweeper
+
+from .processes import Procs, delivered, wait_for
+from .redis_server import LocalCluster, RedisServer
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def queue() -> Iterator[RedisServer]:
+    """RQ's standalone Redis (and where test handlers record what they delivered)."""
+    s = RedisServer().start()
+    yield s
+    s.cleanup()
+
+
+def test_end_to_end_on_a_cluster_with_a_worker_killed(local_cluster: LocalCluster, queue: RedisServer,
+                                                       tmp_path: Path) -> None:
+    ns = "ce2e"
+    env = {"DISTBATCH_QUEUE_URL": queue.url, "TEST_RECORD_URL": queue.url}
+    procs = Procs(local_cluster.url, ns, tmp_path, env=env)
+    record = redis.Redis.from_url(queue.url)
+    try:
+        b = Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url)
+        assert b.layout.count == 3
+        b.register("e2e", version="v1", source="s", handler="tests.handlers.record",
+                   batch={"count": 10, "window": "200ms", "key": "k"})
+        workers = [procs.worker("--lease", "2s") for _ in range(2)]
+        procs.sweeper()
+        procs.sweeper()
+        producers = [procs.producer(p, 5_000, "dispatch", keys=100) for p in range(3)]
+        wait_for(lambda: len(delivered(record)) > 200, 60, "deliveries", procs.logs)
+        os.kill(workers[0].pid, signal.SIGKILL)
+        procs.worker("--lease", "2s")
+        for p in producers:
+            assert p.wait(120) == 0, procs.logs()
+        wait_for(lambda: len({e for r in delivered(record) for e in r["events"]}) >= 15_000, 120,
+                 "every event delivered", procs.logs)
+        rows = delivered(record)
+        first_batch: dict[str, str] = {}
+        for r in rows:  # a re-run of the same batch is fine; an event in two batches is not
+            for e in r["events"]:
+                assert first_batch.setdefault(e, r["id"]) == r["id"], f"event {e} in two batches"
+        assert all(len(r["events"]) == 10 for r in rows if r["reason"] == "count")
+        assert all(len(r["events"]) <= 10 for r in rows)
+        counters = b.counters()
+        assert counters["events_in:e2e@v1"] == 15_000
+        wait_for(lambda: b.counters().get("events_delivered:e2e@v1") == 15_000, 60, "completions")
+    finally:
+        procs.stop_all()
+
+
+def test_sweepers_share_the_shards_and_take_over_a_dead_ones(local_cluster: LocalCluster,
+                                                            queue: RedisServer) -> None:
+    def sweeper() -> Sweeper:
+        return Sweeper(Batcher.from_url(local_cluster.url, namespace="share", queue_url=queue.url),
+                       lease_s=0.6)
+
+    a, b, c = sweeper(), sweeper(), sweeper()
+    for _ in range(2):  # the second round settles: each sees three live sweepers
+        for s in (a, b, c):
+            s._own()
+    owned = [set(s.owned) for s in (a, b, c)]
+    assert sorted(x for o in owned for x in o) == [0, 1, 2] and all(len(o) == 1 for o in owned)
+    died = time.monotonic()  # c dies without letting go: its lease (0.6 s) must run out first
+    while set(a.owned) | set(b.owned) != {0, 1, 2}:
+        assert time.monotonic() - died < 1.5, (a.owned, b.owned)
+        a._own()  # the live ones renew every lease/3, as `run` does
+        b._own()
+        time.sleep(0.2)
+    assert time.monotonic() - died >= 0.4  # not before its lease ran out
+
+
+def test_cli_takes_a_cluster_url(local_cluster: LocalCluster, queue: RedisServer) -> None:
+    b = Batcher.from_url(local_cluster.url, namespace="ccli", queue_url=queue.url)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h", "key": "k"})
+    args = ["--redis-url", local_cluster.url, "--namespace", "ccli"]
+    runner = CliRunner()
+    out = runner.invoke(cli, ["emit", "s", *args], input="".join(f'{{"k": {i % 5}}}\n' for i in range(20)),
+                        env={"DISTBATCH_QUEUE_URL": queue.url})
+    assert out.exit_code == 0, out.output
+    stats = runner.invoke(cli, ["stats", "--json", *args])
+    assert '"shards": 3' in stats.output and '"events_in_total": 20' in stats.output
+
+
+def test_a_cluster_batcher_without_a_queue_says_why(local_cluster: LocalCluster) -> None:
+    from distbatch import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        Batcher(local_cluster.client(), namespace="noqueue")
+    assert err.value.code == "cluster_needs_queue_url" and "--queue-url" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        Batcher(local_cluster.client(), namespace="ccli", shards=5, handoff=False)
+    assert err.value.code == "shards_mismatch"
+
+
+def test_live_slot_migration_under_load(local_cluster: LocalCluster, queue: RedisServer) -> None:
+    """Move a shard's slot to another master (MIGRATING/IMPORTING + MIGRATE) while producers emit
+    and a consumer claims and completes: clients follow MOVED/ASK, no event is lost or doubled."""
+    ns = "reshard"
+    b = Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url)
+    b.register("m", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "300ms", "key": "k"})
+    sweeper = Sweeper(Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url), lease_s=2)
+    stop = threading.Event()
+    acked: list[int] = []
+    seen: Counter[int] = Counter()
+    errors: list[BaseException] = []
+
+    def produce(n: int) -> None:
+        p = Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url)
+        while not stop.is_set():
+            chunk = [{"k": (n + i) % 40, "n": n + i} for i in range(20)]
+            try:
+                p.emit_many("s", chunk)
+                acked.extend(e["n"] for e in chunk)
+            except Exception as exc:  # an EmitError would say what was stored; count it as a failure
+                errors.append(exc)
+            n += 20
+            time.sleep(0.002)
+
+    def consume() -> None:
+        c = Batcher.from_url(local_cluster.url, namespace=ns, handoff=False)
+        while not stop.is_set() or c.records.count("ready"):
+            claim = c.records.claim_next(10_000)
+            if claim is None:
+                time.sleep(0.005)
+                continue
+            for e in claim.batch.events:
+                seen[e.payload["n"]] += 1
+            assert c.records.complete(claim.batch.id, claim.token) is not None
+
+    def sweep() -> None:
+        while not stop.is_set():
+            sweeper.run_once()
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=produce, args=(0,), daemon=True),
+               threading.Thread(target=produce, args=(10**9,), daemon=True),
+               threading.Thread(target=consume, daemon=True), threading.Thread(target=sweep, daemon=True)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    cluster = local_cluster.client()
+    tag = b.layout.tags[0]
+    slot = cluster.keyslot(tag)
+    source = cluster.get_node_from_key(tag)
+    target = next(n for n in cluster.get_primaries() if n.name != source.name)
+    src, dst = redis.Redis(port=source.port), redis.Redis(port=target.port)
+    src_id, dst_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    moved = 0
+    while True:
+        keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 20)
+        if not keys:
+            break
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        time.sleep(0.01)  # let the load run against a half-moved slot
+    for node in cluster.get_primaries():
+        redis.Redis(port=node.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+    assert moved > 0
+    time.sleep(1.0)
+    stop.set()
+    threads[0].join(10)
+    threads[1].join(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # let every open window run out and be cut and consumed
+        sweeper.run_once()
+        if b.open_buffers() == 0 and b.records.count("ready") == 0 and b.records.count("running") == 0:
+            break
+        time.sleep(0.05)
+    threads[2].join(10)
+    assert not errors, errors[:3]
+    assert local_cluster.client().get_node_from_key(tag).name == target.name  # the shard moved
+    assert len(acked) > 500
+    assert sorted(seen) == sorted(acked) and max(seen.values()) == 1
