@@ -118,7 +118,8 @@ def test_live_slot_migration_under_load(local_cluster: LocalCluster, queue: Redi
     and a consumer claims and completes: clients follow MOVED/ASK, no event is lost or doubled."""
     ns = "reshard"
     b = Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url)
-    b.register("m", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "300ms", "key": "k"})
+    b.register("m", version="v1", source="s", handler="m.h",
+               batch={"count": 5, "window": "300ms", "key": "k"})
     sweeper = Sweeper(Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url), lease_s=2)
     stop = threading.Event()
     acked: list[int] = []
