@@ -7,7 +7,7 @@ import time
 
 import click
 
-NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker", "sweeper")
+NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker", "sweeper", "cluster")
 ON_DEMAND = ("chaos",)  # run only when named, never by `all`
 
 

@@ -72,10 +72,12 @@ def save(name: str, data: dict[str, Any], quick: bool) -> Path:
     return path
 
 
-def spawn(*args: str, url: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen([sys.executable, *args], env={**env_with_path(), "DISTBATCH_REDIS_URL": url},
-                            stdout=out, stderr=subprocess.STDOUT)
+def spawn(*args: str, url: str, log: Path | None = None, env: dict[str, str] | None = None,
+          stdout: Any = None) -> subprocess.Popen[bytes]:
+    out = stdout or (open(log, "wb") if log else subprocess.DEVNULL)  # noqa: SIM115
+    return subprocess.Popen([sys.executable, *args],
+                            env={**env_with_path(), "DISTBATCH_REDIS_URL": url, **(env or {})},
+                            stdout=out, stderr=subprocess.STDOUT if stdout is None else None)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

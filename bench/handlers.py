@@ -13,7 +13,7 @@ from distbatch import Batch
 
 @cache
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["DISTBATCH_REDIS_URL"])
+    return redis.Redis.from_url(os.environ.get("BENCH_RECORD_URL") or os.environ["DISTBATCH_REDIS_URL"])
 
 
 def record(batch: Batch) -> None:

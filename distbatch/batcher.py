@@ -117,6 +117,7 @@ class Batcher:
         on_cut: OnCut | None = None,
         shards: int | None = None,
     ) -> None:
+        Keys(namespace)  # a bad namespace is the first thing to say
         _check_client(client)
         self.client = client
         self.cluster = is_cluster(client)

@@ -43,6 +43,7 @@ class Sweeper:
         nudge_s: float = 1.0,
         summary_every_s: float = 60.0,
         lease_s: float = 3.0,
+        backup_ms: int = 10,
     ) -> None:
         self.batcher = batcher
         self.records = batcher.records
@@ -52,6 +53,7 @@ class Sweeper:
         self.nudge_s = nudge_s
         self.summary_every_s = summary_every_s
         self.lease_ms = int(lease_s * 1000)
+        self.backup_ms = backup_ms
         self.id = secrets.token_hex(6)
         self.owned: list[int] = []
         self.cut = 0
@@ -111,11 +113,37 @@ class Sweeper:
     # one pass -------------------------------------------------------------------------------
 
     def run_once(self) -> float:
-        """Do what is due now on the shards held; return how long (s) it may sleep."""
+        """Do what is due now on the shards held, and back the other shards up; return how long
+        (s) it may sleep."""
         if not self.owned or time.monotonic() - self._leased_at > self.lease_ms / 3000:
             self._own()
         waits = [self._sweep(s) for s in self.owned]
+        waits += self._backup([s for s in range(self.batcher.layout.count) if s not in self.owned])
         return min(waits, default=min(self.max_sleep_s, self.lease_ms / 3000))
+
+    def _backup(self, shards: list[int]) -> list[float]:
+        """Cut the overdue windows of shards held by another sweeper once they are `backup_ms`
+        late: a killed sweeper's windows are cut on time while its lease runs out. Its owner, when
+        alive, has cut them already (the flush is atomic, so a double sweep changes nothing)."""
+        b = self.batcher
+        if not shards or b.clock.now_ms() is not None:  # a ManualClock: only the owner sweeps
+            return []
+        firsts = [b.client.zrange(b.shards[s].deadlines, 0, 0, withscores=True) for s in shards]
+        now = b.server_ms()
+        waits = []
+        for s, first in zip(shards, firsts, strict=True):
+            if not first:
+                continue
+            due = float(first[0][1]) + self.backup_ms
+            if due <= now:
+                step = b.flush_step(self.limit, with_events=False, shard=s)
+                self.cut += len(step.batches)
+                if step.batches:
+                    log.info("sweeper_backup shard=%d cut=%d: its owner is late", s, len(step.batches),
+                             extra={"event": "sweeper_backup"})
+            else:
+                waits.append((due - now) / 1000)
+        return waits
 
     def _sweep(self, shard: int) -> float:
         b, rec = self.batcher, self.records

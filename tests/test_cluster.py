@@ -195,3 +195,24 @@ def test_live_slot_migration_under_load(local_cluster: LocalCluster, queue: Redi
     assert local_cluster.client().get_node_from_key(tag).name == target.name  # the shard moved
     assert len(acked) > 500
     assert sorted(seen) == sorted(acked) and max(seen.values()) == 1
+
+
+def test_a_sweeper_backs_up_shards_whose_owner_is_late(local_cluster: LocalCluster,
+                                                       queue: RedisServer) -> None:
+    """The owner of every shard is frozen (holds the leases, sweeps nothing): another sweeper cuts
+    its overdue windows once they are `backup_ms` late, before the leases run out."""
+    ns = "backup"
+    owner = Sweeper(Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url), lease_s=30)
+    owner._own()
+    assert sorted(owner.owned) == [0, 1, 2]
+    b = Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url)
+    b.register("w", version="v1", source="s", handler="m.h",
+               batch={"count": 99, "window": "200ms", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(30)])
+    backup = Sweeper(Batcher.from_url(local_cluster.url, namespace=ns, queue_url=queue.url), backup_ms=50)
+    backup._own()
+    assert backup.owned == []  # every shard is held by the frozen owner
+    deadline = time.monotonic() + 5
+    while b.open_buffers() and time.monotonic() < deadline:
+        time.sleep(max(0.0, backup.run_once()))
+    assert b.open_buffers() == 0 and backup.cut == 30
