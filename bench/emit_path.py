@@ -37,12 +37,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                          batch={"count": 100, "window": "1h", "key": "k"})
         events = [payload(i, 1000) for i in range(calls)]
         batcher.emit("src", events[0])
-        own_emitter = batcher._emitter
-        _, call_key, call_ids = own_emitter()
+        transport = batcher.transport
+        own_emitter = transport.emitter
+        _, emitter, call_ids = own_emitter()
         for _ in range(rounds):
-            batcher._emitter = own_emitter  # type: ignore[method-assign]
+            transport.emitter = own_emitter  # type: ignore[method-assign]
             own.append(_round(batcher, events))
-            batcher._emitter = lambda: (batcher.client, call_key, call_ids)  # type: ignore[method-assign]
+            transport.emitter = lambda: (batcher.client, emitter, call_ids)  # type: ignore[method-assign]
             pooled.append(_round(batcher, events))
     rows = [{"path": path, "us_per_emit": statistics.median(w for w, _ in v),
              "us_in_redis": statistics.median(s for _, s in v)}

@@ -21,7 +21,7 @@ import redis
 import redis.asyncio
 
 from .clock import ManualClock, ServerClock
-from .codec import LazyEvents, as_text, decode_cut, decode_events, encode_event
+from .codec import LazyEvents, as_text, check_round_trip, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .dispatch import Dispatcher
 from .errors import ConfigError, EmitError, PayloadError
@@ -142,12 +142,14 @@ class Batcher:
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
         self._heads = [self._head(s) for s in range(self.layout.count)]
+        self._call_keys: dict[tuple[str, int], str] = {}
 
-    def _head(self, s: int) -> tuple[list[str], list[Any]]:
-        """The keys and args every accumulate call to shard `s` starts with."""
+    def _head(self, s: int) -> tuple[list[str], list[Any], bytes, dict[str, str]]:
+        """What every accumulate call to shard `s` starts with: keys, args, the buffer key prefix,
+        and a cache of the open-set key per binding."""
         k = self.shards[s]
-        keys = [k.registry_version, "", k.deadlines, k.wake, k.batch_seq, k.bindings, *k.lifecycle]
-        return keys, [self.layout.id_prefix(s), k.buffer_prefix]
+        keys = [k.registry_version, "", k.deadlines, k.wake, k.batch_seq, k.bindings, *k.cut]
+        return keys, [self.layout.id_prefix(s), k.buffer_prefix], k.buffer_prefix.encode(), {}
 
     @classmethod
     def from_url(
@@ -268,6 +270,7 @@ class Batcher:
         events = [encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit) for p in payload_list]
         if not events:
             return []
+        check_round_trip(events, payload_list)
         reg = self._registry if self._registry.loaded else self._load()
         routes = reg.routes.get(source, [])
         if not routes:
@@ -345,11 +348,11 @@ class Batcher:
             by_shard: dict[int, list[_Item]] = {}
             for it in pending:
                 by_shard.setdefault(it.shard, []).append(it)
-            _, emitter, calls = self.transport.emitter()
+            client, emitter, calls = self.transport.emitter()
             shards = list(by_shard)
             requests = [self._call(s, by_shard[s], reg.epoch, next(calls), emitter, window_now, events)
                         for s in shards]
-            replies = self.transport.run(self.scripts.accumulate, requests)
+            replies = self.transport.run(self.scripts.accumulate, requests, client)
             stale: list[_Item] = []
             cuts: list[str] = []
             failed: BaseException | None = None
@@ -387,17 +390,18 @@ class Batcher:
 
     def _call(self, shard: int, items: list[_Item], epoch: bytes, call_id: int, emitter: str,
               window_now: bytes, events: list[bytes]) -> tuple[list[Any], list[Any]]:
-        k = self.shards[shard]
-        head_keys, head_args = self._heads[shard]
+        head_keys, head_args, prefix, opens = self._heads[shard]
         routes: dict[str, int] = {}
         route_args: list[Any] = []
         for it in items:
             if it.route.key not in routes:
                 routes[it.route.key] = len(routes) + 1
                 route_args += (it.route.key, it.route.count, it.route.window)
-        prefix = k.buffer_prefix.encode()
-        keys = [head_keys[0], k.call(emitter), *head_keys[2:], *(k.open_buffers(r) for r in routes),
-                *(prefix + it.member for it in items)]
+        call_key = self._call_keys.get((emitter, shard))
+        if call_key is None:
+            call_key = self._call_keys[emitter, shard] = self.shards[shard].call(emitter)
+        open_keys = [opens.get(r) or opens.setdefault(r, self.shards[shard].open_buffers(r)) for r in routes]
+        keys = [head_keys[0], call_key, *head_keys[2:], *open_keys, *(prefix + it.member for it in items)]
         args: list[Any] = [epoch, call_id, window_now, BUFFER_CAP, *head_args, len(routes), *route_args]
         if len(routes) == 1:
             args += [events[it.event] for it in items]
@@ -478,7 +482,7 @@ class Batcher:
         now = self.clock.now_ms()
         due: list[bytes] = list(self.client.zrange(k.deadlines, 0, limit - 1))  # type: ignore[arg-type]
         prefix = k.buffer_prefix.encode()
-        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.lifecycle]
+        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut]
         for m in due:
             keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
         reply = self.scripts.flush_expired(

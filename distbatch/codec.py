@@ -41,14 +41,6 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
         raise PayloadError(
             "payload_unencodable", f"payload={_short(payload)} cannot be msgpack-encoded: {exc}"
         ) from exc
-    try:  # what cannot be decoded must never be stored: it would poison a whole batch
-        _unpack(data, raw=False, strict_map_key=False)
-    except (TypeError, ValueError, msgpack.UnpackException) as exc:
-        raise PayloadError(
-            "payload_unencodable",
-            f"payload={_short(payload)} does not survive msgpack decoding ({type(exc).__name__}: {exc}); "
-            "use str map keys and JSON-like values",
-        ) from exc
     if len(data) > limit:
         raise PayloadError(
             "payload_too_large",
@@ -56,6 +48,29 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
             f"(Batcher max_payload_bytes)",
         )
     return data
+
+
+def check_round_trip(encoded: Sequence[bytes], payloads: Sequence[object]) -> None:
+    """What cannot be decoded must never be stored: it would poison a whole batch (a tuple as a
+    map key packs fine and never unpacks). One C-level pass over all of a call's events; only on
+    failure is each one tried, to name it."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
+    try:
+        unpacker.feed(b"".join(encoded))
+        for _ in unpacker:
+            pass
+        return
+    except (TypeError, ValueError, msgpack.UnpackException):
+        pass
+    for i, data in enumerate(encoded):
+        try:
+            _unpack(data, raw=False, strict_map_key=False)
+        except (TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise PayloadError(
+                "payload_unencodable",
+                f"event {i}: payload={_short(payloads[i])} does not survive msgpack decoding "
+                f"({type(exc).__name__}: {exc}); use str map keys and JSON-like values",
+            ) from exc
 
 
 def decode_events(blob: bytes) -> list[Event]:

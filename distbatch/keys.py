@@ -201,6 +201,11 @@ class Keys:
         return f"{self.base}:rec:error"
 
     @property
+    def cut(self) -> list[str]:
+        """The keys a cut writes (see lua/includes/cut_keys.lua)."""
+        return [self.ready, self.stats, self.rec_events, self.rec_info, self.rec_attempt]
+
+    @property
     def lifecycle(self) -> list[str]:
         """The 11 keys every lifecycle script takes first (see lua/includes/lifecycle.lua)."""
         return [self.ready, self.running, self.delayed, self.dead, self.stats, self.rec_events,

@@ -27,9 +27,7 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
     sha = hashlib.sha1(lua).hexdigest()
     client.script_load(lua)
     names = ("regver", "call:go-app-1", "deadlines", "wake", "batchseq", "bindings",
-             "ready", "running", "delayed", "dead", "stats",
-             "rec:events", "rec:info", "rec:attempt", "rec:owner", "rec:tokens", "rec:error",
-             "open:d@v1", f"buf:{member}")
+             "ready", "stats", "rec:events", "rec:info", "rec:attempt", "open:d@v1", f"buf:{member}")
     keys = [f"{ns}:{k}" for k in names]
     route = ["d@v1", definition["batch"]["count"], definition["batch"]["window_ms"]]
     replies = []

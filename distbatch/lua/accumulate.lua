@@ -3,7 +3,7 @@
 -- expired buffer is flushed first (cut as 'expired', or discarded), and the event opens a fresh
 -- buffer and window, as if a sweeper had run just before.
 -- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
---       bindings, the 11 lifecycle keys (see includes/lifecycle.lua), then the open-set key of
+--       bindings, ready, stats, rec:events, rec:info, rec:attempt, then the open-set key of
 --       each route, then the buffer key of each item (an item is one event for one route)
 -- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, batch id prefix,
 --       buffer key prefix, n_routes, then per route: binding, count, window_ms; then per item:
@@ -23,7 +23,7 @@ local current = redis.call('GET', k_regver) or ''
 if current ~= ARGV[1] then return {-1, current} end
 redis.call('SET', k_call, ARGV[2], 'PX', 600000)
 -- @include clock
--- @include lifecycle
+-- @include cut_keys
 local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 -- @include buffers
 local now = window_clock(ARGV[3])
@@ -34,7 +34,7 @@ for r = 1, nroutes do
   counts[r] = tonumber(ARGV[6 + 3 * r])
   windows[r] = tonumber(ARGV[7 + 3 * r])
 end
-local first_open, first_buffer, first_event = 17, 17 + nroutes, 7 + 3 * nroutes
+local first_open, first_buffer, first_event = 11, 11 + nroutes, 7 + 3 * nroutes
 
 local out = {real_now}
 local accepted = {}

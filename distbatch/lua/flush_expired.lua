@@ -2,7 +2,8 @@
 -- The caller reads the earliest deadlines first (ZRANGE) and passes those buffers' keys, so the
 -- script names every key it touches; it checks each deadline again itself. A buffer whose binding
 -- is no longer registered is left for `drop` to return.
--- KEYS: deadlines, batchseq, bindings, the 11 lifecycle keys, then per candidate: buffer key,
+-- KEYS: deadlines, batchseq, bindings, ready, stats, rec:events, rec:info, rec:attempt, then per
+--       candidate: buffer key,
 --       open-set key of its binding
 -- ARGV: window_now ('' = server TIME), batch id prefix, buffer key prefix,
 --       with_events ('1' to return the events of each batch)
@@ -11,14 +12,14 @@
 local k_deadlines, k_seq, k_bindings = KEYS[1], KEYS[2], KEYS[3]
 local B = 3
 -- @include clock
--- @include lifecycle
+-- @include cut_keys
 local id_prefix, bufp = ARGV[2], ARGV[3]
 -- @include buffers
 local now = window_clock(ARGV[1])
 local with_events = ARGV[4] == '1'
 
 local out = {-1, real_now, 0}
-for i = 15, #KEYS, 2 do
+for i = 9, #KEYS, 2 do
   local key, open_key = KEYS[i], KEYS[i + 1]
   local member = string.sub(key, #bufp + 1)
   local deadline = redis.call('ZSCORE', k_deadlines, member)

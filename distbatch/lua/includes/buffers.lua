@@ -1,5 +1,5 @@
 -- Shared by every script that opens, cuts or removes a buffer.
--- Needs locals: k_deadlines, k_seq, id_prefix, real_now, and the lifecycle keys.
+-- Needs locals: k_deadlines, k_seq, k_bindings, id_prefix, real_now, and the cut keys.
 -- @include binding_of
 
 -- A buffer that is gone leaves no trace: its list, its deadline and its open-set entry.
