@@ -99,6 +99,7 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
             if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
                 break
             time.sleep(0.02)
+    click.echo(status(), err=True)  # the last word, the same numbers as the summary below
     stop.set()
     elapsed = time.monotonic() - started
     stats = collect(batcher)

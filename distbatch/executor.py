@@ -131,12 +131,19 @@ class Executor:
             self._bindings[key] = cached
         return cached[0]
 
-    def drain(self, max_batches: int = 100, max_seconds: float = 2.0) -> dict[str, int]:
-        """Run ready batches until none is left or the budget is spent (then leave a ticket for
-        the rest, so one job never holds a worker forever and others can join)."""
+    def drain(self, max_batches: int = 100, max_seconds: float = 2.0, linger_s: float = 0.02,
+              poll_s: float = 0.002) -> dict[str, int]:
+        """Run ready batches until none has come for `linger_s` or the budget is spent (then
+        leave a ticket for the rest, so one job never holds a worker forever and others can join).
+
+        Lingering keeps a worker in this loop while batches stream in one at a time, instead of
+        paying RQ's ~27 round trips of job bookkeeping between two batches a few ms apart. A
+        ticket that found nothing to run ends at once.
+        """
         self._fan_out()
         counts: dict[str, int] = {}
         started = time.monotonic()
+        idle_since: float | None = None
         n = 0
         while not self.stop.is_set():
             if n >= max_batches or time.monotonic() - started > max_seconds:
@@ -145,7 +152,14 @@ class Executor:
                 break
             result = self.run_next()
             if result is None:
-                break
+                now = time.monotonic()
+                if idle_since is None:
+                    idle_since = now
+                if n == 0 or now - idle_since >= linger_s:  # a spare ticket: no batch to wait for
+                    break
+                time.sleep(poll_s)
+                continue
+            idle_since = None
             n += 1
             counts[result.status] = counts.get(result.status, 0) + 1
             self.counts[result.status] += 1

@@ -20,7 +20,7 @@ from .shards import Layout
 _lock = threading.Lock()
 _executors: dict[str, Executor] = {}
 
-MAX_BATCHES_PER_JOB = 100
+MAX_BATCHES_PER_JOB = 1000
 MAX_SECONDS_PER_JOB = 2.0
 
 

@@ -72,3 +72,6 @@ def test_demo_runs_whole_pipeline_on_fakeredis() -> None:
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["events_in"] == summary["events_delivered"] == 600
     assert summary["batches_count"] + summary["batches_expired"] >= 60
+    progress = result.stderr.replace("\r", "\n").strip().splitlines()
+    # the progress line counts deliveries, and its last word agrees with the summary
+    assert progress and "delivered 600" in progress[-1], progress[-3:]
