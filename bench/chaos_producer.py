@@ -78,7 +78,7 @@ class Producer:
                 self.batcher.emit_many(self.opts.source, chunk)
         except EmitError as exc:
             print(f"emit_error stored={exc.stored} uncertain={exc.uncertain}: {exc}", flush=True)
-            return ids[: exc.stored], ids[exc.stored : exc.stored + exc.uncertain]
+            return [ids[i] for i in exc.stored], [ids[i] for i in exc.uncertain]
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # before anything was sent
             print(f"emit_failed: {exc!r}", flush=True)
             self.record.incrby(FAILED, len(ids))

@@ -475,20 +475,23 @@ class Batcher:
     def flush_step(self, limit: int, *, with_events: bool, shard: int = 0) -> FlushStep:
         """One bounded flush of one shard; also says when its next window runs out.
 
-        The earliest deadlines are read first, and their buffers passed to the script, which
-        checks each deadline again: every key it touches is named up front.
+        The buffers whose windows ran out are read first (`due_buffers.lua`, read-only) and
+        passed to the flush script, which checks each deadline again: every key it touches is
+        named up front. With nothing due it is that one read, O(log N).
         """
         k = self.shards[shard]
         now = self.clock.now_ms()
-        due: list[bytes] = list(self.client.zrange(k.deadlines, 0, limit - 1))  # type: ignore[arg-type]
+        window_now = "" if now is None else now
+        peek = self.scripts.due_buffers(keys=[k.deadlines], args=[window_now, limit])
+        due: list[bytes] = peek[2:]
+        if not due:
+            return FlushStep([], None if int(peek[1]) < 0 else int(peek[1]), int(peek[0]))
         prefix = k.buffer_prefix.encode()
         keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut]
         for m in due:
             keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
         reply = self.scripts.flush_expired(
-            keys=keys,
-            args=["" if now is None else now, self.layout.id_prefix(shard), k.buffer_prefix,
-                  int(with_events)],
+            keys=keys, args=[window_now, self.layout.id_prefix(shard), k.buffer_prefix, int(with_events)],
         )
         batches = [decode_cut(row) for row in reply[3:]]
         for b in batches:
@@ -501,7 +504,7 @@ class Batcher:
         cuts = [b.id for b in batches if not b.discarded]
         if cuts:
             self._handoff(cuts)
-        more = len(due) == limit and int(reply[2]) == 0
+        more = len(due) == limit
         return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]), more)
 
     def drop(self, binding: str) -> list[Event]:

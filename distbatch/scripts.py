@@ -16,7 +16,7 @@ from redis.commands.core import Script
 
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
 NAMES = (
-    "accumulate", "flush_expired", "register", "sync_registry", "unbind", "drain_buffers",
+    "accumulate", "due_buffers", "flush_expired", "register", "sync_registry", "unbind", "drain_buffers",
     "claim", "renew", "complete", "fail", "reclaim", "promote", "replay", "purge", "shard_lease",
 )
 
@@ -48,6 +48,7 @@ class Scripts:
             setattr(self, name, client.register_script(source(name)))
 
     accumulate: Script
+    due_buffers: Script
     flush_expired: Script
     register: Script
     sync_registry: Script

@@ -31,6 +31,19 @@ from .sweeper import Sweeper
 log = logging.getLogger("distbatch.worker")
 
 
+class _OneLine(logging.Filter):
+    """RQ's loop logs a full traceback when Redis goes away under it; `run_worker` says it in
+    one line and starts the loop again, so keep RQ's line and drop its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "unhandled exception, quitting" in str(record.msg):
+            exc = record.exc_info[1]
+            if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                record.exc_info = None
+                record.msg = f"{record.msg} ({exc})"
+        return True
+
+
 class BatchWorker(SimpleWorker):
     """An RQ SimpleWorker that refuses every job but distbatch's ticket, before RQ resolves it."""
 
@@ -114,6 +127,9 @@ def run_worker(
     if summary_every_s > 0:
         threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
                          name="distbatch-summary").start()
+    rq_log = logging.getLogger("rq.worker")
+    if not any(isinstance(f, _OneLine) for f in rq_log.filters):
+        rq_log.addFilter(_OneLine())
     backoff = 0.0
     worked = False
     try:

@@ -201,6 +201,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
                  "every event delivered after the restart", procs.logs)
         assert int(client.hget(b.keys.stats, "events_in:r@v1")) == 1000
         assert all(p.poll() is None for p in workers_before), "a worker or sweeper exited on the restart"
+        assert "Traceback" not in procs.logs(), procs.logs()  # one line per failure, no traces
     finally:
         procs.stop_all()
         server.cleanup()
