@@ -361,3 +361,17 @@ def test_every_hand_off_gets_a_fresh_job_id(batcher: Batcher, client) -> None:
     batcher.emit("s", {})
     second = client.lrange(queue, 0, -1)
     assert len(first) == len(second) == 1 and first != second
+
+
+def test_a_shard_whose_registry_copy_is_out_of_step_is_healed(make_batcher, client) -> None:
+    """A register that reached the first shard but not another (cut off part-way): emitters
+    routed to that shard see a stale epoch, copy the first shard's registry onto it, and go on."""
+    b = make_batcher(shards=3)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h", "key": "k"})
+    for k in b.shards[1:]:
+        client.set(k.registry_version, "out-of-step")
+        client.delete(k.bindings)
+    results = b.emit_many("s", [{"k": i} for i in range(60)])
+    assert len(results) == 60 and b.counters()["events_in:f@v1"] == 60
+    assert {int(client.hlen(k.bindings)) for k in b.shards} == {1}
+    assert len({client.get(k.registry_version) for k in b.shards}) == 1

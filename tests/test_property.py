@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,9 +39,10 @@ def _cut(b) -> tuple:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(configs=st.lists(binding_cfg, min_size=1, max_size=3), ops=st.lists(op, max_size=40))
-def test_redis_matches_reference_model(client, configs, ops) -> None:
+@pytest.mark.parametrize("shards", [1, 3])
+def test_redis_matches_reference_model(client, shards, configs, ops) -> None:
     clock = ManualClock(0)
-    batcher = Batcher(client, namespace=f"prop{next(_ns)}", clock=clock, handoff=False)
+    batcher = Batcher(client, namespace=f"prop{next(_ns)}", clock=clock, handoff=False, shards=shards)
     model = Model()
     names = []
     for i, cfg in enumerate(configs):
