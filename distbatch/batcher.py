@@ -310,19 +310,31 @@ class Batcher:
               offset: int = 0) -> list[_Item]:
         n = self.layout.count
         items: list[_Item] = []
+        append = items.append
         for i, payload in enumerate(payloads, offset):
             for r in routes:
-                try:
-                    pkey = partition_key(payload, r.path)
-                except Exception as exc:
-                    raise PayloadError(
-                        "partition_key",
-                        f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
-                        f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored",
-                    ) from exc
+                path = r.path
+                # the common case inline: a one-field key whose value is a string
+                if path is not None and len(path) == 1 and type(payload) is dict:
+                    pkey = payload.get(path[0])
+                    if type(pkey) is not str:
+                        pkey = self._pkey(payload, r, i)
+                else:
+                    pkey = self._pkey(payload, r, i)
                 member = member_bytes(r.key, pkey)
-                items.append(_Item(i, r, pkey, member, shard_of(member, n)))
+                append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
         return items
+
+    @staticmethod
+    def _pkey(payload: Mapping[str, Any], r: _Route, i: int) -> str | None:
+        try:
+            return partition_key(payload, r.path)
+        except Exception as exc:
+            raise PayloadError(
+                "partition_key",
+                f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
+                f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored",
+            ) from exc
 
     def _warn_unbound(self, source: str) -> None:
         warned: set[str] = self.__dict__.setdefault("_warned_sources", set())
@@ -422,8 +434,9 @@ class Batcher:
     def _results(self, items: list[_Item], reply: list[Any]) -> list[str]:
         """Fill each item's result; the reply lists only items that cut, closed or overflowed.
         Returns the ids of the batches cut (to hand off)."""
+        new = tuple.__new__  # a named tuple without its Python-level __new__: one per item
         for it in items:
-            it.result = EmitResult(it.route.key, it.pkey)
+            it.result = new(EmitResult, (it.route.key, it.pkey, None, 0, None))
         if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
             return []
         cut_ms = reply[0]
