@@ -7,19 +7,17 @@ reach the shards in `transport.py`.
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio
 
+from .clients import check_client, connect, is_cluster
 from .clock import ManualClock, ServerClock
 from .codec import LazyEvents, as_text, check_round_trip, decode_cut, decode_events, encode_event
 from .config import BUFFER_CAP, Binding, RetryPolicy
@@ -28,11 +26,12 @@ from .errors import ConfigError, EmitError, PayloadError
 from .handlers import handler as register_handler
 from .keys import Keys, member_bytes
 from .models import Batch, EmitResult, Event
-from .partition import partition_key, split_path
+from .partition import partition_key
 from .records import Records
+from .registry import Registry, Route, Snapshot
 from .scripts import Scripts
 from .shards import Layout, shard_of
-from .transport import Transport, is_cluster
+from .transport import Transport
 
 log = logging.getLogger("distbatch")
 
@@ -42,33 +41,12 @@ OnCut = Callable[[Sequence[str]], object]
 lost with a reply); the default hands them to the workers (`Dispatcher`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    binding: Binding
-    key: str
-    path: tuple[str, ...] | None
-    count: bytes
-    window: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Registry:
-    """One consistent read of the bindings (from the first shard): routes and the epoch they were
-    read at, swapped as a whole so an emit never pairs new routes with an old epoch."""
-
-    epoch: bytes = b""
-    routes: dict[str, list[_Route]] = field(default_factory=dict)
-    bindings: dict[str, Binding] = field(default_factory=dict)
-    raw: dict[bytes, bytes] = field(default_factory=dict)
-    loaded: bool = False
-
-
 @dataclass(slots=True)
 class _Item:
     """One event for one binding: where it goes and, once sent, what came of it."""
 
     event: int
-    route: _Route
+    route: Route
     pkey: str | None
     member: bytes
     shard: int
@@ -118,7 +96,7 @@ class Batcher:
         shards: int | None = None,
     ) -> None:
         Keys(namespace)  # a bad namespace is the first thing to say
-        _check_client(client)
+        check_client(client)
         self.client = client
         self.cluster = is_cluster(client)
         if handoff and on_cut is None and queue_client is None and self.cluster:
@@ -138,7 +116,7 @@ class Batcher:
         self.chunk_size = chunk_size
         self.dispatcher = Dispatcher(queue_client or client, self.keys) if handoff else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
-        self._registry = _Registry()
+        self.registry = Registry(client, self.shards, self.scripts, self.cluster)
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6)
         self._heads = [self._head(s) for s in range(self.layout.count)]
@@ -194,57 +172,18 @@ class Batcher:
         binding = Binding.build(
             id, version=version, source=source, batch=batch, handler=handler, retry=retry
         )
-        definition = json.dumps(binding.to_dict(), sort_keys=True, separators=(",", ":"))
-        epoch = secrets.token_hex(8)
-        for i, k in enumerate(self.shards):  # the first shard decides; the others are copies
-            stored = self.scripts.register(
-                keys=[k.bindings, k.registry_version, k.dropped], args=[binding.key, definition, epoch]
-            )
-            if isinstance(stored, bytes):
-                if i == 0:
-                    raise ConfigError(
-                        "binding_conflict",
-                        f"binding={binding.key!r} is already registered with a different config "
-                        f"({stored.decode()}); register the new behaviour under a new version",
-                    )
-                self._sync(i, self._load())  # a copy out of step (an earlier op cut off part-way)
-        self._registry = _Registry()
+        self.registry.register(binding)
         return binding.key
 
     def bindings(self) -> dict[str, Binding]:
         """Every registered binding, as Redis has it now."""
-        return dict(self._load().bindings)
+        return dict(self.registry.load().bindings)
 
     def binding(self, key: str) -> Binding | None:
-        reg = self._registry
-        if key not in reg.bindings:
-            reg = self._load()
-        return reg.bindings.get(key)
-
-    def _load(self) -> _Registry:
-        k = self.keys
-        if self.cluster:  # epoch first: a register in between makes it stale, never the reverse
-            epoch = self.client.get(k.registry_version)
-            raw = self.client.hgetall(k.bindings)
-        else:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(k.registry_version)
-            pipe.hgetall(k.bindings)
-            epoch, raw = pipe.execute()
-        bindings = {as_text(b): Binding.from_dict(json.loads(v)) for b, v in sorted(raw.items())}
-        routes: dict[str, list[_Route]] = {}
-        for b in bindings.values():
-            routes.setdefault(b.source, []).append(
-                _Route(b, b.key, split_path(b.batch.key), b"%d" % b.batch.count, b"%d" % b.batch.window_ms)
-            )
-        self._registry = reg = _Registry(epoch or b"", routes, bindings, dict(raw), True)  # type: ignore[arg-type]
-        return reg
-
-    def _sync(self, shard: int, reg: _Registry) -> None:
-        """Copy the first shard's registry onto `shard` (a register/drop that did not reach it)."""
-        k = self.shards[shard]
-        pairs = [x for kv in reg.raw.items() for x in kv]
-        self.scripts.sync_registry(keys=[k.bindings, k.registry_version], args=[reg.epoch, *pairs])
+        snap = self.registry.snapshot
+        if key not in snap.bindings:
+            snap = self.registry.load()
+        return snap.bindings.get(key)
 
     # emitting ---------------------------------------------------------------------------
 
@@ -271,7 +210,7 @@ class Batcher:
         if not events:
             return []
         check_round_trip(events, payload_list)
-        reg = self._registry if self._registry.loaded else self._load()
+        reg = self.registry.snapshot
         routes = reg.routes.get(source, [])
         if not routes:
             routes = self._recheck_unbound(source, reg)
@@ -296,17 +235,16 @@ class Batcher:
                 raise EmitError(results, stored, uncertain, len(events), err.cause) from err.cause
         return [it.result for it in done if it.result is not None]
 
-    def _recheck_unbound(self, source: str, reg: _Registry) -> list[_Route]:
+    def _recheck_unbound(self, source: str, reg: Snapshot) -> list[Route]:
         """No binding for `source` in our copy: maybe one was registered since; one GET tells."""
-        current = self.client.get(self.keys.registry_version) or b""
-        if current != reg.epoch:
-            reg = self._load()
+        if self.registry.current_epoch() != reg.epoch:
+            reg = self.registry.load()
         routes = reg.routes.get(source, [])
         if not routes:
             self._warn_unbound(source)
         return routes
 
-    def _plan(self, routes: list[_Route], payloads: Sequence[Mapping[str, Any]],
+    def _plan(self, routes: list[Route], payloads: Sequence[Mapping[str, Any]],
               offset: int = 0) -> list[_Item]:
         n = self.layout.count
         items: list[_Item] = []
@@ -326,7 +264,7 @@ class Batcher:
         return items
 
     @staticmethod
-    def _pkey(payload: Mapping[str, Any], r: _Route, i: int) -> str | None:
+    def _pkey(payload: Mapping[str, Any], r: Route, i: int) -> str | None:
         try:
             return partition_key(payload, r.path)
         except Exception as exc:
@@ -356,7 +294,7 @@ class Batcher:
             final.setdefault(it.event, []).append(it)
         pending = chunk
         for _ in range(10):
-            reg = self._registry if self._registry.loaded else self._load()
+            reg = self.registry.snapshot
             by_shard: dict[int, list[_Item]] = {}
             for it in pending:
                 by_shard.setdefault(it.shard, []).append(it)
@@ -381,10 +319,10 @@ class Batcher:
                 raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]])
             if not stale:
                 break
-            reg = self._load()
+            reg = self.registry.load()
             for s in {it.shard for it in stale}:
                 if s != 0:
-                    self._sync(s, reg)
+                    self.registry.sync(s, reg)
             live = {r.key for rs in reg.routes.values() for r in rs}
             pending = []
             for e in sorted({it.event for it in stale}):
@@ -526,15 +464,7 @@ class Batcher:
         Batches it already cut are not pending: they were handed off and are still delivered
         (the definition stays readable for workers under `{ns}:dropped`).
         """
-        epoch = secrets.token_hex(8)
-        members: list[list[bytes]] = []
-        for k in self.shards:  # first: no shard takes events for it any more
-            reply = self.scripts.unbind(
-                keys=[k.bindings, k.registry_version, k.dropped, k.open_buffers(binding)],
-                args=[binding, epoch],
-            )
-            members.append(reply[1:])
-        self._registry = _Registry()
+        members = self.registry.unbind(binding)  # first: no shard takes events for it any more
         events: list[Event] = []
         for k, open_members in zip(self.shards, members, strict=True):
             prefix = k.buffer_prefix.encode()
@@ -566,31 +496,3 @@ class Batcher:
         """The Redis server's clock (what leases and retry times are measured on)."""
         seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
-
-
-def connect(url: str, **options: Any) -> Any:
-    """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme.endswith("+cluster"):
-        return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
-    return redis.Redis.from_url(url, **options)
-
-
-def _check_client(client: Any) -> None:
-    if isinstance(client, redis.asyncio.Redis) or inspect.iscoroutinefunction(
-            getattr(client, "evalsha", None)):
-        raise ConfigError(
-            "client_async",
-            f"client={client!r} is a redis.asyncio client; Batcher is the sync API and needs a "
-            "redis.Redis (an asyncio AsyncBatcher is not available yet)",
-        )
-    if not callable(getattr(client, "evalsha", None)):
-        raise ConfigError("client_type", f"client={client!r} is not a redis.Redis client")
-    kwargs = (client.get_connection_kwargs() if hasattr(client, "get_connection_kwargs")
-              else client.get_default_node().redis_connection.get_connection_kwargs())
-    if kwargs.get("decode_responses"):
-        raise ConfigError(
-            "client_decode_responses",
-            "redis client has decode_responses=True; distbatch stores binary events and "
-            "needs decode_responses=False",
-        )

@@ -26,14 +26,10 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 Call = tuple[list[Any], list[Any]]  # (keys, args)
 
 
-def is_cluster(client: Any) -> bool:
-    return isinstance(client, redis.RedisCluster)
-
-
 class Transport:
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.cluster = is_cluster(client)
+        self.cluster = isinstance(client, redis.RedisCluster)
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
 
