@@ -132,6 +132,11 @@ class Keys:
         """String: the last accumulate call id of one emitter, so a retried call runs once."""
         return f"{self.base}:call:{emitter}"
 
+    def done(self, token: str) -> str:
+        """String (10 min TTL): this claim completed its batch, so a resent complete knows it was
+        its own, and a paused worker's late complete knows it was not."""
+        return f"{self.base}:done:{token}"
+
     @property
     def lease(self) -> str:
         """String: the sweeper that owns this shard for now (SET PX)."""

@@ -137,9 +137,10 @@ class Records:
         return [bool(r) for r in pipe.execute()]
 
     def complete(self, batch_id: str, token: str) -> int | None:
-        """The handler succeeded: delete the record. Events delivered, 0 if it was already gone,
-        None if this claim lost the batch (nothing changed)."""
-        n = int(self._call(self.scripts.complete, batch_id, token))
+        """The handler succeeded: delete the record. Events delivered, 0 if this claim delivered
+        it already (a resent call), None if this claim lost the batch (nothing changed)."""
+        k = self.keys_for(batch_id)
+        n = int(_once_more(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]))
         return None if n < 0 else n
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,

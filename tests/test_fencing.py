@@ -375,3 +375,14 @@ def test_a_shard_whose_registry_copy_is_out_of_step_is_healed(make_batcher, clie
     assert len(results) == 60 and b.counters()["events_in:f@v1"] == 60
     assert {int(client.hlen(k.bindings)) for k in b.shards} == {1}
     assert len({client.get(k.registry_version) for k in b.shards}) == 1
+
+
+def test_a_late_complete_after_another_claim_delivered_is_stale_not_done(batcher: Batcher) -> None:
+    bid = one_batch(batcher)
+    rec = batcher.records
+    a = rec.claim([bid], -1)
+    assert a is not None and rec.reclaim(bid) == Outcome.RETRY
+    b = rec.claim([bid], 60_000)
+    assert b is not None and rec.complete(bid, b.token) == 1
+    assert rec.complete(bid, b.token) == 0  # b's own resent call: already done by b
+    assert rec.complete(bid, a.token) is None  # a woke up late: the batch was never a's to finish

@@ -43,7 +43,7 @@ def test_every_key_of_a_shard_shares_one_slot(a: str, b: str) -> None:
     for k in (Keys("ns"), *Layout("ns", tuple(tags_for("ns", 3))).keys):
         slot = key_slot(k.deadlines.encode())
         for name in (k.buffer("x@v1", a), k.buffer("y@v2", b), k.open_buffers("x@v1"), k.call("e"),
-                     *k.lifecycle, k.bindings, k.registry_version, k.lease, k.wake):
+                     *k.lifecycle, k.bindings, k.registry_version, k.lease, k.wake, k.done("t")):
             assert key_slot(name.encode("utf-8", "surrogatepass")) == slot
 
 

@@ -1,16 +1,20 @@
 -- A handler returned: the batch is delivered and its record goes, if this claim still holds it.
--- KEYS: the 11 lifecycle keys
+-- KEYS: the 11 lifecycle keys, then this claim's done marker (`T:done:<token>`)
 -- ARGV: batch_id, token
--- Returns events delivered (> 0), 0 if the record is gone (delivered already: a retried call),
---         -1 if this claim lost the batch (stale token or lease ran out): nothing changed.
+-- Returns events delivered (> 0), 0 if this claim delivered it already (a retried call),
+--         -1 if this claim lost the batch (stale token, lease ran out, or another claim
+--         delivered it meanwhile): nothing changed.
 local B = 0
 -- @include clock
 -- @include lifecycle
 -- @include binding_of
 local id = ARGV[1]
 local state = check_owner(id, ARGV[2])
-if state == 'gone' then return 0 end
+if state == 'gone' then
+  return redis.call('EXISTS', KEYS[12]) == 1 and 0 or -1
+end
 if state == 'stale' then return -1 end
+redis.call('SET', KEYS[12], 1, 'PX', 600000)
 local info = record_info(id)
 redis.call('ZREM', k_running, id)
 delete_record(id)
