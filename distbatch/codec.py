@@ -8,6 +8,7 @@ its events as the plain concatenation of those encodings, so Lua can build it wi
 from __future__ import annotations
 
 import reprlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +18,46 @@ from .errors import PayloadError
 from .keys import split_member
 from .models import Batch, Event
 
-_packer = msgpack.Packer(use_bin_type=True, datetime=False)
+_local = threading.local()
+
+
+def _default(obj: Any) -> Any:
+    """Strict types: anything but the exact JSON-like types comes here, is converted, and marks
+    the call as needing the decode check (a tuple may have been a map key)."""
+    _local.unusual = True
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, list | tuple):
+        return list(obj)
+    if isinstance(obj, str):  # subclasses (str and int enums, ...) as their base value
+        return str.__str__(obj)
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+def _packer() -> msgpack.Packer:
+    """One per thread: a Packer with a Python `default` is not safe to share between threads."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, datetime=False, strict_types=True,
+                                                default=_default)
+    return packer
+
+
+def begin() -> None:
+    """Start a call's encoding: `unusual()` then says whether any payload needed `_default`."""
+    _local.unusual = False
+
+
+def unusual() -> bool:
+    return bool(getattr(_local, "unusual", True))
+
+
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxstring, _repr.maxother = 3, 6, 6, 40, 40
 
@@ -36,7 +76,7 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
             "payload_type", f"payload={_short(payload)} must be a mapping, not {type(payload).__name__}"
         )
     try:
-        data: bytes = _packer.pack([event_id, source, emitted_at_ms, payload])
+        data: bytes = _packer().pack([event_id, source, emitted_at_ms, payload])
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
         raise PayloadError(
             "payload_unencodable", f"payload={_short(payload)} cannot be msgpack-encoded: {exc}"
@@ -53,7 +93,8 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
 def check_round_trip(encoded: Sequence[bytes], payloads: Sequence[object]) -> None:
     """What cannot be decoded must never be stored: it would poison a whole batch (a tuple as a
     map key packs fine and never unpacks). One C-level pass over all of a call's events; only on
-    failure is each one tried, to name it."""
+    failure is each one tried, to name it. Callers skip it when no payload of the call held
+    anything but exact JSON-like types (`unusual()`): those always decode."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
     try:
         unpacker.feed(b"".join(encoded))

@@ -58,3 +58,22 @@ def test_decode_responses_client_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="decode_responses"):
         Batcher(fakeredis.FakeRedis(decode_responses=True))
+
+
+def test_subclasses_and_tuples_encode_as_their_plain_values(batcher: Batcher) -> None:
+    """Strict msgpack types with a converting default: str/int enums keep their values, tuples
+    become arrays, mapping subclasses become maps — and only such payloads pay the decode check."""
+    import collections
+    import enum
+
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    batcher.register("e", version="v1", source="enc", handler="m.h", batch={"count": 1, "window": "1h"})
+    payload = collections.OrderedDict(c=Color.RED, l=Level.HIGH, t=(1, 2), n={"x": 1.5})
+    (r,) = batcher.emit("enc", payload)
+    assert r.batch is not None
+    assert r.batch.events[0].payload == {"c": "red", "l": 3, "t": [1, 2], "n": {"x": 1.5}}
