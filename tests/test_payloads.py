@@ -66,7 +66,7 @@ def test_subclasses_and_tuples_encode_as_their_plain_values(batcher: Batcher) ->
     import collections
     import enum
 
-    class Color(str, enum.Enum):
+    class Color(enum.StrEnum):
         RED = "red"
 
     class Level(enum.IntEnum):
