@@ -47,11 +47,9 @@ class Dispatcher:
     def queued(self) -> int:
         return int(self.client.llen(self.queue.key))
 
-    def ensure(self, ready: int, queued: int | None = None) -> int:
+    def ensure(self, ready: int) -> int:
         """Enqueue tickets until min(ready, max_queued_jobs) wait in the queue."""
-        if queued is None:
-            queued = self.queued()
-        want = min(ready, self.max_queued_jobs) - queued
+        want = min(ready, self.max_queued_jobs) - self.queued()
         if want <= 0:
             return 0
         ns = self.keys.namespace

@@ -30,6 +30,7 @@ from .keys import Keys, split_member
 from .models import Batch
 from .scripts import Scripts
 from .shards import Layout, batch_id_shard
+from .transport import once_more
 
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
@@ -55,18 +56,6 @@ class Claim:
     error: str | None = None
 
 
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
-
-
-def _once_more(script: Script, keys: list[str], args: list[Any]) -> Any:
-    """Call a script; after a connection error send the very same call once more. Safe because
-    every lifecycle script is idempotent per token (whatever redis-py's own retry setting is)."""
-    try:
-        return script(keys=keys, args=args)
-    except _TRANSIENT:
-        return script(keys=keys, args=args)
-
-
 class Records:
     """Batch records of one namespace, over all its shards. Shared by workers, sweepers, the CLI.
 
@@ -87,7 +76,7 @@ class Records:
 
     def _call(self, script: Script, batch_id: str, *args: Any) -> Any:
         k = self.keys_for(batch_id)
-        return _once_more(script, k.lifecycle, [batch_id, *args])
+        return once_more(script, k.lifecycle, [batch_id, *args])
 
     def claim_next(self, lease_ms: int) -> Claim | None:
         """Claim the oldest ready batch of some shard (shards taken in turn); None when none is
@@ -107,7 +96,7 @@ class Records:
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
         token = token or secrets.token_hex(8)
-        reply = _once_more(self.scripts.claim, k.lifecycle, [token, lease_ms, *batch_ids])
+        reply = once_more(self.scripts.claim, k.lifecycle, [token, lease_ms, *batch_ids])
         if not reply:
             return None
         bid, member, reason, cut_ms, attempt, blob = reply
@@ -140,7 +129,7 @@ class Records:
         """The handler succeeded: delete the record. Events delivered, 0 if this claim delivered
         it already (a resent call), None if this claim lost the batch (nothing changed)."""
         k = self.keys_for(batch_id)
-        n = int(_once_more(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]))
+        n = int(once_more(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]))
         return None if n < 0 else n
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,
@@ -155,7 +144,7 @@ class Records:
         """Take back a batch whose lease ran out, in one script call (a re-sent call finds the
         lease gone and changes nothing twice)."""
         k = self.keys_for(batch_id)
-        res = _once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped], [batch_id])
+        res = once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped], [batch_id])
         return Outcome(as_text(res))
 
     def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:

@@ -64,7 +64,7 @@ class Transport:
         if len(calls) == 1:
             keys, args = calls[0]
             try:
-                return [_once_more(script, keys, args, client)]
+                return [once_more(script, keys, args, client)]
             except TRANSIENT as exc:
                 return [exc]
         try:
@@ -113,7 +113,7 @@ class Transport:
                 moved = True
                 keys, args = calls[i]
                 try:
-                    replies[i] = _once_more(script, keys, args, self.client)
+                    replies[i] = once_more(script, keys, args, self.client)
                 except (*TRANSIENT, ResponseError) as exc:
                     replies[i] = exc
         if moved:
@@ -121,7 +121,10 @@ class Transport:
         return replies
 
 
-def _once_more(script: Script, keys: list[Any], args: list[Any], client: Any) -> Any:
+def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+    """Call a script; after a connection error send the very same call once more. Safe because
+    every distbatch script is idempotent per call id or token (whatever redis-py's own retry
+    setting is)."""
     try:
         return script(keys=keys, args=args, client=client)
     except TRANSIENT:
