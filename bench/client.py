@@ -23,7 +23,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     b = Batcher(fakeredis.FakeRedis(), namespace="client", handoff=False)
     b.register("c", version="v1", source="src", handler="m.h",
                batch={"count": 100, "window": "1h", "key": "k"})
-    routes = b.registry.load().routes["src"]
+    routes = b.run(b.registry.load()).routes["src"]
     events = [payload(i, 1000) for i in range(1000)]
     tupled = [{**e, "labels": tuple(e["labels"])} for e in events]  # a tuple: the decode check runs
 
@@ -41,7 +41,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         {"step": "encode, payloads holding a tuple (decode check)",
          "us_per_event": _per_event_us(lambda: encode(tupled), len(events))},
         {"step": "plan: partition key, member, shard",
-         "us_per_event": _per_event_us(lambda: b._plan(routes, events), len(events))},
+         "us_per_event": _per_event_us(lambda: b.core.plan(routes, events), len(events))},
     ]
     print("client-side µs per event of emit_many (no Redis)")
     print(table(rows, ["step", "us_per_event"]))

@@ -1,74 +1,37 @@
 """Batcher: register triggers, emit events, cut and flush batches (ingest; all state in Redis).
 
-What happens to a batch after its cut lives in `records.py` (claim, lease, complete, fail) and
-`dispatch.py` (hand-off to the workers); which shard a buffer lives on in `shards.py`; how calls
-reach the shards in `transport.py`.
+The logic lives in `ingest.py` as sans-I/O procedures shared with `AsyncBatcher`; this class runs
+them on a sync client (`syncio.py`). What happens to a batch after its cut lives in `records.py`
+(claim, lease, complete, fail) and `dispatch.py` (hand-off to the workers); which shard a buffer
+lives on in `shards.py`; how calls reach the shards in `transport.py`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
-from . import codec
 from .clients import check_client, connect, is_cluster
 from .clock import ManualClock, ServerClock
-from .codec import LazyEvents, as_text, check_round_trip, decode_cut, decode_events, encode_event
-from .config import BUFFER_CAP, Binding, RetryPolicy
-from .dispatch import Dispatcher
-from .errors import ConfigError, EmitError, PayloadError
-from .handlers import handler as register_handler
-from .keys import Keys, member_bytes
+from .config import Binding, RetryPolicy
+from .dispatch import Dispatcher, OnCut, hand_off
+from .errors import ConfigError
+from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
+from .keys import Keys
 from .models import Batch, EmitResult, Event
-from .partition import partition_key
+from .ops import Proc
 from .records import Records
-from .registry import Registry, Route, Snapshot
 from .scripts import Scripts
-from .shards import Layout, shard_of
+from .shards import Layout, default_shards
+from .syncio import SyncDriver
 from .transport import Transport
 
 log = logging.getLogger("distbatch")
-
-DEFAULT_MAX_PAYLOAD = 1 << 20
-OnCut = Callable[[Sequence[str]], object]
-"""Called with the ids of batches just cut (empty when a cut may have happened but its ids were
-lost with a reply); the default hands them to the workers (`Dispatcher`)."""
-
-
-@dataclass(slots=True)
-class _Item:
-    """One event for one binding: where it goes and, once sent, what came of it."""
-
-    event: int
-    route: Route
-    pkey: str | None
-    member: bytes
-    shard: int
-    result: EmitResult | None = None
-
-
-class _SendFailed(Exception):
-    def __init__(self, cause: BaseException, items: list[_Item]) -> None:
-        super().__init__(repr(cause))
-        self.cause = cause
-        self.items = items
-
-
-@dataclass(frozen=True, slots=True)
-class FlushStep:
-    batches: list[Batch]
-    next_deadline_ms: int | None
-    """Earliest open window deadline, on the window clock."""
-    server_now_ms: int
-    more: bool = False
-    """The step stopped at its limit: more windows may have run out."""
+T = TypeVar("T")
+__all__ = ["Batcher", "FlushStep", "OnCut"]
 
 
 class Batcher:
@@ -106,29 +69,41 @@ class Batcher:
                 "RQ cannot run on Redis Cluster (its keys span slots): give the queue a standalone "
                 "Redis (queue_url= / queue_client=, --queue-url), or handoff=False",
             )
-        self.layout = Layout.load(client, Keys(namespace).namespace, shards)
-        self.shards = self.layout.keys
-        self.keys = self.shards[0]
-        self.clock = clock or ServerClock()
         self.scripts = Scripts(client)
-        self.records = Records(client, self.layout, self.scripts)
         self.transport = Transport(client)
-        self.max_payload_bytes = max_payload_bytes
-        self.chunk_size = chunk_size
+        self.driver = SyncDriver(client, self.scripts, self.transport, self._handoff)
+        self.layout = self.driver.run(
+            Layout.read(Keys(namespace).namespace, shards, lambda: default_shards(client)))
+        self.core = Ingest(self.layout, cluster=self.cluster, clock=clock,
+                           max_payload_bytes=max_payload_bytes, chunk_size=chunk_size)
+        self.shards = self.core.shards
+        self.keys = self.core.keys
+        self.clock = self.core.clock
+        self.registry = self.core.registry
+        self.records = Records(client, self.layout, self.scripts)
         self.dispatcher = Dispatcher(queue_client or client, self.keys) if handoff else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
-        self.registry = Registry(client, self.shards, self.scripts, self.cluster)
-        self._ids = itertools.count()
-        self._id_prefix = secrets.token_hex(6)
-        self._heads = [self._head(s) for s in range(self.layout.count)]
-        self._call_keys: dict[tuple[str, int], str] = {}
+        self._run = self.driver.run
 
-    def _head(self, s: int) -> tuple[list[str], list[Any], bytes, dict[str, str]]:
-        """What every accumulate call to shard `s` starts with: keys, args, the buffer key prefix,
-        and a cache of the open-set key per binding."""
-        k = self.shards[s]
-        keys = [k.registry_version, "", k.deadlines, k.wake, k.batch_seq, k.bindings, *k.cut]
-        return keys, [self.layout.id_prefix(s), k.buffer_prefix], k.buffer_prefix.encode(), {}
+    @property
+    def chunk_size(self) -> int:
+        """Events (times bindings) per script call of `emit_many`."""
+        return self.core.chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        self.core.chunk_size = value
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.core.max_payload_bytes
+
+    def run(self, proc: Proc[T]) -> T:
+        """Run one of `core`'s procedures on this batcher's client."""
+        return self._run(proc)
+
+    def _handoff(self, batch_ids: Sequence[str]) -> None:
+        hand_off(self.on_cut, batch_ids)
 
     @classmethod
     def from_url(
@@ -146,8 +121,7 @@ class Batcher:
         Options the Batcher does not take (`max_connections`, `socket_timeout`, ...) go to the
         redis client.
         """
-        own = {k: options.pop(k) for k in list(options)
-               if k in {"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"}}
+        own = {k: options.pop(k) for k in list(options) if k in BATCHER_OPTIONS}
         client = connect(url, **options)
         queue_client = connect(queue_url, **options) if queue_url else None
         return cls(client, namespace=namespace, clock=clock, queue_client=queue_client, **own)
@@ -168,29 +142,21 @@ class Batcher:
 
         A callable `handler` is stored by import path and allowed to run in this process.
         """
-        if callable(handler):
-            register_handler(handler)
-        binding = Binding.build(
-            id, version=version, source=source, batch=batch, handler=handler, retry=retry
-        )
-        self.registry.register(binding)
-        return binding.key
+        return self._run(self.core.register(id, version=version, source=source, batch=batch,
+                                            handler=handler, retry=retry))
 
     def bindings(self) -> dict[str, Binding]:
         """Every registered binding, as Redis has it now."""
-        return dict(self.registry.load().bindings)
+        return self._run(self.core.bindings())
 
     def binding(self, key: str) -> Binding | None:
-        snap = self.registry.snapshot
-        if key not in snap.bindings:
-            snap = self.registry.load()
-        return snap.bindings.get(key)
+        return self._run(self.core.binding(key))
 
     # emitting ---------------------------------------------------------------------------
 
     def emit(self, source: str, payload: Mapping[str, Any]) -> list[EmitResult]:
         """Add one event to every binding of `source`; one result per binding."""
-        return self.emit_many(source, [payload])
+        return self._run(self.core.emit_many(source, [payload]))
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
         """Add events in order, one script call per shard (one round trip per node) per chunk.
@@ -201,265 +167,17 @@ class Batcher:
         them off). If Redis fails part-way, `EmitError` says which events were stored, which may
         or may not have been, and which were not sent.
         """
-        now = self.clock.now_ms()
-        stamp = now if now is not None else int(time.time() * 1000)
-        prefix = self._id_prefix
-        ids = self._ids
-        limit = self.max_payload_bytes
-        payload_list = payloads if isinstance(payloads, list) else list(payloads)
-        codec.begin()
-        events = [encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit) for p in payload_list]
-        if not events:
-            return []
-        if codec.unusual():  # a tuple, a subclass...: only then can a payload fail to decode
-            check_round_trip(events, payload_list)
-        reg = self.registry.snapshot
-        routes = reg.routes.get(source, [])
-        if not routes:
-            routes = self._recheck_unbound(source, reg)
-            if not routes:
-                return []
-        items = self._plan(routes, payload_list)
-        window_now = b"" if now is None else b"%d" % now
-        per_event = len(routes)
-        step = max(1, self.chunk_size // per_event) * per_event
-        done: list[_Item] = []
-        for start in range(0, len(items), step):
-            chunk = items[start : start + step]
-            try:
-                done += self._send(source, payload_list, chunk, window_now, events)
-            except _SendFailed as err:
-                sent = done + err.items
-                stored = sorted({it.event for it in sent if it.result is not None}
-                                - {it.event for it in err.items if it.result is None})
-                uncertain = sorted({it.event for it in err.items if it.result is None})
-                keep = set(stored)
-                results = [it.result for it in sent if it.result is not None and it.event in keep]
-                raise EmitError(results, stored, uncertain, len(events), err.cause) from err.cause
-        return [it.result for it in done if it.result is not None]
-
-    def _recheck_unbound(self, source: str, reg: Snapshot) -> list[Route]:
-        """No binding for `source` in our copy: maybe one was registered since; one GET tells."""
-        if self.registry.current_epoch() != reg.epoch:
-            reg = self.registry.load()
-        routes = reg.routes.get(source, [])
-        if not routes:
-            self._warn_unbound(source)
-        return routes
-
-    def _plan(self, routes: list[Route], payloads: Sequence[Mapping[str, Any]],
-              offset: int = 0) -> list[_Item]:
-        n = self.layout.count
-        items: list[_Item] = []
-        append = items.append
-        for i, payload in enumerate(payloads, offset):
-            for r in routes:
-                path = r.path
-                # the common case inline: a one-field key whose value is a string
-                if path is not None and len(path) == 1 and type(payload) is dict:
-                    pkey = payload.get(path[0])
-                    if type(pkey) is not str:
-                        pkey = self._pkey(payload, r, i)
-                else:
-                    pkey = self._pkey(payload, r, i)
-                member = member_bytes(r.key, pkey)
-                append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
-        return items
-
-    @staticmethod
-    def _pkey(payload: Mapping[str, Any], r: Route, i: int) -> str | None:
-        try:
-            return partition_key(payload, r.path)
-        except Exception as exc:
-            raise PayloadError(
-                "partition_key",
-                f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
-                f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored",
-            ) from exc
-
-    def _warn_unbound(self, source: str) -> None:
-        warned: set[str] = self.__dict__.setdefault("_warned_sources", set())
-        if source not in warned:
-            warned.add(source)
-            log.warning(
-                "source_unbound source=%r namespace=%r: no trigger is bound to this source, events "
-                "emitted to it are not stored (a typo, or the wrong namespace?)",
-                source, self.keys.namespace, extra={"event": "source_unbound", "source": source},
-            )
-
-    def _send(self, source: str, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
-              window_now: bytes, events: list[bytes]) -> list[_Item]:
-        """Store a chunk: one call per shard. Items refused as stale (the registry changed) are
-        planned again under the new registry: an event none of whose items was stored gets the
-        new routes; one stored in part keeps its other bindings and loses only dropped ones."""
-        final: dict[int, list[_Item]] = {}
-        for it in chunk:
-            final.setdefault(it.event, []).append(it)
-        pending = chunk
-        for _ in range(10):
-            reg = self.registry.snapshot
-            by_shard: dict[int, list[_Item]] = {}
-            for it in pending:
-                by_shard.setdefault(it.shard, []).append(it)
-            client, emitter, calls = self.transport.emitter()
-            shards = list(by_shard)
-            requests = [self._call(s, by_shard[s], reg.epoch, next(calls), emitter, window_now, events)
-                        for s in shards]
-            replies = self.transport.run(self.scripts.accumulate, requests, client)
-            stale: list[_Item] = []
-            cuts: list[str] = []
-            failed: BaseException | None = None
-            for s, reply in zip(shards, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    failed = reply
-                elif reply[0] == -1:
-                    stale += by_shard[s]
-                else:
-                    cuts += self._results(by_shard[s], reply)
-            if cuts or any(not isinstance(r, BaseException) and r[0] == -2 for r in replies):
-                self._handoff(cuts)
-            if failed is not None:
-                raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]])
-            if not stale:
-                break
-            reg = self.registry.load()
-            for s in {it.shard for it in stale}:
-                if s != 0:
-                    self.registry.sync(s, reg)
-            live = {r.key for rs in reg.routes.values() for r in rs}
-            pending = []
-            for e in sorted({it.event for it in stale}):
-                if all(it.result is None for it in final[e]):  # nothing stored yet: new routes
-                    final[e] = self._plan(reg.routes.get(source, []), [payloads[e]], offset=e)
-                    pending += final[e]
-                else:
-                    final[e] = [it for it in final[e] if it.result is not None or it.route.key in live]
-                    pending += [it for it in final[e] if it.result is None]
-            if not pending:
-                break
-        else:
-            raise RuntimeError("bindings kept changing while emitting; gave up")
-        return [it for e in sorted(final) for it in final[e]]
-
-    def _call(self, shard: int, items: list[_Item], epoch: bytes, call_id: int, emitter: str,
-              window_now: bytes, events: list[bytes]) -> tuple[list[Any], list[Any]]:
-        head_keys, head_args, prefix, opens = self._heads[shard]
-        routes: dict[str, int] = {}
-        route_args: list[Any] = []
-        for it in items:
-            if it.route.key not in routes:
-                routes[it.route.key] = len(routes) + 1
-                route_args += (it.route.key, it.route.count, it.route.window)
-        call_key = self._call_keys.get((emitter, shard))
-        if call_key is None:
-            call_key = self._call_keys[emitter, shard] = self.shards[shard].call(emitter)
-        open_keys = [opens.get(r) or opens.setdefault(r, self.shards[shard].open_buffers(r)) for r in routes]
-        keys = [head_keys[0], call_key, *head_keys[2:], *open_keys, *(prefix + it.member for it in items)]
-        args: list[Any] = [epoch, call_id, window_now, BUFFER_CAP, *head_args, len(routes), *route_args]
-        if len(routes) == 1:
-            args += [events[it.event] for it in items]
-        else:
-            for it in items:
-                args += (routes[it.route.key], events[it.event])
-        return keys, args
-
-    def _handoff(self, batch_ids: Sequence[str]) -> None:
-        if self.on_cut is None:
-            return
-        try:
-            self.on_cut(batch_ids)
-        except Exception as exc:  # the batches are safe in Redis; a sweeper hands them off
-            log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off", len(batch_ids),
-                        exc, extra={"event": "handoff_failed"})
-
-    def _results(self, items: list[_Item], reply: list[Any]) -> list[str]:
-        """Fill each item's result; the reply lists only items that cut, closed or overflowed.
-        Returns the ids of the batches cut (to hand off)."""
-        new = tuple.__new__  # a named tuple without its Python-level __new__: one per item
-        for it in items:
-            it.result = new(EmitResult, (it.route.key, it.pkey, None, 0, None))
-        if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
-            return []
-        cut_ms = reply[0]
-        notes: dict[int, dict[str, Any]] = {}
-        cuts: list[str] = []
-        fields = iter(reply)
-        next(fields)
-        for item, kind, batch_id, blob in zip(fields, fields, fields, fields, strict=True):
-            it = items[item - 1]
-            binding, pkey = it.route.key, it.pkey
-            note = notes.setdefault(item - 1, {})
-            if kind == b"overflow":
-                note["overflowed"] = 1
-                log.warning(
-                    "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, "
-                    "oldest event dropped",
-                    binding, pkey, BUFFER_CAP,
-                    extra={"event": "buffer_overflow", "binding": binding, "partition": pkey},
-                )
-                continue
-            bid = batch_id.decode()
-            if kind == b"count":
-                note["batch"] = Batch(bid, binding, pkey, "count", LazyEvents(blob), cut_at_ms=cut_ms)
-                cuts.append(bid)
-            else:
-                discarded = kind == b"discard"
-                note["expired"] = Batch(bid, binding, pkey, "expired", LazyEvents(blob),
-                                        discarded=discarded, cut_at_ms=cut_ms)
-                if not discarded:
-                    cuts.append(bid)
-        for i, note in notes.items():
-            it = items[i]
-            it.result = EmitResult(it.route.key, it.pkey, **note)
-        return cuts
+        return self._run(self.core.emit_many(source, payloads))
 
     # expiry and drop --------------------------------------------------------------------
 
     def flush_expired(self, limit: int = 1000) -> list[Batch]:
         """Cut or discard every buffer whose window has run out (what the sweeper does)."""
-        batches: list[Batch] = []
-        for s in range(self.layout.count):
-            while True:
-                step = self.flush_step(limit, with_events=True, shard=s)
-                batches.extend(step.batches)
-                if not step.more:
-                    break
-        return batches
+        return self._run(self.core.flush_expired(limit))
 
     def flush_step(self, limit: int, *, with_events: bool, shard: int = 0) -> FlushStep:
-        """One bounded flush of one shard; also says when its next window runs out.
-
-        The buffers whose windows ran out are read first (`due_buffers.lua`, read-only) and
-        passed to the flush script, which checks each deadline again: every key it touches is
-        named up front. With nothing due it is that one read, O(log N).
-        """
-        k = self.shards[shard]
-        now = self.clock.now_ms()
-        window_now = "" if now is None else now
-        peek = self.scripts.due_buffers(keys=[k.deadlines], args=[window_now, limit])
-        due: list[bytes] = peek[2:]
-        if not due:
-            return FlushStep([], None if int(peek[1]) < 0 else int(peek[1]), int(peek[0]))
-        prefix = k.buffer_prefix.encode()
-        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut]
-        for m in due:
-            keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
-        reply = self.scripts.flush_expired(
-            keys=keys, args=[window_now, self.layout.id_prefix(shard), k.buffer_prefix, int(with_events)],
-        )
-        batches = [decode_cut(row) for row in reply[3:]]
-        for b in batches:
-            if b.discarded:
-                log.info(
-                    "batch_discarded binding=%s partition=%r events=%d",
-                    b.binding, b.partition_key, len(b.events),
-                    extra={"event": "batch_discarded", "binding": b.binding},
-                )
-        cuts = [b.id for b in batches if not b.discarded]
-        if cuts:
-            self._handoff(cuts)
-        more = len(due) == limit
-        return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]), more)
+        """One bounded flush of one shard; also says when its next window runs out."""
+        return self._run(self.core.flush_step(limit, with_events=with_events, shard=shard))
 
     def drop(self, binding: str) -> list[Event]:
         """Remove a binding and all its buffers; returns the events still pending in them.
@@ -467,35 +185,16 @@ class Batcher:
         Batches it already cut are not pending: they were handed off and are still delivered
         (the definition stays readable for workers under `{ns}:dropped`).
         """
-        members = self.registry.unbind(binding)  # first: no shard takes events for it any more
-        events: list[Event] = []
-        for k, open_members in zip(self.shards, members, strict=True):
-            prefix = k.buffer_prefix.encode()
-            while True:
-                reply = self.scripts.drain_buffers(
-                    keys=[k.deadlines, k.stats, k.open_buffers(binding), *(prefix + m for m in open_members)],
-                    args=[binding, k.buffer_prefix],
-                )
-                for i in range(1, len(reply), 2):
-                    events.extend(decode_events(reply[i + 1]))
-                if int(reply[0]) == 0:
-                    break
-                open_members = list(self.client.smembers(k.open_buffers(binding)))  # type: ignore[arg-type]
-        return events
+        return self._run(self.core.drop(binding))
 
     def counters(self) -> dict[str, int]:
         """Every counter (`events_in:<binding>`, `batches_dead`, ...) summed over the shards."""
-        total: dict[str, int] = {}
-        for k in self.shards:
-            for name, value in self.client.hgetall(k.stats).items():
-                total[as_text(name)] = total.get(as_text(name), 0) + int(value)
-        return total
+        return self._run(self.core.counters())
 
     def open_buffers(self) -> int:
         """How many buffers are open now, over all shards."""
-        return sum(int(self.client.zcard(k.deadlines)) for k in self.shards)
+        return self._run(self.core.open_buffers())
 
     def server_ms(self) -> int:
         """The Redis server's clock (what leases and retry times are measured on)."""
-        seconds, micros = self.client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
+        return self._run(self.core.server_ms())

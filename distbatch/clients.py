@@ -30,7 +30,7 @@ def check_client(client: Any) -> None:
         raise ConfigError(
             "client_async",
             f"client={client!r} is a redis.asyncio client; Batcher is the sync API and needs a "
-            "redis.Redis (an asyncio AsyncBatcher is not available yet)",
+            "redis.Redis (for asyncio: from distbatch.aio import AsyncBatcher)",
         )
     if not callable(getattr(client, "evalsha", None)):
         raise ConfigError("client_type", f"client={client!r} is not a redis.Redis client")
@@ -42,3 +42,41 @@ def check_client(client: Any) -> None:
             "redis client has decode_responses=True; distbatch stores binary events and "
             "needs decode_responses=False",
         )
+
+
+def check_async_client(client: Any) -> None:
+    """A redis.asyncio client that returns bytes."""
+    if not isinstance(client, redis.asyncio.Redis | redis.asyncio.RedisCluster):
+        raise ConfigError(
+            "client_sync" if callable(getattr(client, "evalsha", None)) else "client_type",
+            f"client={client!r} is not a redis.asyncio client; AsyncBatcher needs one "
+            "(for a sync redis.Redis: from distbatch import Batcher)",
+        )
+    kwargs = (client.connection_pool.connection_kwargs if isinstance(client, redis.asyncio.Redis)
+              else client.connection_kwargs)
+    if kwargs.get("decode_responses"):
+        raise ConfigError(
+            "client_decode_responses",
+            "redis client has decode_responses=True; distbatch stores binary events and "
+            "needs decode_responses=False",
+        )
+
+
+def sync_twin(client: Any) -> redis.Redis:
+    """A sync client to the same Redis as a redis.asyncio one (RQ, which hands batches to the
+    workers, is sync-only)."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    if "server" in kwargs:  # fakeredis: the same in-memory server
+        import fakeredis
+
+        return fakeredis.FakeRedis(server=kwargs["server"])
+    name = client.connection_pool.connection_class.__name__
+    cls: type[redis.connection.AbstractConnection] = {
+        "SSLConnection": redis.connection.SSLConnection,
+        "UnixDomainSocketConnection": redis.connection.UnixDomainSocketConnection,
+    }.get(name, redis.connection.Connection)
+    accepted = {p for c in cls.__mro__ if "__init__" in vars(c)
+                for p in inspect.signature(vars(c)["__init__"]).parameters}
+    keep = {k: v for k, v in kwargs.items()
+            if k in accepted and not k.startswith(("maint_", "orig_")) and k != "retry"}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=cls, **keep))

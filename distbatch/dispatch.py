@@ -15,7 +15,8 @@ none is left or its per-job budget is spent (see `jobs.run_batches`). So:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 import redis
 from rq import Queue
@@ -24,6 +25,22 @@ from rq.serializers import JSONSerializer
 from .keys import Keys
 
 JOB_FUNC = "distbatch.jobs.run_batches"
+log = logging.getLogger("distbatch")
+
+OnCut = Callable[[Sequence[str]], object]
+"""Called with the ids of batches just cut (empty when a cut may have happened but its ids were
+lost with a reply); the default hands them to the workers (`Dispatcher`)."""
+
+
+def hand_off(on_cut: OnCut | None, batch_ids: Sequence[str]) -> None:
+    """Call the hook; never raise: the batches are safe in Redis and a sweeper hands them off."""
+    if on_cut is None:
+        return
+    try:
+        on_cut(batch_ids)
+    except Exception as exc:
+        log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off", len(batch_ids),
+                    exc, extra={"event": "handoff_failed"})
 
 
 def make_queue(client: redis.Redis, keys: Keys) -> Queue:

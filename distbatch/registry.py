@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 from .codec import as_text
 from .config import Binding
 from .errors import ConfigError
 from .keys import Keys
+from .ops import Atomic, Cmd, Eval, Proc
 from .partition import split_path
-from .scripts import Scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,53 +45,53 @@ class Snapshot:
 
 
 class Registry:
-    def __init__(self, client: Any, shards: list[Keys], scripts: Scripts, cluster: bool) -> None:
-        self.client = client
-        self.shards = shards
-        self.scripts = scripts
-        self.cluster = cluster
-        self._snapshot = Snapshot()
+    """The registry of one namespace. Every method that touches Redis is a procedure (`ops.Proc`):
+    `Batcher` and `AsyncBatcher` drive the same code."""
 
-    @property
-    def snapshot(self) -> Snapshot:
-        """The cached snapshot, read on first use and after every invalidation."""
-        snap = self._snapshot
-        return snap if snap.loaded else self.load()
+    def __init__(self, shards: list[Keys], cluster: bool) -> None:
+        self.shards = shards
+        self.cluster = cluster
+        self.cached = Snapshot()
+        """The last snapshot read; `loaded` is False until the first read and after a change."""
 
     def invalidate(self) -> None:
-        self._snapshot = Snapshot()
+        self.cached = Snapshot()
 
-    def load(self) -> Snapshot:
+    def snapshot(self) -> Proc[Snapshot]:
+        """The cached snapshot, read on first use and after every invalidation."""
+        snap = self.cached
+        if not snap.loaded:
+            snap = yield from self.load()
+        return snap
+
+    def load(self) -> Proc[Snapshot]:
         k = self.shards[0]
-        if self.cluster:  # epoch first: a register in between makes it stale, never the reverse
-            epoch = self.client.get(k.registry_version)
-            raw = self.client.hgetall(k.bindings)
-        else:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(k.registry_version)
-            pipe.hgetall(k.bindings)
-            epoch, raw = pipe.execute()
+        # epoch first: a register in between makes the snapshot stale, never the reverse
+        epoch, raw = yield Atomic((Cmd("get", (k.registry_version,)), Cmd("hgetall", (k.bindings,))))
+        self.cached = snap = self.parse(epoch or b"", raw)
+        return snap
+
+    @staticmethod
+    def parse(epoch: bytes, raw: dict[bytes, bytes]) -> Snapshot:
         bindings = {as_text(b): Binding.from_dict(json.loads(v)) for b, v in sorted(raw.items())}
         routes: dict[str, list[Route]] = {}
         for b in bindings.values():
             routes.setdefault(b.source, []).append(
                 Route(b, b.key, split_path(b.batch.key), b"%d" % b.batch.count, b"%d" % b.batch.window_ms)
             )
-        self._snapshot = snap = Snapshot(epoch or b"", routes, bindings, dict(raw), True)
-        return snap
+        return Snapshot(epoch, routes, bindings, dict(raw), True)
 
-    def current_epoch(self) -> bytes:
-        epoch: bytes = self.client.get(self.shards[0].registry_version) or b""
+    def current_epoch(self) -> Proc[bytes]:
+        epoch: bytes = (yield Cmd("get", (self.shards[0].registry_version,))) or b""
         return epoch
 
-    def register(self, binding: Binding) -> None:
+    def register(self, binding: Binding) -> Proc[None]:
         """Store `binding` on every shard under one new epoch; a conflict is a ConfigError."""
         definition = json.dumps(binding.to_dict(), sort_keys=True, separators=(",", ":"))
         epoch = secrets.token_hex(8)
         for i, k in enumerate(self.shards):  # the first shard decides; the others are copies
-            stored = self.scripts.register(
-                keys=[k.bindings, k.registry_version, k.dropped], args=[binding.key, definition, epoch]
-            )
+            stored = yield Eval("register", [k.bindings, k.registry_version, k.dropped],
+                                [binding.key, definition, epoch])
             if isinstance(stored, bytes):
                 if i == 0:
                     raise ConfigError(
@@ -100,25 +99,23 @@ class Registry:
                         f"binding={binding.key!r} is already registered with a different config "
                         f"({stored.decode()}); register the new behaviour under a new version",
                     )
-                self.sync(i, self.load())  # a copy out of step (an earlier op cut off part-way)
+                yield from self.sync(i, (yield from self.load()))  # a copy out of step
         self.invalidate()
 
-    def unbind(self, binding: str) -> list[list[bytes]]:
+    def unbind(self, binding: str) -> Proc[list[list[bytes]]]:
         """First step of a drop, on every shard: the binding takes no more events (its definition
         moves to `dropped`). Returns each shard's open members of it."""
         epoch = secrets.token_hex(8)
         members = []
         for k in self.shards:
-            reply = self.scripts.unbind(
-                keys=[k.bindings, k.registry_version, k.dropped, k.open_buffers(binding)],
-                args=[binding, epoch],
-            )
+            reply = yield Eval("unbind", [k.bindings, k.registry_version, k.dropped, k.open_buffers(binding)],
+                               [binding, epoch])
             members.append(list(reply[1:]))
         self.invalidate()
         return members
 
-    def sync(self, shard: int, snap: Snapshot) -> None:
+    def sync(self, shard: int, snap: Snapshot) -> Proc[None]:
         """Copy the first shard's registry onto `shard` (a register/drop that did not reach it)."""
         k = self.shards[shard]
         pairs = [x for kv in snap.raw.items() for x in kv]
-        self.scripts.sync_registry(keys=[k.bindings, k.registry_version], args=[snap.epoch, *pairs])
+        yield Eval("sync_registry", [k.bindings, k.registry_version], [snap.epoch, *pairs])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from redis.crc import key_slot
 
 from .errors import ConfigError
 from .keys import Keys
+from .ops import Cmd, Proc
 
 SLOTS = 16384
 
@@ -69,23 +71,30 @@ class Layout:
 
     @classmethod
     def load(cls, client: Any, namespace: str, shards: int | None) -> Layout:
-        """Read the namespace's layout, fixing it on first use (`shards`, default 1 on one Redis,
-        the number of masters on a cluster)."""
+        """`read` on a sync client."""
+        from .syncio import SyncDriver
+
+        return SyncDriver(client).run(cls.read(namespace, shards, lambda: default_shards(client)))
+
+    @classmethod
+    def read(cls, namespace: str, shards: int | None, default: Callable[[], int]) -> Proc[Layout]:
+        """Read the namespace's layout, fixing it on first use (`shards`, default `default()`: 1 on
+        one Redis, the number of masters on a cluster)."""
         k = Keys(namespace)
-        raw = client.hgetall(k.meta)
+        raw = yield Cmd("hgetall", (k.meta,))
         if raw:
             tags = tuple(json.loads(raw[b"tags"]))
         else:
-            want = shards or default_shards(client)
+            want = shards or default()
             if isinstance(want, bool) or not isinstance(want, int) or want < 1:
                 raise ConfigError("shards_invalid", f"shards={want!r} must be an integer >= 1")
             # no meta key means one shard (nothing is written until there is data); a namespace
             # already in use without one has one shard
-            if want == 1 or client.exists(k.bindings, k.registry_version):
+            if want == 1 or (yield Cmd("exists", (k.bindings, k.registry_version))):
                 tags = tuple(tags_for(namespace, 1))
             else:
-                client.hsetnx(k.meta, "tags", json.dumps(tags_for(namespace, want)))
-                tags = tuple(json.loads(client.hget(k.meta, "tags")))
+                yield Cmd("hsetnx", (k.meta, "tags", json.dumps(tags_for(namespace, want))))
+                tags = tuple(json.loads((yield Cmd("hget", (k.meta, "tags")))))
         if shards is not None and shards != len(tags):
             raise ConfigError(
                 "shards_mismatch",

@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import fakeredis
 import pytest
 import redis
+import redis.asyncio
 
 from distbatch import Batcher, ManualClock
+from distbatch.faultproxy import FaultProxy
 
+from .aio_facade import LoopThread, SyncFront
 from .redis_server import LocalCluster, RedisServer
 
 _namespaces = itertools.count()
@@ -60,17 +64,56 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """A loopback proxy to the test Redis that can drop a reply after Redis ran the command."""
+    with FaultProxy("127.0.0.1", redis_server.port).start() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def aio_loop() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture
+def api() -> str:
+    """Which API `make_batcher` builds; behaviour modules override it to run both."""
+    return "sync"
+
+
+def _async_client(client: redis.Redis, redis_server: RedisServer, fake_server: fakeredis.FakeServer) -> Any:
+    if isinstance(client, redis.RedisCluster):
+        node = client.get_default_node()  # type: ignore[no-untyped-call]
+        return redis.asyncio.RedisCluster(host=node.host, port=node.port)
+    if isinstance(client, fakeredis.FakeRedis):
+        return fakeredis.FakeAsyncRedis(server=fake_server)
+    return redis.asyncio.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture
 def make_batcher(
-    client: redis.Redis, namespace: str, clock: ManualClock, redis_server: RedisServer
-) -> Callable[..., Batcher]:
+    client: redis.Redis, namespace: str, clock: ManualClock, redis_server: RedisServer, api: str,
+    request: pytest.FixtureRequest, fake_server: fakeredis.FakeServer,
+) -> Iterator[Callable[..., Batcher]]:
+    fronts: list[SyncFront] = []
+
     def make(**kw: object) -> Batcher:
         kw.setdefault("namespace", namespace)
         kw.setdefault("clock", clock)
         if isinstance(client, redis.RedisCluster):  # RQ lives on a standalone Redis
             kw.setdefault("queue_client", redis.Redis.from_url(redis_server.url))
+        if api == "async":
+            front = SyncFront(request.getfixturevalue("aio_loop"),
+                              lambda: _async_client(client, redis_server, fake_server), client, **kw)
+            fronts.append(front)
+            return front  # type: ignore[return-value]
         return Batcher(client, **kw)  # type: ignore[arg-type]
 
-    return make
+    yield make
+    for front in fronts:
+        front.close()
 
 
 @pytest.fixture

@@ -10,6 +10,12 @@ from distbatch import Batcher, ConfigError
 from distbatch.config import BatchConfig, parse_duration
 
 
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Every behaviour test here runs on Batcher and on AsyncBatcher."""
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     ("text", "ms"),
     [("250ms", 250), ("30s", 30_000), ("10m", 600_000), ("2h", 7_200_000), ("1d", 86_400_000),

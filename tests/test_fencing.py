@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -199,12 +198,6 @@ def test_fail_keeps_the_tail_of_the_traceback(batcher: Batcher) -> None:
 
 
 # lost replies, through a proxy that lets Redis run the command and then drops the answer -------
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", redis_server.port).start() as p:
-        yield p
 
 
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])

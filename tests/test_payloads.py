@@ -9,6 +9,12 @@ import pytest
 from distbatch import Batcher, PayloadError
 
 
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Every behaviour test here runs on Batcher and on AsyncBatcher."""
+    return str(request.param)
+
+
 @pytest.fixture
 def bound(batcher: Batcher) -> Batcher:
     batcher.register("d", version="v1", source="s", handler="m.h",

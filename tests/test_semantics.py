@@ -8,6 +8,12 @@ import pytest
 
 from distbatch import Batcher, ManualClock
 
+
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Every behaviour test here runs on Batcher and on AsyncBatcher."""
+    return str(request.param)
+
 H = "tests.handlers.noop"
 
 

@@ -1,0 +1,303 @@
+"""AsyncBatcher: the same batcher for asyncio apps, on redis.asyncio.
+
+It runs the very procedures `Batcher` runs (`ingest.py`: planning, script arguments, reply
+decoding, the re-plan after a registry change), only awaited. Build it with
+``await AsyncBatcher.from_url(url)`` (a `BlockingConnectionPool`, so a burst of concurrent emits
+waits for a connection instead of failing with `MaxConnectionsError`), or ``AsyncBatcher(client)``
+with a `redis.asyncio` client; the first call reads the namespace's layout.
+
+Concurrent emits: each call in flight holds an emitter id of its own, taken from a free list, so
+the call id a resend repeats is recognised by the script (a lost reply never stores twice).
+
+Hand-off: RQ is sync-only, so a cut's ticket is enqueued on a sync client in a worker thread
+(`asyncio.to_thread`); `queue_client` / `queue_url` as for `Batcher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from .clients import check_async_client, sync_twin
+from .clock import ManualClock, ServerClock
+from .config import Binding, RetryPolicy
+from .dispatch import Dispatcher, OnCut, hand_off
+from .errors import ConfigError
+from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
+from .keys import Keys
+from .models import Batch, EmitResult, Event
+from .ops import Atomic, Call, Cmd, Eval, Proc, Store
+from .scripts import NAMES, source
+from .shards import Layout
+
+log = logging.getLogger("distbatch")
+T = TypeVar("T")
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+DEFAULT_MAX_CONNECTIONS = 64
+
+
+def connect_async(url: str, **options: Any) -> Any:
+    """A redis.asyncio client for `url` on a BlockingConnectionPool (`max_connections`, default
+    64; `pool_timeout` seconds to wait for a free connection, default 20); `redis+cluster://` and
+    `rediss+cluster://` give a redis.asyncio RedisCluster."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.endswith("+cluster"):
+        options.pop("pool_timeout", None)
+        return redis.asyncio.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=options.pop("max_connections", DEFAULT_MAX_CONNECTIONS),
+        timeout=options.pop("pool_timeout", 20), **options)
+    return redis.asyncio.Redis(connection_pool=pool)
+
+
+class AsyncBatcher:
+    """The asyncio twin of `Batcher`: same arguments, same methods, awaited."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        namespace: str = "distbatch",
+        clock: ManualClock | ServerClock | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        chunk_size: int = 1000,
+        handoff: bool = True,
+        queue_client: redis.Redis | None = None,
+        on_cut: OnCut | None = None,
+        shards: int | None = None,
+    ) -> None:
+        self.namespace = Keys(namespace).namespace  # a bad namespace is the first thing to say
+        check_async_client(client)
+        self.client = client
+        self.cluster = isinstance(client, redis.asyncio.RedisCluster)
+        if handoff and on_cut is None and queue_client is None:
+            if self.cluster:
+                raise ConfigError(
+                    "cluster_needs_queue_url",
+                    "RQ cannot run on Redis Cluster (its keys span slots): give the queue a "
+                    "standalone Redis (queue_url= / queue_client=), or handoff=False",
+                )
+            queue_client = sync_twin(client)
+        self.dispatcher = Dispatcher(queue_client, Keys(namespace)) if handoff and queue_client else None
+        self.on_cut: OnCut | None = on_cut or self.dispatcher
+        self._options = {"clock": clock, "max_payload_bytes": max_payload_bytes, "chunk_size": chunk_size}
+        self._shards = shards
+        self._scripts = {name: client.register_script(source(name)) for name in NAMES}
+        self._core: Ingest | None = None
+        self._starting: asyncio.Lock | None = None
+        self._emitters: list[tuple[str, Iterator[int]]] = []
+        self._calls_in_flight: asyncio.Semaphore | None = None
+        self._emitter_ids = itertools.count()
+
+    @classmethod
+    async def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "distbatch",
+        clock: ManualClock | ServerClock | None = None,
+        queue_url: str | None = None,
+        **options: Any,
+    ) -> AsyncBatcher:
+        """Connect and read the namespace's layout. URLs and options as `Batcher.from_url`."""
+        own = {k: options.pop(k) for k in list(options) if k in BATCHER_OPTIONS}
+        client = connect_async(url, **options)
+        options.pop("max_connections", None)
+        options.pop("pool_timeout", None)
+        queue_client = redis.Redis.from_url(queue_url, **options) if queue_url else None
+        batcher = cls(client, namespace=namespace, clock=clock, queue_client=queue_client, **own)
+        try:
+            await batcher.start()
+        except BaseException:
+            await batcher.aclose()
+            raise
+        return batcher
+
+    async def start(self) -> Ingest:
+        """Read (or fix) the namespace's layout; done by the first call if not before."""
+        if self._core is not None:
+            return self._core
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._core is None:
+                if self.cluster:
+                    await self.client.initialize()
+                    masters = max(1, len(self.client.get_primaries()))
+                else:
+                    masters = 1
+                layout = await self._drive(Layout.read(self.namespace, self._shards, lambda: masters))
+                pool = getattr(self.client, "connection_pool", None)
+                self._calls_in_flight = asyncio.Semaphore(
+                    getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS)
+                self._core = Ingest(layout, cluster=self.cluster, **self._options)  # type: ignore[arg-type]
+        return self._core
+
+    @property
+    def core(self) -> Ingest:
+        if self._core is None:
+            raise RuntimeError("AsyncBatcher not started: await batcher.start() (or any call) first")
+        return self._core
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        if self.dispatcher is not None:
+            self.dispatcher.client.close()
+
+    async def __aenter__(self) -> AsyncBatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # the API: Batcher's, awaited ----------------------------------------------------------
+
+    async def register(self, id: str, *, version: str, source: str, batch: Mapping[str, Any],
+                       handler: str | Callable[..., Any],
+                       retry: Mapping[str, Any] | RetryPolicy | None = None) -> str:
+        """Store a trigger binding for every instance to see; returns its key `id@version`."""
+        core = await self.start()
+        return await self._drive(core.register(id, version=version, source=source, batch=batch,
+                                               handler=handler, retry=retry))
+
+    async def bindings(self) -> dict[str, Binding]:
+        return await self._drive((await self.start()).bindings())
+
+    async def binding(self, key: str) -> Binding | None:
+        return await self._drive((await self.start()).binding(key))
+
+    async def emit(self, source: str, payload: Mapping[str, Any]) -> list[EmitResult]:
+        """Add one event to every binding of `source`; one result per binding."""
+        return await self._drive((await self.start()).emit_many(source, [payload]))
+
+    async def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
+        """As `Batcher.emit_many`: checked before anything is written, `EmitError` on a failure
+        part-way."""
+        return await self._drive((await self.start()).emit_many(source, payloads))
+
+    async def flush_expired(self, limit: int = 1000) -> list[Batch]:
+        return await self._drive((await self.start()).flush_expired(limit))
+
+    async def flush_step(self, limit: int, *, with_events: bool, shard: int = 0) -> FlushStep:
+        return await self._drive((await self.start()).flush_step(limit, with_events=with_events, shard=shard))
+
+    async def drop(self, binding: str) -> list[Event]:
+        return await self._drive((await self.start()).drop(binding))
+
+    async def counters(self) -> dict[str, int]:
+        return await self._drive((await self.start()).counters())
+
+    async def open_buffers(self) -> int:
+        return await self._drive((await self.start()).open_buffers())
+
+    async def server_ms(self) -> int:
+        return await self._drive(Ingest.server_ms())
+
+    async def run(self, proc: Proc[T]) -> T:
+        """Await one of `core`'s procedures on this batcher's client."""
+        await self.start()
+        return await self._drive(proc)
+
+    # the driver ---------------------------------------------------------------------------
+
+    async def _drive(self, proc: Proc[T]) -> T:
+        send = proc.send
+        reply: Any = None
+        try:
+            while True:
+                op = send(reply)
+                if isinstance(op, Store):
+                    reply = await self._store(op)
+                elif isinstance(op, Eval):
+                    reply = await self._eval(op.script, list(op.keys), list(op.args))
+                elif isinstance(op, Cmd):
+                    reply = await getattr(self.client, op.name)(*op.args)
+                elif isinstance(op, Atomic):
+                    reply = await self._atomic(op.cmds)
+                else:
+                    await self._handoff(op.batch_ids)
+                    reply = None
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def _eval(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        script = self._scripts[name]
+        try:
+            return await script(keys=keys, args=args)
+        except TRANSIENT:  # every script is idempotent per call id or token: safe to resend
+            return await script(keys=keys, args=args)
+
+    async def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:
+        if self.cluster:
+            return [await getattr(self.client, c.name)(*c.args) for c in cmds]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for c in cmds:
+                getattr(pipe, c.name)(*c.args)
+            return list(await pipe.execute())
+
+    async def _store(self, op: Store) -> list[Any]:
+        assert self._calls_in_flight is not None
+        async with self._calls_in_flight:  # emitter ids (and their call-id keys) <= connections
+            return await self._store_as(self._emitters.pop() if self._emitters else self._new_emitter(), op)
+
+    async def _store_as(self, emitter: tuple[str, Iterator[int]], op: Store) -> list[Any]:
+        try:
+            calls = op.build(*emitter)
+            if len(calls) == 1 or self.cluster:
+                return list(await asyncio.gather(*(self._one(c) for c in calls)))
+            try:
+                return await self._pipeline(calls)
+            except TRANSIENT:
+                try:
+                    return await self._pipeline(calls)
+                except TRANSIENT as exc:
+                    return [exc] * len(calls)
+        finally:
+            self._emitters.append(emitter)
+
+    def _new_emitter(self) -> tuple[str, Iterator[int]]:
+        return f"{os.urandom(4).hex()}-{os.getpid()}-a{next(self._emitter_ids)}", itertools.count(1)
+
+    async def _one(self, call: Call) -> Any:
+        try:
+            return await self._eval("accumulate", *call)
+        except TRANSIENT as exc:
+            return exc
+        except redis.ResponseError as exc:  # on a cluster, as Transport: one shard's failure
+            if not self.cluster:
+                raise
+            return exc
+
+    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+        script = self._scripts["accumulate"]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _handoff(self, batch_ids: Sequence[str]) -> None:
+        hook = self.on_cut
+        if hook is None:
+            return
+        if inspect.iscoroutinefunction(hook):
+            try:
+                await hook(batch_ids)
+            except Exception as exc:
+                log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off",
+                            len(batch_ids), exc, extra={"event": "handoff_failed"})
+        elif hook is self.dispatcher:  # RQ is sync: its round trips go to a worker thread
+            await asyncio.to_thread(hand_off, hook, batch_ids)
+        else:
+            hand_off(hook, batch_ids)

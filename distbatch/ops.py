@@ -1,0 +1,64 @@
+"""What the sans-I/O core asks of Redis: the operations a procedure yields to its driver.
+
+Every operation of the ingest side (emit, register, flush, drop, ...) is written once, as a
+generator (`Proc`) that yields these and is sent each reply. `Batcher` drives procedures on a
+`redis.Redis` (or `RedisCluster`); `AsyncBatcher` awaits them on `redis.asyncio`. So the code that
+builds script arguments, decodes replies and re-plans after a registry change exists once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+Call = tuple[list[Any], list[Any]]
+"""(keys, args) of one script call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cmd:
+    """One plain command: `client.<name>(*args)`; its reply is sent back."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Atomic:
+    """Commands read as one (MULTI/EXEC on one Redis; on a cluster, in order, one by one — so
+    put the one that must be read first first). The list of replies is sent back."""
+
+    cmds: tuple[Cmd, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Eval:
+    """One script call by name (`scripts.NAMES`), sent once more after a connection error:
+    every distbatch script is idempotent per call id or token."""
+
+    script: str
+    keys: Sequence[Any]
+    args: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Accumulate calls, one per shard, from `build(emitter_id, call_ids)`: the driver gives the
+    emitter identity (one caller at a time per emitter id, so a call id a retry repeats is
+    recognised). Sent back: one reply per call, an exception in place of a call that failed."""
+
+    build: Callable[[str, Iterator[int]], list[Call]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Batches were cut (ids; empty when their ids were lost with a reply): wake the workers.
+    The driver never raises from it (a sweeper hands off what this misses)."""
+
+    batch_ids: Sequence[str]
+
+
+Op = Cmd | Atomic | Eval | Store | Handoff
+Proc = Generator[Op, Any, T]

@@ -1,0 +1,122 @@
+"""AsyncBatcher beyond the shared behaviour suite (which runs on both APIs): concurrency, the
+connection pool, lost replies under concurrent emitters, hand-off to real workers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from distbatch import Batcher, ConfigError, ManualClock
+from distbatch.aio import AsyncBatcher
+from distbatch.codec import decode_events
+from distbatch.faultproxy import FaultProxy
+
+from .processes import Procs, delivered, wait_for
+from .redis_server import RedisServer
+
+
+def test_a_thousand_concurrent_emits_store_each_event_once(redis_server: RedisServer, namespace: str) -> None:
+    async def main() -> tuple[list[list], int]:
+        async with await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False,
+                                               clock=ManualClock(0), max_connections=16) as b:
+            await b.register("c", version="v1", source="s", handler="m.h",
+                             batch={"count": 7, "window": "1h", "key": "k"})
+            results = await asyncio.gather(*(b.emit("s", {"k": str(i % 13), "n": i}) for i in range(1000)))
+            return results, b.client.connection_pool.max_connections
+
+    results, pool_size = asyncio.run(main())
+    direct = redis.Redis.from_url(redis_server.url)
+    b = Batcher(direct, namespace=namespace, handoff=False)
+    cut = [r[0].batch for r in results if r[0].batch is not None]
+    in_batches = [e.payload["n"] for batch in cut for e in batch.events]
+    assert all(len(batch.events) == 7 for batch in cut)
+    buffered = [e.payload["n"] for m in direct.zrange(b.keys.deadlines, 0, -1)
+                for e in decode_events(b"".join(direct.lrange(b.keys.buffer_prefix.encode() + m, 0, -1)))]
+    assert b.counters()["events_in:c@v1"] == 1000
+    assert sorted(in_batches + buffered) == list(range(1000))  # each event once, none lost
+    # one emitter id per call in flight, never more than the pool's connections
+    calls = list(direct.scan_iter(f"{{{namespace}}}:call:*"))
+    assert 1 <= len(calls) <= pool_size == 16
+
+
+def test_burst_waits_for_a_connection_instead_of_failing(redis_server: RedisServer, namespace: str) -> None:
+    """redis.asyncio's plain pool raises MaxConnectionsError past its size; from_url's blocking
+    pool makes the 201st concurrent emit wait."""
+    async def main() -> int:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False,
+                                        max_connections=4)
+        await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
+        results = await asyncio.gather(*(b.emit("s", {"n": i}) for i in range(200)))
+        await b.aclose()
+        return len(results)
+
+    assert asyncio.run(main()) == 200
+    assert Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace,
+                   handoff=False).counters()["events_in:c@v1"] == 200
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_lost_replies_under_concurrent_emits_never_store_twice(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """Redis runs the accumulate call, the proxy drops its reply: the resend (redis-py's or
+    distbatch's own) must be recognised even while other tasks' calls interleave."""
+    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+
+    async def main() -> int:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port, retry=retry)
+        b = AsyncBatcher(client, namespace=namespace, handoff=False, clock=ManualClock(0))
+        await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
+        fired = 0
+        for round_ in range(5):
+            proxy.drop_next_reply(b"EVALSHA")
+            await asyncio.gather(*(b.emit("s", {"n": round_ * 40 + i}) for i in range(40)))
+            fired += proxy.fired
+        await b.aclose()
+        return fired
+
+    assert asyncio.run(main()) >= 5
+    direct = redis.Redis.from_url(redis_server.url)
+    b = Batcher(direct, namespace=namespace, handoff=False)
+    assert b.counters()["events_in:c@v1"] == 200
+    assert direct.llen(b.keys.buffer("c@v1", None)) == 200
+
+
+def test_sync_client_is_refused_with_a_clear_word(redis_server: RedisServer) -> None:
+    with pytest.raises(ConfigError) as err:
+        AsyncBatcher(redis.Redis.from_url(redis_server.url))
+    assert err.value.code == "client_sync" and "Batcher" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        AsyncBatcher(redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True))
+    assert err.value.code == "client_decode_responses"
+
+
+def test_async_cuts_are_handed_to_real_workers(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    procs = Procs(redis_server.url, namespace, tmp_path)
+    direct = redis.Redis.from_url(redis_server.url)
+    direct.delete("test:delivered")
+    try:
+        procs.worker()
+
+        async def main() -> None:
+            # a plain redis.asyncio client: the hand-off finds its way to RQ on the same Redis
+            b = AsyncBatcher(redis.asyncio.Redis.from_url(redis_server.url), namespace=namespace)
+            await b.register("w", version="v1", source="s", handler="tests.handlers.record",
+                             batch={"count": 5, "window": "1h", "key": "k"})
+            await asyncio.gather(*(b.emit("s", {"k": str(i % 4), "n": i}) for i in range(100)))
+            await b.aclose()
+
+        asyncio.run(main())
+        wait_for(lambda: len(delivered(direct)) == 20, 30, "20 batches delivered", procs.logs)
+        got = sorted(p["n"] for d in delivered(direct) for p in d["payloads"])
+        assert got == list(range(100))
+    finally:
+        procs.stop_all()
