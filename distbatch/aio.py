@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
 from .keys import Keys
 from .models import Batch, EmitResult, Event
-from .ops import Atomic, Call, Cmd, Eval, Proc, Store
+from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
 from .scripts import NAMES, source
 from .shards import Layout
 
@@ -212,25 +212,32 @@ class AsyncBatcher:
     # the driver ---------------------------------------------------------------------------
 
     async def _drive(self, proc: Proc[T]) -> T:
-        send = proc.send
-        reply: Any = None
+        """Run a procedure to its end; a failed operation is raised inside it, where it was asked."""
+        send, throw = proc.send, proc.throw
         try:
+            op = next(proc)
             while True:
-                op = send(reply)
-                if isinstance(op, Store):
-                    reply = await self._store(op)
-                elif isinstance(op, Eval):
-                    reply = await self._eval(op.script, list(op.keys), list(op.args))
-                elif isinstance(op, Cmd):
-                    reply = await getattr(self.client, op.name)(*op.args)
-                elif isinstance(op, Atomic):
-                    reply = await self._atomic(op.cmds)
+                try:
+                    reply = await self._do(op)
+                except Exception as exc:
+                    op = throw(exc)
                 else:
-                    await self._handoff(op.batch_ids)
-                    reply = None
+                    op = send(reply)
         except StopIteration as stop:
             result: T = stop.value
             return result
+
+    async def _do(self, op: Op) -> Any:
+        if isinstance(op, Store):
+            return await self._store(op)
+        if isinstance(op, Eval):
+            return await self._eval(op.script, list(op.keys), list(op.args))
+        if isinstance(op, Cmd):
+            return await getattr(self.client, op.name)(*op.args)
+        if isinstance(op, Atomic):
+            return await self._atomic(op.cmds)
+        await self._handoff(op.batch_ids)
+        return None
 
     async def _eval(self, name: str, keys: list[Any], args: list[Any]) -> Any:
         script = self._scripts[name]

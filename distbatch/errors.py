@@ -18,11 +18,13 @@ class ConfigError(DistbatchError, ValueError):
 
 
 class PayloadError(DistbatchError, ValueError):
-    """An event payload cannot be stored (not a mapping, not encodable, or too large)."""
+    """An event payload cannot be stored (not a mapping, not encodable, or too large). `event`:
+    its index in the call's payloads, when known."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, event: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.event = event
 
 
 class HandlerNotAllowed(DistbatchError):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import redis
+
 from . import codec
 from .clock import ManualClock, ServerClock
 from .codec import LazyEvents, as_text, check_round_trip, decode_cut, decode_events, encode_event
@@ -33,6 +35,7 @@ from .shards import Layout, shard_of
 log = logging.getLogger("distbatch")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
@@ -50,10 +53,26 @@ class _Item:
 
 
 class _SendFailed(Exception):
-    def __init__(self, cause: BaseException, items: list[_Item]) -> None:
+    """Redis failed while a chunk was being stored: `items` of the chunk, `refused` the ids of
+    those known not stored (refused as stale before the failure)."""
+
+    def __init__(self, cause: BaseException, items: list[_Item],
+                 refused: frozenset[int] = frozenset()) -> None:
         super().__init__(repr(cause))
         self.cause = cause
         self.items = items
+        self.refused = refused
+
+
+def _emit_error(done: list[_Item], failed: list[_Item], refused: frozenset[int], total: int,
+                cause: BaseException) -> EmitError:
+    """Which events were stored, which may be, which were not: by index into the payloads."""
+    unknown = {it.event for it in failed if it.result is None and id(it) not in refused}
+    sent = done + failed
+    stored = sorted({it.event for it in sent if it.result is not None} - unknown)
+    keep = set(stored)
+    results = [it.result for it in sent if it.result is not None and it.event in keep]
+    return EmitError(results, stored, sorted(unknown), total, cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +142,10 @@ class Ingest:
         limit = self.max_payload_bytes
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         codec.begin()
-        events = [encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit) for p in payload_list]
+        try:
+            events = [encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit) for p in payload_list]
+        except PayloadError as exc:
+            raise self._which(exc, source, payload_list) from exc.__cause__
         if not events:
             return []
         if codec.unusual():  # a tuple, a subclass...: only then can a payload fail to decode
@@ -146,14 +168,21 @@ class Ingest:
             try:
                 done += yield from self._send(source, payload_list, chunk, window_now, events)
             except _SendFailed as err:
-                sent = done + err.items
-                stored = sorted({it.event for it in sent if it.result is not None}
-                                - {it.event for it in err.items if it.result is None})
-                uncertain = sorted({it.event for it in err.items if it.result is None})
-                keep = set(stored)
-                results = [it.result for it in sent if it.result is not None and it.event in keep]
-                raise EmitError(results, stored, uncertain, len(events), err.cause) from err.cause
+                raise _emit_error(done, err.items, err.refused, len(events), err.cause) from err.cause
+            except TRANSIENT as exc:  # a read between two chunks' calls
+                if not done:
+                    raise  # nothing stored
+                raise _emit_error(done, [], frozenset(), len(events), exc) from exc
         return [it.result for it in done if it.result is not None]
+
+    def _which(self, exc: PayloadError, source: str, payloads: Sequence[Mapping[str, Any]]) -> PayloadError:
+        """The same error, naming the event (found again: only on this failure path)."""
+        for i, p in enumerate(payloads):
+            try:
+                encode_event("x", source, 0, p, self.max_payload_bytes)
+            except PayloadError:
+                return PayloadError(exc.code, f"event {i}: {exc}; nothing was stored", event=i)
+        return exc
 
     def _recheck_unbound(self, source: str, reg: Snapshot) -> Proc[list[Route]]:
         """No binding for `source` in our copy: maybe one was registered since; one GET tells."""
@@ -192,7 +221,7 @@ class Ingest:
             raise PayloadError(
                 "partition_key",
                 f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
-                f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored",
+                f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored", event=i,
             ) from exc
 
     def _warn_unbound(self, source: str) -> None:
@@ -238,10 +267,14 @@ class Ingest:
                 raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]])
             if not stale:
                 break
-            reg = yield from self.registry.load()
-            for s in {it.shard for it in stale}:
-                if s != 0:
-                    yield from self.registry.sync(s, reg)
+            try:
+                reg = yield from self.registry.load()
+                for s in {it.shard for it in stale}:
+                    if s != 0:
+                        yield from self.registry.sync(s, reg)
+            except TRANSIENT as exc:
+                raise _SendFailed(exc, [it for e in sorted(final) for it in final[e]],
+                                  frozenset(id(it) for it in stale)) from exc
             live = {r.key for rs in reg.routes.values() for r in rs}
             pending = []
             for e in sorted({it.event for it in stale}):
@@ -290,7 +323,7 @@ class Ingest:
         Returns the ids of the batches cut (to hand off)."""
         new = tuple.__new__  # a named tuple without its Python-level __new__: one per item
         for it in items:
-            it.result = new(EmitResult, (it.route.key, it.pkey, None, 0, None))
+            it.result = new(EmitResult, (it.route.key, it.pkey, None, 0, None, it.event))
         if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
             return []
         cut_ms = reply[0]
@@ -323,7 +356,7 @@ class Ingest:
                     cuts.append(bid)
         for i, note in notes.items():
             it = items[i]
-            it.result = EmitResult(it.route.key, it.pkey, **note)
+            it.result = EmitResult(it.route.key, it.pkey, event=it.event, **note)
         return cuts
 
     # expiry and drop --------------------------------------------------------------------

@@ -45,3 +45,5 @@ class EmitResult(NamedTuple):
     """The buffer this event found with its window already run out (no sweeper had flushed it
     yet): closed before the event opened a fresh one — cut (`reason="expired"`) or, with
     `expire_action="discard"`, dropped (`discarded=True`)."""
+    event: int = 0
+    """Index of this result's event in the payloads of the `emit_many` call (0 for `emit`)."""

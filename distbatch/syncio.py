@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .clients import is_cluster
-from .ops import Atomic, Cmd, Eval, Proc, Store
+from .ops import Atomic, Cmd, Eval, Op, Proc, Store
 from .scripts import Scripts
 from .transport import Transport, once_more
 
@@ -23,27 +23,34 @@ class SyncDriver:
         self.handoff = handoff
 
     def run(self, proc: Proc[T]) -> T:
-        send = proc.send
-        reply: Any = None
+        """Run a procedure to its end; a failed operation is raised inside it, where it was asked."""
+        do, send, throw = self._do, proc.send, proc.throw
         try:
+            op = next(proc)
             while True:
-                op = send(reply)
-                if isinstance(op, Store):
-                    client, emitter, calls = self.transport.emitter()
-                    reply = self.transport.run(self.scripts.accumulate, op.build(emitter, calls), client)
-                elif isinstance(op, Eval):
-                    reply = once_more(getattr(self.scripts, op.script), list(op.keys), list(op.args))
-                elif isinstance(op, Cmd):
-                    reply = getattr(self.client, op.name)(*op.args)
-                elif isinstance(op, Atomic):
-                    reply = self._atomic(op.cmds)
+                try:
+                    reply = do(op)
+                except Exception as exc:
+                    op = throw(exc)
                 else:
-                    if self.handoff is not None:
-                        self.handoff(op.batch_ids)
-                    reply = None
+                    op = send(reply)
         except StopIteration as stop:
             result: T = stop.value
             return result
+
+    def _do(self, op: Op) -> Any:
+        if isinstance(op, Store):
+            client, emitter, calls = self.transport.emitter()
+            return self.transport.run(self.scripts.accumulate, op.build(emitter, calls), client)
+        if isinstance(op, Eval):
+            return once_more(getattr(self.scripts, op.script), list(op.keys), list(op.args))
+        if isinstance(op, Cmd):
+            return getattr(self.client, op.name)(*op.args)
+        if isinstance(op, Atomic):
+            return self._atomic(op.cmds)
+        if self.handoff is not None:
+            self.handoff(op.batch_ids)
+        return None
 
     def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:
         if self.cluster:

@@ -259,6 +259,36 @@ def test_emit_error_says_exactly_what_was_stored(make_batcher, client) -> None:
     assert client.llen(batcher.keys.buffer("f@v1", None)) == 20
 
 
+def test_redis_lost_while_re_reading_bindings_mid_emit_is_an_emit_error(make_batcher, client) -> None:
+    """Chunk 1 is stored; the bindings change; chunk 2 is refused as stale, and Redis goes away
+    while they are re-read. The caller must learn that chunk 1 was stored (not a bare
+    ConnectionError, which reads as "nothing stored" and invites a duplicate re-emit)."""
+    batcher = make_batcher(shards=1)
+    other = make_batcher(shards=1)
+    batcher.chunk_size = 10
+    batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+
+    def register_elsewhere(ids: Any) -> None:  # after chunk 1: another instance changes bindings
+        if "g@v1" not in other.bindings():
+            other.register("g", version="v1", source="other", handler="m.h", batch={"count": 5, "window": "1h"})
+        batcher.driver.client = broken_client
+
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            def fail(*a: Any, **kw: Any) -> Any:
+                raise redis.ConnectionError("Redis went away")
+            return fail
+
+    broken_client = Broken()
+    batcher.on_cut = register_elsewhere
+    with pytest.raises(EmitError) as err:
+        batcher.emit_many("s", [{"n": i} for i in range(25)])
+    e = err.value
+    assert e.stored == list(range(10)) and e.uncertain == [] and e.not_sent == list(range(10, 25))
+    batcher.driver.client = client
+    assert batcher.counters()["events_in:f@v1"] == 10
+
+
 def test_a_failing_hand_off_never_fails_emit(batcher: Batcher, caplog: pytest.LogCaptureFixture) -> None:
     def broken(ids: Any) -> None:
         raise redis.ConnectionError("queue Redis down")

@@ -38,6 +38,7 @@ def test_bad_payload_raises_and_writes_nothing(bound: Batcher, client, payload, 
     with pytest.raises(PayloadError) as info:
         bound.emit_many("s", [{"k": "a", "ok": 1}, payload])
     assert info.value.code == code
+    assert info.value.event == 1 and str(info.value).startswith("event 1: ")  # which one, by index
     assert _buffered(bound, client) == 0
     assert bound.open_buffers() == 0
 
