@@ -122,6 +122,44 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @main.command()
 @URL
 @NS
+@QUEUE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File of API tokens, one per line (# comments). Tokens also come from "
+              "DISTBATCH_API_TOKENS (comma-separated).")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Serve without auth: refused unless --host is a loopback address.")
+@click.option("--max-body-bytes", default=8 << 20, show_default=True,
+              help="Largest request body (413 above).")
+@click.option("--max-events", default=10_000, show_default=True, help="Most events per request (413 above).")
+@click.option("--max-event-bytes", default=1 << 20, show_default=True,
+              help="Largest event, msgpack-encoded (413 above).")
+def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port: int,
+          token_file: str | None, insecure_no_auth: bool, max_body_bytes: int, max_events: int,
+          max_event_bytes: int) -> None:
+    """HTTP ingest: POST /v1/sources/<source>/events (JSON or NDJSON), GET /healthz, /openapi.json."""
+    try:
+        import uvicorn
+
+        from .serve import ServeSettings, create_app, read_tokens
+    except ImportError as exc:
+        raise click.ClickException(
+            f"distbatch serve needs its extra: pip install 'distbatch[serve]' ({exc})") from exc
+    try:
+        settings = ServeSettings(
+            redis_url=redis_url, namespace=namespace, queue_url=queue_url, host=host, port=port,
+            tokens=read_tokens(token_file=token_file), insecure_no_auth=insecure_no_auth,
+            max_body_bytes=max_body_bytes, max_events=max_events, max_event_bytes=max_event_bytes)
+    except DistbatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                proxy_headers=False, server_header=False)
+
+
+@main.command()
+@URL
+@NS
 @click.argument("source")
 @click.argument("payload", required=False)
 @click.option("--chunk", default=1000, show_default=True, help="Events per round trip from stdin.")

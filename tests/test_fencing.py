@@ -270,7 +270,8 @@ def test_redis_lost_while_re_reading_bindings_mid_emit_is_an_emit_error(make_bat
 
     def register_elsewhere(ids: Any) -> None:  # after chunk 1: another instance changes bindings
         if "g@v1" not in other.bindings():
-            other.register("g", version="v1", source="other", handler="m.h", batch={"count": 5, "window": "1h"})
+            other.register("g", version="v1", source="other", handler="m.h",
+                           batch={"count": 5, "window": "1h"})
         batcher.driver.client = broken_client
 
     class Broken:

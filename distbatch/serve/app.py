@@ -1,0 +1,63 @@
+"""The ASGI app of `distbatch serve` (Starlette; uvicorn runs it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+import redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from ..aio import AsyncBatcher, connect_async
+from .auth import BearerAuth
+from .events import post_events
+from .health import healthz
+from .openapi import document, openapi
+from .settings import ServeSettings
+
+log = logging.getLogger("distbatch.serve")
+
+
+def _version() -> str:
+    try:
+        return version("distbatch")
+    except PackageNotFoundError:
+        return "0"
+
+
+def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> Starlette:
+    """The app; it builds its AsyncBatcher at startup unless one is given. Redis down at startup
+    is not fatal: /healthz says so, and the first request that needs Redis connects."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        b = batcher
+        if b is None:
+            queue = redis.Redis.from_url(settings.queue_url) if settings.queue_url else None
+            b = AsyncBatcher(connect_async(settings.redis_url), namespace=settings.namespace,
+                             queue_client=queue, max_payload_bytes=settings.max_event_bytes)
+        app.state.batcher = b
+        try:
+            await b.start()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis_unavailable at startup: %s; serving, /healthz reports it", exc)
+        log.info("serve_started namespace=%s auth=%s", settings.namespace,
+                 "bearer" if settings.tokens else "none (loopback only)")
+        yield
+        if batcher is None:
+            await b.aclose()
+
+    app = Starlette(
+        routes=[Route("/v1/sources/{source:path}/events", post_events, methods=["POST"]),
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/openapi.json", openapi, methods=["GET"])],
+        middleware=[Middleware(BearerAuth, tokens=settings.tokens)],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.openapi = document(_version())
+    return app

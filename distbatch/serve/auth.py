@@ -1,0 +1,42 @@
+"""Bearer-token auth for every route but the open ones (health probes, the API document)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
+
+
+class BearerAuth:
+    """ASGI middleware: `Authorization: Bearer <token>` must match one configured token (compared
+    in constant time). No tokens = auth off (only ever allowed on loopback, see settings)."""
+
+    def __init__(self, app: ASGIApp, tokens: Iterable[str]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and self._known(token.strip()):
+            await self.app(scope, receive, send)
+            return
+        code = "auth_invalid" if header else "auth_missing"
+        response = JSONResponse(
+            {"code": code, "message": "send Authorization: Bearer <token> with a configured API token"},
+            status_code=401, headers={"WWW-Authenticate": 'Bearer realm="distbatch"'},
+        )
+        await response(scope, receive, send)
+
+    def _known(self, token: bytes) -> bool:
+        found = False
+        for t in self.tokens:  # every token compared: the time does not say which one matched
+            found |= hmac.compare_digest(t, token)
+        return found

@@ -1,0 +1,128 @@
+"""POST /v1/sources/{source}/events: JSON (one object or an array) or NDJSON in, one result per
+event and binding out. Limits are checked while the body streams in; nothing is stored unless
+every event of the request is valid."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..aio import AsyncBatcher
+from ..errors import ConfigError, EmitError, PayloadError
+from ..models import Batch, EmitResult
+from .settings import ServeSettings
+
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
+
+
+class Refused(Exception):
+    """A request distbatch will not store: status, stable code, message, extra fields."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.extra = status, code, extra
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"code": self.code, "message": str(self), **self.extra}, status_code=self.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, "body_too_large", f"body of {declared} bytes is above the limit of {limit} bytes",
+                      limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "body_too_large", f"body is above the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_events(body: bytes, content_type: str, max_events: int) -> list[dict[str, Any]]:
+    """One object, an array of objects (JSON), or one object per line (NDJSON)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in NDJSON_TYPES:
+        events = []
+        for line_no, line in enumerate(body.splitlines(), 1):
+            if line.strip():
+                events.append(_json(line, line=line_no))
+                if len(events) > max_events:
+                    raise _too_many(max_events)
+    elif media in ("", "application/json") or media.endswith("+json"):
+        doc = _json(body)
+        events = doc if isinstance(doc, list) else [doc]
+    else:
+        raise Refused(415, "content_type_unsupported",
+                      f"content-type={content_type!r}: send application/json or application/x-ndjson")
+    if len(events) > max_events:
+        raise _too_many(max_events)
+    for i, e in enumerate(events):
+        if not isinstance(e, dict):
+            raise Refused(422, "payload_type", f"event {i} is a JSON {type(e).__name__}, not an object",
+                          event=i)
+    return events
+
+
+def _too_many(limit: int) -> Refused:
+    return Refused(413, "too_many_events", f"more than {limit} events in one request", limit=limit)
+
+
+def _json(data: bytes, line: int | None = None) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        where = f"line {line}: " if line is not None else ""
+        raise Refused(400, "invalid_json", f"{where}{exc}", **({"line": line} if line else {})) from None
+
+
+def _batch(b: Batch | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {"id": b.id, "reason": b.reason, "size": len(b.events), "discarded": b.discarded}
+
+
+def result_json(r: EmitResult) -> dict[str, Any]:
+    return {"event": r.event, "binding": r.binding, "partition_key": r.partition_key,
+            "batch": _batch(r.batch), "expired": _batch(r.expired), "overflowed": r.overflowed}
+
+
+async def post_events(request: Request) -> Response:
+    settings: ServeSettings = request.app.state.settings
+    batcher: AsyncBatcher = request.app.state.batcher
+    source = request.path_params["source"]
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        events = parse_events(body, request.headers.get("content-type", ""), settings.max_events)
+        if not events:
+            return JSONResponse({"events": 0, "results": []})
+        results = await batcher.emit_many(source, events)
+        if not results:
+            raise Refused(404, "source_unbound",
+                          f"source={source!r}: no trigger is bound to it in namespace "
+                          f"{settings.namespace!r}; nothing was stored", source=source)
+    except Refused as r:
+        return r.response()
+    except PayloadError as exc:
+        status = 413 if exc.code == "payload_too_large" else 422
+        extra = {} if exc.event is None else {"event": exc.event}
+        return Refused(status, exc.code, str(exc), **extra).response()
+    except ConfigError as exc:
+        return Refused(400, exc.code, str(exc)).response()
+    except EmitError as exc:
+        return JSONResponse({
+            "code": "redis_failed_part_way", "message": str(exc), "stored": exc.stored,
+            "uncertain": exc.uncertain, "not_sent": exc.not_sent,
+            "results": [result_json(r) for r in exc.results],
+        }, status_code=503)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        return Refused(503, "redis_unavailable", f"Redis unreachable, nothing was stored: {exc}").response()
+    sparse = request.query_params.get("results") == "cuts"
+    out = [result_json(r) for r in results
+           if not sparse or r.batch is not None or r.expired is not None or r.overflowed]
+    return JSONResponse({"events": len(events), "results": out})

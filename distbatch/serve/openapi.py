@@ -1,0 +1,93 @@
+"""The OpenAPI document of `distbatch serve`, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def document(version: str) -> dict[str, Any]:
+    batch = {"type": ["object", "null"], "required": ["id", "reason", "size", "discarded"], "properties": {
+        "id": {"type": "string"}, "reason": {"enum": ["count", "expired"]},
+        "size": {"type": "integer"}, "discarded": {"type": "boolean"}}}
+    event = {"type": "object", "additionalProperties": True,
+             "description": "The event payload: any JSON object; the binding's batch.key reads its "
+                            "partition key from it"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "distbatch HTTP ingest", "version": version,
+                 "description": "Emit events to a distbatch namespace from any language. Every route "
+                                "but /healthz and /openapi.json needs Authorization: Bearer <token>."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string", "description": "Stable; match on it"},
+                    "message": {"type": "string"},
+                    "event": {"type": "integer", "description": "Index of the event at fault"},
+                    "line": {"type": "integer", "description": "NDJSON line at fault"},
+                    "limit": {"type": "integer"}}},
+                "Result": {"type": "object", "required": ["event", "binding", "partition_key", "batch",
+                                                          "expired", "overflowed"], "properties": {
+                    "event": {"type": "integer", "description": "Index of the event in the request"},
+                    "binding": {"type": "string", "description": "id@version"},
+                    "partition_key": {"type": ["string", "null"]},
+                    "batch": {**batch, "description": "The batch this event completed, if any"},
+                    "expired": {**batch, "description": "An expired buffer this event closed"},
+                    "overflowed": {"type": "integer"}}},
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/sources/{source}/events": {"post": {
+                "summary": "Emit events to a source",
+                "description": "One JSON object, a JSON array of objects, or NDJSON (one object per "
+                               "line). All or nothing: if any event is invalid nothing is stored.",
+                "parameters": [
+                    {"name": "source", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:/\\-]{1,200}$"}},
+                    {"name": "results", "in": "query", "required": False,
+                     "schema": {"enum": ["all", "cuts"]},
+                     "description": "`cuts`: only results that cut, closed or overflowed a buffer"}],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"oneOf": [event, {"type": "array", "items": event}]}},
+                    "application/x-ndjson": {"schema": {"type": "string"}}}},
+                "responses": {
+                    "200": {"description": "Stored; one result per event and binding",
+                            "content": {"application/json": {"schema": {
+                                "type": "object", "required": ["events", "results"], "properties": {
+                                    "events": {"type": "integer"},
+                                    "results": {"type": "array",
+                                                "items": {"$ref": "#/components/schemas/Result"}}}}}}},
+                    "400": _error("Malformed JSON (code invalid_json) or bad configuration"),
+                    "401": _error("No or unknown bearer token"),
+                    "404": _error("No trigger is bound to this source (code source_unbound)"),
+                    "413": _error("Body, event or event count above its limit"),
+                    "415": _error("Content type not JSON or NDJSON"),
+                    "422": _error("An event is not an object, cannot be encoded, or has no readable "
+                                  "partition key"),
+                    "503": _error("Redis unreachable or failed part-way (stored / uncertain / not_sent "
+                                  "say which events were stored)"),
+                }}},
+            "/healthz": {"get": {
+                "summary": "Redis reachable; sweepers and workers seen lately", "security": [],
+                "parameters": [{"name": "strict", "in": "query", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "ok or degraded"},
+                              "503": {"description": "Redis unreachable (or degraded with strict=1)"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        },
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)

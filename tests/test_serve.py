@@ -1,0 +1,226 @@
+"""`distbatch serve` as a real server process, driven by a real HTTP client (httpx) and by curl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from distbatch import Batcher
+from distbatch.testing import RedisServer, env_with_path, free_port
+
+from .processes import Procs, delivered, wait_for
+
+TOKEN = "t0ken-for-the-serve-tests-0123456789"
+
+
+class Server:
+    def __init__(self, redis_url: str, logdir: Path, namespace: str, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = logdir / f"serve-{self.port}.log"
+        full_env = {**env_with_path(), "DISTBATCH_API_TOKENS": TOKEN, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", redis_url,
+             "--namespace", namespace,
+             "--port", str(self.port), *args],
+            env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        wait_for(self._up, 20, "distbatch serve to listen", lambda: self.log.read_text())
+
+    def _up(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            httpx.get(f"{self.url}/openapi.json", timeout=1)
+            return True
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def server(redis_server: RedisServer, tmp_path: Path, namespace: str) -> Iterator[Server]:
+    s = Server(redis_server.url, tmp_path, namespace)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def batcher(redis_server: RedisServer, namespace: str) -> Batcher:
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("h", version="v1", source="orders/created", handler="tests.handlers.record",
+               batch={"count": 3, "window": "1h", "key": "shop"})
+    return b
+
+
+def _post(api: httpx.Client, body: Any, content_type: str = "application/json", **kw: Any) -> httpx.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return api.post("/v1/sources/orders%2Fcreated/events", content=data,
+                    headers={"Content-Type": content_type}, **kw)
+
+
+def test_one_event_an_array_and_ndjson_are_stored_with_per_event_results(
+    api: httpx.Client, batcher: Batcher
+) -> None:
+    r = _post(api, {"shop": "a", "n": 0})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"events": 1, "results": [{"event": 0, "binding": "h@v1", "partition_key": "a",
+                                                 "batch": None, "expired": None, "overflowed": 0}]}
+    r = _post(api, [{"shop": "a", "n": 1}, {"shop": "b", "n": 2}, {"shop": "a", "n": 3}])
+    results = r.json()["results"]
+    assert [x["event"] for x in results] == [0, 1, 2]
+    cut = results[2]["batch"]
+    assert cut["reason"] == "count" and cut["size"] == 3
+    assert [e.payload["n"] for e in batcher.records.get_batch(cut["id"]).events] == [0, 1, 3]
+    ndjson = b'{"shop": "b", "n": 4}\n\n{"shop": "b", "n": 5}\n'
+    r = _post(api, ndjson, "application/x-ndjson")
+    assert r.status_code == 200 and r.json()["results"][1]["batch"]["size"] == 3
+    assert batcher.counters()["events_in:h@v1"] == 6
+    sparse = _post(api, [{"shop": "c"}] * 4, params={"results": "cuts"}).json()
+    assert sparse["events"] == 4 and [x["event"] for x in sparse["results"]] == [2]
+
+
+@pytest.mark.parametrize(("body", "ctype", "status", "code"), [
+    (b'{"shop": "a"', "application/json", 400, "invalid_json"),
+    (b'{"shop": "a"}\n{oops}\n', "application/x-ndjson", 400, "invalid_json"),
+    (b'[{"shop": "a"}, 7]', "application/json", 422, "payload_type"),
+    (b'[{"shop": "a"}, {"shop": "a", "n": 99999999999999999999999}]', "application/json", 422,
+     "payload_unencodable"),
+    (b'{"shop": "a"}', "text/plain", 415, "content_type_unsupported"),
+    (json.dumps([{"shop": "a"}, {"shop": "a", "blob": "x" * 300_000}]).encode(), "application/json", 413,
+     "payload_too_large"),
+    (json.dumps([{"shop": "a"}] * 101).encode(), "application/json", 413, "too_many_events"),
+    (b"[" + b",".join([b'{"shop": "a", "pad": "' + b"y" * 1000 + b'"}'] * 600) + b"]",
+     "application/json", 413, "body_too_large"),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else "")
+def test_bad_requests_get_a_status_and_a_stable_code_and_store_nothing(
+    redis_server: RedisServer, tmp_path: Path, batcher: Batcher, namespace: str, body: bytes, ctype: str,
+    status: int, code: str,
+) -> None:
+    s = Server(redis_server.url, tmp_path, namespace, "--max-events", "100", "--max-body-bytes", "500000",
+               "--max-event-bytes", "200000")
+    try:
+        r = httpx.post(f"{s.url}/v1/sources/orders%2Fcreated/events", content=body,
+                       headers={"Content-Type": ctype, "Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == status, r.text
+        assert r.json()["code"] == code and r.json()["message"]
+        if code in ("payload_type", "payload_too_large", "payload_unencodable"):
+            assert r.json()["event"] == 1
+        if ctype == "application/x-ndjson":
+            assert r.json()["line"] == 2
+        assert batcher.counters().get("events_in:h@v1", 0) == 0
+        assert batcher.open_buffers() == 0
+    finally:
+        s.stop()
+
+
+def test_auth_is_required_and_checked(server: Server, batcher: Batcher) -> None:
+    url = f"{server.url}/v1/sources/orders%2Fcreated/events"
+    missing = httpx.post(url, json={"shop": "a"})
+    assert missing.status_code == 401 and missing.json()["code"] == "auth_missing"
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = httpx.post(url, json={"shop": "a"}, headers={"Authorization": "Bearer " + "x" * len(TOKEN)})
+    assert wrong.status_code == 401 and wrong.json()["code"] == "auth_invalid"
+    basic = httpx.post(url, json={"shop": "a"}, headers={"Authorization": f"Basic {TOKEN}"})
+    assert basic.status_code == 401
+    assert batcher.counters().get("events_in:h@v1", 0) == 0
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes need no token
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.") and "/v1/sources/{source}/events" in doc["paths"]
+
+
+def test_an_unbound_source_is_a_404_not_silence(api: httpx.Client, batcher: Batcher) -> None:
+    r = api.post("/v1/sources/orders.craeted/events", json={"shop": "a"})
+    assert r.status_code == 404 and r.json()["code"] == "source_unbound" and "orders.craeted" in r.text
+
+
+def test_serve_refuses_to_start_without_auth(redis_server: RedisServer) -> None:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", redis_server.url,
+             "--port", str(free_port()), *args],
+            env={**env_with_path(), **(env or {})}, capture_output=True, text=True, timeout=30)
+
+    none = run()
+    assert none.returncode != 0 and "DISTBATCH_API_TOKENS" in none.stderr
+    public = run("--insecure-no-auth", "--host", "0.0.0.0")
+    assert public.returncode != 0 and "loopback" in public.stderr
+    weak = run(env={"DISTBATCH_API_TOKENS": "secret"})
+    assert weak.returncode != 0 and "16+" in weak.stderr
+
+
+def test_insecure_no_auth_on_loopback_serves(
+    redis_server: RedisServer, tmp_path: Path, batcher: Batcher, namespace: str
+) -> None:
+    s = Server(redis_server.url, tmp_path, namespace, "--insecure-no-auth", env={"DISTBATCH_API_TOKENS": ""})
+    try:
+        r = httpx.post(f"{s.url}/v1/sources/orders%2Fcreated/events", json={"shop": "z"})
+        assert r.status_code == 200 and r.json()["events"] == 1
+    finally:
+        s.stop()
+
+
+def test_healthz_tracks_redis_sweepers_and_workers(tmp_path: Path, namespace: str) -> None:
+    own = RedisServer().start()
+    procs = Procs(own.url, namespace, tmp_path)
+    s = Server(own.url, tmp_path, namespace)
+    try:
+        h = httpx.get(f"{s.url}/healthz").json()
+        assert h["status"] == "degraded" and h["sweepers"] == 0 and h["workers"] == 0
+        assert httpx.get(f"{s.url}/healthz", params={"strict": "1"}).status_code == 503
+        procs.sweeper()
+        procs.worker()
+        wait_for(lambda: httpx.get(f"{s.url}/healthz").json()["status"] == "ok", 20, "healthz ok",
+                 procs.logs)
+        procs.stop_all()
+        own.stop()
+        down = httpx.get(f"{s.url}/healthz")
+        assert down.status_code == 503 and down.json()["status"] == "down"
+        r = httpx.post(f"{s.url}/v1/sources/x/events", json={"a": 1},
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 503 and r.json()["code"] == "redis_unavailable"
+    finally:
+        s.stop()
+        procs.stop_all()
+        own.cleanup()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_emits_and_a_worker_delivers(server: Server, redis_server: RedisServer, batcher: Batcher,
+                                          tmp_path: Path, namespace: str) -> None:
+    """A non-Python producer: curl posts NDJSON; a real worker runs the handler."""
+    direct = redis.Redis.from_url(redis_server.url)
+    direct.delete("test:delivered")
+    procs = Procs(redis_server.url, namespace, tmp_path)
+    try:
+        procs.worker()
+        lines = "".join(json.dumps({"shop": f"s{i % 2}", "n": i}) + "\n" for i in range(12))
+        out = subprocess.run(
+            ["curl", "-sS", "-X", "POST", "--data-binary", "@-", "-H", "Content-Type: application/x-ndjson",
+             "-H", f"Authorization: Bearer {TOKEN}",
+             f"{server.url}/v1/sources/orders%2Fcreated/events"],
+            input=lines, capture_output=True, text=True, timeout=30, env={**os.environ})
+        body = json.loads(out.stdout)
+        assert body["events"] == 12 and sum(r["batch"] is not None for r in body["results"]) == 4
+        wait_for(lambda: len(delivered(direct)) == 4, 30, "4 batches delivered", procs.logs)
+        assert sorted(p["n"] for d in delivered(direct) for p in d["payloads"]) == list(range(12))
+    finally:
+        procs.stop_all()
