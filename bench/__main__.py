@@ -1,4 +1,4 @@
-"""`python -m bench [all|ingest|emit_path|e2e|lateness|scaling|memory|worker|sweeper|plots] [--quick]`,
+"""`python -m bench [all|<name>|plots] [--quick]` (names: NAMES below),
 or `python -m bench chaos [--minutes N | --quick]` (not part of `all`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import click
 
 NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker", "sweeper", "cluster",
-         "client")
+         "client", "aio", "http")
 ON_DEMAND = ("chaos",)  # run only when named, never by `all`
 
 

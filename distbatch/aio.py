@@ -6,8 +6,10 @@ decoding, the re-plan after a registry change), only awaited. Build it with
 waits for a connection instead of failing with `MaxConnectionsError`), or ``AsyncBatcher(client)``
 with a `redis.asyncio` client; the first call reads the namespace's layout.
 
-Concurrent emits: each call in flight holds an emitter id of its own, taken from a free list, so
-the call id a resend repeats is recognised by the script (a lost reply never stores twice).
+Concurrent emits: `emit` calls in flight together are sent as one `emit_many` per source
+(`coalesce.py`; each caller still gets only its own results or error), and each script call in
+flight holds an emitter id of its own, taken from a free list, so the call id a resend repeats is
+recognised by the script (a lost reply never stores twice).
 
 Hand-off: RQ is sync-only, so a cut's ticket is enqueued on a sync client in a worker thread
 (`asyncio.to_thread`); `queue_client` / `queue_url` as for `Batcher`.
@@ -29,6 +31,7 @@ import redis.asyncio
 
 from .clients import check_async_client, sync_twin
 from .clock import ManualClock, ServerClock
+from .coalesce import Coalescer
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
 from .errors import ConfigError
@@ -74,6 +77,7 @@ class AsyncBatcher:
         queue_client: redis.Redis | None = None,
         on_cut: OnCut | None = None,
         shards: int | None = None,
+        coalesce: bool = True,
     ) -> None:
         self.namespace = Keys(namespace).namespace  # a bad namespace is the first thing to say
         check_async_client(client)
@@ -97,6 +101,7 @@ class AsyncBatcher:
         self._emitters: list[tuple[str, Iterator[int]]] = []
         self._calls_in_flight: asyncio.Semaphore | None = None
         self._emitter_ids = itertools.count()
+        self._coalescer = Coalescer(self._emit_many) if coalesce else None
 
     @classmethod
     async def from_url(
@@ -109,7 +114,7 @@ class AsyncBatcher:
         **options: Any,
     ) -> AsyncBatcher:
         """Connect and read the namespace's layout. URLs and options as `Batcher.from_url`."""
-        own = {k: options.pop(k) for k in list(options) if k in BATCHER_OPTIONS}
+        own = {k: options.pop(k) for k in list(options) if k in BATCHER_OPTIONS | {"coalesce"}}
         client = connect_async(url, **options)
         options.pop("max_connections", None)
         options.pop("pool_timeout", None)
@@ -178,13 +183,24 @@ class AsyncBatcher:
         return await self._drive((await self.start()).binding(key))
 
     async def emit(self, source: str, payload: Mapping[str, Any]) -> list[EmitResult]:
-        """Add one event to every binding of `source`; one result per binding."""
-        return await self._drive((await self.start()).emit_many(source, [payload]))
+        """Add one event to every binding of `source`; one result per binding.
+
+        Emits in flight at the same time share script calls (`coalesce=True`, the default):
+        each caller still gets exactly its own results or its own error (`coalesce.py`)."""
+        if self._coalescer is not None:
+            return await self._coalescer.emit(source, [payload])
+        return await self._emit_many(source, [payload])
+
+    async def _emit_many(self, source: str, payloads: list[Mapping[str, Any]]) -> list[EmitResult]:
+        return await self._drive((await self.start()).emit_many(source, payloads))
 
     async def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
         """As `Batcher.emit_many`: checked before anything is written, `EmitError` on a failure
-        part-way."""
-        return await self._drive((await self.start()).emit_many(source, payloads))
+        part-way. Concurrent calls share script calls, as `emit`'s do."""
+        batch = payloads if isinstance(payloads, list) else list(payloads)
+        if self._coalescer is not None:
+            return await self._coalescer.emit(source, batch)
+        return await self._emit_many(source, batch)
 
     async def flush_expired(self, limit: int = 1000) -> list[Batch]:
         return await self._drive((await self.start()).flush_expired(limit))

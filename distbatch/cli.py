@@ -153,7 +153,7 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
             max_body_bytes=max_body_bytes, max_events=max_events, max_event_bytes=max_event_bytes)
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=False, server_header=False)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -12,10 +13,12 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from distbatch import Batcher, ConfigError, ManualClock
+from distbatch import Batcher, ConfigError, EmitError, ManualClock, PayloadError
 from distbatch.aio import AsyncBatcher
+from distbatch.coalesce import Coalescer
 from distbatch.codec import decode_events
 from distbatch.faultproxy import FaultProxy
+from distbatch.models import EmitResult
 
 from .processes import Procs, delivered, wait_for
 from .redis_server import RedisServer
@@ -61,9 +64,10 @@ def test_burst_waits_for_a_connection_instead_of_failing(redis_server: RedisServ
                    handoff=False).counters()["events_in:c@v1"] == 200
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["call-per-emit", "coalesced"])
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_lost_replies_under_concurrent_emits_never_store_twice(
-    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool, coalesce: bool
 ) -> None:
     """Redis runs the accumulate call, the proxy drops its reply: the resend (redis-py's or
     distbatch's own) must be recognised even while other tasks' calls interleave."""
@@ -71,7 +75,7 @@ def test_lost_replies_under_concurrent_emits_never_store_twice(
 
     async def main() -> int:
         client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port, retry=retry)
-        b = AsyncBatcher(client, namespace=namespace, handoff=False, clock=ManualClock(0))
+        b = AsyncBatcher(client, namespace=namespace, handoff=False, clock=ManualClock(0), coalesce=coalesce)
         await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
         fired = 0
         for round_ in range(5):
@@ -120,3 +124,64 @@ def test_async_cuts_are_handed_to_real_workers(
         assert got == list(range(100))
     finally:
         procs.stop_all()
+
+
+def test_a_bad_payload_fails_only_its_own_coalesced_emit(redis_server: RedisServer, namespace: str) -> None:
+    async def main() -> list[Any]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+        await b.register("c", version="v1", source="s", handler="m.h",
+                         batch={"count": 1000, "window": "1h", "key": "k"})
+        payloads: list[Any] = [{"k": "a", "n": i} for i in range(10)]
+        payloads[3] = {"k": "a", "bad": object()}
+        payloads[7] = "not a mapping"
+        out = await asyncio.gather(*(b.emit("s", p) for p in payloads), return_exceptions=True)
+        await b.aclose()
+        return out
+
+    out = asyncio.run(main())
+    assert isinstance(out[3], PayloadError) and out[3].code == "payload_unencodable" and out[3].event == 0
+    assert str(out[3]).startswith("event 0: ")
+    assert isinstance(out[7], PayloadError) and out[7].code == "payload_type"
+    ok = [r for i, r in enumerate(out) if i not in (3, 7)]
+    assert all(len(r) == 1 and r[0].event == 0 and r[0].partition_key == "a" for r in ok)
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+    assert b.counters()["events_in:c@v1"] == 8
+
+
+def test_a_failure_part_way_is_split_per_caller() -> None:
+    """emit_many stored events 0-1, event 2 is uncertain, 3 was not sent: each coalesced caller
+    learns its own fate."""
+    async def emit_many(source: str, payloads: list[Any]) -> list[EmitResult]:
+        stored = [EmitResult("b@v1", None, event=i) for i in (0, 1)]
+        raise EmitError(stored, [0, 1], [2], len(payloads), redis.ConnectionError("gone"))
+
+    async def main() -> list[Any]:
+        c = Coalescer(emit_many)
+        calls = [c.emit("s", [{"n": 0}]), c.emit("s", [{"n": 1}, {"n": 2}, {"n": 3}])]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    first, second = asyncio.run(main())
+    assert first == [EmitResult("b@v1", None, event=0)]
+    assert isinstance(second, EmitError)  # its own events 0, 1, 2 are the call's 1, 2, 3
+    assert second.stored == [0] and second.uncertain == [1] and second.not_sent == [2]
+    assert second.results == [EmitResult("b@v1", None, event=0)]
+
+
+def test_concurrent_emit_many_calls_get_their_own_results(redis_server: RedisServer, namespace: str) -> None:
+    async def main() -> list[Any]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+        await b.register("c", version="v1", source="s", handler="m.h",
+                         batch={"count": 4, "window": "1h", "key": "k"})
+        calls = [b.emit_many("s", [{"k": f"c{c}", "n": i} for i in range(c + 1)]) for c in range(6)]
+        calls.append(b.emit_many("s", [{"k": "bad"}, {"k": "bad", "x": object()}]))
+        out = await asyncio.gather(*calls, return_exceptions=True)
+        await b.aclose()
+        return out
+
+    out = asyncio.run(main())
+    for c in range(6):
+        assert [(r.event, r.partition_key) for r in out[c]] == [(i, f"c{c}") for i in range(c + 1)]
+        assert [r.batch is not None for r in out[c]] == [i == 3 for i in range(c + 1)]
+    assert isinstance(out[6], PayloadError) and out[6].event == 1  # the bad call alone, nothing of it stored
+    counters = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False).counters()
+    assert counters["events_in:c@v1"] == 21

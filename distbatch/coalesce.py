@@ -1,0 +1,135 @@
+"""Concurrent `AsyncBatcher.emit` / `emit_many` calls share script calls.
+
+Calls that arrive in the same turn of the event loop (1,000 tasks in a `gather`, a burst of HTTP
+requests) are sent as one `emit_many` per source; each caller then gets its own results (indexed
+into its own payloads) or its own error, as if it had called alone:
+
+- a payload error fails only the call that sent the bad payload (nothing is written before every
+  payload is checked, so the other calls are simply sent again without it);
+- a Redis failure part-way gives each call an `EmitError` about its own events (or its results,
+  when all of its events were stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import EmitError, PayloadError
+from .models import EmitResult
+
+EmitMany = Callable[[str, list[Mapping[str, Any]]], Awaitable[list[EmitResult]]]
+Waiter = tuple[Sequence[Mapping[str, Any]], "asyncio.Future[list[EmitResult]]"]
+
+
+class Coalescer:
+    def __init__(self, emit_many: EmitMany, max_events: int = 1000) -> None:
+        self.emit_many = emit_many
+        self.max_events = max_events
+        """A group closes once it holds this many events (a call is never split)."""
+        self._pending: dict[str, list[Waiter]] = {}
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def emit(self, source: str, payloads: Sequence[Mapping[str, Any]]) -> list[EmitResult]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[EmitResult]] = loop.create_future()
+        self._pending.setdefault(source, []).append((payloads, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for source, waiters in pending.items():
+            group: list[Waiter] = []
+            size = 0
+            for w in waiters:
+                group.append(w)
+                size += len(w[0])
+                if size >= self.max_events:
+                    self._start(source, group)
+                    group, size = [], 0
+            if group:
+                self._start(source, group)
+
+    def _start(self, source: str, group: list[Waiter]) -> None:
+        task = asyncio.ensure_future(self._send(source, group))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, source: str, waiters: list[Waiter]) -> None:
+        while waiters:
+            starts = _starts(waiters)
+            try:
+                results = await self.emit_many(source, [p for ps, _ in waiters for p in ps])
+            except PayloadError as exc:
+                if exc.event is None:
+                    _fail_all(waiters, exc)
+                    return
+                w = bisect.bisect_right(starts, exc.event) - 1
+                local = exc.event - starts[w]
+                _, bad = waiters.pop(w)  # nothing was written: the other calls go again
+                message = str(exc).replace(f"event {exc.event}:", f"event {local}:", 1)
+                _fail(bad, PayloadError(exc.code, message, event=local))
+                continue
+            except EmitError as exc:
+                _split_emit_error(waiters, starts, exc)
+                return
+            except BaseException as exc:
+                _fail_all(waiters, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            mine = _by_waiter(results, starts)
+            for i, (_, future) in enumerate(waiters):
+                if not future.done():
+                    future.set_result(mine[i])
+            return
+
+
+def _starts(waiters: list[Waiter]) -> list[int]:
+    starts, n = [], 0
+    for ps, _ in waiters:
+        starts.append(n)
+        n += len(ps)
+    return starts
+
+
+def _by_waiter(results: list[EmitResult], starts: list[int]) -> list[list[EmitResult]]:
+    """Each call's results, re-indexed into its own payloads (results are in event order)."""
+    mine: list[list[EmitResult]] = [[] for _ in starts]
+    w = 0
+    for r in results:
+        while w + 1 < len(starts) and r.event >= starts[w + 1]:
+            w += 1
+        mine[w].append(r._replace(event=r.event - starts[w]))
+    return mine
+
+
+def _split_emit_error(waiters: list[Waiter], starts: list[int], exc: EmitError) -> None:
+    mine = _by_waiter(exc.results, starts)
+    cause = exc.__cause__ or exc
+    for i, (ps, future) in enumerate(waiters):
+        lo, hi = starts[i], starts[i] + len(ps)
+        stored = [e - lo for e in exc.stored if lo <= e < hi]
+        if len(stored) == len(ps):
+            if not future.done():
+                future.set_result(mine[i])
+            continue
+        uncertain = [e - lo for e in exc.uncertain if lo <= e < hi]
+        _fail(future, EmitError(mine[i], stored, uncertain, len(ps), cause))
+
+
+def _fail(future: asyncio.Future[list[EmitResult]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _fail_all(waiters: list[Waiter], exc: BaseException) -> None:
+    for _, future in waiters:
+        _fail(future, exc)
