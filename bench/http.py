@@ -47,7 +47,8 @@ def _wrk_script(folder: Path, body: bytes, query: str) -> Path:
 def _wrk(base: str, body: bytes, per_request: int, connections: int, seconds: float, query: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         script = _wrk_script(Path(tmp), body, query)
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                              "--timeout", "30s", "-s", str(script),
                               f"{base}{PATH}{'?' + query if query else ''}"],
                              capture_output=True, text=True, timeout=seconds + 60).stdout
     if "Non-2xx" in out or "Socket errors" in out:

@@ -102,6 +102,8 @@ def _starts(waiters: list[Waiter]) -> list[int]:
 
 def _by_waiter(results: list[EmitResult], starts: list[int]) -> list[list[EmitResult]]:
     """Each call's results, re-indexed into its own payloads (results are in event order)."""
+    if len(starts) == 1:
+        return [results]  # one call alone: its indices already are its own
     mine: list[list[EmitResult]] = [[] for _ in starts]
     w = 0
     for r in results:

@@ -37,7 +37,7 @@ def _resolve_command(command: list[str]) -> None:
 
 def test_every_service_runs_a_real_entry_point() -> None:
     services = COMPOSE["services"]
-    assert {"redis", "sweeper", "worker", "producer"} <= set(services)
+    assert {"redis", "sweeper", "worker", "producer", "serve"} <= set(services)
     for name, svc in services.items():
         _resolve_command(svc["command"])
         if name != "redis":
@@ -55,14 +55,20 @@ def test_redis_keeps_an_append_only_file_and_workers_scale() -> None:
     assert worker["environment"]["DISTBATCH_HANDLERS"] == "workers.handlers"
 
 
+def test_serve_listens_on_all_interfaces_only_with_tokens() -> None:
+    serve = COMPOSE["services"]["serve"]
+    assert serve["ports"] == ["8000:8000"] and "--insecure-no-auth" not in serve["command"]
+    assert serve["environment"]["DISTBATCH_API_TOKENS"].startswith("${DISTBATCH_API_TOKENS:?")
+
+
 def test_dockerfile_installs_the_package_the_services_use() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    for needed in ("COPY distbatch", "COPY workers", "pip install"):
+    for needed in ("COPY distbatch", "COPY workers", "pip install", "serve"):
         assert needed in text
 
 
 def test_entry_point_modules_answer_help() -> None:
-    for module in ("workers.worker", "workers.sweeper"):
+    for module in ("workers.worker", "workers.sweeper", "workers.serve"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], env=env_with_path(),
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "--redis-url" in out.stdout

@@ -103,7 +103,9 @@ def test_one_event_an_array_and_ndjson_are_stored_with_per_event_results(
     (b'{"shop": "a"}\n{oops}\n', "application/x-ndjson", 400, "invalid_json"),
     (b'[{"shop": "a"}, 7]', "application/json", 422, "payload_type"),
     (b'[{"shop": "a"}, {"shop": "a", "n": 99999999999999999999999}]', "application/json", 422,
-     "payload_unencodable"),
+     "payload_unencodable"),  # msgpack has no integers past 64 bits: refused, never rounded
+    (b'[{"shop": "a"}, {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}]", "application/json", 400,
+     "invalid_json"),  # too deep to parse: a clear 400, not a crash
     (b'{"shop": "a"}', "text/plain", 415, "content_type_unsupported"),
     (json.dumps([{"shop": "a"}, {"shop": "a", "blob": "x" * 300_000}]).encode(), "application/json", 413,
      "payload_too_large"),

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import redis
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..aio import AsyncBatcher
 from ..errors import ConfigError, EmitError, PayloadError
@@ -26,8 +27,13 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.code, self.extra = status, code, extra
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"code": self.code, "message": str(self), **self.extra}, status_code=self.status)
+    def response(self) -> Response:
+        return json_response({"code": self.code, "message": str(self), **self.extra}, self.status)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """orjson: several times faster than the stdlib on 1,000-result bodies."""
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -75,7 +81,7 @@ def _too_many(limit: int) -> Refused:
 
 def _json(data: bytes, line: int | None = None) -> Any:
     try:
-        return json.loads(data)
+        return json.loads(data)  # not orjson: it turns integers past 64 bits into floats, silently
     except (ValueError, RecursionError) as exc:
         where = f"line {line}: " if line is not None else ""
         raise Refused(400, "invalid_json", f"{where}{exc}", **({"line": line} if line else {})) from None
@@ -100,7 +106,7 @@ async def post_events(request: Request) -> Response:
         body = await read_body(request, settings.max_body_bytes)
         events = parse_events(body, request.headers.get("content-type", ""), settings.max_events)
         if not events:
-            return JSONResponse({"events": 0, "results": []})
+            return json_response({"events": 0, "results": []})
         results = await batcher.emit_many(source, events)
         if not results:
             raise Refused(404, "source_unbound",
@@ -115,14 +121,14 @@ async def post_events(request: Request) -> Response:
     except ConfigError as exc:
         return Refused(400, exc.code, str(exc)).response()
     except EmitError as exc:
-        return JSONResponse({
+        return json_response({
             "code": "redis_failed_part_way", "message": str(exc), "stored": exc.stored,
             "uncertain": exc.uncertain, "not_sent": exc.not_sent,
             "results": [result_json(r) for r in exc.results],
-        }, status_code=503)
+        }, 503)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         return Refused(503, "redis_unavailable", f"Redis unreachable, nothing was stored: {exc}").response()
     sparse = request.query_params.get("results") == "cuts"
     out = [result_json(r) for r in results
            if not sparse or r.batch is not None or r.expired is not None or r.overflowed]
-    return JSONResponse({"events": len(events), "results": out})
+    return json_response({"events": len(events), "results": out})
