@@ -10,9 +10,8 @@ from typing import Any
 import click
 
 from .batcher import Batcher
-from .codec import as_text
 from .config import parse_duration
-from .errors import BatchNotFound, DistbatchError
+from .errors import DistbatchError
 
 URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
                    show_default=True, help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
@@ -46,6 +45,38 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None) -> B
             logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs", exc, backoff)
             time.sleep(backoff)
             backoff = min(10.0, backoff * 2)
+
+
+def metrics_options(f: Any) -> Any:
+    """--metrics-port and its auth, shared by worker and sweeper."""
+    for option in reversed([
+        click.option("--metrics-port", type=int, default=None,
+                     help="Serve this process's Prometheus metrics on this port (/metrics)."),
+        click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                     help="Address of the metrics port."),
+        click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+                     help="API tokens for the metrics port, one per line (also DISTBATCH_API_TOKENS)."),
+        click.option("--metrics-insecure-no-auth", is_flag=True,
+                     help="Metrics without auth: refused unless --metrics-host is a loopback address."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _start_metrics(port: int | None, host: str, token_file: str | None, insecure: bool) -> None:
+    if port is None:
+        return
+    from .exposure import check_exposure, read_tokens
+    from .metrics import serve_process_metrics
+
+    try:
+        tokens = read_tokens(token_file=token_file)
+        check_exposure("--metrics-port", host, tokens, insecure, "--metrics-insecure-no-auth")
+    except DistbatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    serve_process_metrics(host, port, tokens)
+    logging.getLogger("distbatch").info("metrics_listening http://%s:%d/metrics auth=%s", host, port,
+                                        "bearer" if tokens else "none (loopback)")
 
 
 def _echo_json(data: Any) -> None:
@@ -82,14 +113,17 @@ def main(verbose: int, quiet: bool) -> None:
               help="Directories put first on sys.path so handlers import (like `rq worker --path`).")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+@metrics_options
 def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweeper: bool,
            burst: bool, name: str | None, paths: tuple[str, ...], queue_url: str | None,
-           summary_every: int) -> None:
+           summary_every: int, metrics_port: int | None, metrics_host: str, token_file: str | None,
+           metrics_insecure_no_auth: bool) -> None:
     """Run batches: an RQ worker on the namespace's queue. SIGTERM finishes the batch in hand."""
     import os
 
     from .worker import run_worker
 
+    _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
     batcher = _patient_batcher(redis_url, namespace, queue_url)
@@ -104,14 +138,17 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
               help="Longest idle sleep between checks for orphans and expired leases.")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+@metrics_options
 def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | None,
-            summary_every: int) -> None:
+            summary_every: int, metrics_port: int | None, metrics_host: str, token_file: str | None,
+            metrics_insecure_no_auth: bool) -> None:
     """Cut expired windows on time, hand off orphaned batches, reclaim dead workers' batches."""
     import signal
     import threading
 
     from .sweeper import Sweeper
 
+    _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -239,14 +276,10 @@ def dead() -> None:
 def dead_list(redis_url: str, namespace: str) -> None:
     """Dead batches with their binding, size and the last line of their error (`dead show ID`
     for the whole traceback)."""
+    from . import dead
+
     batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
-    rows: list[Any] = [r for k in batcher.shards
-                       for r in batcher.client.zrange(k.dead, 0, -1, withscores=True)]
-    for bid, when in rows:
-        try:
-            row = _dead_row(batcher, as_text(bid), int(when))
-        except BatchNotFound:
-            continue
+    for row in reversed(dead.rows(batcher)):  # oldest first, as a log reads
         error = (row.pop("error") or "").strip().splitlines()
         _echo_json({**row, "error": error[-1] if error else None})
 
@@ -257,32 +290,20 @@ def dead_list(redis_url: str, namespace: str) -> None:
 @click.argument("batch_id")
 def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
+    from . import dead
+
     batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
-    when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
-    if when is None:
+    row = dead.detail(batcher, batch_id)
+    if row is None:
         raise click.ClickException(f"batch {batch_id!r} is not dead")
-    try:
-        row = _dead_row(batcher, batch_id, int(when))
-    except BatchNotFound as exc:
-        raise click.ClickException(f"batch {batch_id!r} has no record") from exc
-    try:
-        row["events"] = [{"id": e.id, "emitted_at_ms": e.emitted_at_ms, "payload": e.payload}
-                         for e in batcher.records.get_batch(batch_id).events]
-    except Exception as exc:  # a poison record: say so, never crash
-        row["events"] = f"cannot decode: {type(exc).__name__}: {exc}"
     _echo_json(row)
 
 
-def _dead_row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
-    raw = batcher.records.raw(batch_id)
-    return {"id": batch_id, "binding": raw["binding"], "partition_key": raw["partition_key"],
-            "events": int(raw.get("n", 0)), "attempts": int(raw.get("attempt", 0)),
-            "reason": raw.get("reason"), "dead_at_ms": when, "error": raw.get("error")}
-
-
 def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
+    from . import dead
+
     if every:  # nothing dead is a fine answer to --all, not a usage error
-        return tuple(as_text(i) for k in batcher.shards for i in batcher.client.zrange(k.dead, 0, -1))
+        return tuple(dead.ids(batcher))
     if not batch_ids:
         raise click.UsageError("name batch ids or pass --all")
     return batch_ids

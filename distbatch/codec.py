@@ -175,8 +175,8 @@ def decode_batch(batch_id: str, info: Any, events: Any, attempt: Any) -> Batch:
 
 
 def decode_cut(row: list[Any]) -> Batch:
-    """A batch as a script returns it: [id, member, reason, discarded, cut_ms, events]."""
-    batch_id, member, reason, discarded, cut_ms, blob = row
+    """A batch as a script returns it: [id, member, reason, discarded, cut_ms, events, ...]."""
+    batch_id, member, reason, discarded, cut_ms, blob = row[:6]
     binding, partition = split_member(_text(member))
     return Batch(
         id=_text(batch_id),

@@ -23,6 +23,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from .keys import Keys
+from .metrics import HANDOFF_TICKETS
 
 JOB_FUNC = "distbatch.jobs.run_batches"
 log = logging.getLogger("distbatch")
@@ -75,4 +76,5 @@ class Dispatcher:
                                description=f"distbatch: run ready batches of {ns}")
             for _ in range(want)
         ])
+        HANDOFF_TICKETS.inc(want)
         return want

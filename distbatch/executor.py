@@ -11,6 +11,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass
 
+from . import metrics
 from .config import Binding
 from .dispatch import Dispatcher
 from .errors import HandlerNotAllowed
@@ -178,6 +179,23 @@ class Executor:
         return None if claim is None else self.run(claim)
 
     def run(self, claim: Claim) -> Result:
+        """Run a claimed batch's handler and settle the record; the outcome is also counted in
+        this process's metrics (`metrics.py`)."""
+        batch = claim.batch
+        if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
+            delay = max(0.0, time.time() - batch.cut_at_ms / 1000)
+            metrics.HANDLER_START_DELAY.labels(batch.binding).observe(delay)
+        started = time.perf_counter()
+        result = self._run(claim)
+        if result.status in (Status.DELIVERED, Status.RETRY, Status.DEAD):
+            metrics.HANDLER_DURATION.labels(batch.binding).observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.labels(batch.binding).observe(len(batch.events))
+        elif result.status is Status.LEASE_LOST:
+            metrics.LEASES_LOST.inc()
+        metrics.HANDLER_RUNS.labels(batch.binding, result.status.value).inc()
+        return result
+
+    def _run(self, claim: Claim) -> Result:
         batch, token, rec = claim.batch, claim.token, self.records
         if claim.error is not None:
             rec.fail(batch.id, token, claim.error, None)

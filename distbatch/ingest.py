@@ -83,6 +83,8 @@ class FlushStep:
     server_now_ms: int
     more: bool = False
     """The step stopped at its limit: more windows may have run out."""
+    lateness_ms: tuple[int, ...] = ()
+    """Per batch cut: how long after its deadline (window clock)."""
 
 
 class Ingest:
@@ -403,7 +405,8 @@ class Ingest:
         if cuts:
             yield Handoff(cuts)
         more = len(due) == limit
-        return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]), more)
+        return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]), more,
+                         tuple(int(row[6]) for row in reply[3:]))
 
     def drop(self, binding: str) -> Proc[list[Event]]:
         members = yield from self.registry.unbind(binding)  # first: no shard takes events for it any more

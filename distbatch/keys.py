@@ -108,6 +108,12 @@ class Keys:
         return "{" + self.namespace + "}:sweepers"
 
     @property
+    def lateness(self) -> str:
+        """List, newest first, capped: "<server ms> <late ms>" per window a sweeper cut (the
+        dashboard's lateness chart)."""
+        return "{" + self.namespace + "}:lateness"
+
+    @property
     def queue_name(self) -> str:
         """RQ queue the workers of this namespace listen on."""
         return f"distbatch-{self.namespace}"

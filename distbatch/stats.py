@@ -6,6 +6,7 @@ from typing import Any
 
 from .batcher import Batcher
 from .codec import as_text
+from .keys import split_member
 
 SAMPLE = 10_000
 _TOTALS = {"batches_dead": "went_dead_total", "batch_retries": "retries_total",
@@ -26,6 +27,10 @@ def collect(batcher: Batcher) -> dict[str, Any]:
             bucket[label] = bucket.get(label, 0) + int(value)
     sizes = {which: b.records.count(which) for which in ("ready", "running", "delayed", "dead")}
     now_ms = b.server_ms()
+    firsts = [b.client.zrange(k.deadlines, 0, 0, withscores=True) for k in b.shards]
+    oldest = min((float(f[0][1]) for f in firsts if f), default=None)
+    window_now = b.clock.now_ms()  # deadlines are on the window clock (a ManualClock in tests)
+    sweepers = int(b.client.zcount(b.keys.sweepers, now_ms - 10_000, "+inf"))
     per_binding = {}
     for key in sorted(set(bindings) | set(counters)):
         open_now = 0
@@ -51,6 +56,8 @@ def collect(batcher: Batcher) -> dict[str, Any]:
         "batches_running_now": sizes["running"],
         "batches_waiting_retry_now": sizes["delayed"],
         "batches_dead_now": sizes["dead"],
+        "oldest_overdue_ms": 0 if oldest is None else max(0, (window_now or now_ms) - int(oldest)),
+        "sweepers_live": sweepers,
         **totals,
         "bindings": per_binding,
     }
@@ -77,3 +84,32 @@ def render(data: dict[str, Any]) -> str:
             f"expired={row.get('batches_expired_total', 0)}"
         )
     return "\n".join(lines)
+
+
+def top_buffers(batcher: Batcher, binding: str, n: int = 5, sample: int = 200) -> list[dict[str, Any]]:
+    """The biggest open buffers of a binding (from a sample of `sample` per shard): partition key,
+    events, and how long ago its window opened. Bounded work, whatever the number of buffers."""
+    b = batcher
+    definition = b.binding(binding)
+    window = definition.batch.window_ms if definition is not None else 0
+    now = b.clock.now_ms() or b.server_ms()
+    rows: list[dict[str, Any]] = []
+    for k in b.shards:
+        members: list[Any] = list(b.client.srandmember(k.open_buffers(binding), sample) or [])
+        if not members:
+            continue
+        pipe = b.client.pipeline(transaction=False)
+        prefix = k.buffer_prefix.encode()
+        for m in members:
+            pipe.llen(prefix + m)
+        pipe.zmscore(k.deadlines, members)
+        *sizes, deadlines = pipe.execute()
+        for m, size, deadline in zip(members, sizes, deadlines, strict=True):
+            if deadline is None:
+                continue
+            _, partition = split_member(as_text(m))
+            rows.append({"partition_key": partition, "events": int(size),
+                         "age_ms": max(0, now - (int(deadline) - window)),
+                         "closes_in_ms": int(deadline) - now})
+    rows.sort(key=lambda r: (-r["events"], -r["age_ms"]))
+    return rows[:n]

@@ -19,11 +19,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import metrics
 from .batcher import Batcher
 from .dispatch import Dispatcher
+from .ingest import FlushStep
 from .records import Outcome
 
 log = logging.getLogger("distbatch.sweeper")
+LATENESS_KEPT = 2000
 
 
 @dataclass(slots=True)
@@ -138,6 +141,7 @@ class Sweeper:
             if due <= now:
                 step = b.flush_step(self.limit, with_events=False, shard=s)
                 self.cut += len(step.batches)
+                self._record_lateness(step)
                 if step.batches:
                     log.info("sweeper_backup shard=%d cut=%d: its owner is late", s, len(step.batches),
                              extra={"event": "sweeper_backup"})
@@ -145,12 +149,26 @@ class Sweeper:
                 waits.append((due - now) / 1000)
         return waits
 
+    def _record_lateness(self, step: FlushStep) -> None:
+        """Into this process's histogram, and (the last LATENESS_KEPT) into Redis for the
+        dashboard's chart."""
+        if not step.lateness_ms:
+            return
+        for late in step.lateness_ms:
+            metrics.CUT_LATENESS.observe(late / 1000)
+        key = self.batcher.keys.lateness
+        pipe = self.batcher.client.pipeline(transaction=False)
+        pipe.lpush(key, *(f"{step.server_now_ms} {late}" for late in step.lateness_ms))
+        pipe.ltrim(key, 0, LATENESS_KEPT - 1)
+        pipe.execute()
+
     def _sweep(self, shard: int) -> float:
         b, rec = self.batcher, self.records
         k = b.shards[shard]
         step = b.flush_step(self.limit, with_events=False, shard=shard)
         stepped = time.monotonic()  # `now` below is the server's time at about this point
         self.cut += len(step.batches)
+        self._record_lateness(step)
         promoted, next_retry, now = rec.promote(shard, self.limit)
         pipe = b.client.pipeline(transaction=False)
         pipe.zrange(k.ready, 0, 0)

@@ -20,3 +20,4 @@ def test_wheel_ships_lua_includes_and_py_typed_and_no_workers(tmp_path: Path) ->
     assert lua and lua <= names, sorted(lua - names)
     assert "distbatch/lua/includes/clock.lua" in names and "distbatch/py.typed" in names
     assert not any(n.startswith("workers/") for n in names)
+    assert {"distbatch/serve/app.py", "distbatch/serve/static/dashboard.html", "distbatch/aio.py"} <= names

@@ -8,7 +8,8 @@
 -- ARGV: window_now ('' = server TIME), batch id prefix, buffer key prefix,
 --       with_events ('1' to return the events of each batch)
 -- Returns {earliest remaining deadline or -1, server time (ms), candidates not yet due,
---          then per batch: {id, member, 'expired', discarded 0/1, cut_ms, events or ''}}.
+--          then per batch: {id, member, 'expired', discarded 0/1, cut_ms, events or '',
+--          late_ms (window clock minus the deadline: how late the cut came)}}.
 local k_deadlines, k_seq, k_bindings = KEYS[1], KEYS[2], KEYS[3]
 local B = 3
 -- @include clock
@@ -38,7 +39,7 @@ for i = 9, #KEYS, 2 do
         id, discarded = cut_batch(member, binding, events, 'expired'), 0
       end
       out[#out + 1] = {id, member, 'expired', discarded, real_now,
-                       with_events and table.concat(events) or ''}
+                       with_events and table.concat(events) or '', now - tonumber(deadline)}
     end
   end
 end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,9 +14,11 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from ..aio import AsyncBatcher, connect_async
+from . import dashboard
 from .auth import BearerAuth
 from .events import post_events
 from .health import healthz
+from .inspect import SAMPLE_EVERY_S, Inspector
 from .openapi import document, openapi
 from .settings import ServeSettings
 
@@ -47,17 +50,37 @@ def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> 
             log.warning("redis_unavailable at startup: %s; serving, /healthz reports it", exc)
         log.info("serve_started namespace=%s auth=%s", settings.namespace,
                  "bearer" if settings.tokens else "none (loopback only)")
+        sampler = asyncio.create_task(_sample(app.state.inspector))
         yield
+        sampler.cancel()
         if batcher is None:
             await b.aclose()
 
     app = Starlette(
         routes=[Route("/v1/sources/{source:path}/events", post_events, methods=["POST"]),
                 Route("/healthz", healthz, methods=["GET"]),
-                Route("/openapi.json", openapi, methods=["GET"])],
+                Route("/openapi.json", openapi, methods=["GET"]),
+                Route("/metrics", dashboard.metrics, methods=["GET"]),
+                Route("/", dashboard.page, methods=["GET"]),
+                Route("/api/overview", dashboard.overview, methods=["GET"]),
+                Route("/api/dead", dashboard.dead_list, methods=["GET"]),
+                Route("/api/dead/{batch_id}", dashboard.dead_detail, methods=["GET"]),
+                Route("/api/dead/{batch_id}/replay", dashboard.replay, methods=["POST"]),
+                Route("/api/dead/{batch_id}/purge", dashboard.purge, methods=["POST"])],
         middleware=[Middleware(BearerAuth, tokens=settings.tokens)],
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.inspector = Inspector(settings)
     app.state.openapi = document(_version())
     return app
+
+
+async def _sample(inspector: Inspector) -> None:
+    """The dashboard's rate history: a sample of the totals every SAMPLE_EVERY_S."""
+    while True:
+        try:
+            await asyncio.to_thread(inspector.sample)
+        except Exception as exc:  # Redis down: the page shows a gap, /healthz says why
+            log.debug("sample_failed: %r", exc)
+        await asyncio.sleep(SAMPLE_EVERY_S)

@@ -1,0 +1,54 @@
+"""Dead batches as people look at them (`distbatch dead ...`, the dashboard): never crash on a
+poison record, always say what is wrong with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .batcher import Batcher
+from .codec import as_text
+from .errors import BatchNotFound
+
+
+def row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
+    raw = batcher.records.raw(batch_id)
+    return {"id": batch_id, "binding": raw["binding"], "partition_key": raw["partition_key"],
+            "events": int(raw.get("n", 0)), "attempts": int(raw.get("attempt", 0)),
+            "reason": raw.get("reason"), "dead_at_ms": when, "error": raw.get("error")}
+
+
+def rows(batcher: Batcher, limit: int | None = None) -> list[dict[str, Any]]:
+    """Newest first, with the whole traceback of each (records gone meanwhile are skipped)."""
+    found: list[tuple[Any, float]] = []
+    for k in batcher.shards:
+        found += batcher.client.zrange(k.dead, 0, -1 if limit is None else limit - 1, desc=True,  # type: ignore[arg-type]
+                                       withscores=True)
+    found.sort(key=lambda x: -x[1])
+    out = []
+    for bid, when in found[:limit]:
+        try:
+            out.append(row(batcher, as_text(bid), int(when)))
+        except BatchNotFound:
+            continue
+    return out
+
+
+def detail(batcher: Batcher, batch_id: str) -> dict[str, Any] | None:
+    """One dead batch in full, events included (or why they cannot be decoded); None if not dead."""
+    when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
+    if when is None:
+        return None
+    try:
+        out = row(batcher, batch_id, int(when))
+    except BatchNotFound:
+        return None
+    try:
+        out["events"] = [{"id": e.id, "emitted_at_ms": e.emitted_at_ms, "payload": e.payload}
+                         for e in batcher.records.get_batch(batch_id).events]
+    except Exception as exc:  # a poison record: say so, never crash
+        out["events"] = f"cannot decode: {type(exc).__name__}: {exc}"
+    return out
+
+
+def ids(batcher: Batcher) -> list[str]:
+    return [as_text(i) for k in batcher.shards for i in batcher.client.zrange(k.dead, 0, -1)]

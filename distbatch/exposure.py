@@ -1,0 +1,80 @@
+"""Who may reach a network service of distbatch (`serve`, the metrics ports): bearer tokens, or
+explicitly none on a loopback address only."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import ConfigError
+
+MIN_TOKEN_CHARS = 16
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_tokens(env: str | None = None, token_file: str | Path | None = None) -> frozenset[str]:
+    """Tokens from `DISTBATCH_API_TOKENS` (comma-separated) and a file (one per line, `#`
+    comments); both may be given."""
+    raw = os.environ.get("DISTBATCH_API_TOKENS", "") if env is None else env
+    tokens = {t.strip() for t in raw.split(",") if t.strip()}
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text()
+        except OSError as exc:
+            raise ConfigError("token_file", f"--token-file={str(token_file)!r}: {exc}") from exc
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                tokens.add(line)
+    return frozenset(tokens)
+
+
+def check_exposure(what: str, host: str, tokens: frozenset[str], insecure_no_auth: bool,
+                   flag: str = "--insecure-no-auth") -> None:
+    """Refuse a service that would listen without auth (unless told, and then on loopback only),
+    or with weak tokens."""
+    if tokens and insecure_no_auth:
+        raise ConfigError("auth_conflict", f"{what}: API tokens given and {flag}: pick one")
+    if not tokens and not insecure_no_auth:
+        raise ConfigError(
+            "no_auth",
+            f"{what}: no API token configured: set DISTBATCH_API_TOKENS (comma-separated) or "
+            f"--token-file; {flag} runs without auth, on a loopback address only",
+        )
+    if insecure_no_auth and not is_loopback(host):
+        raise ConfigError(
+            "no_auth_public",
+            f"{what}: host={host!r} is not a loopback address: {flag} serves only on 127.0.0.1, "
+            "::1 or localhost; configure API tokens to listen elsewhere",
+        )
+    for t in tokens:
+        if len(t) < MIN_TOKEN_CHARS or any(c.isspace() for c in t):
+            raise ConfigError(
+                "token_weak",
+                f"{what}: an API token of {len(t)} characters: tokens need {MIN_TOKEN_CHARS}+ "
+                "characters and no spaces (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())')",
+            )
+
+
+def bearer_ok(header: bytes, tokens: Iterable[bytes]) -> bool:
+    """`Authorization: Bearer <token>` against every configured token, in constant time (the time
+    does not say which one matched)."""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    token = token.strip()
+    found = False
+    for t in tokens:
+        found |= hmac.compare_digest(t, token)
+    return found

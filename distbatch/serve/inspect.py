@@ -1,0 +1,125 @@
+"""The serve process's sync view of its namespace: stats, dead batches, replay and purge, for
+/metrics and the dashboard. Records and stats are sync code; routes call this in worker threads
+(`asyncio.to_thread`), never on the event loop."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+from .. import dead, stats
+from ..batcher import Batcher
+from ..metrics import namespace_registry
+from .settings import ServeSettings
+
+HISTORY = 300  # samples, one every SAMPLE_EVERY_S: ten minutes
+SAMPLE_EVERY_S = 2.0
+LATENESS_WINDOW_MS = 600_000
+
+
+class Inspector:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._batcher: Batcher | None = None
+        self._registry: CollectorRegistry | None = None
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+
+    def batcher(self) -> Batcher:
+        with self._lock:
+            if self._batcher is None:
+                s = self.settings
+                self._batcher = Batcher.from_url(s.redis_url, namespace=s.namespace, queue_url=s.queue_url)
+            return self._batcher
+
+    def metrics(self) -> bytes:
+        """The namespace's metrics (read from Redis now) and this process's own."""
+        if self._registry is None:
+            self._registry = namespace_registry(self.batcher())
+        return generate_latest(self._registry) + generate_latest(REGISTRY)
+
+    def sample(self) -> None:
+        """One point of the rate charts: the totals now (rates are differences of these)."""
+        data = stats.collect(self.batcher())
+        per = data["bindings"].values()
+        self.history.append({
+            "t": data["server_time_ms"],
+            "events_in": sum(r.get("events_in_total", 0) for r in per),
+            "events_delivered": sum(r.get("events_delivered_total", 0) for r in per),
+            "batches_cut": sum(r.get("batches_count_total", 0) + r.get("batches_expired_total", 0)
+                               for r in per),
+            "dead": data["batches_dead_now"], "ready": data["batches_ready_now"],
+        })
+
+    def overview(self) -> dict[str, Any]:
+        b = self.batcher()
+        data = stats.collect(b)
+        definitions = b.bindings()
+        for key, row in data["bindings"].items():
+            d = definitions.get(key)
+            row["config"] = None if d is None else {
+                "count": d.batch.count, "window_ms": d.batch.window_ms, "key": d.batch.key,
+                "expire_action": d.batch.expire_action, "attempts": d.retry.attempts}
+            row["top_buffers"] = stats.top_buffers(b, key) if d is not None else []
+        data["rates"] = _rates(list(self.history))
+        data["lateness"] = self._lateness(b, data["server_time_ms"])
+        return data
+
+    @staticmethod
+    def _lateness(b: Batcher, now_ms: int) -> dict[str, Any]:
+        """Cut lateness the sweepers recorded: p50/p99/max per 20 s over the last ten minutes."""
+        raw: list[bytes] = b.client.lrange(b.keys.lateness, 0, -1)  # type: ignore[assignment]
+        points: list[tuple[int, int]] = []
+        for item in raw:
+            at_s, late_s = item.split()
+            if now_ms - int(at_s) <= LATENESS_WINDOW_MS:
+                points.append((int(at_s), int(late_s)))
+        buckets: dict[int, list[int]] = {}
+        for at, late in points:
+            buckets.setdefault(at // 20_000 * 20_000, []).append(late)
+        series = [{"t": t, "p50": _pct(v, 0.5), "p99": _pct(v, 0.99), "max": max(v), "n": len(v)}
+                  for t, v in sorted(buckets.items())]
+        recent = [late for at, late in points if now_ms - at <= 60_000]
+        return {"series": series, "last_minute": {"n": len(recent), "p50": _pct(recent, 0.5),
+                                                  "p99": _pct(recent, 0.99)}}
+
+    def dead(self, limit: int = 200) -> list[dict[str, Any]]:
+        return dead.rows(self.batcher(), limit)
+
+    def dead_detail(self, batch_id: str) -> dict[str, Any] | None:
+        return dead.detail(self.batcher(), batch_id)
+
+    def replay(self, batch_id: str) -> bool:
+        b = self.batcher()
+        ok = b.records.replay(batch_id)
+        if ok and b.dispatcher is not None:
+            b.dispatcher([batch_id])  # wake a worker for it now
+        return ok
+
+    def purge(self, batch_id: str) -> bool:
+        return self.batcher().records.purge(batch_id)
+
+
+def _pct(values: list[int], q: float) -> int | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _rates(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for prev, cur in itertools.pairwise(history):
+        dt = (cur["t"] - prev["t"]) / 1000
+        if dt <= 0:
+            continue
+        out.append({"t": cur["t"], **{f"{k}_per_s": max(0.0, (cur[k] - prev[k]) / dt)
+                                      for k in ("events_in", "events_delivered", "batches_cut")},
+                    "dead": cur["dead"], "ready": cur["ready"]})
+    return out
+
+

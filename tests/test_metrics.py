@@ -1,0 +1,109 @@
+"""Prometheus metrics: the namespace's counters read from Redis by `distbatch serve` (/metrics),
+and each worker's and sweeper's own observations on --metrics-port; real processes throughout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from distbatch import Batcher
+from distbatch.testing import RedisServer, env_with_path, free_port
+
+from .processes import Procs, delivered, wait_for
+from .test_serve import TOKEN, Server
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), float("nan"))
+
+
+@pytest.fixture
+def procs(redis_server: RedisServer, namespace: str, tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(redis_server.url, namespace, tmp_path, env={"DISTBATCH_API_TOKENS": TOKEN})
+    yield p
+    p.stop_all()
+
+
+def test_serve_metrics_read_the_namespace_from_redis(redis_server: RedisServer, namespace: str,
+                                                     tmp_path: Path) -> None:
+    """Counters come from Redis, so a serve that emitted nothing reports what another process
+    emitted, and two serve instances report the same totals (max them, never sum)."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("m", version="v1", source="s", handler="tests.handlers.record",
+               batch={"count": 4, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": str(i % 3), "n": i} for i in range(14)])  # cuts 3 of 4, 2 left open
+    one, two = Server(redis_server.url, tmp_path, namespace), Server(redis_server.url, tmp_path, namespace)
+    try:
+        assert httpx.get(f"{one.url}/metrics").status_code == 401
+        texts = [httpx.get(f"{s.url}/metrics", headers=AUTH).text for s in (one, two)]
+    finally:
+        one.stop()
+        two.stop()
+    for text in texts:
+        assert value(text, "distbatch_events_total", binding="m@v1") == 14
+        assert value(text, "distbatch_batches_cut_total", binding="m@v1", reason="count") == 3
+        assert value(text, "distbatch_open_buffers", binding="m@v1") == 2 == b.open_buffers()
+        assert value(text, "distbatch_batches", state="ready") == 3 == b.records.count("ready")
+        assert value(text, "distbatch_batches", state="dead") == 0
+        assert value(text, "distbatch_oldest_overdue_seconds") == 0
+
+
+def test_worker_and_sweeper_metrics_ports(procs: Procs, redis_server: RedisServer, namespace: str) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete("test:delivered")
+    b = Batcher.from_url(redis_server.url, namespace=namespace)
+    b.register("w", version="v1", source="s", handler="tests.handlers.record",
+               batch={"count": 5, "window": "300ms", "key": "k"})
+    wport, sport = free_port(), free_port()
+    procs.worker("--metrics-port", str(wport))
+    procs.sweeper("--metrics-port", str(sport))
+    b.emit_many("s", [{"k": "full", "n": i} for i in range(10)] + [{"k": "partial", "n": 99}])
+    wait_for(lambda: len(delivered(client)) == 3, 20, "3 batches delivered", procs.logs)
+
+    def scrape(port: int) -> str:
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=AUTH)
+        assert r.status_code == 200
+        return r.text
+
+    wait_for(lambda: value(scrape(wport), "distbatch_handler_runs_total", binding="w@v1",
+                           outcome="delivered") == 3, 10, "worker metrics", procs.logs)
+    w = scrape(wport)
+    assert value(w, "distbatch_batch_size_events_count", binding="w@v1") == 3
+    assert value(w, "distbatch_batch_size_events_sum", binding="w@v1") == 11
+    assert value(w, "distbatch_handler_duration_seconds_count", binding="w@v1") == 3
+    assert value(w, "distbatch_handler_start_delay_seconds_count", binding="w@v1") == 3
+    assert value(w, "distbatch_leases_lost_total") == 0
+    s = scrape(sport)
+    assert value(s, "distbatch_cut_lateness_seconds_count") == 1  # the partial batch, by the sweeper
+    assert value(s, "distbatch_cut_lateness_seconds_sum") < 0.5
+    late = client.lrange(b.keys.lateness, 0, -1)
+    assert len(late) == 1 and int(late[0].split()[1]) < 500
+    assert httpx.get(f"http://127.0.0.1:{wport}/metrics").status_code == 401  # no token, no metrics
+
+
+def test_metrics_port_refuses_to_listen_without_auth(redis_server: RedisServer) -> None:
+    def run(*args: str, tokens: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "distbatch.cli", "sweeper", "--redis-url", redis_server.url,
+             "--metrics-port", str(free_port()), *args],
+            env={**env_with_path(), "DISTBATCH_API_TOKENS": tokens}, capture_output=True, text=True,
+            timeout=30)
+
+    none = run()
+    assert none.returncode != 0 and "DISTBATCH_API_TOKENS" in none.stderr
+    public = run("--metrics-insecure-no-auth", "--metrics-host", "0.0.0.0")
+    assert public.returncode != 0 and "loopback" in public.stderr
