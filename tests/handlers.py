@@ -56,3 +56,8 @@ def broken_until_fixed(batch: Batch) -> None:
     if not client().get("test:fixed"):
         raise ValueError("handler is broken")
     record(batch)
+
+
+def boom(batch: Batch) -> None:
+    """Always fails (a dead batch for the dashboard test)."""
+    raise ValueError(f"card processor rejected batch {batch.id}: THE BOOM LINE")

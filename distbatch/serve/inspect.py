@@ -71,7 +71,7 @@ class Inspector:
 
     @staticmethod
     def _lateness(b: Batcher, now_ms: int) -> dict[str, Any]:
-        """Cut lateness the sweepers recorded: p50/p99/max per 20 s over the last ten minutes."""
+        """Cut lateness the sweepers recorded: p50/p99/max per 10 s over the last ten minutes."""
         raw: list[bytes] = b.client.lrange(b.keys.lateness, 0, -1)  # type: ignore[assignment]
         points: list[tuple[int, int]] = []
         for item in raw:
@@ -80,7 +80,7 @@ class Inspector:
                 points.append((int(at_s), int(late_s)))
         buckets: dict[int, list[int]] = {}
         for at, late in points:
-            buckets.setdefault(at // 20_000 * 20_000, []).append(late)
+            buckets.setdefault(at // 10_000 * 10_000, []).append(late)
         series = [{"t": t, "p50": _pct(v, 0.5), "p99": _pct(v, 0.99), "max": max(v), "n": len(v)}
                   for t, v in sorted(buckets.items())]
         recent = [late for at, late in points if now_ms - at <= 60_000]
