@@ -17,6 +17,7 @@ from .dispatch import Dispatcher
 from .errors import HandlerNotAllowed
 from .handlers import HandlerResolver
 from .records import Claim, Outcome, Records
+from .tracing import handler_span
 
 log = logging.getLogger("distbatch.worker")
 
@@ -216,7 +217,8 @@ class Executor:
         held = self.leases.hold(batch.id, token, binding.retry.timeout_ms)
         started = time.monotonic()
         try:
-            fn(batch)
+            with handler_span(batch):
+                fn(batch)
         except Exception as exc:
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,6 +16,13 @@ class Event:
     source: str
     payload: dict[str, Any]
     emitted_at_ms: int
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context the event was emitted under (its payload's `traceparent`
+        field, when that is a valid version-00 header value)."""
+        value = self.payload.get("traceparent") if isinstance(self.payload, dict) else None
+        return value if isinstance(value, str) and TRACEPARENT.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +40,17 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+    @property
+    def trace_contexts(self) -> list[str]:
+        """The distinct trace contexts (`traceparent` values) of its events, in arrival order:
+        what a handler's span links to."""
+        seen: dict[str, None] = {}
+        for e in self.events:
+            tp = e.traceparent
+            if tp is not None:
+                seen.setdefault(tp)
+        return list(seen)
 
 
 class EmitResult(NamedTuple):

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from ..aio import AsyncBatcher
 from ..errors import ConfigError, EmitError, PayloadError
-from ..models import Batch, EmitResult
+from ..models import TRACEPARENT, Batch, EmitResult
 from .settings import ServeSettings
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
@@ -105,6 +105,10 @@ async def post_events(request: Request) -> Response:
     try:
         body = await read_body(request, settings.max_body_bytes)
         events = parse_events(body, request.headers.get("content-type", ""), settings.max_events)
+        traceparent = request.headers.get("traceparent", "")
+        if TRACEPARENT.fullmatch(traceparent):  # the request's trace, for events without their own
+            for e in events:
+                e.setdefault("traceparent", traceparent)
         if not events:
             return json_response({"events": 0, "results": []})
         results = await batcher.emit_many(source, events)
