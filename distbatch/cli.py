@@ -238,13 +238,28 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 @main.command()
 @URL
 @NS
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (times in ms).")
-def stats(redis_url: str, namespace: str, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (times in ms); with "
+              "--watch, one JSON line per refresh.")
+@click.option("--watch", is_flag=True, help="Live view: rates, open buffers, ready/running/dead, "
+              "cut lateness; Ctrl-C ends it.")
+@click.option("--interval", default="2s", callback=_duration, help="Refresh period of --watch.")
+@click.option("--count", type=int, default=None, help="With --watch: stop after this many refreshes.")
+def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: int,
+          count: int | None) -> None:
     """Batches ready/running/waiting/dead now; per binding: open buffers, next window to close,
     events in/delivered/discarded and batches cut (totals since the namespace began)."""
     from .stats import collect, render
 
-    data = collect(Batcher.from_url(redis_url, namespace=namespace, handoff=False))
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
+    if watch:
+        import contextlib
+
+        from .watch import watch as live
+
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+            live(batcher, interval / 1000, count, as_json, click.echo)
+        return
+    data = collect(batcher)
     if as_json:
         _echo_json(data)
     else:

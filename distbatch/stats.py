@@ -113,3 +113,32 @@ def top_buffers(batcher: Batcher, binding: str, n: int = 5, sample: int = 200) -
                          "closes_in_ms": int(deadline) - now})
     rows.sort(key=lambda r: (-r["events"], -r["age_ms"]))
     return rows[:n]
+
+
+LATENESS_WINDOW_MS = 600_000
+
+
+def lateness(batcher: Batcher, now_ms: int) -> dict[str, Any]:
+    """Cut lateness the sweepers recorded: p50/p99/max per 10 s over the last ten minutes, and
+    the last minute's p50/p99."""
+    raw: list[bytes] = batcher.client.lrange(batcher.keys.lateness, 0, -1)  # type: ignore[assignment]
+    points: list[tuple[int, int]] = []
+    for item in raw:
+        at_s, late_s = item.split()
+        if now_ms - int(at_s) <= LATENESS_WINDOW_MS:
+            points.append((int(at_s), int(late_s)))
+    buckets: dict[int, list[int]] = {}
+    for at, late in points:
+        buckets.setdefault(at // 10_000 * 10_000, []).append(late)
+    series = [{"t": t, "p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": max(v), "n": len(v)}
+              for t, v in sorted(buckets.items())]
+    recent = [late for at, late in points if now_ms - at <= 60_000]
+    return {"series": series, "last_minute": {"n": len(recent), "p50": pct(recent, 0.5),
+                                              "p99": pct(recent, 0.99)}}
+
+
+def pct(values: list[int], q: float) -> int | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -76,3 +76,27 @@ def test_demo_runs_whole_pipeline_on_fakeredis() -> None:
     # stdout; click mixes both into .output) agrees with the summary
     lines = result.output[: result.output.index("{")].replace("\r", "\n").strip().splitlines()
     assert lines and "delivered 600" in lines[-1], lines[-3:]
+
+
+def test_stats_watch_shows_rates_live(redis_server: RedisServer, namespace: str) -> None:
+    """--watch refreshes: rates are the difference between two reads; --json gives a line each."""
+    from distbatch.watch import watch
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h",
+               batch={"count": 4, "window": "1h", "key": "k"})
+    lines: list[str] = []
+
+    def between_ticks(seconds: float) -> None:  # traffic while the view sleeps
+        b.emit_many("s", [{"k": str(i % 2)} for i in range(8)])
+
+    watch(b, 0.5, 3, True, lines.append, sleep=between_ticks)
+    ticks = [json.loads(line) for line in lines]
+    assert len(ticks) == 3 and "events_in_per_s" not in ticks[0]["bindings"]["w@v1"]
+    assert [t["bindings"]["w@v1"].get("events_in_total", 0) for t in ticks] == [0, 8, 16]
+    assert all(t["bindings"]["w@v1"]["events_in_per_s"] > 0 for t in ticks[1:])
+    assert ticks[2]["batches_ready_now"] == 4
+    human = CliRunner().invoke(cli, ["stats", "--watch", "--count", "1", "--redis-url",
+                                     redis_server.url, "--namespace", namespace])
+    assert human.exit_code == 0, human.output
+    assert "w@v1" in human.output and "dead 0" in human.output and "ready 4" in human.output

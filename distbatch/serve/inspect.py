@@ -18,7 +18,6 @@ from .settings import ServeSettings
 
 HISTORY = 300  # samples, one every SAMPLE_EVERY_S: ten minutes
 SAMPLE_EVERY_S = 2.0
-LATENESS_WINDOW_MS = 600_000
 
 
 class Inspector:
@@ -66,26 +65,8 @@ class Inspector:
                 "expire_action": d.batch.expire_action, "attempts": d.retry.attempts}
             row["top_buffers"] = stats.top_buffers(b, key) if d is not None else []
         data["rates"] = _rates(list(self.history))
-        data["lateness"] = self._lateness(b, data["server_time_ms"])
+        data["lateness"] = stats.lateness(b, data["server_time_ms"])
         return data
-
-    @staticmethod
-    def _lateness(b: Batcher, now_ms: int) -> dict[str, Any]:
-        """Cut lateness the sweepers recorded: p50/p99/max per 10 s over the last ten minutes."""
-        raw: list[bytes] = b.client.lrange(b.keys.lateness, 0, -1)  # type: ignore[assignment]
-        points: list[tuple[int, int]] = []
-        for item in raw:
-            at_s, late_s = item.split()
-            if now_ms - int(at_s) <= LATENESS_WINDOW_MS:
-                points.append((int(at_s), int(late_s)))
-        buckets: dict[int, list[int]] = {}
-        for at, late in points:
-            buckets.setdefault(at // 10_000 * 10_000, []).append(late)
-        series = [{"t": t, "p50": _pct(v, 0.5), "p99": _pct(v, 0.99), "max": max(v), "n": len(v)}
-                  for t, v in sorted(buckets.items())]
-        recent = [late for at, late in points if now_ms - at <= 60_000]
-        return {"series": series, "last_minute": {"n": len(recent), "p50": _pct(recent, 0.5),
-                                                  "p99": _pct(recent, 0.99)}}
 
     def dead(self, limit: int = 200) -> list[dict[str, Any]]:
         return dead.rows(self.batcher(), limit)
@@ -102,13 +83,6 @@ class Inspector:
 
     def purge(self, batch_id: str) -> bool:
         return self.batcher().records.purge(batch_id)
-
-
-def _pct(values: list[int], q: float) -> int | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _rates(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
