@@ -55,6 +55,20 @@ def test_redis_keeps_an_append_only_file_and_workers_scale() -> None:
     assert worker["environment"]["DISTBATCH_HANDLERS"] == "workers.handlers"
 
 
+def test_metrics_are_scrapable_with_a_token() -> None:
+    services = COMPOSE["services"]
+    assert services["serve"]["ports"] == ["8000:8000"]  # /metrics of the namespace
+    for name in ("worker", "sweeper"):
+        command = services[name]["command"]
+        assert command[command.index("--metrics-port") + 1] == "9100"
+        assert services[name]["expose"] == ["9100"]
+        tokens = services[name]["environment"]["DISTBATCH_API_TOKENS"]
+        assert tokens.startswith("${DISTBATCH_API_TOKENS:?")
+    scrape = yaml.safe_load((ROOT / "docs" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in scrape["scrape_configs"]}
+    assert jobs == {"distbatch-namespace", "distbatch-processes"}
+
+
 def test_serve_listens_on_all_interfaces_only_with_tokens() -> None:
     serve = COMPOSE["services"]["serve"]
     assert serve["ports"] == ["8000:8000"] and "--insecure-no-auth" not in serve["command"]
