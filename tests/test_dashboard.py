@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from distbatch import Batcher
+from distbatch.errors import BatchNotFound
 from distbatch.executor import Executor, Status
 from distbatch.handlers import HandlerResolver
 from distbatch.testing import RedisServer
@@ -39,8 +40,8 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def _system(url: str, namespace: str, tmp_path: Path) -> tuple[Batcher, Procs, str]:
-    """Bindings, traffic with a sweeper cutting partial windows, and one dead batch."""
+def _system(url: str, namespace: str, tmp_path: Path) -> tuple[Batcher, Procs, list[str]]:
+    """Bindings, traffic with a sweeper cutting partial windows, and two dead batches."""
     b = Batcher.from_url(url, namespace=namespace)
     b.register("orders", version="v1", source="orders", handler="tests.handlers.record",
                batch={"count": 5, "window": "300ms", "key": "shop"})
@@ -54,20 +55,23 @@ def _system(url: str, namespace: str, tmp_path: Path) -> tuple[Batcher, Procs, s
         b.emit_many("orders", [{"shop": f"shop-{j % 7}", "user": f"user-{(i + j) % 11}", "n": i}
                                for j in range(i % 9)])
         time.sleep(0.1)
-    b.emit("payments", {"card": "4242"})
-    bid = b.emit("payments", {"card": "4243"})[0].batch.id  # type: ignore[union-attr]
-    claim = b.records.claim([bid], 10_000)
-    assert claim is not None
-    assert Executor(b.records, HandlerResolver(["tests.handlers"])).run(claim).status == Status.DEAD
+    dead = []
+    for card in range(4):
+        (r,) = b.emit("payments", {"card": f"424{card}"})
+        if r.batch is not None:
+            claim = b.records.claim([r.batch.id], 10_000)
+            assert claim is not None
+            assert Executor(b.records, HandlerResolver(["tests.handlers"])).run(claim).status == Status.DEAD
+            dead.append(r.batch.id)
     time.sleep(0.8)  # the last partial windows run out and the sweeper cuts them
-    return b, procs, bid
+    return b, procs, dead
 
 
 def test_dashboard_shows_redis_and_replays_a_dead_batch(
     browser: Any, redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
     server = Server(redis_server.url, tmp_path, namespace)  # first: its rate history covers the traffic
-    b, procs, dead_id = _system(redis_server.url, namespace, tmp_path)
+    b, procs, (dead_id, purged_id) = _system(redis_server.url, namespace, tmp_path)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server.url + "/")
@@ -83,7 +87,7 @@ def test_dashboard_shows_redis_and_replays_a_dead_batch(
             return int(page.inner_text(selector).replace(",", ""))
 
         counters = b.counters()
-        assert shown("#stat-dead") == b.records.count("dead") == 1
+        assert shown("#stat-dead") == b.records.count("dead") == 2
         assert shown("#stat-ready") == b.records.count("ready")
         assert shown("#stat-open") == b.open_buffers()
         for binding in ("orders@v1", "audit@v2"):
@@ -104,10 +108,18 @@ def test_dashboard_shows_redis_and_replays_a_dead_batch(
 
         page.click(f'#dead tr[data-batch="{dead_id}"] button.replay')
         page.wait_for_selector(f'#dead tr[data-batch="{dead_id}"]', state="detached")
-        assert b.records.count("dead") == 0
+        assert b.records.count("dead") == 1
         ready = [x.decode() for k in b.shards for x in b.client.zrange(k.ready, 0, -1)]
         assert dead_id in ready
         assert b.records.raw(dead_id)["attempt"] == 0  # fresh attempts
+        wait_for(lambda: shown("#stat-dead") == 1, 5, "the page to show one dead batch")
+
+        page.on("dialog", lambda dialog: dialog.accept())  # "Purge batch ... for good?"
+        page.click(f'#dead tr[data-batch="{purged_id}"] button.purge')
+        page.wait_for_selector(f'#dead tr[data-batch="{purged_id}"]', state="detached")
+        assert b.records.count("dead") == 0
+        with pytest.raises(BatchNotFound):
+            b.records.raw(purged_id)
         wait_for(lambda: shown("#stat-dead") == 0, 5, "the page to show no dead batch")
         assert page.is_visible("#dead-empty")
     finally:
