@@ -226,3 +226,20 @@ def test_curl_emits_and_a_worker_delivers(server: Server, redis_server: RedisSer
         assert sorted(p["n"] for d in delivered(direct) for p in d["payloads"]) == list(range(12))
     finally:
         procs.stop_all()
+
+
+def test_tokens_come_from_a_file_too(redis_server: RedisServer, tmp_path: Path, batcher: Batcher,
+                                     namespace: str) -> None:
+    other = "second-token-from-the-file-0123"
+    (tmp_path / "tokens").write_text(f"# rotated 2026-11\n{other}  # the new one\n\n")
+    s = Server(redis_server.url, tmp_path, namespace, "--token-file", str(tmp_path / "tokens"))
+    try:
+        for token in (TOKEN, other):  # the env's and the file's are both accepted
+            r = httpx.post(f"{s.url}/v1/sources/orders%2Fcreated/events", json={"shop": "a"},
+                           headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+        r = httpx.post(f"{s.url}/v1/sources/orders%2Fcreated/events", json={"shop": "a"},
+                       headers={"Authorization": "Bearer # rotated 2026-11"})
+        assert r.status_code == 401
+    finally:
+        s.stop()
