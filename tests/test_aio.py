@@ -185,3 +185,21 @@ def test_concurrent_emit_many_calls_get_their_own_results(redis_server: RedisSer
     assert isinstance(out[6], PayloadError) and out[6].event == 1  # the bad call alone, nothing of it stored
     counters = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False).counters()
     assert counters["events_in:c@v1"] == 21
+
+
+def test_an_async_on_cut_hook_is_awaited_with_the_cut_ids(redis_server: RedisServer, namespace: str) -> None:
+    handed: list[list[str]] = []
+
+    async def on_cut(ids: Any) -> None:
+        await asyncio.sleep(0)
+        handed.append(list(ids))
+
+    async def main() -> list[str]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, on_cut=on_cut)
+        await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+        results = await b.emit_many("s", [{"n": i} for i in range(5)])
+        await b.aclose()
+        return [r.batch.id for r in results if r.batch is not None]
+
+    cut = asyncio.run(main())
+    assert len(cut) == 2 and [i for ids in handed for i in ids] == cut

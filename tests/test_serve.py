@@ -167,6 +167,10 @@ def test_serve_refuses_to_start_without_auth(redis_server: RedisServer) -> None:
     assert public.returncode != 0 and "loopback" in public.stderr
     weak = run(env={"DISTBATCH_API_TOKENS": "secret"})
     assert weak.returncode != 0 and "16+" in weak.stderr
+    cluster = subprocess.run(
+        [sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", "redis+cluster://127.0.0.1:7000/"],
+        env={**env_with_path(), "DISTBATCH_API_TOKENS": TOKEN}, capture_output=True, text=True, timeout=30)
+    assert cluster.returncode != 0 and "--queue-url" in cluster.stderr
 
 
 def test_insecure_no_auth_on_loopback_serves(

@@ -29,3 +29,9 @@ class ServeSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError("serve_limit_invalid", f"{name}={value!r} must be an integer >= 1")
         check_exposure("distbatch serve", self.host, self.tokens, self.insecure_no_auth)
+        if self.redis_url.partition("://")[0].endswith("+cluster") and not self.queue_url:
+            raise ConfigError(
+                "cluster_needs_queue_url",
+                "RQ cannot run on Redis Cluster (its keys span slots): give the hand-off queue a "
+                "standalone Redis with --queue-url / DISTBATCH_QUEUE_URL",
+            )
