@@ -51,7 +51,10 @@ DEFAULT_MAX_CONNECTIONS = 64
 def connect_async(url: str, **options: Any) -> Any:
     """A redis.asyncio client for `url` on a BlockingConnectionPool (`max_connections`, default
     64; `pool_timeout` seconds to wait for a free connection, default 20); `redis+cluster://` and
-    `rediss+cluster://` give a redis.asyncio RedisCluster."""
+    `rediss+cluster://` give a redis.asyncio RedisCluster. Socket timeouts default to 10 s (5 s to
+    connect), so an unreachable or stalled Redis fails a call instead of hanging it."""
+    options.setdefault("socket_timeout", 10)
+    options.setdefault("socket_connect_timeout", 5)
     scheme, sep, rest = url.partition("://")
     if sep and scheme.endswith("+cluster"):
         options.pop("pool_timeout", None)

@@ -18,6 +18,7 @@ from ..aio import AsyncBatcher
 from ..dispatch import Dispatcher
 
 SEEN_WITHIN_MS = 30_000
+CHECK_TIMEOUT_S = 3.0
 
 
 def _live_workers(dispatcher: Dispatcher) -> int:
@@ -36,13 +37,15 @@ async def healthz(request: Request) -> Response:
     batcher: AsyncBatcher = request.app.state.batcher
     body: dict[str, Any] = {"namespace": batcher.namespace}
     try:
-        core = await batcher.start()
-        now = await batcher.server_ms()
-        sweepers = await batcher.client.zcount(core.keys.sweepers, now - SEEN_WITHIN_MS, "+inf")
-        workers = (await asyncio.to_thread(_live_workers, batcher.dispatcher)
-                   if batcher.dispatcher is not None else None)
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        body.update(status="down", redis={"ok": False, "error": str(exc)})
+        async with asyncio.timeout(CHECK_TIMEOUT_S):  # a probe must answer, whatever Redis does
+            core = await batcher.start()
+            now = await batcher.server_ms()
+            sweepers = await batcher.client.zcount(core.keys.sweepers, now - SEEN_WITHIN_MS, "+inf")
+            workers = (await asyncio.to_thread(_live_workers, batcher.dispatcher)
+                       if batcher.dispatcher is not None else None)
+    except (redis.ConnectionError, redis.TimeoutError, OSError, TimeoutError) as exc:
+        error = str(exc) or f"no answer within {CHECK_TIMEOUT_S}s"
+        body.update(status="down", redis={"ok": False, "error": error})
         return JSONResponse(body, status_code=503)
     warnings = []
     if not sweepers:
