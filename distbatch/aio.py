@@ -41,6 +41,7 @@ from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
 from .scripts import NAMES, source
 from .shards import Layout
+from .transport import resend_failed
 
 log = logging.getLogger("distbatch")
 T = TypeVar("T")
@@ -101,6 +102,7 @@ class AsyncBatcher:
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._core: Ingest | None = None
         self._starting: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._emitters: list[tuple[str, Iterator[int]]] = []
         self._calls_in_flight: asyncio.Semaphore | None = None
         self._emitter_ids = itertools.count()
@@ -130,8 +132,23 @@ class AsyncBatcher:
             raise
         return batcher
 
+    def _own_loop(self) -> None:
+        """An AsyncBatcher (its redis.asyncio client, its coalescer) lives on the loop it was
+        first used on; another loop gets a clear error before anything is sent."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise ConfigError(
+                "aio_other_loop",
+                "this AsyncBatcher was first used on another event loop (a second asyncio.run, or "
+                "another thread?); it and its redis.asyncio client belong to one loop: create one "
+                "AsyncBatcher per event loop. Nothing was sent",
+            )
+
     async def start(self) -> Ingest:
         """Read (or fix) the namespace's layout; done by the first call if not before."""
+        self._own_loop()
         if self._core is not None:
             return self._core
         if self._starting is None:
@@ -190,6 +207,7 @@ class AsyncBatcher:
 
         Emits in flight at the same time share script calls (`coalesce=True`, the default):
         each caller still gets exactly its own results or its own error (`coalesce.py`)."""
+        self._own_loop()
         if self._coalescer is not None:
             return await self._coalescer.emit(source, [payload])
         return await self._emit_many(source, [payload])
@@ -200,6 +218,7 @@ class AsyncBatcher:
     async def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
         """As `Batcher.emit_many`: checked before anything is written, `EmitError` on a failure
         part-way. Concurrent calls share script calls, as `emit`'s do."""
+        self._own_loop()
         batch = payloads if isinstance(payloads, list) else list(payloads)
         if self._coalescer is not None:
             return await self._coalescer.emit(source, batch)
@@ -262,8 +281,11 @@ class AsyncBatcher:
         script = self._scripts[name]
         try:
             return await script(keys=keys, args=args)
-        except TRANSIENT:  # every script is idempotent per call id or token: safe to resend
-            return await script(keys=keys, args=args)
+        except TRANSIENT as first:  # every script is idempotent per call id or token: safe to resend
+            try:
+                return await script(keys=keys, args=args)
+            except TRANSIENT as second:
+                raise resend_failed(first, second) from second
 
     async def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:
         if self.cluster:
@@ -285,11 +307,11 @@ class AsyncBatcher:
                 return list(await asyncio.gather(*(self._one(c) for c in calls)))
             try:
                 return await self._pipeline(calls)
-            except TRANSIENT:
+            except TRANSIENT as first:
                 try:
                     return await self._pipeline(calls)
                 except TRANSIENT as exc:
-                    return [exc] * len(calls)
+                    return [resend_failed(first, exc)] * len(calls)
         finally:
             self._emitters.append(emitter)
 

@@ -35,10 +35,10 @@ def rows(batcher: Batcher, limit: int | None = None) -> list[dict[str, Any]]:
 
 def detail(batcher: Batcher, batch_id: str) -> dict[str, Any] | None:
     """One dead batch in full, events included (or why they cannot be decoded); None if not dead."""
-    when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
-    if when is None:
-        return None
     try:
+        when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
+        if when is None:
+            return None
         out = row(batcher, batch_id, int(when))
     except BatchNotFound:
         return None

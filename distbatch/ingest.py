@@ -31,6 +31,7 @@ from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
 from .registry import Registry, Route, Snapshot
 from .shards import Layout, shard_of
+from .transport import NotSent
 
 log = logging.getLogger("distbatch")
 
@@ -256,9 +257,12 @@ class Ingest:
             stale: list[_Item] = []
             cuts: list[str] = []
             failed: BaseException | None = None
+            unsent: list[_Item] = []
             for s, reply in zip(shards, replies, strict=True):
                 if isinstance(reply, BaseException):
                     failed = reply
+                    if isinstance(reply, NotSent):
+                        unsent += by_shard[s]
                 elif reply[0] == -1:
                     stale += by_shard[s]
                 else:
@@ -266,7 +270,8 @@ class Ingest:
             if cuts or any(not isinstance(r, BaseException) and r[0] == -2 for r in replies):
                 yield Handoff(cuts)
             if failed is not None:
-                raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]])
+                raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]],
+                                  frozenset(id(it) for it in (*unsent, *stale)))
             if not stale:
                 break
             try:

@@ -72,7 +72,11 @@ class Records:
         self._cluster = isinstance(client, redis.RedisCluster)
 
     def keys_for(self, batch_id: str) -> Keys:
-        return self.shards[batch_id_shard(batch_id)]
+        """The shard of a batch id; an id naming no shard of this namespace is not found."""
+        shard = batch_id_shard(batch_id)
+        if not 0 <= shard < len(self.shards):
+            raise BatchNotFound(batch_id)
+        return self.shards[shard]
 
     def _call(self, script: Script, batch_id: str, *args: Any) -> Any:
         k = self.keys_for(batch_id)
@@ -153,12 +157,18 @@ class Records:
         return int(n), None if int(nxt) < 0 else int(nxt), int(now)
 
     def replay(self, batch_id: str) -> bool:
-        """Make a dead batch ready again with fresh attempts."""
-        return bool(self._call(self.scripts.replay, batch_id))
+        """Make a dead batch ready again with fresh attempts (False: no dead batch by that id)."""
+        try:
+            return bool(self._call(self.scripts.replay, batch_id))
+        except BatchNotFound:
+            return False
 
     def purge(self, batch_id: str) -> bool:
-        """Delete a dead batch for good."""
-        return bool(self._call(self.scripts.purge, batch_id))
+        """Delete a dead batch for good (False: no dead batch by that id)."""
+        try:
+            return bool(self._call(self.scripts.purge, batch_id))
+        except BatchNotFound:
+            return False
 
     def _fields(self, batch_id: str) -> tuple[Any, Any, Any, Any]:
         k = self.keys_for(batch_id)

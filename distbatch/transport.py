@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,29 @@ from redis.exceptions import ResponseError
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 Call = tuple[list[Any], list[Any]]  # (keys, args)
+
+
+class NotSent(redis.ConnectionError):
+    """Every attempt failed to even connect (refused, unknown host): the call never reached
+    Redis, so nothing of it can have run."""
+
+
+def never_sent(exc: BaseException) -> bool:
+    """The failure happened while connecting: redis-py raises its ConnectionError from the
+    socket's own error, and only a connect can be refused or fail to resolve."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NotSent | ConnectionRefusedError | socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def resend_failed(first: BaseException, second: BaseException) -> BaseException:
+    """The error to report after a call and its resend both failed."""
+    if never_sent(first) and never_sent(second):
+        return NotSent(str(second))
+    return second
 
 
 class Transport:
@@ -69,12 +93,12 @@ class Transport:
                 return [exc]
         try:
             return self._pipeline(script, calls, client)
-        except TRANSIENT:
+        except TRANSIENT as first:
             client.connection.disconnect()
             try:
                 return self._pipeline(script, calls, client)
             except TRANSIENT as exc:
-                return [exc] * len(calls)
+                return [resend_failed(first, exc)] * len(calls)
 
     @staticmethod
     def _pipeline(script: Script, calls: Sequence[Call], client: Any) -> list[Any]:
@@ -115,7 +139,10 @@ class Transport:
                 try:
                     replies[i] = once_more(script, keys, args, self.client)
                 except (*TRANSIENT, ResponseError) as exc:
-                    replies[i] = exc
+                    # not sent only if the node's own attempt was not either (a redirect runs nothing)
+                    first_unsent = isinstance(reply, ResponseError) or never_sent(reply)
+                    replies[i] = exc if first_unsent or not isinstance(exc, NotSent) else \
+                        redis.ConnectionError(str(exc))
         if moved:
             self.client.nodes_manager.initialize()
         return replies
@@ -127,5 +154,8 @@ def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = No
     setting is)."""
     try:
         return script(keys=keys, args=args, client=client)
-    except TRANSIENT:
-        return script(keys=keys, args=args, client=client)
+    except TRANSIENT as first:
+        try:
+            return script(keys=keys, args=args, client=client)
+        except TRANSIENT as second:
+            raise resend_failed(first, second) from second

@@ -203,3 +203,55 @@ def test_an_async_on_cut_hook_is_awaited_with_the_cut_ids(redis_server: RedisSer
 
     cut = asyncio.run(main())
     assert len(cut) == 2 and [i for ids in handed for i in ids] == cut
+
+
+def test_an_async_batcher_refuses_a_second_event_loop(redis_server: RedisServer, namespace: str) -> None:
+    b = AsyncBatcher(redis.asyncio.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+
+    async def first() -> None:
+        await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"})
+        await b.emit("s", {"n": 0})
+
+    asyncio.run(first())
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(b.emit("s", {"n": 1}))  # a new loop: refused before anything is sent
+    assert err.value.code == "aio_other_loop"
+    counters = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False).counters()
+    assert counters["events_in:c@v1"] == 1
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_redis_refusing_connections_means_nothing_sent(namespace: str, api: str) -> None:
+    """Bindings cached, then Redis gone. The first call meets the dead socket and may honestly be
+    'uncertain' (a reply lost after Redis ran it looks the same); from then on every connection
+    is refused, so the error says not sent (re-emitting cannot duplicate), never 'uncertain'."""
+    from distbatch.testing import RedisServer as Own
+
+    own = Own().start()
+    payloads = [{"n": i} for i in range(5)]
+    try:
+        if api == "sync":
+            b = Batcher.from_url(own.url, namespace=namespace, handoff=False)
+            b.register("c", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"})
+            b.emit("s", {"n": -1})
+            own.stop()
+            with pytest.raises(EmitError):
+                b.emit("s", {"n": -2})  # meets the dead socket
+            with pytest.raises(EmitError) as err:
+                b.emit_many("s", payloads)
+        else:
+            async def main() -> None:
+                a = await AsyncBatcher.from_url(own.url, namespace=namespace, handoff=False)
+                await a.register("c", version="v1", source="s", handler="m.h",
+                                 batch={"count": 100, "window": "1h"})
+                await a.emit("s", {"n": -1})
+                own.stop()
+                with pytest.raises(EmitError):
+                    await a.emit("s", {"n": -2})  # meets the dead socket
+                await a.emit_many("s", payloads)
+
+            with pytest.raises(EmitError) as err:
+                asyncio.run(main())
+        assert err.value.stored == [] and err.value.uncertain == [] and err.value.not_sent == [0, 1, 2, 3, 4]
+    finally:
+        own.cleanup()

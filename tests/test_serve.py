@@ -107,6 +107,9 @@ def test_one_event_an_array_and_ndjson_are_stored_with_per_event_results(
     (b'[{"shop": "a"}, {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}]", "application/json", 400,
      "invalid_json"),  # too deep to parse: a clear 400, not a crash
     (b'{"shop": "a"}', "text/plain", 415, "content_type_unsupported"),
+    (b'[{"shop": "a"}, {"shop": "a", "n": NaN}]', "application/json", 400, "invalid_json"),
+    (b'[{"shop": "a"}, {"shop": "a", "n": -Infinity}]', "application/json", 400, "invalid_json"),
+    (b'[{"shop": "a"}, {"shop": "a", "n": 1e400}]', "application/json", 400, "invalid_json"),
     (json.dumps([{"shop": "a"}, {"shop": "a", "blob": "x" * 300_000}]).encode(), "application/json", 413,
      "payload_too_large"),
     (json.dumps([{"shop": "a"}] * 101).encode(), "application/json", 413, "too_many_events"),
@@ -187,8 +190,12 @@ def test_insecure_no_auth_on_loopback_serves(
 def test_healthz_tracks_redis_sweepers_and_workers(tmp_path: Path, namespace: str) -> None:
     own = RedisServer().start()
     procs = Procs(own.url, namespace, tmp_path)
+    Batcher.from_url(own.url, namespace=namespace, handoff=False).register(
+        "x", version="v1", source="x", handler="m.h", batch={"count": 100, "window": "1h"})
     s = Server(own.url, tmp_path, namespace)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
+        assert httpx.post(f"{s.url}/v1/sources/x/events", json={"a": 0}, headers=auth).status_code == 200
         h = httpx.get(f"{s.url}/healthz").json()
         assert h["status"] == "degraded" and h["sweepers"] == 0 and h["workers"] == 0
         assert httpx.get(f"{s.url}/healthz", params={"strict": "1"}).status_code == 503
@@ -200,9 +207,12 @@ def test_healthz_tracks_redis_sweepers_and_workers(tmp_path: Path, namespace: st
         own.stop()
         down = httpx.get(f"{s.url}/healthz")
         assert down.status_code == 503 and down.json()["status"] == "down"
-        r = httpx.post(f"{s.url}/v1/sources/x/events", json={"a": 1},
-                       headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 503 and r.json()["code"] == "redis_unavailable"
+        # a bound source, bindings cached: the connection is refused, so nothing can be stored
+        r = httpx.post(f"{s.url}/v1/sources/x/events", json=[{"a": 1}, {"a": 2}], headers=auth)
+        assert r.status_code == 503 and r.json()["code"] == "redis_unavailable", r.text
+        for path in ("/api/overview", "/api/dead", "/api/dead/1", "/metrics"):
+            down = httpx.get(f"{s.url}{path}", headers=auth)
+            assert down.status_code == 503 and down.json()["code"] == "redis_unavailable", path
     finally:
         s.stop()
         procs.stop_all()
@@ -247,3 +257,11 @@ def test_tokens_come_from_a_file_too(redis_server: RedisServer, tmp_path: Path, 
         assert r.status_code == 401
     finally:
         s.stop()
+
+
+def test_a_batch_id_naming_no_shard_is_not_found(api: httpx.Client, batcher: Batcher) -> None:
+    for bid in ("1.0", "7.3", "-1", "x"):
+        for method, path in (("GET", f"/api/dead/{bid}"), ("POST", f"/api/dead/{bid}/replay"),
+                             ("POST", f"/api/dead/{bid}/purge")):
+            r = api.request(method, path)
+            assert r.status_code == 404 and r.json()["code"] == "not_dead", (method, path, r.text)

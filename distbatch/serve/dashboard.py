@@ -4,8 +4,11 @@ below, which need the same bearer token as ingest (the page asks for it once per
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 
+import redis
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -19,19 +22,37 @@ async def page(request: Request) -> Response:
     return HTMLResponse(_PAGE.read_text(), headers={"Cache-Control": "no-store"})
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def redis_errors_are_503(handler: Handler) -> Handler:
+    """Redis unreachable or stalled: a JSON 503 the page can show, never a bare 500."""
+    @functools.wraps(handler)
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return json_response({"code": "redis_unavailable", "message": f"Redis unreachable: {exc}"}, 503)
+
+    return guarded
+
+
 def _inspector(request: Request) -> Inspector:
     inspector: Inspector = request.app.state.inspector
     return inspector
 
 
+@redis_errors_are_503
 async def overview(request: Request) -> Response:
     return json_response(await asyncio.to_thread(_inspector(request).overview))
 
 
+@redis_errors_are_503
 async def dead_list(request: Request) -> Response:
     return json_response(await asyncio.to_thread(_inspector(request).dead))
 
 
+@redis_errors_are_503
 async def dead_detail(request: Request) -> Response:
     found = await asyncio.to_thread(_inspector(request).dead_detail, request.path_params["batch_id"])
     if found is None:
@@ -39,6 +60,7 @@ async def dead_detail(request: Request) -> Response:
     return json_response(found)
 
 
+@redis_errors_are_503
 async def replay(request: Request) -> Response:
     bid = request.path_params["batch_id"]
     if not await asyncio.to_thread(_inspector(request).replay, bid):
@@ -46,6 +68,7 @@ async def replay(request: Request) -> Response:
     return json_response({"id": bid, "replayed": True})
 
 
+@redis_errors_are_503
 async def purge(request: Request) -> Response:
     bid = request.path_params["batch_id"]
     if not await asyncio.to_thread(_inspector(request).purge, bid):
@@ -53,6 +76,7 @@ async def purge(request: Request) -> Response:
     return json_response({"id": bid, "purged": True})
 
 
+@redis_errors_are_503
 async def metrics(request: Request) -> Response:
     body = await asyncio.to_thread(_inspector(request).metrics)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

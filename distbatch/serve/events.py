@@ -5,11 +5,12 @@ every event of the request is valid."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
 import redis
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..aio import AsyncBatcher
@@ -79,9 +80,20 @@ def _too_many(limit: int) -> Refused:
     return Refused(413, "too_many_events", f"more than {limit} events in one request", limit=limit)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range for a float")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json(data: bytes, line: int | None = None) -> Any:
-    try:
-        return json.loads(data)  # not orjson: it turns integers past 64 bits into floats, silently
+    try:  # not orjson: it turns integers past 64 bits into floats, silently
+        return json.loads(data, parse_float=_finite, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         where = f"line {line}: " if line is not None else ""
         raise Refused(400, "invalid_json", f"{where}{exc}", **({"line": line} if line else {})) from None
@@ -118,6 +130,8 @@ async def post_events(request: Request) -> Response:
                           f"{settings.namespace!r}; nothing was stored", source=source)
     except Refused as r:
         return r.response()
+    except ClientDisconnect:  # the client left mid-body: nothing was stored, nobody to answer
+        return Response(status_code=400)
     except PayloadError as exc:
         status = 413 if exc.code == "payload_too_large" else 422
         extra = {} if exc.event is None else {"event": exc.event}
@@ -125,6 +139,9 @@ async def post_events(request: Request) -> Response:
     except ConfigError as exc:
         return Refused(400, exc.code, str(exc)).response()
     except EmitError as exc:
+        if not exc.stored and not exc.uncertain:  # nothing reached Redis
+            return Refused(503, "redis_unavailable", f"Redis unreachable, nothing was stored: "
+                           f"{exc.__cause__ or exc}").response()
         return json_response({
             "code": "redis_failed_part_way", "message": str(exc), "stored": exc.stored,
             "uncertain": exc.uncertain, "not_sent": exc.not_sent,
