@@ -21,11 +21,19 @@ import redis
 
 from . import codec
 from .clock import ManualClock, ServerClock
-from .codec import LazyEvents, as_text, check_round_trip, decode_cut, decode_events, encode_event
+from .codec import (
+    LazyEvents,
+    as_text,
+    check_round_trip,
+    decode_cut,
+    decode_events,
+    encode_event,
+    encode_events,
+)
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import EmitError, PayloadError
 from .handlers import handler as register_handler
-from .keys import member_bytes
+from .keys import member_bytes, members_cache
 from .models import Batch, EmitResult, Event
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
@@ -146,7 +154,7 @@ class Ingest:
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         codec.begin()
         try:
-            events = [encode_event(f"{prefix}-{next(ids):x}", source, stamp, p, limit) for p in payload_list]
+            events = encode_events(ids, prefix, source, stamp, payload_list, limit)
         except PayloadError as exc:
             raise self._which(exc, source, payload_list) from exc.__cause__
         if not events:
@@ -202,6 +210,7 @@ class Ingest:
         n = self.layout.count
         items: list[_Item] = []
         append = items.append
+        cached = members_cache().get  # the hot path inlines member_bytes' cache hit
         for i, payload in enumerate(payloads, offset):
             for r in routes:
                 path = r.path
@@ -212,7 +221,7 @@ class Ingest:
                         pkey = self._pkey(payload, r, i)
                 else:
                     pkey = self._pkey(payload, r, i)
-                member = member_bytes(r.key, pkey)
+                member = cached((r.key, pkey)) or member_bytes(r.key, pkey)
                 append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
         return items
 
@@ -241,17 +250,24 @@ class Ingest:
         """Store a chunk: one call per shard. Items refused as stale (the registry changed) are
         planned again under the new registry: an event none of whose items was stored gets the
         new routes; one stored in part keeps its other bindings and loses only dropped ones."""
-        final: dict[int, list[_Item]] = {}
-        for it in chunk:
-            final.setdefault(it.event, []).append(it)
+        final: dict[int, list[_Item]] | None = None  # per event; built only after a stale reply
+
+        def in_order() -> list[_Item]:
+            return chunk if final is None else [it for e in sorted(final) for it in final[e]]
+
         pending = chunk
+        one_shard = self.layout.count == 1
         for _ in range(10):
             reg = self.registry.cached
             if not reg.loaded:
                 reg = yield from self.registry.load()
-            by_shard: dict[int, list[_Item]] = {}
-            for it in pending:
-                by_shard.setdefault(it.shard, []).append(it)
+            by_shard: dict[int, list[_Item]]
+            if one_shard:
+                by_shard = {0: pending}
+            else:
+                by_shard = {}
+                for it in pending:
+                    by_shard.setdefault(it.shard, []).append(it)
             shards = list(by_shard)
             replies = yield Store(partial(self._calls, by_shard, reg.epoch, window_now, events))
             stale: list[_Item] = []
@@ -270,18 +286,20 @@ class Ingest:
             if cuts or any(not isinstance(r, BaseException) and r[0] == -2 for r in replies):
                 yield Handoff(cuts)
             if failed is not None:
-                raise _SendFailed(failed, [it for e in sorted(final) for it in final[e]],
-                                  frozenset(id(it) for it in (*unsent, *stale)))
+                raise _SendFailed(failed, in_order(), frozenset(id(it) for it in (*unsent, *stale)))
             if not stale:
                 break
+            if final is None:
+                final = {}
+                for it in chunk:
+                    final.setdefault(it.event, []).append(it)
             try:
                 reg = yield from self.registry.load()
                 for s in {it.shard for it in stale}:
                     if s != 0:
                         yield from self.registry.sync(s, reg)
             except TRANSIENT as exc:
-                raise _SendFailed(exc, [it for e in sorted(final) for it in final[e]],
-                                  frozenset(id(it) for it in stale)) from exc
+                raise _SendFailed(exc, in_order(), frozenset(id(it) for it in stale)) from exc
             live = {r.key for rs in reg.routes.values() for r in rs}
             pending = []
             for e in sorted({it.event for it in stale}):
@@ -295,7 +313,7 @@ class Ingest:
                 break
         else:
             raise RuntimeError("bindings kept changing while emitting; gave up")
-        return [it for e in sorted(final) for it in final[e]]
+        return in_order()
 
     def _calls(self, by_shard: dict[int, list[_Item]], epoch: bytes, window_now: bytes,
                events: list[bytes], emitter: str, calls: Iterator[int]) -> list[Call]:

@@ -62,6 +62,11 @@ def member_bytes(binding: str, partition_key: str | None) -> bytes:
     return cached
 
 
+def members_cache() -> dict[tuple[str, str | None], bytes]:
+    """`member_bytes`' cache, for a caller that inlines the hit (read it, never write it)."""
+    return _members
+
+
 def split_member(member: str) -> tuple[str, str | None]:
     """`<binding>|<segment>` -> (binding, partition key)."""
     binding, _, segment = member.partition("|")
