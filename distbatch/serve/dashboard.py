@@ -60,20 +60,22 @@ async def dead_detail(request: Request) -> Response:
     return json_response(found)
 
 
+async def _act(request: Request, action: str, done: str) -> Response:
+    """Replay or purge one dead batch (the Inspector method named `action`)."""
+    bid = request.path_params["batch_id"]
+    if not await asyncio.to_thread(getattr(_inspector(request), action), bid):
+        return json_response({"code": "not_dead", "message": f"batch {bid!r} is not dead"}, 404)
+    return json_response({"id": bid, done: True})
+
+
 @redis_errors_are_503
 async def replay(request: Request) -> Response:
-    bid = request.path_params["batch_id"]
-    if not await asyncio.to_thread(_inspector(request).replay, bid):
-        return json_response({"code": "not_dead", "message": f"batch {bid!r} is not dead"}, 404)
-    return json_response({"id": bid, "replayed": True})
+    return await _act(request, "replay", "replayed")
 
 
 @redis_errors_are_503
 async def purge(request: Request) -> Response:
-    bid = request.path_params["batch_id"]
-    if not await asyncio.to_thread(_inspector(request).purge, bid):
-        return json_response({"code": "not_dead", "message": f"batch {bid!r} is not dead"}, 404)
-    return json_response({"id": bid, "purged": True})
+    return await _act(request, "purge", "purged")
 
 
 @redis_errors_are_503
