@@ -38,9 +38,14 @@ local first_open, first_buffer, first_event = 11, 11 + nroutes, 7 + 3 * nroutes
 
 local out = {real_now}
 local accepted = {}
--- Earliest open deadline, read only when this call opens a window (most appends open none):
--- false = not read yet, nil = no open window.
-local earliest = false
+-- Earliest open deadline (nil = no open window). When it has not passed, no buffer of this shard
+-- has run out and no item needs its own deadline read (one ZRANGE instead of a ZSCORE per
+-- item); when it has, each item's buffer is checked, and it is read again (false = not read
+-- yet) once expired buffers are closed, when this call opens a window.
+local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
+local earliest = first[2] and tonumber(first[2])
+local any_due = earliest ~= nil and earliest <= now
+if any_due then earliest = false end
 local woke = false
 
 local function report(item, kind, id, blob)
@@ -59,7 +64,7 @@ for item = 1, items do
   local binding, count = bindings[r], counts[r]
   local key, open_key = KEYS[first_buffer + item], KEYS[first_open + r]
   local member = string.sub(key, #bufp + 1)
-  local deadline = redis.call('ZSCORE', k_deadlines, member)
+  local deadline = any_due and redis.call('ZSCORE', k_deadlines, member)
   if deadline and tonumber(deadline) <= now then
     local events = redis.call('LRANGE', key, 0, -1)
     close_buffer(key, member, open_key)
