@@ -41,11 +41,10 @@ from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
 from .scripts import NAMES, source
 from .shards import Layout
-from .transport import resend_failed
+from .transport import TRANSIENT, resend_failed
 
 log = logging.getLogger("distbatch")
 T = TypeVar("T")
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 DEFAULT_MAX_CONNECTIONS = 64
 
 

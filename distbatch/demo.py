@@ -12,7 +12,7 @@ import click
 from .batcher import Batcher
 from .handlers import HandlerResolver, handler
 from .models import Batch
-from .stats import collect
+from .stats import collect, pct
 from .worker import configure, make_worker, start_sweeper
 
 
@@ -49,8 +49,7 @@ def demo_handler(batch: Batch) -> None:
 
 
 def _pct(values: list[int], q: float) -> int:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else 0
+    return pct(values, q) or 0
 
 
 def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count: int,

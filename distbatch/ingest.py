@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import redis
-
 from . import codec
 from .clock import ManualClock, ServerClock
 from .codec import (
@@ -39,12 +37,11 @@ from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
 from .registry import Registry, Route, Snapshot
 from .shards import Layout, shard_of
-from .transport import NotSent
+from .transport import TRANSIENT, NotSent
 
 log = logging.getLogger("distbatch")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
