@@ -39,7 +39,7 @@ from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
-from .scripts import NAMES, source
+from .scripts import NAMES, apipelined, source
 from .shards import Layout
 from .transport import TRANSIENT, resend_failed
 
@@ -329,10 +329,7 @@ class AsyncBatcher:
 
     async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
         script = self._scripts["accumulate"]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            return list(await pipe.execute(raise_on_error=False))
+        return await apipelined(self.client, [(script, keys, args) for keys, args in calls])
 
     async def _handoff(self, batch_ids: Sequence[str]) -> None:
         hook = self.on_cut

@@ -125,6 +125,8 @@ class Executor:
         self.stop = threading.Event()
         self.counts: Counter[str] = Counter()
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
+        self._chain = False  # complete the batch in hand and claim the next in one round trip
+        self._next: Claim | None = None  # claimed with the last complete, to run next
 
     def _binding(self, key: str) -> Binding | None:
         cached = self._bindings.get(key)
@@ -147,12 +149,17 @@ class Executor:
         started = time.monotonic()
         idle_since: float | None = None
         n = 0
-        while not self.stop.is_set():
-            if n >= max_batches or time.monotonic() - started > max_seconds:
+        while not self.stop.is_set() or self._next is not None:  # a batch claimed is run
+            if self._next is None and (n >= max_batches or time.monotonic() - started > max_seconds):
                 if self.dispatcher is not None:
                     self.dispatcher.ensure(1)
                 break
-            result = self.run_next()
+            self._chain = (not self.stop.is_set() and n + 1 < max_batches
+                           and time.monotonic() - started < max_seconds)
+            try:
+                result = self.run_next()
+            finally:
+                self._chain = False
             if result is None:
                 now = time.monotonic()
                 if idle_since is None:
@@ -176,7 +183,9 @@ class Executor:
             self.dispatcher.ensure(waiting - 1)
 
     def run_next(self) -> Result | None:
-        claim = self.records.claim_next(self.lease_ms)
+        claim, self._next = self._next, None
+        if claim is None:
+            claim = self.records.claim_next(self.lease_ms)
         return None if claim is None else self.run(claim)
 
     def run(self, claim: Claim) -> Result:
@@ -231,7 +240,11 @@ class Executor:
             return Result(Status(outcome.value), batch.id, batch.attempt)
         finally:
             self.leases.release(batch.id)
-        if rec.complete(batch.id, token) is None:
+        if self._chain:
+            done, self._next = rec.complete_and_claim(batch.id, token, self.lease_ms)
+        else:
+            done = rec.complete(batch.id, token)
+        if done is None:
             return self._lost(batch.id, batch.attempt, held.lost)
         log.debug("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
                  batch.binding, len(batch.events), time.monotonic() - started)

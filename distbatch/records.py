@@ -28,9 +28,9 @@ from .config import Binding
 from .errors import BatchNotFound
 from .keys import Keys, split_member
 from .models import Batch
-from .scripts import Scripts
+from .scripts import ScriptCall, Scripts, pipelined
 from .shards import Layout, batch_id_shard
-from .transport import once_more
+from .transport import TRANSIENT, once_more
 
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
@@ -100,7 +100,10 @@ class Records:
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
         token = token or secrets.token_hex(8)
-        reply = once_more(self.scripts.claim, k.lifecycle, [token, lease_ms, *batch_ids])
+        return self._claimed(once_more(self.scripts.claim, k.lifecycle, [token, lease_ms, *batch_ids]), token)
+
+    @staticmethod
+    def _claimed(reply: Any, token: str) -> Claim | None:
         if not reply:
             return None
         bid, member, reason, cut_ms, attempt, blob = reply
@@ -123,11 +126,13 @@ class Records:
         """Renew several leases, in one round trip on one Redis: [(batch_id, token)] -> renewed?"""
         if self._cluster:
             return [self.renew(bid, token, lease_ms) for bid, token in held]
-        pipe = self.client.pipeline(transaction=False)
-        for batch_id, token in held:
-            self.scripts.renew(keys=self.keys_for(batch_id).lifecycle, args=[batch_id, token, lease_ms],
-                               client=pipe)
-        return [bool(r) for r in pipe.execute()]
+        renew = self.scripts.renew
+        replies = pipelined(self.client, [(renew, self.keys_for(bid).lifecycle, [bid, token, lease_ms])
+                                          for bid, token in held])
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [bool(r) for r in replies]
 
     def complete(self, batch_id: str, token: str) -> int | None:
         """The handler succeeded: delete the record. Events delivered, 0 if this claim delivered
@@ -135,6 +140,32 @@ class Records:
         k = self.keys_for(batch_id)
         n = int(once_more(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]))
         return None if n < 0 else n
+
+    def complete_and_claim(self, batch_id: str, token: str, lease_ms: int) -> tuple[int | None, Claim | None]:
+        """`complete`, then `claim_next` on the same shard, in one round trip: a worker that is
+        running a stream of batches pays one round trip per batch for both. Only on one Redis
+        (a cluster's shards live on different nodes); a resend sends both again, each idempotent
+        (the claim carries its token)."""
+        k = self.keys_for(batch_id)
+        if self._cluster:
+            return self.complete(batch_id, token), self.claim_next(lease_ms)
+        next_token = secrets.token_hex(8)
+
+        calls: list[ScriptCall] = [(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]),
+                 (self.scripts.claim, k.lifecycle, [next_token, lease_ms])]
+        try:
+            replies = pipelined(self.client, calls)
+        except TRANSIENT:
+            replies = pipelined(self.client, calls)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        done, reply = replies
+        claim = self._claimed(reply, next_token)
+        if claim is None and len(self.shards) > 1:
+            claim = self.claim_next(lease_ms)  # this shard is empty: look at the others
+        n = int(done)
+        return (None if n < 0 else n), claim
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,
              refund: bool = False) -> Outcome:

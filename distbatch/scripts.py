@@ -8,11 +8,14 @@ restart or SCRIPT FLUSH), in pipelines too. ``-- @include NAME`` lines pull in
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
 from redis import Redis
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
+from redis.exceptions import NoScriptError
 
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
 NAMES = (
@@ -63,3 +66,50 @@ class Scripts:
     reclaim: Script
     promote: Script
     replay: Script
+
+
+ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]  # (script, keys, args)
+AsyncScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
+
+
+def pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Every call's reply (an error as its exception), in one round trip.
+
+    redis-py's `Script` in a pipeline first sends SCRIPT EXISTS, a round trip of its own on every
+    `execute`; here each call is a plain EVALSHA. A script Redis lacks (a restart, SCRIPT FLUSH)
+    answers NOSCRIPT having run nothing, so exactly those calls are sent again once it is loaded.
+    """
+    replies = _evalshas(client, calls)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+            client.script_load(script.script)
+        for i, reply in zip(missing, _evalshas(client, [calls[i] for i in missing]), strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _evalshas(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(pipe.execute(raise_on_error=False))
+
+
+async def apipelined(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]:
+    """`pipelined` on redis.asyncio."""
+    replies = await _aevalshas(client, calls)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+            await client.script_load(script.script)
+        for i, reply in zip(missing, await _aevalshas(client, [calls[i] for i in missing]), strict=True):
+            replies[i] = reply
+    return replies
+
+
+async def _aevalshas(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

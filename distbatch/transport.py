@@ -23,6 +23,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
+from .scripts import pipelined
+
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 Call = tuple[list[Any], list[Any]]  # (keys, args)
 
@@ -102,10 +104,7 @@ class Transport:
 
     @staticmethod
     def _pipeline(script: Script, calls: Sequence[Call], client: Any) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return list(pipe.execute(raise_on_error=False))
+        return pipelined(client, [(script, keys, args) for keys, args in calls])
 
     def _run_cluster(self, script: Script, calls: Sequence[Call]) -> list[Any]:
         groups: dict[str, list[int]] = {}

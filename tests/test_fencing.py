@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from distbatch import Batch, Batcher, ManualClock
+from distbatch import Batch, Batcher, ManualClock, transport
 from distbatch.errors import EmitError
 from distbatch.executor import Executor, Status
 from distbatch.faultproxy import FaultProxy
@@ -236,7 +236,8 @@ def test_lost_claim_reply_is_retried_into_the_same_claim(
     assert [x.id for x in ran] == [bid]
 
 
-def test_emit_error_says_exactly_what_was_stored(make_batcher, client) -> None:
+def test_emit_error_says_exactly_what_was_stored(make_batcher, client,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     batcher = make_batcher(shards=1)
     batcher.chunk_size = 10
     batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
@@ -250,7 +251,17 @@ def test_emit_error_says_exactly_what_was_stored(make_batcher, client) -> None:
             raise redis.ConnectionError("Redis went away")
         return real(*args, **kw)
 
+    real_pipelined = transport.pipelined
+
+    def flaky_pipelined(c: Any, script_calls: Any) -> Any:  # the cluster path pipelines per node
+        nonlocal calls
+        calls += 1
+        if calls >= 3:
+            raise redis.ConnectionError("Redis went away")
+        return real_pipelined(c, [(real, k, a) for _, k, a in script_calls])
+
     batcher.scripts.accumulate = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(transport, "pipelined", flaky_pipelined)
     with pytest.raises(EmitError) as err:
         batcher.emit_many("s", [{"n": i} for i in range(35)])
     e = err.value
@@ -334,14 +345,14 @@ def test_first_emit_many_sizes_chunks_from_the_real_routes(make_batcher) -> None
     for i in range(20):
         a.register(f"b{i}", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
     b = make_batcher()  # a fresh instance: nothing loaded yet
-    real = b.scripts.accumulate
+    real = b.core._call
     sizes: list[int] = []
 
-    def spy(*args: Any, **kw: Any) -> Any:
-        sizes.append(len(kw["keys"]) - 11 - int(kw["args"][6]))  # buffer keys: one per item
-        return real(*args, **kw)
+    def spy(shard: int, items: list[Any], *args: Any) -> Any:  # builds one script call
+        sizes.append(len(items))
+        return real(shard, items, *args)
 
-    b.scripts.accumulate = spy  # type: ignore[method-assign]
+    b.core._call = spy  # type: ignore[method-assign]
     b.emit_many("s", [{"n": i} for i in range(1000)])
     assert sum(sizes) == 20_000 and max(sizes) <= b.chunk_size
 
@@ -410,3 +421,104 @@ def test_a_late_complete_after_another_claim_delivered_is_stale_not_done(batcher
     assert b is not None and rec.complete(bid, b.token) == 1
     assert rec.complete(bid, b.token) == 0  # b's own resent call: already done by b
     assert rec.complete(bid, a.token) is None  # a woke up late: the batch was never a's to finish
+
+
+# a worker running a stream of batches: complete + next claim in one round trip ------------------
+
+stopper: list[Executor] = []
+
+
+def record_then_stop(batch: Batch) -> None:
+    ran.append(batch)
+    stopper[0].stop.set()  # a warm shutdown arrives while the first batch runs
+
+
+def some_batches(b: Batcher, n: int, handler: str = "record") -> list[str]:
+    b.register("f", version="v1", source="s", handler=f"{__name__}.{handler}",
+               batch={"count": 1, "window": "1h"})
+    ids = []
+    for i in range(n):
+        (r,) = b.emit("s", {"n": i})
+        assert r.batch is not None
+        ids.append(r.batch.id)
+    return ids
+
+
+def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer, namespace: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream of batches costs one script round trip each (complete + the next claim), and
+    redis-py's SCRIPT EXISTS before every pipeline is not sent."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    ids = some_batches(b, 6)
+    for script in (b.scripts.claim, b.scripts.complete):
+        b.client.script_load(script.script)  # a NOSCRIPT answer would count as a call
+    b.client.config_resetstat()
+    trips: list[str] = []
+    one, many = b.client.execute_command, redis.client.Pipeline.execute
+    monkeypatch.setattr(b.client, "execute_command", lambda *a, **k: trips.append(a[0]) or one(*a, **k))
+    monkeypatch.setattr(redis.client.Pipeline, "execute",
+                        lambda self, *a, **k: trips.append("p") or many(self, *a, **k))
+    counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
+    monkeypatch.undo()
+    trips = [t for t in trips if t in ("EVALSHA", "p")]  # not the binding's definition (HGET)
+    # a claim, 6 x (complete + the next claim), a claim finding none
+    assert trips == ["EVALSHA"] + ["p"] * 6 + ["EVALSHA"]
+    assert counts == {"delivered": 6}
+    assert [x.id for x in ran] == ids
+    stats = b.client.info("commandstats")
+    assert "cmdstat_script|exists" not in stats
+    # 1 claim, 6 complete+claim pipelines (2 scripts each), 1 claim that finds none: 14 scripts
+    # in 8 round trips (one round trip per batch each would be 1 + 6 * 2 + 1 round trips)
+    assert stats["cmdstat_evalsha"]["calls"] == 1 + 2 * 6 + 1
+    assert b.records.count("running") == b.records.count("ready") == 0
+
+
+def test_a_batch_claimed_with_the_last_complete_is_run_on_warm_shutdown(batcher: Batcher) -> None:
+    """Stop arrives during a handler: the batch claimed together with its complete is in hand,
+    so it runs too; nothing is left claimed and unrun, the rest stays ready."""
+    ids = some_batches(batcher, 4, "record_then_stop")
+    ex = Executor(batcher.records, HandlerResolver([__name__]), 60_000)
+    stopper[:] = [ex]
+    counts = ex.drain(max_batches=100)
+    assert counts == {"delivered": 2} and [x.id for x in ran] == ids[:2]
+    assert batcher.records.count("running") == 0 and batcher.records.count("ready") == 2
+
+
+def test_drain_stops_at_its_budget_without_claiming_past_it(batcher: Batcher) -> None:
+    ids = some_batches(batcher, 5)
+    counts = Executor(batcher.records, HandlerResolver([__name__]), 60_000).drain(max_batches=3)
+    assert counts == {"delivered": 3} and [x.id for x in ran] == ids[:3]
+    assert batcher.records.count("running") == 0 and batcher.records.count("ready") == 2
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_lost_reply_of_complete_and_next_claim_delivers_once_and_claims_once(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """Redis ran both scripts and the reply was lost: the resend finds the batch done by this
+    claim and the next one claimed under the same token (attempt 1, not a second claim)."""
+    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+    b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry), namespace=namespace,
+                handoff=False, shards=1)
+    first, second = some_batches(b, 2)
+    claim = b.records.claim([first], 60_000)
+    assert claim is not None
+    proxy.drop_next_reply(b"EVALSHA")
+    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000)
+    assert proxy.fired == 1
+    assert done in (0, 1) and nxt is not None and nxt.batch.id == second and nxt.batch.attempt == 1
+    assert states(b, first) == [] and states(b, second) == ["running"]
+    assert b.counters()["batches_delivered:f@v1"] == 1
+    assert b.records.complete(second, nxt.token) == 1
+
+
+def test_pipelined_scripts_reload_after_script_flush(redis_server: RedisServer, namespace: str) -> None:
+    """NOSCRIPT (Redis restarted or flushed its scripts) ran nothing: those calls are sent again."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    first, second = some_batches(b, 2)
+    claim = b.records.claim([first], 60_000)
+    assert claim is not None
+    b.client.script_flush()
+    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000)
+    assert done == 1 and nxt is not None and nxt.batch.id == second
+    assert b.records.renew_many([(second, nxt.token)], 60_000) == [True]
