@@ -24,7 +24,7 @@ from rq.job import Job
 from . import jobdoor, jobs
 from .batcher import Batcher
 from .dispatch import make_queue
-from .executor import Executor
+from .executor import LINGER_S, Executor
 from .handlers import HandlerResolver, registered
 from .sweeper import Sweeper
 
@@ -79,9 +79,10 @@ def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> th
     return thread
 
 
-def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000) -> Executor:
+def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000,
+              linger_s: float = LINGER_S) -> Executor:
     """The executor the ticket job uses in this process."""
-    return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher))
+    return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher, linger_s))
 
 
 def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -> BatchWorker:
@@ -116,7 +117,7 @@ def run_worker(
                     "and none registered in-process); every batch it takes goes back untouched",
                     extra={"event": "worker_allows_no_handler"})
     queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
-    executor = configure(batcher, resolver, lease_ms)
+    executor = configure(batcher, resolver, lease_ms, 0.02 if burst else LINGER_S)  # burst: done is done
     stop = threading.Event()
     if with_sweeper:
         start_sweeper(batcher, stop)
