@@ -222,6 +222,29 @@ def test_lost_accumulate_reply_never_stores_an_event_twice(
 
 
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_lost_reply_of_a_call_refused_as_stale_is_refused_again_not_taken_as_stored(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """The bindings changed under a batcher: its call is refused as stale and the reply lost. The
+    resend of that same call id must be refused as stale again (a stale call leaves no call id
+    behind), so the batcher reloads and stores the event once, in every binding."""
+    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+    b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry), namespace=namespace,
+                clock=ManualClock(0), handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    b.emit("s", {"n": 0})  # this emitter's call key now holds a call id
+    other = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+    other.register("g", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    proxy.drop_next_reply(b"EVALSHA")
+    results = b.emit("s", {"n": 1})
+    assert proxy.fired == 1
+    assert sorted(r.binding for r in results) == ["f@v1", "g@v1"]
+    direct = redis.Redis.from_url(redis_server.url)
+    assert direct.llen(b.keys.buffer("f@v1", None)) == 2
+    assert direct.llen(b.keys.buffer("g@v1", None)) == 1
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_lost_claim_reply_is_retried_into_the_same_claim(
     proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
 ) -> None:

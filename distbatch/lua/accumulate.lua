@@ -17,11 +17,16 @@
 local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
--- The call id first: a retry of a call that ran must not be re-run after a reload either.
-if redis.call('GET', k_call) == ARGV[2] then return {-2} end
+-- The call id first: a retry of a call that ran must not be re-run after a reload either. One
+-- SET ... GET takes the id and says whether it was taken before (Redis 6.2+); a stale call puts
+-- the previous id back, so that a resend of it is refused as stale again, never taken as run.
+local prior = redis.call('SET', k_call, ARGV[2], 'PX', 600000, 'GET')
+if prior == ARGV[2] then return {-2} end
 local current = redis.call('GET', k_regver) or ''
-if current ~= ARGV[1] then return {-1, current} end
-redis.call('SET', k_call, ARGV[2], 'PX', 600000)
+if current ~= ARGV[1] then
+  if prior then redis.call('SET', k_call, prior, 'PX', 600000) else redis.call('DEL', k_call) end
+  return {-1, current}
+end
 -- @include clock
 -- @include cut_keys
 local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
