@@ -31,7 +31,7 @@ from .codec import (
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import EmitError, PayloadError
 from .handlers import handler as register_handler
-from .keys import member_bytes, members_cache
+from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, members_cache
 from .models import Batch, EmitResult, Event
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
@@ -203,23 +203,40 @@ class Ingest:
 
     def plan(self, routes: list[Route], payloads: Sequence[Mapping[str, Any]],
              offset: int = 0) -> list[_Item]:
-        """Every (event, binding) item with its partition key, buffer member and shard."""
+        """Every (event, binding) item with its partition key, buffer member and shard, in event
+        order (and route order within an event)."""
+        per_route = [self._plan_route(r, payloads, offset) for r in routes]
+        if len(per_route) == 1:
+            return per_route[0]
+        return [it for group in zip(*per_route, strict=True) for it in group]
+
+    def _plan_route(self, r: Route, payloads: Sequence[Mapping[str, Any]], offset: int) -> list[_Item]:
         n = self.layout.count
         items: list[_Item] = []
         append = items.append
-        cached = members_cache().get  # the hot path inlines member_bytes' cache hit
+        key, path = r.key, r.path
+        cache = members_cache(key)  # the hot path inlines member_bytes
+        cached = cache.get
+        field = path[0] if path is not None and len(path) == 1 else None
+        missed = 0
         for i, payload in enumerate(payloads, offset):
-            for r in routes:
-                path = r.path
-                # the common case inline: a one-field key whose value is a string
-                if path is not None and len(path) == 1 and type(payload) is dict:
-                    pkey = payload.get(path[0])
-                    if type(pkey) is not str:
-                        pkey = self._pkey(payload, r, i)
-                else:
+            # the common case inline: a one-field key whose value is a string
+            if field is not None and type(payload) is dict:
+                pkey = payload.get(field)
+                if type(pkey) is not str:
                     pkey = self._pkey(payload, r, i)
-                member = cached((r.key, pkey)) or member_bytes(r.key, pkey)
-                append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
+            else:
+                pkey = self._pkey(payload, r, i)
+            member = cached(pkey)
+            if member is None:
+                member = build_member(key, pkey)
+                if len(cache) < MEMBER_CACHE_SIZE:
+                    cache[pkey] = member
+                else:
+                    missed += 1
+            append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
+        if missed:
+            full_misses(cache, missed)
         return items
 
     @staticmethod

@@ -37,8 +37,9 @@ def decode_partition(segment: str) -> str | None:
     return unquote(segment[1:], errors="surrogatepass")
 
 
-_MEMBER_CACHE_SIZE = 1 << 16
-_members: dict[tuple[str, str | None], bytes] = {}
+MEMBER_CACHE_SIZE = 1 << 16
+_members: dict[str, dict[str | None, bytes]] = {}  # binding -> partition key -> member bytes
+_full_misses = 0
 
 
 def member(binding: str, partition_key: str | None) -> str:
@@ -47,24 +48,48 @@ def member(binding: str, partition_key: str | None) -> str:
 
 
 def member_bytes(binding: str, partition_key: str | None) -> bytes:
-    """The hot path's member, cached: partition keys repeat, building a member is not free.
-
-    A plain dict emptied when full, not an LRU: with more live keys than the cache holds
-    (1M open buffers) an LRU misses anyway and its bookkeeping made each miss cost twice the
-    member itself; emptying a dict costs nothing per call.
-    """
-    cached = _members.get((binding, partition_key))
+    """A buffer's member as bytes, through the binding's cache (`members_cache`): what the emit
+    path does, inlined there."""
+    per = members_cache(binding)
+    cached = per.get(partition_key)
     if cached is None:
-        if len(_members) >= _MEMBER_CACHE_SIZE:
-            _members.clear()
-        cached = member(binding, partition_key).encode("utf-8", "surrogatepass")
-        _members[binding, partition_key] = cached
+        cached = build_member(binding, partition_key)
+        if len(per) < MEMBER_CACHE_SIZE:
+            per[partition_key] = cached
+        else:
+            full_misses(per, 1)
     return cached
 
 
-def members_cache() -> dict[tuple[str, str | None], bytes]:
-    """`member_bytes`' cache, for a caller that inlines the hit (read it, never write it)."""
-    return _members
+def build_member(binding: str, partition_key: str | None) -> bytes:
+    """`member` as bytes; the common key (letters and digits) is one concatenation and encode."""
+    if partition_key is not None and partition_key.isascii() and partition_key.isalnum():
+        return (binding + "|=" + partition_key).encode()
+    return member(binding, partition_key).encode("utf-8", "surrogatepass")
+
+
+def full_misses(per: dict[str | None, bytes], n: int) -> None:
+    """`n` members were built that a full cache could not take.
+
+    A full cache takes no more keys and is emptied only after 4x its size such misses: with more
+    live keys than it holds (1M open buffers) every insert and refill would be wasted work (an
+    LRU misses there too, and its bookkeeping made each miss cost twice the member itself), while
+    a key set that drifts still gets a fresh cache now and then.
+    """
+    global _full_misses
+    _full_misses += n
+    if _full_misses >= 4 * MEMBER_CACHE_SIZE:
+        per.clear()
+        _full_misses = 0
+
+
+def members_cache(binding: str) -> dict[str | None, bytes]:
+    """`member_bytes`' cache for one binding, for a caller that inlines the hit (read it, never
+    write it)."""
+    per = _members.get(binding)
+    if per is None:
+        per = _members[binding] = {}
+    return per
 
 
 def split_member(member: str) -> tuple[str, str | None]:

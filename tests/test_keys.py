@@ -77,7 +77,9 @@ def test_hostile_key_value_cannot_reach_another_namespace(make_batcher) -> None:
 def test_member_cache_is_bounded_and_agrees_with_keys() -> None:
     from distbatch import keys
 
-    for i in range(keys._MEMBER_CACHE_SIZE + 10):
+    for i in range(keys.MEMBER_CACHE_SIZE + 10):
         pk = None if i == 7 else f"{{k}}:{i}"
         assert keys.member_bytes("b@v1", pk) == member("b@v1", pk).encode()
-        assert len(keys._members) <= keys._MEMBER_CACHE_SIZE
+        assert len(keys._members["b@v1"]) <= keys.MEMBER_CACHE_SIZE
+    for pk in ("plain-key_1.x~", "ünï", "a b", "", None):  # the fast and the quoting path
+        assert keys.member_bytes("c@v1", pk) == member("c@v1", pk).encode("utf-8", "surrogatepass")
