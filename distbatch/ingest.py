@@ -219,6 +219,10 @@ class Ingest:
         cached = cache.get
         field = path[0] if path is not None and len(path) == 1 else None
         missed = 0
+        # A full cache means more live keys than it holds (1M open buffers): building the member
+        # then costs less than a lookup that misses in a big dict, so build it straight away.
+        full = len(cache) >= MEMBER_CACHE_SIZE
+        common = key + "|="
         for i, payload in enumerate(payloads, offset):
             # the common case inline: a one-field key whose value is a string
             if field is not None and type(payload) is dict:
@@ -227,13 +231,22 @@ class Ingest:
                     pkey = self._pkey(payload, r, i)
             else:
                 pkey = self._pkey(payload, r, i)
-            member = cached(pkey)
-            if member is None:
-                member = build_member(key, pkey)
-                if len(cache) < MEMBER_CACHE_SIZE:
-                    cache[pkey] = member
+            if full:
+                if pkey is not None and pkey.isascii() and pkey.isalnum():  # build_member, inlined
+                    member = (common + pkey).encode()
                 else:
-                    missed += 1
+                    member = build_member(key, pkey)
+                missed += 1
+            else:
+                hit = cached(pkey)
+                if hit is None:
+                    hit = build_member(key, pkey)
+                    if len(cache) < MEMBER_CACHE_SIZE:
+                        cache[pkey] = hit
+                    else:
+                        full = True
+                        missed += 1
+                member = hit
             append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
         if missed:
             full_misses(cache, missed)

@@ -71,14 +71,15 @@ def build_member(binding: str, partition_key: str | None) -> bytes:
 def full_misses(per: dict[str | None, bytes], n: int) -> None:
     """`n` members were built that a full cache could not take.
 
-    A full cache takes no more keys and is emptied only after 4x its size such misses: with more
-    live keys than it holds (1M open buffers) every insert and refill would be wasted work (an
-    LRU misses there too, and its bookkeeping made each miss cost twice the member itself), while
-    a key set that drifts still gets a fresh cache now and then.
+    A full cache takes no more keys (the emit path stops even looking in it) and is emptied only
+    after 16x its size such misses: with more live keys than it holds (1M open buffers) every
+    insert and refill would be wasted work (an LRU misses there too, and its bookkeeping made
+    each miss cost twice the member itself), while a key set that drifts still gets a fresh
+    cache now and then.
     """
     global _full_misses
     _full_misses += n
-    if _full_misses >= 4 * MEMBER_CACHE_SIZE:
+    if _full_misses >= 16 * MEMBER_CACHE_SIZE:
         per.clear()
         _full_misses = 0
 

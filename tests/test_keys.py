@@ -10,7 +10,7 @@ from redis.crc import key_slot
 
 from distbatch import Batcher, ManualClock
 from distbatch.keys import Keys, decode_partition, encode_partition, member
-from distbatch.shards import Layout, tags_for
+from distbatch.shards import Layout, shard_of, tags_for
 
 HOSTILE = ["{", "}", "{x}", ":", "a:b", "*", "=", "|", "%", "%2A", "=*", "", " ", "null",
            "\x00\x01", "\udcff"[:0] + "ü", "😀", "a|b=c", "{distbatch}", "}{", "x" * 100_000,
@@ -83,3 +83,22 @@ def test_member_cache_is_bounded_and_agrees_with_keys() -> None:
         assert len(keys._members["b@v1"]) <= keys.MEMBER_CACHE_SIZE
     for pk in ("plain-key_1.x~", "ünï", "a b", "", None):  # the fast and the quoting path
         assert keys.member_bytes("c@v1", pk) == member("c@v1", pk).encode("utf-8", "surrogatepass")
+
+
+def test_emit_with_a_full_member_cache_builds_the_same_buffers(make_batcher, monkeypatch) -> None:
+    """More live keys than the cache holds: the emit path stops looking in it and builds each
+    member; every event still lands in the buffer `Keys.buffer` names, hostile keys included."""
+    from distbatch import ingest, keys
+
+    monkeypatch.setattr(keys, "MEMBER_CACHE_SIZE", 3)
+    monkeypatch.setattr(ingest, "MEMBER_CACHE_SIZE", 3)
+    b = make_batcher()
+    b.register("fc", version="v1", source="s", handler="m.h",
+               batch={"count": 1000, "window": "1h", "key": "k"})
+    pks = ["a1", "b2", "c3", "d4", "plain-key_1.x", *HOSTILE[:12]]
+    for _ in range(2):  # the second time round the cache is full
+        b.emit_many("s", [{"k": pk} for pk in pks] + [{"no": "key"}])
+    assert len(keys.members_cache("fc@v1")) <= 3
+    for pk in [*pks, None]:
+        shard = b.shards[shard_of(member("fc@v1", pk).encode("utf-8", "surrogatepass"), len(b.shards))]
+        assert b.client.llen(shard.buffer("fc@v1", pk)) == 2, pk
