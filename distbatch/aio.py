@@ -83,6 +83,7 @@ class AsyncBatcher:
         coalesce: bool = True,
     ) -> None:
         self.namespace = Keys(namespace).namespace  # a bad namespace is the first thing to say
+        self._queue_on_same_redis = False
         check_async_client(client)
         self.client = client
         self.cluster = isinstance(client, redis.asyncio.RedisCluster)
@@ -94,6 +95,7 @@ class AsyncBatcher:
                     "standalone Redis (queue_url= / queue_client=), or handoff=False",
                 )
             queue_client = sync_twin(client)
+            self._queue_on_same_redis = True
         self.dispatcher = Dispatcher(queue_client, Keys(namespace)) if handoff and queue_client else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
         self._options = {"clock": clock, "max_payload_bytes": max_payload_bytes, "chunk_size": chunk_size}
@@ -163,7 +165,11 @@ class AsyncBatcher:
                 pool = getattr(self.client, "connection_pool", None)
                 self._calls_in_flight = asyncio.Semaphore(
                     getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS)
-                self._core = Ingest(layout, cluster=self.cluster, **self._options)  # type: ignore[arg-type]
+                core = Ingest(layout, cluster=self.cluster, **self._options)  # type: ignore[arg-type]
+                dispatcher = self.dispatcher
+                if self._queue_on_same_redis and dispatcher is not None and self.on_cut is dispatcher:
+                    core.queue_key = dispatcher.queue.key  # the script reads its length
+                self._core = core
         return self._core
 
     @property
@@ -273,7 +279,7 @@ class AsyncBatcher:
             return await getattr(self.client, op.name)(*op.args)
         if isinstance(op, Atomic):
             return await self._atomic(op.cmds)
-        await self._handoff(op.batch_ids)
+        await self._handoff(op.batch_ids, op.queued)
         return None
 
     async def _eval(self, name: str, keys: list[Any], args: list[Any]) -> Any:
@@ -331,10 +337,12 @@ class AsyncBatcher:
         script = self._scripts["accumulate"]
         return await apipelined(self.client, [(script, keys, args) for keys, args in calls])
 
-    async def _handoff(self, batch_ids: Sequence[str]) -> None:
+    async def _handoff(self, batch_ids: Sequence[str], queued: int = -1) -> None:
         hook = self.on_cut
         if hook is None:
             return
+        if hook is self.dispatcher and not self.dispatcher.wanted(max(1, len(batch_ids)), queued):
+            return  # the script saw enough tickets waiting: no thread, no round trip
         if inspect.iscoroutinefunction(hook):
             try:
                 await hook(batch_ids)
@@ -342,6 +350,6 @@ class AsyncBatcher:
                 log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off",
                             len(batch_ids), exc, extra={"event": "handoff_failed"})
         elif hook is self.dispatcher:  # RQ is sync: its round trips go to a worker thread
-            await asyncio.to_thread(hand_off, hook, batch_ids)
+            await asyncio.to_thread(hand_off, hook, batch_ids, queued)
         else:
             hand_off(hook, batch_ids)

@@ -83,6 +83,8 @@ class Batcher:
         self.records = Records(client, self.layout, self.scripts)
         self.dispatcher = Dispatcher(queue_client or client, self.keys) if handoff else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
+        if self.on_cut is self.dispatcher is not None and queue_client is None and not self.cluster:
+            self.core.queue_key = self.dispatcher.queue.key  # same Redis: the script reads its length
         self._run = self.driver.run
 
     @property
@@ -102,8 +104,8 @@ class Batcher:
         """Run one of `core`'s procedures on this batcher's client."""
         return self._run(proc)
 
-    def _handoff(self, batch_ids: Sequence[str]) -> None:
-        hand_off(self.on_cut, batch_ids)
+    def _handoff(self, batch_ids: Sequence[str], queued: int = -1) -> None:
+        hand_off(self.on_cut, batch_ids, queued)
 
     @classmethod
     def from_url(

@@ -33,12 +33,16 @@ OnCut = Callable[[Sequence[str]], object]
 lost with a reply); the default hands them to the workers (`Dispatcher`)."""
 
 
-def hand_off(on_cut: OnCut | None, batch_ids: Sequence[str]) -> None:
-    """Call the hook; never raise: the batches are safe in Redis and a sweeper hands them off."""
+def hand_off(on_cut: OnCut | None, batch_ids: Sequence[str], queued: int = -1) -> None:
+    """Call the hook; never raise: the batches are safe in Redis and a sweeper hands them off.
+    `queued`: tickets waiting, when the emit script already looked (-1: the dispatcher looks)."""
     if on_cut is None:
         return
     try:
-        on_cut(batch_ids)
+        if isinstance(on_cut, Dispatcher):
+            on_cut.ensure(max(1, len(batch_ids)), queued)
+        else:
+            on_cut(batch_ids)
     except Exception as exc:
         log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off", len(batch_ids),
                     exc, extra={"event": "handoff_failed"})
@@ -65,9 +69,14 @@ class Dispatcher:
     def queued(self) -> int:
         return int(self.client.llen(self.queue.key))
 
-    def ensure(self, ready: int) -> int:
-        """Enqueue tickets until min(ready, max_queued_jobs) wait in the queue."""
-        want = min(ready, self.max_queued_jobs) - self.queued()
+    def wanted(self, ready: int, queued: int) -> bool:
+        """Known without asking Redis that no ticket is needed (`queued` >= 0: how many wait)?"""
+        return queued < 0 or min(ready, self.max_queued_jobs) > queued
+
+    def ensure(self, ready: int, queued: int = -1) -> int:
+        """Enqueue tickets until min(ready, max_queued_jobs) wait in the queue (`queued`: how many
+        wait now, when the caller knows; else one LLEN asks)."""
+        want = min(ready, self.max_queued_jobs) - (self.queued() if queued < 0 else queued)
         if want <= 0:
             return 0
         ns = self.keys.namespace

@@ -110,6 +110,9 @@ class Ingest:
         self._id_prefix = secrets.token_hex(6)
         self._heads = [self._head(s) for s in range(layout.count)]
         self._call_keys: dict[tuple[str, int], str] = {}
+        self.queue_key: str | None = None
+        """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
+        each call passes it, so the hand-off knows how many tickets wait without asking."""
         self._warned_sources: set[str] = set()
 
     def _head(self, s: int) -> tuple[list[str], list[Any], bytes, dict[str, str]]:
@@ -299,6 +302,7 @@ class Ingest:
             replies = yield Store(partial(self._calls, by_shard, reg.epoch, window_now, events))
             stale: list[_Item] = []
             cuts: list[str] = []
+            queued = -1
             failed: BaseException | None = None
             unsent: list[_Item] = []
             for s, reply in zip(shards, replies, strict=True):
@@ -309,9 +313,11 @@ class Ingest:
                 elif reply[0] == -1:
                     stale += by_shard[s]
                 else:
+                    if self.queue_key is not None and reply[0] != -2:
+                        queued = max(queued, reply.pop())  # the queue's length ends the reply
                     cuts += self.results(by_shard[s], reply)
             if cuts or any(not isinstance(r, BaseException) and r[0] == -2 for r in replies):
-                yield Handoff(cuts)
+                yield Handoff(cuts, queued if cuts else -1)
             if failed is not None:
                 raise _SendFailed(failed, in_order(), frozenset(id(it) for it in (*unsent, *stale)))
             if not stale:
@@ -361,6 +367,8 @@ class Ingest:
             call_key = self._call_keys[emitter, shard] = self.shards[shard].call(emitter)
         open_keys = [opens.get(r) or opens.setdefault(r, self.shards[shard].open_buffers(r)) for r in routes]
         keys = [head_keys[0], call_key, *head_keys[2:], *open_keys, *(prefix + it.member for it in items)]
+        if self.queue_key is not None:
+            keys.append(self.queue_key)
         args: list[Any] = [epoch, call_id, window_now, BUFFER_CAP, *head_args, len(routes), *route_args]
         if len(routes) == 1:
             args += [events[it.event] for it in items]

@@ -58,6 +58,8 @@ class Handoff:
     The driver never raises from it (a sweeper hands off what this misses)."""
 
     batch_ids: Sequence[str]
+    queued: int = -1
+    """Tickets already waiting in the RQ queue, as the script saw it (-1: not known)."""
 
 
 Op = Cmd | Atomic | Eval | Store | Handoff

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 class SyncDriver:
     def __init__(self, client: Any, scripts: Scripts | None = None, transport: Transport | None = None,
-                 handoff: Callable[[Sequence[str]], None] | None = None) -> None:
+                 handoff: Callable[[Sequence[str], int], None] | None = None) -> None:
         self.client = client
         self.cluster = is_cluster(client)
         self.scripts = scripts or Scripts(client)
@@ -49,7 +49,7 @@ class SyncDriver:
         if isinstance(op, Atomic):
             return self._atomic(op.cmds)
         if self.handoff is not None:
-            self.handoff(op.batch_ids)
+            self.handoff(op.batch_ids, op.queued)
         return None
 
     def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:

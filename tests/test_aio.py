@@ -255,3 +255,34 @@ def test_redis_refusing_connections_means_nothing_sent(namespace: str, api: str)
         assert err.value.stored == [] and err.value.uncertain == [] and err.value.not_sent == [0, 1, 2, 3, 4]
     finally:
         own.cleanup()
+
+
+def test_an_async_emit_that_cuts_while_a_ticket_waits_makes_no_hand_off_call(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script said a ticket waits: no worker thread, no LLEN; none waiting: one is enqueued."""
+    import distbatch.aio as aio
+
+    threads: list[Any] = []
+    real = asyncio.to_thread
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        threads.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(aio.asyncio, "to_thread", counting)
+
+    async def main() -> tuple[int, int, int]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace)
+        await b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+        await b.emit("s", {"n": 0})
+        first = len(threads)
+        for n in (1, 2, 3):
+            await b.emit("s", {"n": n})
+        assert b.dispatcher is not None
+        waiting = b.dispatcher.queued()
+        await b.aclose()
+        return first, len(threads) - first, waiting
+
+    first, later, waiting = asyncio.run(main())
+    assert first == 1 and later == 0 and waiting == 1

@@ -347,6 +347,46 @@ def test_hand_off_is_per_chunk(batcher: Batcher) -> None:
     assert [len(x) for x in seen] == [2, 2, 2]
 
 
+def test_an_emit_that_cuts_learns_the_waiting_tickets_from_its_own_script(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one Redis the accumulate call reads the ticket queue's length itself: an emit that cuts
+    while a ticket waits costs its one round trip, no LLEN of its own; with none waiting it
+    enqueues one, as before."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    assert b.dispatcher is not None and b.core.queue_key == b.dispatcher.queue.key
+    b.emit("s", {"n": 0})  # cuts, no ticket waits: one is enqueued
+    assert b.dispatcher.queued() == 1
+    trips: list[str] = []
+    one = b.client.execute_command
+    monkeypatch.setattr(b.client, "execute_command", lambda *a, **k: trips.append(a[0]) or one(*a, **k))
+    transport_client, _, _ = b.transport.emitter()
+    own = transport_client.execute_command
+    monkeypatch.setattr(transport_client, "execute_command",
+                        lambda *a, **k: trips.append(a[0]) or own(*a, **k))
+    for n in (1, 2, 3):
+        (r,) = b.emit("s", {"n": n})
+        assert r.batch is not None
+    monkeypatch.undo()
+    assert trips == ["EVALSHA"] * 3
+    assert b.dispatcher.queued() == 1 and b.records.count("ready") == 4
+    b.client.delete(b.dispatcher.queue.key)  # the ticket was taken: the next cut enqueues again
+    b.emit("s", {"n": 4})
+    assert b.dispatcher.queued() == 1
+
+
+def test_a_foreign_queue_gets_its_own_llen(redis_server: RedisServer, namespace: str) -> None:
+    """With the queue on another client (maybe another Redis) the script is not told of it."""
+    queue_client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, queue_client=queue_client)
+    assert b.core.queue_key is None
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.emit("s", {"n": 0})
+    b.emit("s", {"n": 1})
+    assert b.dispatcher is not None and b.dispatcher.queued() == 1
+
+
 # registry ------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@
 -- buffer and window, as if a sweeper had run just before.
 -- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
 --       bindings, ready, stats, rec:events, rec:info, rec:attempt, then the open-set key of
---       each route, then the buffer key of each item (an item is one event for one route)
+--       each route, then the buffer key of each item (an item is one event for one route),
+--       then optionally the RQ queue of the namespace's tickets (on the same Redis): its length
+--       is returned when a batch was cut, so the caller's hand-off needs no round trip of its own
 -- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, batch id prefix,
 --       buffer key prefix, n_routes, then per route: binding, count, window_ms; then per item:
 --       its event's msgpack bytes, preceded by the item's route number when n_routes > 1
@@ -13,7 +15,9 @@
 --         else {real_now, then per notable item: item number (1-based), kind, batch_id, events}
 --         with kind 'count' (cut at count), 'expired' (the expired buffer it closed, cut),
 --         'discard' (the expired buffer it closed, discarded) or 'overflow' (cap: oldest
---         dropped; id and events ''). Items with nothing to report are left out.
+--         dropped; id and events ''). Items with nothing to report are left out. With the
+--         queue key, one more element ends the reply: the queue's length if a batch was cut and
+--         made ready, else -1.
 local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
@@ -60,7 +64,10 @@ local function report(item, kind, id, blob)
   out[#out + 1] = blob
 end
 
-local items = #KEYS - first_buffer
+local items = #ARGV - first_event
+if nroutes > 1 then items = items / 2 end
+local k_queue = #KEYS > first_buffer + items and KEYS[#KEYS] or nil
+local made_ready = false
 for item = 1, items do
   local r, data = 1, ARGV[first_event + item]
   if nroutes > 1 then
@@ -78,6 +85,7 @@ for item = 1, items do
         report(item, 'discard', discard_batch(binding, events), table.concat(events))
       else
         report(item, 'expired', cut_batch(member, binding, events, 'expired'), table.concat(events))
+        made_ready = true
       end
     end
   end
@@ -106,6 +114,7 @@ for item = 1, items do
     local events = redis.call('LRANGE', key, 0, -1)
     close_buffer(key, member, open_key)
     report(item, 'count', cut_batch(member, binding, events, 'count'), table.concat(events))
+    made_ready = true
   end
 end
 for binding, n in pairs(accepted) do
@@ -113,5 +122,8 @@ for binding, n in pairs(accepted) do
 end
 if woke then
   redis.call('PUBLISH', k_wake, earliest)
+end
+if k_queue then
+  out[#out + 1] = made_ready and redis.call('LLEN', k_queue) or -1
 end
 return out
