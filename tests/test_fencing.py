@@ -359,12 +359,9 @@ def test_an_emit_that_cuts_learns_the_waiting_tickets_from_its_own_script(
     b.emit("s", {"n": 0})  # cuts, no ticket waits: one is enqueued
     assert b.dispatcher.queued() == 1
     trips: list[str] = []
-    one = b.client.execute_command
-    monkeypatch.setattr(b.client, "execute_command", lambda *a, **k: trips.append(a[0]) or one(*a, **k))
-    transport_client, _, _ = b.transport.emitter()
-    own = transport_client.execute_command
-    monkeypatch.setattr(transport_client, "execute_command",
-                        lambda *a, **k: trips.append(a[0]) or own(*a, **k))
+    one = redis.Redis.execute_command
+    monkeypatch.setattr(redis.Redis, "execute_command",
+                        lambda self, *a, **k: trips.append(a[0]) or one(self, *a, **k))
     for n in (1, 2, 3):
         (r,) = b.emit("s", {"n": n})
         assert r.batch is not None
@@ -517,8 +514,9 @@ def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer,
         b.client.script_load(script.script)  # a NOSCRIPT answer would count as a call
     b.client.config_resetstat()
     trips: list[str] = []
-    one, many = b.client.execute_command, redis.client.Pipeline.execute
-    monkeypatch.setattr(b.client, "execute_command", lambda *a, **k: trips.append(a[0]) or one(*a, **k))
+    one, many = redis.Redis.execute_command, redis.client.Pipeline.execute
+    monkeypatch.setattr(redis.Redis, "execute_command",
+                        lambda self, *a, **k: trips.append(a[0]) or one(self, *a, **k))
     monkeypatch.setattr(redis.client.Pipeline, "execute",
                         lambda self, *a, **k: trips.append("p") or many(self, *a, **k))
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
