@@ -39,7 +39,7 @@ from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
-from .scripts import NAMES, apipelined, source
+from .scripts import NAMES, acall, apipelined, source
 from .shards import Layout
 from .transport import TRANSIENT, resend_failed
 
@@ -285,10 +285,10 @@ class AsyncBatcher:
     async def _eval(self, name: str, keys: list[Any], args: list[Any]) -> Any:
         script = self._scripts[name]
         try:
-            return await script(keys=keys, args=args)
+            return await acall(script, keys, args)
         except TRANSIENT as first:  # every script is idempotent per call id or token: safe to resend
             try:
-                return await script(keys=keys, args=args)
+                return await acall(script, keys, args)
             except TRANSIENT as second:
                 raise resend_failed(first, second) from second
 

@@ -23,7 +23,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
-from .scripts import pipelined
+from .scripts import call, pipelined
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 Call = tuple[list[Any], list[Any]]  # (keys, args)
@@ -152,9 +152,9 @@ def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = No
     every distbatch script is idempotent per call id or token (whatever redis-py's own retry
     setting is)."""
     try:
-        return script(keys=keys, args=args, client=client)
+        return call(script, keys, args, client)
     except TRANSIENT as first:
         try:
-            return script(keys=keys, args=args, client=client)
+            return call(script, keys, args, client)
         except TRANSIENT as second:
             raise resend_failed(first, second) from second

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -264,26 +265,24 @@ def test_emit_error_says_exactly_what_was_stored(make_batcher, client,
     batcher = make_batcher(shards=1)
     batcher.chunk_size = 10
     batcher.register("f", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
-    real = batcher.scripts.accumulate
     calls = 0
+    real_call, real_pipelined = transport.call, transport.pipelined
 
-    def flaky(*args: Any, **kw: Any) -> Any:
+    def flaky(*args: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls >= 3:  # the second chunk's call and distbatch's own retry of it
             raise redis.ConnectionError("Redis went away")
-        return real(*args, **kw)
-
-    real_pipelined = transport.pipelined
+        return real_call(*args)
 
     def flaky_pipelined(c: Any, script_calls: Any) -> Any:  # the cluster path pipelines per node
         nonlocal calls
         calls += 1
         if calls >= 3:
             raise redis.ConnectionError("Redis went away")
-        return real_pipelined(c, [(real, k, a) for _, k, a in script_calls])
+        return real_pipelined(c, script_calls)
 
-    batcher.scripts.accumulate = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(transport, "call", flaky)
     monkeypatch.setattr(transport, "pipelined", flaky_pipelined)
     with pytest.raises(EmitError) as err:
         batcher.emit_many("s", [{"n": i} for i in range(35)])
@@ -583,3 +582,31 @@ def test_pipelined_scripts_reload_after_script_flush(redis_server: RedisServer, 
     done, nxt = b.records.complete_and_claim(first, claim.token, 60_000)
     assert done == 1 and nxt is not None and nxt.batch.id == second
     assert b.records.renew_many([(second, nxt.token)], 60_000) == [True]
+
+
+def test_single_calls_reload_their_script_after_script_flush(redis_server: RedisServer, namespace: str,
+                                                             aio_loop: Any) -> None:
+    """NOSCRIPT on a plain EVALSHA (emit, claim, complete; sync and async): the script is loaded
+    and the call sent again, once: the event is stored once, the batch delivered once."""
+    from distbatch.aio import AsyncBatcher
+
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    b.client.script_flush()
+    b.emit("s", {"n": 0})
+    b.client.script_flush()
+
+    async def emit_async() -> Any:
+        ab = AsyncBatcher(redis.asyncio.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+        try:
+            return await ab.emit("s", {"n": 1})
+        finally:
+            await ab.aclose()
+
+    (r,) = aio_loop.run(emit_async())
+    assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [0, 1]
+    b.client.script_flush()
+    claim = b.records.claim_next(60_000)
+    assert claim is not None and claim.batch.id == r.batch.id
+    b.client.script_flush()
+    assert b.records.complete(claim.batch.id, claim.token) == 2
