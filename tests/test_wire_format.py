@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from typing import Any
 from urllib.parse import quote
 
 import msgpack
+import redis
 
 from distbatch import Batcher, ManualClock
 from distbatch.scripts import source
@@ -47,3 +49,29 @@ def test_foreign_emitter_following_the_documented_format(client, namespace: str)
     assert again == [-2] and client.llen(f"{ns}:buf:{member}") == 0
     stale = client.evalsha(sha, len(keys), *keys, b"999", "call-9", *head[2:])
     assert stale[0] == -1
+
+
+def test_foreign_emitter_may_pass_the_ticket_queue_and_learn_its_length(redis_server: Any,
+                                                                       namespace: str) -> None:
+    """The optional last key: the reply then ends with the queue's length when the call cut a
+    batch, else -1; the rest of the reply is as without it."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1m"})
+    ns = "{" + namespace + "}"
+    queue = f"rq:queue:distbatch-{namespace}"
+    client.rpush(queue, "a-ticket")
+    lua = source("accumulate").encode()
+    sha = client.script_load(lua)
+    names = ("regver", "call:go-app-2", "deadlines", "wake", "batchseq", "bindings",
+             "ready", "stats", "rec:events", "rec:info", "rec:attempt", "open:d@v1", "buf:d@v1|*")
+    keys = [*(f"{ns}:{k}" for k in names), queue]
+    replies = []
+    for i in range(2):
+        event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"i": i}])
+        args = [client.get(f"{ns}:regver"), f"c-{i}", "", 1024, "", f"{ns}:buf:", 1, "d@v1", 2, 60000,
+                event]
+        replies.append(client.evalsha(sha, len(keys), *keys, *args))
+    assert replies[0][1:] == [-1]  # nothing cut: -1 ends the reply
+    assert replies[1][1:3] == [1, b"count"] and replies[1][-1] == 1  # one ticket waits
+    assert len(replies[1]) == 1 + 4 + 1
