@@ -100,13 +100,15 @@ def pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
 
     redis-py's `Script` in a pipeline first sends SCRIPT EXISTS, a round trip of its own on every
     `execute`; here each call is a plain EVALSHA. A script Redis lacks (a restart, SCRIPT FLUSH)
-    answers NOSCRIPT having run nothing, so exactly those calls are sent again once it is loaded.
+    answers NOSCRIPT having run nothing, so exactly those calls are sent again once it is loaded,
+    under the name the server gives it (fakeredis 2.31 names some scripts otherwise than
+    redis-py's own SHA1, which `Script` also adopts).
     """
     replies = _evalshas(client, calls)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
-            client.script_load(script.script)
+            script.sha = client.script_load(script.script)  # the server's name for it, as redis-py
         for i, reply in zip(missing, _evalshas(client, [calls[i] for i in missing]), strict=True):
             replies[i] = reply
     return replies
@@ -125,7 +127,7 @@ async def apipelined(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
-            await client.script_load(script.script)
+            script.sha = await client.script_load(script.script)
         for i, reply in zip(missing, await _aevalshas(client, [calls[i] for i in missing]), strict=True):
             replies[i] = reply
     return replies
