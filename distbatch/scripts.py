@@ -100,41 +100,44 @@ def pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
 
     redis-py's `Script` in a pipeline first sends SCRIPT EXISTS, a round trip of its own on every
     `execute`; here each call is a plain EVALSHA. A script Redis lacks (a restart, SCRIPT FLUSH)
-    answers NOSCRIPT having run nothing, so exactly those calls are sent again once it is loaded,
-    under the name the server gives it (fakeredis 2.31 names some scripts otherwise than
-    redis-py's own SHA1, which `Script` also adopts).
+    answers NOSCRIPT having run nothing, so exactly those calls are sent again, as EVAL with the
+    script's text: one more round trip, on the connection that runs them (old fakeredis keeps
+    loaded scripts per connection).
     """
-    replies = _evalshas(client, calls)
+    replies = _send(client, calls, by_text=False)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
-            script.sha = client.script_load(script.script)  # the server's name for it, as redis-py
-        for i, reply in zip(missing, _evalshas(client, [calls[i] for i in missing]), strict=True):
+        for i, reply in zip(missing, _send(client, [calls[i] for i in missing], by_text=True), strict=True):
             replies[i] = reply
     return replies
 
 
-def _evalshas(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+def _send(client: Any, calls: Sequence[ScriptCall], *, by_text: bool) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if by_text:
+            pipe.eval(script.script, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
     return list(pipe.execute(raise_on_error=False))
 
 
 async def apipelined(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]:
     """`pipelined` on redis.asyncio."""
-    replies = await _aevalshas(client, calls)
+    replies = await _asend(client, calls, by_text=False)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
-            script.sha = await client.script_load(script.script)
-        for i, reply in zip(missing, await _aevalshas(client, [calls[i] for i in missing]), strict=True):
+        again = await _asend(client, [calls[i] for i in missing], by_text=True)
+        for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     return replies
 
 
-async def _aevalshas(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]:
+async def _asend(client: Any, calls: Sequence[AsyncScriptCall], *, by_text: bool) -> list[Any]:
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if by_text:
+                pipe.eval(script.script, len(keys), *keys, *args)
+            else:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
