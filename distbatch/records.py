@@ -129,10 +129,7 @@ class Records:
         renew = self.scripts.renew
         replies = pipelined(self.client, [(renew, self.keys_for(bid).lifecycle, [bid, token, lease_ms])
                                           for bid, token in held])
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-        return [bool(r) for r in replies]
+        return [bool(r) for r in _raised(replies)]
 
     def complete(self, batch_id: str, token: str) -> int | None:
         """The handler succeeded: delete the record. Events delivered, 0 if this claim delivered
@@ -157,10 +154,7 @@ class Records:
             replies = pipelined(self.client, calls)
         except TRANSIENT:
             replies = pipelined(self.client, calls)
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-        done, reply = replies
+        done, reply = _raised(replies)
         claim = self._claimed(reply, next_token)
         if claim is None and len(self.shards) > 1:
             claim = self.claim_next(lease_ms)  # this shard is empty: look at the others
@@ -242,3 +236,11 @@ class Records:
     def count(self, which: str) -> int:
         """How many ids all shards hold in `ready`, `running`, `delayed` or `dead`."""
         return sum(int(self.client.zcard(getattr(k, which))) for k in self.shards)
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, or the first error among them raised."""
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
