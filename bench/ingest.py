@@ -1,8 +1,10 @@
 """Ingest: events/s accepted by emit and emit_many, against the raw redis-py ceiling.
 
 Ceiling (same run, same Redis): an EVALSHA of a minimal RPUSH + ZADD script with pre-encoded
-payloads, one EVALSHA per event: a plain redis-py call for `emit`, `chunk` of them pipelined per
-round trip for `emit_many`.
+payloads, one EVALSHA per event: one call per round trip for `emit`, `chunk` of them pipelined per
+round trip for `emit_many`. Batched ceilings: one EVALSHA per chunk. Every ceiling is sent the way
+distbatch sends its own calls, straight on a dedicated connection (`distbatch.roundtrip`, without
+redis-py's per-command machinery): the fastest way to send the same work from Python.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import msgpack
 import redis
 
 from distbatch import Batcher
+from distbatch.roundtrip import execute, execute_one
 
 from .common import payload, payload_size, private_redis, save, table
 
@@ -35,9 +38,8 @@ return 1
 def _batched(url: str, chunk: int, n: int, seed: int, barrier: Any, out: Any, encode: bool) -> None:
     """One EVALSHA per chunk doing the minimal Redis work (RPUSH + ZADD NX per event); with
     `encode`, the payloads are msgpack-encoded inside the timed loop, as emit_many must."""
-    client = redis.Redis.from_url(url)
-    script = client.register_script(BATCHED)
-    script(keys=["warm", "warm:z"], args=[b"x"])
+    client = redis.Redis.from_url(url, single_connection_client=True)
+    sha = client.script_load(BATCHED)
     rng = random.Random(seed)
     events = [payload(rng.randrange(1 << 30), KEYS) for _ in range(n)]
     keys = [f"batched:buf:{rng.randrange(KEYS)}" for _ in range(n)]
@@ -47,7 +49,8 @@ def _batched(url: str, chunk: int, n: int, seed: int, barrier: Any, out: Any, en
     for start in range(0, n, chunk):
         data = ([msgpack.packb(e) for e in events[start : start + chunk]] if encode
                 else encoded[start : start + chunk])
-        script(keys=[*keys[start : start + chunk], "batched:deadlines"], args=data)
+        execute_one(client, ("EVALSHA", sha, len(data) + 1, *keys[start : start + chunk], "batched:deadlines",
+                             *data))
     out.put(time.perf_counter() - t0)
 
 
@@ -60,22 +63,19 @@ def _batched_raw(url: str, chunk: int, n: int, seed: int, barrier: Any, out: Any
 
 
 def _baseline(url: str, chunk: int, n: int, seed: int, barrier: Any, out: Any) -> None:
-    client = redis.Redis.from_url(url)
-    script = client.register_script(MINIMAL)
-    script(keys=["warm", "warm:z"], args=[b"x", 0])
+    client = redis.Redis.from_url(url, single_connection_client=True)
+    sha = client.script_load(MINIMAL)
     rng = random.Random(seed)
     items = [(f"base:buf:{rng.randrange(KEYS)}", msgpack.packb(payload(i, KEYS))) for i in range(n)]
     barrier.wait()
     t0 = time.perf_counter()
     if chunk == 1:  # one plain call per event: a pipeline of one would only add overhead
         for key, data in items:
-            script(keys=[key, "base:deadlines"], args=[data, 1_000_000])
+            execute_one(client, ("EVALSHA", sha, 2, key, "base:deadlines", data, 1_000_000))
     else:
         for start in range(0, n, chunk):
-            pipe = client.pipeline(transaction=False)
-            for key, data in items[start : start + chunk]:
-                script(keys=[key, "base:deadlines"], args=[data, 1_000_000], client=pipe)
-            pipe.execute()
+            execute(client, [("EVALSHA", sha, 2, key, "base:deadlines", data, 1_000_000)
+                             for key, data in items[start : start + chunk]])
     out.put(time.perf_counter() - t0)
 
 

@@ -1,7 +1,8 @@
 """The Lua scripts, read from `lua/` once per process and called by SHA.
 
-redis-py's `Script` sends EVALSHA and falls back to loading the script on NOSCRIPT (a Redis
-restart or SCRIPT FLUSH), in pipelines too. ``-- @include NAME`` lines pull in
+Each call is a plain EVALSHA (sent straight on the connection for sync clients, `roundtrip`);
+one that meets NOSCRIPT (a Redis restart or SCRIPT FLUSH) ran nothing and is sent again as EVAL
+with the script's text, in pipelines too. ``-- @include NAME`` lines pull in
 ``lua/includes/NAME.lua`` so shared helpers are written once.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 from redis import Redis
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
+
+from .roundtrip import execute, execute_one, supported
 
 _INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
 NAMES = (
@@ -69,11 +72,16 @@ class Scripts:
 
 
 def call(script: Script, keys: Sequence[Any], args: Sequence[Any], client: Any = None) -> Any:
-    """`script(keys=..., args=..., client=...)` without redis-py's own per-call work (an import
-    statement and tuple copies: ~4 µs, a few % of a single emit): one EVALSHA; a script Redis
-    lacks (a restart, SCRIPT FLUSH) answers NOSCRIPT having run nothing, and the call is sent
-    again as EVAL with the script's text, as `pipelined` does."""
+    """`script(keys=..., args=..., client=...)` in one EVALSHA, sent straight on the connection
+    (`roundtrip`) for a sync client; a script Redis lacks (a restart, SCRIPT FLUSH) answers
+    NOSCRIPT having run nothing, and the call is sent again as EVAL with the script's text, as
+    `pipelined` does."""
     c: Any = script.registered_client if client is None else client
+    if supported(c):
+        try:
+            return execute_one(c, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            return execute_one(c, ("EVAL", script.script, len(keys), *keys, *args))
     try:
         return c.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
@@ -111,6 +119,10 @@ def pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
 
 
 def _send(client: Any, calls: Sequence[ScriptCall], *, by_text: bool) -> list[Any]:
+    if supported(client):
+        return execute(client, [("EVAL", script.script, len(keys), *keys, *args) if by_text else
+                                ("EVALSHA", script.sha, len(keys), *keys, *args)
+                                for script, keys, args in calls])
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
         if by_text:

@@ -119,3 +119,36 @@ def make_batcher(
 @pytest.fixture
 def batcher(make_batcher: Callable[..., Batcher]) -> Batcher:
     return make_batcher()
+
+
+def _command_names(packed: Any) -> list[str]:
+    """The command names in what one send carries (RESP arrays of bulk strings)."""
+    data = b"".join(p if isinstance(p, bytes) else p.encode() for p in
+                    ([packed] if isinstance(packed, bytes | str) else packed))
+    names, i = [], 0
+    while i < len(data):
+        assert data[i:i + 1] == b"*", data[i:i + 40]
+        end = data.index(b"\r\n", i)
+        argc, i = int(data[i + 1:end]), end + 2
+        for a in range(argc):
+            end = data.index(b"\r\n", i)
+            size = int(data[i + 1:end])
+            if a == 0:
+                names.append(data[end + 2:end + 2 + size].decode())
+            i = end + 2 + size + 2
+    return names
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every send on a sync redis-py connection from here on, as the command names it carries:
+    one entry per round trip, whichever path (redis-py's own or distbatch's direct one) sent it."""
+    sent: list[list[str]] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def spy(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(_command_names(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
+    return sent

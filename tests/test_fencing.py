@@ -347,7 +347,7 @@ def test_hand_off_is_per_chunk(batcher: Batcher) -> None:
 
 
 def test_an_emit_that_cuts_learns_the_waiting_tickets_from_its_own_script(
-    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, namespace: str, request: pytest.FixtureRequest
 ) -> None:
     """On one Redis the accumulate call reads the ticket queue's length itself: an emit that cuts
     while a ticket waits costs its one round trip, no LLEN of its own; with none waiting it
@@ -357,15 +357,11 @@ def test_an_emit_that_cuts_learns_the_waiting_tickets_from_its_own_script(
     assert b.dispatcher is not None and b.core.queue_key == b.dispatcher.queue.key
     b.emit("s", {"n": 0})  # cuts, no ticket waits: one is enqueued
     assert b.dispatcher.queued() == 1
-    trips: list[str] = []
-    one = redis.Redis.execute_command
-    monkeypatch.setattr(redis.Redis, "execute_command",
-                        lambda self, *a, **k: trips.append(a[0]) or one(self, *a, **k))
+    trips: list[list[str]] = request.getfixturevalue("round_trips")
     for n in (1, 2, 3):
         (r,) = b.emit("s", {"n": n})
         assert r.batch is not None
-    monkeypatch.undo()
-    assert trips == ["EVALSHA"] * 3
+    assert trips == [["EVALSHA"]] * 3
     assert b.dispatcher.queued() == 1 and b.records.count("ready") == 4
     b.client.delete(b.dispatcher.queue.key)  # the ticket was taken: the next cut enqueues again
     b.emit("s", {"n": 4})
@@ -504,7 +500,7 @@ def some_batches(b: Batcher, n: int, handler: str = "record") -> list[str]:
 
 
 def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer, namespace: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      request: pytest.FixtureRequest) -> None:
     """A stream of batches costs one script round trip each (complete + the next claim), and
     redis-py's SCRIPT EXISTS before every pipeline is not sent."""
     b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
@@ -512,17 +508,11 @@ def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer,
     for script in (b.scripts.claim, b.scripts.complete):
         b.client.script_load(script.script)  # a NOSCRIPT answer would count as a call
     b.client.config_resetstat()
-    trips: list[str] = []
-    one, many = redis.Redis.execute_command, redis.client.Pipeline.execute
-    monkeypatch.setattr(redis.Redis, "execute_command",
-                        lambda self, *a, **k: trips.append(a[0]) or one(self, *a, **k))
-    monkeypatch.setattr(redis.client.Pipeline, "execute",
-                        lambda self, *a, **k: trips.append("p") or many(self, *a, **k))
+    sent: list[list[str]] = request.getfixturevalue("round_trips")
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
-    monkeypatch.undo()
-    trips = [t for t in trips if t in ("EVALSHA", "p")]  # not the binding's definition (HGET)
+    trips = [t for t in sent if t != ["HGET"]]  # not the binding's definition
     # a claim, 6 x (complete + the next claim), a claim finding none
-    assert trips == ["EVALSHA"] + ["p"] * 6 + ["EVALSHA"]
+    assert trips == [["EVALSHA"]] + [["EVALSHA", "EVALSHA"]] * 6 + [["EVALSHA"]]
     assert counts == {"delivered": 6}
     assert [x.id for x in ran] == ids
     stats = b.client.info("commandstats")

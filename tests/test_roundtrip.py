@@ -1,0 +1,81 @@
+"""distbatch's direct send path (`roundtrip`): same replies as redis-py, never a reply out of turn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from distbatch.roundtrip import execute, execute_one
+
+from .redis_server import RedisServer
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def client(request: pytest.FixtureRequest, redis_server: RedisServer,
+           fake_server: fakeredis.FakeServer) -> redis.Redis:
+    if request.param == "redis":
+        return redis.Redis.from_url(redis_server.url)
+    return fakeredis.FakeRedis(server=fake_server)
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_replies_match_redis_py_and_errors_come_back_as_exceptions(client: redis.Redis, single: bool) -> None:
+    c: Any = redis.Redis(connection_pool=client.connection_pool, single_connection_client=single)
+    sha = c.script_load(ECHO)
+    argv = ("EVALSHA", sha, 1, "k:é", b"\x00\xff")
+    assert execute_one(c, argv) == c.evalsha(sha, 1, "k:é", b"\x00\xff") == [b"k:\xc3\xa9", b"\x00\xff"]
+    bad = ("EVALSHA", "0" * 40, 0)
+    replies = execute(c, [argv, bad, ("INCRBY", "rt:n", 2)])
+    assert replies[0] == [b"k:\xc3\xa9", b"\x00\xff"]
+    assert isinstance(replies[1], redis.exceptions.NoScriptError)
+    assert replies[2] == int(c.get("rt:n") or 0)
+    with pytest.raises(redis.exceptions.NoScriptError):
+        execute_one(c, bad)
+    # arguments hiredis cannot pack itself go through redis-py's packer
+    assert execute_one(c, ("EVALSHA", sha, 1, bytearray(b"ba"), memoryview(b"mv"))) == [b"ba", b"mv"]
+    if not single:
+        pool: Any = c.connection_pool
+        assert not pool._in_use_connections  # every checkout was given back, errors included
+
+
+def test_an_interrupted_read_closes_the_socket_so_no_reply_is_read_out_of_turn(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = redis.Redis.from_url(redis_server.url, single_connection_client=True)
+    c.set("rt:a", "A")
+    c.set("rt:b", "B")
+    conn: Any = c.connection
+    real = conn.read_response
+    reads = 0
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # between two replies, before the second is read (a signal, a timeout...)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conn, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute(c, [("GET", "rt:a"), ("GET", "rt:b")])
+    monkeypatch.undo()
+    # the unread reply to GET rt:b must not be taken as the reply to the next command
+    assert execute_one(c, ("GET", "rt:a")) == b"A"
+    assert execute(c, [("GET", "rt:b"), ("GET", "rt:a")]) == [b"B", b"A"]
+
+
+def test_a_server_gone_mid_stream_is_a_connection_error_and_the_next_call_reconnects(
+    redis_server: RedisServer,
+) -> None:
+    c = redis.Redis.from_url(redis_server.url, single_connection_client=True)
+    execute_one(c, ("SET", "rt:c", "1"))
+    victim = execute_one(c, ("CLIENT", "ID"))
+    redis.Redis.from_url(redis_server.url).client_kill_filter(_id=victim)
+    with pytest.raises(redis.ConnectionError):
+        execute_one(c, ("GET", "rt:c"))
+    assert execute_one(c, ("GET", "rt:c")) == b"1"
