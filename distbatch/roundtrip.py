@@ -43,8 +43,11 @@ def supported(client: Any) -> bool:
 def _packed(conn: Any, commands: Sequence[Argv]) -> list[bytes]:
     if _hiredis_pack is not None and _HiredisSerializer is not None and \
             isinstance(getattr(conn, "_command_packer", None), _HiredisSerializer):
-        try:  # what redis-py's hiredis serializer does, less its per-argument Python loop
-            return [_hiredis_pack(tuple(argv)) for argv in commands]
+        try:  # what redis-py's hiredis serializer does, less its per-argument Python loop; one
+            # buffer, so a pipeline is one send system call (each item of the list is one)
+            if len(commands) == 1:
+                return [_hiredis_pack(tuple(commands[0]))]
+            return [b"".join([_hiredis_pack(tuple(argv)) for argv in commands])]
         except TypeError:
             pass  # a bytearray or memoryview argument: redis-py's packer converts it
     return list(conn.pack_commands(commands))

@@ -13,6 +13,7 @@ from .models import Batch
 try:
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    _NO_SDK: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 except ImportError:  # the extra is not installed
     trace = None  # type: ignore[assignment]
 
@@ -32,8 +33,8 @@ def _links(batch: Batch) -> list[Any]:
 @contextlib.contextmanager
 def handler_span(batch: Batch) -> Iterator[None]:
     """The span of one handler run (errors are recorded on it by OpenTelemetry itself)."""
-    if trace is None:
-        yield
+    if trace is None or isinstance(trace.get_tracer_provider(), _NO_SDK):
+        yield  # no SDK set up: spans would be no-ops, and their links cost a regex per event
         return
     tracer = trace.get_tracer("distbatch")
     with tracer.start_as_current_span(
