@@ -215,7 +215,7 @@ class AsyncBatcher:
         self._own_loop()
         if self._coalescer is not None:
             return await self._coalescer.emit(source, [payload])
-        return await self._emit_many(source, [payload])
+        return await self._drive((await self.start()).emit_one(source, payload))
 
     async def _emit_many(self, source: str, payloads: list[Mapping[str, Any]]) -> list[EmitResult]:
         return await self._drive((await self.start()).emit_many(source, payloads))

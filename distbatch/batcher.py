@@ -158,7 +158,7 @@ class Batcher:
 
     def emit(self, source: str, payload: Mapping[str, Any]) -> list[EmitResult]:
         """Add one event to every binding of `source`; one result per binding."""
-        return self._run(self.core.emit_many(source, [payload]))
+        return self._run(self.core.emit_one(source, payload))
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
         """Add events in order, one script call per shard (one round trip per node) per chunk.

@@ -237,6 +237,9 @@ def test_redis_refusing_connections_means_nothing_sent(namespace: str, api: str)
             own.stop()
             with pytest.raises(EmitError):
                 b.emit("s", {"n": -2})  # meets the dead socket
+            with pytest.raises(EmitError) as one:
+                b.emit("s", {"n": -3})  # a single emit's own path says it too
+            assert one.value.stored == one.value.uncertain == [] and one.value.not_sent == [0]
             with pytest.raises(EmitError) as err:
                 b.emit_many("s", payloads)
         else:

@@ -245,6 +245,23 @@ def test_lost_reply_of_a_call_refused_as_stale_is_refused_again_not_taken_as_sto
     assert direct.llen(b.keys.buffer("g@v1", None)) == 1
 
 
+def test_a_single_emit_whose_replies_are_all_lost_is_uncertain_and_stored_once(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str
+) -> None:
+    """Redis runs the call and its resend, and both replies are lost: the error says the event
+    may or may not be stored (never 'not sent', which would invite a duplicating re-emit), and
+    it is stored once (the resend carried the same call id)."""
+    b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port), namespace=namespace, handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    b.emit("s", {"n": 0})
+    proxy.drop_all(True)
+    with pytest.raises(EmitError) as err:
+        b.emit("s", {"n": 1})
+    proxy.drop_all(False)
+    assert err.value.uncertain == [0] and err.value.stored == err.value.not_sent == []
+    assert redis.Redis.from_url(redis_server.url).llen(b.keys.buffer("f@v1", None)) == 2
+
+
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_lost_claim_reply_is_retried_into_the_same_claim(
     proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
