@@ -81,10 +81,11 @@ for item = 1, items do
     local events = redis.call('LRANGE', key, 0, -1)
     close_buffer(key, member, open_key)
     if #events > 0 then
+      local blob = table.concat(events)
       if expire_action(binding) == 'discard' then
-        report(item, 'discard', discard_batch(binding, events), table.concat(events))
+        report(item, 'discard', discard_batch(binding, #events), blob)
       else
-        report(item, 'expired', cut_batch(member, binding, events, 'expired'), table.concat(events))
+        report(item, 'expired', cut_batch(member, binding, blob, #events, 'expired'), blob)
         made_ready = true
       end
     end
@@ -113,7 +114,8 @@ for item = 1, items do
   if n >= count then
     local events = redis.call('LRANGE', key, 0, -1)
     close_buffer(key, member, open_key)
-    report(item, 'count', cut_batch(member, binding, events, 'count'), table.concat(events))
+    local blob = table.concat(events)
+    report(item, 'count', cut_batch(member, binding, blob, #events, 'count'), blob)
     made_ready = true
   end
 end

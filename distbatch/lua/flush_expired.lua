@@ -32,14 +32,16 @@ for i = 9, #KEYS, 2 do
     local events = redis.call('LRANGE', key, 0, -1)
     close_buffer(key, member, open_key)
     if #events > 0 then
-      local id, discarded
+      local id, discarded, blob = nil, 0, ''
       if action == 'discard' then
-        id, discarded = discard_batch(binding, events), 1
+        id, discarded = discard_batch(binding, #events), 1
+        if with_events then blob = table.concat(events) end
       else
-        id, discarded = cut_batch(member, binding, events, 'expired'), 0
+        blob = table.concat(events)
+        id = cut_batch(member, binding, blob, #events, 'expired')
+        if not with_events then blob = '' end
       end
-      out[#out + 1] = {id, member, 'expired', discarded, real_now,
-                       with_events and table.concat(events) or '', now - tonumber(deadline)}
+      out[#out + 1] = {id, member, 'expired', discarded, real_now, blob, now - tonumber(deadline)}
     end
   end
 end

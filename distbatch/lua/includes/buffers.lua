@@ -11,12 +11,13 @@ end
 
 -- Record a cut batch and make it ready, in the same step that emptied the buffer. Ready batches
 -- are ordered by sequence number (= cut order), so a retried or reclaimed batch goes back ahead
--- of every batch cut after it instead of behind the backlog.
-local function cut_batch(member, binding, events, reason)
+-- of every batch cut after it instead of behind the backlog. `blob`: the events concatenated
+-- (the caller's reply carries the same string: one concatenation per cut, not two).
+local function cut_batch(member, binding, blob, n, reason)
   local seq = redis.call('INCR', k_seq)
   local id = id_prefix .. seq
-  redis.call('HSET', k_events, id, table.concat(events))
-  redis.call('HSET', k_info, id, member .. '\n' .. reason .. '\n' .. real_now .. '\n' .. #events)
+  redis.call('HSET', k_events, id, blob)
+  redis.call('HSET', k_info, id, member .. '\n' .. reason .. '\n' .. real_now .. '\n' .. n)
   redis.call('HSET', k_attempt, id, 0)
   redis.call('ZADD', k_ready, seq, id)
   redis.call('HINCRBY', k_stats, 'batches_' .. reason .. ':' .. binding, 1)
@@ -24,10 +25,10 @@ local function cut_batch(member, binding, events, reason)
 end
 
 -- A discarded buffer still gets an id (callers report it), but no record.
-local function discard_batch(binding, events)
+local function discard_batch(binding, n)
   local id = id_prefix .. redis.call('INCR', k_seq)
   redis.call('HINCRBY', k_stats, 'batches_discarded:' .. binding, 1)
-  redis.call('HINCRBY', k_stats, 'events_discarded:' .. binding, #events)
+  redis.call('HINCRBY', k_stats, 'events_discarded:' .. binding, n)
   return id
 end
 
