@@ -68,6 +68,7 @@ local items = #ARGV - first_event
 if nroutes > 1 then items = items / 2 end
 local k_queue = #KEYS > first_buffer + items and KEYS[#KEYS] or nil
 local made_ready = false
+local member_at = #bufp + 1
 for item = 1, items do
   local r, data = 1, ARGV[first_event + item]
   if nroutes > 1 then
@@ -75,7 +76,9 @@ for item = 1, items do
   end
   local binding, count = bindings[r], counts[r]
   local key, open_key = KEYS[first_buffer + item], KEYS[first_open + r]
-  local member = string.sub(key, #bufp + 1)
+  -- the buffer's member (its key less the prefix), made only where needed: most items only
+  -- append, and a Lua string per item is an allocation and a hash
+  local member = any_due and string.sub(key, member_at)
   local deadline = any_due and redis.call('ZSCORE', k_deadlines, member)
   if deadline and tonumber(deadline) <= now then
     local events = redis.call('LRANGE', key, 0, -1)
@@ -93,6 +96,7 @@ for item = 1, items do
   local n = redis.call('RPUSH', key, data)
   accepted[binding] = (accepted[binding] or 0) + 1
   if n == 1 then
+    member = member or string.sub(key, member_at)
     if earliest == false then
       local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
       earliest = first[2] and tonumber(first[2])
@@ -112,6 +116,7 @@ for item = 1, items do
     report(item, 'overflow', '', '')
   end
   if n >= count then
+    member = member or string.sub(key, member_at)
     local events = redis.call('LRANGE', key, 0, -1)
     close_buffer(key, member, open_key)
     local blob = table.concat(events)
