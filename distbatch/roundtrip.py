@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +42,22 @@ def supported(client: Any) -> bool:
     return isinstance(client, redis.Redis)
 
 
+_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def _lock_of(client: Any) -> Any:
+    """The lock that serialises a single-connection client's round trips: redis-py's own
+    (5.3+), else one kept here for that client (5.2 has none)."""
+    lock = getattr(client, "single_connection_lock", None)
+    if lock is None:
+        with _locks_guard:
+            lock = _locks.get(client)
+            if lock is None:
+                lock = _locks[client] = threading.Lock()
+    return lock
+
+
 def _packed(conn: Any, commands: Sequence[Argv]) -> list[bytes]:
     if _hiredis_pack is not None and _HiredisSerializer is not None and \
             isinstance(getattr(conn, "_command_packer", None), _HiredisSerializer):
@@ -57,8 +75,9 @@ def execute(client: redis.Redis, commands: Sequence[Argv]) -> list[Any]:
     """Every command's reply, in order, in one round trip; an error reply is its exception.
     A connection error is raised, with the socket closed (nothing read out of turn)."""
     conn = client.connection
-    if conn is not None:  # a single-connection client: one thread owns it (the emit path)
-        return _exchange(conn, commands)
+    if conn is not None:  # a single-connection client (each emitting thread has its own)
+        with _lock_of(client):  # a user's client may be shared by threads
+            return _exchange(conn, commands)
     pool = client.connection_pool
     conn = pool.get_connection("EVALSHA") if _POOL_WANTS_NAME else pool.get_connection()
     try:

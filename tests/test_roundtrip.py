@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import fakeredis
@@ -87,3 +88,28 @@ def test_a_server_gone_mid_stream_is_a_connection_error_and_the_next_call_reconn
     with pytest.raises(redis.ConnectionError):
         execute_one(c, ("GET", "rt:c"))
     assert execute_one(c, ("GET", "rt:c")) == b"1"
+
+
+def test_a_single_connection_client_shared_by_threads_keeps_each_reply_with_its_command(
+    redis_server: RedisServer,
+) -> None:
+    """A user's single-connection client used from several threads: redis-py serialises its
+    commands with the client's lock, and so must the direct path, or replies cross."""
+    c = redis.Redis.from_url(redis_server.url, single_connection_client=True)
+    c.delete("rt:t0", "rt:t1", "rt:t2")
+    errors: list[BaseException] = []
+
+    def count(name: str) -> None:
+        try:
+            for n in range(1, 801):
+                assert execute_one(c, ("INCRBY", name, 1)) == n
+                assert execute(c, [("GET", name), ("INCRBY", name, 0)]) == [str(n).encode(), n]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=count, args=(f"rt:t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
