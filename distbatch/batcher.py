@@ -157,8 +157,19 @@ class Batcher:
     # emitting ---------------------------------------------------------------------------
 
     def emit(self, source: str, payload: Mapping[str, Any]) -> list[EmitResult]:
-        """Add one event to every binding of `source`; one result per binding."""
-        return self._run(self.core.emit_one(source, payload))
+        """Add one event to every binding of `source`; one result per binding.
+
+        The common case (one binding, one shard) is sent without a procedure: planned, one call,
+        and its result when the reply says only "stored"; anything else (a cut, a stale registry,
+        a failure) goes on in `Ingest.one_done`, as `emit_many` would."""
+        one = self.core.one(source, payload)
+        if one is None:
+            return self._run(self.core.emit_many(source, [payload]))
+        client, emitter, calls = self.transport.emitter()
+        reply = self.transport.run_one(self.scripts.accumulate, self.core.one_call(one, emitter, next(calls)),
+                                       client)
+        quick = self.core.one_quick(one, reply)
+        return quick if quick is not None else self._run(self.core.one_done(one, reply))
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
         """Add events in order, one script call per shard (one round trip per node) per chunk.

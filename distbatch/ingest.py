@@ -42,6 +42,8 @@ from .transport import TRANSIENT, NotSent
 log = logging.getLogger("distbatch")
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
+_PER_EMITTER_CACHE = 4096
+"""Entries kept per (emitting thread, shard or binding) before the cache starts over."""
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
@@ -56,6 +58,18 @@ class _Item:
     member: bytes
     shard: int
     result: EmitResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class One:
+    """A single emit, planned: see `Ingest.one`."""
+
+    source: str
+    payloads: list[Mapping[str, Any]]
+    events: list[bytes]
+    item: _Item
+    epoch: bytes
+    window_now: bytes
 
 
 class _SendFailed(Exception):
@@ -110,6 +124,7 @@ class Ingest:
         self._id_prefix = secrets.token_hex(6)
         self._heads = [self._head(s) for s in range(layout.count)]
         self._call_keys: dict[tuple[str, int], str] = {}
+        self._one_heads: dict[tuple[str, str], tuple[Route, list[Any], list[Any]]] = {}
         self.queue_key: str | None = None
         """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
         each call passes it, so the hand-off knows how many tickets wait without asking."""
@@ -187,14 +202,23 @@ class Ingest:
         return [it.result for it in done if it.result is not None]
 
     def emit_one(self, source: str, payload: Mapping[str, Any]) -> Proc[list[EmitResult]]:
-        """`emit_many(source, [payload])`, straight through in the common case (one shard, one
-        binding, registry loaded). A single emit is where per-call Python shows: after the round
-        trip's context switch every line of it runs about twice as slow on cold caches. Anything
-        unusual (a stale registry, a failure) takes emit_many's own paths."""
-        reg = self.registry.cached
-        routes = reg.routes.get(source) if reg.loaded else None
-        if routes is None or len(routes) != 1 or self.layout.count != 1:
+        """`emit_many(source, [payload])`, straight through in the common case (`one`)."""
+        one = self.one(source, payload)
+        if one is None:
             return (yield from self.emit_many(source, [payload]))
+        (reply,) = yield Store(partial(self._one_calls, one))
+        return (yield from self.one_done(one, reply))
+
+    def one(self, source: str, payload: Mapping[str, Any]) -> One | None:
+        """A single emit planned without a procedure, in the common case (one shard, one binding,
+        registry loaded): None otherwise. A single emit is where per-call Python shows: after
+        the round trip's context switch every line of it runs about twice as slow on cold
+        caches. Encoding and partition-key errors are raised here, before anything is sent."""
+        reg = self.registry.cached
+        routes = reg.routes.get(source) if reg.loaded and self.layout.count == 1 else None
+        if routes is None or len(routes) != 1:
+            return None
+        route = routes[0]
         now = self.clock.now_ms()
         payloads = [payload]
         codec.begin()
@@ -206,9 +230,53 @@ class Ingest:
             raise self._which(exc, source, payloads) from exc.__cause__
         if codec.unusual():
             check_round_trip(events, payloads)
-        items = self._plan_route(routes[0], payloads, 0)
-        (reply,) = yield Store(partial(self._calls, {0: items}, reg.epoch,
-                                       b"" if now is None else b"%d" % now, events))
+        path = route.path
+        pkey = payload.get(path[0]) if path is not None and len(path) == 1 and type(payload) is dict else None
+        if type(pkey) is not str:
+            pkey = self._pkey(payload, route, 0)
+        cache = members_cache(route.key)
+        member = cache.get(pkey)
+        if member is None:
+            member = build_member(route.key, pkey)
+            if len(cache) < MEMBER_CACHE_SIZE:
+                cache[pkey] = member
+            else:
+                full_misses(cache, 1)
+        return One(source, payloads, events, _Item(0, route, pkey, member, 0), reg.epoch,
+                   b"" if now is None else b"%d" % now)
+
+    def one_call(self, one: One, emitter: str, call_id: int) -> Call:
+        """The accumulate call of `one`: the keys and arguments of its binding are built once per
+        emitting thread and reused."""
+        route = one.item.route
+        head = self._one_heads.get((emitter, route.key))
+        if head is None or head[0] is not route:
+            (keys, args), = self._calls({0: [one.item]}, one.epoch, one.window_now, one.events, emitter,
+                                        iter((call_id,)))
+            if len(self._one_heads) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
+                self._one_heads.clear()
+            head = self._one_heads[emitter, route.key] = (route, keys[:-2] if self.queue_key else keys[:-1],
+                                                          args[3:-1])
+        keys = [*head[1], self._heads[0][2] + one.item.member]
+        if self.queue_key is not None:
+            keys.append(self.queue_key)
+        return keys, [one.epoch, call_id, one.window_now, *head[2], one.events[0]]
+
+    def _one_calls(self, one: One, emitter: str, calls: Iterator[int]) -> list[Call]:
+        return [self.one_call(one, emitter, next(calls))]
+
+    def one_quick(self, one: One, reply: Any) -> list[EmitResult] | None:
+        """The result when the reply says only "stored" (no cut, no overflow, no stale registry,
+        not a resend): the common case needs nothing more. Else None: `one_done` takes it."""
+        if type(reply) is not list or len(reply) != (2 if self.queue_key is not None else 1) or reply[0] < 0:
+            return None
+        it = one.item
+        return [tuple.__new__(EmitResult, (it.route.key, it.pkey, None, 0, None, 0))]
+
+    def one_done(self, one: One, reply: Any) -> Proc[list[EmitResult]]:
+        """Whatever the reply says: a failure, a stale registry (planned again on the new one),
+        a resend that ran before, cuts to hand off."""
+        items = [one.item]
         if isinstance(reply, BaseException):
             refused = frozenset(id(it) for it in items) if isinstance(reply, NotSent) else frozenset()
             raise _emit_error([], items, refused, 1, reply) from reply
@@ -217,12 +285,12 @@ class Ingest:
                 yield from self.registry.load()
             except TRANSIENT as exc:
                 raise _emit_error([], items, frozenset(id(it) for it in items), 1, exc) from exc
-            return (yield from self.emit_many(source, payloads))
+            return (yield from self.emit_many(one.source, one.payloads))
         queued = reply.pop() if self.queue_key is not None and reply[0] != -2 else -1
         cuts = self.results(items, reply)
         if cuts or reply[0] == -2:
             yield Handoff(cuts, queued if cuts else -1)
-        return [items[0].result] if items[0].result is not None else []
+        return [one.item.result] if one.item.result is not None else []
 
     def _which(self, exc: PayloadError, source: str, payloads: Sequence[Mapping[str, Any]]) -> PayloadError:
         """The same error, naming the event (found again: only on this failure path)."""
@@ -402,6 +470,8 @@ class Ingest:
                 route_args += (it.route.key, it.route.count, it.route.window)
         call_key = self._call_keys.get((emitter, shard))
         if call_key is None:
+            if len(self._call_keys) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
+                self._call_keys.clear()
             call_key = self._call_keys[emitter, shard] = self.shards[shard].call(emitter)
         open_keys = [opens.get(r) or opens.setdefault(r, self.shards[shard].open_buffers(r)) for r in routes]
         keys = [head_keys[0], call_key, *head_keys[2:], *open_keys, *(prefix + it.member for it in items)]

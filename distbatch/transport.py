@@ -102,6 +102,15 @@ class Transport:
             except TRANSIENT as exc:
                 return [resend_failed(first, exc)] * len(calls)
 
+    def run_one(self, script: Script, call: Call, client: Any) -> Any:
+        """`run` for one call on this thread's emitter client: its reply or its exception."""
+        if self.cluster:
+            return self._run_cluster(script, [call])[0]
+        try:
+            return once_more(script, call[0], call[1], client)
+        except TRANSIENT as exc:
+            return exc
+
     @staticmethod
     def _pipeline(script: Script, calls: Sequence[Call], client: Any) -> list[Any]:
         return pipelined(client, [(script, keys, args) for keys, args in calls])

@@ -185,6 +185,18 @@ def test_drop_seen_by_another_instance_with_a_stale_cache(make_batcher) -> None:
     assert b.emit("src", {"n": 1}) == []
 
 
+def test_a_binding_dropped_and_registered_again_changed_is_used_as_it_is_now(make_batcher) -> None:
+    """An instance that emitted under a binding's old definition (its call arguments are kept
+    per thread) uses the new one once the binding is dropped and registered again differently."""
+    a, b = make_batcher(), make_batcher()
+    key = reg(a, count=5)
+    assert [r.batch for r in b.emit("src", {"n": 0})] == [None]
+    a.drop(key)
+    reg(a, count=2)
+    cut = [r.batch for n in (1, 2, 3, 4) for r in b.emit("src", {"n": n})]
+    assert [None if c is None else [e.payload["n"] for e in c.events] for c in cut] == [None, [1, 2], None, [3, 4]]
+
+
 def test_register_seen_by_another_instance(make_batcher) -> None:
     a, b = make_batcher(), make_batcher()
     assert b.emit("src", {"n": 0}) == []  # b caches "no bindings"
