@@ -194,7 +194,8 @@ def test_a_binding_dropped_and_registered_again_changed_is_used_as_it_is_now(mak
     a.drop(key)
     reg(a, count=2)
     cut = [r.batch for n in (1, 2, 3, 4) for r in b.emit("src", {"n": n})]
-    assert [None if c is None else [e.payload["n"] for e in c.events] for c in cut] == [None, [1, 2], None, [3, 4]]
+    got = [None if c is None else [e.payload["n"] for e in c.events] for c in cut]
+    assert got == [None, [1, 2], None, [3, 4]]
 
 
 def test_register_seen_by_another_instance(make_batcher) -> None:
