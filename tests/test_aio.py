@@ -289,3 +289,28 @@ def test_an_async_emit_that_cuts_while_a_ticket_waits_makes_no_hand_off_call(
 
     first, later, waiting = asyncio.run(main())
     assert first == 1 and later == 0 and waiting == 1
+
+
+def test_an_uncoalesced_async_emit_cuts_replans_and_reports_as_emit_many_would(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """`coalesce=False`: each `await emit` is its own planned call (`Ingest.emit_one`): it cuts,
+    follows a binding another instance registered meanwhile, and names what was not sent."""
+    other = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+
+    async def main() -> list[list[EmitResult]]:
+        a = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False, coalesce=False)
+        await a.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+        got = [await a.emit("s", {"n": 0}), await a.emit("s", {"n": 1})]
+        other.register("g", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+        got.append(await a.emit("s", {"n": 2}))  # refused as stale, planned again: both bindings
+        with pytest.raises(PayloadError):
+            await a.emit("s", {"n": {1, 2}})  # not encodable: nothing sent
+        return got
+
+    first, second, third = asyncio.run(main())
+    assert [r.batch for r in first] == [None]
+    assert [[e.payload["n"] for e in r.batch.events] for r in second if r.batch] == [[0, 1]]
+    assert sorted(r.binding for r in third) == ["f@v1", "g@v1"]
+    assert [[e.payload["n"] for e in r.batch.events] for r in third if r.batch] == [[2]]
+    assert other.counters()["events_in:f@v1"] == 3
