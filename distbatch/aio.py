@@ -290,7 +290,10 @@ class AsyncBatcher:
             try:
                 return await acall(script, keys, args)
             except TRANSIENT as second:
-                raise resend_failed(first, second) from second
+                err = resend_failed(first, second)
+                if err is second:
+                    raise  # as it is: `from second` would make it its own cause
+                raise err from second
 
     async def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:
         if self.cluster:

@@ -29,17 +29,6 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 Call = tuple[list[Any], list[Any]]  # (keys, args)
 
 
-_forks = [0]
-"""How many forks this process has seen as the child (os.register_at_fork)."""
-
-
-def _forked() -> None:
-    _forks[0] += 1
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
 class NotSent(redis.ConnectionError):
     """Every attempt failed to even connect (refused, unknown host): the call never reached
     Redis, so nothing of it can have run."""
@@ -73,18 +62,18 @@ class Transport:
     def emitter(self) -> tuple[Any, str, Iterator[int]]:
         """This thread's client for the emit path, its emitter id and call counter.
 
-        Made again after a fork, so a child never writes to its parent's socket (a fork
-        counter, not `os.getpid()`: a system call per emit).
+        Keyed by pid, so a forked child never writes to its parent's socket: `os.getpid()` sees
+        every fork, also those made in C without CPython's fork hooks (uWSGI's pre-fork).
         """
         local = self._local
-        if getattr(local, "forks", None) != _forks[0]:
+        if getattr(local, "pid", None) != os.getpid():
             if self.cluster:
                 local.client = self.client
             else:
                 local.client = self.client.__class__(
                     connection_pool=self.client.connection_pool, single_connection_client=True
                 )
-            local.forks = _forks[0]
+            local.pid = os.getpid()
             local.emitter = f"{os.urandom(4).hex()}-{os.getpid()}-{threading.get_ident()}"
             local.calls = itertools.count(1)
         # No readiness check per call (a poll syscall, ~5% of a single emit): a socket the server
@@ -178,4 +167,7 @@ def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = No
         try:
             return call(script, keys, args, client)
         except TRANSIENT as second:
-            raise resend_failed(first, second) from second
+            err = resend_failed(first, second)
+            if err is second:
+                raise  # as it is: `from second` would make it its own cause
+            raise err from second

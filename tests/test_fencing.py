@@ -245,13 +245,16 @@ def test_lost_reply_of_a_call_refused_as_stale_is_refused_again_not_taken_as_sto
     assert direct.llen(b.keys.buffer("g@v1", None)) == 1
 
 
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_a_single_emit_whose_replies_are_all_lost_is_uncertain_and_stored_once(
-    proxy: FaultProxy, redis_server: RedisServer, namespace: str
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
 ) -> None:
-    """Redis runs the call and its resend, and both replies are lost: the error says the event
+    """Redis runs the call and every resend, and every reply is lost: the error says the event
     may or may not be stored (never 'not sent', which would invite a duplicating re-emit), and
-    it is stored once (the resend carried the same call id)."""
-    b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port), namespace=namespace, handoff=False)
+    it is stored once (every resend carried the same call id)."""
+    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+    b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry), namespace=namespace,
+                handoff=False)
     b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
     b.emit("s", {"n": 0})
     proxy.drop_all(True)
@@ -259,7 +262,34 @@ def test_a_single_emit_whose_replies_are_all_lost_is_uncertain_and_stored_once(
         b.emit("s", {"n": 1})
     proxy.drop_all(False)
     assert err.value.uncertain == [0] and err.value.stored == err.value.not_sent == []
+    cause = err.value.__cause__
+    assert isinstance(cause, redis.ConnectionError) and cause.__cause__ is not cause  # no cycle
     assert redis.Redis.from_url(redis_server.url).llen(b.keys.buffer("f@v1", None)) == 2
+
+
+def test_an_emit_rides_out_a_redis_restart_within_its_clients_retry_policy(namespace: str) -> None:
+    """The client's retry policy applies to distbatch's calls as to redis-py's own: an emit sent
+    while Redis restarts waits for it (here up to 20 x 0.2 s) instead of failing."""
+    from redis.backoff import ConstantBackoff
+
+    from distbatch.testing import RedisServer as Own
+
+    own = Own(appendonly=True).start()  # the binding survives the restart
+    try:
+        client = redis.Redis.from_url(own.url, retry=Retry(ConstantBackoff(0.2), 20))
+        b = Batcher(client, namespace=namespace, handoff=False)
+        b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+        b.emit("s", {"n": 0})
+        own.stop()
+        back = threading.Timer(0.8, own.start)
+        back.start()
+        t0 = time.monotonic()
+        (result,) = b.emit("s", {"n": 1})  # Redis is down when this is sent
+        back.join()
+        assert result.binding == "f@v1" and time.monotonic() - t0 >= 0.5
+        assert b.counters()["events_in:f@v1"] == 2
+    finally:
+        own.cleanup()
 
 
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])

@@ -101,3 +101,27 @@ def test_threads_and_a_forked_child_share_one_batcher(redis_server: RedisServer)
     stats = redis.Redis.from_url(redis_server.url).hgetall(b.keys.stats)
     assert int(stats[b"events_in:t@v1"]) == 1 + 3 * 300 + 299 and int(stats[b"batches_count:t@v1"]) == 120
     assert int(stats[b"batches_count:c1@v1"]) == int(stats[b"batches_count:c2@v1"]) == 500
+
+
+def test_a_fork_made_in_c_gets_its_own_emitter(redis_server: RedisServer) -> None:
+    """A fork that skips CPython's fork hooks (uWSGI's pre-fork calls fork() from C): the child
+    must not reuse its parent's emitter (socket, id and call counter), or the two would send the
+    same call ids and one side's events would be taken for resends and never stored."""
+    import ctypes
+    import os
+
+    b = Batcher.from_url(redis_server.url, namespace="cfork")
+    b.register("t", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    b.emit("s", {"i": -1})
+    _, parent_emitter, _ = b.transport.emitter()
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:  # child, forked from C: no os.register_at_fork hook ran
+        ok = False
+        try:
+            _, emitter, _ = b.transport.emitter()
+            ok = emitter != parent_emitter and len(b.emit("s", {"i": 0})) == 1
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b.transport.emitter()[1] == parent_emitter
