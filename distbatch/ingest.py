@@ -230,20 +230,8 @@ class Ingest:
             raise self._which(exc, source, payloads) from exc.__cause__
         if codec.unusual():
             check_round_trip(events, payloads)
-        path = route.path
-        pkey = payload.get(path[0]) if path is not None and len(path) == 1 and type(payload) is dict else None
-        if type(pkey) is not str:
-            pkey = self._pkey(payload, route, 0)
-        cache = members_cache(route.key)
-        member = cache.get(pkey)
-        if member is None:
-            member = build_member(route.key, pkey)
-            if len(cache) < MEMBER_CACHE_SIZE:
-                cache[pkey] = member
-            else:
-                full_misses(cache, 1)
-        return One(source, payloads, events, _Item(0, route, pkey, member, 0), reg.epoch,
-                   b"" if now is None else b"%d" % now)
+        (item,) = self._plan_route(route, payloads, 0)
+        return One(source, payloads, events, item, reg.epoch, b"" if now is None else b"%d" % now)
 
     def one_call(self, one: One, emitter: str, call_id: int) -> Call:
         """The accumulate call of `one`: the keys and arguments of its binding are built once per

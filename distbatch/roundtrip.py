@@ -33,9 +33,8 @@ _HiredisSerializer: Any = getattr(redis.connection, "HiredisRespSerializer", Non
 Argv = Sequence[Any]
 
 # redis-py 5.3+ deprecates passing a command name to `get_connection`; 5.2 requires one.
-_POOL_WANTS_NAME = "command_name" in inspect.signature(redis.ConnectionPool.get_connection).parameters and \
-    inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"].default is \
-    inspect.Parameter.empty
+_name = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
+_POOL_WANTS_NAME = _name is not None and _name.default is inspect.Parameter.empty
 
 
 def supported(client: Any) -> bool:
