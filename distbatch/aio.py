@@ -312,12 +312,12 @@ class AsyncBatcher:
         try:
             calls = op.build(*emitter)
             if len(calls) == 1 or self.cluster:
-                return list(await asyncio.gather(*(self._one(c) for c in calls)))
+                return list(await asyncio.gather(*(self._one(op.script, c) for c in calls)))
             try:
-                return await self._pipeline(calls)
+                return await self._pipeline(op.script, calls)
             except TRANSIENT as first:
                 try:
-                    return await self._pipeline(calls)
+                    return await self._pipeline(op.script, calls)
                 except TRANSIENT as exc:
                     return [resend_failed(first, exc)] * len(calls)
         finally:
@@ -326,9 +326,9 @@ class AsyncBatcher:
     def _new_emitter(self) -> tuple[str, Iterator[int]]:
         return f"{os.urandom(4).hex()}-{os.getpid()}-a{next(self._emitter_ids)}", itertools.count(1)
 
-    async def _one(self, call: Call) -> Any:
+    async def _one(self, script: str, call: Call) -> Any:
         try:
-            return await self._eval("accumulate", *call)
+            return await self._eval(script, *call)
         except TRANSIENT as exc:
             return exc
         except redis.ResponseError as exc:  # on a cluster, as Transport: one shard's failure
@@ -336,8 +336,8 @@ class AsyncBatcher:
                 raise
             return exc
 
-    async def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
-        script = self._scripts["accumulate"]
+    async def _pipeline(self, name: str, calls: Sequence[Call]) -> list[Any]:
+        script = self._scripts[name]
         return await apipelined(self.client, [(script, keys, args) for keys, args in calls])
 
     async def _handoff(self, batch_ids: Sequence[str], queued: int = -1) -> None:

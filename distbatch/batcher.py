@@ -166,8 +166,8 @@ class Batcher:
         if one is None:
             return self._run(self.core.emit_many(source, [payload]))
         client, emitter, calls = self.transport.emitter()
-        reply = self.transport.run_one(self.scripts.accumulate, self.core.one_call(one, emitter, next(calls)),
-                                       client)
+        call = self.core.one_call(one, emitter, next(calls))
+        reply = self.transport.run_one(self.scripts.accumulate_one, call, client)
         quick = self.core.one_quick(one, reply)
         return quick if quick is not None else self._run(self.core.one_done(one, reply))
 

@@ -33,9 +33,11 @@ from .errors import EmitError, PayloadError
 from .handlers import handler as register_handler
 from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, members_cache
 from .models import Batch, EmitResult, Event
+from .onecall import OneCall, OneHead, one_head
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
 from .registry import Registry, Route, Snapshot
+from .scripts import sha_of
 from .shards import Layout, shard_of
 from .transport import TRANSIENT, NotSent
 
@@ -46,6 +48,7 @@ _PER_EMITTER_CACHE = 4096
 """Entries kept per (emitting thread, shard or binding) before the cache starts over."""
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
+ONE_SHA = sha_of("accumulate_one")
 
 
 @dataclass(slots=True)
@@ -124,7 +127,7 @@ class Ingest:
         self._id_prefix = secrets.token_hex(6)
         self._heads = [self._head(s) for s in range(layout.count)]
         self._call_keys: dict[tuple[str, int], str] = {}
-        self._one_heads: dict[tuple[str, str], tuple[Route, list[Any], list[Any]]] = {}
+        self._one_heads: dict[tuple[str, str], OneHead] = {}
         self.queue_key: str | None = None
         """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
         each call passes it, so the hand-off knows how many tickets wait without asking."""
@@ -206,7 +209,7 @@ class Ingest:
         one = self.one(source, payload)
         if one is None:
             return (yield from self.emit_many(source, [payload]))
-        (reply,) = yield Store(partial(self._one_calls, one))
+        (reply,) = yield Store(partial(self._one_calls, one), "accumulate_one")
         return (yield from self.one_done(one, reply))
 
     def one(self, source: str, payload: Mapping[str, Any]) -> One | None:
@@ -233,25 +236,26 @@ class Ingest:
         (item,) = self._plan_route(route, payloads, 0)
         return One(source, payloads, events, item, reg.epoch, b"" if now is None else b"%d" % now)
 
-    def one_call(self, one: One, emitter: str, call_id: int) -> Call:
-        """The accumulate call of `one`: the keys and arguments of its binding are built once per
-        emitting thread and reused."""
+    def one_call(self, one: One, emitter: str, call_id: int) -> OneCall:
+        """The `accumulate_one` call of `one`: all but its last key and three arguments are built
+        and packed once per emitting thread, binding and registry epoch (`onecall`)."""
         route = one.item.route
         head = self._one_heads.get((emitter, route.key))
-        if head is None or head[0] is not route:
-            (keys, args), = self._calls({0: [one.item]}, one.epoch, one.window_now, one.events, emitter,
-                                        iter((call_id,)))
+        if head is None or head.route is not route or head.epoch != one.epoch:
+            k = self.keys
+            keys = [k.registry_version, k.call(emitter), k.deadlines, k.wake, k.batch_seq, k.bindings, *k.cut,
+                    k.open_buffers(route.key)]
+            if self.queue_key is not None:
+                keys.append(self.queue_key)
+            args = [one.epoch, BUFFER_CAP, self.layout.id_prefix(0), k.buffer_prefix, route.key, route.count,
+                    route.window]
             if len(self._one_heads) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
                 self._one_heads.clear()
-            head = self._one_heads[emitter, route.key] = (route, keys[:-2] if self.queue_key else keys[:-1],
-                                                          args[3:-1])
-        keys = [*head[1], self._heads[0][2] + one.item.member]
-        if self.queue_key is not None:
-            keys.append(self.queue_key)
-        return keys, [one.epoch, call_id, one.window_now, *head[2], one.events[0]]
+            head = self._one_heads[emitter, route.key] = one_head(route, one.epoch, keys, args, ONE_SHA)
+        return OneCall(head, self._heads[0][2] + one.item.member, one.window_now, call_id, one.events[0])
 
     def _one_calls(self, one: One, emitter: str, calls: Iterator[int]) -> list[Call]:
-        return [self.one_call(one, emitter, next(calls))]
+        return [self.one_call(one, emitter, next(calls)).lists()]
 
     def one_quick(self, one: One, reply: Any) -> list[EmitResult] | None:
         """The result when the reply says only "stored" (no cut, no overflow, no stale registry,

@@ -50,6 +50,8 @@ class Store:
     recognised). Sent back: one reply per call, an exception in place of a call that failed."""
 
     build: Callable[[str, Iterator[int]], list[Call]]
+    script: str = "accumulate"
+    """`accumulate`, or `accumulate_one` for a single emit's call."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import contextlib
 import inspect
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -74,42 +74,54 @@ def _packed(conn: Any, commands: Sequence[Argv]) -> list[bytes]:
 def execute(client: redis.Redis, commands: Sequence[Argv]) -> list[Any]:
     """Every command's reply, in order, in one round trip; an error reply is its exception.
     A connection error is raised, with the socket closed (nothing read out of turn)."""
-    conn = client.connection
-    if conn is not None:  # a single-connection client (each emitting thread has its own)
-        with _lock_of(client):  # a user's client may be shared by threads
-            return _exchange(conn, commands)
-    pool = client.connection_pool
-    conn = pool.get_connection("EVALSHA") if _POOL_WANTS_NAME else pool.get_connection()
-    try:
-        return _exchange(conn, commands)
-    finally:
-        pool.release(conn)
+    return _on_connection(client, lambda conn: _exchange(conn, _packed(conn, commands), len(commands)))
 
 
 def execute_one(client: redis.Redis, argv: Argv) -> Any:
     """One command's reply; an error reply is raised."""
-    reply = execute(client, (argv,))[0]
+    return _raised(execute(client, (argv,))[0])
+
+
+def execute_packed(client: redis.Redis, packed: bytes) -> Any:
+    """`execute_one` for one command the caller packed (RESP) itself."""
+    return _raised(_on_connection(client, lambda conn: _exchange(conn, [packed], 1))[0])
+
+
+def _raised(reply: Any) -> Any:
     if isinstance(reply, ResponseError):
         raise reply
     return reply
 
 
-def _exchange(conn: Any, commands: Sequence[Argv]) -> list[Any]:
+def _on_connection(client: redis.Redis, exchange: Callable[[Any], list[Any]]) -> list[Any]:
+    conn = client.connection
+    if conn is not None:  # a single-connection client (each emitting thread has its own)
+        with _lock_of(client):  # a user's client may be shared by threads
+            return exchange(conn)
+    pool = client.connection_pool
+    conn = pool.get_connection("EVALSHA") if _POOL_WANTS_NAME else pool.get_connection()
+    try:
+        return exchange(conn)
+    finally:
+        pool.release(conn)
+
+
+def _exchange(conn: Any, packed: list[bytes], n: int) -> list[Any]:
     """One round trip under the connection's own retry policy, as redis-py runs a command: a
     connection error closes the socket and the round trip is tried again after the policy's
     backoff (redis-py 8's default: 10 retries, 10 ms to 1 s apart), so a short outage or a
     restart is ridden out. Resending is safe: every distbatch script is idempotent per call id
     or token."""
-    replies: list[Any] = conn.retry.call_with_retry(lambda: _round_trip(conn, commands),
+    replies: list[Any] = conn.retry.call_with_retry(lambda: _round_trip(conn, packed, n),
                                                     lambda _error: conn.disconnect())
     return replies
 
 
-def _round_trip(conn: Any, commands: Sequence[Argv]) -> list[Any]:
-    conn.send_packed_command(_packed(conn, commands))  # with the client's health check, if set
+def _round_trip(conn: Any, packed: list[bytes], n: int) -> list[Any]:
+    conn.send_packed_command(packed)  # with the client's health check, if set
     replies: list[Any] = []
     try:
-        for _ in commands:
+        for _ in range(n):
             try:
                 replies.append(conn.read_response())
             except ResponseError as exc:

@@ -8,8 +8,9 @@ with the script's text, in pipelines too. ``-- @include NAME`` lines pull in
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -18,11 +19,12 @@ from redis import Redis
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
-from .roundtrip import execute, execute_one, supported
+from .roundtrip import execute, execute_one, execute_packed, supported
 
-_INCLUDE = re.compile(r"^-- @include (\w+)$", re.MULTILINE)
+_INCLUDE = re.compile(r"^[ \t]*-- @include (\w+)$", re.MULTILINE)
 NAMES = (
-    "accumulate", "due_buffers", "flush_expired", "register", "sync_registry", "unbind", "drain_buffers",
+    "accumulate", "accumulate_one", "due_buffers", "flush_expired", "register", "sync_registry", "unbind",
+    "drain_buffers",
     "claim", "renew", "complete", "fail", "reclaim", "promote", "replay", "purge", "shard_lease",
 )
 
@@ -46,6 +48,12 @@ def source(name: str) -> str:
     return expand((lua / f"{name}.lua").read_text())
 
 
+@cache
+def sha_of(name: str) -> str:
+    """The SHA1 Redis knows the script by (what `register_script` computes)."""
+    return hashlib.sha1(source(name).encode()).hexdigest()
+
+
 class Scripts:
     """One `Script` per atomic operation, bound to a client."""
 
@@ -54,6 +62,7 @@ class Scripts:
             setattr(self, name, client.register_script(source(name)))
 
     accumulate: Script
+    accumulate_one: Script
     due_buffers: Script
     flush_expired: Script
     register: Script
@@ -86,6 +95,19 @@ def call(script: Script, keys: Sequence[Any], args: Sequence[Any], client: Any =
         return c.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
         return c.eval(script.script, len(keys), *keys, *args)
+
+
+def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[Any], list[Any]]],
+                client: Any) -> Any:
+    """`call` for a command the caller packed already (`onecall`): sent as it is on a sync
+    client; as lists where it cannot be (another client, a script Redis lacks)."""
+    if supported(client):
+        try:
+            return execute_packed(client, packed)
+        except NoScriptError:
+            pass
+    keys, args = lists()
+    return call(script, keys, args, client)
 
 
 async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:

@@ -41,7 +41,7 @@ class SyncDriver:
     def _do(self, op: Op) -> Any:
         if isinstance(op, Store):
             client, emitter, calls = self.transport.emitter()
-            return self.transport.run(self.scripts.accumulate, op.build(emitter, calls), client)
+            return self.transport.run(getattr(self.scripts, op.script), op.build(emitter, calls), client)
         if isinstance(op, Eval):
             return once_more(getattr(self.scripts, op.script), list(op.keys), list(op.args))
         if isinstance(op, Cmd):

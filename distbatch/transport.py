@@ -15,7 +15,7 @@ import itertools
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +23,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
-from .scripts import call, pipelined
+from .onecall import OneCall
+from .scripts import call, call_packed, pipelined
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 Call = tuple[list[Any], list[Any]]  # (keys, args)
@@ -103,12 +104,14 @@ class Transport:
             except TRANSIENT as exc:
                 return [resend_failed(first, exc)] * len(calls)
 
-    def run_one(self, script: Script, call: Call, client: Any) -> Any:
-        """`run` for one call on this thread's emitter client: its reply or its exception."""
+    def run_one(self, script: Script, one: OneCall, client: Any) -> Any:
+        """`run` for a single emit's call on this thread's emitter client, sent packed: its
+        reply or its exception."""
         if self.cluster:
-            return self._run_cluster(script, [call])[0]
+            return self._run_cluster(script, [one.lists()])[0]
+        packed = one.packed()
         try:
-            return once_more(script, call[0], call[1], client)
+            return _twice(lambda: call_packed(script, packed, one.lists, client))
         except TRANSIENT as exc:
             return exc
 
@@ -161,11 +164,15 @@ def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = No
     """Call a script; after a connection error send the very same call once more. Safe because
     every distbatch script is idempotent per call id or token (whatever redis-py's own retry
     setting is)."""
+    return _twice(lambda: call(script, keys, args, client))
+
+
+def _twice(send: Callable[[], Any]) -> Any:
     try:
-        return call(script, keys, args, client)
+        return send()
     except TRANSIENT as first:
         try:
-            return call(script, keys, args, client)
+            return send()
         except TRANSIENT as second:
             err = resend_failed(first, second)
             if err is second:

@@ -26,6 +26,7 @@ payload = st.fixed_dictionaries({}, optional={"k": key_value, "a": st.one_of(
     st.integers(-(2**63), 2**63 - 1), st.fixed_dictionaries({"b": key_value}))})
 op = st.one_of(
     st.tuples(st.just("emit"), st.lists(payload, min_size=1, max_size=5)),
+    st.tuples(st.just("emit1"), payload),  # a single emit: accumulate_one.lua (one binding, one shard)
     st.tuples(st.just("advance"), st.integers(0, 20).map(lambda a: a * 100)),
     st.tuples(st.just("flush"), st.none()),
     st.tuples(st.just("drop"), st.integers(0, 2)),
@@ -55,6 +56,10 @@ def test_redis_matches_reference_model(client, shards, configs, ops) -> None:
             got = [_cut(b) for r in batcher.emit_many("s", events) for b in (r.expired, r.batch) if b]
             want = [c for e in events for c in model.emit(clock.now_ms(), e)]
             assert got == want
+        elif kind == "emit1":
+            event = {**arg, "n": next(n)}
+            got = [_cut(b) for r in batcher.emit("s", event) for b in (r.expired, r.batch) if b]
+            assert got == model.emit(clock.now_ms(), event)
         elif kind == "advance":
             clock.advance(arg)
         elif kind == "flush":

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis
 
-from distbatch.roundtrip import execute, execute_one
+from distbatch.roundtrip import execute, execute_one, execute_packed
 
 from .redis_server import RedisServer
 
@@ -113,3 +113,31 @@ def test_a_single_connection_client_shared_by_threads_keeps_each_reply_with_its_
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.Redis) -> None:
+    """`OneCall.packed()` (the parts kept per thread and binding, packed once) is byte for byte
+    what redis-py packs from the same keys and arguments, with a window clock, a non-ASCII
+    partition key and a call id of any size; and the SHA it names is the one Redis gives the
+    script."""
+    from distbatch import Batcher, ManualClock
+    from distbatch.scripts import NAMES, sha_of, source
+
+    for name in NAMES:
+        assert sha_of(name) == client.script_load(source(name))
+    b = Batcher(client, namespace="packed", clock=ManualClock(1234), handoff=False, shards=1)
+    b.register("p", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1s", "key": "k"})
+    b.emit("s", {"k": "warm"})  # loads the registry
+    for k, call_id in (("ünï {x}", 7), ("a", 2**62)):
+        one = b.core.one("s", {"k": k})
+        assert one is not None
+        call = b.core.one_call(one, "e-1", call_id)
+        keys, args = call.lists()
+        packed = b"".join(redis.Connection().pack_command("EVALSHA", sha_of("accumulate_one"), len(keys),
+                                                          *keys, *args))
+        assert call.packed() == packed
+        assert args[-3:] == [b"1234", call_id, one.events[0]]
+        reply = execute_packed(client, packed)
+        assert len(reply) == 1 and reply[0] > 10**12  # stored; the server's own time comes back
+        assert client.lrange(keys[-1], 0, -1) == [one.events[0]]
+        assert client.zscore(b.keys.deadlines, keys[-1][len(b.keys.buffer_prefix):]) == 1234 + 1000

@@ -151,8 +151,10 @@ def test_cap_drops_oldest_with_warning_and_counter(
         reg(batcher, count=2000, window="1h", key="k")
     assert any(getattr(r, "event", "") == "count_above_cap" for r in caplog.records)
     caplog.clear()
-    results = batcher.emit_many("src", [{"k": "a", "n": i} for i in range(1030)])
-    assert sum(r.overflowed for r in results) == 6
+    results = batcher.emit_many("src", [{"k": "a", "n": i} for i in range(1028)])
+    singles = [batcher.emit("src", {"k": "a", "n": i}) for i in (1028, 1029)]  # accumulate_one's cap
+    assert [r.overflowed for (r,) in singles] == [1, 1]
+    assert sum(r.overflowed for r in results) == 4
     warnings = [r for r in caplog.records if getattr(r, "event", "") == "buffer_overflow"]
     assert len(warnings) == 6
     assert warnings[0].binding == "t@v1" and warnings[0].partition == "a"

@@ -21,20 +21,12 @@
 local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
--- The call id first: a retry of a call that ran must not be re-run after a reload either. One
--- SET ... GET takes the id and says whether it was taken before (Redis 6.2+); a stale call puts
--- the previous id back, so that a resend of it is refused as stale again, never taken as run.
-local prior = redis.call('SET', k_call, ARGV[2], 'PX', 600000, 'GET')
-if prior == ARGV[2] then return {-2} end
-local current = redis.call('GET', k_regver) or ''
-if current ~= ARGV[1] then
-  if prior then redis.call('SET', k_call, prior, 'PX', 600000) else redis.call('DEL', k_call) end
-  return {-1, current}
-end
+local call_id, expected_regver = ARGV[2], ARGV[1]
+-- @include call_once
 -- @include clock
 -- @include cut_keys
 local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
--- @include buffers
+-- @include accept_steps
 local now = window_clock(ARGV[3])
 
 local bindings, counts, windows = {}, {}, {}
@@ -46,7 +38,8 @@ end
 local first_open, first_buffer, first_event = 11, 11 + nroutes, 7 + 3 * nroutes
 
 local out = {real_now}
-local accepted = {}
+local accepted = {}  -- per route: events taken
+for r = 1, nroutes do accepted[r] = 0 end
 -- Earliest open deadline (nil = no open window). When it has not passed, no buffer of this shard
 -- has run out and no item needs its own deadline read (one ZRANGE instead of a ZSCORE per
 -- item); when it has, each item's buffer is checked, and it is read again (false = not read
@@ -78,23 +71,17 @@ for item = 1, items do
   local key, open_key = KEYS[first_buffer + item], KEYS[first_open + r]
   -- the buffer's member (its key less the prefix), made only where needed: most items only
   -- append, and a Lua string per item is an allocation and a hash
-  local member = any_due and string.sub(key, member_at)
-  local deadline = any_due and redis.call('ZSCORE', k_deadlines, member)
-  if deadline and tonumber(deadline) <= now then
-    local events = redis.call('LRANGE', key, 0, -1)
-    close_buffer(key, member, open_key)
-    if #events > 0 then
-      local blob = table.concat(events)
-      if expire_action(binding) == 'discard' then
-        report(item, 'discard', discard_batch(binding, #events), blob)
-      else
-        report(item, 'expired', cut_batch(member, binding, blob, #events, 'expired'), blob)
-        made_ready = true
-      end
+  local member = nil
+  if any_due then
+    member = string.sub(key, member_at)
+    local kind, id, blob = close_if_expired(key, member, open_key, binding, now)
+    if kind then
+      report(item, kind, id, blob)
+      made_ready = made_ready or kind == 'expired'
     end
   end
   local n = redis.call('RPUSH', key, data)
-  accepted[binding] = (accepted[binding] or 0) + 1
+  accepted[r] = accepted[r] + 1
   if n == 1 then
     member = member or string.sub(key, member_at)
     if earliest == false then
@@ -110,22 +97,19 @@ for item = 1, items do
     end
   end
   if n > cap then
-    redis.call('LPOP', key)
+    drop_oldest(key, binding)
     n = cap
-    redis.call('HINCRBY', k_stats, 'events_overflowed:' .. binding, 1)
     report(item, 'overflow', '', '')
   end
   if n >= count then
     member = member or string.sub(key, member_at)
-    local events = redis.call('LRANGE', key, 0, -1)
-    close_buffer(key, member, open_key)
-    local blob = table.concat(events)
-    report(item, 'count', cut_batch(member, binding, blob, #events, 'count'), blob)
+    local id, blob = cut_full(key, member, open_key, binding)
+    report(item, 'count', id, blob)
     made_ready = true
   end
 end
-for binding, n in pairs(accepted) do
-  redis.call('HINCRBY', k_stats, 'events_in:' .. binding, n)
+for r = 1, nroutes do
+  if accepted[r] > 0 then redis.call('HINCRBY', k_stats, 'events_in:' .. bindings[r], accepted[r]) end
 end
 if woke then
   redis.call('PUBLISH', k_wake, earliest)

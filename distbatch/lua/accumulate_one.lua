@@ -1,0 +1,79 @@
+-- accumulate.lua for one event and one binding (a single emit): the same steps and reply, without
+-- the per-item loop and per-route tables, and with the parts that change per call at the end, so
+-- the client packs the rest of the call once. The less common steps (an expired buffer, the cap,
+-- a cut) are made into functions only when one is needed: a closure made on every call costs.
+-- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
+--       bindings, ready, stats, rec:events, rec:info, rec:attempt, the route's open-set key,
+--       optionally the RQ queue of the namespace's tickets (on the same Redis), the buffer key
+-- ARGV: expected_regver, cap, batch id prefix, buffer key prefix, binding, count, window_ms,
+--       window_now ('' = server TIME), call_id, the event's msgpack bytes
+-- Returns what accumulate.lua returns for one item (its item number is 1).
+local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local B = 6
+local call_id, expected_regver = ARGV[9], ARGV[1]
+-- @include call_once
+-- @include clock
+local now = window_clock(ARGV[8])
+local key, open_key, binding, member_at = KEYS[#KEYS], KEYS[12], ARGV[5], #ARGV[4] + 1
+local out = {real_now}
+local made_ready = false
+local member = nil
+local steps = nil
+
+local function rare()
+  local id_prefix = ARGV[3]
+  -- @include cut_keys
+  -- @include accept_steps
+  local function report(kind, id, blob)
+    local m = #out
+    out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 1, kind, id, blob
+  end
+  return {close_if_expired = close_if_expired, cut_full = cut_full, drop_oldest = drop_oldest,
+          report = report}
+end
+
+-- Earliest open deadline: only when it has passed can this event's buffer have run out.
+local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
+local earliest = first[2] and tonumber(first[2])
+if earliest ~= nil and earliest <= now then
+  steps = rare()
+  member = string.sub(key, member_at)
+  local kind, id, blob = steps.close_if_expired(key, member, open_key, binding, now)
+  if kind then
+    steps.report(kind, id, blob)
+    made_ready = kind == 'expired'
+  end
+  earliest = false  -- read again if this event opens a window
+end
+local n = redis.call('RPUSH', key, ARGV[10])
+redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, 1)
+if n == 1 then
+  member = member or string.sub(key, member_at)
+  if earliest == false then
+    first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
+    earliest = first[2] and tonumber(first[2])
+  end
+  local closes = now + tonumber(ARGV[7])
+  redis.call('ZADD', k_deadlines, closes, member)
+  redis.call('SADD', open_key, member)
+  if earliest == nil or closes < earliest then
+    redis.call('PUBLISH', k_wake, closes)
+  end
+end
+if n > tonumber(ARGV[2]) then
+  steps = steps or rare()
+  steps.drop_oldest(key, binding)
+  n = n - 1
+  steps.report('overflow', '', '')
+end
+if n >= tonumber(ARGV[6]) then
+  steps = steps or rare()
+  local id, blob = steps.cut_full(key, member or string.sub(key, member_at), open_key, binding)
+  steps.report('count', id, blob)
+  made_ready = true
+end
+if #KEYS == 14 then
+  out[#out + 1] = made_ready and redis.call('LLEN', KEYS[13]) or -1
+end
+return out
