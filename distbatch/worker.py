@@ -12,6 +12,7 @@ Its door (`jobdoor`) runs nothing but distbatch's own ticket for its namespace.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Sequence
@@ -131,6 +132,11 @@ def run_worker(
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, _OneLine) for f in rq_log.filters):
         rq_log.addFilter(_OneLine())
+    # Everything made so far (modules, the registry, the handlers) lives as long as the worker:
+    # out of the collector's way, a full collection while batches stream in scans only what
+    # batches made (on this machine 14 ms became ~1 ms; such a pause is a tail of cut -> start).
+    gc.collect()
+    gc.freeze()
     backoff = 0.0
     worked = False
     try:

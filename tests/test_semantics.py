@@ -306,6 +306,18 @@ def test_wake_is_published_only_when_a_new_earliest_deadline_appears(
     # the deadline set is empty now, so the next window opened is the earliest
     batcher.emit("src", {"k": "e"})
     assert pushed()[-1] == clock.now_ms() + 10_000 and len(pushed()) == 3
+    # a window opened and cut by the same call (count 1, or a chunk that fills it) leaves
+    # nothing to wake for; one that stays open beside it still wakes
+    clock.advance("10s")
+    assert sorted(b.partition_key for b in batcher.flush_expired()) == ["e"]  # the deadline set is empty
+    batcher.register("one", version="v1", source="ones", handler=H, batch={"count": 1, "window": "1s"})
+    batcher.register("two", version="v1", source="twos", handler=H,
+                     batch={"count": 2, "window": "2s", "key": "k"})
+    (r,) = batcher.emit_many("ones", [{"n": 0}])
+    (s,) = batcher.emit("ones", {"n": 1})
+    assert r.batch is not None and s.batch is not None and len(pushed()) == 3
+    results = batcher.emit_many("twos", [{"k": "a"}, {"k": "a"}, {"k": "b"}])
+    assert results[1].batch is not None and pushed()[3:] == [clock.now_ms() + 2_000]
     sub.close()
 
 

@@ -48,7 +48,10 @@ local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
 local earliest = first[2] and tonumber(first[2])
 local any_due = earliest ~= nil and earliest <= now
 if any_due then earliest = false end
-local woke = false
+-- What to publish on the wake channel: a deadline earlier than any open before this call
+-- (`before`, false until read). 'recheck' when the buffer whose deadline it was got cut in this
+-- call too (count 1, or a chunk that fills it): the earliest is read again at the end.
+local woke, wake_member, before = false, nil, false
 
 local function report(item, kind, id, blob)
   out[#out + 1] = item
@@ -88,12 +91,12 @@ for item = 1, items do
       local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
       earliest = first[2] and tonumber(first[2])
     end
+    if before == false then before = earliest end
     local closes = now + windows[r]
     redis.call('ZADD', k_deadlines, closes, member)
     redis.call('SADD', open_key, member)
     if earliest == nil or closes < earliest then
-      earliest = closes
-      woke = true
+      earliest, woke, wake_member = closes, true, member
     end
   end
   if n > cap then
@@ -106,10 +109,16 @@ for item = 1, items do
     local id, blob = cut_full(key, member, open_key, binding)
     report(item, 'count', id, blob)
     made_ready = true
+    if member == wake_member then woke = 'recheck' end
   end
 end
 for r = 1, nroutes do
   if accepted[r] > 0 then redis.call('HINCRBY', k_stats, 'events_in:' .. bindings[r], accepted[r]) end
+end
+if woke == 'recheck' then
+  local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
+  earliest = first[2] and tonumber(first[2])
+  woke = earliest ~= nil and (before == nil or earliest < before)
 end
 if woke then
   redis.call('PUBLISH', k_wake, earliest)

@@ -46,6 +46,7 @@ if earliest ~= nil and earliest <= now then
   end
   earliest = false  -- read again if this event opens a window
 end
+local woke = false  -- the deadline to publish: a new earliest one, unless cut at once
 local n = redis.call('RPUSH', key, ARGV[10])
 redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, 1)
 if n == 1 then
@@ -57,9 +58,7 @@ if n == 1 then
   local closes = now + tonumber(ARGV[7])
   redis.call('ZADD', k_deadlines, closes, member)
   redis.call('SADD', open_key, member)
-  if earliest == nil or closes < earliest then
-    redis.call('PUBLISH', k_wake, closes)
-  end
+  woke = (earliest == nil or closes < earliest) and closes
 end
 if n > tonumber(ARGV[2]) then
   steps = steps or rare()
@@ -72,6 +71,10 @@ if n >= tonumber(ARGV[6]) then
   local id, blob = steps.cut_full(key, member or string.sub(key, member_at), open_key, binding)
   steps.report('count', id, blob)
   made_ready = true
+  woke = false  -- opened and cut in this call (count 1): no window to wake a sweeper for
+end
+if woke then
+  redis.call('PUBLISH', k_wake, woke)
 end
 if #KEYS == 14 then
   out[#out + 1] = made_ready and redis.call('LLEN', KEYS[13]) or -1
