@@ -49,6 +49,21 @@ def _packer() -> msgpack.Packer:
     return packer
 
 
+def encode_plain(event_id: str, source: str, emitted_at_ms: int, payload: dict[str, Any]) -> bytes | None:
+    """One event whose payload holds only the exact JSON-like types (the single emit's common
+    case), packed without a Python `default`: such an encoding always decodes, so it needs no
+    check. None for anything else: the general path (`encode_events`) converts or names it."""
+    packer = getattr(_local, "plain", None)
+    if packer is None:
+        packer = _local.plain = msgpack.Packer(use_bin_type=True, datetime=False, strict_types=True)
+    try:
+        data: bytes = packer.pack([event_id, source, emitted_at_ms, payload])
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+        packer.reset()
+        return None
+    return data
+
+
 def begin() -> None:
     """Start a call's encoding: `unusual()` then says whether any payload needed `_default`."""
     _local.unusual = False
