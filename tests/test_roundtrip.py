@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis
 
-from distbatch.roundtrip import execute, execute_one, execute_packed
+from distbatch.roundtrip import execute, execute_one
 
 from .redis_server import RedisServer
 
@@ -121,7 +121,7 @@ def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.
     partition key and a call id of any size; and the SHA it names is the one Redis gives the
     script."""
     from distbatch import Batcher, ManualClock
-    from distbatch.scripts import NAMES, sha_of, source
+    from distbatch.scripts import NAMES, call_packed, sha_of, source
 
     for name in NAMES:
         assert sha_of(name) == client.script_load(source(name))
@@ -137,7 +137,7 @@ def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.
                                                           *keys, *args))
         assert call.packed() == packed
         assert args[-3:] == [b"1234", call_id, one.events[0]]
-        reply = execute_packed(client, packed)
+        reply = call_packed(client.register_script(source("accumulate_one")), packed, call.lists, client)
         assert len(reply) == 1 and reply[0] > 10**12  # stored; the server's own time comes back
         assert client.lrange(keys[-1], 0, -1) == [one.events[0]]
         assert client.zscore(b.keys.deadlines, keys[-1][len(b.keys.buffer_prefix):]) == 1234 + 1000

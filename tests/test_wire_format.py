@@ -75,3 +75,28 @@ def test_foreign_emitter_may_pass_the_ticket_queue_and_learn_its_length(redis_se
     assert replies[0][1:] == [-1]  # nothing cut: -1 ends the reply
     assert replies[1][1:3] == [1, b"count"] and replies[1][-1] == 1  # one ticket waits
     assert len(replies[1]) == 1 + 4 + 1
+
+
+def test_foreign_emitter_may_send_one_event_through_accumulate_one(client, namespace: str) -> None:
+    """The README's single-event script, from its text alone: same steps and reply as accumulate
+    with one item (item number 1), and a resend of a call id is refused."""
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False, shards=1)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1m"})
+    ns = "{" + namespace + "}"
+    lua = source("accumulate_one").encode()
+    sha = hashlib.sha1(lua).hexdigest()
+    client.script_load(lua)
+    names = ("regver", "call:go-app-3", "deadlines", "wake", "batchseq", "bindings",
+             "ready", "stats", "rec:events", "rec:info", "rec:attempt", "open:d@v1", "buf:d@v1|*")
+    keys = [f"{ns}:{k}" for k in names]
+    replies = []
+    for i in range(2):
+        event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"i": i}])
+        args = [client.get(f"{ns}:regver"), 1024, "", f"{ns}:buf:", "d@v1", 2, 60000, "", f"c-{i}", event]
+        replies.append(client.evalsha(sha, len(keys), *keys, *args))
+    assert replies[0][1:] == []
+    _, item, kind, batch_id, _ = replies[1]
+    assert (item, kind) == (1, b"count")
+    batch = b.records.get_batch(batch_id.decode())
+    assert [e.payload["i"] for e in batch.events] == [0, 1] and batch.events[0].id == "go-0"
+    assert client.evalsha(sha, len(keys), *keys, *args) == [-2]
