@@ -101,13 +101,14 @@ def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[An
                 client: Any) -> Any:
     """`call` for a command the caller packed already (`onecall`): sent as it is on a sync
     client; as lists where it cannot be (another client, a script Redis lacks)."""
-    if supported(client):
-        try:
-            return execute_packed(client, packed)
-        except NoScriptError:
-            pass
-    keys, args = lists()
-    return call(script, keys, args, client)
+    if not supported(client):
+        keys, args = lists()
+        return call(script, keys, args, client)
+    try:
+        return execute_packed(client, packed)
+    except NoScriptError:
+        keys, args = lists()
+        return execute_one(client, ("EVAL", script.script, len(keys), *keys, *args))
 
 
 async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:

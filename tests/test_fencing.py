@@ -628,25 +628,27 @@ def test_single_calls_reload_their_script_after_script_flush(redis_server: Redis
     from distbatch.aio import AsyncBatcher
 
     b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
-    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
     b.client.script_flush()
-    b.emit("s", {"n": 0})
+    b.emit("s", {"n": 0})  # the registry is not loaded yet: the general path
+    b.client.script_flush()
+    b.emit("s", {"n": 1})  # the single emit's packed call
     b.client.script_flush()
 
     async def emit_async() -> Any:
         ab = AsyncBatcher(redis.asyncio.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
         try:
-            return await ab.emit("s", {"n": 1})
+            return await ab.emit("s", {"n": 2})
         finally:
             await ab.aclose()
 
     (r,) = aio_loop.run(emit_async())
-    assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [0, 1]
+    assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [0, 1, 2]
     b.client.script_flush()
     claim = b.records.claim_next(60_000)
     assert claim is not None and claim.batch.id == r.batch.id
     b.client.script_flush()
-    assert b.records.complete(claim.batch.id, claim.token) == 2
+    assert b.records.complete(claim.batch.id, claim.token) == 3
 
 
 def test_pipelined_calls_that_met_noscript_are_resent_once_by_text(redis_server: RedisServer,
