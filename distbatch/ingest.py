@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -123,8 +124,7 @@ class Ingest:
         self.max_payload_bytes = max_payload_bytes
         self.chunk_size = chunk_size
         self.registry = Registry(self.shards, cluster)
-        self._ids = itertools.count()
-        self._id_prefix = secrets.token_hex(6)
+        self._event_ids = (os.getpid(), secrets.token_hex(6), itertools.count())
         self._heads = [self._head(s) for s in range(layout.count)]
         self._call_keys: dict[tuple[str, int], str] = {}
         self._one_heads: dict[tuple[str, str], OneHead] = {}
@@ -132,6 +132,16 @@ class Ingest:
         """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
         each call passes it, so the hand-off knows how many tickets wait without asking."""
         self._warned_sources: set[str] = set()
+
+    def event_ids(self) -> tuple[str, Iterator[int]]:
+        """This process's event-id prefix and counter. A forked child (also one forked in C,
+        without CPython's fork hooks) makes its own, or parent and child would give two events
+        the same id. One tuple, read and replaced whole: threads of a child that race here each
+        get a consistent pair, and pairs made apart never share a prefix."""
+        pid, prefix, ids = self._event_ids
+        if pid != os.getpid():
+            pid, prefix, ids = self._event_ids = (os.getpid(), secrets.token_hex(6), itertools.count())
+        return prefix, ids
 
     def _head(self, s: int) -> tuple[list[str], list[Any], bytes, dict[str, str]]:
         """What every accumulate call to shard `s` starts with: keys, args, the buffer key prefix,
@@ -166,8 +176,7 @@ class Ingest:
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> Proc[list[EmitResult]]:
         now = self.clock.now_ms()
         stamp = now if now is not None else int(time.time() * 1000)
-        prefix = self._id_prefix
-        ids = self._ids
+        prefix, ids = self.event_ids()
         limit = self.max_payload_bytes
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         codec.begin()
@@ -224,7 +233,8 @@ class Ingest:
             return None
         route = routes[0]
         now = self.clock.now_ms()
-        data = codec.encode_plain(f"{self._id_prefix}-{next(self._ids):x}", source,
+        prefix, ids = self.event_ids()
+        data = codec.encode_plain(f"{prefix}-{next(ids):x}", source,
                                   now if now is not None else int(time.time() * 1000), payload)
         if data is None or len(data) > self.max_payload_bytes:
             return None

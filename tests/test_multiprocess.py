@@ -125,3 +125,28 @@ def test_a_fork_made_in_c_gets_its_own_emitter(redis_server: RedisServer) -> Non
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert b.transport.emitter()[1] == parent_emitter
+
+
+def test_a_forked_child_gives_its_events_ids_of_its_own(redis_server: RedisServer) -> None:
+    """Event ids are a per-process prefix and a counter: a child forked in C (no fork hooks) must
+    make its own prefix, or its events and its parent's would share ids within one batch."""
+    import ctypes
+    import os
+
+    b = Batcher.from_url(redis_server.url, namespace="forkids", handoff=False)
+    b.register("t", version="v1", source="s", handler="m.h", batch={"count": 4, "window": "1h"})
+    b.emit("s", {"who": "parent0"})
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = len(b.emit("s", {"who": "child"})) == 1 and len(b.emit_many("s", [{"who": "child2"}])) == 1
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    (r,) = b.emit("s", {"who": "parent1"})
+    assert r.batch is not None
+    ids = [e.id for e in r.batch.events]
+    assert sorted(e.payload["who"] for e in r.batch.events) == ["child", "child2", "parent0", "parent1"]
+    assert len(set(ids)) == 4, ids

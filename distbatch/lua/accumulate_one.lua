@@ -63,7 +63,7 @@ end
 if n > tonumber(ARGV[2]) then
   steps = steps or rare()
   steps.drop_oldest(key, binding)
-  n = n - 1
+  n = tonumber(ARGV[2])  -- as accumulate.lua: at the cap
   steps.report('overflow', '', '')
 end
 if n >= tonumber(ARGV[6]) then
