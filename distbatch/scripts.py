@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 
 from .roundtrip import execute, execute_one, execute_packed, supported
 
-_INCLUDE = re.compile(r"^[ \t]*-- @include (\w+)$", re.MULTILINE)
+_INCLUDE = re.compile(r"^([ \t]*)-- @include (\w+)$", re.MULTILINE)
 NAMES = (
     "accumulate", "accumulate_one", "due_buffers", "flush_expired", "register", "sync_registry", "unbind",
     "drain_buffers",
@@ -31,21 +31,32 @@ NAMES = (
 
 @cache
 def source(name: str) -> str:
-    """The script with its includes expanded, each include once (includes may include)."""
+    """The script with its includes expanded (includes may include)."""
     lua = files(__package__) / "lua"
-    seen: set[str] = set()
+    return expand((lua / f"{name}.lua").read_text(),
+                  lambda inc: (lua / "includes" / f"{inc}.lua").read_text())
 
-    def expand(text: str) -> str:
+
+def expand(text: str, read: Callable[[str], str]) -> str:
+    """``-- @include NAME`` lines replaced by the include's text. One at the top level is
+    expanded once per script (its locals are then visible everywhere below it); an indented one
+    is inside a function (a closure made only when needed), and what it defines is visible only
+    there, so it is expanded again unless the top level has it, and is never taken as the top
+    level's copy."""
+    top: set[str] = set()
+
+    def walk(text: str, nested: bool) -> str:
         def one(m: re.Match[str]) -> str:
-            inc = m.group(1)
-            if inc in seen:
+            inc, inner = m.group(2), nested or bool(m.group(1))
+            if inc in top:
                 return ""
-            seen.add(inc)
-            return expand((lua / "includes" / f"{inc}.lua").read_text())
+            if not inner:
+                top.add(inc)
+            return walk(read(inc), inner)
 
         return _INCLUDE.sub(one, text)
 
-    return expand((lua / f"{name}.lua").read_text())
+    return walk(text, False)
 
 
 @cache

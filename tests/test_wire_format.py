@@ -100,3 +100,32 @@ def test_foreign_emitter_may_send_one_event_through_accumulate_one(client, names
     batch = b.records.get_batch(batch_id.decode())
     assert [e.payload["i"] for e in batch.events] == [0, 1] and batch.events[0].id == "go-0"
     assert client.evalsha(sha, len(keys), *keys, *args) == [-2]
+
+
+def test_an_include_inside_a_function_is_never_taken_as_the_top_levels_copy(redis_server: Any) -> None:
+    """`-- @include` expansion: once per script at the top level; an indented one (inside a
+    function, as accumulate_one's rarer steps are) is expanded where it stands, again in a second
+    function, and a later top-level include of the same file is not skipped because of it."""
+    from distbatch.scripts import expand
+
+    includes = {"helper": "local function helper() return 'h' end\n-- @include base\n",
+                "base": "local base = 'b'\n"}
+    script = """local function first()
+  -- @include helper
+  return helper() .. base
+end
+local function second()
+  -- @include helper
+  return helper()
+end
+-- @include helper
+-- @include base
+return {first(), second(), helper(), base}
+"""
+    lua = expand(script, includes.__getitem__)
+    assert lua.count("local function helper()") == 3 and lua.count("local base = 'b'") == 3
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.eval(lua, 0) == [b"hb", b"h", b"h", b"b"]
+    top_first = expand("-- @include base\nlocal function f()\n  -- @include base\n  return base\nend\n"
+                       "return f()", includes.__getitem__)
+    assert top_first.count("local base") == 1 and client.eval(top_first, 0) == b"b"
