@@ -170,7 +170,7 @@ class Keys:
         return f"{self.base}:call:{emitter}"
 
     def done(self, token: str) -> str:
-        """String (10 min TTL): this claim completed its batch, so a resent complete knows it was
+        """String (1 min TTL): this claim completed its batch, so a resent complete knows it was
         its own, and a paused worker's late complete knows it was not."""
         return f"{self.base}:done:{token}"
 

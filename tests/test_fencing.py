@@ -522,6 +522,8 @@ def test_a_late_complete_after_another_claim_delivered_is_stale_not_done(batcher
     b = rec.claim([bid], 60_000)
     assert b is not None and rec.complete(bid, b.token) == 1
     assert rec.complete(bid, b.token) == 0  # b's own resent call: already done by b
+    # the marker that says so lives for the resend window, not for long: one per batch adds up
+    assert 0 < batcher.client.pttl(rec.keys_for(bid).done(b.token)) <= 60_000
     assert rec.complete(bid, a.token) is None  # a woke up late: the batch was never a's to finish
 
 

@@ -14,7 +14,7 @@ if state == 'gone' then
   return redis.call('EXISTS', KEYS[12]) == 1 and 0 or -1
 end
 if state == 'stale' then return -1 end
-redis.call('SET', KEYS[12], 1, 'PX', 600000)
+redis.call('SET', KEYS[12], 1, 'PX', 60000)  -- a resend comes within seconds; one per batch adds up
 local info = record_info(id)
 redis.call('ZREM', k_running, id)
 delete_record(id)
