@@ -49,7 +49,6 @@ _PER_EMITTER_CACHE = 4096
 """Entries kept per (emitting thread, shard or binding) before the cache starts over."""
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
-ONE_SHA = sha_of("accumulate_one")
 
 
 @dataclass(slots=True)
@@ -258,18 +257,17 @@ class Ingest:
         and packed once per emitting thread, binding and registry epoch (`onecall`)."""
         route = one.item.route
         head = self._one_heads.get((emitter, route.key))
+        head_keys, head_args, prefix, _ = self._heads[0]
         if head is None or head.route is not route or head.epoch != one.epoch:
-            k = self.keys
-            keys = [k.registry_version, k.call(emitter), k.deadlines, k.wake, k.batch_seq, k.bindings, *k.cut,
-                    k.open_buffers(route.key)]
+            keys = [head_keys[0], self.keys.call(emitter), *head_keys[2:], self.keys.open_buffers(route.key)]
             if self.queue_key is not None:
                 keys.append(self.queue_key)
-            args = [one.epoch, BUFFER_CAP, self.layout.id_prefix(0), k.buffer_prefix, route.key, route.count,
-                    route.window]
+            args = [one.epoch, BUFFER_CAP, *head_args, route.key, route.count, route.window]
             if len(self._one_heads) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
                 self._one_heads.clear()
-            head = self._one_heads[emitter, route.key] = one_head(route, one.epoch, keys, args, ONE_SHA)
-        return OneCall(head, self._heads[0][2] + one.item.member, one.window_now, call_id, one.events[0])
+            head = self._one_heads[emitter, route.key] = one_head(route, one.epoch, keys, args,
+                                                                  sha_of("accumulate_one"))
+        return OneCall(head, prefix + one.item.member, one.window_now, call_id, one.events[0])
 
     def _one_calls(self, one: One, emitter: str, calls: Iterator[int]) -> list[Call]:
         return [self.one_call(one, emitter, next(calls)).lists()]
