@@ -3,9 +3,9 @@
 Of its 24 keys and arguments only four change from one emit to the next (the buffer key, the window
 clock, the call id, the event), and the script takes them last. So the rest is packed into RESP
 bytes once per emitting thread, binding and registry epoch, and a call is one bytes formatting
-instead of two dozen arguments converted and packed (~2 µs of a ~100 µs emit, measured with
-`python3 -m bench emit_path`). Clients that cannot take packed bytes (Redis Cluster, a script
-Redis lacks) get the same call as lists.
+instead of two dozen arguments converted and packed (0.4 against 2.0 µs in a `timeit` loop, of a
+~100 µs emit). Clients that cannot take packed bytes (Redis Cluster, a script Redis lacks) get
+the same call as lists.
 """
 
 from __future__ import annotations
