@@ -3,7 +3,11 @@
 Baselines in the same run, on the same Redis: a plain EVALSHA of the minimal script (`RPUSH` +
 `ZADD NX`, as in `bench ingest`) with the same payloads, one call per event, sent straight on a
 dedicated connection the way distbatch sends its own (`distbatch.roundtrip`: the floor), and the
-same call through redis-py's `Script` (its per-command machinery included). Rounds alternate;
+same call through redis-py's `Script` (its per-command machinery included). A third baseline does
+the Redis commands of `accumulate_one.lua`'s common path (the call id's `SET ... GET`, the
+registry epoch's `GET`, `TIME`, the earliest deadline's `ZRANGE`, `RPUSH`, the `events_in`
+counter, and `ZADD` when the buffer is new) in a bare script of its own, sent the same way: what
+the guarantees those commands carry cost with nothing of distbatch around them. Rounds rotate;
 figures are medians. Per call: wall time, the calling process's CPU time (client code,
 redis-py and the socket system calls), and the script's own time inside Redis (commandstats).
 """
@@ -23,6 +27,17 @@ from distbatch.roundtrip import execute_one
 from .common import payload, private_redis, save, table
 from .ingest import MINIMAL
 
+SAME_COMMANDS = """
+local prior = redis.call('SET', KEYS[2], ARGV[3], 'PX', 600000, 'GET')
+local current = redis.call('GET', KEYS[1])
+local now = redis.call('TIME')
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local n = redis.call('RPUSH', KEYS[4], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'events_in:p@v1', 1)
+if n == 1 then redis.call('ZADD', KEYS[3], ARGV[2], KEYS[4]) end
+return {tonumber(now[1])}
+"""
+
 
 def _timed(client: redis.Redis, calls: int, fn: Any) -> tuple[float, float, float]:
     """µs per call: wall, this process's CPU, inside Redis (EVALSHA commandstats)."""
@@ -40,12 +55,15 @@ def run(quick: bool = False) -> dict[str, Any]:
     ours: list[tuple[float, float, float]] = []
     floor: list[tuple[float, float, float]] = []
     via_py: list[tuple[float, float, float]] = []
+    same: list[tuple[float, float, float]] = []
     with private_redis() as server:
         batcher = Batcher.from_url(server.url, namespace="emitpath")
         batcher.register("p", version="v1", source="src", handler="bench.handlers.record",
                          batch={"count": 100, "window": "1h", "key": "k"})
         client = redis.Redis.from_url(server.url)
         script = client.register_script(MINIMAL)
+        same_sha = client.script_load(SAME_COMMANDS)
+        client.set("same:regver", "1")
         direct = redis.Redis.from_url(server.url, single_connection_client=True)
         events = [payload(i, 1000) for i in range(calls)]
         items = [(f"base:buf:{i % 1000}", msgpack.packb(e)) for i, e in enumerate(events)]
@@ -64,19 +82,29 @@ def run(quick: bool = False) -> dict[str, Any]:
             for key, data in items:
                 script(keys=[key, "base:deadlines"], args=[data, 1_000_000])
 
-        sides = [(emit_all, ours), (minimal_all, floor), (redis_py_all, via_py)]
+        call_ids = iter(range(1, 1 << 62))
+
+        def same_all() -> None:
+            for key, data in items:
+                execute_one(direct, ("EVALSHA", same_sha, 5, "same:regver", "same:call", "same:deadlines",
+                                     "same:" + key, "same:stats", data, 1_000_000, next(call_ids)))
+
+        sides = [(emit_all, ours), (minimal_all, floor), (redis_py_all, via_py), (same_all, same)]
         for r in range(rounds):  # rotate, so the machine's drift hits every side alike
-            for fn, out in sides[r % 3:] + sides[:r % 3]:
+            for fn, out in sides[r % 4:] + sides[:r % 4]:
                 out.append(_timed(client, calls, fn))
     rows = []
     for side, v in (("distbatch emit (one event, one binding)", ours),
                     ("plain EVALSHA of the minimal script, straight on the connection (floor)", floor),
-                    ("the same EVALSHA through redis-py's Script", via_py)):
+                    ("the same EVALSHA through redis-py's Script", via_py),
+                    ("plain EVALSHA of a bare script doing accumulate_one's commands, straight", same)):
         wall, cpu, in_redis = (statistics.median(x[i] for x in v) for i in range(3))
         rows.append({"side": side, "us_per_call": wall, "client_cpu_us": cpu, "in_redis_us": in_redis,
                      "rest_us": wall - cpu - in_redis})
     ratio = statistics.median(f[0] / o[0] for o, f in zip(ours, floor, strict=True))
     ratio_py = statistics.median(f[0] / o[0] for o, f in zip(ours, via_py, strict=True))
+    ratio_same = statistics.median(f[0] / o[0] for o, f in zip(ours, same, strict=True))
+    floor_same = statistics.median(f[0] / s[0] for s, f in zip(same, floor, strict=True))
     gap = {k: rows[0][k] - rows[1][k] for k in ("us_per_call", "client_cpu_us", "in_redis_us", "rest_us")}
     print(f"{calls} single-event calls per round, median of {rounds} alternating rounds; rest = wall "
           "- client CPU - script time (waiting on the loopback and on Redis reading the call)")
@@ -85,8 +113,10 @@ def run(quick: bool = False) -> dict[str, Any]:
           f"of {gap['us_per_call']:.0f} µs: client CPU {gap['client_cpu_us']:+.0f}, inside Redis "
           f"{gap['in_redis_us']:+.0f}, rest {gap['rest_us']:+.0f}")
     print(f"redis-py Script / emit = {ratio_py:.2f}")
+    print(f"bare script of the same commands / emit = {ratio_same:.2f}; floor / that bare script = "
+          f"{floor_same:.2f} (what the commands alone leave of the floor's speed)")
     result = {"calls": calls, "rounds": rounds, "rows": rows, "ratio": ratio, "ratio_redis_py": ratio_py,
-              "gap": gap}
+              "ratio_same_commands": ratio_same, "floor_vs_same_commands": floor_same, "gap": gap}
     save("emit_path", result, quick)
     return result
 
