@@ -195,11 +195,19 @@ class Ingest:
             routes = yield from self._recheck_unbound(source, reg)
             if not routes:
                 return []
-        items = self.plan(routes, payload_list)
         window_now = b"" if now is None else b"%d" % now
-        per_event = len(routes)
+        if len(routes) == 1 and self.layout.count == 1:
+            return (yield from self._emit_single(source, routes[0], payload_list, events, window_now))
+        items = self.plan(routes, payload_list)
+        return (yield from self._send_chunks(source, payload_list, items, len(routes), window_now, events,
+                                             done=[]))
+
+    def _send_chunks(self, source: str, payload_list: list[Mapping[str, Any]], items: list[_Item],
+                     per_event: int, window_now: bytes, events: list[bytes],
+                     done: list[_Item]) -> Proc[list[EmitResult]]:
+        """Store planned items (`per_event` to an event) chunk by chunk, after `done`: the items
+        stored before them."""
         step = max(1, self.chunk_size // per_event) * per_event
-        done: list[_Item] = []
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             try:
@@ -211,6 +219,54 @@ class Ingest:
                     raise  # nothing stored
                 raise _emit_error(done, [], frozenset(), len(events), exc) from exc
         return [it.result for it in done if it.result is not None]
+
+    def _emit_single(self, source: str, route: Route, payloads: list[Mapping[str, Any]], events: list[bytes],
+                     window_now: bytes) -> Proc[list[EmitResult]]:
+        """`emit_many` for one binding on one shard (the common case) without an `_Item` per
+        event: objects that live through a call's round trip are what the caller's cyclic
+        collector promotes, and enough promotions set off a full collection of the caller's
+        whole heap (`tests/test_allocation.py`). At a stale registry the general path takes over;
+        a failure is reported as there."""
+        pkeys, members = self._keys_of(route, payloads, 0)
+        out: list[EmitResult] = []
+        key, new = route.key, tuple.__new__  # a named tuple without its Python-level __new__
+
+        def where(offset: int) -> Callable[[int], tuple[str, str | None]]:
+            return lambda n: (key, pkeys[offset + n])
+
+        for start in range(0, len(events), self.chunk_size):
+            stop = min(start + self.chunk_size, len(events))
+            (reply,) = yield Store(partial(self._single_calls, route, members, start, stop,
+                                           self.registry.cached.epoch, window_now, events))
+            if isinstance(reply, BaseException) or reply[0] == -1:
+                done = [_Item(i, route, pkeys[i], members[i], 0, r) for i, r in enumerate(out)]
+                rest = [_Item(i, route, pkeys[i], members[i], 0) for i in range(start, len(events))]
+                if isinstance(reply, BaseException):
+                    failed = rest[: stop - start]
+                    refused = frozenset(map(id, failed)) if isinstance(reply, NotSent) else frozenset()
+                    raise _emit_error(done, failed, refused, len(events), reply) from reply
+                # nothing of this chunk was stored: the general path plans it again
+                return (yield from self._send_chunks(source, payloads, rest, 1, window_now, events, done))
+            queued = reply.pop() if self.queue_key is not None and reply[0] != -2 else -1
+            out += [new(EmitResult, (key, pkeys[i], None, 0, None, i)) for i in range(start, stop)]
+            cuts: list[str] = []
+            if reply[0] != -2:
+                notes, cuts = self._notes(reply, where(start))
+                for n, note in notes.items():
+                    out[start + n] = EmitResult(key, pkeys[start + n], event=start + n, **note)
+            if cuts or reply[0] == -2:
+                yield Handoff(cuts, queued if cuts else -1)
+        return out
+
+    def _single_calls(self, route: Route, members: list[bytes], start: int, stop: int, epoch: bytes,
+                      window_now: bytes, events: list[bytes], emitter: str,
+                      calls: Iterator[int]) -> list[Call]:
+        keys, args, prefix = self._frame(0, [route], epoch, next(calls), emitter, window_now)
+        keys += [prefix + m for m in members[start:stop]]
+        if self.queue_key is not None:
+            keys.append(self.queue_key)
+        args += events[start:stop]
+        return [(keys, args)]
 
     def emit_one(self, source: str, payload: Mapping[str, Any]) -> Proc[list[EmitResult]]:
         """`emit_many(source, [payload])`, straight through in the common case (`one`)."""
@@ -327,9 +383,18 @@ class Ingest:
         return [it for group in zip(*per_route, strict=True) for it in group]
 
     def _plan_route(self, r: Route, payloads: Sequence[Mapping[str, Any]], offset: int) -> list[_Item]:
+        pkeys, members = self._keys_of(r, payloads, offset)
         n = self.layout.count
-        items: list[_Item] = []
-        append = items.append
+        return [_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0)
+                for i, pkey, member in zip(range(offset, offset + len(pkeys)), pkeys, members, strict=True)]
+
+    def _keys_of(self, r: Route, payloads: Sequence[Mapping[str, Any]],
+                 offset: int) -> tuple[list[str | None], list[bytes]]:
+        """Each payload's partition key and buffer member for route `r`, in order; a payload
+        without a usable key raises, naming it by its number (from `offset`)."""
+        pkeys: list[str | None] = []
+        members: list[bytes] = []
+        add_pkey, add_member = pkeys.append, members.append
         key, path = r.key, r.path
         cache = members_cache(key)  # the hot path inlines member_bytes
         cached = cache.get
@@ -363,10 +428,11 @@ class Ingest:
                         full = True
                         missed += 1
                 member = hit
-            append(_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0))
+            add_pkey(pkey)
+            add_member(member)
         if missed:
             full_misses(cache, missed)
-        return items
+        return pkeys, members
 
     @staticmethod
     def _pkey(payload: Mapping[str, Any], r: Route, i: int) -> str | None:
@@ -468,29 +534,39 @@ class Ingest:
 
     def _call(self, shard: int, items: list[_Item], epoch: bytes, call_id: int, emitter: str,
               window_now: bytes, events: list[bytes]) -> Call:
-        head_keys, head_args, prefix, opens = self._heads[shard]
         routes: dict[str, int] = {}
-        route_args: list[Any] = []
+        route_list: list[Route] = []
         for it in items:
             if it.route.key not in routes:
                 routes[it.route.key] = len(routes) + 1
-                route_args += (it.route.key, it.route.count, it.route.window)
-        call_key = self._call_keys.get((emitter, shard))
-        if call_key is None:
-            if len(self._call_keys) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
-                self._call_keys.clear()
-            call_key = self._call_keys[emitter, shard] = self.shards[shard].call(emitter)
-        open_keys = [opens.get(r) or opens.setdefault(r, self.shards[shard].open_buffers(r)) for r in routes]
-        keys = [head_keys[0], call_key, *head_keys[2:], *open_keys, *(prefix + it.member for it in items)]
+                route_list.append(it.route)
+        keys, args, prefix = self._frame(shard, route_list, epoch, call_id, emitter, window_now)
+        keys += [prefix + it.member for it in items]
         if self.queue_key is not None:
             keys.append(self.queue_key)
-        args: list[Any] = [epoch, call_id, window_now, BUFFER_CAP, *head_args, len(routes), *route_args]
         if len(routes) == 1:
             args += [events[it.event] for it in items]
         else:
             for it in items:
                 args += (routes[it.route.key], events[it.event])
         return keys, args
+
+    def _frame(self, shard: int, route_list: list[Route], epoch: bytes, call_id: int, emitter: str,
+               window_now: bytes) -> tuple[list[Any], list[Any], bytes]:
+        """An accumulate call's keys and arguments but the items', and the buffer key prefix."""
+        head_keys, head_args, prefix, opens = self._heads[shard]
+        call_key = self._call_keys.get((emitter, shard))
+        if call_key is None:
+            if len(self._call_keys) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
+                self._call_keys.clear()
+            call_key = self._call_keys[emitter, shard] = self.shards[shard].call(emitter)
+        k = self.shards[shard]
+        open_keys = [opens.get(r.key) or opens.setdefault(r.key, k.open_buffers(r.key)) for r in route_list]
+        keys: list[Any] = [head_keys[0], call_key, *head_keys[2:], *open_keys]
+        args: list[Any] = [epoch, call_id, window_now, BUFFER_CAP, *head_args, len(route_list)]
+        for r in route_list:
+            args += (r.key, r.count, r.window)
+        return keys, args, prefix
 
     @staticmethod
     def results(items: list[_Item], reply: list[Any]) -> list[str]:
@@ -501,14 +577,25 @@ class Ingest:
             it.result = new(EmitResult, (it.route.key, it.pkey, None, 0, None, it.event))
         if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
             return []
+        notes, cuts = Ingest._notes(reply, lambda n: (items[n].route.key, items[n].pkey))
+        for i, note in notes.items():
+            it = items[i]
+            it.result = EmitResult(it.route.key, it.pkey, event=it.event, **note)
+        return cuts
+
+    @staticmethod
+    def _notes(reply: list[Any], where: Callable[[int], tuple[str, str | None]]
+               ) -> tuple[dict[int, dict[str, Any]], list[str]]:
+        """What a stored call's reply says of the items it lists (cut, closed or overflowed), by
+        item number from 0, and the ids of the batches cut (to hand off). `where`: an item's
+        binding and partition key."""
         cut_ms = reply[0]
         notes: dict[int, dict[str, Any]] = {}
         cuts: list[str] = []
         fields = iter(reply)
         next(fields)
         for item, kind, batch_id, blob in zip(fields, fields, fields, fields, strict=True):
-            it = items[item - 1]
-            binding, pkey = it.route.key, it.pkey
+            binding, pkey = where(item - 1)
             note = notes.setdefault(item - 1, {})
             if kind == b"overflow":
                 note["overflowed"] = 1
@@ -529,10 +616,7 @@ class Ingest:
                                         discarded=discarded, cut_at_ms=cut_ms)
                 if not discarded:
                     cuts.append(bid)
-        for i, note in notes.items():
-            it = items[i]
-            it.result = EmitResult(it.route.key, it.pkey, event=it.event, **note)
-        return cuts
+        return notes, cuts
 
     # expiry and drop --------------------------------------------------------------------
 
