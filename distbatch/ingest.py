@@ -192,26 +192,29 @@ class Ingest:
             reg = yield from self.registry.load()
         routes = reg.routes.get(source, [])
         if not routes:
-            routes = yield from self._recheck_unbound(source, reg)
+            reg = yield from self._recheck_unbound(source, reg)
+            routes = reg.routes.get(source, [])
             if not routes:
                 return []
         window_now = b"" if now is None else b"%d" % now
         if len(routes) == 1 and self.layout.count == 1:
-            return (yield from self._emit_single(source, routes[0], payload_list, events, window_now))
+            return (yield from self._emit_single(source, reg, routes[0], payload_list, events, window_now))
         items = self.plan(routes, payload_list)
-        return (yield from self._send_chunks(source, payload_list, items, len(routes), window_now, events,
-                                             done=[]))
+        return (yield from self._send_chunks(source, reg, payload_list, items, len(routes), window_now,
+                                             events, done=[]))
 
-    def _send_chunks(self, source: str, payload_list: list[Mapping[str, Any]], items: list[_Item],
-                     per_event: int, window_now: bytes, events: list[bytes],
+    def _send_chunks(self, source: str, reg: Snapshot, payload_list: list[Mapping[str, Any]],
+                     items: list[_Item], per_event: int, window_now: bytes, events: list[bytes],
                      done: list[_Item]) -> Proc[list[EmitResult]]:
-        """Store planned items (`per_event` to an event) chunk by chunk, after `done`: the items
-        stored before them."""
+        """Store items planned under `reg` (`per_event` to an event) chunk by chunk, after
+        `done`: the items stored before them. Every chunk goes under `reg`'s epoch: after the
+        bindings change, each chunk still planned under the old ones is refused as stale and
+        planned again, never stored into a binding that is gone."""
         step = max(1, self.chunk_size // per_event) * per_event
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             try:
-                done += yield from self._send(source, payload_list, chunk, window_now, events)
+                done += yield from self._send(source, reg, payload_list, chunk, window_now, events)
             except _SendFailed as err:
                 raise _emit_error(done, err.items, err.refused, len(events), err.cause) from err.cause
             except TRANSIENT as exc:  # a read between two chunks' calls
@@ -220,13 +223,14 @@ class Ingest:
                 raise _emit_error(done, [], frozenset(), len(events), exc) from exc
         return [it.result for it in done if it.result is not None]
 
-    def _emit_single(self, source: str, route: Route, payloads: list[Mapping[str, Any]], events: list[bytes],
-                     window_now: bytes) -> Proc[list[EmitResult]]:
+    def _emit_single(self, source: str, reg: Snapshot, route: Route, payloads: list[Mapping[str, Any]],
+                     events: list[bytes], window_now: bytes) -> Proc[list[EmitResult]]:
         """`emit_many` for one binding on one shard (the common case) without an `_Item` per
         event: objects that live through a call's round trip are what the caller's cyclic
         collector promotes, and enough promotions set off a full collection of the caller's
-        whole heap (`tests/test_allocation.py`). At a stale registry the general path takes over;
-        a failure is reported as there."""
+        whole heap (`tests/test_allocation.py`). Every chunk goes under the epoch of `reg`, the
+        registry it was planned with; at a stale one the general path takes over. A failure is
+        reported as there."""
         pkeys, members = self._keys_of(route, payloads, 0)
         out: list[EmitResult] = []
         key, new = route.key, tuple.__new__  # a named tuple without its Python-level __new__
@@ -236,8 +240,8 @@ class Ingest:
 
         for start in range(0, len(events), self.chunk_size):
             stop = min(start + self.chunk_size, len(events))
-            (reply,) = yield Store(partial(self._single_calls, route, members, start, stop,
-                                           self.registry.cached.epoch, window_now, events))
+            (reply,) = yield Store(partial(self._single_calls, route, members, start, stop, reg.epoch,
+                                           window_now, events))
             if isinstance(reply, BaseException) or reply[0] == -1:
                 done = [_Item(i, route, pkeys[i], members[i], 0, r) for i, r in enumerate(out)]
                 rest = [_Item(i, route, pkeys[i], members[i], 0) for i in range(start, len(events))]
@@ -246,7 +250,8 @@ class Ingest:
                     refused = frozenset(map(id, failed)) if isinstance(reply, NotSent) else frozenset()
                     raise _emit_error(done, failed, refused, len(events), reply) from reply
                 # nothing of this chunk was stored: the general path plans it again
-                return (yield from self._send_chunks(source, payloads, rest, 1, window_now, events, done))
+                return (yield from self._send_chunks(source, reg, payloads, rest, 1, window_now, events,
+                                                     done))
             queued = reply.pop() if self.queue_key is not None and reply[0] != -2 else -1
             out += [new(EmitResult, (key, pkeys[i], None, 0, None, i)) for i in range(start, stop)]
             cuts: list[str] = []
@@ -364,14 +369,14 @@ class Ingest:
                 return PayloadError(exc.code, f"event {i}: {exc}; nothing was stored", event=i)
         return exc
 
-    def _recheck_unbound(self, source: str, reg: Snapshot) -> Proc[list[Route]]:
-        """No binding for `source` in our copy: maybe one was registered since; one GET tells."""
+    def _recheck_unbound(self, source: str, reg: Snapshot) -> Proc[Snapshot]:
+        """No binding for `source` in our copy: maybe one was registered since; one GET tells.
+        Returns the registry to plan with (and send under)."""
         if (yield from self.registry.current_epoch()) != reg.epoch:
             reg = yield from self.registry.load()
-        routes = reg.routes.get(source, [])
-        if not routes:
+        if not reg.routes.get(source):
             self._warn_unbound(source)
-        return routes
+        return reg
 
     def plan(self, routes: list[Route], payloads: Sequence[Mapping[str, Any]],
              offset: int = 0) -> list[_Item]:
@@ -454,11 +459,13 @@ class Ingest:
                 source, self.keys.namespace, extra={"event": "source_unbound", "source": source},
             )
 
-    def _send(self, source: str, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
+    def _send(self, source: str, reg: Snapshot, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
               window_now: bytes, events: list[bytes]) -> Proc[list[_Item]]:
-        """Store a chunk: one call per shard. Items refused as stale (the registry changed) are
-        planned again under the new registry: an event none of whose items was stored gets the
-        new routes; one stored in part keeps its other bindings and loses only dropped ones."""
+        """Store a chunk planned under `reg`: one call per shard, under `reg`'s epoch (not the
+        cache's, which another thread may have moved on: the plan would go in unchecked). Items
+        refused as stale (the registry changed) are planned again under the new registry: an
+        event none of whose items was stored gets the new routes; one stored in part keeps its
+        other bindings and loses only dropped ones."""
         final: dict[int, list[_Item]] | None = None  # per event; built only after a stale reply
 
         def in_order() -> list[_Item]:
@@ -467,9 +474,6 @@ class Ingest:
         pending = chunk
         one_shard = self.layout.count == 1
         for _ in range(10):
-            reg = self.registry.cached
-            if not reg.loaded:
-                reg = yield from self.registry.load()
             by_shard: dict[int, list[_Item]]
             if one_shard:
                 by_shard = {0: pending}

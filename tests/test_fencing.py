@@ -370,6 +370,37 @@ def test_redis_lost_while_re_reading_bindings_mid_emit_is_an_emit_error(make_bat
     assert batcher.counters()["events_in:f@v1"] == 10
 
 
+@pytest.mark.parametrize("reload", [False, True])
+@pytest.mark.parametrize("bindings", [1, 2])
+def test_a_chunk_is_sent_under_the_registry_it_was_planned_with(make_batcher, client, bindings: int,
+                                                                 reload: bool) -> None:
+    """Between two chunks of one `emit_many`, the binding is dropped and another registered
+    (and, with `reload`, another thread of the same batcher reloads the bindings at once). Every
+    later chunk, planned under the old bindings, must be refused as stale and planned again, not
+    sent under the new epoch into the dropped binding's buffers: the chunk after the one that
+    found the change included. With one binding and with two: both send paths."""
+    a, other = make_batcher(chunk_size=10, shards=1), make_batcher(shards=1)
+    for n in range(bindings):
+        a.register(f"f{n}", version="v1", source="src", handler="m.h", batch={"count": 5, "window": "1h"})
+
+    def change_and_reload(ids: object) -> None:
+        if "g@v1" not in other.bindings():
+            for n in range(bindings):
+                other.drop(f"f{n}@v1")
+            other.register("g", version="v1", source="src", handler="m.h",
+                           batch={"count": 100, "window": "1h"})
+            if reload:
+                a.bindings()  # what another thread of `a` does when its own call is refused as stale
+
+    a.on_cut = change_and_reload
+    results = a.emit_many("src", [{"n": i} for i in range(25)])
+    first = 10 // bindings  # the events of the first chunk
+    assert [r.binding for r in results] == [f"f{n}@v1" for _ in range(first) for n in range(bindings)] \
+        + ["g@v1"] * (25 - first)
+    assert client.llen(a.keys.buffer("g@v1", None)) == 25 - first
+    assert all(client.llen(a.keys.buffer(f"f{n}@v1", None)) == 0 for n in range(bindings))
+
+
 def test_a_failing_hand_off_never_fails_emit(batcher: Batcher, caplog: pytest.LogCaptureFixture) -> None:
     def broken(ids: Any) -> None:
         raise redis.ConnectionError("queue Redis down")
