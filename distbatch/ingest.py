@@ -63,6 +63,10 @@ class _Item:
     result: EmitResult | None = None
 
 
+_Sent = tuple[dict[int, list[_Item]], list[Any]]
+"""Calls made already: the items of each shard's call, and the replies in that order."""
+
+
 class One(NamedTuple):
     """A single emit, planned: see `Ingest.one`. (A named tuple: a frozen dataclass's
     `__init__` costs a microsecond on this path.)"""
@@ -197,7 +201,7 @@ class Ingest:
             if not routes:
                 return []
         window_now = b"" if now is None else b"%d" % now
-        if len(routes) == 1 and self.layout.count == 1:
+        if len(routes) == 1:
             return (yield from self._emit_single(source, reg, routes[0], payload_list, events, window_now))
         items = self.plan(routes, payload_list)
         return (yield from self._send_chunks(source, reg, payload_list, items, len(routes), window_now,
@@ -205,16 +209,18 @@ class Ingest:
 
     def _send_chunks(self, source: str, reg: Snapshot, payload_list: list[Mapping[str, Any]],
                      items: list[_Item], per_event: int, window_now: bytes, events: list[bytes],
-                     done: list[_Item]) -> Proc[list[EmitResult]]:
+                     done: list[_Item], sent: _Sent | None = None) -> Proc[list[EmitResult]]:
         """Store items planned under `reg` (`per_event` to an event) chunk by chunk, after
         `done`: the items stored before them. Every chunk goes under `reg`'s epoch: after the
         bindings change, each chunk still planned under the old ones is refused as stale and
-        planned again, never stored into a binding that is gone."""
+        planned again, never stored into a binding that is gone. `sent`: the first chunk's calls
+        were made already (by shard, with their replies)."""
         step = max(1, self.chunk_size // per_event) * per_event
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             try:
-                done += yield from self._send(source, reg, payload_list, chunk, window_now, events)
+                done += yield from self._send(source, reg, payload_list, chunk, window_now, events, sent)
+                sent = None
             except _SendFailed as err:
                 raise _emit_error(done, err.items, err.refused, len(events), err.cause) from err.cause
             except TRANSIENT as exc:  # a read between two chunks' calls
@@ -225,53 +231,75 @@ class Ingest:
 
     def _emit_single(self, source: str, reg: Snapshot, route: Route, payloads: list[Mapping[str, Any]],
                      events: list[bytes], window_now: bytes) -> Proc[list[EmitResult]]:
-        """`emit_many` for one binding on one shard (the common case) without an `_Item` per
-        event: objects that live through a call's round trip are what the caller's cyclic
-        collector promotes, and enough promotions set off a full collection of the caller's
-        whole heap (`tests/test_allocation.py`). Every chunk goes under the epoch of `reg`, the
-        registry it was planned with; at a stale one the general path takes over. A failure is
-        reported as there."""
+        """`emit_many` for one binding (the common case) without an `_Item` per event: objects
+        that live through a call's round trip are what the caller's cyclic collector promotes,
+        and enough promotions set off a full collection of the caller's whole heap
+        (`tests/test_allocation.py`). Every chunk goes under the epoch of `reg`, the registry it
+        was planned with. A chunk whose reply is not plain (a stale registry, a failure) is
+        handed, with its replies, to the general path, which plans again or reports."""
         pkeys, members = self._keys_of(route, payloads, 0)
+        n = self.layout.count
+        shards = [shard_of(m, n) for m in members] if n > 1 else None
         out: list[EmitResult] = []
         key, new = route.key, tuple.__new__  # a named tuple without its Python-level __new__
 
-        def where(offset: int) -> Callable[[int], tuple[str, str | None]]:
-            return lambda n: (key, pkeys[offset + n])
+        def where(idx: Sequence[int]) -> Callable[[int], tuple[str, str | None]]:
+            return lambda k: (key, pkeys[idx[k]])
 
         for start in range(0, len(events), self.chunk_size):
             stop = min(start + self.chunk_size, len(events))
-            (reply,) = yield Store(partial(self._single_calls, route, members, start, stop, reg.epoch,
-                                           window_now, events))
-            if isinstance(reply, BaseException) or reply[0] == -1:
-                done = [_Item(i, route, pkeys[i], members[i], 0, r) for i, r in enumerate(out)]
-                rest = [_Item(i, route, pkeys[i], members[i], 0) for i in range(start, len(events))]
-                if isinstance(reply, BaseException):
-                    failed = rest[: stop - start]
-                    refused = frozenset(map(id, failed)) if isinstance(reply, NotSent) else frozenset()
-                    raise _emit_error(done, failed, refused, len(events), reply) from reply
-                # nothing of this chunk was stored: the general path plans it again
+            groups: dict[int, Sequence[int]]
+            if shards is None:
+                groups = {0: range(start, stop)}
+            else:
+                grouped: dict[int, list[int]] = {}
+                for i in range(start, stop):
+                    grouped.setdefault(shards[i], []).append(i)
+                groups = dict(grouped)
+            replies = yield Store(partial(self._single_calls, route, members, groups, reg.epoch, window_now,
+                                          events))
+            if any(isinstance(r, BaseException) or r[0] == -1 for r in replies):
+                def item(i: int, result: EmitResult | None = None) -> _Item:
+                    return _Item(i, route, pkeys[i], members[i], 0 if shards is None else shards[i], result)
+
+                done = [item(i, r) for i, r in enumerate(out)]
+                rest = [item(i) for i in range(start, len(events))]
+                sent = {s: [rest[i - start] for i in idx] for s, idx in groups.items()}, replies
                 return (yield from self._send_chunks(source, reg, payloads, rest, 1, window_now, events,
-                                                     done))
-            queued = reply.pop() if self.queue_key is not None and reply[0] != -2 else -1
+                                                     done, sent))
             out += [new(EmitResult, (key, pkeys[i], None, 0, None, i)) for i in range(start, stop)]
             cuts: list[str] = []
-            if reply[0] != -2:
-                notes, cuts = self._notes(reply, where(start))
-                for n, note in notes.items():
-                    out[start + n] = EmitResult(key, pkeys[start + n], event=start + n, **note)
-            if cuts or reply[0] == -2:
+            queued = -1
+            for idx, reply in zip(groups.values(), replies, strict=True):
+                if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
+                    continue
+                if self.queue_key is not None:
+                    queued = max(queued, reply.pop())  # the queue's length ends the reply
+                notes, cut = self._notes(reply, where(idx))
+                for k, note in notes.items():
+                    i = idx[k]
+                    out[i] = EmitResult(key, pkeys[i], event=i, **note)
+                cuts += cut
+            if cuts or any(r[0] == -2 for r in replies):
                 yield Handoff(cuts, queued if cuts else -1)
         return out
 
-    def _single_calls(self, route: Route, members: list[bytes], start: int, stop: int, epoch: bytes,
-                      window_now: bytes, events: list[bytes], emitter: str,
+    def _single_calls(self, route: Route, members: list[bytes], groups: dict[int, Sequence[int]],
+                      epoch: bytes, window_now: bytes, events: list[bytes], emitter: str,
                       calls: Iterator[int]) -> list[Call]:
-        keys, args, prefix = self._frame(0, [route], epoch, next(calls), emitter, window_now)
-        keys += [prefix + m for m in members[start:stop]]
-        if self.queue_key is not None:
-            keys.append(self.queue_key)
-        args += events[start:stop]
-        return [(keys, args)]
+        out: list[Call] = []
+        for shard, idx in groups.items():
+            keys, args, prefix = self._frame(shard, [route], epoch, next(calls), emitter, window_now)
+            if isinstance(idx, range):  # one shard: the whole chunk, in order
+                keys += [prefix + m for m in members[idx.start : idx.stop]]
+                args += events[idx.start : idx.stop]
+            else:
+                keys += [prefix + members[i] for i in idx]
+                args += [events[i] for i in idx]
+            if self.queue_key is not None:
+                keys.append(self.queue_key)
+            out.append((keys, args))
+        return out
 
     def emit_one(self, source: str, payload: Mapping[str, Any]) -> Proc[list[EmitResult]]:
         """`emit_many(source, [payload])`, straight through in the common case (`one`)."""
@@ -460,12 +488,13 @@ class Ingest:
             )
 
     def _send(self, source: str, reg: Snapshot, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
-              window_now: bytes, events: list[bytes]) -> Proc[list[_Item]]:
+              window_now: bytes, events: list[bytes], sent: _Sent | None = None) -> Proc[list[_Item]]:
         """Store a chunk planned under `reg`: one call per shard, under `reg`'s epoch (not the
         cache's, which another thread may have moved on: the plan would go in unchecked). Items
         refused as stale (the registry changed) are planned again under the new registry: an
         event none of whose items was stored gets the new routes; one stored in part keeps its
-        other bindings and loses only dropped ones."""
+        other bindings and loses only dropped ones. `sent`: the chunk's calls were made already
+        (by shard, with their replies): only the replies are read."""
         final: dict[int, list[_Item]] | None = None  # per event; built only after a stale reply
 
         def in_order() -> list[_Item]:
@@ -475,14 +504,18 @@ class Ingest:
         one_shard = self.layout.count == 1
         for _ in range(10):
             by_shard: dict[int, list[_Item]]
-            if one_shard:
-                by_shard = {0: pending}
+            if sent is not None:
+                by_shard, replies = sent
+                sent = None
             else:
-                by_shard = {}
-                for it in pending:
-                    by_shard.setdefault(it.shard, []).append(it)
+                if one_shard:
+                    by_shard = {0: pending}
+                else:
+                    by_shard = {}
+                    for it in pending:
+                        by_shard.setdefault(it.shard, []).append(it)
+                replies = yield Store(partial(self._calls, by_shard, reg.epoch, window_now, events))
             shards = list(by_shard)
-            replies = yield Store(partial(self._calls, by_shard, reg.epoch, window_now, events))
             stale: list[_Item] = []
             cuts: list[str] = []
             queued = -1

@@ -16,9 +16,10 @@ from distbatch import Batcher
 from tests.redis_server import RedisServer
 
 
+@pytest.mark.parametrize("shards", [1, 3])
 def test_emit_many_keeps_no_object_per_event_alive_through_its_round_trip(
-        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    b = Batcher.from_url(redis_server.url, namespace="gc-pressure")
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, shards: int) -> None:
+    b = Batcher.from_url(redis_server.url, namespace=f"gc-pressure-{shards}", shards=shards)
     b.register("g", version="v1", source="s", handler="m.h",
                batch={"count": 100, "window": "1h", "key": "k"})
     payloads = [{"k": str(i % 50), "i": i} for i in range(1000)]
@@ -41,4 +42,4 @@ def test_emit_many_keeps_no_object_per_event_alive_through_its_round_trip(
         gc.enable()
     assert [r.event for r in results] == list(range(1000))
     assert [r.partition_key for r in results[:3]] == ["0", "1", "2"]
-    assert len(live) == 1 and live[0] < 50, live  # a few lists, not one object per event
+    assert len(live) == 1 and live[0] < 50, live  # a few lists (per shard), not one object per event

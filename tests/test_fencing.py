@@ -339,6 +339,40 @@ def test_emit_error_says_exactly_what_was_stored(make_batcher, client,
     assert client.llen(batcher.keys.buffer("f@v1", None)) == 20
 
 
+def test_emit_error_across_shards_says_exactly_what_was_stored(make_batcher, monkeypatch) -> None:
+    """Three shards, one call per shard per chunk: Redis goes away after the first chunk. The
+    first chunk is stored, the second is uncertain, the third was never sent."""
+    b = make_batcher(shards=3, chunk_size=30)
+    b.register("f", version="v1", source="s", handler="m.h",
+               batch={"count": 1000, "window": "1h", "key": "k"})
+    failing = False
+    real_run, real_pipelined, real_call = b.transport.run, transport.pipelined, transport.call
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failing
+        replies = real_run(*args, **kwargs)
+        failing = True  # every call after the first chunk's
+        return replies
+
+    def failing_after(real: Any) -> Any:
+        def send(*args: Any) -> Any:
+            if failing:
+                raise redis.ConnectionError("Redis went away")
+            return real(*args)
+        return send
+
+    monkeypatch.setattr(b.transport, "run", run)
+    monkeypatch.setattr(transport, "pipelined", failing_after(real_pipelined))
+    monkeypatch.setattr(transport, "call", failing_after(real_call))  # the cluster's own resend
+    with pytest.raises(EmitError) as err:
+        b.emit_many("s", [{"k": i, "n": i} for i in range(90)])
+    e = err.value
+    assert e.stored == list(range(30)) and e.uncertain == list(range(30, 60))
+    assert e.not_sent == list(range(60, 90)) and [r.event for r in e.results] == list(range(30))
+    monkeypatch.undo()
+    assert b.counters()["events_in:f@v1"] == 30
+
+
 def test_redis_lost_while_re_reading_bindings_mid_emit_is_an_emit_error(make_batcher, client) -> None:
     """Chunk 1 is stored; the bindings change; chunk 2 is refused as stale, and Redis goes away
     while they are re-read. The caller must learn that chunk 1 was stored (not a bare
