@@ -201,11 +201,7 @@ class Ingest:
             if not routes:
                 return []
         window_now = b"" if now is None else b"%d" % now
-        if len(routes) == 1:
-            return (yield from self._emit_single(source, reg, routes[0], payload_list, events, window_now))
-        items = self.plan(routes, payload_list)
-        return (yield from self._send_chunks(source, reg, payload_list, items, len(routes), window_now,
-                                             events, done=[]))
+        return (yield from self._emit_compact(source, reg, routes, payload_list, events, window_now))
 
     def _send_chunks(self, source: str, reg: Snapshot, payload_list: list[Mapping[str, Any]],
                      items: list[_Item], per_event: int, window_now: bytes, events: list[bytes],
@@ -229,45 +225,64 @@ class Ingest:
                 raise _emit_error(done, [], frozenset(), len(events), exc) from exc
         return [it.result for it in done if it.result is not None]
 
-    def _emit_single(self, source: str, reg: Snapshot, route: Route, payloads: list[Mapping[str, Any]],
-                     events: list[bytes], window_now: bytes) -> Proc[list[EmitResult]]:
-        """`emit_many` for one binding (the common case) without an `_Item` per event: objects
-        that live through a call's round trip are what the caller's cyclic collector promotes,
-        and enough promotions set off a full collection of the caller's whole heap
-        (`tests/test_allocation.py`). Every chunk goes under the epoch of `reg`, the registry it
-        was planned with. A chunk whose reply is not plain (a stale registry, a failure) is
-        handed, with its replies, to the general path, which plans again or reports."""
-        pkeys, members = self._keys_of(route, payloads, 0)
+    def _emit_compact(self, source: str, reg: Snapshot, routes: list[Route],
+                      payloads: list[Mapping[str, Any]], events: list[bytes],
+                      window_now: bytes) -> Proc[list[EmitResult]]:
+        """`emit_many` without an object per (event, binding) item: objects that live through a
+        call's round trip are what the caller's cyclic collector promotes, and enough promotions
+        set off a full collection of the caller's whole heap (`tests/test_allocation.py`). Item
+        `j` is event `j // R` for binding `j % R` (R bindings), as `plan` orders them. Every
+        chunk goes under the epoch of `reg`, the registry it was planned with. A chunk whose
+        replies are not plain (a stale registry, a failure) is handed, with its replies, to the
+        general path, which plans again or reports."""
+        nr = len(routes)
+        keyed = [self._keys_of(r, payloads, 0) for r in routes]
+        pkeys, members = [k[0] for k in keyed], [k[1] for k in keyed]
         n = self.layout.count
-        shards = [shard_of(m, n) for m in members] if n > 1 else None
-        out: list[EmitResult] = []
-        key, new = route.key, tuple.__new__  # a named tuple without its Python-level __new__
+        shards = [[shard_of(m, n) for m in ms] for ms in members] if n > 1 else None
+        noted: dict[int, dict[str, Any]] = {}  # what the replies said of an item: the few cut or capped
+        new = tuple.__new__  # a named tuple without its Python-level __new__
 
         def where(idx: Sequence[int]) -> Callable[[int], tuple[str, str | None]]:
-            return lambda k: (key, pkeys[idx[k]])
+            return lambda k: (routes[idx[k] % nr].key, pkeys[idx[k] % nr][idx[k] // nr])
 
-        for start in range(0, len(events), self.chunk_size):
-            stop = min(start + self.chunk_size, len(events))
+        def results(stop: int) -> list[EmitResult]:
+            """Items 0..stop-1, stored: made at the end, so none lives through a round trip."""
+            if nr == 1:
+                key, keys0 = routes[0].key, pkeys[0]
+                out = [new(EmitResult, (key, keys0[i], None, 0, None, i)) for i in range(stop)]
+            else:
+                out = [new(EmitResult, (routes[j % nr].key, pkeys[j % nr][j // nr], None, 0, None, j // nr))
+                       for j in range(stop)]
+            for j, note in noted.items():
+                if j < stop:
+                    out[j] = EmitResult(routes[j % nr].key, pkeys[j % nr][j // nr], event=j // nr, **note)
+            return out
+
+        def item(j: int, result: EmitResult | None = None) -> _Item:
+            e, r = divmod(j, nr)
+            shard = 0 if shards is None else shards[r][e]
+            return _Item(e, routes[r], pkeys[r][e], members[r][e], shard, result)
+
+        total, step = len(events) * nr, max(1, self.chunk_size // nr) * nr
+        for start in range(0, total, step):
+            stop = min(start + step, total)
             groups: dict[int, Sequence[int]]
             if shards is None:
                 groups = {0: range(start, stop)}
             else:
                 grouped: dict[int, list[int]] = {}
-                for i in range(start, stop):
-                    grouped.setdefault(shards[i], []).append(i)
+                for j in range(start, stop):
+                    grouped.setdefault(shards[j % nr][j // nr], []).append(j)
                 groups = dict(grouped)
-            replies = yield Store(partial(self._single_calls, route, members, groups, reg.epoch, window_now,
+            replies = yield Store(partial(self._compact_calls, routes, members, groups, reg.epoch, window_now,
                                           events))
             if any(isinstance(r, BaseException) or r[0] == -1 for r in replies):
-                def item(i: int, result: EmitResult | None = None) -> _Item:
-                    return _Item(i, route, pkeys[i], members[i], 0 if shards is None else shards[i], result)
-
-                done = [item(i, r) for i, r in enumerate(out)]
-                rest = [item(i) for i in range(start, len(events))]
-                sent = {s: [rest[i - start] for i in idx] for s, idx in groups.items()}, replies
-                return (yield from self._send_chunks(source, reg, payloads, rest, 1, window_now, events,
+                done = [item(j, r) for j, r in enumerate(results(start))]
+                rest = [item(j) for j in range(start, total)]
+                sent = {s: [rest[j - start] for j in idx] for s, idx in groups.items()}, replies
+                return (yield from self._send_chunks(source, reg, payloads, rest, nr, window_now, events,
                                                      done, sent))
-            out += [new(EmitResult, (key, pkeys[i], None, 0, None, i)) for i in range(start, stop)]
             cuts: list[str] = []
             queued = -1
             for idx, reply in zip(groups.values(), replies, strict=True):
@@ -277,25 +292,40 @@ class Ingest:
                     queued = max(queued, reply.pop())  # the queue's length ends the reply
                 notes, cut = self._notes(reply, where(idx))
                 for k, note in notes.items():
-                    i = idx[k]
-                    out[i] = EmitResult(key, pkeys[i], event=i, **note)
+                    noted[idx[k]] = note
                 cuts += cut
             if cuts or any(r[0] == -2 for r in replies):
                 yield Handoff(cuts, queued if cuts else -1)
-        return out
+        return results(total)
 
-    def _single_calls(self, route: Route, members: list[bytes], groups: dict[int, Sequence[int]],
-                      epoch: bytes, window_now: bytes, events: list[bytes], emitter: str,
-                      calls: Iterator[int]) -> list[Call]:
+    def _compact_calls(self, routes: list[Route], members: list[list[bytes]],
+                       groups: dict[int, Sequence[int]], epoch: bytes, window_now: bytes,
+                       events: list[bytes], emitter: str, calls: Iterator[int]) -> list[Call]:
+        """One accumulate call per shard of `_emit_compact`'s items (`j`: event `j // R`, binding
+        `j % R`); as `_call` builds them, with only the bindings a shard's items go to."""
+        nr = len(routes)
         out: list[Call] = []
         for shard, idx in groups.items():
-            keys, args, prefix = self._frame(shard, [route], epoch, next(calls), emitter, window_now)
-            if isinstance(idx, range):  # one shard: the whole chunk, in order
-                keys += [prefix + m for m in members[idx.start : idx.stop]]
-                args += events[idx.start : idx.stop]
+            if nr == 1:
+                keys, args, prefix = self._frame(shard, routes, epoch, next(calls), emitter, window_now)
+                if isinstance(idx, range):  # one shard: the whole chunk, in order
+                    keys += [prefix + m for m in members[0][idx.start : idx.stop]]
+                    args += events[idx.start : idx.stop]
+                else:
+                    keys += [prefix + members[0][i] for i in idx]
+                    args += [events[i] for i in idx]
             else:
-                keys += [prefix + members[i] for i in idx]
-                args += [events[i] for i in idx]
+                numbers: dict[int, int] = {}
+                for j in idx:
+                    numbers.setdefault(j % nr, len(numbers) + 1)
+                keys, args, prefix = self._frame(shard, [routes[r] for r in numbers], epoch, next(calls),
+                                                 emitter, window_now)
+                keys += [prefix + members[j % nr][j // nr] for j in idx]
+                if len(numbers) == 1:
+                    args += [events[j // nr] for j in idx]
+                else:
+                    for j in idx:
+                        args += (numbers[j % nr], events[j // nr])
             if self.queue_key is not None:
                 keys.append(self.queue_key)
             out.append((keys, args))

@@ -16,12 +16,13 @@ from distbatch import Batcher
 from tests.redis_server import RedisServer
 
 
-@pytest.mark.parametrize("shards", [1, 3])
+@pytest.mark.parametrize(("shards", "bindings"), [(1, 1), (3, 1), (1, 2), (3, 2)])
 def test_emit_many_keeps_no_object_per_event_alive_through_its_round_trip(
-        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, shards: int) -> None:
-    b = Batcher.from_url(redis_server.url, namespace=f"gc-pressure-{shards}", shards=shards)
-    b.register("g", version="v1", source="s", handler="m.h",
-               batch={"count": 100, "window": "1h", "key": "k"})
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, shards: int, bindings: int) -> None:
+    b = Batcher.from_url(redis_server.url, namespace=f"gc-pressure-{shards}-{bindings}", shards=shards)
+    for n in range(bindings):
+        b.register(f"g{n}", version="v1", source="s", handler="m.h",
+                   batch={"count": 100, "window": "1h", "key": "k"})
     payloads = [{"k": str(i % 50), "i": i} for i in range(1000)]
     b.emit_many("s", payloads[:10])  # registry, scripts and member cache are warm
     live: list[int] = []
@@ -40,6 +41,7 @@ def test_emit_many_keeps_no_object_per_event_alive_through_its_round_trip(
         results = b.emit_many("s", payloads)
     finally:
         gc.enable()
-    assert [r.event for r in results] == list(range(1000))
-    assert [r.partition_key for r in results[:3]] == ["0", "1", "2"]
-    assert len(live) == 1 and live[0] < 50, live  # a few lists (per shard), not one object per event
+    assert [r.event for r in results] == [i for i in range(1000) for _ in range(bindings)]
+    assert [r.binding for r in results[:2 * bindings]] == [f"g{n}@v1" for n in range(bindings)] * 2
+    assert [r.partition_key for r in results[: 3 * bindings : bindings]] == ["0", "1", "2"]
+    assert len(live) == bindings and max(live) < 100, live  # a few lists and closures, not one per item

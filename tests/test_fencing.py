@@ -512,14 +512,14 @@ def test_first_emit_many_sizes_chunks_from_the_real_routes(make_batcher) -> None
     for i in range(20):
         a.register(f"b{i}", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
     b = make_batcher()  # a fresh instance: nothing loaded yet
-    real = b.core._call
+    real = b.core._compact_calls
     sizes: list[int] = []
 
-    def spy(shard: int, items: list[Any], *args: Any) -> Any:  # builds one script call
-        sizes.append(len(items))
-        return real(shard, items, *args)
+    def spy(routes: Any, members: Any, groups: dict[int, Any], *args: Any) -> Any:  # one call per shard
+        sizes.extend(len(idx) for idx in groups.values())
+        return real(routes, members, groups, *args)
 
-    b.core._call = spy  # type: ignore[method-assign]
+    b.core._compact_calls = spy  # type: ignore[method-assign]
     b.emit_many("s", [{"n": i} for i in range(1000)])
     assert sum(sizes) == 20_000 and max(sizes) <= b.chunk_size
 
