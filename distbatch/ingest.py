@@ -201,33 +201,44 @@ class Ingest:
             if not routes:
                 return []
         window_now = b"" if now is None else b"%d" % now
-        return (yield from self._emit_compact(source, reg, routes, payload_list, events, window_now))
+        return (yield from self._emit_compact(source, reg, routes, payload_list, events, window_now,
+                                              self.chunk_size))
 
     def _send_chunks(self, source: str, reg: Snapshot, payload_list: list[Mapping[str, Any]],
                      items: list[_Item], per_event: int, window_now: bytes, events: list[bytes],
-                     done: list[_Item], sent: _Sent | None = None) -> Proc[list[EmitResult]]:
-        """Store items planned under `reg` (`per_event` to an event) chunk by chunk, after
-        `done`: the items stored before them. Every chunk goes under `reg`'s epoch: after the
-        bindings change, each chunk still planned under the old ones is refused as stale and
-        planned again, never stored into a binding that is gone. `sent`: the first chunk's calls
-        were made already (by shard, with their replies)."""
-        step = max(1, self.chunk_size // per_event) * per_event
-        for start in range(0, len(items), step):
+                     done: list[_Item], size: int, sent: _Sent | None = None) -> Proc[list[EmitResult]]:
+        """Store items planned under `reg` (`per_event` to an event) in chunks of about `size`
+        items (the call's chunk size, read once), after `done`: the items stored before them.
+        Every chunk goes under the epoch of the registry it was planned with: a chunk refused as
+        stale is planned again (`_send`), and so is the rest of the call, at once, under the
+        bindings just read, so it never goes into a binding that is gone nor is refused chunk by
+        chunk. `sent`: the first chunk's calls were made already (by shard, with their replies)."""
+        start = 0
+        while start < len(items):
+            step = max(1, size // per_event) * per_event
             chunk = items[start : start + step]
             try:
-                done += yield from self._send(source, reg, payload_list, chunk, window_now, events, sent)
-                sent = None
+                stored, now = yield from self._send(source, reg, payload_list, chunk, window_now, events,
+                                                    sent)
             except _SendFailed as err:
                 raise _emit_error(done, err.items, err.refused, len(events), err.cause) from err.cause
             except TRANSIENT as exc:  # a read between two chunks' calls
                 if not done:
                     raise  # nothing stored
                 raise _emit_error(done, [], frozenset(), len(events), exc) from exc
+            done += stored
+            sent = None
+            start += len(chunk)
+            if now is not reg and start < len(items):  # the rest: planned under the bindings now
+                reg, first = now, items[start].event
+                routes = reg.routes.get(source, [])
+                items = items[:start] + self.plan(routes, payload_list[first:], offset=first)
+                per_event = max(1, len(routes))
         return [it.result for it in done if it.result is not None]
 
     def _emit_compact(self, source: str, reg: Snapshot, routes: list[Route],
-                      payloads: list[Mapping[str, Any]], events: list[bytes],
-                      window_now: bytes) -> Proc[list[EmitResult]]:
+                      payloads: list[Mapping[str, Any]], events: list[bytes], window_now: bytes,
+                      size: int) -> Proc[list[EmitResult]]:
         """`emit_many` without an object per (event, binding) item: objects that live through a
         call's round trip are what the caller's cyclic collector promotes, and enough promotions
         set off a full collection of the caller's whole heap (`tests/test_allocation.py`). Item
@@ -264,7 +275,7 @@ class Ingest:
             shard = 0 if shards is None else shards[r][e]
             return _Item(e, routes[r], pkeys[r][e], members[r][e], shard, result)
 
-        total, step = len(events) * nr, max(1, self.chunk_size // nr) * nr
+        total, step = len(events) * nr, max(1, size // nr) * nr
         for start in range(0, total, step):
             stop = min(start + step, total)
             groups: dict[int, Sequence[int]]
@@ -282,7 +293,7 @@ class Ingest:
                 rest = [item(j) for j in range(start, total)]
                 sent = {s: [rest[j - start] for j in idx] for s, idx in groups.items()}, replies
                 return (yield from self._send_chunks(source, reg, payloads, rest, nr, window_now, events,
-                                                     done, sent))
+                                                     done, size, sent))
             cuts: list[str] = []
             queued = -1
             for idx, reply in zip(groups.values(), replies, strict=True):
@@ -518,13 +529,15 @@ class Ingest:
             )
 
     def _send(self, source: str, reg: Snapshot, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
-              window_now: bytes, events: list[bytes], sent: _Sent | None = None) -> Proc[list[_Item]]:
+              window_now: bytes, events: list[bytes],
+              sent: _Sent | None = None) -> Proc[tuple[list[_Item], Snapshot]]:
         """Store a chunk planned under `reg`: one call per shard, under `reg`'s epoch (not the
         cache's, which another thread may have moved on: the plan would go in unchecked). Items
         refused as stale (the registry changed) are planned again under the new registry: an
         event none of whose items was stored gets the new routes; one stored in part keeps its
         other bindings and loses only dropped ones. `sent`: the chunk's calls were made already
-        (by shard, with their replies): only the replies are read."""
+        (by shard, with their replies): only the replies are read. Returns the chunk's items and
+        the registry its last calls went under (`reg` itself if the bindings did not change)."""
         final: dict[int, list[_Item]] | None = None  # per event; built only after a stale reply
 
         def in_order() -> list[_Item]:
@@ -592,7 +605,7 @@ class Ingest:
                 break
         else:
             raise RuntimeError("bindings kept changing while emitting; gave up")
-        return in_order()
+        return in_order(), reg
 
     def _calls(self, by_shard: dict[int, list[_Item]], epoch: bytes, window_now: bytes,
                events: list[bytes], emitter: str, calls: Iterator[int]) -> list[Call]:
