@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -339,11 +340,10 @@ def test_emit_error_says_exactly_what_was_stored(make_batcher, client,
     assert client.llen(batcher.keys.buffer("f@v1", None)) == 20
 
 
-@pytest.mark.parametrize("new_size", [8, 2])
-def test_a_chunk_size_changed_mid_emit_loses_nothing(make_batcher, client, new_size: int) -> None:
-    """The bindings change while an `emit_many` runs, and another thread sets `chunk_size`: the
-    chunk refused as stale is planned again as it was sent, and every event is stored once (a
-    size read twice had the retry take unsent events as sent, or lose track of some)."""
+def _before_the_second_call(make_batcher: Any,
+                            change: Callable[[Batcher, Batcher], object]) -> tuple[Batcher, list[int]]:
+    """A batcher (chunk size 4, binding g0 on source s) on which `change(it, other instance)`
+    runs just before its second script call goes; the list counts its script calls."""
     b, other = make_batcher(chunk_size=4, shards=1), make_batcher(shards=1)
     b.register("g0", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"})
     b.emit_many("s", [{"i": -1}])
@@ -351,13 +351,25 @@ def test_a_chunk_size_changed_mid_emit_loses_nothing(make_batcher, client, new_s
 
     def run(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
-        if calls[0] == 2:  # before the second chunk goes: a new binding, and a new chunk size
-            other.register("g1", version="v1", source="s", handler="m.h",
-                           batch={"count": 100, "window": "1h"})
-            b.chunk_size = new_size
+        if calls[0] == 2:
+            change(b, other)
         return real(*args, **kwargs)
 
     b.transport.run = run  # type: ignore[method-assign]
+    return b, calls
+
+
+@pytest.mark.parametrize("new_size", [8, 2])
+def test_a_chunk_size_changed_mid_emit_loses_nothing(make_batcher, new_size: int) -> None:
+    """The bindings change while an `emit_many` runs, and another thread sets `chunk_size`: the
+    chunk refused as stale is planned again as it was sent, and every event is stored once (a
+    size read twice had the retry take unsent events as sent, or lose track of some)."""
+    def change(b: Batcher, other: Batcher) -> None:
+        other.register("g1", version="v1", source="s", handler="m.h",
+                       batch={"count": 100, "window": "1h"})
+        b.chunk_size = new_size
+
+    b, _ = _before_the_second_call(make_batcher, change)
     results = b.emit_many("s", [{"i": i} for i in range(12)])
     assert sorted({r.event for r in results}) == list(range(12))
     assert b.counters()["events_in:g0@v1"] == 13 and b.counters()["events_in:g1@v1"] == 8
@@ -367,19 +379,8 @@ def test_after_the_bindings_change_mid_emit_the_rest_is_planned_once_under_the_n
     """A binding registered for another source between two chunks: the chunk sent under the old
     epoch is refused once and sent again; the chunks after it are planned under the new
     bindings at once, not each refused in turn."""
-    b, other = make_batcher(chunk_size=4, shards=1), make_batcher(shards=1)
-    b.register("g0", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"})
-    b.emit_many("s", [{"i": -1}])
-    real, calls = b.transport.run, [0]
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 2:
-            other.register("x", version="v1", source="elsewhere", handler="m.h",
-                           batch={"count": 100, "window": "1h"})
-        return real(*args, **kwargs)
-
-    b.transport.run = run  # type: ignore[method-assign]
+    b, calls = _before_the_second_call(make_batcher, lambda b, other: other.register(
+        "x", version="v1", source="elsewhere", handler="m.h", batch={"count": 100, "window": "1h"}))
     results = b.emit_many("s", [{"i": i} for i in range(40)])
     assert len(results) == 40
     assert calls[0] == 10 + 1  # ten chunks, one of them refused as stale once
