@@ -232,7 +232,7 @@ class Ingest:
             if now is not reg and start < len(items):  # the rest: planned under the bindings now
                 reg, first = now, items[start].event
                 routes = reg.routes.get(source, [])
-                items = items[:start] + self.plan(routes, payload_list[first:], offset=first)
+                items, start = self.plan(routes, payload_list[first:], offset=first), 0
                 per_event = max(1, len(routes))
         return [it.result for it in done if it.result is not None]
 
