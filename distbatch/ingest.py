@@ -297,9 +297,11 @@ class Ingest:
             cuts: list[str] = []
             queued = -1
             for idx, reply in zip(groups.values(), replies, strict=True):
-                if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
-                    continue
-                if self.queue_key is not None:
+                if reply[0] == -2:  # ran before, its reply lost: the resend says what it reported
+                    reply = reply[1:]
+                    if not reply:
+                        continue
+                elif self.queue_key is not None:
                     queued = max(queued, reply.pop())  # the queue's length ends the reply
                 notes, cut = self._notes(reply, where(idx))
                 for k, note in notes.items():
@@ -655,8 +657,10 @@ class Ingest:
         new = tuple.__new__  # a named tuple without its Python-level __new__: one per item
         for it in items:
             it.result = new(EmitResult, (it.route.key, it.pkey, None, 0, None, it.event))
-        if reply[0] == -2:  # ran before; its reply (which batches it cut) was lost
-            return []
+        if reply[0] == -2:  # ran before, its reply lost: the resend says what it reported
+            reply = reply[1:]
+            if not reply:
+                return []
         notes, cuts = Ingest._notes(reply, lambda n: (items[n].route.key, items[n].pkey))
         for i, note in notes.items():
             it = items[i]

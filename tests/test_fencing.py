@@ -223,6 +223,116 @@ def test_lost_accumulate_reply_never_stores_an_event_twice(
     assert r.batch is not None and [e.payload["n"] for e in r.batch.events] == [0, 1, 2]
 
 
+def _through_proxy(proxy: FaultProxy, namespace: str, retries: int, **kw: Any) -> Batcher:
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=Retry(NoBackoff(), retries))
+    return Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False, **kw)
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_a_resent_emit_reports_the_batch_its_first_send_cut(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """The call that completed a batch ran, and its reply was lost: the resend is not stored again,
+    and its result still names the batch that call cut, with its events, as the lost reply did
+    (the spec: `.batch` is the batch this event completed)."""
+    b = _through_proxy(proxy, namespace, 3 if retrying_client else 0)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+    b.emit("s", {"n": 0})
+    b.emit("s", {"n": 1})  # the single emit's script is loaded: the lost reply is its run's
+    proxy.drop_next_reply(b"EVALSHA")
+    (r,) = b.emit("s", {"n": 2})
+    assert proxy.fired == 1
+    assert r.batch is not None and r.batch.reason == "count"
+    assert [e.payload["n"] for e in r.batch.events] == [0, 1, 2]
+    assert b.records.get_batch(r.batch.id).id == r.batch.id
+    direct = redis.Redis.from_url(redis_server.url)
+    assert direct.zrange(b.keys.ready, 0, -1) == [r.batch.id.encode()]
+    assert b.counters()["events_in:f@v1"] == 3
+
+
+@pytest.mark.parametrize("bindings", [1, 2])
+def test_a_resent_emit_many_reports_what_its_first_send_cut_closed_and_dropped(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, bindings: int
+) -> None:
+    """emit_many's call cut a batch at count, closed an expired buffer and dropped the oldest event
+    of a full one; the reply was lost. The resend reports all three, as the lost reply did."""
+    b = _through_proxy(proxy, namespace, 0)
+    clock = b.clock
+    assert isinstance(clock, ManualClock)
+    for v in range(1, bindings + 1):
+        b.register("f", version=f"v{v}", source="s", handler="m.h",
+                   batch={"count": 2, "window": "1m", "key": "k"})
+    b.emit_many("s", [{"k": "late", "n": 0}, {"k": "cut", "n": 1}])
+    clock.advance("2m")  # both windows ran out; no sweeper ran
+    b.emit_many("s", [{"k": "cut", "n": 2}])  # closes "cut" as expired: [2] in a fresh window
+    proxy.drop_next_reply(b"EVALSHA")
+    results = b.emit_many("s", [{"k": "late", "n": 4}, {"k": "cut", "n": 5}])
+    assert proxy.fired == 1
+    by = {(r.binding, r.partition_key): r for r in results}
+    for v in range(1, bindings + 1):
+        late, cut = by[f"f@v{v}", "late"], by[f"f@v{v}", "cut"]
+        assert late.batch is None and late.expired is not None and late.expired.reason == "expired"
+        assert [e.payload["n"] for e in late.expired.events] == [0]
+        assert cut.batch is not None and [e.payload["n"] for e in cut.batch.events] == [2, 5]
+        assert cut.expired is None
+    assert b.counters()[f"events_in:f@v{bindings}"] == 5
+
+
+def test_a_resend_reports_the_overflow_its_first_send_made(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str
+) -> None:
+    from distbatch.config import BUFFER_CAP
+
+    b = _through_proxy(proxy, namespace, 0)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
+    b.emit_many("s", [{"n": i} for i in range(BUFFER_CAP - 1)])
+    b.emit("s", {"n": BUFFER_CAP - 1})  # at the cap; the single emit's script is loaded
+    proxy.drop_next_reply(b"EVALSHA")
+    (r,) = b.emit("s", {"n": BUFFER_CAP})
+    assert proxy.fired == 1
+    assert r.overflowed == 1 and r.batch is None
+
+
+@pytest.mark.parametrize("single", [True, False], ids=["emit", "emit_many"])
+def test_every_resend_of_a_call_that_cut_names_its_batch_even_once_delivered(
+    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch, single: bool
+) -> None:
+    """A call that cut a batch ran and its reply was lost; a worker delivered the batch before the
+    resend, whose reply was lost too. Every resend names the batch the call cut (its events are
+    gone with its record), stores nothing again and makes nothing ready again."""
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    b.emit("s", {"n": 0})
+    b.emit("s", {"n": 0})
+    b.emit("s", {"n": 0})  # registry and scripts loaded, one event buffered
+    delivered: list[str] = []
+
+    def deliver() -> None:
+        claim = b.records.claim_next(10_000)
+        assert claim is not None
+        assert b.records.complete(claim.batch.id, claim.token) == 2
+        delivered.append(claim.batch.id)
+
+    deliver()
+
+    def lose_replies(real: Callable[..., Any]) -> Callable[..., Any]:
+        def send(self: transport.Transport, *args: Any, **kw: Any) -> Any:
+            real(self, *args, **kw)  # Redis ran it; the reply is lost
+            deliver()
+            real(self, *args, **kw)  # the resend's reply is lost too
+            return real(self, *args, **kw)
+        return send
+
+    monkeypatch.setattr(transport.Transport, "run", lose_replies(transport.Transport.run))
+    monkeypatch.setattr(transport.Transport, "run_one", lose_replies(transport.Transport.run_one))
+    (r,) = b.emit("s", {"n": 1}) if single else b.emit_many("s", [{"n": 1}])
+    monkeypatch.undo()
+    assert r.batch is not None and r.batch.id == delivered[1] and r.batch.reason == "count"
+    assert r.batch.events == []
+    assert b.client.zcard(b.keys.ready) == 0 and b.counters()["events_in:f@v1"] == 4
+    assert b.counters()["events_delivered:f@v1"] == 4
+
+
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_lost_reply_of_a_call_refused_as_stale_is_refused_again_not_taken_as_stored(
     proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool

@@ -12,6 +12,7 @@
 --       its event's msgpack bytes, preceded by the item's route number when n_routes > 1
 -- Returns {-1, current_regver} when the caller's bindings are stale (nothing written),
 --         {-2} when this call id already ran (a retry after a lost reply; nothing written again),
+--         followed by what that call reported if it reported anything (`call_once`),
 --         else {real_now, then per notable item: item number (1-based), kind, batch_id, events}
 --         with kind 'count' (cut at count), 'expired' (the expired buffer it closed, cut),
 --         'discard' (the expired buffer it closed, discarded) or 'overflow' (cap: oldest
@@ -123,6 +124,7 @@ end
 if woke then
   redis.call('PUBLISH', k_wake, earliest)
 end
+-- @include remember_notes
 if k_queue then
   out[#out + 1] = made_ready and redis.call('LLEN', k_queue) or -1
 end

@@ -76,6 +76,7 @@ end
 if woke then
   redis.call('PUBLISH', k_wake, woke)
 end
+-- @include remember_notes
 if #KEYS == 14 then
   out[#out + 1] = made_ready and redis.call('LLEN', KEYS[13]) or -1
 end

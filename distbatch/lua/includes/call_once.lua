@@ -1,10 +1,29 @@
 -- The call id first: a retry of a call that ran must not be re-run after a reload either. One
 -- SET ... GET takes the id and says whether it was taken before (Redis 6.2+); a stale call puts
 -- the previous id back, so that a resend of it is refused as stale again, never taken as run.
--- Needs locals: k_call, k_regver, call_id, expected_regver. Returns from the script: {-2} when
--- this call id already ran, {-1, current_regver} when the caller's bindings are stale.
+-- A call that had something to report (a cut, an expired buffer closed, an overflow) left its
+-- notes after its id (`remember_notes`): its resend reports them again, so the caller learns
+-- which batches its lost reply named.
+-- Needs locals: k_call, k_regver, call_id, expected_regver, B (the cut keys' offset). Returns
+-- from the script: {-2} when this call id already ran and reported nothing, {-2, then what it
+-- reported} when it did (each batch's events as its record holds them, '' once delivered or
+-- discarded), {-1, current_regver} when the caller's bindings are stale.
 local prior = redis.call('SET', k_call, call_id, 'PX', 600000, 'GET')
 if prior == call_id then return {-2} end
+if prior and #prior > #call_id and string.byte(prior, #call_id + 1) == 124
+    and string.sub(prior, 1, #call_id) == call_id then  -- '<call_id>|<notes>'
+  redis.call('SET', k_call, prior, 'PX', 600000)  -- a further resend reports them too
+  local out, k_events = {-2}, KEYS[B + 3]
+  local fields = {}
+  for f in string.gmatch(string.sub(prior, #call_id + 2), '([^\n]*)\n') do fields[#fields + 1] = f end
+  out[2] = tonumber(fields[1])
+  for i = 2, #fields, 3 do
+    local kind, id = fields[i + 1], fields[i + 2]
+    local blob = (kind == 'count' or kind == 'expired') and redis.call('HGET', k_events, id) or ''
+    out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = tonumber(fields[i]), kind, id, blob
+  end
+  return out
+end
 local current = redis.call('GET', k_regver) or ''
 if current ~= expected_regver then
   if prior then redis.call('SET', k_call, prior, 'PX', 600000) else redis.call('DEL', k_call) end
