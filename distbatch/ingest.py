@@ -729,7 +729,7 @@ class Ingest:
         if not due:
             return FlushStep([], None if int(peek[1]) < 0 else int(peek[1]), int(peek[0]))
         prefix = k.buffer_prefix.encode()
-        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut]
+        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut, k.kept(secrets.token_hex(8))]
         for m in due:
             keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
         reply = yield Eval("flush_expired", keys,
@@ -756,6 +756,7 @@ class Ingest:
             prefix = k.buffer_prefix.encode()
             while True:
                 reply = yield Eval("drain_buffers", [k.deadlines, k.stats, k.open_buffers(binding),
+                                                     k.kept(secrets.token_hex(8)),
                                                      *(prefix + m for m in open_members)],
                                    [binding, k.buffer_prefix])
                 for i in range(1, len(reply), 2):

@@ -174,6 +174,11 @@ class Keys:
         its own, and a paused worker's late complete knows it was not."""
         return f"{self.base}:done:{token}"
 
+    def kept(self, call_id: str) -> str:
+        """List (1 min TTL): the reply of a call that removed what it reports (a drop's drain, a
+        flush), so that a resend after a lost reply returns it instead of an empty one."""
+        return f"{self.base}:kept:{call_id}"
+
     @property
     def lease(self) -> str:
         """String: the sweeper that owns this shard for now (SET PX)."""

@@ -36,7 +36,8 @@ class Atomic:
 @dataclass(frozen=True, slots=True)
 class Eval:
     """One script call by name (`scripts.NAMES`), sent once more after a connection error:
-    every distbatch script is idempotent per call id or token."""
+    every distbatch script is idempotent per call id or token, and one that removes what it
+    reports (a drain, a flush) keeps its reply for its resend (`lua/includes/kept_reply.lua`)."""
 
     script: str
     keys: Sequence[Any]

@@ -15,7 +15,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from distbatch import Batch, Batcher, ManualClock, transport
+from distbatch import Batch, Batcher, ManualClock, scripts, transport
 from distbatch.errors import EmitError
 from distbatch.executor import Executor, Status
 from distbatch.faultproxy import FaultProxy
@@ -224,7 +224,11 @@ def test_lost_accumulate_reply_never_stores_an_event_twice(
 
 
 def _through_proxy(proxy: FaultProxy, namespace: str, retries: int, **kw: Any) -> Batcher:
+    """A batcher whose replies the proxy can drop; every script is loaded already, so a dropped
+    reply is a run's, not a NOSCRIPT's."""
     client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=Retry(NoBackoff(), retries))
+    for name in scripts.NAMES:
+        redis.Redis(host="127.0.0.1", port=proxy.target_port).script_load(scripts.source(name))
     return Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False, **kw)
 
 
@@ -331,6 +335,77 @@ def test_every_resend_of_a_call_that_cut_names_its_batch_even_once_delivered(
     assert r.batch.events == []
     assert b.client.zcard(b.keys.ready) == 0 and b.counters()["events_in:f@v1"] == 4
     assert b.counters()["events_delivered:f@v1"] == 4
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_a_lost_reply_of_drop_loses_no_pending_event(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """drop() removes the buffers and returns their events in one call: when that reply is lost,
+    the resend returns the same events (the buffers are gone by then), counted once."""
+    b = _through_proxy(proxy, namespace, 3 if retrying_client else 0)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": "a", "n": 0}, {"k": "b", "n": 1}, {"k": "a", "n": 2}])
+    proxy.drop_next_reply(b":buf:")  # the call that drains the buffers (the first step names none)
+    pending = b.drop("f@v1")
+    assert proxy.fired == 1
+    assert sorted(e.payload["n"] for e in pending) == [0, 1, 2]
+    assert b.counters()["events_dropped:f@v1"] == 3
+    assert redis.Redis.from_url(redis_server.url).keys(f"*{namespace}*buf*") == []
+
+
+@pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_a_lost_reply_of_flush_expired_still_returns_every_batch_it_cut(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+) -> None:
+    """flush_expired() cut and discarded buffers in a call whose reply was lost: the resend
+    returns those batches (the discarded one with its events), each made once."""
+    b = _through_proxy(proxy, namespace, 3 if retrying_client else 0)
+    clock = b.clock
+    assert isinstance(clock, ManualClock)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1m", "key": "k"})
+    b.register("g", version="v1", source="t", handler="m.h",
+               batch={"count": 10, "window": "1m", "expire_action": "discard"})
+    b.emit_many("s", [{"k": "a", "n": 0}, {"k": "b", "n": 1}, {"k": "a", "n": 2}])
+    b.emit("t", {"n": 3})
+    clock.advance("2m")
+    proxy.drop_next_reply(b":buf:")
+    flushed = b.flush_expired()
+    assert proxy.fired == 1
+    got = sorted((bt.binding, bt.discarded, sorted(e.payload["n"] for e in bt.events)) for bt in flushed)
+    assert got == [("f@v1", False, [0, 2]), ("f@v1", False, [1]), ("g@v1", True, [3])]
+    assert b.client.zcard(b.keys.ready) == 2 and b.counters()["batches_expired:f@v1"] == 2
+    assert b.counters()["events_discarded:g@v1"] == 1
+
+
+def test_every_script_call_of_drop_and_flush_run_twice_reports_once(
+    client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every script call of drop() and flush_expired() is run, its reply dropped, and run again
+    (a lost reply, on Redis, fakeredis and a cluster): they return what a clean run does."""
+    from distbatch import syncio
+
+    real = syncio.once_more
+
+    def twice(*args: Any, **kw: Any) -> Any:
+        real(*args, **kw)
+        return real(*args, **kw)
+
+    clock = ManualClock(0)
+    b = Batcher(client, namespace=namespace, clock=clock, handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1m", "key": "k"})
+    b.register("g", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": f"p{i % 7}", "n": i} for i in range(20)])
+    clock.advance("2m")
+    monkeypatch.setattr(syncio, "once_more", twice)
+    flushed = b.flush_expired()
+    pending = b.drop("g@v1")
+    monkeypatch.undo()
+    assert sorted(e.payload["n"] for bt in flushed for e in bt.events) == list(range(20))
+    assert {bt.binding for bt in flushed} == {"f@v1"} and len(flushed) == 7
+    assert sorted(e.payload["n"] for e in pending) == list(range(20))
+    counters = b.counters()
+    assert counters["batches_expired:f@v1"] == 7 and counters["events_dropped:g@v1"] == 20
 
 
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])

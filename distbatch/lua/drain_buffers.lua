@@ -1,11 +1,18 @@
 -- Second step of `drop`: remove the dropped binding's buffers and return their events.
--- KEYS: deadlines, stats, open-set key of the binding, then the buffer keys
+-- KEYS: deadlines, stats, open-set key of the binding, this call's kept reply, then the buffer
+--       keys
 -- ARGV: binding, buffer key prefix
--- Returns {members still open (not passed: call again), then per buffer: member, events}.
-local k_deadlines, k_stats, open_key = KEYS[1], KEYS[2], KEYS[3]
+-- Returns {members still open (not passed: call again), then per buffer: member, events}; a
+-- resend of the call returns the same (the buffers are gone by then).
+local k_deadlines, k_stats, open_key, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- @include kept_reply
+if #kept > 0 then
+  kept[1] = tonumber(kept[1])
+  return kept
+end
 local out = {0}
 local dropped = 0
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   local member = string.sub(KEYS[i], #ARGV[2] + 1)
   local events = redis.call('LRANGE', KEYS[i], 0, -1)
   redis.call('DEL', KEYS[i])
@@ -17,4 +24,5 @@ for i = 4, #KEYS do
 end
 out[1] = redis.call('SCARD', open_key)
 if dropped > 0 then redis.call('HINCRBY', k_stats, 'events_dropped:' .. ARGV[1], dropped) end
+if #out > 1 then keep_reply(out) end
 return out

@@ -2,15 +2,24 @@
 -- The caller reads the earliest deadlines first (ZRANGE) and passes those buffers' keys, so the
 -- script names every key it touches; it checks each deadline again itself. A buffer whose binding
 -- is no longer registered is left for `drop` to return.
--- KEYS: deadlines, batchseq, bindings, ready, stats, rec:events, rec:info, rec:attempt, then per
---       candidate: buffer key,
---       open-set key of its binding
+-- KEYS: deadlines, batchseq, bindings, ready, stats, rec:events, rec:info, rec:attempt, this
+--       call's kept reply, then per candidate: buffer key, open-set key of its binding
 -- ARGV: window_now ('' = server TIME), batch id prefix, buffer key prefix,
 --       with_events ('1' to return the events of each batch)
 -- Returns {earliest remaining deadline or -1, server time (ms), candidates not yet due,
 --          then per batch: {id, member, 'expired', discarded 0/1, cut_ms, events or '',
---          late_ms (window clock minus the deadline: how late the cut came)}}.
-local k_deadlines, k_seq, k_bindings = KEYS[1], KEYS[2], KEYS[3]
+--          late_ms (window clock minus the deadline: how late the cut came)}}; a resend of a
+--          call that cut or discarded returns the same (those buffers are gone by then).
+local k_deadlines, k_seq, k_bindings, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[9]
+-- @include kept_reply
+if #kept > 0 then
+  local out = {tonumber(kept[1]), tonumber(kept[2]), tonumber(kept[3])}
+  for i = 4, #kept, 7 do
+    out[#out + 1] = {kept[i], kept[i + 1], kept[i + 2], tonumber(kept[i + 3]), tonumber(kept[i + 4]),
+                     kept[i + 5], tonumber(kept[i + 6])}
+  end
+  return out
+end
 local B = 3
 -- @include clock
 -- @include cut_keys
@@ -20,7 +29,7 @@ local now = window_clock(ARGV[1])
 local with_events = ARGV[4] == '1'
 
 local out = {-1, real_now, 0}
-for i = 9, #KEYS, 2 do
+for i = 10, #KEYS, 2 do
   local key, open_key = KEYS[i], KEYS[i + 1]
   local member = string.sub(key, #bufp + 1)
   local deadline = redis.call('ZSCORE', k_deadlines, member)
@@ -47,4 +56,11 @@ for i = 9, #KEYS, 2 do
 end
 local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
+if #out > 3 then
+  local flat = {out[1], out[2], out[3]}
+  for i = 4, #out do
+    for _, field in ipairs(out[i]) do flat[#flat + 1] = field end
+  end
+  keep_reply(flat)
+end
 return out
