@@ -183,17 +183,20 @@ class Records:
 
     def replay(self, batch_id: str) -> bool:
         """Make a dead batch ready again with fresh attempts (False: no dead batch by that id)."""
-        try:
-            return bool(self._call(self.scripts.replay, batch_id))
-        except BatchNotFound:
-            return False
+        return self._once(self.scripts.replay, batch_id)
 
     def purge(self, batch_id: str) -> bool:
         """Delete a dead batch for good (False: no dead batch by that id)."""
+        return self._once(self.scripts.purge, batch_id)
+
+    def _once(self, script: Script, batch_id: str) -> bool:
+        """A call that removes the dead batch it names: its resend after a lost reply finds the
+        reply it kept (`kept_reply.lua`), not "no dead batch"."""
         try:
-            return bool(self._call(self.scripts.purge, batch_id))
+            k = self.keys_for(batch_id)
         except BatchNotFound:
             return False
+        return bool(once_more(script, [*k.lifecycle, k.kept(secrets.token_hex(8))], [batch_id]))
 
     def _fields(self, batch_id: str) -> tuple[Any, Any, Any, Any]:
         k = self.keys_for(batch_id)

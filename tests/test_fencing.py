@@ -408,6 +408,25 @@ def test_every_script_call_of_drop_and_flush_run_twice_reports_once(
     assert counters["batches_expired:f@v1"] == 7 and counters["events_dropped:g@v1"] == 20
 
 
+@pytest.mark.parametrize("op", ["replay", "purge"])
+def test_a_lost_reply_of_replay_or_purge_still_says_it_was_done(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, op: str
+) -> None:
+    """The dead batch was replayed (or purged) and the reply lost: the resend says it was done,
+    not "not dead", and did it once."""
+    b = _through_proxy(proxy, namespace, 0)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    (r,) = b.emit("s", {"n": 0})
+    assert r.batch is not None
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None and b.records.fail(r.batch.id, claim.token, "boom", None) == Outcome.DEAD
+    proxy.drop_next_reply(b"EVALSHA")
+    assert getattr(b.records, op)(r.batch.id) is True
+    assert proxy.fired == 1
+    assert states(b, r.batch.id) == (["ready"] if op == "replay" else [])
+    assert getattr(b.records, op)(r.batch.id) is False  # a new call: nothing dead by that id now
+
+
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
 def test_lost_reply_of_a_call_refused_as_stale_is_refused_again_not_taken_as_stored(
     proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
