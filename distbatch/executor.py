@@ -24,6 +24,9 @@ log = logging.getLogger("distbatch.worker")
 UNAVAILABLE_RETRY_MS = 5_000
 """How long a batch whose handler this worker cannot run waits before any worker tries again."""
 _BINDING_TTL_S = 5.0
+BELL_WAIT_S = 0.1
+"""The longest a lingering worker waits on the bell before it claims again anyway: Redis'
+blocking timeouts resolve at its `hz` (100 ms by default)."""
 LINGER_S = 1.0
 """How long a drain waits for the next batch before it gives its ticket back (a burst worker:
 20 ms)."""
@@ -148,8 +151,12 @@ class Executor:
 
         Lingering keeps a worker in this loop while batches stream in one at a time, instead of
         paying RQ's ~27 round trips of job bookkeeping (15-20 ms on a busy 2-core machine) before
-        the first batch after a pause of the stream. It polls every `poll_s` for 50 ms, then every
-        10 ms. A ticket that found nothing to run ends at once.
+        the first batch after a pause of the stream. It waits on the shards' bell, which every
+        emit or flush that makes a batch ready rings (`Records.wait_ready`), and claims again at
+        least every 100 ms for batches made ready otherwise (a retry's delay ran out, a lease was
+        reclaimed). Where that cannot be (a linger shorter than Redis' blocking timeouts resolve,
+        Redis Cluster) it polls every `poll_s` for 50 ms, then every 10 ms. A ticket that found
+        nothing to run ends at once.
         """
         linger = self.linger_s if linger_s is None else linger_s
         self._fan_out()
@@ -174,7 +181,10 @@ class Executor:
                     idle_since = now
                 if n == 0 or now - idle_since >= linger:  # a spare ticket: no batch to wait for
                     break
-                time.sleep(poll_s if now - idle_since < 0.05 else max(poll_s, 0.01))
+                if self.records.has_bell and linger - (now - idle_since) >= BELL_WAIT_S:
+                    self.records.wait_ready(BELL_WAIT_S)
+                else:
+                    time.sleep(poll_s if now - idle_since < 0.05 else max(poll_s, 0.01))
                 continue
             idle_since = None
             n += 1

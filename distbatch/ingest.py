@@ -339,10 +339,15 @@ class Ingest:
                 else:
                     for j in idx:
                         args += (numbers[j % nr], events[j // nr])
-            if self.queue_key is not None:
-                keys.append(self.queue_key)
+            keys += self._tail(shard)
             out.append((keys, args))
         return out
+
+    def _tail(self, shard: int) -> list[str]:
+        """The optional last keys of an accumulate call: the ticket queue, whose length the
+        script returns when it cuts, and the workers' bell it rings — only when the queue lives
+        on this Redis."""
+        return [] if self.queue_key is None else [self.queue_key, self.shards[shard].bell]
 
     def emit_one(self, source: str, payload: Mapping[str, Any]) -> Proc[list[EmitResult]]:
         """`emit_many(source, [payload])`, straight through in the common case (`one`)."""
@@ -391,9 +396,8 @@ class Ingest:
         head = self._one_heads.get((emitter, route.key))
         head_keys, head_args, prefix, _ = self._heads[0]
         if head is None or head.route is not route or head.epoch != one.epoch:
-            keys = [head_keys[0], self.keys.call(emitter), *head_keys[2:], self.keys.open_buffers(route.key)]
-            if self.queue_key is not None:
-                keys.append(self.queue_key)
+            keys = [head_keys[0], self.keys.call(emitter), *head_keys[2:], self.keys.open_buffers(route.key),
+                    *self._tail(0)]
             args = [one.epoch, BUFFER_CAP, *head_args, route.key, route.count, route.window]
             if len(self._one_heads) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
                 self._one_heads.clear()
@@ -624,8 +628,7 @@ class Ingest:
                 route_list.append(it.route)
         keys, args, prefix = self._frame(shard, route_list, epoch, call_id, emitter, window_now)
         keys += [prefix + it.member for it in items]
-        if self.queue_key is not None:
-            keys.append(self.queue_key)
+        keys += self._tail(shard)
         if len(routes) == 1:
             args += [events[it.event] for it in items]
         else:
@@ -729,7 +732,7 @@ class Ingest:
         if not due:
             return FlushStep([], None if int(peek[1]) < 0 else int(peek[1]), int(peek[0]))
         prefix = k.buffer_prefix.encode()
-        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut, k.kept(secrets.token_hex(8))]
+        keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut, k.kept(secrets.token_hex(8)), k.bell]
         for m in due:
             keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
         reply = yield Eval("flush_expired", keys,

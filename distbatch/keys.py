@@ -174,6 +174,12 @@ class Keys:
         its own, and a paused worker's late complete knows it was not."""
         return f"{self.base}:done:{token}"
 
+    @property
+    def bell(self) -> str:
+        """List: a token per call that made batches ready (at most 8): a worker lingering for
+        batches blocks on it instead of polling (`Records.wait_ready`)."""
+        return f"{self.base}:bell"
+
     def kept(self, call_id: str) -> str:
         """List (1 min TTL): the reply of a call that removed what it reports (a drop's drain, a
         flush), so that a resend after a lost reply returns it instead of an empty one."""

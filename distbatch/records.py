@@ -15,6 +15,7 @@ import enum
 import json
 import random
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ class Records:
         self.scripts = scripts or Scripts(client)
         self._next = random.randrange(len(self.shards))
         self._cluster = isinstance(client, redis.RedisCluster)
+        self.has_bell = not self._cluster
+        """`wait_ready` blocks on the shards' bell (one BLPOP cannot wait across cluster nodes)."""
 
     def keys_for(self, batch_id: str) -> Keys:
         """The shard of a batch id; an id naming no shard of this namespace is not found."""
@@ -117,6 +120,16 @@ class Records:
         batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
                       cut_at_ms=int(cut_ms))
         return Claim(batch, token, error)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until a call that made batches ready rings a shard's bell (True), or for about
+        `timeout` (False: Redis resolves blocking timeouts at its `hz`, 100 ms by default, so a
+        shorter one is rounded up). A cluster's bells live on different nodes, where one BLPOP
+        cannot wait on them all: there, this only sleeps `timeout`."""
+        if self._cluster:
+            time.sleep(timeout)
+            return False
+        return self.client.blpop([k.bell for k in self.shards], timeout=timeout) is not None
 
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""

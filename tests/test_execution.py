@@ -7,7 +7,9 @@ import pickle
 import threading
 import time
 import zlib
+from typing import Any
 
+import fakeredis
 import pytest
 import redis
 from rq import SimpleWorker
@@ -231,3 +233,66 @@ def test_a_worker_run_in_process_leaves_the_collector_as_it_found_it() -> None:
         gc.collect()
         assert ref() is None
     assert gc.get_freeze_count() == frozen_before
+
+
+starts: list[float] = []
+
+
+def note_start(batch: Batch) -> None:
+    starts.append(time.monotonic())
+
+
+@pytest.mark.parametrize("backend", ["redis", "fakeredis"])
+def test_a_lingering_worker_waits_on_the_bell_instead_of_polling(
+    backend: str, redis_server: RedisServer, fake_server: fakeredis.FakeServer, namespace: str
+) -> None:
+    """Between batches a draining worker blocks on the bell that each emit which makes a batch
+    ready rings: it claims a few times a second while idle (not every 2-10 ms), and a batch cut
+    while it waits starts at once, not at its next look (at least every 100 ms)."""
+    client = (redis.Redis.from_url(redis_server.url) if backend == "redis"
+              else fakeredis.FakeRedis(server=fake_server))
+    b = Batcher(client, namespace=namespace)  # hands off on the same Redis: the emits ring
+    b.register("f", version="v1", source="s", handler=f"{__name__}.note_start",
+               batch={"count": 1, "window": "1h"})
+    starts.clear()
+    b.emit("s", {"n": 0})
+    claims = 0
+    real_claim_next = b.records.claim_next
+
+    def counted(lease_ms: int) -> Any:
+        nonlocal claims
+        claims += 1
+        return real_claim_next(lease_ms)
+
+    b.records.claim_next = counted  # type: ignore[method-assign]
+    ex = Executor(b.records, HandlerResolver([__name__]))
+    drain = threading.Thread(target=ex.drain, kwargs={"max_batches": 100, "max_seconds": 10, "linger_s": 1.5})
+    drain.start()
+    emitted: list[float] = []
+    for i in range(1, 6):
+        time.sleep(0.15)
+        emitted.append(time.monotonic())
+        b.emit("s", {"n": i})
+    drain.join(10)
+    assert len(starts) == 6
+    waits = sorted(s - e for s, e in zip(starts[1:], emitted, strict=True))
+    assert waits[2] < 0.04, waits  # median: rung, not found by a look every 100 ms
+    assert claims < 40, claims  # ~2.2 s of lingering: a look per 100 ms, not every 2-10 ms
+
+
+def test_a_flush_that_cuts_rings_the_bell_and_one_that_only_discards_does_not(
+    client: redis.Redis, namespace: str
+) -> None:
+    clock = ManualClock(0)
+    b = Batcher(client, namespace=namespace, clock=clock, handoff=False, shards=1)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1m"})
+    b.register("g", version="v1", source="t", handler="m.h",
+               batch={"count": 10, "window": "1m", "expire_action": "discard"})
+    b.emit("t", {"n": 0})
+    clock.advance("2m")
+    assert [bt.discarded for bt in b.flush_expired()] == [True]
+    assert client.llen(b.keys.bell) == 0
+    b.emit("s", {"n": 1})
+    clock.advance("2m")
+    assert [bt.discarded for bt in b.flush_expired()] == [False]
+    assert client.llen(b.keys.bell) == 1

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgpack
+import pytest
 import redis
 
 from distbatch import Batcher, ManualClock
@@ -75,6 +76,37 @@ def test_foreign_emitter_may_pass_the_ticket_queue_and_learn_its_length(redis_se
     assert replies[0][1:] == [-1]  # nothing cut: -1 ends the reply
     assert replies[1][1:3] == [1, b"count"] and replies[1][-1] == 1  # one ticket waits
     assert len(replies[1]) == 1 + 4 + 1
+
+
+@pytest.mark.parametrize("script", ["accumulate", "accumulate_one"])
+def test_foreign_emitter_may_pass_the_bell_after_the_queue_and_it_is_rung_per_cut(
+    redis_server: Any, namespace: str, script: str
+) -> None:
+    """After the queue key, the workers' bell: each call that makes a batch ready pushes a token
+    (at most 8 are kept), so a worker lingering for batches wakes at once; others push none."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1m"})
+    ns = "{" + namespace + "}"
+    queue, bell = f"rq:queue:distbatch-{namespace}", f"{ns}:bell"
+    sha = client.script_load(source(script).encode())
+    names = ("regver", "call:go-app-4", "deadlines", "wake", "batchseq", "bindings",
+             "ready", "stats", "rec:events", "rec:info", "rec:attempt", "open:d@v1")
+    head = [f"{ns}:{k}" for k in names]
+    lengths = []
+    for i in range(20):
+        event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"i": i}])
+        version = client.get(f"{ns}:regver")
+        if script == "accumulate":
+            keys = [*head, f"{ns}:buf:d@v1|*", queue, bell]
+            args = [version, f"c-{i}", "", 1024, "", f"{ns}:buf:", 1, "d@v1", 2, 60000, event]
+        else:
+            keys = [*head, queue, bell, f"{ns}:buf:d@v1|*"]
+            args = [version, 1024, "", f"{ns}:buf:", "d@v1", 2, 60000, "", f"c-{i}", event]
+        reply = client.evalsha(sha, len(keys), *keys, *args)
+        assert reply[-1] == (0 if i % 2 else -1)  # the queue's length when it cut, as without the bell
+        lengths.append(client.llen(bell))
+    assert lengths == [min(8, (i + 1) // 2) for i in range(20)]
 
 
 def test_foreign_emitter_may_send_one_event_through_accumulate_one(client, namespace: str) -> None:

@@ -6,7 +6,8 @@
 --       bindings, ready, stats, rec:events, rec:info, rec:attempt, then the open-set key of
 --       each route, then the buffer key of each item (an item is one event for one route),
 --       then optionally the RQ queue of the namespace's tickets (on the same Redis): its length
---       is returned when a batch was cut, so the caller's hand-off needs no round trip of its own
+--       is returned when a batch was cut, so the caller's hand-off needs no round trip of its own;
+--       after it, optionally the workers' bell (rung when a batch was made ready)
 -- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, batch id prefix,
 --       buffer key prefix, n_routes, then per route: binding, count, window_ms; then per item:
 --       its event's msgpack bytes, preceded by the item's route number when n_routes > 1
@@ -28,6 +29,7 @@ local call_id, expected_regver = ARGV[2], ARGV[1]
 -- @include cut_keys
 local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 -- @include accept_steps
+-- @include bell
 local now = window_clock(ARGV[3])
 
 local bindings, counts, windows = {}, {}, {}
@@ -63,7 +65,9 @@ end
 
 local items = #ARGV - first_event
 if nroutes > 1 then items = items / 2 end
-local k_queue = #KEYS > first_buffer + items and KEYS[#KEYS] or nil
+local extra = #KEYS - first_buffer - items
+local k_queue = extra >= 1 and KEYS[first_buffer + items + 1] or nil
+local k_bell = extra >= 2 and KEYS[first_buffer + items + 2] or nil
 local made_ready = false
 local member_at = #bufp + 1
 for item = 1, items do
@@ -125,6 +129,7 @@ if woke then
   redis.call('PUBLISH', k_wake, earliest)
 end
 -- @include remember_notes
+if made_ready and k_bell then ring(k_bell) end
 if k_queue then
   out[#out + 1] = made_ready and redis.call('LLEN', k_queue) or -1
 end

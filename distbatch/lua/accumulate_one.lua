@@ -4,7 +4,8 @@
 -- a cut) are made into functions only when one is needed: a closure made on every call costs.
 -- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
 --       bindings, ready, stats, rec:events, rec:info, rec:attempt, the route's open-set key,
---       optionally the RQ queue of the namespace's tickets (on the same Redis), the buffer key
+--       optionally the RQ queue of the namespace's tickets (on the same Redis) and after it,
+--       optionally, the workers' bell; last the buffer key
 -- ARGV: expected_regver, cap, batch id prefix, buffer key prefix, binding, count, window_ms,
 --       window_now ('' = server TIME), call_id, the event's msgpack bytes
 -- Returns what accumulate.lua returns for one item (its item number is 1).
@@ -77,7 +78,11 @@ if woke then
   redis.call('PUBLISH', k_wake, woke)
 end
 -- @include remember_notes
-if #KEYS == 14 then
+if #KEYS >= 14 then
+  if made_ready and #KEYS == 15 then
+    -- @include bell
+    ring(KEYS[14])
+  end
   out[#out + 1] = made_ready and redis.call('LLEN', KEYS[13]) or -1
 end
 return out

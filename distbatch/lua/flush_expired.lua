@@ -3,7 +3,8 @@
 -- script names every key it touches; it checks each deadline again itself. A buffer whose binding
 -- is no longer registered is left for `drop` to return.
 -- KEYS: deadlines, batchseq, bindings, ready, stats, rec:events, rec:info, rec:attempt, this
---       call's kept reply, then per candidate: buffer key, open-set key of its binding
+--       call's kept reply, the workers' bell, then per candidate: buffer key, open-set key of
+--       its binding
 -- ARGV: window_now ('' = server TIME), batch id prefix, buffer key prefix,
 --       with_events ('1' to return the events of each batch)
 -- Returns {earliest remaining deadline or -1, server time (ms), candidates not yet due,
@@ -29,7 +30,8 @@ local now = window_clock(ARGV[1])
 local with_events = ARGV[4] == '1'
 
 local out = {-1, real_now, 0}
-for i = 10, #KEYS, 2 do
+local made_ready = false
+for i = 11, #KEYS, 2 do
   local key, open_key = KEYS[i], KEYS[i + 1]
   local member = string.sub(key, #bufp + 1)
   local deadline = redis.call('ZSCORE', k_deadlines, member)
@@ -48,6 +50,7 @@ for i = 10, #KEYS, 2 do
       else
         blob = table.concat(events)
         id = cut_batch(member, binding, blob, #events, 'expired')
+        made_ready = true
         if not with_events then blob = '' end
       end
       out[#out + 1] = {id, member, 'expired', discarded, real_now, blob, now - tonumber(deadline)}
@@ -56,6 +59,10 @@ for i = 10, #KEYS, 2 do
 end
 local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
+if made_ready then
+  -- @include bell
+  ring(KEYS[10])
+end
 if #out > 3 then
   local flat = {out[1], out[2], out[3]}
   for i = 4, #out do
