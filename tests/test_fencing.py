@@ -378,6 +378,29 @@ def test_a_lost_reply_of_flush_expired_still_returns_every_batch_it_cut(
     assert b.counters()["events_discarded:g@v1"] == 1
 
 
+def test_a_sweepers_flush_keeps_no_reply(make_batcher: Callable[..., Batcher], clock: ManualClock) -> None:
+    """The sweeper's flush takes no events: a lost reply costs it nothing its next pass does not
+    make good, so it keeps none (at its rate they would add up for a minute each)."""
+    batcher = make_batcher(shards=1)
+
+    def kept() -> list[bytes]:
+        c: Any = batcher.client
+        where = {"target_nodes": redis.RedisCluster.ALL_NODES} if isinstance(c, redis.RedisCluster) else {}
+        return [k for k in c.keys("*" + batcher.keys.namespace + "*", **where) if b":kept:" in k]
+
+    batcher.register("f", version="v1", source="s", handler="m.h",
+                     batch={"count": 10, "window": "1m", "key": "k"})
+    batcher.emit_many("s", [{"k": f"p{i}", "n": i} for i in range(5)])
+    clock.advance("2m")
+    step = batcher.flush_step(100, with_events=False)
+    assert len(step.batches) == 5
+    assert kept() == []
+    batcher.emit_many("s", [{"k": "p0", "n": 5}])
+    clock.advance("2m")
+    assert len(batcher.flush_expired()) == 1
+    assert len(kept()) == 1
+
+
 def test_every_script_call_of_drop_and_flush_run_twice_reports_once(
     client: redis.Redis, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,15 +9,18 @@
 --       with_events ('1' to return the events of each batch)
 -- Returns {earliest remaining deadline or -1, server time (ms), candidates not yet due,
 --          then per batch: {id, member, 'expired', discarded 0/1, cut_ms, events or '',
---          late_ms (window clock minus the deadline: how late the cut came)}}; a resend of a
---          call that cut or discarded returns the same (those buffers are gone by then).
+--          late_ms (window clock minus the deadline: how late the cut came)}}; with events, a
+--          resend of a call that cut or discarded returns the same (those buffers are gone by
+--          then; a cut batch's events as its record holds them, '' once delivered).
 local k_deadlines, k_seq, k_bindings, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[9]
 -- @include kept_reply
 if #kept > 0 then
   local out = {tonumber(kept[1]), tonumber(kept[2]), tonumber(kept[3])}
   for i = 4, #kept, 7 do
+    local blob = kept[i + 5]  -- a discarded batch's events; a cut one's are in its record
+    if kept[i + 3] == '0' then blob = redis.call('HGET', KEYS[6], kept[i]) or '' end
     out[#out + 1] = {kept[i], kept[i + 1], kept[i + 2], tonumber(kept[i + 3]), tonumber(kept[i + 4]),
-                     kept[i + 5], tonumber(kept[i + 6])}
+                     blob, tonumber(kept[i + 6])}
   end
   return out
 end
@@ -63,10 +66,15 @@ if made_ready then
   -- @include bell
   ring(KEYS[10])
 end
-if #out > 3 then
+-- Kept only for a caller that takes the events (`Batcher.flush_expired`): a sweeper's lost reply
+-- costs nothing its next passes do not make good (the batches are ready and handed off), and at
+-- its rate the kept replies would add up.
+if with_events and #out > 3 then
   local flat = {out[1], out[2], out[3]}
   for i = 4, #out do
-    for _, field in ipairs(out[i]) do flat[#flat + 1] = field end
+    local row = out[i]
+    flat[#flat + 1], flat[#flat + 2], flat[#flat + 3], flat[#flat + 4] = row[1], row[2], row[3], row[4]
+    flat[#flat + 1], flat[#flat + 2], flat[#flat + 3] = row[5], row[4] == 1 and row[6] or '', row[7]
   end
   keep_reply(flat)
 end
