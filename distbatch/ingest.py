@@ -127,6 +127,7 @@ class Ingest:
         self.max_payload_bytes = max_payload_bytes
         self.chunk_size = chunk_size
         self.registry = Registry(self.shards, cluster)
+        self._cluster = cluster
         self._event_ids = (os.getpid(), secrets.token_hex(6), itertools.count())
         self._heads = [self._head(s) for s in range(layout.count)]
         self._call_keys: dict[tuple[str, int], str] = {}
@@ -344,10 +345,13 @@ class Ingest:
         return out
 
     def _tail(self, shard: int) -> list[str]:
-        """The optional last keys of an accumulate call: the ticket queue, whose length the
-        script returns when it cuts, and the workers' bell it rings — only when the queue lives
-        on this Redis."""
-        return [] if self.queue_key is None else [self.queue_key, self.shards[shard].bell]
+        """The optional last keys of an accumulate call: the ticket queue when it lives on this
+        Redis (its length comes back when the call cuts; "" stands for none), then the workers'
+        bell the call rings. Not on a cluster: there the queue lives elsewhere and "" would name
+        a slot of its own, and workers poll."""
+        if self._cluster:
+            return []
+        return [self.queue_key or "", self.shards[shard].bell]
 
     def emit_one(self, source: str, payload: Mapping[str, Any]) -> Proc[list[EmitResult]]:
         """`emit_many(source, [payload])`, straight through in the common case (`one`)."""

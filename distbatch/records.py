@@ -71,8 +71,10 @@ class Records:
         self.scripts = scripts or Scripts(client)
         self._next = random.randrange(len(self.shards))
         self._cluster = isinstance(client, redis.RedisCluster)
-        self.has_bell = not self._cluster
-        """`wait_ready` blocks on the shards' bell (one BLPOP cannot wait across cluster nodes)."""
+        timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
+        """`wait_ready` blocks on the shards' bell: not on a cluster (one BLPOP cannot wait across
+        nodes), nor with a socket timeout shorter than a blocking wait can take."""
 
     def keys_for(self, batch_id: str) -> Keys:
         """The shard of a batch id; an id naming no shard of this namespace is not found."""
@@ -124,12 +126,15 @@ class Records:
     def wait_ready(self, timeout: float) -> bool:
         """Block until a call that made batches ready rings a shard's bell (True), or for about
         `timeout` (False: Redis resolves blocking timeouts at its `hz`, 100 ms by default, so a
-        shorter one is rounded up). A cluster's bells live on different nodes, where one BLPOP
-        cannot wait on them all: there, this only sleeps `timeout`."""
-        if self._cluster:
+        shorter one is rounded up). Without a bell (`has_bell`) this only sleeps `timeout`."""
+        if not self.has_bell:
             time.sleep(timeout)
             return False
-        return self.client.blpop([k.bell for k in self.shards], timeout=timeout) is not None
+        try:
+            return self.client.blpop([k.bell for k in self.shards], timeout=timeout) is not None
+        except TRANSIENT:  # Redis away: waiting is all the caller wanted; its next claim says more
+            time.sleep(timeout)
+            return False
 
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""
@@ -252,6 +257,10 @@ class Records:
     def count(self, which: str) -> int:
         """How many ids all shards hold in `ready`, `running`, `delayed` or `dead`."""
         return sum(int(self.client.zcard(getattr(k, which))) for k in self.shards)
+
+
+_BELL_MIN_SOCKET_TIMEOUT = 0.5
+"""Redis answers a blocking wait up to ~2 of its `hz` ticks (100 ms each by default) late."""
 
 
 def _raised(replies: list[Any]) -> list[Any]:

@@ -242,16 +242,21 @@ def note_start(batch: Batch) -> None:
     starts.append(time.monotonic())
 
 
+@pytest.mark.parametrize("handoff", ["same-redis", "queue-elsewhere", "none"])
 @pytest.mark.parametrize("backend", ["redis", "fakeredis"])
 def test_a_lingering_worker_waits_on_the_bell_instead_of_polling(
-    backend: str, redis_server: RedisServer, fake_server: fakeredis.FakeServer, namespace: str
+    backend: str, handoff: str, redis_server: RedisServer, fake_server: fakeredis.FakeServer,
+    namespace: str
 ) -> None:
     """Between batches a draining worker blocks on the bell that each emit which makes a batch
     ready rings: it claims a few times a second while idle (not every 2-10 ms), and a batch cut
-    while it waits starts at once, not at its next look (at least every 100 ms)."""
+    while it waits starts at once, not at its next look (at least every 100 ms) — wherever the
+    emitter hands off to, or if it does not."""
     client = (redis.Redis.from_url(redis_server.url) if backend == "redis"
               else fakeredis.FakeRedis(server=fake_server))
-    b = Batcher(client, namespace=namespace)  # hands off on the same Redis: the emits ring
+    options: dict[str, Any] = {"same-redis": {}, "none": {"handoff": False},
+                               "queue-elsewhere": {"queue_client": fakeredis.FakeRedis()}}[handoff]
+    b = Batcher(client, namespace=namespace, **options)
     b.register("f", version="v1", source="s", handler=f"{__name__}.note_start",
                batch={"count": 1, "window": "1h"})
     starts.clear()
@@ -296,3 +301,32 @@ def test_a_flush_that_cuts_rings_the_bell_and_one_that_only_discards_does_not(
     clock.advance("2m")
     assert [bt.discarded for bt in b.flush_expired()] == [False]
     assert client.llen(b.keys.bell) == 1
+
+
+@pytest.mark.parametrize("cut", [5, 12])
+def test_a_call_that_makes_several_batches_ready_wakes_as_many_workers(
+    client: redis.Redis, namespace: str, cut: int
+) -> None:
+    """One token per batch made ready (at most 8 kept): one emit_many that cuts several batches
+    wakes that many lingering workers, not one."""
+    b = Batcher(client, namespace=namespace, handoff=False, shards=1)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.emit_many("s", [{"n": i} for i in range(cut)])
+    assert client.llen(b.keys.bell) == (0 if isinstance(client, redis.RedisCluster) else min(cut, 8))
+
+
+def test_a_client_with_a_short_socket_timeout_polls_instead_of_blocking(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Redis answers a blocking wait up to ~200 ms late (its `hz`): a client whose socket times
+    out sooner would fail the drain, so its worker polls; one with the default timeout waits on
+    the bell."""
+    short = Batcher(redis.Redis.from_url(redis_server.url, socket_timeout=0.1), namespace=namespace)
+    assert not short.records.has_bell
+    assert Batcher.from_url(redis_server.url, namespace=namespace).records.has_bell
+    short.register("f", version="v1", source="s", handler=f"{__name__}.note_start",
+                   batch={"count": 1, "window": "1h"})
+    starts.clear()
+    short.emit("s", {"n": 0})
+    Executor(short.records, HandlerResolver([__name__])).drain(linger_s=0.5)
+    assert len(starts) == 1

@@ -4,6 +4,7 @@ change a batch it no longer holds, and a retried call never does its work twice.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -429,6 +430,32 @@ def test_every_script_call_of_drop_and_flush_run_twice_reports_once(
     assert sorted(e.payload["n"] for e in pending) == list(range(20))
     counters = b.counters()
     assert counters["batches_expired:f@v1"] == 7 and counters["events_dropped:g@v1"] == 20
+
+
+def test_kept_replies_and_the_bell_run_on_lua_5_4_too(tmp_path: Any) -> None:
+    """fakeredis can run scripts on Lua 5.4 (FAKEREDIS_LUA_VERSION), where `unpack` is
+    `table.unpack`: the bell and the kept replies work there as on Redis' 5.1."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "lua54.py"
+    script.write_text("""
+import fakeredis
+from distbatch import Batcher, ManualClock
+clock = ManualClock(0)
+b = Batcher(fakeredis.FakeRedis(), namespace="l54", clock=clock)
+b.register("f", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1m", "key": "k"})
+r = b.emit_many("s", [{"k": f"p{i % 3}", "n": i} for i in range(12)])
+b.emit("s", {"k": "z", "n": 1})
+clock.advance("2m")
+flushed = b.flush_expired()
+b.emit("s", {"k": "y", "n": 1})
+print(sum(x.batch is not None for x in r), b.client.llen(b.keys.bell), len(flushed), len(b.drop("f@v1")))
+""")
+    out = subprocess.run([sys.executable, str(script)], env={**os.environ, "FAKEREDIS_LUA_VERSION": "5.4"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["6", "7", "1", "1"]
 
 
 @pytest.mark.parametrize("op", ["replay", "purge"])

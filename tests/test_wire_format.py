@@ -162,3 +162,29 @@ return {first(), second(), helper(), base}
     top_first = expand("-- @include base\nlocal function f()\n  -- @include base\n  return base\nend\n"
                        "return f()", includes.__getitem__)
     assert top_first.count("local base") == 1 and client.eval(top_first, 0) == b"b"
+
+
+def test_a_foreign_call_id_holding_a_bar_is_refused_by_name(redis_server: Any, namespace: str) -> None:
+    """What a call reported is kept after its id and a '|' in the call key, so a call id with a
+    '|' would be ambiguous (`job7` after `job7|a` would read as its resend): it is refused,
+    naming the field and the value, and nothing is stored; the calls around it are not affected."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 10, "window": "1m"})
+    ns = "{" + namespace + "}"
+    sha = client.script_load(source("accumulate").encode())
+    names = ("regver", "call:go-app-5", "deadlines", "wake", "batchseq", "bindings",
+             "ready", "stats", "rec:events", "rec:info", "rec:attempt", "open:d@v1", "buf:d@v1|*")
+    keys = [f"{ns}:{k}" for k in names]
+
+    def call(i: int, call_id: str) -> Any:
+        event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"i": i}])
+        args = [client.get(f"{ns}:regver"), call_id, "", 1024, "", f"{ns}:buf:", 1, "d@v1", 10, 60000, event]
+        return client.evalsha(sha, len(keys), *keys, *args)
+
+    assert call(0, "job6")[0] > 0
+    with pytest.raises(redis.ResponseError, match=r'call_id must not contain "\|": job7\|a'):
+        call(1, "job7|a")
+    assert call(2, "job7")[0] > 0
+    assert call(2, "job7") == [-2]  # its resend
+    assert client.llen(f"{ns}:buf:d@v1|*") == 2

@@ -7,7 +7,8 @@
 --       each route, then the buffer key of each item (an item is one event for one route),
 --       then optionally the RQ queue of the namespace's tickets (on the same Redis): its length
 --       is returned when a batch was cut, so the caller's hand-off needs no round trip of its own;
---       after it, optionally the workers' bell (rung when a batch was made ready)
+--       after it, optionally the workers' bell (a token per batch made ready); "" in place of
+--       the queue passes the bell alone
 -- ARGV: expected_regver, call_id, window_now ('' = server TIME), cap, batch id prefix,
 --       buffer key prefix, n_routes, then per route: binding, count, window_ms; then per item:
 --       its event's msgpack bytes, preceded by the item's route number when n_routes > 1
@@ -66,9 +67,9 @@ end
 local items = #ARGV - first_event
 if nroutes > 1 then items = items / 2 end
 local extra = #KEYS - first_buffer - items
-local k_queue = extra >= 1 and KEYS[first_buffer + items + 1] or nil
+local k_queue = extra >= 1 and KEYS[first_buffer + items + 1] ~= '' and KEYS[first_buffer + items + 1] or nil
 local k_bell = extra >= 2 and KEYS[first_buffer + items + 2] or nil
-local made_ready = false
+local made_ready = 0  -- batches made ready
 local member_at = #bufp + 1
 for item = 1, items do
   local r, data = 1, ARGV[first_event + item]
@@ -85,7 +86,7 @@ for item = 1, items do
     local kind, id, blob = close_if_expired(key, member, open_key, binding, now)
     if kind then
       report(item, kind, id, blob)
-      made_ready = made_ready or kind == 'expired'
+      if kind == 'expired' then made_ready = made_ready + 1 end
     end
   end
   local n = redis.call('RPUSH', key, data)
@@ -113,7 +114,7 @@ for item = 1, items do
     member = member or string.sub(key, member_at)
     local id, blob = cut_full(key, member, open_key, binding)
     report(item, 'count', id, blob)
-    made_ready = true
+    made_ready = made_ready + 1
     if member == wake_member then woke = 'recheck' end
   end
 end
@@ -129,8 +130,8 @@ if woke then
   redis.call('PUBLISH', k_wake, earliest)
 end
 -- @include remember_notes
-if made_ready and k_bell then ring(k_bell) end
+if made_ready > 0 and k_bell then ring(k_bell, made_ready) end
 if k_queue then
-  out[#out + 1] = made_ready and redis.call('LLEN', k_queue) or -1
+  out[#out + 1] = made_ready > 0 and redis.call('LLEN', k_queue) or -1
 end
 return out

@@ -4,8 +4,8 @@
 -- a cut) are made into functions only when one is needed: a closure made on every call costs.
 -- KEYS: regver, call (this emitter's last call id), deadlines, wake (pub/sub channel), batchseq,
 --       bindings, ready, stats, rec:events, rec:info, rec:attempt, the route's open-set key,
---       optionally the RQ queue of the namespace's tickets (on the same Redis) and after it,
---       optionally, the workers' bell; last the buffer key
+--       optionally the RQ queue of the namespace's tickets (on the same Redis; "" for none) and
+--       after it, optionally, the workers' bell; last the buffer key
 -- ARGV: expected_regver, cap, batch id prefix, buffer key prefix, binding, count, window_ms,
 --       window_now ('' = server TIME), call_id, the event's msgpack bytes
 -- Returns what accumulate.lua returns for one item (its item number is 1).
@@ -18,7 +18,7 @@ local call_id, expected_regver = ARGV[9], ARGV[1]
 local now = window_clock(ARGV[8])
 local key, open_key, binding, member_at = KEYS[#KEYS], KEYS[12], ARGV[5], #ARGV[4] + 1
 local out = {real_now}
-local made_ready = false
+local made_ready = 0  -- batches made ready
 local member = nil
 local steps = nil
 
@@ -43,7 +43,7 @@ if earliest ~= nil and earliest <= now then
   local kind, id, blob = steps.close_if_expired(key, member, open_key, binding, now)
   if kind then
     steps.report(kind, id, blob)
-    made_ready = kind == 'expired'
+    if kind == 'expired' then made_ready = 1 end
   end
   earliest = false  -- read again if this event opens a window
 end
@@ -71,7 +71,7 @@ if n >= tonumber(ARGV[6]) then
   steps = steps or rare()
   local id, blob = steps.cut_full(key, member or string.sub(key, member_at), open_key, binding)
   steps.report('count', id, blob)
-  made_ready = true
+  made_ready = made_ready + 1
   woke = false  -- opened and cut in this call (count 1): no window to wake a sweeper for
 end
 if woke then
@@ -79,10 +79,12 @@ if woke then
 end
 -- @include remember_notes
 if #KEYS >= 14 then
-  if made_ready and #KEYS == 15 then
+  if made_ready > 0 and #KEYS == 15 then
     -- @include bell
-    ring(KEYS[14])
+    ring(KEYS[14], made_ready)
   end
-  out[#out + 1] = made_ready and redis.call('LLEN', KEYS[13]) or -1
+  if KEYS[13] ~= '' then
+    out[#out + 1] = made_ready > 0 and redis.call('LLEN', KEYS[13]) or -1
+  end
 end
 return out

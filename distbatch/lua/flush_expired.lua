@@ -33,7 +33,7 @@ local now = window_clock(ARGV[1])
 local with_events = ARGV[4] == '1'
 
 local out = {-1, real_now, 0}
-local made_ready = false
+local made_ready = 0  -- batches cut
 for i = 11, #KEYS, 2 do
   local key, open_key = KEYS[i], KEYS[i + 1]
   local member = string.sub(key, #bufp + 1)
@@ -53,7 +53,7 @@ for i = 11, #KEYS, 2 do
       else
         blob = table.concat(events)
         id = cut_batch(member, binding, blob, #events, 'expired')
-        made_ready = true
+        made_ready = made_ready + 1
         if not with_events then blob = '' end
       end
       out[#out + 1] = {id, member, 'expired', discarded, real_now, blob, now - tonumber(deadline)}
@@ -62,9 +62,9 @@ for i = 11, #KEYS, 2 do
 end
 local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
-if made_ready then
+if made_ready > 0 then
   -- @include bell
-  ring(KEYS[10])
+  ring(KEYS[10], made_ready)
 end
 -- Kept only for a caller that takes the events (`Batcher.flush_expired`): a sweeper's lost reply
 -- costs nothing its next passes do not make good (the batches are ready and handed off), and at

@@ -2,16 +2,20 @@
 -- SET ... GET takes the id and says whether it was taken before (Redis 6.2+); a stale call puts
 -- the previous id back, so that a resend of it is refused as stale again, never taken as run.
 -- A call that had something to report (a cut, an expired buffer closed, an overflow) left its
--- notes after its id (`remember_notes`): its resend reports them again, so the caller learns
--- which batches its lost reply named.
+-- notes after its id and a '|' (`remember_notes`; a call id holding '|' is refused): its resend
+-- reports them again, so the caller learns which batches its lost reply named.
 -- Needs locals: k_call, k_regver, call_id, expected_regver, B (the cut keys' offset). Returns
 -- from the script: {-2} when this call id already ran and reported nothing, {-2, then what it
 -- reported} when it did (each batch's events as its record holds them, '' once delivered or
 -- discarded), {-1, current_regver} when the caller's bindings are stale.
+if string.find(call_id, '|', 1, true) then  -- it would read as one followed by notes
+  return redis.error_reply('call_id must not contain "|": ' .. call_id)
+end
 local prior = redis.call('SET', k_call, call_id, 'PX', 600000, 'GET')
 if prior == call_id then return {-2} end
-if prior and #prior > #call_id and string.byte(prior, #call_id + 1) == 124
-    and string.sub(prior, 1, #call_id) == call_id then  -- '<call_id>|<notes>'
+if prior and #prior > #call_id + 2 and string.byte(prior, #call_id + 1) == 124
+    and string.sub(prior, 1, #call_id) == call_id
+    and string.find(prior, '^%d+\n', #call_id + 2) then  -- '<call_id>|<ms>\n<notes>'
   redis.call('SET', k_call, prior, 'PX', 600000)  -- a further resend reports them too
   local out, k_events = {-2}, KEYS[B + 3]
   local fields = {}

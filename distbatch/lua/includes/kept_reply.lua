@@ -6,7 +6,7 @@
 local kept = redis.call('LRANGE', k_kept, 0, -1)
 local function keep_reply(flat)
   for i = 1, #flat, 1000 do  -- Lua's stack takes a few thousand arguments at most
-    redis.call('RPUSH', k_kept, unpack(flat, i, math.min(i + 999, #flat)))
+    redis.call('RPUSH', k_kept, (table.unpack or unpack)(flat, i, math.min(i + 999, #flat)))
   end
   redis.call('PEXPIRE', k_kept, 60000)
 end
