@@ -6,6 +6,7 @@
 -- resend of the call returns the same (the buffers are gone by then).
 local k_deadlines, k_stats, open_key, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- @include kept_reply
+local kept = kept_reply()
 if #kept > 0 then
   kept[1] = tonumber(kept[1])
   return kept

@@ -14,10 +14,11 @@
 --          then; a cut batch's events as its record holds them, '' once delivered).
 local k_deadlines, k_seq, k_bindings, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[9]
 -- @include kept_reply
+local kept = ARGV[4] == '1' and kept_reply() or {}  -- kept only with events (below)
 if #kept > 0 then
   local out = {tonumber(kept[1]), tonumber(kept[2]), tonumber(kept[3])}
   for i = 4, #kept, 7 do
-    local blob = kept[i + 5]  -- a discarded batch's events; a cut one's are in its record
+    local blob = kept[i + 5]  -- a discarded batch's events; a cut one's are in its record (KEYS[6])
     if kept[i + 3] == '0' then blob = redis.call('HGET', KEYS[6], kept[i]) or '' end
     out[#out + 1] = {kept[i], kept[i + 1], kept[i + 2], tonumber(kept[i + 3]), tonumber(kept[i + 4]),
                      blob, tonumber(kept[i + 6])}

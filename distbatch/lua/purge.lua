@@ -6,6 +6,7 @@ local B = 0
 -- @include lifecycle
 local k_kept = KEYS[12]
 -- @include kept_reply
+local kept = kept_reply()
 if #kept > 0 then return 1 end
 if redis.call('ZREM', k_dead, ARGV[1]) == 0 then return 0 end
 delete_record(ARGV[1])

@@ -6,6 +6,7 @@ local B = 0
 -- @include lifecycle
 local k_kept = KEYS[12]
 -- @include kept_reply
+local kept = kept_reply()
 if #kept > 0 then return 1 end
 local id = ARGV[1]
 if redis.call('ZREM', k_dead, id) == 0 then return 0 end
