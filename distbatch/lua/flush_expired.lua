@@ -13,25 +13,25 @@
 --          resend of a call that cut or discarded returns the same (those buffers are gone by
 --          then; a cut batch's events as its record holds them, '' once delivered).
 local k_deadlines, k_seq, k_bindings, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[9]
+local B = 3
+-- @include cut_keys
+local with_events = ARGV[4] == '1'
 -- @include kept_reply
-local kept = ARGV[4] == '1' and kept_reply() or {}  -- kept only with events (below)
+local kept = with_events and kept_reply() or {}  -- kept only with events (below)
 if #kept > 0 then
   local out = {tonumber(kept[1]), tonumber(kept[2]), tonumber(kept[3])}
   for i = 4, #kept, 7 do
-    local blob = kept[i + 5]  -- a discarded batch's events; a cut one's are in its record (KEYS[6])
-    if kept[i + 3] == '0' then blob = redis.call('HGET', KEYS[6], kept[i]) or '' end
+    local blob = kept[i + 5]  -- a discarded batch's events; a cut one's are in its record
+    if kept[i + 3] == '0' then blob = redis.call('HGET', k_events, kept[i]) or '' end
     out[#out + 1] = {kept[i], kept[i + 1], kept[i + 2], tonumber(kept[i + 3]), tonumber(kept[i + 4]),
                      blob, tonumber(kept[i + 6])}
   end
   return out
 end
-local B = 3
 -- @include clock
--- @include cut_keys
 local id_prefix, bufp = ARGV[2], ARGV[3]
 -- @include buffers
 local now = window_clock(ARGV[1])
-local with_events = ARGV[4] == '1'
 
 local out = {-1, real_now, 0}
 local made_ready = 0  -- batches cut
