@@ -133,6 +133,8 @@ class Executor:
         self.counts: Counter[str] = Counter()
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
         self._chain = False  # complete the batch in hand and claim the next in one round trip
+        self._wait_s = 0.0  # ... with a wait on the bell between them, if it was the last one ready
+        self._handler_s = 0.0  # how long the last handler ran
         self._next: Claim | None = None  # claimed with the last complete, to run next
         self._none_ready = False  # ...or that claim found none: wait before asking again
 
@@ -151,12 +153,13 @@ class Executor:
 
         Lingering keeps a worker in this loop while batches stream in one at a time, instead of
         paying RQ's ~27 round trips of job bookkeeping (15-20 ms on a busy 2-core machine) before
-        the first batch after a pause of the stream. It waits on the shards' bell, which every
-        emit or flush that makes a batch ready rings (`Records.wait_ready`), and claims again at
-        least every 100 ms for batches made ready otherwise (a retry's delay ran out, a lease was
-        reclaimed). Where that cannot be (a linger shorter than Redis' blocking timeouts resolve,
-        Redis Cluster) it polls every `poll_s` for 50 ms, then every 10 ms. A ticket that found
-        nothing to run ends at once.
+        the first batch after a pause of the stream. It waits on the shards' bell, which every call
+        that makes a batch ready rings (emit, flush, retry, reclaim, replay), with the claim
+        pipelined behind the wait and, after the last batch that was ready, behind that batch's
+        complete: a worker fed one batch at a time pays one round trip per batch. It claims at least
+        every 100 ms anyway (a bell lost with a restarted Redis). Where that cannot be (a linger
+        shorter than Redis' blocking timeouts resolve, Redis Cluster) it polls every `poll_s` for 50
+        ms, then every 10 ms. A ticket that found nothing to run ends at once.
         """
         linger = self.linger_s if linger_s is None else linger_s
         self._fan_out()
@@ -171,10 +174,12 @@ class Executor:
                 break
             self._chain = (not self.stop.is_set() and n + 1 < max_batches
                            and time.monotonic() - started < max_seconds)
+            self._wait_s = BELL_WAIT_S if self._chain and linger >= BELL_WAIT_S else 0.0
+            none_ready, self._none_ready = self._none_ready, False  # the last look found none
             try:
-                result = None if self._none_ready else self.run_next()
+                result = None if none_ready else self.run_next()
             finally:
-                self._chain = self._none_ready = False
+                self._chain = False
             if result is None:
                 now = time.monotonic()
                 if idle_since is None:
@@ -182,7 +187,8 @@ class Executor:
                 if n == 0 or now - idle_since >= linger:  # a spare ticket: no batch to wait for
                     break
                 if self.records.has_bell and linger - (now - idle_since) >= BELL_WAIT_S:
-                    self.records.wait_ready(BELL_WAIT_S)
+                    self._next = self.records.wait_and_claim(self.lease_ms, BELL_WAIT_S)
+                    self._none_ready = self._next is None
                 else:
                     time.sleep(poll_s if now - idle_since < 0.05 else max(poll_s, 0.01))
                 continue
@@ -213,10 +219,9 @@ class Executor:
         if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
             delay = max(0.0, time.time() - batch.cut_at_ms / 1000)
             metrics.HANDLER_START_DELAY.labels(batch.binding).observe(delay)
-        started = time.perf_counter()
         result = self._run(claim)
         if result.status in (Status.DELIVERED, Status.RETRY, Status.DEAD):
-            metrics.HANDLER_DURATION.labels(batch.binding).observe(time.perf_counter() - started)
+            metrics.HANDLER_DURATION.labels(batch.binding).observe(self._handler_s)
             metrics.BATCH_SIZE.labels(batch.binding).observe(len(batch.events))
         elif result.status is Status.LEASE_LOST:
             metrics.LEASES_LOST.inc()
@@ -242,11 +247,12 @@ class Executor:
                       extra={"event": "handler_unavailable", "batch": batch.id})
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
         held = self.leases.hold(batch.id, token, binding.retry.timeout_ms)
-        started = time.monotonic()
+        started = time.perf_counter()
         try:
             with handler_span(batch):
                 fn(batch)
         except Exception as exc:
+            self._handler_s = time.perf_counter() - started
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
             outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
@@ -258,15 +264,17 @@ class Executor:
             return Result(Status(outcome.value), batch.id, batch.attempt)
         finally:
             self.leases.release(batch.id)
-        if self._chain:
-            done, self._next = rec.complete_and_claim(batch.id, token, self.lease_ms)
+        self._handler_s = time.perf_counter() - started
+        if self._chain and not self.stop.is_set():
+            wait = self._wait_s if claim.left == 0 else 0.0  # none was waiting behind this one
+            done, self._next = rec.complete_and_claim(batch.id, token, self.lease_ms, wait_s=wait)
             self._none_ready = self._next is None
         else:
             done = rec.complete(batch.id, token)
         if done is None:
             return self._lost(batch.id, batch.attempt, held.lost)
         log.debug("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
-                 batch.binding, len(batch.events), time.monotonic() - started)
+                 batch.binding, len(batch.events), self._handler_s)
         return Result(Status.DELIVERED, batch.id, batch.attempt)
 
     @staticmethod

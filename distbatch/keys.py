@@ -176,8 +176,9 @@ class Keys:
 
     @property
     def bell(self) -> str:
-        """List: a token per call that made batches ready (at most 8): a worker lingering for
-        batches blocks on it instead of polling (`Records.wait_ready`)."""
+        """List: a token per batch made ready (at most 8 kept; a claim that leaves none ready
+        deletes them): a worker lingering for batches blocks on it instead of polling
+        (`Records.wait_and_claim`)."""
         return f"{self.base}:bell"
 
     def kept(self, call_id: str) -> str:

@@ -29,7 +29,7 @@ from .config import Binding
 from .errors import BatchNotFound
 from .keys import Keys, split_member
 from .models import Batch
-from .scripts import ScriptCall, Scripts, pipelined
+from .scripts import Command, ScriptCall, Scripts, pipelined
 from .shards import Layout, batch_id_shard
 from .transport import TRANSIENT, once_more
 
@@ -55,6 +55,9 @@ class Claim:
     batch: Batch
     token: str
     error: str | None = None
+    left: int = -1
+    """Batches still ready on its shard right after it was taken (-1: not known). A worker that
+    took the last one waits on the bell in the round trip that settles it."""
 
 
 class Records:
@@ -70,10 +73,11 @@ class Records:
         self.keys = self.shards[0]
         self.scripts = scripts or Scripts(client)
         self._next = random.randrange(len(self.shards))
+        self._rung = self._next  # the shard a waiting worker claims from first: the last that had work
         self._cluster = isinstance(client, redis.RedisCluster)
         timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
         self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
-        """`wait_ready` blocks on the shards' bell: not on a cluster (one BLPOP cannot wait across
+        """`wait_and_claim` blocks on the shards' bell: not on a cluster (one BLPOP cannot wait across
         nodes), nor with a socket timeout shorter than a blocking wait can take."""
 
     def keys_for(self, batch_id: str) -> Keys:
@@ -95,7 +99,7 @@ class Records:
             s = (self._next + i) % n
             claim = self._claim(self.shards[s], [], lease_ms, None)
             if claim is not None:
-                self._next = (s + 1) % n
+                self._next, self._rung = (s + 1) % n, s
                 return claim
         return None
 
@@ -105,13 +109,14 @@ class Records:
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
         token = token or secrets.token_hex(8)
-        return self._claimed(once_more(self.scripts.claim, k.lifecycle, [token, lease_ms, *batch_ids]), token)
+        reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, *batch_ids])
+        return self._claimed(reply, token)
 
     @staticmethod
     def _claimed(reply: Any, token: str) -> Claim | None:
         if not reply:
             return None
-        bid, member, reason, cut_ms, attempt, blob = reply
+        bid, member, reason, cut_ms, attempt, blob, left = reply
         batch_id = as_text(bid)
         binding, pkey = split_member(as_text(member))
         error = None
@@ -121,20 +126,53 @@ class Records:
             events, error = [], f"undecodable batch record: {type(exc).__name__}: {exc}"
         batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
                       cut_at_ms=int(cut_ms))
-        return Claim(batch, token, error)
+        return Claim(batch, token, error, int(left))
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Block until a call that made batches ready rings a shard's bell (True), or for about
-        `timeout` (False: Redis resolves blocking timeouts at its `hz`, 100 ms by default, so a
-        shorter one is rounded up). Without a bell (`has_bell`) this only sleeps `timeout`."""
+    def wait_and_claim(self, lease_ms: int, timeout: float) -> Claim | None:
+        """Block until a call that made batches ready rings a shard's bell, or for about `timeout`
+        (Redis resolves blocking timeouts at its `hz`, 100 ms by default, so a shorter one is
+        rounded up), then `claim_next`; in one round trip: the claim is pipelined behind the
+        blocking wait, so Redis runs it the moment the bell rings and the batch comes back with
+        the wake-up. Where there is no bell (`has_bell`), it sleeps and claims."""
         if not self.has_bell:
             time.sleep(timeout)
-            return False
+            return self.claim_next(lease_ms)
         try:
-            return self.client.blpop([k.bell for k in self.shards], timeout=timeout) is not None
-        except TRANSIENT:  # Redis away: waiting is all the caller wanted; its next claim says more
+            _, claim = self._wait_then_claim([], self._rung, lease_ms, timeout)
+        except TRANSIENT:  # Redis away: the wait is over; the next look says more
             time.sleep(timeout)
-            return False
+            return None
+        return claim
+
+    def _wait_then_claim(self, before: list[ScriptCall], shard: int, lease_ms: int, timeout: float
+                         ) -> tuple[list[Any], Claim | None]:
+        """Send `before`, a wait on every shard's bell and a claim on `shard`, in one round trip
+        (sent twice at most: each call is idempotent, the claim by its token). If the bell that
+        rang is another shard's, or none rang, the other shards are looked at too."""
+        token = secrets.token_hex(8)
+        k = self.shards[shard]
+        calls: list[ScriptCall | Command] = [
+            *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
+            (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms])]
+        try:
+            replies = pipelined(self.client, calls)
+        except TRANSIENT:
+            replies = pipelined(self.client, calls)
+        *settled, rung, reply = replies
+        if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
+            rung = None  # the claim still counts, and deletes the bell once nothing is ready
+        claim = self._claimed(_raised([reply])[0], token)
+        if claim is not None:
+            self._rung = shard
+        elif len(self.shards) > 1:
+            bells = [s.bell for s in self.shards]
+            named = as_text(rung[0]) if rung else None
+            if named in bells and bells.index(named) != shard:
+                claim = self._claim(self.shards[bells.index(named)], [], lease_ms, None)
+                self._rung = bells.index(named)
+            if claim is None:
+                claim = self.claim_next(lease_ms)
+        return settled, claim
 
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""
@@ -156,18 +194,25 @@ class Records:
         n = int(once_more(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]))
         return None if n < 0 else n
 
-    def complete_and_claim(self, batch_id: str, token: str, lease_ms: int) -> tuple[int | None, Claim | None]:
+    def complete_and_claim(self, batch_id: str, token: str, lease_ms: int, wait_s: float = 0.0
+                           ) -> tuple[int | None, Claim | None]:
         """`complete`, then `claim_next` on the same shard, in one round trip: a worker that is
-        running a stream of batches pays one round trip per batch for both. Only on one Redis
-        (a cluster's shards live on different nodes); a resend sends both again, each idempotent
+        running a stream of batches pays one round trip per batch for both. With `wait_s` (the
+        batch in hand was the last one ready) a wait on the bell goes between them, so a worker
+        fed one batch at a time also pays one round trip per batch. Only on one Redis (a
+        cluster's shards live on different nodes); a resend sends them again, each idempotent
         (the claim carries its token)."""
         k = self.keys_for(batch_id)
         if self._cluster:
             return self.complete(batch_id, token), self.claim_next(lease_ms)
+        complete: ScriptCall = (self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token])
+        if wait_s > 0 and self.has_bell:
+            settled, then = self._wait_then_claim([complete], batch_id_shard(batch_id), lease_ms, wait_s)
+            n = int(_raised(settled)[0])
+            return (None if n < 0 else n), then
         next_token = secrets.token_hex(8)
-
-        calls: list[ScriptCall] = [(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]),
-                 (self.scripts.claim, k.lifecycle, [next_token, lease_ms])]
+        calls: list[ScriptCall | Command] = [
+            complete, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms])]
         try:
             replies = pipelined(self.client, calls)
         except TRANSIENT:
@@ -183,20 +228,23 @@ class Records:
              refund: bool = False) -> Outcome:
         """Record a failed try: retry after `retry_in_ms` (ahead of newer batches), or dead when
         None. `refund` gives the try back (this worker could not run the handler at all)."""
-        res = self._call(self.scripts.fail, batch_id, token, error[-ERROR_TAIL:],
-                         -1 if retry_in_ms is None else retry_in_ms, int(refund))
+        k = self.keys_for(batch_id)
+        res = once_more(self.scripts.fail, [*k.lifecycle, k.bell],
+                        [batch_id, token, error[-ERROR_TAIL:], -1 if retry_in_ms is None else retry_in_ms,
+                         int(refund)])
         return Outcome(as_text(res))
 
     def reclaim(self, batch_id: str) -> Outcome:
         """Take back a batch whose lease ran out, in one script call (a re-sent call finds the
         lease gone and changes nothing twice)."""
         k = self.keys_for(batch_id)
-        res = once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped], [batch_id])
+        res = once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped, k.bell], [batch_id])
         return Outcome(as_text(res))
 
     def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:
         """Retries whose backoff ended become ready: (promoted, next due ms or None, server ms)."""
-        n, nxt, now = self.scripts.promote(keys=self.shards[shard].lifecycle, args=[limit])
+        k = self.shards[shard]
+        n, nxt, now = self.scripts.promote(keys=[*k.lifecycle, k.bell], args=[limit])
         return int(n), None if int(nxt) < 0 else int(nxt), int(now)
 
     def replay(self, batch_id: str) -> bool:
@@ -214,7 +262,7 @@ class Records:
             k = self.keys_for(batch_id)
         except BatchNotFound:
             return False
-        return bool(once_more(script, [*k.lifecycle, k.kept(secrets.token_hex(8))], [batch_id]))
+        return bool(once_more(script, [*k.lifecycle, k.kept(secrets.token_hex(8)), k.bell], [batch_id]))
 
     def _fields(self, batch_id: str) -> tuple[Any, Any, Any, Any]:
         k = self.keys_for(batch_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -132,10 +133,20 @@ async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -
 
 
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]  # (script, keys, args)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A plain command among a pipeline's script calls: a blocking wait that the claim after it
+    answers in the same round trip."""
+
+    argv: tuple[Any, ...]
+
+
 AsyncScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]
 
 
-def pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+def pipelined(client: Any, calls: Sequence[ScriptCall | Command]) -> list[Any]:
     """Every call's reply (an error as its exception), in one round trip.
 
     redis-py's `Script` in a pipeline first sends SCRIPT EXISTS, a round trip of its own on every
@@ -152,18 +163,27 @@ def pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
     return replies
 
 
-def _send(client: Any, calls: Sequence[ScriptCall], *, by_text: bool) -> list[Any]:
+def _send(client: Any, calls: Sequence[ScriptCall | Command], *, by_text: bool) -> list[Any]:
     if supported(client):
-        return execute(client, [("EVAL", script.script, len(keys), *keys, *args) if by_text else
-                                ("EVALSHA", script.sha, len(keys), *keys, *args)
-                                for script, keys, args in calls])
+        return execute(client, [call.argv if isinstance(call, Command) else _argv(*call, by_text=by_text)
+                                for call in calls])
     pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
+    for call in calls:
+        if isinstance(call, Command):
+            pipe.execute_command(*call.argv)
+            continue
+        script, keys, args = call
         if by_text:
             pipe.eval(script.script, len(keys), *keys, *args)
         else:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
     return list(pipe.execute(raise_on_error=False))
+
+
+def _argv(script: Script, keys: Sequence[Any], args: Sequence[Any], *, by_text: bool) -> tuple[Any, ...]:
+    if by_text:
+        return ("EVAL", script.script, len(keys), *keys, *args)
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 async def apipelined(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]:

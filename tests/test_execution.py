@@ -330,3 +330,101 @@ def test_a_client_with_a_short_socket_timeout_polls_instead_of_blocking(
     short.emit("s", {"n": 0})
     Executor(short.records, HandlerResolver([__name__])).drain(linger_s=0.5)
     assert len(starts) == 1
+
+
+class _CountedConnection(redis.Connection):
+    """Counts the round trips a client makes: each sends its commands in one write."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_worker_fed_one_batch_at_a_time_pays_one_round_trip_of_its_own_per_batch(
+    redis_server: RedisServer, namespace: str, shards: int
+) -> None:
+    """A lingering worker settles the batch in hand, waits on the bell and claims the next in one
+    round trip: the paced regime (batches one at a time, the worker idle between them) is where a
+    worker under 80% load spends its time, and every round trip there is CPU on a shared machine.
+    The burst before it leaves tokens on the bell for batches already claimed; they must not
+    cost a round trip each."""
+    pool = redis.ConnectionPool.from_url(redis_server.url, connection_class=_CountedConnection)
+    worker_side = Batcher(redis.Redis(connection_pool=pool), namespace=namespace, handoff=False,
+                          shards=shards)
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False, shards=shards)
+    b.register("f", version="v1", source="s", handler=f"{__name__}.note_start",
+               batch={"count": 1, "window": "1h"})
+    starts.clear()
+    b.emit_many("s", [{"k": i} for i in range(12)])  # a burst first: 12 batches, 8 tokens
+    ex = Executor(worker_side.records, HandlerResolver([__name__]), lease_ms=600_000)
+    drain = threading.Thread(target=ex.drain, kwargs={"max_batches": 1000, "max_seconds": 30,
+                                                      "linger_s": 0.5})
+    drain.start()
+    deadline = time.monotonic() + 10
+    while len(starts) < 12 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.03)
+    sent_before, paced = _CountedConnection.sent, 20
+    for i in range(paced):
+        b.emit("s", {"k": 100 + i})
+        while len(starts) < 13 + i and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.02)  # the worker is idle on the bell when the next batch comes
+    sent = _CountedConnection.sent - sent_before
+    drain.join(10)
+    assert len(starts) == 12 + paced
+    assert sent <= paced + 3, f"{sent} round trips for {paced} batches"
+
+
+def test_every_path_that_makes_a_batch_ready_rings_the_bell(client: redis.Redis, namespace: str) -> None:
+    """A retry due now, a retry whose delay ran out, a reclaimed lease and a replayed dead batch
+    ring the bell as an emit does: a lingering worker takes them at once, not at its next look."""
+    b = Batcher(client, namespace=namespace, handoff=False, shards=1)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
+               retry={"attempts": 10})
+    rec, bell = b.records, b.keys.bell
+    b.emit("s", {"n": 0})
+
+    def claimed(lease_ms: int = 60_000) -> Any:
+        c = rec.claim_next(lease_ms)  # the last one ready: the bell goes quiet
+        assert c is not None and client.llen(bell) == 0
+        return c
+
+    c = claimed()
+    assert rec.fail(c.batch.id, c.token, "boom", 0).value == "retry"  # due now
+    assert client.llen(bell) == 1
+    c = claimed()
+    rec.fail(c.batch.id, c.token, "boom", 1)  # due in 1 ms: nothing ready yet
+    assert client.llen(bell) == 0
+    time.sleep(0.01)
+    assert rec.promote(0)[0] == 1
+    assert client.llen(bell) == 1
+    c = claimed(lease_ms=1)
+    time.sleep(0.01)
+    assert rec.reclaim(c.batch.id).value == "retry"
+    assert client.llen(bell) == 1
+    c = claimed()
+    assert rec.fail(c.batch.id, c.token, "boom", None).value == "dead"
+    assert client.llen(bell) == 0
+    assert rec.replay(c.batch.id)
+    assert client.llen(bell) == 1
+
+
+def test_a_claim_that_leaves_nothing_ready_silences_the_bell(client: redis.Redis, namespace: str) -> None:
+    """Tokens left on the bell by batches claimed in a stream stand for nothing once no batch is
+    ready: the claim that takes the last one (or finds none) deletes them, so a worker that waits
+    next is woken by the next batch, not by stale tokens a round trip at a time."""
+    b = Batcher(client, namespace=namespace, handoff=False, shards=1)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.emit_many("s", [{"n": i} for i in range(12)])
+    rung = 0 if isinstance(client, redis.RedisCluster) else 8  # emits do not ring on a cluster
+    assert client.llen(b.keys.bell) == rung
+    lefts = [c.left for c in (b.records.claim_next(60_000) for _ in range(12)) if c is not None]
+    assert lefts == list(range(11, -1, -1))
+    assert client.llen(b.keys.bell) == 0
+    client.lpush(b.keys.bell, 1, 1)  # stale: nothing is ready
+    assert b.records.claim_next(60_000) is None
+    assert client.llen(b.keys.bell) == 0

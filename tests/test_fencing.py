@@ -926,27 +926,27 @@ def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer,
     sent: list[list[str]] = request.getfixturevalue("round_trips")
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
     trips = [t for t in sent if t != ["HGET"]]  # not the binding's definition
-    # a claim, 6 x (complete + the next claim), a claim finding none
-    assert trips == [["EVALSHA"]] + [["EVALSHA", "EVALSHA"]] * 6 + [["EVALSHA"]]
+    # a claim, 6 x (complete + the next claim); the last claim found none: no look after it
+    assert trips == [["EVALSHA"]] + [["EVALSHA", "EVALSHA"]] * 6
     assert counts == {"delivered": 6}
     assert [x.id for x in ran] == ids
     stats = b.client.info("commandstats")
     assert "cmdstat_script|exists" not in stats
-    # 1 claim, 6 complete+claim pipelines (2 scripts each), 1 claim that finds none: 14 scripts
-    # in 8 round trips (one round trip per batch each would be 1 + 6 * 2 + 1 round trips)
-    assert stats["cmdstat_evalsha"]["calls"] == 1 + 2 * 6 + 1
+    # 1 claim, 6 complete+claim pipelines (2 scripts each): 13 scripts in 7 round trips
+    assert stats["cmdstat_evalsha"]["calls"] == 1 + 2 * 6
     assert b.records.count("running") == b.records.count("ready") == 0
 
 
-def test_a_batch_claimed_with_the_last_complete_is_run_on_warm_shutdown(batcher: Batcher) -> None:
-    """Stop arrives during a handler: the batch claimed together with its complete is in hand,
-    so it runs too; nothing is left claimed and unrun, the rest stays ready."""
+def test_stop_during_a_handler_settles_that_batch_and_claims_no_more(batcher: Batcher) -> None:
+    """Stop (SIGTERM's warm shutdown) arrives during a handler: its batch is completed without
+    the next claim that would otherwise ride along, so nothing is left claimed and unrun and the
+    rest stays ready for other workers."""
     ids = some_batches(batcher, 4, "record_then_stop")
     ex = Executor(batcher.records, HandlerResolver([__name__]), 60_000)
     stopper[:] = [ex]
     counts = ex.drain(max_batches=100)
-    assert counts == {"delivered": 2} and [x.id for x in ran] == ids[:2]
-    assert batcher.records.count("running") == 0 and batcher.records.count("ready") == 2
+    assert counts == {"delivered": 1} and [x.id for x in ran] == ids[:1]
+    assert batcher.records.count("running") == 0 and batcher.records.count("ready") == 3
 
 
 def test_drain_stops_at_its_budget_without_claiming_past_it(batcher: Batcher) -> None:
@@ -957,11 +957,13 @@ def test_drain_stops_at_its_budget_without_claiming_past_it(batcher: Batcher) ->
 
 
 @pytest.mark.parametrize("retrying_client", [True, False], ids=["redis-py-retries", "no-retries"])
+@pytest.mark.parametrize("wait_s", [0.0, 0.1], ids=["streaming", "waiting-on-the-bell"])
 def test_lost_reply_of_complete_and_next_claim_delivers_once_and_claims_once(
-    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool, wait_s: float
 ) -> None:
-    """Redis ran both scripts and the reply was lost: the resend finds the batch done by this
-    claim and the next one claimed under the same token (attempt 1, not a second claim)."""
+    """Redis ran both scripts (and the wait on the bell between them) and the reply was lost: the
+    resend finds the batch done by this claim and the next one claimed under the same token
+    (attempt 1, not a second claim)."""
     retry = Retry(NoBackoff(), 3 if retrying_client else 0)
     b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry), namespace=namespace,
                 handoff=False, shards=1)
@@ -969,7 +971,7 @@ def test_lost_reply_of_complete_and_next_claim_delivers_once_and_claims_once(
     claim = b.records.claim([first], 60_000)
     assert claim is not None
     proxy.drop_next_reply(b"EVALSHA")
-    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000)
+    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000, wait_s=wait_s)
     assert proxy.fired == 1
     assert done in (0, 1) and nxt is not None and nxt.batch.id == second and nxt.batch.attempt == 1
     assert states(b, first) == [] and states(b, second) == ["running"]
@@ -977,14 +979,17 @@ def test_lost_reply_of_complete_and_next_claim_delivers_once_and_claims_once(
     assert b.records.complete(second, nxt.token) == 1
 
 
-def test_pipelined_scripts_reload_after_script_flush(redis_server: RedisServer, namespace: str) -> None:
-    """NOSCRIPT (Redis restarted or flushed its scripts) ran nothing: those calls are sent again."""
+@pytest.mark.parametrize("wait_s", [0.0, 0.1], ids=["streaming", "waiting-on-the-bell"])
+def test_pipelined_scripts_reload_after_script_flush(redis_server: RedisServer, namespace: str,
+                                                     wait_s: float) -> None:
+    """NOSCRIPT (Redis restarted or flushed its scripts) ran nothing: those calls are sent again
+    (not the wait on the bell between them)."""
     b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
     first, second = some_batches(b, 2)
     claim = b.records.claim([first], 60_000)
     assert claim is not None
     b.client.script_flush()
-    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000)
+    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000, wait_s=wait_s)
     assert done == 1 and nxt is not None and nxt.batch.id == second
     assert b.records.renew_many([(second, nxt.token)], 60_000) == [True]
 
@@ -1029,8 +1034,9 @@ def test_pipelined_calls_that_met_noscript_are_resent_once_by_text(redis_server:
     first, second = some_batches(b, 2)
     b.client.script_flush()
     b.client.config_resetstat()
-    a, c = pipelined(b.client, [(b.scripts.claim, b.keys.lifecycle, ["tok-a", 60_000]),
-                                (b.scripts.claim, b.keys.lifecycle, ["tok-b", 60_000])])
+    keys = [*b.keys.lifecycle, b.keys.bell]
+    a, c = pipelined(b.client, [(b.scripts.claim, keys, ["tok-a", 60_000]),
+                                (b.scripts.claim, keys, ["tok-b", 60_000])])
     assert {a[0], c[0]} == {first.encode(), second.encode()}
     stats = b.client.info("commandstats")
     assert stats["cmdstat_eval"]["calls"] == 2 and b.records.count("ready") == 0

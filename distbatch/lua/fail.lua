@@ -1,12 +1,14 @@
 -- A try failed: retry after a delay, give the batch back uncounted, or keep it dead — only for
 -- the claim that holds it (fencing). Idempotent per token: a retried call returns the same.
--- KEYS: the 11 lifecycle keys
+-- KEYS: the 11 lifecycle keys, the bell
 -- ARGV: batch_id, token, error, delay_ms (-1 = dead, no tries left), refund ('1': the try did
 --       not count, e.g. this worker cannot run the handler)
 -- Returns 'retry', 'dead', 'stale' (nothing changed) or 'gone'.
 local B = 0
 -- @include clock
 -- @include lifecycle
+-- @include bell
+local k_bell = KEYS[12]
 local id, token = ARGV[1], ARGV[2]
 local state = check_owner(id, token)
 if state == 'gone' then return 'gone' end
@@ -27,6 +29,7 @@ if delay < 0 then
   redis.call('HINCRBY', k_stats, 'batches_dead', 1)
 elseif delay == 0 then
   redis.call('ZADD', k_ready, seq_of(id), id)
+  ring(k_bell, 1)
   redis.call('HINCRBY', k_stats, 'batch_retries', 1)
 else
   redis.call('ZADD', k_delayed, real_now + delay, id)

@@ -1,12 +1,13 @@
 -- A lease ran out (its worker was killed, paused or cut off): take the batch back from that
 -- claim — ready again at the front, or dead when its binding's attempts are used up.
--- KEYS: the 11 lifecycle keys, bindings, dropped
+-- KEYS: the 11 lifecycle keys, bindings, dropped, the bell
 -- ARGV: batch_id
 -- Returns 'retry', 'dead', 'live' (lease renewed meanwhile: nothing changed) or 'gone'.
 local B = 0
 -- @include clock
 -- @include lifecycle
 -- @include binding_of
+-- @include bell
 local k_bindings, k_dropped = KEYS[12], KEYS[13]
 local id = ARGV[1]
 local lease = redis.call('ZSCORE', k_running, id)
@@ -28,5 +29,6 @@ if outcome == 'dead' then
   redis.call('HINCRBY', k_stats, 'batches_dead', 1)
 else
   redis.call('ZADD', k_ready, seq_of(id), id)
+  ring(KEYS[14], 1)
 end
 return outcome

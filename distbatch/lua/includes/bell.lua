@@ -1,4 +1,4 @@
--- Wake workers that linger for batches: they block on the bell (`Records.wait_ready`) instead
+-- Wake workers that linger for batches: they block on the bell (`Records.wait_and_claim`) instead
 -- of polling. One token per batch made ready; at most 8 are kept, so a bell nobody waits on stays
 -- small and wakes the next listeners only a few times for nothing.
 local function ring(k_bell, n)
