@@ -230,6 +230,11 @@ class Executor:
 
     def _run(self, claim: Claim) -> Result:
         batch, token, rec = claim.batch, claim.token, self.records
+        if claim.stale():  # read long after Redis ran it: this process was paused meanwhile
+            log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "
+                      "lease ran out before it could start; not run", batch.id,
+                      extra={"event": "lease_lost", "batch": batch.id})
+            return Result(Status.LEASE_LOST, batch.id, batch.attempt)
         if claim.error is not None:
             rec.fail(batch.id, token, claim.error, None)
             log.error("batch_poison batch=%s binding=%s: %s; kept as a dead batch", batch.id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import random
 import secrets
 import time
@@ -58,6 +59,13 @@ class Claim:
     left: int = -1
     """Batches still ready on its shard right after it was taken (-1: not known). A worker that
     took the last one waits on the bell in the round trip that settles it."""
+    stale_after: float = math.inf
+    """`time.monotonic()` past which the lease has surely run out: the claim was sent before,
+    and Redis ran it within the wait it rode behind. A claim read later (its worker was paused
+    while the reply waited) is not run: its batch is another worker's by now, or will be."""
+
+    def stale(self) -> bool:
+        return time.monotonic() > self.stale_after
 
 
 class Records:
@@ -109,11 +117,12 @@ class Records:
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
         token = token or secrets.token_hex(8)
+        sent = time.monotonic()
         reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, *batch_ids])
-        return self._claimed(reply, token)
+        return self._claimed(reply, token, _stale_after(sent, 0.0, lease_ms))
 
     @staticmethod
-    def _claimed(reply: Any, token: str) -> Claim | None:
+    def _claimed(reply: Any, token: str, stale_after: float) -> Claim | None:
         if not reply:
             return None
         bid, member, reason, cut_ms, attempt, blob, left = reply
@@ -126,7 +135,7 @@ class Records:
             events, error = [], f"undecodable batch record: {type(exc).__name__}: {exc}"
         batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
                       cut_at_ms=int(cut_ms))
-        return Claim(batch, token, error, int(left))
+        return Claim(batch, token, error, int(left), stale_after)
 
     def wait_and_claim(self, lease_ms: int, timeout: float) -> Claim | None:
         """Block until a call that made batches ready rings a shard's bell, or for about `timeout`
@@ -151,6 +160,7 @@ class Records:
         rang is another shard's, or none rang, the other shards are looked at too."""
         token = secrets.token_hex(8)
         k = self.shards[shard]
+        sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
             (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms])]
@@ -161,7 +171,7 @@ class Records:
         *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
-        claim = self._claimed(_raised([reply])[0], token)
+        claim = self._claimed(_raised([reply])[0], token, _stale_after(sent, timeout, lease_ms))
         if claim is not None:
             self._rung = shard
         elif len(self.shards) > 1:
@@ -211,6 +221,7 @@ class Records:
             n = int(_raised(settled)[0])
             return (None if n < 0 else n), then
         next_token = secrets.token_hex(8)
+        sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             complete, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms])]
         try:
@@ -218,7 +229,7 @@ class Records:
         except TRANSIENT:
             replies = pipelined(self.client, calls)
         done, reply = _raised(replies)
-        claim = self._claimed(reply, next_token)
+        claim = self._claimed(reply, next_token, _stale_after(sent, 0.0, lease_ms))
         if claim is None and len(self.shards) > 1:
             claim = self.claim_next(lease_ms)  # this shard is empty: look at the others
         n = int(done)
@@ -309,6 +320,15 @@ class Records:
 
 _BELL_MIN_SOCKET_TIMEOUT = 0.5
 """Redis answers a blocking wait up to ~2 of its `hz` ticks (100 ms each by default) late."""
+
+
+_LATE_S = 1.0
+"""How much later than sent (beyond a wait it rode behind) Redis may have run a claim: a
+blocking timeout resolves up to ~200 ms late, and a claim is not called stale for less."""
+
+
+def _stale_after(sent: float, wait_s: float, lease_ms: int) -> float:
+    return sent + wait_s + _LATE_S + lease_ms / 1000
 
 
 def _raised(replies: list[Any]) -> list[Any]:

@@ -207,6 +207,39 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
         server.cleanup()
 
 
+def test_a_worker_paused_while_waiting_on_the_bell_never_runs_the_batch_its_claim_took(
+    procs: Procs, client: redis.Redis, batcher: Batcher
+) -> None:
+    """A lingering worker's claim rides behind its wait on the bell, so Redis claims a batch for it
+    the moment the bell rings, paused or not. SIGSTOP it while it waits, cut a batch: the batch
+    is its own until the lease runs out, then a sweeper reclaims it and a second worker runs it.
+    SIGCONT: the first worker reads a claim whose lease ran out long ago and must not run it."""
+    batcher.register("r", version="v1", source="s", handler="tests.handlers.record",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 5})
+    first = procs.worker("--lease", "1s")
+    procs.sweeper()
+    batcher.emit("s", {"n": 0})
+    wait_for(lambda: len(delivered(client)) == 1, 30, "the first batch", procs.logs)
+    time.sleep(0.3)  # lingering on the bell (for 1 s after its last batch)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        (r,) = batcher.emit("s", {"n": 1})
+        assert r.batch is not None
+        time.sleep(0.3)
+        assert client.zscore(batcher.keys.running, r.batch.id) is not None  # claimed for the paused one
+        procs.worker("--lease", "1s")
+        wait_for(lambda: len(delivered(client)) == 2, 30, "the batch run by the second worker", procs.logs)
+        time.sleep(1.5)  # the first worker's claim is now older than its lease by far
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    wait_for(lambda: "lease_lost" in procs.logs(), 10, "the resumed worker to drop its stale claim",
+             procs.logs)
+    time.sleep(0.5)
+    rows = delivered(client)
+    assert len(rows) == 2 and first.pid not in {r["pid"] for r in rows[1:]}, rows
+    assert client.hget(batcher.keys.stats, "batches_delivered:r@v1") == b"2"
+
+
 def test_worker_paused_past_its_lease_cannot_touch_the_batch(procs: Procs, client, batcher) -> None:
     """SIGSTOP a worker mid-handler past its lease: a sweeper reclaims the batch and a second
     worker runs it. SIGCONT: the first worker's handler finishes, but its complete is refused
