@@ -216,6 +216,12 @@ class Executor:
         """Run a claimed batch's handler and settle the record; the outcome is also counted in
         this process's metrics (`metrics.py`)."""
         batch = claim.batch
+        if claim.stale():  # read long after Redis ran it: this process was paused meanwhile
+            log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "
+                      "lease ran out before it could start; not run", batch.id,
+                      extra={"event": "lease_lost", "batch": batch.id})
+            metrics.LEASES_LOST.inc()
+            return Result(Status.LEASE_LOST, batch.id, batch.attempt)
         if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
             delay = max(0.0, time.time() - batch.cut_at_ms / 1000)
             metrics.HANDLER_START_DELAY.labels(batch.binding).observe(delay)
@@ -230,11 +236,6 @@ class Executor:
 
     def _run(self, claim: Claim) -> Result:
         batch, token, rec = claim.batch, claim.token, self.records
-        if claim.stale():  # read long after Redis ran it: this process was paused meanwhile
-            log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "
-                      "lease ran out before it could start; not run", batch.id,
-                      extra={"event": "lease_lost", "batch": batch.id})
-            return Result(Status.LEASE_LOST, batch.id, batch.attempt)
         if claim.error is not None:
             rec.fail(batch.id, token, claim.error, None)
             log.error("batch_poison batch=%s binding=%s: %s; kept as a dead batch", batch.id,

@@ -428,3 +428,21 @@ def test_a_claim_that_leaves_nothing_ready_silences_the_bell(client: redis.Redis
     client.lpush(b.keys.bell, 1, 1)  # stale: nothing is ready
     assert b.records.claim_next(60_000) is None
     assert client.llen(b.keys.bell) == 0
+
+
+def test_a_claim_read_after_its_lease_surely_ran_out_is_not_run(client: redis.Redis, namespace: str) -> None:
+    """A claim whose reply was read past `stale_after` (its worker paused while Redis ran it) is
+    dropped as lease_lost without running the handler: the batch is reclaimed and run elsewhere."""
+    import dataclasses
+
+    b = Batcher(client, namespace=namespace, handoff=False, shards=1)
+    b.register("f", version="v1", source="s", handler=f"{__name__}.note_start",
+               batch={"count": 1, "window": "1h"})
+    b.emit("s", {"n": 0})
+    starts.clear()
+    claim = b.records.claim_next(60_000)
+    assert claim is not None and not claim.stale()
+    ex = Executor(b.records, HandlerResolver([__name__]))
+    result = ex.run(dataclasses.replace(claim, stale_after=time.monotonic() - 1))
+    assert result.status == "lease_lost" and starts == []
+    assert b.records.count("running") == 1  # left for the sweeper to reclaim when the lease ends
