@@ -93,6 +93,9 @@ def _start_latency(url: str, rate: float | None, batches: int) -> dict[str, Any]
         time.sleep(1.0)
         if rate is not None:
             canary = spawn("-m", "bench.canary", str(batches / rate + 3), str(stalls_file), url=url)
+        pids = {"worker": worker.pid, "Redis": int(client.info("server")["process_id"]),
+                "producer": os.getpid()}
+        cpu0 = {who: _cpu_s(pid) for who, pid in pids.items()}
         wall0 = time.time() * 1000
         t0 = time.perf_counter()
         for i in range(batches):
@@ -101,10 +104,12 @@ def _start_latency(url: str, rate: float | None, batches: int) -> dict[str, Any]
                 time.sleep(max(0.0, t0 + (i + 1) / rate - time.perf_counter()))
         wall1 = time.time() * 1000
         wait_counter(client, "bench:events", batches, timeout=120)
+        busy_s = time.perf_counter() - t0
+        cpu = {who: (_cpu_s(pid) - cpu0[who]) / busy_s for who, pid in pids.items()}
         rows = [tuple(map(float, x.split())) for x in client.lrange("bench:late", 0, -1)]
         started = sum(1 for _, start in rows if start <= wall1)
         out = {**summary([start - cut for cut, start in rows]),  # both measured from time 0
-               "started_per_s": started / ((wall1 - wall0) / 1000)}
+               "started_per_s": started / ((wall1 - wall0) / 1000), "cores_busy": cpu}
         if canary is not None:
             canary.wait(60)
             out.update(_machine_stalls(json.loads(stalls_file.read_text()), rows))
@@ -112,6 +117,12 @@ def _start_latency(url: str, rate: float | None, batches: int) -> dict[str, Any]
     finally:
         stop([worker, *([canary] if canary else [])])
         b.drop("wl@v1")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _machine_stalls(stalls: list[list[float]], rows: list[tuple[float, ...]]) -> dict[str, Any]:
@@ -168,6 +179,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         print(f"cut -> handler start at 80% of {what} ({cap:.0f}/s -> {0.8 * cap:.0f} batches/s, "
               f"{n_late} batches): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms "
               f"(goal p99 <= 20 ms)")
+        busy = lat["cores_busy"]
+        print("  cores busy from the first emit to the last handler start: " +
+              ", ".join(f"{who} {v:.2f}" for who, v in busy.items()) + f"; {sum(busy.values()):.2f} of "
+              f"{os.cpu_count()}")
         print(f"  meanwhile an idle process beside it stalled {lat['machine_stalls']} times (woke > 5 ms "
               f"late; worst {lat['machine_stall_max_ms']:.0f} ms); of the {lat['over_goal']} batches "
               f"over 20 ms, {lat['over_goal_after_a_stall']} started within 100 ms (plus their wait) "
