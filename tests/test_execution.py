@@ -446,3 +446,55 @@ def test_a_claim_read_after_its_lease_surely_ran_out_is_not_run(client: redis.Re
     result = ex.run(dataclasses.replace(claim, stale_after=time.monotonic() - 1))
     assert result.status == "lease_lost" and starts == []
     assert b.records.count("running") == 1  # left for the sweeper to reclaim when the lease ends
+
+
+@pytest.mark.parametrize("backend", ["redis", "fakeredis"])
+def test_a_bell_that_is_not_a_list_fails_nothing_and_is_cleared(
+    backend: str, redis_server: RedisServer, fake_server: fakeredis.FakeServer, namespace: str
+) -> None:
+    """The bell only wakes workers early: a hostile writer that makes it a string must not fail
+    (nor half-write) an emit, a flush, a retry or a reclaim, and a lingering worker still runs
+    every batch; the first claim that finds nothing ready deletes the bad key."""
+    client = (redis.Redis.from_url(redis_server.url) if backend == "redis"
+              else fakeredis.FakeRedis(server=fake_server))
+    clock = ManualClock(0)
+    b = Batcher(client, namespace=namespace, handoff=False, shards=1, clock=clock)
+    b.register("f", version="v1", source="s", handler=f"{__name__}.note_start",
+               batch={"count": 2, "window": "1m"}, retry={"attempts": 5})
+    starts.clear()
+    client.set(b.keys.bell, "not a list")
+    (r,) = b.emit("s", {"n": 0})
+    assert r.batch is None
+    (r,) = b.emit("s", {"n": 1})  # cuts: rings the bell
+    assert r.batch is not None and len(r.batch.events) == 2
+    b.emit("s", {"n": 2})
+    clock.advance("2m")
+    assert [len(x.events) for x in b.flush_expired()] == [1]  # cuts: rings the bell
+    c = b.records.claim_next(60_000)
+    assert c is not None and b.records.fail(c.batch.id, c.token, "boom", 0).value == "retry"
+    assert client.type(b.keys.bell) == b"string"  # nothing ready was claimed out yet
+    Executor(b.records, HandlerResolver([__name__])).drain(linger_s=0.3)
+    assert len(starts) == 2
+    assert client.exists(b.keys.bell) == 0
+    assert b.counters()["events_in:f@v1"] == 3 and b.counters()["events_delivered:f@v1"] == 3
+
+
+@pytest.mark.parametrize("backend", ["redis", "fakeredis"])
+@pytest.mark.parametrize("call", ["emit", "emit_many"])
+def test_a_ticket_queue_that_is_not_a_list_fails_no_emit(
+    backend: str, call: str, redis_server: RedisServer, fake_server: fakeredis.FakeServer, namespace: str,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """An emit that cuts reads the ticket queue's length in its script; a queue key a hostile
+    writer made a string must not fail the emit after its event was stored (the caller would
+    emit it again): the emit returns its batch and the hand-off's failure is logged."""
+    client = (redis.Redis.from_url(redis_server.url) if backend == "redis"
+              else fakeredis.FakeRedis(server=fake_server))
+    b = Batcher(client, namespace=namespace, shards=1)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1m"})
+    queue = make_queue(client, b.keys)
+    client.set(queue.key, "not a list")
+    (r,) = b.emit("s", {"n": 0}) if call == "emit" else b.emit_many("s", [{"n": 0}])
+    assert r.batch is not None
+    assert b.counters()["events_in:f@v1"] == 1 and b.records.count("ready") == 1
+    assert "handoff_failed" in caplog.text

@@ -131,7 +131,9 @@ if woke then
 end
 -- @include remember_notes
 if made_ready > 0 and k_bell then ring(k_bell, made_ready) end
-if k_queue then
-  out[#out + 1] = made_ready > 0 and redis.call('LLEN', k_queue) or -1
+if k_queue then  -- pcall: a queue key that is no list (a hostile writer) must not fail, half-done,
+  -- the emit; 0 makes the client try its hand-off, which says what is wrong
+  local queued = made_ready > 0 and redis.pcall('LLEN', k_queue) or -1
+  out[#out + 1] = type(queued) == 'number' and queued or 0
 end
 return out

@@ -83,8 +83,9 @@ if #KEYS >= 14 then
     -- @include bell
     ring(KEYS[14], made_ready)
   end
-  if KEYS[13] ~= '' then
-    out[#out + 1] = made_ready > 0 and redis.call('LLEN', KEYS[13]) or -1
+  if KEYS[13] ~= '' then  -- pcall: as accumulate.lua
+    local queued = made_ready > 0 and redis.pcall('LLEN', KEYS[13]) or -1
+    out[#out + 1] = type(queued) == 'number' and queued or 0
   end
 end
 return out

@@ -4,7 +4,10 @@
 local function ring(k_bell, n)
   local tokens = {}
   for i = 1, math.min(n, 8) do tokens[i] = 1 end
-  if redis.call('LPUSH', k_bell, (table.unpack or unpack)(tokens)) > 8 then
+  -- pcall: the bell only wakes workers early, so a bell that is no list (a hostile writer) must
+  -- not fail, half-done, the call that rings it; the next claim that finds none ready deletes it
+  local len = redis.pcall('LPUSH', k_bell, (table.unpack or unpack)(tokens))
+  if type(len) == 'number' and len > 8 then
     redis.call('LTRIM', k_bell, 0, 7)
   end
 end
