@@ -82,6 +82,7 @@ class Records:
         self.scripts = scripts or Scripts(client)
         self._next = random.randrange(len(self.shards))
         self._rung = self._next  # the shard a waiting worker claims from first: the last that had work
+        self._loaded_for_waits = False
         self._cluster = isinstance(client, redis.RedisCluster)
         timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
         self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
@@ -160,6 +161,12 @@ class Records:
         rang is another shard's, or none rang, the other shards are looked at too."""
         token = secrets.token_hex(8)
         k = self.shards[shard]
+        if before and not self._loaded_for_waits:
+            # a call Redis answered NOSCRIPT is sent again only after the wait: load them first
+            # (once; after a restart or SCRIPT FLUSH the first such complete is late by the wait)
+            for script, _, _ in before:
+                self.client.script_load(script.script)
+            self._loaded_for_waits = True
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),

@@ -218,26 +218,36 @@ def test_a_worker_paused_while_waiting_on_the_bell_never_runs_the_batch_its_clai
                      batch={"count": 1, "window": "1h"}, retry={"attempts": 5})
     first = procs.worker("--lease", "1s")
     procs.sweeper()
-    batcher.emit("s", {"n": 0})
-    wait_for(lambda: len(delivered(client)) == 1, 30, "the first batch", procs.logs)
-    time.sleep(0.3)  # lingering on the bell (for 1 s after its last batch)
-    os.kill(first.pid, signal.SIGSTOP)
-    try:
-        (r,) = batcher.emit("s", {"n": 1})
+    for i in range(0, 10, 2):  # until the pause finds the worker waiting on the bell
+        n = len(delivered(client))
+        batcher.emit("s", {"n": i})  # it runs this one, then lingers on the bell for 1 s
+        wait_for(lambda n=n: len(delivered(client)) == n + 1 and client.zcard(batcher.keys.running) == 0,
+                 30, "a batch run and completed", procs.logs)
+        os.kill(first.pid, signal.SIGSTOP)  # completed: the wait on the bell is next in its pipeline
+        (r,) = batcher.emit("s", {"n": i + 1})
         assert r.batch is not None
         time.sleep(0.3)
-        assert client.zscore(batcher.keys.running, r.batch.id) is not None  # claimed for the paused one
+        if client.zscore(batcher.keys.running, r.batch.id) is not None:
+            break  # claimed for the paused worker
+        os.kill(first.pid, signal.SIGCONT)  # it was not on the bell yet: let it run this one
+        wait_for(lambda n=n: len(delivered(client)) == n + 2, 30, "a batch", procs.logs)
+    else:
+        raise AssertionError("the worker was never caught waiting on the bell")
+    try:
         procs.worker("--lease", "1s")
-        wait_for(lambda: len(delivered(client)) == 2, 30, "the batch run by the second worker", procs.logs)
+        wait_for(lambda: r.batch is not None and r.batch.id in {x["id"] for x in delivered(client)}, 30,
+                 "the batch run by the second worker", procs.logs)
         time.sleep(1.5)  # the first worker's claim is now older than its lease by far
     finally:
         os.kill(first.pid, signal.SIGCONT)
     wait_for(lambda: "lease_lost" in procs.logs(), 10, "the resumed worker to drop its stale claim",
              procs.logs)
     time.sleep(0.5)
-    rows = delivered(client)
-    assert len(rows) == 2 and first.pid not in {r["pid"] for r in rows[1:]}, rows
-    assert client.hget(batcher.keys.stats, "batches_delivered:r@v1") == b"2"
+    runs = [x for x in delivered(client) if x["id"] == r.batch.id]
+    assert len(runs) == 1 and runs[0]["pid"] != first.pid, runs
+    ids = [x["id"] for x in delivered(client)]
+    assert len(ids) == len(set(ids)), delivered(client)
+    assert client.hget(batcher.keys.stats, "batches_delivered:r@v1") == str(len(ids)).encode()
 
 
 def test_worker_paused_past_its_lease_cannot_touch_the_batch(procs: Procs, client, batcher) -> None:

@@ -1040,3 +1040,26 @@ def test_pipelined_calls_that_met_noscript_are_resent_once_by_text(redis_server:
     assert {a[0], c[0]} == {first.encode(), second.encode()}
     stats = b.client.info("commandstats")
     assert stats["cmdstat_eval"]["calls"] == 2 and b.records.count("ready") == 0
+
+
+def test_a_complete_sent_with_a_wait_runs_before_the_wait_even_on_a_redis_that_lacks_its_script(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """`[complete, BLPOP bell, claim]`: a complete Redis answers NOSCRIPT would only be sent again
+    after the wait, leaving a delivered batch running for up to the wait (for a worker paused
+    meanwhile, until its lease runs out and the batch runs again). The scripts a wait rides
+    behind are loaded first, so the complete runs at once."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    (first,) = some_batches(b, 1)
+    claim = b.records.claim([first], 60_000)
+    assert claim is not None
+    b.client.script_flush()
+    waiting = threading.Thread(target=b.records.complete_and_claim, args=(first, claim.token, 60_000),
+                               kwargs={"wait_s": 1.0})
+    waiting.start()
+    try:
+        time.sleep(0.3)  # the worker is in its wait on the bell
+        assert states(b, first) == [], "the complete has not run yet"
+    finally:
+        b.client.lpush(b.keys.bell, 1)  # end the wait
+        waiting.join(5)
