@@ -46,6 +46,7 @@ class Result:
     status: Status
     batch_id: str
     attempt: int = 0
+    handler_s: float = 0.0  # how long the handler ran, when it ran
 
 
 @dataclass(slots=True)
@@ -134,7 +135,6 @@ class Executor:
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
         self._chain = False  # complete the batch in hand and claim the next in one round trip
         self._wait_s = 0.0  # ... with a wait on the bell between them, if it was the last one ready
-        self._handler_s = 0.0  # how long the last handler ran
         self._next: Claim | None = None  # claimed with the last complete, to run next
         self._none_ready = False  # ...or that claim found none: wait before asking again
 
@@ -227,7 +227,7 @@ class Executor:
             metrics.HANDLER_START_DELAY.labels(batch.binding).observe(delay)
         result = self._run(claim)
         if result.status in (Status.DELIVERED, Status.RETRY, Status.DEAD):
-            metrics.HANDLER_DURATION.labels(batch.binding).observe(self._handler_s)
+            metrics.HANDLER_DURATION.labels(batch.binding).observe(result.handler_s)
             metrics.BATCH_SIZE.labels(batch.binding).observe(len(batch.events))
         elif result.status is Status.LEASE_LOST:
             metrics.LEASES_LOST.inc()
@@ -258,7 +258,7 @@ class Executor:
             with handler_span(batch):
                 fn(batch)
         except Exception as exc:
-            self._handler_s = time.perf_counter() - started
+            handler_s = time.perf_counter() - started
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
             outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
@@ -267,10 +267,10 @@ class Executor:
             log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %r",
                         batch.id, batch.binding, batch.attempt, retry.attempts, outcome, exc,
                         extra={"event": "handler_failed", "batch": batch.id})
-            return Result(Status(outcome.value), batch.id, batch.attempt)
+            return Result(Status(outcome.value), batch.id, batch.attempt, handler_s)
         finally:
             self.leases.release(batch.id)
-        self._handler_s = time.perf_counter() - started
+        handler_s = time.perf_counter() - started
         if self._chain and not self.stop.is_set():
             wait = self._wait_s if claim.left == 0 else 0.0  # none was waiting behind this one
             done, self._next = rec.complete_and_claim(batch.id, token, self.lease_ms, wait_s=wait)
@@ -280,8 +280,8 @@ class Executor:
         if done is None:
             return self._lost(batch.id, batch.attempt, held.lost)
         log.debug("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
-                 batch.binding, len(batch.events), self._handler_s)
-        return Result(Status.DELIVERED, batch.id, batch.attempt)
+                 batch.binding, len(batch.events), handler_s)
+        return Result(Status.DELIVERED, batch.id, batch.attempt, handler_s)
 
     @staticmethod
     def _lost(batch_id: str, attempt: int, logged: bool) -> Result:

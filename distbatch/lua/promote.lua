@@ -11,6 +11,6 @@ for _, id in ipairs(due) do
   redis.call('ZREM', k_delayed, id)
   redis.call('ZADD', k_ready, seq_of(id), id)
 end
-if #due > 0 then ring(KEYS[12], #due) end
+ring(KEYS[12], #due)
 local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
 return {#due, first[2] and tonumber(first[2]) or -1, real_now}

@@ -2,6 +2,7 @@
 -- of polling. One token per batch made ready; at most 8 are kept, so a bell nobody waits on stays
 -- small and wakes the next listeners only a few times for nothing.
 local function ring(k_bell, n)
+  if n < 1 then return end
   local tokens = {}
   for i = 1, math.min(n, 8) do tokens[i] = 1 end
   -- pcall: the bell only wakes workers early, so a bell that is no list (a hostile writer) must
