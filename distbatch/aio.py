@@ -34,14 +34,14 @@ from .clock import ManualClock, ServerClock
 from .coalesce import Coalescer
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
-from .errors import ConfigError
+from .errors import ConfigError, describe
 from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
 from .scripts import NAMES, acall, apipelined, source
 from .shards import Layout
-from .transport import TRANSIENT, resend_failed
+from .transport import TRANSIENT, NotSent, apatient, resend_failed
 
 log = logging.getLogger("distbatch")
 T = TypeVar("T")
@@ -285,10 +285,12 @@ class AsyncBatcher:
     async def _eval(self, name: str, keys: list[Any], args: list[Any]) -> Any:
         script = self._scripts[name]
         try:
-            return await acall(script, keys, args)
+            return await apatient(lambda: acall(script, keys, args))
         except TRANSIENT as first:  # every script is idempotent per call id or token: safe to resend
+            if isinstance(first, NotSent):  # a slot on the move, waited for already
+                raise
             try:
-                return await acall(script, keys, args)
+                return await apatient(lambda: acall(script, keys, args))
             except TRANSIENT as second:
                 err = resend_failed(first, second)
                 if err is second:
@@ -350,8 +352,8 @@ class AsyncBatcher:
             try:
                 await hook(batch_ids)
             except Exception as exc:
-                log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off",
-                            len(batch_ids), exc, extra={"event": "handoff_failed"})
+                log.warning("handoff_failed batches=%d: %s; a sweeper will hand them off",
+                            len(batch_ids), describe(exc), extra={"event": "handoff_failed"})
         elif hook is self.dispatcher:  # RQ is sync: its round trips go to a worker thread
             await asyncio.to_thread(hand_off, hook, batch_ids, queued)
         else:

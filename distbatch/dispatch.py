@@ -22,6 +22,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from .errors import describe
 from .keys import Keys
 from .metrics import HANDOFF_TICKETS
 
@@ -44,8 +45,8 @@ def hand_off(on_cut: OnCut | None, batch_ids: Sequence[str], queued: int = -1) -
         else:
             on_cut(batch_ids)
     except Exception as exc:
-        log.warning("handoff_failed batches=%d: %r; a sweeper will hand them off", len(batch_ids),
-                    exc, extra={"event": "handoff_failed"})
+        log.warning("handoff_failed batches=%d: %s; a sweeper will hand them off", len(batch_ids),
+                    describe(exc), extra={"event": "handoff_failed"})
 
 
 def make_queue(client: redis.Redis, keys: Keys) -> Queue:

@@ -9,6 +9,13 @@ class DistbatchError(Exception):
     """Base of every error distbatch raises on purpose."""
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: message`, for logs and error texts: redis-py 6+ leaves the message out of its
+    errors' repr (`server:ResponseError`), which would hide why a call failed."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class ConfigError(DistbatchError, ValueError):
     """A trigger or batch configuration is invalid; `code` is stable for programs to match."""
 
@@ -54,5 +61,5 @@ class EmitError(DistbatchError):
         self.not_sent = sorted(set(range(total)) - set(stored) - set(uncertain))
         super().__init__(
             f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or may not "
-            f"be (no reply from Redis: {cause!r}), {len(self.not_sent)} not sent"
+            f"be (no reply from Redis: {describe(cause)}), {len(self.not_sent)} not sent"
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import metrics
 from .config import Binding
 from .dispatch import Dispatcher
-from .errors import HandlerNotAllowed
+from .errors import HandlerNotAllowed, describe
 from .handlers import HandlerResolver
 from .records import Claim, Outcome, Records
 from .tracing import handler_span
@@ -118,7 +118,7 @@ class LeaseKeeper:
             try:
                 self.renew_now()
             except Exception as exc:  # a blip must not stop renewals; the lease has slack
-                log.warning("lease renewal failed: %r", exc)
+                log.warning("lease renewal failed: %s", describe(exc))
 
 
 class Executor:
@@ -264,8 +264,8 @@ class Executor:
             outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
             if outcome in (Outcome.STALE, Outcome.GONE):
                 return self._lost(batch.id, batch.attempt, held.lost)
-            log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %r",
-                        batch.id, batch.binding, batch.attempt, retry.attempts, outcome, exc,
+            log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %s",
+                        batch.id, batch.binding, batch.attempt, retry.attempts, outcome, describe(exc),
                         extra={"event": "handler_failed", "batch": batch.id})
             return Result(Status(outcome.value), batch.id, batch.attempt, handler_s)
         finally:

@@ -30,7 +30,7 @@ from .codec import (
     encode_events,
 )
 from .config import BUFFER_CAP, Binding, RetryPolicy
-from .errors import EmitError, PayloadError
+from .errors import EmitError, PayloadError, describe
 from .handlers import handler as register_handler
 from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, members_cache
 from .models import Batch, EmitResult, Event
@@ -85,7 +85,7 @@ class _SendFailed(Exception):
 
     def __init__(self, cause: BaseException, items: list[_Item],
                  refused: frozenset[int] = frozenset()) -> None:
-        super().__init__(repr(cause))
+        super().__init__(describe(cause))
         self.cause = cause
         self.items = items
         self.refused = refused
@@ -526,7 +526,7 @@ class Ingest:
             raise PayloadError(
                 "partition_key",
                 f"event {i}: the partition key at batch.key={r.binding.batch.key!r} of "
-                f"binding={r.key!r} cannot be read: {exc!r}; nothing was stored", event=i,
+                f"binding={r.key!r} cannot be read: {describe(exc)}; nothing was stored", event=i,
             ) from exc
 
     def _warn_unbound(self, source: str) -> None:

@@ -260,9 +260,10 @@ class Records:
         return Outcome(as_text(res))
 
     def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:
-        """Retries whose backoff ended become ready: (promoted, next due ms or None, server ms)."""
+        """Retries whose backoff ended become ready: (promoted, next due ms or None, server ms).
+        (A resend promotes what is due then: nothing twice.)"""
         k = self.shards[shard]
-        n, nxt, now = self.scripts.promote(keys=[*k.lifecycle, k.bell], args=[limit])
+        n, nxt, now = once_more(self.scripts.promote, [*k.lifecycle, k.bell], [limit])
         return int(n), None if int(nxt) < 0 else int(nxt), int(now)
 
     def replay(self, batch_id: str) -> bool:

@@ -7,32 +7,85 @@ owns each shard's slot and pipelined on that node's own client, the nodes in par
 meets a slot on the move (MOVED, ASK, TRYAGAIN) is sent again through the cluster client, which
 follows redirects. Sending a call twice is safe: every accumulate call carries a call id the
 script recognises.
+
+While a slot moves, Redis runs a multi-key call only where all of its keys are (else ASK, then
+TRYAGAIN on the importing node), and every script names keys that are often absent (the dead set,
+the bell, a new emitter's call key): such a call is refused until the move ends. redis-py follows
+16 redirects (about 0.4 s), then raises `ClusterError("TTL exhausted.")`; moving a slot that holds
+thousands of keys takes longer. A refusal ran nothing, so the call is sent again, with backoff, for
+up to `SLOT_MOVE_WAIT_S`; after that it fails as `NotSent`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
 from .onecall import OneCall
 from .scripts import call, call_packed, pipelined
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+SLOT_MOVE_WAIT_S = 10.0
+"""How long a call waits for a cluster slot on the move to settle."""
 Call = tuple[list[Any], list[Any]]  # (keys, args)
+T = TypeVar("T")
 
 
 class NotSent(redis.ConnectionError):
-    """Every attempt failed to even connect (refused, unknown host): the call never reached
-    Redis, so nothing of it can have run."""
+    """Nothing of the call can have run: every attempt failed to even connect (refused, unknown
+    host), or was refused by a cluster slot that stayed on the move for `SLOT_MOVE_WAIT_S`."""
+
+
+def slot_moving(exc: BaseException) -> bool:
+    """Redis refused the call, having run nothing, because its slot is on the move."""
+    return isinstance(exc, TryAgainError) or (type(exc) is ClusterError and "TTL exhausted" in str(exc))
+
+
+def patient(send: Callable[[], T]) -> T:
+    """`send()`, sent again with backoff while its slot is on the move (see the module's doc)."""
+    deadline, delay = time.monotonic() + SLOT_MOVE_WAIT_S, 0.05
+    while True:
+        try:
+            return send()
+        except (ClusterError, TryAgainError) as exc:
+            wait = _moving_wait(exc, deadline, delay)
+        time.sleep(wait)
+        delay = min(delay * 2, 0.5)
+
+
+async def apatient(send: Callable[[], Awaitable[T]]) -> T:
+    """`patient` on asyncio."""
+    deadline, delay = time.monotonic() + SLOT_MOVE_WAIT_S, 0.05
+    while True:
+        try:
+            return await send()
+        except (ClusterError, TryAgainError) as exc:
+            wait = _moving_wait(exc, deadline, delay)
+        await asyncio.sleep(wait)
+        delay = min(delay * 2, 0.5)
+
+
+def _moving_wait(exc: BaseException, deadline: float, delay: float) -> float:
+    """How long to wait before sending again; raises when `exc` is no slot on the move or the
+    wait is over."""
+    if not slot_moving(exc):
+        raise exc
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise NotSent(f"a cluster slot was still on the move after {SLOT_MOVE_WAIT_S:g} s "
+                      f"({exc}); nothing of the call ran") from exc
+    return min(delay, left)
 
 
 def never_sent(exc: BaseException) -> bool:
@@ -49,7 +102,9 @@ def never_sent(exc: BaseException) -> bool:
 def resend_failed(first: BaseException, second: BaseException) -> BaseException:
     """The error to report after a call and its resend both failed."""
     if never_sent(first) and never_sent(second):
-        return NotSent(str(second))
+        return second if isinstance(second, NotSent) else NotSent(str(second))
+    if isinstance(second, NotSent):  # the first attempt may have run
+        return redis.ConnectionError(str(second))
     return second
 
 
@@ -163,14 +218,16 @@ class Transport:
 def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = None) -> Any:
     """Call a script; after a connection error send the very same call once more. Safe because
     every distbatch script is idempotent per call id or token (whatever redis-py's own retry
-    setting is)."""
-    return _twice(lambda: call(script, keys, args, client))
+    setting is). A slot on the move is waited out (`patient`)."""
+    return _twice(lambda: patient(lambda: call(script, keys, args, client)))
 
 
 def _twice(send: Callable[[], Any]) -> Any:
     try:
         return send()
     except TRANSIENT as first:
+        if isinstance(first, NotSent):  # a slot on the move, waited for already
+            raise
         try:
             return send()
         except TRANSIENT as second:

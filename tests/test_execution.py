@@ -497,4 +497,4 @@ def test_a_ticket_queue_that_is_not_a_list_fails_no_emit(
     (r,) = b.emit("s", {"n": 0}) if call == "emit" else b.emit_many("s", [{"n": 0}])
     assert r.batch is not None
     assert b.counters()["events_in:f@v1"] == 1 and b.records.count("ready") == 1
-    assert "handoff_failed" in caplog.text
+    assert "handoff_failed" in caplog.text and "WRONGTYPE" in caplog.text  # says why

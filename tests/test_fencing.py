@@ -519,6 +519,7 @@ def test_a_single_emit_whose_replies_are_all_lost_is_uncertain_and_stored_once(
     assert err.value.uncertain == [0] and err.value.stored == err.value.not_sent == []
     cause = err.value.__cause__
     assert isinstance(cause, redis.ConnectionError) and cause.__cause__ is not cause  # no cycle
+    assert f"{type(cause).__name__}: {cause}" in str(err.value)  # redis-py's repr hides the text
     assert redis.Redis.from_url(redis_server.url).llen(b.keys.buffer("f@v1", None)) == 2
 
 

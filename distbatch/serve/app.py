@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from ..aio import AsyncBatcher, connect_async
+from ..errors import describe
 from . import dashboard
 from .auth import BearerAuth
 from .events import post_events
@@ -82,5 +83,5 @@ async def _sample(inspector: Inspector) -> None:
         try:
             await asyncio.to_thread(inspector.sample)
         except Exception as exc:  # Redis down: the page shows a gap, /healthz says why
-            log.debug("sample_failed: %r", exc)
+            log.debug("sample_failed: %s", describe(exc))
         await asyncio.sleep(SAMPLE_EVERY_S)
