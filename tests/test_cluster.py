@@ -313,6 +313,15 @@ def test_a_slot_on_the_move_for_too_long_fails_the_emit_as_not_sent(
     assert "still on the move" in str(failed.value)
     assert b.records.count("ready") == 0
     late.emit_many("s", [payloads[i] for i in failed.value.not_sent])
+
+    async def emit_async() -> None:
+        async with await AsyncBatcher.from_url(url, namespace=ns, handoff=False) as ab:
+            await ab.emit_many("s", [{"k": i, "n": 2} for i in range(6)])
+
+    with slots_moving(local_cluster, list(b.layout.tags), 1.5), pytest.raises(EmitError) as failed:
+        asyncio.run(emit_async())
+    err = failed.value
+    assert err.stored == [] and err.uncertain == [] and err.not_sent == list(range(6))
     claims = [b.records.claim_next(10_000) for _ in range(6)]
     ns_of = sorted(e.payload["n"] for c in claims if c is not None for e in c.batch.events)
     assert ns_of == [0] * 6 + [1] * 6
