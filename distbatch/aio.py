@@ -275,8 +275,8 @@ class AsyncBatcher:
             return await self._store(op)
         if isinstance(op, Eval):
             return await self._eval(op.script, list(op.keys), list(op.args))
-        if isinstance(op, Cmd):
-            return await getattr(self.client, op.name)(*op.args)
+        if isinstance(op, Cmd):  # on a cluster a multi-key one (EXISTS a b) can meet a slot on the move
+            return await apatient(lambda: getattr(self.client, op.name)(*op.args))
         if isinstance(op, Atomic):
             return await self._atomic(op.cmds)
         await self._handoff(op.batch_ids, op.queued)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from .clients import is_cluster
 from .ops import Atomic, Cmd, Eval, Op, Proc, Store
 from .scripts import Scripts
-from .transport import Transport, once_more
+from .transport import Transport, once_more, patient
 
 T = TypeVar("T")
 
@@ -44,8 +44,8 @@ class SyncDriver:
             return self.transport.run(getattr(self.scripts, op.script), op.build(emitter, calls), client)
         if isinstance(op, Eval):
             return once_more(getattr(self.scripts, op.script), list(op.keys), list(op.args))
-        if isinstance(op, Cmd):
-            return getattr(self.client, op.name)(*op.args)
+        if isinstance(op, Cmd):  # on a cluster a multi-key one (EXISTS a b) can meet a slot on the move
+            return patient(lambda: getattr(self.client, op.name)(*op.args))
         if isinstance(op, Atomic):
             return self._atomic(op.cmds)
         if self.handoff is not None:

@@ -21,6 +21,7 @@ from distbatch import Batcher, transport
 from distbatch.aio import AsyncBatcher
 from distbatch.cli import main as cli
 from distbatch.errors import EmitError
+from distbatch.keys import Keys
 from distbatch.sweeper import Sweeper
 
 from .processes import Procs, delivered, wait_for
@@ -325,3 +326,24 @@ def test_a_slot_on_the_move_for_too_long_fails_the_emit_as_not_sent(
     claims = [b.records.claim_next(10_000) for _ in range(6)]
     ns_of = sorted(e.payload["n"] for c in claims if c is not None for e in c.batch.events)
     assert ns_of == [0] * 6 + [1] * 6
+
+
+def test_a_namespace_is_first_used_while_its_slot_moves(local_cluster: LocalCluster) -> None:
+    """A namespace's first use reads its layout (`EXISTS bindings regver`: two keys, both absent)
+    where its meta key lives; while that slot moves Redis answers TRYAGAIN until the move ends.
+    The Batcher waits it out and starts, with a shard per master."""
+    ns = "slotnew"
+    with slots_moving(local_cluster, [Keys(ns).meta], 1.0):
+        started = time.monotonic()
+        b = Batcher.from_url(local_cluster.url, namespace=ns, handoff=False)
+        waited = time.monotonic() - started
+    assert waited > 0.5 and b.layout.count == 3
+
+    async def first_use() -> int:
+        async with await AsyncBatcher.from_url(local_cluster.url, namespace="aslotnew", handoff=False) as ab:
+            return (await ab.start()).layout.count  # read on connecting
+
+    with slots_moving(local_cluster, [Keys("aslotnew").meta], 1.0):
+        started = time.monotonic()
+        assert asyncio.run(first_use()) == 3
+        assert time.monotonic() - started > 0.5
