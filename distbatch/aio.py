@@ -40,8 +40,9 @@ from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
 from .scripts import NAMES, acall, apipelined, source
+from .sent import resend_failed
 from .shards import Layout
-from .transport import TRANSIENT, NotSent, apatient, resend_failed
+from .transport import TRANSIENT, apatient, slot_moving
 
 log = logging.getLogger("distbatch")
 T = TypeVar("T")
@@ -276,7 +277,7 @@ class AsyncBatcher:
         if isinstance(op, Eval):
             return await self._eval(op.script, list(op.keys), list(op.args))
         if isinstance(op, Cmd):  # on a cluster a multi-key one (EXISTS a b) can meet a slot on the move
-            return await apatient(lambda: getattr(self.client, op.name)(*op.args))
+            return await apatient(lambda: getattr(self.client, op.name)(*op.args), self.client)
         if isinstance(op, Atomic):
             return await self._atomic(op.cmds)
         await self._handoff(op.batch_ids, op.queued)
@@ -285,12 +286,12 @@ class AsyncBatcher:
     async def _eval(self, name: str, keys: list[Any], args: list[Any]) -> Any:
         script = self._scripts[name]
         try:
-            return await apatient(lambda: acall(script, keys, args))
+            return await apatient(lambda: acall(script, keys, args), self.client)
         except TRANSIENT as first:  # every script is idempotent per call id or token: safe to resend
-            if isinstance(first, NotSent):  # a slot on the move, waited for already
+            if slot_moving(first.__cause__ or first):  # a slot on the move, waited for already
                 raise
             try:
-                return await apatient(lambda: acall(script, keys, args))
+                return await apatient(lambda: acall(script, keys, args), self.client)
             except TRANSIENT as second:
                 err = resend_failed(first, second)
                 if err is second:

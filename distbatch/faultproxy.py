@@ -159,6 +159,16 @@ class FaultProxy:
         with self._lock:
             self._drop_all = on
 
+    def stop_listening(self) -> None:
+        """Refuse new connections from now on (as a Redis that went down does); the connections
+        open keep working until a fault cuts them."""
+        self._stop.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(2.0)
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+
     @property
     def armed(self) -> bool:
         with self._lock:

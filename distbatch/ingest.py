@@ -39,8 +39,9 @@ from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
 from .registry import Registry, Route, Snapshot
 from .scripts import sha_of
+from .sent import NotSent
 from .shards import Layout, shard_of
-from .transport import TRANSIENT, NotSent
+from .transport import TRANSIENT
 
 log = logging.getLogger("distbatch")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import random
 import secrets
@@ -24,15 +25,18 @@ from typing import Any
 import msgpack
 import redis
 from redis.commands.core import Script
+from redis.exceptions import ClusterError
 
 from .codec import as_text, decode_batch, decode_events
 from .config import Binding
-from .errors import BatchNotFound
+from .errors import BatchNotFound, describe
 from .keys import Keys, split_member
 from .models import Batch
 from .scripts import Command, ScriptCall, Scripts, pipelined
 from .shards import Layout, batch_id_shard
 from .transport import TRANSIENT, once_more
+
+log = logging.getLogger("distbatch.worker")
 
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
@@ -196,9 +200,23 @@ class Records:
         return bool(self._call(self.scripts.renew, batch_id, token, lease_ms))
 
     def renew_many(self, held: Sequence[tuple[str, str]], lease_ms: int) -> list[bool]:
-        """Renew several leases, in one round trip on one Redis: [(batch_id, token)] -> renewed?"""
+        """Renew several leases, in one round trip on one Redis: [(batch_id, token)] -> renewed?
+        On a cluster one call per batch, each on its own: a batch whose renewal fails (its node
+        away, its slot on the move past lease/3) counts as renewed for now, not as lost, and
+        holds up no other batch's renewal."""
         if self._cluster:
-            return [self.renew(bid, token, lease_ms) for bid, token in held]
+            deadline = time.monotonic() + lease_ms / 3000
+            renewed = []
+            for bid, token in held:
+                k = self.keys_for(bid)
+                try:
+                    renewed.append(bool(once_more(self.scripts.renew, k.lifecycle, [bid, token, lease_ms],
+                                                  deadline=deadline)))
+                except (*TRANSIENT, ClusterError) as exc:
+                    log.warning("lease renewal failed batch=%s: %s; tried again within lease/3", bid,
+                                describe(exc))
+                    renewed.append(True)
+            return renewed
         renew = self.scripts.renew
         replies = pipelined(self.client, [(renew, self.keys_for(bid).lifecycle, [bid, token, lease_ms])
                                           for bid, token in held])

@@ -25,6 +25,8 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
+from .sent import MaybeRan, refused
+
 _hiredis_pack: Any = None
 with contextlib.suppress(ImportError):  # hiredis is optional (the `fast` extra)
     from hiredis import pack_command as _hiredis_pack
@@ -111,9 +113,20 @@ def _exchange(conn: Any, packed: list[bytes], n: int) -> list[Any]:
     connection error closes the socket and the round trip is tried again after the policy's
     backoff (redis-py 8's default: 10 retries, 10 ms to 1 s apart), so a short outage or a
     restart is ridden out. Resending is safe: every distbatch script is idempotent per call id
-    or token."""
-    replies: list[Any] = conn.retry.call_with_retry(lambda: _round_trip(conn, packed, n),
-                                                    lambda _error: conn.disconnect())
+    or token. A last error that says the call never left (refused) speaks only for the last
+    attempt: if an earlier one failed after sending, it is raised as `MaybeRan`."""
+    reached: list[bool] = []
+
+    def failed(error: BaseException) -> None:
+        reached.append(not refused(error))
+        conn.disconnect()
+
+    try:
+        replies: list[Any] = conn.retry.call_with_retry(lambda: _round_trip(conn, packed, n), failed)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        if any(reached[:-1]) and refused(exc):
+            raise MaybeRan(f"{exc}; an earlier attempt of the retry policy may have run") from exc
+        raise
     return replies
 
 

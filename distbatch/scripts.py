@@ -18,9 +18,10 @@ from typing import Any
 
 from redis import Redis
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
 from .roundtrip import execute, execute_one, execute_packed, supported
+from .sent import unsure
 
 _INCLUDE = re.compile(r"^([ \t]*)-- @include (\w+)$", re.MULTILINE)
 NAMES = (
@@ -103,10 +104,13 @@ def call(script: Script, keys: Sequence[Any], args: Sequence[Any], client: Any =
             return execute_one(c, ("EVALSHA", script.sha, len(keys), *keys, *args))
         except NoScriptError:
             return execute_one(c, ("EVAL", script.script, len(keys), *keys, *args))
-    try:
-        return c.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return c.eval(script.script, len(keys), *keys, *args)
+    try:  # redis-py drives it (a cluster): its own retries are out of sight
+        try:
+            return c.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return c.eval(script.script, len(keys), *keys, *args)
+    except (ConnectionError, TimeoutError) as exc:
+        raise unsure(exc, c)  # noqa: B904 (its cause is set)
 
 
 def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[Any], list[Any]]],
@@ -126,10 +130,13 @@ def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[An
 async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """`call` on redis.asyncio."""
     c: Any = script.registered_client
-    try:
-        return await c.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return await c.eval(script.script, len(keys), *keys, *args)
+    try:  # redis-py drives it: its own retries are out of sight
+        try:
+            return await c.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await c.eval(script.script, len(keys), *keys, *args)
+    except (ConnectionError, TimeoutError) as exc:
+        raise unsure(exc, c)  # noqa: B904 (its cause is set)
 
 
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]  # (script, keys, args)
@@ -177,7 +184,10 @@ def _send(client: Any, calls: Sequence[ScriptCall | Command], *, by_text: bool) 
             pipe.eval(script.script, len(keys), *keys, *args)
         else:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-    return list(pipe.execute(raise_on_error=False))
+    try:  # redis-py drives it: its own retries are out of sight
+        return list(pipe.execute(raise_on_error=False))
+    except (ConnectionError, TimeoutError) as exc:
+        raise unsure(exc, client)  # noqa: B904 (its cause is set)
 
 
 def _argv(script: Script, keys: Sequence[Any], args: Sequence[Any], *, by_text: bool) -> tuple[Any, ...]:
@@ -198,10 +208,13 @@ async def apipelined(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]
 
 
 async def _asend(client: Any, calls: Sequence[AsyncScriptCall], *, by_text: bool) -> list[Any]:
-    async with client.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            if by_text:
-                pipe.eval(script.script, len(keys), *keys, *args)
-            else:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+    try:  # redis-py drives it: its own retries are out of sight
+        async with client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                if by_text:
+                    pipe.eval(script.script, len(keys), *keys, *args)
+                else:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+    except (ConnectionError, TimeoutError) as exc:
+        raise unsure(exc, client)  # noqa: B904 (its cause is set)

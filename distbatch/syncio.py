@@ -45,7 +45,7 @@ class SyncDriver:
         if isinstance(op, Eval):
             return once_more(getattr(self.scripts, op.script), list(op.keys), list(op.args))
         if isinstance(op, Cmd):  # on a cluster a multi-key one (EXISTS a b) can meet a slot on the move
-            return patient(lambda: getattr(self.client, op.name)(*op.args))
+            return patient(lambda: getattr(self.client, op.name)(*op.args), self.client)
         if isinstance(op, Atomic):
             return self._atomic(op.cmds)
         if self.handoff is not None:

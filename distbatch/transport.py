@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
 from .onecall import OneCall
 from .scripts import call, call_packed, pipelined
+from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 SLOT_MOVE_WAIT_S = 10.0
@@ -42,70 +42,50 @@ Call = tuple[list[Any], list[Any]]  # (keys, args)
 T = TypeVar("T")
 
 
-class NotSent(redis.ConnectionError):
-    """Nothing of the call can have run: every attempt failed to even connect (refused, unknown
-    host), or was refused by a cluster slot that stayed on the move for `SLOT_MOVE_WAIT_S`."""
-
-
 def slot_moving(exc: BaseException) -> bool:
     """Redis refused the call, having run nothing, because its slot is on the move."""
     return isinstance(exc, TryAgainError) or (type(exc) is ClusterError and "TTL exhausted" in str(exc))
 
 
-def patient(send: Callable[[], T]) -> T:
-    """`send()`, sent again with backoff while its slot is on the move (see the module's doc)."""
-    deadline, delay = time.monotonic() + SLOT_MOVE_WAIT_S, 0.05
+def patient(send: Callable[[], T], client: Any, deadline: float | None = None) -> T:
+    """`send()` on `client`, sent again with backoff while its slot is on the move, until
+    `deadline` (monotonic; default `SLOT_MOVE_WAIT_S` from now): see the module's doc."""
+    deadline = time.monotonic() + SLOT_MOVE_WAIT_S if deadline is None else deadline
+    delay = 0.05
     while True:
         try:
             return send()
         except (ClusterError, TryAgainError) as exc:
-            wait = _moving_wait(exc, deadline, delay)
+            wait = _moving_wait(exc, client, deadline, delay)
         time.sleep(wait)
         delay = min(delay * 2, 0.5)
 
 
-async def apatient(send: Callable[[], Awaitable[T]]) -> T:
+async def apatient(send: Callable[[], Awaitable[T]], client: Any) -> T:
     """`patient` on asyncio."""
     deadline, delay = time.monotonic() + SLOT_MOVE_WAIT_S, 0.05
     while True:
         try:
             return await send()
         except (ClusterError, TryAgainError) as exc:
-            wait = _moving_wait(exc, deadline, delay)
+            wait = _moving_wait(exc, client, deadline, delay)
         await asyncio.sleep(wait)
         delay = min(delay * 2, 0.5)
 
 
-def _moving_wait(exc: BaseException, deadline: float, delay: float) -> float:
+def _moving_wait(exc: BaseException, client: Any, deadline: float, delay: float) -> float:
     """How long to wait before sending again; raises when `exc` is no slot on the move or the
-    wait is over."""
+    wait is over: `NotSent` (each refusal ran nothing), or `MaybeRan` where redis-py may have
+    sent the call before a refusal (a connection error it retried)."""
     if not slot_moving(exc):
         raise exc
     left = deadline - time.monotonic()
     if left <= 0:
-        raise NotSent(f"a cluster slot was still on the move after {SLOT_MOVE_WAIT_S:g} s "
-                      f"({exc}); nothing of the call ran") from exc
+        unsent = not hides_retries(client)
+        raise (NotSent if unsent else MaybeRan)(
+            f"a cluster slot was still on the move after the wait ({exc}); "
+            + ("nothing of the call ran" if unsent else "redis-py may have sent it before")) from exc
     return min(delay, left)
-
-
-def never_sent(exc: BaseException) -> bool:
-    """The failure happened while connecting: redis-py raises its ConnectionError from the
-    socket's own error, and only a connect can be refused or fail to resolve."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, NotSent | ConnectionRefusedError | socket.gaierror):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def resend_failed(first: BaseException, second: BaseException) -> BaseException:
-    """The error to report after a call and its resend both failed."""
-    if never_sent(first) and never_sent(second):
-        return second if isinstance(second, NotSent) else NotSent(str(second))
-    if isinstance(second, NotSent):  # the first attempt may have run
-        return redis.ConnectionError(str(second))
-    return second
 
 
 class Transport:
@@ -199,12 +179,15 @@ class Transport:
                 self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="distbatch-node")
             list(self._pool.map(on_node, groups))
         moved = False
+        deadline: float | None = None
         for i, reply in enumerate(replies):
             if isinstance(reply, Exception):  # a slot on the move, a node gone: via the cluster client
                 moved = True
                 keys, args = calls[i]
+                if deadline is None:  # one wait for a slot on the move, for all of them
+                    deadline = time.monotonic() + SLOT_MOVE_WAIT_S
                 try:
-                    replies[i] = once_more(script, keys, args, self.client)
+                    replies[i] = once_more(script, keys, args, self.client, deadline)
                 except (*TRANSIENT, ResponseError) as exc:
                     # not sent only if the node's own attempt was not either (a redirect runs nothing)
                     first_unsent = isinstance(reply, ResponseError) or never_sent(reply)
@@ -215,18 +198,20 @@ class Transport:
         return replies
 
 
-def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = None,
+              deadline: float | None = None) -> Any:
     """Call a script; after a connection error send the very same call once more. Safe because
     every distbatch script is idempotent per call id or token (whatever redis-py's own retry
-    setting is). A slot on the move is waited out (`patient`)."""
-    return _twice(lambda: patient(lambda: call(script, keys, args, client)))
+    setting is). A slot on the move is waited out until `deadline` (`patient`)."""
+    c = script.registered_client if client is None else client
+    return _twice(lambda: patient(lambda: call(script, keys, args, c), c, deadline))
 
 
 def _twice(send: Callable[[], Any]) -> Any:
     try:
         return send()
     except TRANSIENT as first:
-        if isinstance(first, NotSent):  # a slot on the move, waited for already
+        if slot_moving(first.__cause__ or first):  # a slot on the move, waited for already
             raise
         try:
             return send()

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from distbatch import Batcher, ConfigError, EmitError, ManualClock, PayloadError
 from distbatch.aio import AsyncBatcher
@@ -71,7 +71,7 @@ def test_lost_replies_under_concurrent_emits_never_store_twice(
 ) -> None:
     """Redis runs the accumulate call, the proxy drops its reply: the resend (redis-py's or
     distbatch's own) must be recognised even while other tasks' calls interleave."""
-    retry = Retry(NoBackoff(), 3 if retrying_client else 0)
+    retry = AsyncRetry(NoBackoff(), 3 if retrying_client else 0)  # (a sync Retry never retries here)
 
     async def main() -> int:
         client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port, retry=retry)
@@ -314,3 +314,30 @@ def test_an_uncoalesced_async_emit_cuts_replans_and_reports_as_emit_many_would(
     assert sorted(r.binding for r in third) == ["f@v1", "g@v1"]
     assert [[e.payload["n"] for e in r.batch.events] for r in third if r.batch] == [[2]]
     assert other.counters()["events_in:f@v1"] == 3
+
+
+@pytest.mark.parametrize("call", ["emit", "emit_many"])
+def test_a_lost_reply_then_refused_retries_is_uncertain_not_unsent(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, call: str
+) -> None:
+    """As on the sync API: the call runs, its reply is lost and every reconnect of redis-py's
+    own retries is refused; the last error says "refused", but the event may be stored (it is):
+    uncertain, never 'not sent'."""
+
+    async def main() -> EmitError:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port, retry=AsyncRetry(NoBackoff(), 3))
+        b = AsyncBatcher(client, namespace=namespace, handoff=False)
+        await b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+        for n in range(2):  # Redis has the emit scripts: the call that loses its reply runs
+            await b.emit("s", {"n": n})
+            await b.emit_many("s", [{"n": n}, {"n": n}])
+        proxy.drop_next_reply(b"EVALSHA")
+        proxy.stop_listening()
+        with pytest.raises(EmitError) as err:
+            await (b.emit("s", {"n": 2}) if call == "emit" else b.emit_many("s", [{"n": 2}]))
+        return err.value
+
+    err = asyncio.run(main())
+    assert err.uncertain == [0] and err.not_sent == [] and err.stored == []
+    direct = redis.Redis.from_url(redis_server.url)
+    assert direct.llen(Batcher(direct, namespace=namespace, handoff=False).keys.buffer("f@v1", None)) == 7

@@ -5,23 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
 from click.testing import CliRunner
+from redis.backoff import NoBackoff
 
 from distbatch import Batcher, transport
 from distbatch.aio import AsyncBatcher
 from distbatch.cli import main as cli
 from distbatch.errors import EmitError
 from distbatch.keys import Keys
+from distbatch.sent import hides_retries
+from distbatch.shards import batch_id_shard
 from distbatch.sweeper import Sweeper
 
 from .processes import Procs, delivered, wait_for
@@ -209,12 +218,19 @@ def test_a_sweeper_backs_up_shards_whose_owner_is_late(local_cluster: LocalClust
     assert b.open_buffers() == 0 and backup.cut == 30
 
 
+@dataclass
+class Move:
+    done: threading.Event = field(default_factory=threading.Event)
+    errors: list[BaseException] = field(default_factory=list)
+
+
 @contextlib.contextmanager
 def slots_moving(local_cluster: LocalCluster, tags: list[str], hold_s: float, *, chunk: int = 100,
-                 pause_s: float = 0.0, moved: list[int] | None = None) -> Iterator[None]:
+                 pause_s: float = 0.0, moved: list[int] | None = None) -> Iterator[Move]:
     """Put the slot of each tag on the move (IMPORTING on another master, MIGRATING on its own)
     now; after `hold_s`, in a thread, MIGRATE its keys (`chunk` at a time, `pause_s` between)
-    and give the slot to the new master. Leaving the block waits for the move to end."""
+    and give the slot to the new master. Leaving the block waits for the move to end; a move
+    that failed is undone (the slots made STABLE where they were) and its error raised."""
     cluster = local_cluster.client()  # a fresh slot map: earlier moves changed the owners
     moves = []
     for tag in tags:
@@ -226,25 +242,37 @@ def slots_moving(local_cluster: LocalCluster, tags: list[str], hold_s: float, *,
         dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
         src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
         moves.append((slot, src, dst, target.port, dst_id))
+    move = Move()
 
     def finish() -> None:
         time.sleep(hold_s)
-        for slot, src, dst, port, dst_id in moves:
-            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, chunk):
-                src.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
-                if moved is not None:
-                    moved.append(len(keys))
-                time.sleep(pause_s)
-            dst.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
-            for node in cluster.get_primaries():
-                redis.Redis(port=node.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        try:
+            for slot, src, dst, port, dst_id in moves:
+                while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, chunk):
+                    src.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+                    if moved is not None:
+                        moved.append(len(keys))
+                    time.sleep(pause_s)
+                dst.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+                for node in cluster.get_primaries():
+                    redis.Redis(port=node.port).execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        except BaseException as exc:
+            move.errors.append(exc)
+            for slot, src, dst, _, _ in moves:
+                for node in (src, dst):
+                    with contextlib.suppress(redis.RedisError):
+                        node.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+        finally:
+            move.done.set()
 
-    mover = threading.Thread(target=finish)
+    mover = threading.Thread(target=finish, daemon=True)
     mover.start()
     try:
-        yield
+        yield move
     finally:
-        mover.join(30)
+        assert move.done.wait(60), "the slot move did not end"
+        if move.errors:
+            raise move.errors[0]
 
 
 def test_calls_wait_out_a_slot_on_the_move(local_cluster: LocalCluster) -> None:
@@ -295,34 +323,60 @@ def test_calls_wait_out_a_slot_on_the_move(local_cluster: LocalCluster) -> None:
     assert len(cut) == 3 and b.open_buffers() == 0 and b.records.count("ready") == 3
 
 
-def test_a_slot_on_the_move_for_too_long_fails_the_emit_as_not_sent(
-        local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past `SLOT_MOVE_WAIT_S` the emit fails and says nothing was stored (a refusal runs
-    nothing): emitting the same events again once the slot has moved stores each once."""
+def exact_cluster(local_cluster: LocalCluster, aio: bool) -> Any:
+    """A cluster client that never sends a call again by itself (no retry policy)."""
+    cls: Any = redis.asyncio.RedisCluster if aio else redis.RedisCluster
+    retry = (redis.asyncio.retry.Retry if aio else redis.retry.Retry)(NoBackoff(), 0)
+    params = inspect.signature(cls.__init__).parameters  # redis-py 5 counts its retries apart
+    legacy = int(redis.__version__.split(".")[0]) < 6
+    none = {k: 0 for k in ("cluster_error_retry_attempts", "connection_error_retry_attempts")
+            if legacy and k in params}
+    client = cls(host="127.0.0.1", port=local_cluster.nodes[0].port, retry=retry, **none)
+    assert not hides_retries(client)
+    return client
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("retries", [True, False], ids=["redis-py-retries", "no-retries"])
+def test_a_slot_on_the_move_for_too_long_fails_the_emit_and_says_what_ran(
+        local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, aio: bool, retries: bool) -> None:
+    """Past the wait (`SLOT_MOVE_WAIT_S`, one wait for the whole call) the emit fails before the
+    move ends. Each refusal ran nothing: with a client that sends nothing again by itself the
+    events are 'not sent'; where redis-py may have resent a call after a connection error before
+    the refusals, 'uncertain'. Emitting them again once the slot has moved stores each once."""
     monkeypatch.setattr(transport, "SLOT_MOVE_WAIT_S", 0.3)
-    ns = "slotlong"
+    ns = f"slotlong{int(aio)}{int(retries)}"
     url = local_cluster.url
     b = Batcher.from_url(url, namespace=ns, handoff=False)
     b.register("w", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h", "key": "k"})
     b.emit_many("s", [{"k": i, "n": 0} for i in range(6)])
-    late = Batcher.from_url(url, namespace=ns, handoff=False)
     payloads = [{"k": i, "n": 1} for i in range(6)]
-    with slots_moving(local_cluster, list(b.layout.tags), 1.5), pytest.raises(EmitError) as failed:
-        late.emit_many("s", payloads)
+
+    async def emit_async(events: list[dict[str, int]]) -> None:
+        if retries:
+            ab = await AsyncBatcher.from_url(url, namespace=ns, handoff=False)
+        else:
+            ab = AsyncBatcher(exact_cluster(local_cluster, aio=True), namespace=ns, handoff=False)
+        async with ab:
+            await ab.emit_many("s", events)
+
+    def emit(events: list[dict[str, int]]) -> None:
+        if aio:
+            asyncio.run(emit_async(events))
+        else:
+            b = Batcher.from_url(url, namespace=ns, handoff=False) if retries else \
+                Batcher(exact_cluster(local_cluster, aio=False), namespace=ns, handoff=False)
+            b.emit_many("s", events)
+
+    with slots_moving(local_cluster, list(b.layout.tags), 4.0) as move:
+        with pytest.raises(EmitError) as failed:
+            emit(payloads)
+        assert not move.done.is_set(), "the emit waited for the whole move"
     err = failed.value
-    assert err.stored == [] and err.uncertain == [] and err.not_sent == list(range(6))
-    assert "still on the move" in str(failed.value)
+    assert err.stored == [] and "still on the move" in str(err)
+    assert (err.uncertain, err.not_sent) == ((list(range(6)), []) if retries else ([], list(range(6))))
     assert b.records.count("ready") == 0
-    late.emit_many("s", [payloads[i] for i in failed.value.not_sent])
-
-    async def emit_async() -> None:
-        async with await AsyncBatcher.from_url(url, namespace=ns, handoff=False) as ab:
-            await ab.emit_many("s", [{"k": i, "n": 2} for i in range(6)])
-
-    with slots_moving(local_cluster, list(b.layout.tags), 1.5), pytest.raises(EmitError) as failed:
-        asyncio.run(emit_async())
-    err = failed.value
-    assert err.stored == [] and err.uncertain == [] and err.not_sent == list(range(6))
+    emit([payloads[i] for i in (*err.uncertain, *err.not_sent)])
     claims = [b.records.claim_next(10_000) for _ in range(6)]
     ns_of = sorted(e.payload["n"] for c in claims if c is not None for e in c.batch.events)
     assert ns_of == [0] * 6 + [1] * 6
@@ -347,3 +401,25 @@ def test_a_namespace_is_first_used_while_its_slot_moves(local_cluster: LocalClus
         started = time.monotonic()
         assert asyncio.run(first_use()) == 3
         assert time.monotonic() - started > 0.5
+
+
+def test_a_renewal_held_up_by_a_slot_on_the_move_holds_up_no_other(local_cluster: LocalCluster) -> None:
+    """The lease keeper renews every batch in hand each lease/3; on a cluster one call per batch.
+    A batch whose slot is on the move waits at most lease/3 and counts as renewed for now (not
+    lost); the batches of the other shards are renewed in the same pass, not after the move."""
+    ns = "slotrenew"
+    b = Batcher.from_url(local_cluster.url, namespace=ns, handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(12)])  # a batch each, over the three shards
+    claims = [c for c in (b.records.claim_next(60_000) for _ in range(12)) if c is not None]
+    by_shard = {batch_id_shard(c.batch.id): c for c in claims}
+    assert sorted(by_shard) == [0, 1, 2]
+    held = [(by_shard[s].batch.id, by_shard[s].token) for s in (0, 1, 2)]  # the moving one first
+    with slots_moving(local_cluster, [b.layout.tags[0]], 3.0):
+        started = time.monotonic()
+        renewed = b.records.renew_many(held, 3_000)  # claimed for 60 s: renewed, 3 s from now
+        took = time.monotonic() - started
+        now = b.server_ms()
+        deadlines = [b.client.zscore(b.shards[s].running, by_shard[s].batch.id) for s in (1, 2)]
+    assert renewed == [True, True, True] and took < 2.0  # the moving shard's: lease/3 (1 s), not 3 s
+    assert all(d is not None and d < now + 10_000 for d in deadlines)  # renewed in the same pass

@@ -523,6 +523,28 @@ def test_a_single_emit_whose_replies_are_all_lost_is_uncertain_and_stored_once(
     assert redis.Redis.from_url(redis_server.url).llen(b.keys.buffer("f@v1", None)) == 2
 
 
+@pytest.mark.parametrize("call", ["emit", "emit_many"])
+def test_a_lost_reply_then_refused_retries_is_uncertain_not_unsent(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, call: str
+) -> None:
+    """Redis runs the call, its reply is lost, and then Redis refuses every reconnect (it went
+    down) for all of the client's retries: the last error is "connection refused", but an
+    earlier attempt ran, so the event may be stored: uncertain, never 'not sent' (a re-emit
+    would store it twice)."""
+    b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port, retry=Retry(NoBackoff(), 3)),
+                namespace=namespace, handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    for n in range(2):  # Redis has both emit scripts: the call that loses its reply runs
+        b.emit("s", {"n": n})
+        b.emit_many("s", [{"n": n}])
+    proxy.drop_next_reply(b"EVALSHA")
+    proxy.stop_listening()
+    with pytest.raises(EmitError) as err:
+        b.emit("s", {"n": 2}) if call == "emit" else b.emit_many("s", [{"n": 2}])
+    assert err.value.uncertain == [0] and err.value.not_sent == [] and err.value.stored == []
+    assert redis.Redis.from_url(redis_server.url).llen(b.keys.buffer("f@v1", None)) == 5  # it ran
+
+
 def test_an_emit_rides_out_a_redis_restart_within_its_clients_retry_policy(namespace: str) -> None:
     """The client's retry policy applies to distbatch's calls as to redis-py's own: an emit sent
     while Redis restarts waits for it (here up to 20 x 0.2 s) instead of failing."""
