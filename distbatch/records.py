@@ -279,7 +279,8 @@ class Records:
 
     def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:
         """Retries whose backoff ended become ready: (promoted, next due ms or None, server ms).
-        (A resend promotes what is due then: nothing twice.)"""
+        (A resend promotes what is due then: nothing twice; after a lost reply it says 0 for
+        what the first call promoted, so the sweeper's ticket for them waits for its nudge.)"""
         k = self.shards[shard]
         n, nxt, now = once_more(self.scripts.promote, [*k.lifecycle, k.bell], [limit])
         return int(n), None if int(nxt) < 0 else int(nxt), int(now)

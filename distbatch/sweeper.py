@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from . import metrics
 from .batcher import Batcher
 from .dispatch import Dispatcher
+from .errors import describe
 from .ingest import FlushStep
 from .records import Outcome
 
@@ -238,7 +239,7 @@ class Sweeper:
                         wake.get_message(timeout=wait)
                 except Exception as exc:
                     backoff = min(5.0, max(0.1, backoff * 2))
-                    log.warning("sweeper_step_failed: %s; retrying in %.1fs", exc, backoff,
+                    log.warning("sweeper_step_failed: %s; retrying in %.1fs", describe(exc), backoff,
                                 extra={"event": "sweeper_step_failed"})
                     log.debug("sweeper step failed", exc_info=True)
                     with contextlib.suppress(Exception):

@@ -31,6 +31,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
+from .errors import describe
 from .onecall import OneCall
 from .scripts import call, call_packed, pipelined
 from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
@@ -191,8 +192,8 @@ class Transport:
                 except (*TRANSIENT, ResponseError) as exc:
                     # not sent only if the node's own attempt was not either (a redirect runs nothing)
                     first_unsent = isinstance(reply, ResponseError) or never_sent(reply)
-                    replies[i] = exc if first_unsent or not isinstance(exc, NotSent) else \
-                        redis.ConnectionError(str(exc))
+                    replies[i] = exc if first_unsent or not isinstance(exc, NotSent) else MaybeRan(
+                        f"sent to its node first, where it may have run ({describe(reply)}); then: {exc}")
         if moved:
             self.client.nodes_manager.initialize()
         return replies
