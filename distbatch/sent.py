@@ -11,7 +11,6 @@ attempt (`roundtrip`); where redis-py does, a refusal after retries it may have 
 
 from __future__ import annotations
 
-import errno
 import socket
 from typing import Any
 
@@ -37,8 +36,8 @@ def refused(exc: BaseException, sure: tuple[type[BaseException], ...] = REFUSED)
     while seen is not None:
         if isinstance(seen, MaybeRan):
             return False
-        if isinstance(seen, sure) or (isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED):
-            return True  # (asyncio's refused connect is a plain OSError)
+        if isinstance(seen, sure):
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
 
