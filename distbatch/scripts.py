@@ -18,10 +18,10 @@ from typing import Any
 
 from redis import Redis
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+from redis.exceptions import NoScriptError
 
 from .roundtrip import execute, execute_one, execute_packed, supported
-from .sent import unsure
+from .sent import driven_by_redis_py
 
 _INCLUDE = re.compile(r"^([ \t]*)-- @include (\w+)$", re.MULTILINE)
 NAMES = (
@@ -104,13 +104,11 @@ def call(script: Script, keys: Sequence[Any], args: Sequence[Any], client: Any =
             return execute_one(c, ("EVALSHA", script.sha, len(keys), *keys, *args))
         except NoScriptError:
             return execute_one(c, ("EVAL", script.script, len(keys), *keys, *args))
-    try:  # redis-py drives it (a cluster): its own retries are out of sight
+    with driven_by_redis_py(c):  # a cluster
         try:
             return c.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             return c.eval(script.script, len(keys), *keys, *args)
-    except (ConnectionError, TimeoutError) as exc:
-        raise unsure(exc, c)  # noqa: B904 (its cause is set)
 
 
 def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[Any], list[Any]]],
@@ -130,13 +128,11 @@ def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[An
 async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
     """`call` on redis.asyncio."""
     c: Any = script.registered_client
-    try:  # redis-py drives it: its own retries are out of sight
+    with driven_by_redis_py(c):
         try:
             return await c.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await c.eval(script.script, len(keys), *keys, *args)
-    except (ConnectionError, TimeoutError) as exc:
-        raise unsure(exc, c)  # noqa: B904 (its cause is set)
 
 
 ScriptCall = tuple[Script, Sequence[Any], Sequence[Any]]  # (script, keys, args)
@@ -184,10 +180,8 @@ def _send(client: Any, calls: Sequence[ScriptCall | Command], *, by_text: bool) 
             pipe.eval(script.script, len(keys), *keys, *args)
         else:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-    try:  # redis-py drives it: its own retries are out of sight
+    with driven_by_redis_py(client):
         return list(pipe.execute(raise_on_error=False))
-    except (ConnectionError, TimeoutError) as exc:
-        raise unsure(exc, client)  # noqa: B904 (its cause is set)
 
 
 def _argv(script: Script, keys: Sequence[Any], args: Sequence[Any], *, by_text: bool) -> tuple[Any, ...]:
@@ -208,7 +202,7 @@ async def apipelined(client: Any, calls: Sequence[AsyncScriptCall]) -> list[Any]
 
 
 async def _asend(client: Any, calls: Sequence[AsyncScriptCall], *, by_text: bool) -> list[Any]:
-    try:  # redis-py drives it: its own retries are out of sight
+    with driven_by_redis_py(client):
         async with client.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
                 if by_text:
@@ -216,5 +210,3 @@ async def _asend(client: Any, calls: Sequence[AsyncScriptCall], *, by_text: bool
                 else:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
-    except (ConnectionError, TimeoutError) as exc:
-        raise unsure(exc, client)  # noqa: B904 (its cause is set)

@@ -12,6 +12,8 @@ attempt (`roundtrip`); where redis-py does, a refusal after retries it may have 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -68,6 +70,16 @@ def unsure(exc: BaseException, client: Any) -> BaseException:
         err.__cause__ = exc
         return err
     return exc
+
+
+@contextmanager
+def driven_by_redis_py(client: Any) -> Iterator[None]:
+    """Around a call redis-py sends (its own retries out of sight): its connection error as
+    `unsure` makes it."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise unsure(exc, client)  # noqa: B904 (its cause is set)
 
 
 def resend_failed(first: BaseException, second: BaseException) -> BaseException:

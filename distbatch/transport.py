@@ -13,7 +13,8 @@ TRYAGAIN on the importing node), and every script names keys that are often abse
 the bell, a new emitter's call key): such a call is refused until the move ends. redis-py follows
 16 redirects (about 0.4 s), then raises `ClusterError("TTL exhausted.")`; moving a slot that holds
 thousands of keys takes longer. A refusal ran nothing, so the call is sent again, with backoff, for
-up to `SLOT_MOVE_WAIT_S`; after that it fails as `NotSent`.
+up to `SLOT_MOVE_WAIT_S`; after that it fails as `NotSent`, or as `MaybeRan` where redis-py may
+have sent it before after a connection error (`sent.py`).
 """
 
 from __future__ import annotations
