@@ -100,9 +100,16 @@ class Records:
             raise BatchNotFound(batch_id)
         return self.shards[shard]
 
-    def _call(self, script: Script, batch_id: str, *args: Any) -> Any:
+    def _call(self, script: Script, batch_id: str, *args: Any, deadline: float | None = None) -> Any:
         k = self.keys_for(batch_id)
-        return once_more(script, k.lifecycle, [batch_id, *args])
+        return once_more(script, k.lifecycle, [batch_id, *args], deadline=deadline)
+
+    def _pipelined_twice(self, calls: list[ScriptCall | Command]) -> list[Any]:
+        """One round trip, sent again once after a connection error (each call is idempotent)."""
+        try:
+            return pipelined(self.client, calls)
+        except TRANSIENT:
+            return pipelined(self.client, calls)
 
     def claim_next(self, lease_ms: int) -> Claim | None:
         """Claim the oldest ready batch of some shard (shards taken in turn); None when none is
@@ -175,10 +182,7 @@ class Records:
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
             (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms])]
-        try:
-            replies = pipelined(self.client, calls)
-        except TRANSIENT:
-            replies = pipelined(self.client, calls)
+        replies = self._pipelined_twice(calls)
         *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
@@ -208,10 +212,9 @@ class Records:
             deadline = time.monotonic() + lease_ms / 3000
             renewed = []
             for bid, token in held:
-                k = self.keys_for(bid)
                 try:
-                    renewed.append(bool(once_more(self.scripts.renew, k.lifecycle, [bid, token, lease_ms],
-                                                  deadline=deadline)))
+                    ok = self._call(self.scripts.renew, bid, token, lease_ms, deadline=deadline)
+                    renewed.append(bool(ok))
                 except (*TRANSIENT, ClusterError) as exc:
                     log.warning("lease renewal failed batch=%s: %s; tried again within lease/3", bid,
                                 describe(exc))
@@ -249,10 +252,7 @@ class Records:
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             complete, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms])]
-        try:
-            replies = pipelined(self.client, calls)
-        except TRANSIENT:
-            replies = pipelined(self.client, calls)
+        replies = self._pipelined_twice(calls)
         done, reply = _raised(replies)
         claim = self._claimed(reply, next_token, _stale_after(sent, 0.0, lease_ms))
         if claim is None and len(self.shards) > 1:
