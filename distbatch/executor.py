@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from . import metrics
@@ -16,7 +17,7 @@ from .config import Binding
 from .dispatch import Dispatcher
 from .errors import HandlerNotAllowed, describe
 from .handlers import HandlerResolver
-from .records import Claim, Outcome, Records
+from .records import Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
 
 log = logging.getLogger("distbatch.worker")
@@ -53,6 +54,7 @@ class Result:
 class _Held:
     token: str
     deadline: float  # monotonic; past it the handler is over its timeout and renewals stop
+    over_by: float  # monotonic; past it the lease has surely run out unless renewed meanwhile
     lost: bool = False
 
 
@@ -73,15 +75,23 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def hold(self, batch_id: str, token: str, timeout_ms: int | None) -> _Held:
-        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else float("inf")
-        held = _Held(token, deadline)
+    def hold(self, batch_id: str, token: str, timeout_ms: int | None,
+             over_by: float = math.inf) -> _Held:
+        """Renew this batch's lease from now on; `timeout_ms` (its handler's timeout) stops that
+        once the handler has run that long; `limit` sets it for a batch held before it runs."""
+        held = _Held(token, math.inf, over_by)
+        self.limit(held, timeout_ms)
         with self._lock:
             self._held[batch_id] = held
             if self._thread is None or not self._thread.is_alive():  # first use, or a forked child
                 self._thread = threading.Thread(target=self._run, name="distbatch-lease", daemon=True)
                 self._thread.start()
         return held
+
+    @staticmethod
+    def limit(held: _Held, timeout_ms: int | None) -> None:
+        """Renewals stop `timeout_ms` from now (a handler's timeout); None: no limit."""
+        held.deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else math.inf
 
     def release(self, batch_id: str) -> None:
         with self._lock:
@@ -102,10 +112,13 @@ class LeaseKeeper:
                 live.append((bid, h))
         if not live:
             return
+        sent = time.monotonic()
         renewed = self.records.renew_many([(bid, h.token) for bid, h in live], self.lease_ms)
         for (bid, h), ok in zip(live, renewed, strict=True):
             with self._lock:  # released meanwhile (completed while we renewed): not lost
-                if ok or self._held.get(bid) is not h:
+                if ok:
+                    h.over_by = max(h.over_by, lease_over_by(sent, 0.0, self.lease_ms))
+                if ok is not False or self._held.get(bid) is not h:  # None: not known, tried again
                     continue
                 h.lost = True
                 log.error("lease_lost batch=%s: this worker no longer holds the batch (paused or cut "
@@ -121,6 +134,13 @@ class LeaseKeeper:
                 log.warning("lease renewal failed: %s", describe(exc))
 
 
+IN_HAND_BUDGET_S = 0.005
+"""How much handler time a worker claims in one round trip: the batches it takes wait behind
+each other's handlers, so a round takes only as many as its handlers (by their recent times) run
+in 5 ms. Slow handlers take one batch at a time, as other workers can run the rest."""
+MAX_IN_HAND = 16
+
+
 class Executor:
     def __init__(self, records: Records, resolver: HandlerResolver, lease_ms: int = 10_000,
                  dispatcher: Dispatcher | None = None, linger_s: float = LINGER_S) -> None:
@@ -133,10 +153,9 @@ class Executor:
         self.stop = threading.Event()
         self.counts: Counter[str] = Counter()
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
-        self._chain = False  # complete the batch in hand and claim the next in one round trip
-        self._wait_s = 0.0  # ... with a wait on the bell between them, if it was the last one ready
-        self._next: Claim | None = None  # claimed with the last complete, to run next
-        self._none_ready = False  # ...or that claim found none: wait before asking again
+        self._in_hand: deque[tuple[Claim, _Held]] = deque()  # claimed, leases held, not started yet
+        self._none_ready = False  # the last claim found none: wait on the bell before asking again
+        self._handler_s: float | None = None  # recent handler time (moving average)
 
     def _binding(self, key: str) -> Binding | None:
         cached = self._bindings.get(key)
@@ -144,6 +163,18 @@ class Executor:
             cached = (self.records.binding(key), time.monotonic())
             self._bindings[key] = cached
         return cached[0]
+
+    def _want(self) -> int:
+        """How many batches to claim at once (`IN_HAND_BUDGET_S`): one until a handler has run."""
+        if self._handler_s is None:
+            return 1
+        return max(1, min(MAX_IN_HAND, int(IN_HAND_BUDGET_S / max(self._handler_s, 1e-4))))
+
+    def _take(self, claims: list[Claim]) -> None:
+        """Batches claimed are held (their leases renewed) from the moment they are read."""
+        for claim in claims:
+            self._in_hand.append((claim, self.leases.hold(claim.batch.id, claim.token, None,
+                                                          claim.stale_after)))
 
     def drain(self, max_batches: int = 100, max_seconds: float = 2.0, linger_s: float | None = None,
               poll_s: float = 0.002) -> dict[str, int]:
@@ -155,11 +186,13 @@ class Executor:
         paying RQ's ~27 round trips of job bookkeeping (15-20 ms on a busy 2-core machine) before
         the first batch after a pause of the stream. It waits on the shards' bell, which every call
         that makes a batch ready rings (emit, flush, retry, reclaim, replay), with the claim
-        pipelined behind the wait and, after the last batch that was ready, behind that batch's
-        complete: a worker fed one batch at a time pays one round trip per batch. It claims at least
-        every 100 ms anyway (a bell lost with a restarted Redis). Where that cannot be (a linger
-        shorter than Redis' blocking timeouts resolve, Redis Cluster) it polls every `poll_s` for 50
-        ms, then every 10 ms. A ticket that found nothing to run ends at once.
+        pipelined behind the wait and, after the last batch that was ready, behind the completes
+        of the batches in hand: a worker fed one batch at a time pays one round trip per batch,
+        and one with a backlog claims several at once (`IN_HAND_BUDGET_S`) and settles them with
+        the next claim, one round trip per round. It claims at least every 100 ms anyway (a bell
+        lost with a restarted Redis). Where that cannot be (a linger shorter than Redis' blocking
+        timeouts resolve, Redis Cluster) it polls every `poll_s` for 50 ms, then every 10 ms. A
+        ticket that found nothing to run ends at once.
         """
         linger = self.linger_s if linger_s is None else linger_s
         self._fan_out()
@@ -167,35 +200,37 @@ class Executor:
         started = time.monotonic()
         idle_since: float | None = None
         n = 0
-        while not self.stop.is_set() or self._next is not None:  # a batch claimed is run
-            if self._next is None and (n >= max_batches or time.monotonic() - started > max_seconds):
-                if self.dispatcher is not None:
-                    self.dispatcher.ensure(1)
-                break
-            self._chain = (not self.stop.is_set() and n + 1 < max_batches
-                           and time.monotonic() - started < max_seconds)
-            self._wait_s = BELL_WAIT_S if self._chain and linger >= BELL_WAIT_S else 0.0
-            none_ready, self._none_ready = self._none_ready, False  # the last look found none
-            try:
-                result = None if none_ready else self.run_next()
-            finally:
-                self._chain = False
-            if result is None:
+        while not self.stop.is_set() or self._in_hand:  # batches claimed are run
+            if not self._in_hand:
+                if n >= max_batches or time.monotonic() - started > max_seconds:
+                    if self.dispatcher is not None:
+                        self.dispatcher.ensure(1)
+                    break
+                none_ready, self._none_ready = self._none_ready, False  # the last look found none
+                if not none_ready:
+                    self._take(self.records.claim_some(self.lease_ms, min(self._want(), max_batches - n)))
+            if not self._in_hand:
                 now = time.monotonic()
                 if idle_since is None:
                     idle_since = now
                 if n == 0 or now - idle_since >= linger:  # a spare ticket: no batch to wait for
                     break
                 if self.records.has_bell and linger - (now - idle_since) >= BELL_WAIT_S:
-                    self._next = self.records.wait_and_claim(self.lease_ms, BELL_WAIT_S)
-                    self._none_ready = self._next is None
+                    claims = self.records.wait_and_claim(self.lease_ms, BELL_WAIT_S, self._want())
+                    self._take(claims)
+                    self._none_ready = not claims
                 else:
                     time.sleep(poll_s if now - idle_since < 0.05 else max(poll_s, 0.01))
                 continue
             idle_since = None
-            n += 1
-            counts[result.status] = counts.get(result.status, 0) + 1
-            self.counts[result.status] += 1
+            ahead = n + len(self._in_hand)
+            chain = (not self.stop.is_set() and ahead < max_batches
+                     and time.monotonic() - started < max_seconds)
+            wait_s = BELL_WAIT_S if chain and linger >= BELL_WAIT_S else 0.0
+            for result in self._run_in_hand(max_batches - ahead if chain else 0, wait_s):
+                n += 1
+                counts[result.status] = counts.get(result.status, 0) + 1
+                self.counts[result.status] += 1
         return counts
 
     def _fan_out(self) -> None:
@@ -206,26 +241,60 @@ class Executor:
         if waiting > 1:
             self.dispatcher.ensure(waiting - 1)
 
-    def run_next(self) -> Result | None:
-        claim, self._next = self._next, None
-        if claim is None:
-            claim = self.records.claim_next(self.lease_ms)
-        return None if claim is None else self.run(claim)
+    def _run_in_hand(self, cap: int, wait_s: float) -> list[Result]:
+        """Run every batch in hand, then complete those whose handler returned in one round trip,
+        claiming more with it (`_want`, at most `cap`; with a wait on the bell first when the last
+        claim left none ready and `wait_s`). If a call fails, every batch of the round is let go
+        (no longer renewed): its lease runs out and a sweeper gives it to another worker."""
+        results: list[Result] = []
+        delivered: list[tuple[Claim, _Held, float]] = []
+        round_ids = [c.batch.id for c, _ in self._in_hand]
+        left = 0
+        try:
+            while self._in_hand:
+                claim, held = self._in_hand.popleft()
+                left = claim.left
+                result = self._start(claim, held)
+                if isinstance(result, Result):
+                    results.append(self._observed(claim, result))
+                else:
+                    delivered.append((claim, held, result))
+            if not delivered:
+                return results
+            done = [(c.batch.id, c.token) for c, _, _ in delivered]
+            want = min(self._want(), cap) if not self.stop.is_set() else 0
+            wait = wait_s if left == 0 else 0.0  # none was waiting behind these
+            self._let_go(round_ids)  # before the complete: a renewal after it would find them gone
+            settled, claims = self.records.complete_and_claim(done, self.lease_ms, want, wait_s=wait)
+        finally:
+            self._in_hand.clear()
+            self._let_go(round_ids)
+        self._take(claims)
+        self._none_ready = want > 0 and not claims
+        for (claim, held, handler_s), n in zip(delivered, settled, strict=True):
+            batch = claim.batch
+            if n is None:
+                result = self._lost(batch.id, batch.attempt, held.lost)
+            else:
+                log.debug("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
+                          batch.binding, len(batch.events), handler_s)
+                result = Result(Status.DELIVERED, batch.id, batch.attempt, handler_s)
+            results.append(self._observed(claim, result))
+        return results
+
+    def _let_go(self, batch_ids: list[str]) -> None:
+        for bid in batch_ids:
+            self.leases.release(bid)
 
     def run(self, claim: Claim) -> Result:
         """Run a claimed batch's handler and settle the record; the outcome is also counted in
         this process's metrics (`metrics.py`)."""
+        self._take([claim])
+        (result,) = self._run_in_hand(0, 0.0)
+        return result
+
+    def _observed(self, claim: Claim, result: Result) -> Result:
         batch = claim.batch
-        if claim.stale():  # read long after Redis ran it: this process was paused meanwhile
-            log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "
-                      "lease ran out before it could start; not run", batch.id,
-                      extra={"event": "lease_lost", "batch": batch.id})
-            metrics.LEASES_LOST.inc()
-            return Result(Status.LEASE_LOST, batch.id, batch.attempt)
-        if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
-            delay = max(0.0, time.time() - batch.cut_at_ms / 1000)
-            metrics.HANDLER_START_DELAY.labels(batch.binding).observe(delay)
-        result = self._run(claim)
         if result.status in (Status.DELIVERED, Status.RETRY, Status.DEAD):
             metrics.HANDLER_DURATION.labels(batch.binding).observe(result.handler_s)
             metrics.BATCH_SIZE.labels(batch.binding).observe(len(batch.events))
@@ -234,8 +303,19 @@ class Executor:
         metrics.HANDLER_RUNS.labels(batch.binding, result.status.value).inc()
         return result
 
-    def _run(self, claim: Claim) -> Result:
+    def _start(self, claim: Claim, held: _Held) -> Result | float:
+        """Run one batch in hand: a Result when it is settled here (not run, failed, poison), or
+        the handler's seconds when it returned and the batch waits to be completed."""
         batch, token, rec = claim.batch, claim.token, self.records
+        if held.lost or time.monotonic() > held.over_by:
+            # read, or kept in hand, past its lease: this process was paused meanwhile
+            log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "
+                      "lease ran out before it could start; not run", batch.id,
+                      extra={"event": "lease_lost", "batch": batch.id})
+            return Result(Status.LEASE_LOST, batch.id, batch.attempt)
+        if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
+            waited = max(0.0, time.time() - batch.cut_at_ms / 1000)
+            metrics.HANDLER_START_DELAY.labels(batch.binding).observe(waited)
         if claim.error is not None:
             rec.fail(batch.id, token, claim.error, None)
             log.error("batch_poison batch=%s binding=%s: %s; kept as a dead batch", batch.id,
@@ -252,13 +332,14 @@ class Executor:
                       "in %ds)", batch.id, exc, UNAVAILABLE_RETRY_MS // 1000,
                       extra={"event": "handler_unavailable", "batch": batch.id})
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
-        held = self.leases.hold(batch.id, token, binding.retry.timeout_ms)
+        self.leases.limit(held, binding.retry.timeout_ms)
         started = time.perf_counter()
         try:
             with handler_span(batch):
                 fn(batch)
         except Exception as exc:
             handler_s = time.perf_counter() - started
+            self._note(handler_s)
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
             outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
@@ -268,20 +349,14 @@ class Executor:
                         batch.id, batch.binding, batch.attempt, retry.attempts, outcome, describe(exc),
                         extra={"event": "handler_failed", "batch": batch.id})
             return Result(Status(outcome.value), batch.id, batch.attempt, handler_s)
-        finally:
-            self.leases.release(batch.id)
         handler_s = time.perf_counter() - started
-        if self._chain and not self.stop.is_set():
-            wait = self._wait_s if claim.left == 0 else 0.0  # none was waiting behind this one
-            done, self._next = rec.complete_and_claim(batch.id, token, self.lease_ms, wait_s=wait)
-            self._none_ready = self._next is None
-        else:
-            done = rec.complete(batch.id, token)
-        if done is None:
-            return self._lost(batch.id, batch.attempt, held.lost)
-        log.debug("batch_delivered batch=%s binding=%s events=%d seconds=%.3f", batch.id,
-                 batch.binding, len(batch.events), handler_s)
-        return Result(Status.DELIVERED, batch.id, batch.attempt, handler_s)
+        self._note(handler_s)
+        self.leases.limit(held, None)  # its handler returned: held until completed with the round
+        return handler_s
+
+    def _note(self, handler_s: float) -> None:
+        prev = self._handler_s
+        self._handler_s = handler_s if prev is None else 0.8 * prev + 0.2 * handler_s
 
     @staticmethod
     def _lost(batch_id: str, attempt: int, logged: bool) -> Result:

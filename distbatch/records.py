@@ -113,60 +113,72 @@ class Records:
 
     def claim_next(self, lease_ms: int) -> Claim | None:
         """Claim the oldest ready batch of some shard (shards taken in turn); None when none is
-        ready anywhere. One script call per shard looked at."""
-        n = len(self.shards)
-        for i in range(n):
-            s = (self._next + i) % n
-            claim = self._claim(self.shards[s], [], lease_ms, None)
-            if claim is not None:
-                self._next, self._rung = (s + 1) % n, s
-                return claim
-        return None
+        ready anywhere."""
+        claims = self.claim_some(lease_ms, 1)
+        return claims[0] if claims else None
+
+    def claim_some(self, lease_ms: int, n: int) -> list[Claim]:
+        """Claim up to `n` of the oldest ready batches of the first shard that has any (shards
+        taken in turn); [] when none is ready anywhere. One script call per shard looked at."""
+        count = len(self.shards)
+        for i in range(count):
+            s = (self._next + i) % count
+            claims = self._claim(self.shards[s], [], lease_ms, None, n)
+            if claims:
+                self._next, self._rung = (s + 1) % count, s
+                return claims
+        return []
 
     def claim(self, batch_ids: Sequence[str], lease_ms: int, token: str | None = None) -> Claim | None:
         """Claim the first of `batch_ids` (all of one shard) that is still ready; None if none is."""
-        return self._claim(self.keys_for(batch_ids[0]), batch_ids, lease_ms, token)
+        claims = self._claim(self.keys_for(batch_ids[0]), batch_ids, lease_ms, token, 1)
+        return claims[0] if claims else None
 
-    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None) -> Claim | None:
+    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int
+               ) -> list[Claim]:
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
-        reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, *batch_ids])
-        return self._claimed(reply, token, _stale_after(sent, 0.0, lease_ms))
+        reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, *batch_ids])
+        return self._claimed(reply, token, lease_over_by(sent, 0.0, lease_ms))
 
     @staticmethod
-    def _claimed(reply: Any, token: str, stale_after: float) -> Claim | None:
-        if not reply:
-            return None
-        bid, member, reason, cut_ms, attempt, blob, left = reply
-        batch_id = as_text(bid)
-        binding, pkey = split_member(as_text(member))
-        error = None
-        try:
-            events = decode_events(blob)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            events, error = [], f"undecodable batch record: {type(exc).__name__}: {exc}"
-        batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
-                      cut_at_ms=int(cut_ms))
-        return Claim(batch, token, error, int(left), stale_after)
+    def _claimed(reply: Any, token: str, stale_after: float) -> list[Claim]:
+        """`claim.lua`'s reply: batches still ready, then six fields per batch taken."""
+        left = int(reply[0])
+        claims = []
+        for j, i in enumerate(range(1, len(reply), 6), start=1):
+            bid, member, reason, cut_ms, attempt, blob = reply[i:i + 6]
+            batch_id = as_text(bid)
+            binding, pkey = split_member(as_text(member))
+            error = None
+            try:
+                events = decode_events(blob)
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                events, error = [], f"undecodable batch record: {type(exc).__name__}: {exc}"
+            batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
+                          cut_at_ms=int(cut_ms))
+            t = token if j == 1 else f"{token}.{j}"  # as claim.lua names them
+            claims.append(Claim(batch, t, error, left, stale_after))
+        return claims
 
-    def wait_and_claim(self, lease_ms: int, timeout: float) -> Claim | None:
+    def wait_and_claim(self, lease_ms: int, timeout: float, n: int = 1) -> list[Claim]:
         """Block until a call that made batches ready rings a shard's bell, or for about `timeout`
         (Redis resolves blocking timeouts at its `hz`, 100 ms by default, so a shorter one is
-        rounded up), then `claim_next`; in one round trip: the claim is pipelined behind the
-        blocking wait, so Redis runs it the moment the bell rings and the batch comes back with
+        rounded up), then `claim_some`; in one round trip: the claim is pipelined behind the
+        blocking wait, so Redis runs it the moment the bell rings and the batches come back with
         the wake-up. Where there is no bell (`has_bell`), it sleeps and claims."""
         if not self.has_bell:
             time.sleep(timeout)
-            return self.claim_next(lease_ms)
+            return self.claim_some(lease_ms, n)
         try:
-            _, claim = self._wait_then_claim([], self._rung, lease_ms, timeout)
+            _, claims = self._wait_then_claim([], self._rung, lease_ms, timeout, n)
         except TRANSIENT:  # Redis away: the wait is over; the next look says more
             time.sleep(timeout)
-            return None
-        return claim
+            return []
+        return claims
 
-    def _wait_then_claim(self, before: list[ScriptCall], shard: int, lease_ms: int, timeout: float
-                         ) -> tuple[list[Any], Claim | None]:
+    def _wait_then_claim(self, before: list[ScriptCall], shard: int, lease_ms: int, timeout: float,
+                         n: int) -> tuple[list[Any], list[Claim]]:
         """Send `before`, a wait on every shard's bell and a claim on `shard`, in one round trip
         (sent twice at most: each call is idempotent, the claim by its token). If the bell that
         rang is another shard's, or none rang, the other shards are looked at too."""
@@ -181,36 +193,36 @@ class Records:
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
-            (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms])]
+            (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n])]
         replies = self._pipelined_twice(calls)
         *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
-        claim = self._claimed(_raised([reply])[0], token, _stale_after(sent, timeout, lease_ms))
-        if claim is not None:
+        claims = self._claimed(_raised([reply])[0], token, lease_over_by(sent, timeout, lease_ms))
+        if claims:
             self._rung = shard
         elif len(self.shards) > 1:
             bells = [s.bell for s in self.shards]
             named = as_text(rung[0]) if rung else None
             if named in bells and bells.index(named) != shard:
-                claim = self._claim(self.shards[bells.index(named)], [], lease_ms, None)
+                claims = self._claim(self.shards[bells.index(named)], [], lease_ms, None, n)
                 self._rung = bells.index(named)
-            if claim is None:
-                claim = self.claim_next(lease_ms)
-        return settled, claim
+            if not claims:
+                claims = self.claim_some(lease_ms, n)
+        return settled, claims
 
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""
         return bool(self._call(self.scripts.renew, batch_id, token, lease_ms))
 
-    def renew_many(self, held: Sequence[tuple[str, str]], lease_ms: int) -> list[bool]:
+    def renew_many(self, held: Sequence[tuple[str, str]], lease_ms: int) -> list[bool | None]:
         """Renew several leases, in one round trip on one Redis: [(batch_id, token)] -> renewed?
         On a cluster one call per batch, each on its own: a batch whose renewal fails (its node
-        away, its slot on the move past lease/3) counts as renewed for now, not as lost, and
+        away, its slot on the move past lease/3) is None, not known to be lost nor renewed, and
         holds up no other batch's renewal."""
         if self._cluster:
             deadline = time.monotonic() + lease_ms / 3000
-            renewed = []
+            renewed: list[bool | None] = []
             for bid, token in held:
                 try:
                     ok = self._call(self.scripts.renew, bid, token, lease_ms, deadline=deadline)
@@ -218,7 +230,7 @@ class Records:
                 except (*TRANSIENT, ClusterError) as exc:
                     log.warning("lease renewal failed batch=%s: %s; tried again within lease/3", bid,
                                 describe(exc))
-                    renewed.append(True)
+                    renewed.append(None)
             return renewed
         renew = self.scripts.renew
         replies = pipelined(self.client, [(renew, self.keys_for(bid).lifecycle, [bid, token, lease_ms])
@@ -229,36 +241,41 @@ class Records:
         """The handler succeeded: delete the record. Events delivered, 0 if this claim delivered
         it already (a resent call), None if this claim lost the batch (nothing changed)."""
         k = self.keys_for(batch_id)
-        n = int(once_more(self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token]))
-        return None if n < 0 else n
+        return _delivered(int(once_more(self.scripts.complete, [*k.lifecycle, k.done(token)],
+                                        [batch_id, token])))
 
-    def complete_and_claim(self, batch_id: str, token: str, lease_ms: int, wait_s: float = 0.0
-                           ) -> tuple[int | None, Claim | None]:
-        """`complete`, then `claim_next` on the same shard, in one round trip: a worker that is
-        running a stream of batches pays one round trip per batch for both. With `wait_s` (the
-        batch in hand was the last one ready) a wait on the bell goes between them, so a worker
-        fed one batch at a time also pays one round trip per batch. Only on one Redis (a
-        cluster's shards live on different nodes); a resend sends them again, each idempotent
-        (the claim carries its token)."""
-        k = self.keys_for(batch_id)
+    def complete_and_claim(self, done: Sequence[tuple[str, str]], lease_ms: int, n: int = 1,
+                           wait_s: float = 0.0) -> tuple[list[int | None], list[Claim]]:
+        """`complete` each (batch_id, token) in `done`, then `claim_some(n)` on the last one's
+        shard, in one round trip (`n` = 0: the completes alone): a worker running a stream of
+        batches pays one round trip per round of batches for both. With `wait_s` (the batches in
+        hand were the last ones ready) a wait on the bell goes between them, so a worker fed one
+        batch at a time also pays one round trip per batch. Only on one Redis (a cluster's shards
+        live on different nodes); a resend sends them again, each idempotent (the claim carries
+        its token)."""
         if self._cluster:
-            return self.complete(batch_id, token), self.claim_next(lease_ms)
-        complete: ScriptCall = (self.scripts.complete, [*k.lifecycle, k.done(token)], [batch_id, token])
+            settled = [self.complete(bid, token) for bid, token in done]
+            return settled, self.claim_some(lease_ms, n) if n > 0 else []
+        completes: list[ScriptCall] = []
+        for bid, token in done:
+            k = self.keys_for(bid)
+            completes.append((self.scripts.complete, [*k.lifecycle, k.done(token)], [bid, token]))
+        if n == 0:
+            return [_delivered(int(r)) for r in _raised(self._pipelined_twice([*completes]))], []
+        shard = batch_id_shard(done[-1][0])
         if wait_s > 0 and self.has_bell:
-            settled, then = self._wait_then_claim([complete], batch_id_shard(batch_id), lease_ms, wait_s)
-            n = int(_raised(settled)[0])
-            return (None if n < 0 else n), then
+            settled, claims = self._wait_then_claim(completes, shard, lease_ms, wait_s, n)
+            return [_delivered(int(r)) for r in _raised(settled)], claims
+        k = self.shards[shard]
         next_token = secrets.token_hex(8)
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
-            complete, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms])]
-        replies = self._pipelined_twice(calls)
-        done, reply = _raised(replies)
-        claim = self._claimed(reply, next_token, _stale_after(sent, 0.0, lease_ms))
-        if claim is None and len(self.shards) > 1:
-            claim = self.claim_next(lease_ms)  # this shard is empty: look at the others
-        n = int(done)
-        return (None if n < 0 else n), claim
+            *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n])]
+        *completed, reply = _raised(self._pipelined_twice(calls))
+        claims = self._claimed(reply, next_token, lease_over_by(sent, 0.0, lease_ms))
+        if not claims and len(self.shards) > 1:
+            claims = self.claim_some(lease_ms, n)  # this shard is empty: look at the others
+        return [_delivered(int(r)) for r in completed], claims
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,
              refund: bool = False) -> Outcome:
@@ -354,8 +371,13 @@ _LATE_S = 1.0
 blocking timeout resolves up to ~200 ms late, and a claim is not called stale for less."""
 
 
-def _stale_after(sent: float, wait_s: float, lease_ms: int) -> float:
+def lease_over_by(sent: float, wait_s: float, lease_ms: int) -> float:
     return sent + wait_s + _LATE_S + lease_ms / 1000
+
+
+def _delivered(n: int) -> int | None:
+    """`complete.lua`'s reply: events delivered, or None when this claim lost the batch."""
+    return None if n < 0 else n
 
 
 def _raised(replies: list[Any]) -> list[Any]:

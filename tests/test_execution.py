@@ -262,14 +262,14 @@ def test_a_lingering_worker_waits_on_the_bell_instead_of_polling(
     starts.clear()
     b.emit("s", {"n": 0})
     claims = 0
-    real_claim_next = b.records.claim_next
+    real_claim_some = b.records.claim_some
 
-    def counted(lease_ms: int) -> Any:
+    def counted(lease_ms: int, n: int) -> Any:
         nonlocal claims
         claims += 1
-        return real_claim_next(lease_ms)
+        return real_claim_some(lease_ms, n)
 
-    b.records.claim_next = counted  # type: ignore[method-assign]
+    b.records.claim_some = counted  # type: ignore[method-assign]
     ex = Executor(b.records, HandlerResolver([__name__]))
     drain = threading.Thread(target=ex.drain, kwargs={"max_batches": 100, "max_seconds": 10, "linger_s": 1.5})
     drain.start()

@@ -939,8 +939,10 @@ def some_batches(b: Batcher, n: int, handler: str = "record") -> list[str]:
 
 def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer, namespace: str,
                                                       request: pytest.FixtureRequest) -> None:
-    """A stream of batches costs one script round trip each (complete + the next claim), and
-    redis-py's SCRIPT EXISTS before every pipeline is not sent."""
+    """A backlog of batches with fast handlers costs one script round trip per round: the batches
+    in hand are completed together with the claim of the next ones, and redis-py's SCRIPT EXISTS
+    before every pipeline is not sent. The first claim takes one batch (no handler time known
+    yet); once a handler has run, a claim takes as many as run within `IN_HAND_BUDGET_S`."""
     b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
     ids = some_batches(b, 6)
     for script in (b.scripts.claim, b.scripts.complete):
@@ -949,14 +951,13 @@ def test_drain_completes_and_claims_in_one_round_trip(redis_server: RedisServer,
     sent: list[list[str]] = request.getfixturevalue("round_trips")
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
     trips = [t for t in sent if t != ["HGET"]]  # not the binding's definition
-    # a claim, 6 x (complete + the next claim); the last claim found none: no look after it
-    assert trips == [["EVALSHA"]] + [["EVALSHA", "EVALSHA"]] * 6
+    # a claim of 1; its complete + a claim of the other 5; their 5 completes + a claim finding none
+    assert trips == [["EVALSHA"], ["EVALSHA"] * 2, ["EVALSHA"] * 6]
     assert counts == {"delivered": 6}
     assert [x.id for x in ran] == ids
     stats = b.client.info("commandstats")
     assert "cmdstat_script|exists" not in stats
-    # 1 claim, 6 complete+claim pipelines (2 scripts each): 13 scripts in 7 round trips
-    assert stats["cmdstat_evalsha"]["calls"] == 1 + 2 * 6
+    assert stats["cmdstat_evalsha"]["calls"] == 9
     assert b.records.count("running") == b.records.count("ready") == 0
 
 
@@ -984,22 +985,24 @@ def test_drain_stops_at_its_budget_without_claiming_past_it(batcher: Batcher) ->
 def test_lost_reply_of_complete_and_next_claim_delivers_once_and_claims_once(
     proxy: FaultProxy, redis_server: RedisServer, namespace: str, retrying_client: bool, wait_s: float
 ) -> None:
-    """Redis ran both scripts (and the wait on the bell between them) and the reply was lost: the
-    resend finds the batch done by this claim and the next one claimed under the same token
-    (attempt 1, not a second claim)."""
+    """Redis ran the scripts (and the wait on the bell before the claim) and the reply was lost:
+    the resend finds the batches done by their claims and the next ones claimed under the same
+    tokens (attempt 1, not a second claim)."""
     retry = Retry(NoBackoff(), 3 if retrying_client else 0)
     b = Batcher(redis.Redis(host="127.0.0.1", port=proxy.port, retry=retry), namespace=namespace,
                 handoff=False, shards=1)
-    first, second = some_batches(b, 2)
-    claim = b.records.claim([first], 60_000)
-    assert claim is not None
+    ids = some_batches(b, 5)
+    held = b.records.claim_some(60_000, 2)
+    assert [c.batch.id for c in held] == ids[:2]
     proxy.drop_next_reply(b"EVALSHA")
-    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000, wait_s=wait_s)
+    done, nxt = b.records.complete_and_claim([(c.batch.id, c.token) for c in held], 60_000, 2,
+                                             wait_s=wait_s)
     assert proxy.fired == 1
-    assert done in (0, 1) and nxt is not None and nxt.batch.id == second and nxt.batch.attempt == 1
-    assert states(b, first) == [] and states(b, second) == ["running"]
-    assert b.counters()["batches_delivered:f@v1"] == 1
-    assert b.records.complete(second, nxt.token) == 1
+    assert done in ([0, 0], [1, 1]) and [c.batch.id for c in nxt] == ids[2:4]
+    assert [c.batch.attempt for c in nxt] == [1, 1]
+    assert [states(b, i) for i in ids] == [[], [], ["running"], ["running"], ["ready"]]
+    assert b.counters()["batches_delivered:f@v1"] == 2
+    assert [b.records.complete(c.batch.id, c.token) for c in nxt] == [1, 1]
 
 
 @pytest.mark.parametrize("wait_s", [0.0, 0.1], ids=["streaming", "waiting-on-the-bell"])
@@ -1012,9 +1015,9 @@ def test_pipelined_scripts_reload_after_script_flush(redis_server: RedisServer, 
     claim = b.records.claim([first], 60_000)
     assert claim is not None
     b.client.script_flush()
-    done, nxt = b.records.complete_and_claim(first, claim.token, 60_000, wait_s=wait_s)
-    assert done == 1 and nxt is not None and nxt.batch.id == second
-    assert b.records.renew_many([(second, nxt.token)], 60_000) == [True]
+    done, nxt = b.records.complete_and_claim([(first, claim.token)], 60_000, wait_s=wait_s)
+    assert done == [1] and [c.batch.id for c in nxt] == [second]
+    assert b.records.renew_many([(second, nxt[0].token)], 60_000) == [True]
 
 
 def test_single_calls_reload_their_script_after_script_flush(redis_server: RedisServer, namespace: str,
@@ -1058,9 +1061,9 @@ def test_pipelined_calls_that_met_noscript_are_resent_once_by_text(redis_server:
     b.client.script_flush()
     b.client.config_resetstat()
     keys = [*b.keys.lifecycle, b.keys.bell]
-    a, c = pipelined(b.client, [(b.scripts.claim, keys, ["tok-a", 60_000]),
-                                (b.scripts.claim, keys, ["tok-b", 60_000])])
-    assert {a[0], c[0]} == {first.encode(), second.encode()}
+    a, c = pipelined(b.client, [(b.scripts.claim, keys, ["tok-a", 60_000, 1]),
+                                (b.scripts.claim, keys, ["tok-b", 60_000, 1])])
+    assert {a[1], c[1]} == {first.encode(), second.encode()}  # [left, id, ...]
     stats = b.client.info("commandstats")
     assert stats["cmdstat_eval"]["calls"] == 2 and b.records.count("ready") == 0
 
@@ -1077,7 +1080,7 @@ def test_a_complete_sent_with_a_wait_runs_before_the_wait_even_on_a_redis_that_l
     claim = b.records.claim([first], 60_000)
     assert claim is not None
     b.client.script_flush()
-    waiting = threading.Thread(target=b.records.complete_and_claim, args=(first, claim.token, 60_000),
+    waiting = threading.Thread(target=b.records.complete_and_claim, args=([(first, claim.token)], 60_000),
                                kwargs={"wait_s": 1.0})
     waiting.start()
     try:
@@ -1086,3 +1089,158 @@ def test_a_complete_sent_with_a_wait_runs_before_the_wait_even_on_a_redis_that_l
     finally:
         b.client.lpush(b.keys.bell, 1)  # end the wait
         waiting.join(5)
+
+
+def _fast_then_gated(b: Batcher) -> list[str]:
+    """Three batches: a fast handler's, one whose handler waits for `gate`, a fast one behind it.
+    A drain claims the first alone (no handler time known yet), then the other two at once."""
+    b.register("f", version="v1", source="s", handler=f"{__name__}.record",
+               batch={"count": 1, "window": "1h"})
+    b.register("g", version="v1", source="t", handler=f"{__name__}.wait_for_gate",
+               batch={"count": 1, "window": "1h"})
+    ids = []
+    for source in ("s", "t", "s"):
+        (r,) = b.emit(source, {})
+        assert r.batch is not None
+        ids.append(r.batch.id)
+    return ids
+
+
+def test_a_batch_in_hand_whose_worker_was_paused_past_its_lease_is_not_run(
+    batcher: Batcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker claimed two batches at once and was paused (no renewals) while the first one's
+    handler ran; the second one's lease ran out and another worker took it. The first worker
+    must not run it when it resumes: `lease_lost`, and the other worker's claim stands."""
+    first, gated, behind = _fast_then_gated(batcher)
+    rec = batcher.records
+    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
+    ex.leases.renew_now = lambda: None  # type: ignore[method-assign]
+    counts: list[dict[str, int]] = []
+    t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        t.start()
+        deadline = time.monotonic() + 5
+        while states(batcher, behind) != ["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.3)  # past the lease and the claim's margin for a late read (1 s)
+        assert rec.reclaim(behind) == Outcome.RETRY
+        other = rec.claim([behind], 60_000)
+        assert other is not None
+        gate.set()
+        t.join(5)
+    assert [b.id for b in ran] == [first, gated]  # `behind` did not run here
+    assert counts == [{"delivered": 1, "lease_lost": 2}]
+    assert sum("lease_lost" in m and behind in m for m in caplog.messages) == 1
+    assert states(batcher, behind) == ["running"] and rec.complete(behind, other.token) == 1
+
+
+def test_a_batch_in_hand_keeps_its_lease_while_it_waits_behind_a_slow_handler(batcher: Batcher) -> None:
+    """The lease keeper renews a batch from the moment it is claimed, not from its start: one
+    waiting in hand behind a handler that runs past the lease is not taken back, and runs."""
+    first, gated, behind = _fast_then_gated(batcher)
+    rec = batcher.records
+    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=300)
+    counts: list[dict[str, int]] = []
+    t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while states(batcher, behind) != ["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.5)  # five leases, past the claim's own margin for a late read (1 s)
+        assert rec.reclaim(behind) == Outcome.LIVE
+    finally:
+        gate.set()
+        t.join(5)
+    assert [b.id for b in ran] == [first, gated, behind]
+    assert counts == [{"delivered": 3}]
+
+
+def sleep_10ms(batch: Batch) -> None:
+    time.sleep(0.01)
+    ran.append(batch)
+
+
+@pytest.mark.parametrize("handler", ["record", "sleep_10ms"])
+def test_a_worker_claims_at_once_only_what_its_handlers_run_within_the_budget(
+    redis_server: RedisServer, namespace: str, handler: str
+) -> None:
+    """Fast handlers: after the first batch a worker takes the rest of the backlog at once (up to
+    `MAX_IN_HAND`). Handlers slower than `IN_HAND_BUDGET_S` (5 ms): one batch at a time, so the
+    backlog stays ready for other workers."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    ids = some_batches(b, 20, handler)
+    first_claims: list[int] = []
+    real = b.records.claim_some
+
+    def noted(lease_ms: int, n: int) -> Any:
+        claims = real(lease_ms, n)
+        first_claims.append(len(claims))
+        return claims
+
+    b.records.claim_some = noted  # type: ignore[method-assign]
+    sent: list[int] = []
+    real_cc = b.records.complete_and_claim
+
+    def noted_cc(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
+        settled, claims = real_cc(done, lease_ms, n, wait_s)
+        sent.append(len(claims))
+        return settled, claims
+
+    b.records.complete_and_claim = noted_cc  # type: ignore[method-assign]
+    counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
+    assert counts == {"delivered": 20} and [x.id for x in ran] == ids
+    if handler == "record":
+        assert first_claims == [1] and sent == [16, 3, 0]
+    else:
+        assert first_claims == [1] and sent == [1] * 19 + [0]
+
+
+def test_a_batch_whose_handler_returned_in_time_is_held_until_its_round_completes(
+    batcher: Batcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch is completed with the rest of its round. One whose handler returned within its
+    timeout stays renewed while a slower handler of the round runs (no `handler_timeout`, no
+    lost lease), and is delivered."""
+    rec = batcher.records
+    batcher.register("f", version="v1", source="s", handler=f"{__name__}.record",
+                     batch={"count": 1, "window": "1h"}, retry={"timeout": "50ms"})
+    batcher.register("g", version="v1", source="t", handler=f"{__name__}.wait_for_gate",
+                     batch={"count": 1, "window": "1h"})
+    ids = [r.batch.id for source in ("s", "s", "t") for r in batcher.emit(source, {}) if r.batch]
+    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
+    counts: list[dict[str, int]] = []
+    t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
+    with caplog.at_level(logging.WARNING, "distbatch.worker"):
+        t.start()
+        deadline = time.monotonic() + 5
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # ten of the returned handler's timeouts, three leases
+        gate.set()
+        t.join(5)
+    assert [b.id for b in ran] == ids and counts == [{"delivered": 3}]
+    assert not [m for m in caplog.messages if "handler_timeout" in m or "lease_lost" in m]
+
+
+def test_a_round_whose_complete_fails_is_let_go_not_renewed_forever(batcher: Batcher) -> None:
+    """The call that completes a round fails (Redis away): the drain raises, and the worker stops
+    renewing that round's batches, so their leases run out and a sweeper gives them to another
+    worker (renewed forever, they would stay running and never be delivered)."""
+    ids = some_batches(batcher, 3)
+    rec = batcher.records
+    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
+    real = rec.complete_and_claim
+
+    def failing(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
+        if len(done) > 1:
+            raise redis.ConnectionError("Redis away")
+        return real(done, lease_ms, n, wait_s)
+
+    rec.complete_and_claim = failing  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        ex.drain(max_batches=10, linger_s=0)
+    assert [b.id for b in ran] == ids and states(batcher, ids[1]) == ["running"]
+    time.sleep(0.5)  # renewals would come every 50 ms
+    assert [rec.reclaim(i) for i in ids[1:]] == [Outcome.RETRY, Outcome.RETRY]

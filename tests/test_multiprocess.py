@@ -114,7 +114,9 @@ def test_a_fork_made_in_c_gets_its_own_emitter(redis_server: RedisServer) -> Non
     b.register("t", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
     b.emit("s", {"i": -1})
     _, parent_emitter, _ = b.transport.emitter()
-    pid = ctypes.CDLL(None).fork()
+    # PyDLL keeps the GIL through the call: with CDLL another thread (a lease keeper waking up)
+    # could take it while fork() runs, and the child would wait for it forever
+    pid = ctypes.PyDLL(None).fork()
     if pid == 0:  # child, forked from C: no os.register_at_fork hook ran
         ok = False
         try:
@@ -136,7 +138,7 @@ def test_a_forked_child_gives_its_events_ids_of_its_own(redis_server: RedisServe
     b = Batcher.from_url(redis_server.url, namespace="forkids", handoff=False)
     b.register("t", version="v1", source="s", handler="m.h", batch={"count": 4, "window": "1h"})
     b.emit("s", {"who": "parent0"})
-    pid = ctypes.CDLL(None).fork()
+    pid = ctypes.PyDLL(None).fork()  # keeping the GIL (see above)
     if pid == 0:
         ok = False
         try:

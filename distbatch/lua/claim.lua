@@ -1,56 +1,74 @@
--- Take a ready batch to run: count the attempt, hold a lease under the caller's token.
--- With ids, the first of them still ready; without, the oldest ready batch. Idempotent per
--- token: a retry after a lost reply gets the same claim back.
+-- Take up to n ready batches to run: count each attempt, hold a lease on each under its own token
+-- (the caller's token for the first, `<token>.<i>` for the i-th). With ids, those of them still
+-- ready; without, the oldest ready batches. Idempotent per token: a retry after a lost reply gets
+-- the same claims back.
 -- When no batch is left ready, the shard's bell is silenced: its tokens stand for batches already
 -- claimed, and a worker waiting on it must not wake for them.
 -- KEYS: the 11 lifecycle keys, the bell
--- ARGV: token, lease_ms, then optionally candidate ids
--- Returns {} when nothing is claimable, else {id, member, reason, cut_ms, attempt, events,
---         batches still ready}.
+-- ARGV: token, lease_ms, n, then optionally candidate ids
+-- Returns {batches still ready, then per claim: id, member, reason, cut_ms, attempt, events}.
 local B = 0
 -- @include clock
 -- @include lifecycle
 local k_bell = KEYS[12]
-local token, lease_ms = ARGV[1], tonumber(ARGV[2])
+local token, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {0}
 
-local function left()
-  local n = redis.call('ZCARD', k_ready)
-  if n == 0 then redis.call('DEL', k_bell) end
-  return n
+local function token_of(i)
+  if i == 1 then return token end
+  return token .. '.' .. i
 end
 
-local function answer(id, info)
-  return {id, info.member, info.reason, info.cut_ms, tonumber(redis.call('HGET', k_attempt, id)),
-          redis.call('HGET', k_events, id), left()}
+local function add(id, info)
+  local o = #out
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, info.member, info.reason, info.cut_ms
+  out[o + 5] = tonumber(redis.call('HGET', k_attempt, id))
+  out[o + 6] = redis.call('HGET', k_events, id)
+end
+
+local function finish()
+  local left = redis.call('ZCARD', k_ready)
+  if left == 0 then redis.call('DEL', k_bell) end
+  out[1] = left
+  return out
 end
 
 local prior = redis.call('HGET', k_tokens, token)
-if prior and redis.call('HGET', k_owner, prior) == token then return answer(prior, record_info(prior)) end
-
-local function take(id)
-  if redis.call('ZREM', k_ready, id) == 0 then return nil end
-  local info = record_info(id)
-  if not info then return nil end  -- purged: look further
-  redis.call('HINCRBY', k_attempt, id, 1)
-  redis.call('HSET', k_owner, id, token)
-  redis.call('HSET', k_tokens, token, id)
-  redis.call('ZADD', k_running, real_now + lease_ms, id)
-  return answer(id, info)
+if prior and redis.call('HGET', k_owner, prior) == token then
+  for i = 1, n do
+    local t = token_of(i)
+    local id = i == 1 and prior or redis.call('HGET', k_tokens, t)
+    if not id or redis.call('HGET', k_owner, id) ~= t then break end
+    add(id, record_info(id))
+  end
+  return finish()
 end
 
-if #ARGV > 2 then
-  for i = 3, #ARGV do
-    local claimed = take(ARGV[i])
-    if claimed then return claimed end
+local taken = 0
+local function take(id)
+  if redis.call('ZREM', k_ready, id) == 0 then return end
+  local info = record_info(id)
+  if not info then return end  -- purged: look further
+  taken = taken + 1
+  local t = token_of(taken)
+  redis.call('HINCRBY', k_attempt, id, 1)
+  redis.call('HSET', k_owner, id, t)
+  redis.call('HSET', k_tokens, t, id)
+  redis.call('ZADD', k_running, real_now + lease_ms, id)
+  add(id, info)
+end
+
+if #ARGV > 3 then
+  for i = 4, #ARGV do
+    if taken == n then break end
+    take(ARGV[i])
   end
-  left()
-  return {}
+  return finish()
 end
 for _ = 1, 100 do
-  local head = redis.call('ZRANGE', k_ready, 0, 0)[1]
-  if not head then break end
-  local claimed = take(head)
-  if claimed then return claimed end
+  if taken == n then break end
+  local heads = redis.call('ZRANGE', k_ready, 0, n - taken - 1)
+  if #heads == 0 then break end
+  for _, id in ipairs(heads) do take(id) end
 end
-left()
-return {}
+return finish()
