@@ -1167,7 +1167,7 @@ def test_a_worker_claims_at_once_only_what_its_handlers_run_within_the_budget(
     redis_server: RedisServer, namespace: str, handler: str
 ) -> None:
     """Fast handlers: after the first batch a worker takes the rest of the backlog at once (up to
-    `MAX_IN_HAND`). Handlers slower than `IN_HAND_BUDGET_S` (5 ms): one batch at a time, so the
+    `MAX_IN_HAND`). Handlers slower than half `IN_HAND_BUDGET_S` (5 ms): one batch at a time, so the
     backlog stays ready for other workers."""
     b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
     ids = some_batches(b, 20, handler)
