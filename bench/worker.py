@@ -100,6 +100,7 @@ def _start_latency(url: str, rate: float | None, batches: int) -> dict[str, Any]
         pids = {"worker": worker.pid, "Redis": int(client.info("server")["process_id"]),
                 "producer": os.getpid()}
         cpu0 = {who: _cpu_s(pid) for who, pid in pids.items()}
+        steal0 = _steal_s()
         wall0 = time.time() * 1000
         t0 = time.perf_counter()
         for i in range(batches):
@@ -110,10 +111,12 @@ def _start_latency(url: str, rate: float | None, batches: int) -> dict[str, Any]
         wait_counter(client, "bench:events", batches, timeout=120)
         busy_s = time.perf_counter() - t0
         cpu = {who: (_cpu_s(pid) - cpu0[who]) / busy_s for who, pid in pids.items()}
+        steal = (_steal_s() - steal0) / busy_s
         rows = [tuple(map(float, line.split())) for line in starts.read_text().splitlines()]
         started = sum(1 for _, start in rows if start <= wall1)
         out = {**summary([start - cut for cut, start in rows]),  # both measured from time 0
-               "started_per_s": started / ((wall1 - wall0) / 1000), "cores_busy": cpu}
+               "started_per_s": started / ((wall1 - wall0) / 1000), "cores_busy": cpu,
+               "cores_stolen": steal}
         if canary is not None:
             canary.wait(60)
             out.update(_machine_stalls(json.loads(stalls_file.read_text()), rows))
@@ -127,6 +130,13 @@ def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far (Linux's /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _steal_s() -> float:
+    """CPU seconds the hypervisor gave to other guests so far, over all cores (/proc/stat's
+    `steal`): this VM's cores were runnable but not running."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def _machine_stalls(stalls: list[list[float]], rows: list[tuple[float, ...]]) -> dict[str, Any]:
@@ -152,10 +162,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     with private_redis() as server:
         os.environ["DISTBATCH_REDIS_URL"] = server.url  # the handlers' own connection
         client = redis.Redis.from_url(server.url)
+        steal0, t0 = _steal_s(), time.perf_counter()
         for r in range(rounds):
             ours.append(_distbatch_round(server.url, jobs, r))
             bare.append(_bare_round(server.url, jobs, r))
             floor.append(_rq_round(server.url, jobs))
+        rounds_stolen = (_steal_s() - steal0) / (time.perf_counter() - t0)
         delivered = int(client.get("bench:events") or 0)
         expected = 3 * rounds * jobs * COUNT
         if delivered != expected:
@@ -178,6 +190,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(f"one worker process, {jobs} batches per round, median of {rounds} alternating rounds")
     print(table(rows, ["side", "batches_per_s", "ms_per_batch"]))
     print(f"distbatch / bare loop = {ratio:.2f} (goal >= 0.75); distbatch / plain RQ = {rq_ratio:.2f}")
+    print(f"cores stolen by the hypervisor during these rounds: {rounds_stolen:.2f}")
     for what, cap, lat in (("the burst capacity above", capacity, late),
                            ("the rate sustained beside a flat-out producer", shared, late_shared)):
         print(f"cut -> handler start at 80% of {what} ({cap:.0f}/s -> {0.8 * cap:.0f} batches/s, "
@@ -186,12 +199,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         busy = lat["cores_busy"]
         print("  cores busy from the first emit to the last handler start: " +
               ", ".join(f"{who} {v:.2f}" for who, v in busy.items()) + f"; {sum(busy.values()):.2f} of "
-              f"{os.cpu_count()}")
+              f"{os.cpu_count()}; stolen by the hypervisor meanwhile: {lat['cores_stolen']:.2f} cores")
         print(f"  meanwhile an idle process beside it stalled {lat['machine_stalls']} times (woke > 5 ms "
               f"late; worst {lat['machine_stall_max_ms']:.0f} ms); of the {lat['over_goal']} batches "
               f"over 20 ms, {lat['over_goal_after_a_stall']} started within 100 ms (plus their wait) "
               "after such a stall began")
     result = {"jobs": jobs, "rounds": rounds, "rows": rows, "ratio_vs_bare": ratio, "ratio_vs_rq": rq_ratio,
+              "cores_stolen_in_rounds": rounds_stolen,
               "start_latency_at_80pct": late, "sustained_with_producer": shared,
               "start_latency_at_80pct_sustained": late_shared}
     save("worker", result, quick)
