@@ -55,6 +55,7 @@ class _Held:
     token: str
     deadline: float  # monotonic; past it the handler is over its timeout and renewals stop
     over_by: float  # monotonic; past it the lease has surely run out unless renewed meanwhile
+    sure_until: float  # monotonic; until then the lease is surely alive
     lost: bool = False
 
 
@@ -76,10 +77,10 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def hold(self, batch_id: str, token: str, timeout_ms: int | None,
-             over_by: float = math.inf) -> _Held:
+             over_by: float = math.inf, sure_until: float = math.inf) -> _Held:
         """Renew this batch's lease from now on; `timeout_ms` (its handler's timeout) stops that
         once the handler has run that long; `limit` sets it for a batch held before it runs."""
-        held = _Held(token, math.inf, over_by)
+        held = _Held(token, math.inf, over_by, sure_until)
         self.limit(held, timeout_ms)
         with self._lock:
             self._held[batch_id] = held
@@ -118,6 +119,7 @@ class LeaseKeeper:
             with self._lock:  # released meanwhile (completed while we renewed): not lost
                 if ok:
                     h.over_by = max(h.over_by, lease_over_by(sent, 0.0, self.lease_ms))
+                    h.sure_until = max(h.sure_until, sent + self.lease_ms / 1000)
                 if ok is not False or self._held.get(bid) is not h:  # None: not known, tried again
                     continue
                 h.lost = True
@@ -176,7 +178,7 @@ class Executor:
         """Batches claimed are held (their leases renewed) from the moment they are read."""
         for claim in claims:
             self._in_hand.append((claim, self.leases.hold(claim.batch.id, claim.token, None,
-                                                          claim.stale_after)))
+                                                          claim.stale_after, claim.sure_until)))
 
     def drain(self, max_batches: int = 100, max_seconds: float = 2.0, linger_s: float | None = None,
               poll_s: float = 0.002) -> dict[str, int]:
@@ -309,6 +311,13 @@ class Executor:
         """Run one batch in hand: a Result when it is settled here (not run, failed, poison), or
         the handler's seconds when it returned and the batch waits to be completed."""
         batch, token, rec = claim.batch, claim.token, self.records
+        if not held.lost and held.over_by >= time.monotonic() > held.sure_until:
+            # kept (or read) past the time its lease was surely alive, as after a pause: ask Redis
+            sent = time.monotonic()
+            if rec.renew(batch.id, token, self.lease_ms):
+                held.sure_until = sent + self.lease_ms / 1000
+            else:
+                held.lost = True
         if held.lost or time.monotonic() > held.over_by:
             # read, or kept in hand, past its lease: this process was paused meanwhile
             log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "

@@ -68,6 +68,10 @@ class Claim:
     and Redis ran it within the wait it rode behind. A claim read later (its worker was paused
     while the reply waited) is not run: its batch is another worker's by now, or will be."""
 
+    sure_until: float = math.inf
+    """`time.monotonic()` up to which the lease is surely alive: Redis ran the claim no earlier
+    than it was sent."""
+
     def stale(self) -> bool:
         return time.monotonic() > self.stale_after
 
@@ -139,10 +143,10 @@ class Records:
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
         reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, *batch_ids])
-        return self._claimed(reply, token, lease_over_by(sent, 0.0, lease_ms))
+        return self._claimed(reply, token, sent, 0.0, lease_ms)
 
     @staticmethod
-    def _claimed(reply: Any, token: str, stale_after: float) -> list[Claim]:
+    def _claimed(reply: Any, token: str, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
         """`claim.lua`'s reply: batches still ready, then six fields per batch taken."""
         left = int(reply[0])
         claims = []
@@ -158,7 +162,8 @@ class Records:
             batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
                           cut_at_ms=int(cut_ms))
             t = token if j == 1 else f"{token}.{j}"  # as claim.lua names them
-            claims.append(Claim(batch, t, error, left, stale_after))
+            claims.append(Claim(batch, t, error, left, lease_over_by(sent, wait_s, lease_ms),
+                                sent + lease_ms / 1000))
         return claims
 
     def wait_and_claim(self, lease_ms: int, timeout: float, n: int = 1) -> list[Claim]:
@@ -198,7 +203,7 @@ class Records:
         *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
-        claims = self._claimed(_raised([reply])[0], token, lease_over_by(sent, timeout, lease_ms))
+        claims = self._claimed(_raised([reply])[0], token, sent, timeout, lease_ms)
         if claims:
             self._rung = shard
         elif len(self.shards) > 1:
@@ -272,7 +277,7 @@ class Records:
         calls: list[ScriptCall | Command] = [
             *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n])]
         *completed, reply = _raised(self._pipelined_twice(calls))
-        claims = self._claimed(reply, next_token, lease_over_by(sent, 0.0, lease_ms))
+        claims = self._claimed(reply, next_token, sent, 0.0, lease_ms)
         if not claims and len(self.shards) > 1:
             claims = self.claim_some(lease_ms, n)  # this shard is empty: look at the others
         return [_delivered(int(r)) for r in completed], claims

@@ -165,6 +165,24 @@ def test_claim_is_idempotent_per_token(batcher: Batcher) -> None:
     assert batcher.records.claim([bid], 60_000, token="t-2") is None
 
 
+def test_a_claim_of_several_is_idempotent_per_token(batcher: Batcher) -> None:
+    """A claim that took several batches, sent again with the same token (its reply was lost),
+    gets the same batches back under the same tokens, each attempt counted once; each token
+    fences its own batch."""
+    ids = some_batches(batcher, 5)
+    rec = batcher.records
+    k = rec.keys_for(ids[0])
+    first = rec._claim(k, [], 60_000, "t-1", 3)
+    again = rec._claim(k, [], 60_000, "t-1", 3)
+    assert [(c.batch.id, c.token, c.batch.attempt, c.left) for c in first] == [
+        (ids[0], "t-1", 1, 2), (ids[1], "t-1.2", 1, 2), (ids[2], "t-1.3", 1, 2)]
+    assert [(c.batch.id, c.token, c.batch.attempt) for c in again] == [
+        (c.batch.id, c.token, c.batch.attempt) for c in first]
+    assert rec.complete(ids[1], "t-1") is None  # another batch's token changes nothing
+    assert [rec.complete(c.batch.id, c.token) for c in first] == [1, 1, 1]
+    assert [c.batch.id for c in rec.claim_some(60_000, 3)] == ids[3:]
+
+
 def test_fail_is_idempotent_per_token(batcher: Batcher) -> None:
     bid = one_batch(batcher)
     claim = batcher.records.claim([bid], 60_000)
@@ -1132,6 +1150,34 @@ def test_a_batch_in_hand_whose_worker_was_paused_past_its_lease_is_not_run(
     assert [b.id for b in ran] == [first, gated]  # `behind` did not run here
     assert counts == [{"delivered": 1, "lease_lost": 2}]
     assert sum("lease_lost" in m and behind in m for m in caplog.messages) == 1
+    assert states(batcher, behind) == ["running"] and rec.complete(behind, other.token) == 1
+
+
+def test_a_batch_in_hand_whose_lease_ran_out_just_now_is_not_run(
+    batcher: Batcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, but the pause ends soon after the lease ran out (within the second a claim read
+    late is still trusted): the worker cannot be sure the lease of the batch it kept in hand is
+    alive, asks Redis (a renewal) before it starts it, and drops it when refused."""
+    first, gated, behind = _fast_then_gated(batcher)
+    rec = batcher.records
+    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
+    ex.leases.renew_now = lambda: None  # type: ignore[method-assign]
+    counts: list[dict[str, int]] = []
+    t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        t.start()
+        deadline = time.monotonic() + 5
+        while states(batcher, behind) != ["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.4)  # past the lease, not past its margin for a late read
+        assert rec.reclaim(behind) == Outcome.RETRY
+        other = rec.claim([behind], 60_000)
+        assert other is not None
+        gate.set()
+        t.join(5)
+    assert [b.id for b in ran] == [first, gated]  # `behind` did not run here
+    assert counts == [{"delivered": 1, "lease_lost": 2}]
     assert states(batcher, behind) == ["running"] and rec.complete(behind, other.token) == 1
 
 
