@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import metrics
@@ -22,6 +23,10 @@ from .tracing import handler_span
 
 log = logging.getLogger("distbatch.worker")
 
+ROUND_LIMIT_S = 0.050
+"""Past this since a round's first handler started, the batches of the round not started yet are
+given back (`LeaseKeeper.give_back`): five times `IN_HAND_BUDGET_S`, the handler time a round is
+claimed for, so a round whose handlers run somewhat slower than they did is not cut short."""
 UNAVAILABLE_RETRY_MS = 5_000
 """How long a batch whose handler this worker cannot run waits before any worker tries again."""
 _BINDING_TTL_S = 5.0
@@ -57,6 +62,9 @@ class _Held:
     over_by: float  # monotonic; past it the lease has surely run out unless renewed meanwhile
     sure_until: float  # monotonic; until then the lease is surely alive
     lost: bool = False
+    started: float | None = None  # monotonic, when its handler started (None: waiting in hand)
+    running: bool = False  # its handler is running now
+    given_back: bool = False  # given back unstarted: not to be run here
 
 
 class LeaseKeeper:
@@ -66,7 +74,9 @@ class LeaseKeeper:
     runs out while its worker lives. A renewal the script refuses means the lease is lost (the
     worker was paused or cut off past it and the batch was reclaimed): it logs `lease_lost` and
     the executor drops the outcome. A handler past its timeout is no longer renewed, so a hung
-    handler gives its batch back within one lease.
+    handler gives its batch back within one lease; and batches waiting in hand behind a handler
+    that has run past the round's limit are given back (ready again, their try refunded), so a
+    slow or hung handler holds up no batch claimed with it for longer than lease/3.
     """
 
     def __init__(self, records: Records, lease_ms: int) -> None:
@@ -98,10 +108,41 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop(batch_id, None)
 
+    def begin(self, held: _Held) -> bool:
+        """Mark a batch in hand as started, unless it was given back meanwhile (then False)."""
+        with self._lock:
+            if held.given_back:
+                return False
+            held.started, held.running = time.monotonic(), True
+            return True
+
+    def give_back(self, items: Sequence[tuple[str, _Held]], why: str) -> None:
+        """Give back batches in hand that have not started: ready again at once, their try
+        refunded, for any worker (best effort: if Redis is away their leases run out instead)."""
+        with self._lock:
+            back = [(bid, h) for bid, h in items if h.started is None and not h.given_back]
+            for bid, h in back:
+                h.given_back = True
+                self._held.pop(bid, None)
+        for bid, h in back:
+            try:
+                self.records.fail(bid, h.token, f"given back unstarted: {why}", 0, refund=True)
+            except Exception as exc:
+                log.warning("give_back_failed batch=%s: %s; its lease runs out instead", bid,
+                            describe(exc), extra={"event": "give_back_failed", "batch": bid})
+        if back:
+            log.info("batches_given_back n=%d: %s", len(back), why,
+                     extra={"event": "batches_given_back"})
+
     def renew_now(self) -> None:
         now = time.monotonic()
         with self._lock:
             items = [(bid, h) for bid, h in self._held.items() if not h.lost]
+            stuck = any(h.running and h.started is not None and now - h.started > ROUND_LIMIT_S
+                        for _, h in items)
+        if stuck:
+            self.give_back(items, "a handler of its round ran long")
+            items = [(bid, h) for bid, h in items if not h.given_back]
         live = []
         for bid, h in items:
             if now > h.deadline:
@@ -220,7 +261,8 @@ class Executor:
                 if n == 0 or now - idle_since >= linger:  # a spare ticket: no batch to wait for
                     break
                 if self.records.has_bell and linger - (now - idle_since) >= BELL_WAIT_S:
-                    claims = self.records.wait_and_claim(self.lease_ms, BELL_WAIT_S, self._want())
+                    claims = self.records.wait_and_claim(self.lease_ms, BELL_WAIT_S,
+                                                         min(self._want(), max_batches - n))
                     self._take(claims)
                     self._none_ready = not claims
                 else:
@@ -248,29 +290,46 @@ class Executor:
     def _run_in_hand(self, cap: int, wait_s: float) -> list[Result]:
         """Run every batch in hand, then complete those whose handler returned in one round trip,
         claiming more with it (`_want`, at most `cap`; with a wait on the bell first when the last
-        claim left none ready and `wait_s`). If a call fails, every batch of the round is let go
-        (no longer renewed): its lease runs out and a sweeper gives it to another worker."""
+        claim left none ready and `wait_s`). A round that runs past `ROUND_LIMIT_S` gives back
+        the batches it has not started. If a call fails, the round is salvaged as far as Redis
+        lets it (`_salvage`) and let go: what is left runs elsewhere once its lease runs out."""
         results: list[Result] = []
         delivered: list[tuple[Claim, _Held, float]] = []
         round_ids = [c.batch.id for c, _ in self._in_hand]
+        began: float | None = None
         left = 0
+        settled_ok = False
         try:
             while self._in_hand:
+                if began is not None and time.monotonic() - began > ROUND_LIMIT_S:
+                    self.leases.give_back([(c.batch.id, h) for c, h in self._in_hand],
+                                          "the round it was claimed in ran long")
+                    self._in_hand.clear()
+                    left = 1  # ready again: no wait on the bell
+                    break
                 claim, held = self._in_hand.popleft()
                 left = claim.left
                 result = self._start(claim, held)
-                if isinstance(result, Result):
+                if began is None:
+                    began = held.started
+                if result is None:  # given back meanwhile by the lease keeper
+                    left = 1
+                elif isinstance(result, Result):
                     results.append(self._observed(claim, result))
                 else:
                     delivered.append((claim, held, result))
             if not delivered:
+                settled_ok = True
                 return results
             done = [(c.batch.id, c.token) for c, _, _ in delivered]
             want = min(self._want(), cap) if not self.stop.is_set() else 0
             wait = wait_s if left == 0 else 0.0  # none was waiting behind these
             self._let_go(round_ids)  # before the complete: a renewal after it would find them gone
             settled, claims = self.records.complete_and_claim(done, self.lease_ms, want, wait_s=wait)
+            settled_ok = True
         finally:
+            if not settled_ok:
+                self._salvage(delivered)
             self._in_hand.clear()
             self._let_go(round_ids)
         self._take(claims)
@@ -286,6 +345,21 @@ class Executor:
             results.append(self._observed(claim, result))
         return results
 
+    def _salvage(self, delivered: list[tuple[Claim, _Held, float]]) -> None:
+        """A call failed mid-round: give back the batches not started (their tries refunded) and
+        complete those whose handler returned, as far as Redis answers; what fails here runs
+        again elsewhere once its lease runs out."""
+        self.leases.give_back([(c.batch.id, h) for c, h in self._in_hand], "its round failed")
+        if not delivered:
+            return
+        try:
+            self.records.complete_and_claim([(c.batch.id, c.token) for c, _, _ in delivered],
+                                            self.lease_ms, 0)
+        except Exception as exc:
+            log.warning("complete_failed batches=%s: %s; they run again once their leases run out",
+                        ",".join(c.batch.id for c, _, _ in delivered), describe(exc),
+                        extra={"event": "complete_failed"})
+
     def _let_go(self, batch_ids: list[str]) -> None:
         for bid in batch_ids:
             self.leases.release(bid)
@@ -293,9 +367,14 @@ class Executor:
     def run(self, claim: Claim) -> Result:
         """Run a claimed batch's handler and settle the record; the outcome is also counted in
         this process's metrics (`metrics.py`)."""
-        self._take([claim])
-        (result,) = self._run_in_hand(0, 0.0)
+        (result,) = self.run_all([claim])
         return result
+
+    def run_all(self, claims: list[Claim]) -> list[Result]:
+        """Run claimed batches as one round (completed together), claiming nothing more: a
+        Result for each that ran or was settled (none for one given back unstarted)."""
+        self._take(claims)
+        return self._run_in_hand(0, 0.0)
 
     def _observed(self, claim: Claim, result: Result) -> Result:
         batch = claim.batch
@@ -307,27 +386,37 @@ class Executor:
         metrics.HANDLER_RUNS.labels(batch.binding, result.status.value).inc()
         return result
 
-    def _start(self, claim: Claim, held: _Held) -> Result | float:
-        """Run one batch in hand: a Result when it is settled here (not run, failed, poison), or
-        the handler's seconds when it returned and the batch waits to be completed."""
+    def _start(self, claim: Claim, held: _Held) -> Result | float | None:
+        """Run one batch in hand: a Result when it is settled here (not run, failed, poison), the
+        handler's seconds when it returned and the batch waits to be completed, None when the
+        lease keeper gave it back before it could start."""
         batch, token, rec = claim.batch, claim.token, self.records
-        if not held.lost and held.over_by >= time.monotonic() > held.sure_until:
-            # kept (or read) past the time its lease was surely alive, as after a pause: ask Redis
-            sent = time.monotonic()
+        if held.given_back:
+            return None
+        logged = held.lost  # the lease keeper found it lost and said so
+        now = time.monotonic()
+        if not held.lost and held.over_by >= now > held.sure_until - self.lease_ms / 3000:
+            # kept (or read) late, as after a pause: its lease may be about to run out, or gone.
+            # Ask Redis before starting (a renewal), instead of racing the sweeper's reclaim
             if rec.renew(batch.id, token, self.lease_ms):
-                held.sure_until = sent + self.lease_ms / 1000
+                held.sure_until = max(held.sure_until, now + self.lease_ms / 1000)
+                held.over_by = max(held.over_by, lease_over_by(time.monotonic(), 0.0, self.lease_ms))
             else:
                 held.lost = True
         if held.lost or time.monotonic() > held.over_by:
             # read, or kept in hand, past its lease: this process was paused meanwhile
-            log.error("lease_lost batch=%s: claimed for this worker while it was paused, and the "
-                      "lease ran out before it could start; not run", batch.id,
-                      extra={"event": "lease_lost", "batch": batch.id})
+            if not logged:
+                log.error("lease_lost batch=%s: claimed for this worker while it was paused, and "
+                          "the lease ran out before it could start; not run", batch.id,
+                          extra={"event": "lease_lost", "batch": batch.id})
             return Result(Status.LEASE_LOST, batch.id, batch.attempt)
+        if not self.leases.begin(held):
+            return None
         if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
             waited = max(0.0, time.time() - batch.cut_at_ms / 1000)
             metrics.HANDLER_START_DELAY.labels(batch.binding).observe(waited)
         if claim.error is not None:
+            self.leases.release(batch.id)  # settled here: a renewal after the fail would say lost
             rec.fail(batch.id, token, claim.error, None)
             log.error("batch_poison batch=%s binding=%s: %s; kept as a dead batch", batch.id,
                       batch.binding, claim.error, extra={"event": "batch_poison", "batch": batch.id})
@@ -338,6 +427,7 @@ class Executor:
                 raise HandlerNotAllowed(f"binding={batch.binding!r} is not registered")
             fn = self.resolver.resolve(binding.handler)
         except HandlerNotAllowed as exc:
+            self.leases.release(batch.id)
             rec.fail(batch.id, token, f"HandlerNotAllowed: {exc}", UNAVAILABLE_RETRY_MS, refund=True)
             log.error("handler_unavailable batch=%s %s; left for a worker that can run it (again "
                       "in %ds)", batch.id, exc, UNAVAILABLE_RETRY_MS // 1000,
@@ -351,6 +441,8 @@ class Executor:
         except Exception as exc:
             handler_s = time.perf_counter() - started
             self._note(handler_s)
+            held.running = False
+            self.leases.release(batch.id)
             retry = binding.retry
             delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
             outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
@@ -362,6 +454,7 @@ class Executor:
             return Result(Status(outcome.value), batch.id, batch.attempt, handler_s)
         handler_s = time.perf_counter() - started
         self._note(handler_s)
+        held.running = False
         self.leases.limit(held, None)  # its handler returned: held until completed with the round
         return handler_s
 

@@ -25,8 +25,8 @@ MAX_SECONDS_PER_JOB = 10.0
 """A ticket's budget. Between two tickets RQ's bookkeeping (~27 round trips) stalls the worker
 while batches keep coming, and that stall is what the tail of cut -> start is made of under a
 steady stream; 10 s amortises it. Other workers join through the tickets a drain leaves when
-batches wait, and a warm shutdown ends a drain after the batches in hand (at most ~10 ms of
-handler time), so a long budget starves no one."""
+batches wait, and a warm shutdown ends a drain after the batches in hand (about 10 ms of
+handler time, at most 50 ms), so a long budget starves no one."""
 
 
 def configure(executor: Executor) -> Executor:

@@ -209,12 +209,22 @@ class Records:
         elif len(self.shards) > 1:
             bells = [s.bell for s in self.shards]
             named = as_text(rung[0]) if rung else None
-            if named in bells and bells.index(named) != shard:
-                claims = self._claim(self.shards[bells.index(named)], [], lease_ms, None, n)
-                self._rung = bells.index(named)
-            if not claims:
-                claims = self.claim_some(lease_ms, n)
+            other = bells.index(named) if named in bells else None
+            claims = self._other_shards(lease_ms, n, other if other != shard else None)
         return settled, claims
+
+    def _other_shards(self, lease_ms: int, n: int, rung: int | None = None) -> list[Claim]:
+        """After the calls of a pipeline ran, look for ready batches on the other shards (the one
+        whose bell rang first); a connection error here is no error of those calls: none found."""
+        try:
+            claims = []
+            if rung is not None:
+                claims = self._claim(self.shards[rung], [], lease_ms, None, n)
+                self._rung = rung
+            return claims or self.claim_some(lease_ms, n)
+        except TRANSIENT as exc:
+            log.warning("claim failed: %s; looked at again on the next round", describe(exc))
+            return []
 
     def renew(self, batch_id: str, token: str, lease_ms: int) -> bool:
         """Extend the lease; False means it is lost (the caller must stop touching the batch)."""
@@ -279,7 +289,7 @@ class Records:
         *completed, reply = _raised(self._pipelined_twice(calls))
         claims = self._claimed(reply, next_token, sent, 0.0, lease_ms)
         if not claims and len(self.shards) > 1:
-            claims = self.claim_some(lease_ms, n)  # this shard is empty: look at the others
+            claims = self._other_shards(lease_ms, n)  # this shard is empty: look at the others
         return [_delivered(int(r)) for r in completed], claims
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,

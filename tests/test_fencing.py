@@ -1109,73 +1109,94 @@ def test_a_complete_sent_with_a_wait_runs_before_the_wait_even_on_a_redis_that_l
         waiting.join(5)
 
 
-def _fast_then_gated(b: Batcher) -> list[str]:
-    """Three batches: a fast handler's, one whose handler waits for `gate`, a fast one behind it.
-    A drain claims the first alone (no handler time known yet), then the other two at once."""
-    b.register("f", version="v1", source="s", handler=f"{__name__}.record",
-               batch={"count": 1, "window": "1h"})
-    b.register("g", version="v1", source="t", handler=f"{__name__}.wait_for_gate",
-               batch={"count": 1, "window": "1h"})
-    ids = []
-    for source in ("s", "t", "s"):
-        (r,) = b.emit(source, {})
-        assert r.batch is not None
-        ids.append(r.batch.id)
-    return ids
+def _one_per_batch(b: Batcher, handlers: dict[str, str], order: str, **retry: Any) -> list[str]:
+    """A count-1 binding per source (source -> handler in this module), then one event per
+    source in `order`: the batches' ids."""
+    names = {"s": "f", "t": "g"}  # the bindings' names place their batches on shards: keep them
+    for source, handler in handlers.items():
+        b.register(names.get(source, source), version="v1", source=source, handler=f"{__name__}.{handler}",
+                   batch={"count": 1, "window": "1h"}, retry=retry.get(source))
+    return [r.batch.id for source in order for r in b.emit(source, {}) if r.batch]
 
 
-@pytest.mark.parametrize("pause_s", [1.3, 0.4], ids=["past-the-margin", "just-past-the-lease"])
-def test_a_batch_in_hand_whose_worker_was_paused_past_its_lease_is_not_run(
-    batcher: Batcher, caplog: pytest.LogCaptureFixture, pause_s: float
-) -> None:
-    """A worker claimed two batches at once and was paused (no renewals) while the first one's
-    handler ran; the second one's lease ran out and another worker took it. The first worker
-    must not run it when it resumes: `lease_lost`, and the other worker's claim stands. Past the
-    second a claim read late is trusted for, the worker knows without asking; within it, it
-    cannot be sure the lease is alive and asks Redis (a renewal) before it starts the batch."""
-    first, gated, behind = _fast_then_gated(batcher)
-    rec = batcher.records
-    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
-    ex.leases.renew_now = lambda: None  # type: ignore[method-assign]
-    counts: list[dict[str, int]] = []
-    t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
-    with caplog.at_level(logging.ERROR, "distbatch.worker"):
-        t.start()
-        deadline = time.monotonic() + 5
-        while states(batcher, behind) != ["running"] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(pause_s)
-        assert rec.reclaim(behind) == Outcome.RETRY
-        other = rec.claim([behind], 60_000)
-        assert other is not None
-        gate.set()
-        t.join(5)
-    assert [b.id for b in ran] == [first, gated]  # `behind` did not run here
-    assert counts == [{"delivered": 1, "lease_lost": 2}]
-    assert sum("lease_lost" in m and behind in m for m in caplog.messages) == 1
-    assert states(batcher, behind) == ["running"] and rec.complete(behind, other.token) == 1
-
-
-def test_a_batch_in_hand_keeps_its_lease_while_it_waits_behind_a_slow_handler(batcher: Batcher) -> None:
-    """The lease keeper renews a batch from the moment it is claimed, not from its start: one
-    waiting in hand behind a handler that runs past the lease is not taken back, and runs."""
-    first, gated, behind = _fast_then_gated(batcher)
-    rec = batcher.records
-    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=300)
+def _draining(ex: Executor) -> tuple[threading.Thread, list[dict[str, int]]]:
+    """A drain in a thread (linger 0): the thread, started, and where its counts land."""
     counts: list[dict[str, int]] = []
     t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
     t.start()
+    return t, counts
+
+
+def _fast_then_gated(b: Batcher) -> list[str]:
+    """Three batches: a fast handler's, one whose handler waits for `gate`, a fast one behind it.
+    A drain claims the first alone (no handler time known yet), then the other two at once."""
+    return _one_per_batch(b, {"s": "record", "t": "wait_for_gate"}, "sts")
+
+
+@pytest.mark.parametrize("pause_s", [1.3, 0.4], ids=["past-the-margin", "just-past-the-lease"])
+def test_batches_in_hand_whose_worker_was_paused_past_their_lease_are_not_run(
+    batcher: Batcher, caplog: pytest.LogCaptureFixture, pause_s: float
+) -> None:
+    """A worker read a claim of two batches and was paused (no renewals) before it started them;
+    their leases ran out and another worker took them. The first worker must not run them when
+    it resumes: `lease_lost`, and the other worker's claims stand. Past the second a claim read
+    late is trusted for, it knows without asking; within it, it cannot be sure the leases are
+    alive and asks Redis (a renewal) before it starts each."""
+    ids = some_batches(batcher, 2)
+    rec = batcher.records
+    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
+    ex.leases.renew_now = lambda: None  # type: ignore[method-assign]
+    claims = rec.claim_some(150, 2)
+    assert [c.batch.id for c in claims] == ids
+    time.sleep(pause_s)
+    assert [rec.reclaim(i) for i in ids] == [Outcome.RETRY, Outcome.RETRY]
+    others = [rec.claim([i], 60_000) for i in ids]
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        results = ex.run_all(claims)
+    assert ran == [] and [r.status for r in results] == [Status.LEASE_LOST, Status.LEASE_LOST]
+    assert sum("lease_lost" in m for m in caplog.messages) == 2
+    assert [rec.complete(i, o.token) for i, o in zip(ids, others, strict=True) if o] == [1, 1]
+
+
+def test_batches_in_hand_behind_a_handler_that_runs_long_are_given_back(batcher: Batcher) -> None:
+    """A handler of the round runs long (here: hangs): the lease keeper gives back the batches
+    claimed with it that have not started, at its next renewal (lease/3): ready again, their
+    try refunded, for another worker to run meanwhile — not held until the handler returns."""
+    first, gated, behind = _fast_then_gated(batcher)
+    rec = batcher.records
+    t, counts = _draining(Executor(rec, HandlerResolver([__name__]), lease_ms=300))
     try:
         deadline = time.monotonic() + 5
         while states(batcher, behind) != ["running"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(1.5)  # five leases, past the claim's own margin for a late read (1 s)
-        assert rec.reclaim(behind) == Outcome.LIVE
+        while states(batcher, behind) != ["ready"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert states(batcher, behind) == ["ready"] and states(batcher, gated) == ["running"]
+        other = rec.claim([behind], 60_000)
+        assert other is not None and other.batch.attempt == 1  # the given-back try was refunded
+        assert rec.complete(behind, other.token) == 1
     finally:
         gate.set()
         t.join(5)
-    assert [b.id for b in ran] == [first, gated, behind]
-    assert counts == [{"delivered": 3}]
+    assert [b.id for b in ran] == [first, gated]
+    assert counts == [{"delivered": 2}]
+
+
+def sleep_80ms(batch: Batch) -> None:
+    time.sleep(0.08)
+    ran.append(batch)
+
+
+def test_a_round_that_runs_past_its_limit_gives_back_the_rest(batcher: Batcher) -> None:
+    """A handler of the round took longer than `ROUND_LIMIT_S` (50 ms): the batches not started
+    yet go back (ready, their try refunded) instead of waiting behind it, and are claimed again
+    in the next round — each run once, on its first attempt."""
+    ids = _one_per_batch(batcher, {"s": "record", "t": "sleep_80ms"}, "stss")
+    counts = Executor(batcher.records, HandlerResolver([__name__]), 60_000).drain(max_batches=10,
+                                                                                  linger_s=0)
+    assert counts == {"delivered": 4}
+    assert [b.id for b in ran] == ids and [b.attempt for b in ran] == [1, 1, 1, 1]
+    assert batcher.counters().get("batch_retries", 0) == 2  # the two given back, counted as such
 
 
 def sleep_10ms(batch: Batch) -> None:
@@ -1224,17 +1245,10 @@ def test_a_batch_whose_handler_returned_in_time_is_held_until_its_round_complete
     """A batch is completed with the rest of its round. One whose handler returned within its
     timeout stays renewed while a slower handler of the round runs (no `handler_timeout`, no
     lost lease), and is delivered."""
-    rec = batcher.records
-    batcher.register("f", version="v1", source="s", handler=f"{__name__}.record",
-                     batch={"count": 1, "window": "1h"}, retry={"timeout": "50ms"})
-    batcher.register("g", version="v1", source="t", handler=f"{__name__}.wait_for_gate",
-                     batch={"count": 1, "window": "1h"})
-    ids = [r.batch.id for source in ("s", "s", "t") for r in batcher.emit(source, {}) if r.batch]
-    ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
-    counts: list[dict[str, int]] = []
-    t = threading.Thread(target=lambda: counts.append(ex.drain(max_batches=10, linger_s=0)))
+    ids = _one_per_batch(batcher, {"s": "record", "t": "wait_for_gate"}, "sst", s={"timeout": "50ms"})
+    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=150)
     with caplog.at_level(logging.WARNING, "distbatch.worker"):
-        t.start()
+        t, counts = _draining(ex)
         deadline = time.monotonic() + 5
         while len(ran) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -1245,23 +1259,56 @@ def test_a_batch_whose_handler_returned_in_time_is_held_until_its_round_complete
     assert not [m for m in caplog.messages if "handler_timeout" in m or "lease_lost" in m]
 
 
-def test_a_round_whose_complete_fails_is_let_go_not_renewed_forever(batcher: Batcher) -> None:
-    """The call that completes a round fails (Redis away): the drain raises, and the worker stops
-    renewing that round's batches, so their leases run out and a sweeper gives them to another
+@pytest.mark.parametrize("fails", ["once", "always"])
+def test_a_round_whose_complete_fails_is_salvaged_or_let_go(batcher: Batcher, fails: str) -> None:
+    """The call that completes a round fails (Redis away): the drain raises. The worker tries the
+    completes once more (`_salvage`); if Redis answers they are delivered, if not it stops
+    renewing the round's batches, so their leases run out and a sweeper gives them to another
     worker (renewed forever, they would stay running and never be delivered)."""
     ids = some_batches(batcher, 3)
     rec = batcher.records
     ex = Executor(rec, HandlerResolver([__name__]), lease_ms=150)
     real = rec.complete_and_claim
+    failed = []
 
     def failing(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
-        if len(done) > 1:
+        if len(done) > 1 and (fails == "always" or not failed):
+            failed.append(done)
             raise redis.ConnectionError("Redis away")
         return real(done, lease_ms, n, wait_s)
 
     rec.complete_and_claim = failing  # type: ignore[method-assign]
     with pytest.raises(redis.ConnectionError):
         ex.drain(max_batches=10, linger_s=0)
-    assert [b.id for b in ran] == ids and states(batcher, ids[1]) == ["running"]
+    assert [b.id for b in ran] == ids
+    if fails == "once":
+        assert [states(batcher, i) for i in ids] == [[], [], []]
+        assert batcher.counters()["batches_delivered:f@v1"] == 3
+        return
+    assert states(batcher, ids[1]) == ["running"]
     time.sleep(0.5)  # renewals would come every 50 ms
     assert [rec.reclaim(i) for i in ids[1:]] == [Outcome.RETRY, Outcome.RETRY]
+
+
+def boom(batch: Batch) -> None:
+    raise RuntimeError("boom")
+
+
+def test_a_batch_settled_mid_round_is_not_reported_lost(
+    batcher: Batcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch whose handler failed is settled (`fail`) at once, while its round goes on: the
+    lease keeper must stop renewing it then, or its next renewal, refused, logs a false
+    `lease_lost` (the chaos soak counts those lines)."""
+    ids = _one_per_batch(batcher, {"s": "record", "b": "boom", "t": "wait_for_gate"}, "sbt")
+    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=150)
+    with caplog.at_level(logging.WARNING, "distbatch.worker"):
+        t, counts = _draining(ex)
+        deadline = time.monotonic() + 5
+        while states(batcher, ids[1]) != ["delayed"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # six renewals of the round's other batch
+        gate.set()
+        t.join(5)
+    assert counts == [{"delivered": 2, "retry": 1}]
+    assert not [m for m in caplog.messages if "lease_lost" in m or "handler_timeout" in m]
