@@ -143,15 +143,15 @@ class Records:
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
         reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, *batch_ids])
-        return self._claimed(reply, token, sent, 0.0, lease_ms)
+        return self._claimed(reply, sent, 0.0, lease_ms)
 
     @staticmethod
-    def _claimed(reply: Any, token: str, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
-        """`claim.lua`'s reply: batches still ready, then six fields per batch taken."""
+    def _claimed(reply: Any, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
+        """`claim.lua`'s reply: batches still ready, then seven fields per batch taken."""
         left = int(reply[0])
         claims = []
-        for j, i in enumerate(range(1, len(reply), 6), start=1):
-            bid, member, reason, cut_ms, attempt, blob = reply[i:i + 6]
+        for i in range(1, len(reply), 7):
+            bid, member, reason, cut_ms, attempt, blob, t = reply[i:i + 7]
             batch_id = as_text(bid)
             binding, pkey = split_member(as_text(member))
             error = None
@@ -161,8 +161,7 @@ class Records:
                 events, error = [], f"undecodable batch record: {type(exc).__name__}: {exc}"
             batch = Batch(batch_id, binding, pkey, as_text(reason), events, attempt=int(attempt),
                           cut_at_ms=int(cut_ms))
-            t = token if j == 1 else f"{token}.{j}"  # as claim.lua names them
-            claims.append(Claim(batch, t, error, left, lease_over_by(sent, wait_s, lease_ms),
+            claims.append(Claim(batch, as_text(t), error, left, lease_over_by(sent, wait_s, lease_ms),
                                 sent + lease_ms / 1000))
         return claims
 
@@ -203,7 +202,7 @@ class Records:
         *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
-        claims = self._claimed(_raised([reply])[0], token, sent, timeout, lease_ms)
+        claims = self._claimed(_raised([reply])[0], sent, timeout, lease_ms)
         if claims:
             self._rung = shard
         elif len(self.shards) > 1:
@@ -287,7 +286,7 @@ class Records:
         calls: list[ScriptCall | Command] = [
             *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n])]
         *completed, reply = _raised(self._pipelined_twice(calls))
-        claims = self._claimed(reply, next_token, sent, 0.0, lease_ms)
+        claims = self._claimed(reply, sent, 0.0, lease_ms)
         if not claims and len(self.shards) > 1:
             claims = self._other_shards(lease_ms, n)  # this shard is empty: look at the others
         return [_delivered(int(r)) for r in completed], claims

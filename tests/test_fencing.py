@@ -183,6 +183,25 @@ def test_a_claim_of_several_is_idempotent_per_token(batcher: Batcher) -> None:
     assert [c.batch.id for c in rec.claim_some(60_000, 3)] == ids[3:]
 
 
+def test_a_resent_claim_of_several_whose_first_batch_was_reclaimed_claims_nothing_new(
+    batcher: Batcher
+) -> None:
+    """The reply of a claim of three was lost and, before the resend, its first batch's lease ran
+    out and a sweeper took it back: the resend is still known as one, and gets back the two
+    batches its tokens hold — not a fresh claim under the same tokens, which would leave those
+    two owned by tokens nobody holds until their leases ran out, a try spent on each."""
+    ids = some_batches(batcher, 5)
+    rec = batcher.records
+    k = rec.keys_for(ids[0])
+    first = rec._claim(k, [], 200, "t-1", 3)
+    assert [c.batch.id for c in first] == ids[:3]
+    time.sleep(0.3)
+    assert rec.reclaim(ids[0]) == Outcome.RETRY
+    again = rec._claim(k, [], 60_000, "t-1", 3)
+    assert [(c.batch.id, c.token) for c in again] == [(ids[1], "t-1.2"), (ids[2], "t-1.3")]
+    assert states(batcher, ids[0]) == ["ready"] and states(batcher, ids[3]) == ["ready"]
+
+
 def test_fail_is_idempotent_per_token(batcher: Batcher) -> None:
     bid = one_batch(batcher)
     claim = batcher.records.claim([bid], 60_000)

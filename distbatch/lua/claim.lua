@@ -6,7 +6,8 @@
 -- claimed, and a worker waiting on it must not wake for them.
 -- KEYS: the 11 lifecycle keys, the bell
 -- ARGV: token, lease_ms, n, then optionally candidate ids
--- Returns {batches still ready, then per claim: id, member, reason, cut_ms, attempt, events}.
+-- Returns {batches still ready, then per claim: id, member, reason, cut_ms, attempt, events,
+--          token}.
 local B = 0
 -- @include clock
 -- @include lifecycle
@@ -19,11 +20,11 @@ local function token_of(i)
   return token .. '.' .. i
 end
 
-local function add(id, info)
+local function add(id, info, t)
   local o = #out
   out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, info.member, info.reason, info.cut_ms
   out[o + 5] = tonumber(redis.call('HGET', k_attempt, id))
-  out[o + 6] = redis.call('HGET', k_events, id)
+  out[o + 6], out[o + 7] = redis.call('HGET', k_events, id), t
 end
 
 local function finish()
@@ -33,16 +34,19 @@ local function finish()
   return out
 end
 
-local prior = redis.call('HGET', k_tokens, token)
-if prior and redis.call('HGET', k_owner, prior) == token then
-  for i = 1, n do
-    local t = token_of(i)
-    local id = i == 1 and prior or redis.call('HGET', k_tokens, t)
-    if not id or redis.call('HGET', k_owner, id) ~= t then break end
-    add(id, record_info(id))
+-- A resend: any of this call's tokens still names a batch (the first batch may have been
+-- reclaimed or completed meanwhile); it gets back the batches its tokens still hold.
+local resent = false
+for i = 1, n do
+  local t = token_of(i)
+  local id = redis.call('HGET', k_tokens, t)
+  if id then
+    resent = true
+    local info = redis.call('HGET', k_owner, id) == t and record_info(id)
+    if info then add(id, info, t) end
   end
-  return finish()
 end
+if resent then return finish() end
 
 local taken = 0
 local function take(id)
@@ -55,7 +59,7 @@ local function take(id)
   redis.call('HSET', k_owner, id, t)
   redis.call('HSET', k_tokens, t, id)
   redis.call('ZADD', k_running, real_now + lease_ms, id)
-  add(id, info)
+  add(id, info, t)
 end
 
 if #ARGV > 3 then
