@@ -1,5 +1,6 @@
-"""Run batches: claim the oldest ready one, hold its lease while the handler runs, then complete
-or fail it — every change fenced by the claim's token."""
+"""Run batches: claim the oldest ready ones (several per round trip when a backlog waits), hold
+their leases from the claim on, run each handler, then complete the round with the next claim or
+fail a batch — every change fenced by its claim's token."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ from .tracing import handler_span
 
 log = logging.getLogger("distbatch.worker")
 
+IN_HAND_BUDGET_S = 0.010
+"""How much handler time a worker claims in one round trip: the batches it takes wait behind
+each other's handlers, so a round takes only as many as its handlers (by their recent times) run
+in 10 ms. Handlers slower than 5 ms take one batch at a time, as other workers can run the rest.
+(5 ms was tried first: under load, when handlers' own round trips slow down, it cut the rounds
+short just when the worker needed them.)"""
+MAX_IN_HAND = 16
 ROUND_LIMIT_S = 0.050
 """Past this since a round's first handler started, the batches of the round not started yet are
 given back (`LeaseKeeper.give_back`): five times `IN_HAND_BUDGET_S`, the handler time a round is
@@ -175,15 +183,6 @@ class LeaseKeeper:
                 self.renew_now()
             except Exception as exc:  # a blip must not stop renewals; the lease has slack
                 log.warning("lease renewal failed: %s", describe(exc))
-
-
-IN_HAND_BUDGET_S = 0.010
-"""How much handler time a worker claims in one round trip: the batches it takes wait behind
-each other's handlers, so a round takes only as many as its handlers (by their recent times) run
-in 10 ms. Handlers slower than 5 ms take one batch at a time, as other workers can run the rest.
-(5 ms was tried first: under load, when handlers' own round trips slow down, it cut the rounds
-short just when the worker needed them.)"""
-MAX_IN_HAND = 16
 
 
 class Executor:

@@ -72,9 +72,6 @@ class Claim:
     """`time.monotonic()` up to which the lease is surely alive: Redis ran the claim no earlier
     than it was sent."""
 
-    def stale(self) -> bool:
-        return time.monotonic() > self.stale_after
-
 
 class Records:
     """Batch records of one namespace, over all its shards. Shared by workers, sweepers, the CLI.
