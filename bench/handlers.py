@@ -48,10 +48,10 @@ def _starts() -> TextIO:
 
 def started(batch: Batch) -> None:
     """For the worker benchmark's latency part: `count`'s work (one INCRBY) and, first, the batch's
-    cut and start times as a line of a local file (a write, no round trip), so a run at 80% of the
+    number, cut and start times as a line of a local file (a write, no round trip), so a run at 80% of the
     capacity measured with `count` does the same work per batch as that measure."""
     start_ms = time.time() * 1000
-    _starts().write(f"{batch.cut_at_ms} {start_ms:.3f}\n")
+    _starts().write(f"{batch.events[0].payload['i']} {batch.cut_at_ms} {start_ms:.3f}\n")
     _client().incrby("bench:events", len(batch.events))
 
 

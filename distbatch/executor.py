@@ -31,6 +31,11 @@ in 10 ms. Handlers slower than 5 ms take one batch at a time, as other workers c
 (5 ms was tried first: under load, when handlers' own round trips slow down, it cut the rounds
 short just when the worker needed them.)"""
 MAX_IN_HAND = 16
+HANDLER_TIMES = 9
+"""The handler time a round is sized by is the median of the latest nine: one handler preempted
+for 30 ms (a busy machine) moved a moving average enough to claim one batch at a time for dozens
+of rounds, just while the backlog that pause left needed the rounds; a median follows handlers
+that really slow down after five of them."""
 ROUND_LIMIT_S = 0.050
 """Past this since a round's first handler started, the batches of the round not started yet are
 given back (`LeaseKeeper.give_back`): five times `IN_HAND_BUDGET_S`, the handler time a round is
@@ -199,7 +204,7 @@ class Executor:
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
         self._in_hand: deque[tuple[Claim, _Held]] = deque()  # claimed, leases held, not started yet
         self._none_ready = False  # the last claim found none: wait on the bell before asking again
-        self._handler_s: float | None = None  # recent handler time (moving average)
+        self._handler_times: deque[float] = deque(maxlen=HANDLER_TIMES)  # the latest handlers' seconds
 
     def _binding(self, key: str) -> Binding | None:
         cached = self._bindings.get(key)
@@ -210,9 +215,10 @@ class Executor:
 
     def _want(self) -> int:
         """How many batches to claim at once (`IN_HAND_BUDGET_S`): one until a handler has run."""
-        if self._handler_s is None:
+        if not self._handler_times:
             return 1
-        return max(1, min(MAX_IN_HAND, int(IN_HAND_BUDGET_S / max(self._handler_s, 1e-4))))
+        typical = sorted(self._handler_times)[(len(self._handler_times) - 1) // 2]  # low median
+        return max(1, min(MAX_IN_HAND, int(IN_HAND_BUDGET_S / max(typical, 1e-4))))
 
     def _take(self, claims: list[Claim]) -> None:
         """Batches claimed are held (their leases renewed) from the moment they are read."""
@@ -458,8 +464,7 @@ class Executor:
         return handler_s
 
     def _note(self, handler_s: float) -> None:
-        prev = self._handler_s
-        self._handler_s = handler_s if prev is None else 0.8 * prev + 0.2 * handler_s
+        self._handler_times.append(handler_s)
 
     @staticmethod
     def _lost(batch_id: str, attempt: int, logged: bool) -> Result:

@@ -1258,6 +1258,32 @@ def test_a_worker_claims_at_once_only_what_its_handlers_run_within_the_budget(
         assert first_claims == [1] and sent == [1] * 19 + [0]
 
 
+def slow_at_32(batch: Batch) -> None:
+    if batch.events[0].payload["n"] == 32:
+        time.sleep(0.03)  # once: as a handler preempted on a busy machine
+    ran.append(batch)
+
+
+def test_one_slow_handler_does_not_shrink_the_rounds_after_it(redis_server: RedisServer,
+                                                             namespace: str) -> None:
+    """The rounds are sized by the handlers' typical time: one handler that took 30 ms among fast
+    ones (the last of its round) leaves the next round as large as the ones before it."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    ids = some_batches(b, 50, "slow_at_32")
+    sent: list[int] = []
+    real_cc = b.records.complete_and_claim
+
+    def noted_cc(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
+        settled, claims = real_cc(done, lease_ms, n, wait_s)
+        sent.append(len(claims))
+        return settled, claims
+
+    b.records.complete_and_claim = noted_cc  # type: ignore[method-assign]
+    counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
+    assert counts == {"delivered": 50} and [x.id for x in ran] == ids
+    assert sent == [16, 16, 16, 1, 0]  # batch 32 ended the third round
+
+
 def test_a_batch_whose_handler_returned_in_time_is_held_until_its_round_completes(
     batcher: Batcher, caplog: pytest.LogCaptureFixture
 ) -> None:
