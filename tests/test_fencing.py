@@ -1223,6 +1223,20 @@ def sleep_10ms(batch: Batch) -> None:
     ran.append(batch)
 
 
+def _claims_after_completes(b: Batcher) -> list[int]:
+    """How many batches each complete-and-claim of `b`'s records took, as they happen."""
+    sent: list[int] = []
+    real_cc = b.records.complete_and_claim
+
+    def noted_cc(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
+        settled, claims = real_cc(done, lease_ms, n, wait_s)
+        sent.append(len(claims))
+        return settled, claims
+
+    b.records.complete_and_claim = noted_cc  # type: ignore[method-assign]
+    return sent
+
+
 @pytest.mark.parametrize("handler", ["record", "sleep_10ms"])
 def test_a_worker_claims_at_once_only_what_its_handlers_run_within_the_budget(
     redis_server: RedisServer, namespace: str, handler: str
@@ -1241,15 +1255,7 @@ def test_a_worker_claims_at_once_only_what_its_handlers_run_within_the_budget(
         return claims
 
     b.records.claim_some = noted  # type: ignore[method-assign]
-    sent: list[int] = []
-    real_cc = b.records.complete_and_claim
-
-    def noted_cc(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
-        settled, claims = real_cc(done, lease_ms, n, wait_s)
-        sent.append(len(claims))
-        return settled, claims
-
-    b.records.complete_and_claim = noted_cc  # type: ignore[method-assign]
+    sent = _claims_after_completes(b)
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
     assert counts == {"delivered": 20} and [x.id for x in ran] == ids
     if handler == "record":
@@ -1270,15 +1276,7 @@ def test_one_slow_handler_does_not_shrink_the_rounds_after_it(redis_server: Redi
     ones (the last of its round) leaves the next round as large as the ones before it."""
     b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
     ids = some_batches(b, 50, "slow_at_32")
-    sent: list[int] = []
-    real_cc = b.records.complete_and_claim
-
-    def noted_cc(done: Any, lease_ms: int, n: int = 1, wait_s: float = 0.0) -> Any:
-        settled, claims = real_cc(done, lease_ms, n, wait_s)
-        sent.append(len(claims))
-        return settled, claims
-
-    b.records.complete_and_claim = noted_cc  # type: ignore[method-assign]
+    sent = _claims_after_completes(b)
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000).drain(max_batches=100, linger_s=0)
     assert counts == {"delivered": 50} and [x.id for x in ran] == ids
     assert sent == [16, 16, 16, 1, 0]  # batch 32 ended the third round
