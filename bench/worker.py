@@ -202,11 +202,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     for what, cap, lat in (("the burst capacity above", capacity, late),
                            ("the rate sustained beside a flat-out producer", shared, late_shared)):
         print(f"cut -> handler start at 80% of {what} ({cap:.0f}/s -> {0.8 * cap:.0f} batches/s, "
-              f"{n_late} batches after {warm_s:g} s to warm up): p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
-              f"max {lat['max']:.1f} ms (goal p99 <= 20 ms)")
+              f"{n_late} batches after {warm_s:g} s to warm up): p50 {lat['p50']:.1f} ms, "
+              f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms (goal p99 <= 20 ms)")
         cold = lat["cold"]
-        print(f"  the first {warm_s:g} s, from a cold worker ({cold['n']:.0f} batches): p50 {cold['p50']:.1f} ms, "
-              f"p99 {cold['p99']:.1f} ms, max {cold['max']:.1f} ms")
+        print(f"  the first {warm_s:g} s, from a cold worker ({cold['n']:.0f} batches): "
+              f"p50 {cold['p50']:.1f} ms, p99 {cold['p99']:.1f} ms, max {cold['max']:.1f} ms")
         busy = lat["cores_busy"]
         print("  cores busy from the first emit to the last handler start: " +
               ", ".join(f"{who} {v:.2f}" for who, v in busy.items()) + f"; {sum(busy.values()):.2f} of "

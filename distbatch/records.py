@@ -88,6 +88,11 @@ class Records:
         self._next = random.randrange(len(self.shards))
         self._rung = self._next  # the shard a waiting worker claims from first: the last that had work
         self._loaded_for_waits = False
+        self._unanswered: dict[str, tuple[str, int]] = {}
+        """Per shard (its ready key): a claim every send of which lost its reply, (token, n). Redis
+        may have run it, and its batches are then this worker's, leased, with no one to run them
+        until the lease runs out; the next claim on that shard goes with the same token, which
+        gets them back at once (`claim.lua` is idempotent per token)."""
         self._cluster = isinstance(client, redis.RedisCluster)
         timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
         self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
@@ -137,10 +142,21 @@ class Records:
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int
                ) -> list[Claim]:
+        if token is None and not batch_ids:
+            token, n = self._claim_token(k, n)
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
-        reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, *batch_ids])
+        try:
+            reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, *batch_ids])
+        except TRANSIENT:
+            if not batch_ids:
+                self._unanswered[k.ready] = (token, n)
+            raise
         return self._claimed(reply, sent, 0.0, lease_ms)
+
+    def _claim_token(self, k: Keys, n: int) -> tuple[str, int]:
+        """The token (and size) of the next claim on shard `k`: an unanswered one's, if any."""
+        return self._unanswered.pop(k.ready, None) or (secrets.token_hex(8), n)
 
     @staticmethod
     def _claimed(reply: Any, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
@@ -183,8 +199,8 @@ class Records:
         """Send `before`, a wait on every shard's bell and a claim on `shard`, in one round trip
         (sent twice at most: each call is idempotent, the claim by its token). If the bell that
         rang is another shard's, or none rang, the other shards are looked at too."""
-        token = secrets.token_hex(8)
         k = self.shards[shard]
+        token, n = self._claim_token(k, n)
         if before and not self._loaded_for_waits:
             # a call Redis answered NOSCRIPT is sent again only after the wait: load them first
             # (once; after a restart or SCRIPT FLUSH the first such complete is late by the wait)
@@ -195,7 +211,11 @@ class Records:
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
             (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n])]
-        replies = self._pipelined_twice(calls)
+        try:
+            replies = self._pipelined_twice(calls)
+        except TRANSIENT:
+            self._unanswered[k.ready] = (token, n)
+            raise
         *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
@@ -265,8 +285,7 @@ class Records:
         live on different nodes); a resend sends them again, each idempotent (the claim carries
         its token)."""
         if self._cluster:
-            settled = [self.complete(bid, token) for bid, token in done]
-            return settled, self.claim_some(lease_ms, n) if n > 0 else []
+            return self._complete_each(done), self.claim_some(lease_ms, n) if n > 0 else []
         completes: list[ScriptCall] = []
         for bid, token in done:
             k = self.keys_for(bid)
@@ -278,15 +297,36 @@ class Records:
             settled, claims = self._wait_then_claim(completes, shard, lease_ms, wait_s, n)
             return [_delivered(int(r)) for r in _raised(settled)], claims
         k = self.shards[shard]
-        next_token = secrets.token_hex(8)
+        next_token, n = self._claim_token(k, n)
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n])]
-        *completed, reply = _raised(self._pipelined_twice(calls))
+        try:
+            replies = self._pipelined_twice(calls)
+        except TRANSIENT:
+            self._unanswered[k.ready] = (next_token, n)
+            raise
+        *completed, reply = _raised(replies)
         claims = self._claimed(reply, sent, 0.0, lease_ms)
         if not claims and len(self.shards) > 1:
             claims = self._other_shards(lease_ms, n)  # this shard is empty: look at the others
         return [_delivered(int(r)) for r in completed], claims
+
+    def _complete_each(self, done: Sequence[tuple[str, str]]) -> list[int | None]:
+        """On a cluster, one `complete` per batch (their shards live on different nodes): every
+        one is tried, so a node away holds up none of the other batches' completes (each would
+        otherwise run again once its lease ran out); then the first failure is raised."""
+        settled: list[int | None] = []
+        failed: Exception | None = None
+        for bid, token in done:
+            try:
+                settled.append(self.complete(bid, token))
+            except TRANSIENT as exc:
+                failed = failed or exc
+                settled.append(None)
+        if failed is not None:
+            raise failed
+        return settled
 
     def fail(self, batch_id: str, token: str, error: str, retry_in_ms: int | None, *,
              refund: bool = False) -> Outcome:

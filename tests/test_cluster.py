@@ -423,3 +423,28 @@ def test_a_renewal_held_up_by_a_slot_on_the_move_holds_up_no_other(local_cluster
         deadlines = [b.client.zscore(b.shards[s].running, by_shard[s].batch.id) for s in (1, 2)]
     assert renewed == [None, True, True] and took < 2.0  # the moving shard's: lease/3 (1 s), not 3 s
     assert all(d is not None and d < now + 10_000 for d in deadlines)  # renewed in the same pass
+
+
+def test_a_complete_that_fails_on_a_cluster_holds_up_no_other(local_cluster: LocalCluster) -> None:
+    """On a cluster a round's completes go one per batch (their shards live on different nodes).
+    One that fails (its node away) holds up none of the others: they are completed, and the
+    failure is raised after them, so only its own batch waits for its lease to run out."""
+    b = Batcher.from_url(local_cluster.url, namespace="clcomplete", handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(12)])  # a batch each, over the three shards
+    claims = [c for c in (b.records.claim_next(60_000) for _ in range(12)) if c is not None]
+    by_shard = {batch_id_shard(c.batch.id): c for c in claims}
+    done = [(by_shard[s].batch.id, by_shard[s].token) for s in (0, 1, 2)]
+    real = b.records.complete
+
+    def node_away(batch_id: str, token: str) -> int | None:
+        if batch_id == done[0][0]:
+            raise redis.ConnectionError("the node of shard 0 is away")
+        return real(batch_id, token)
+
+    b.records.complete = node_away  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        b.records.complete_and_claim(done, 60_000, 0)
+    running = [b.client.zscore(b.shards[s].running, done[s][0]) for s in (0, 1, 2)]
+    assert running[0] is not None and running[1:] == [None, None]
+    assert real(*done[0]) == 1  # the node back: its complete goes through

@@ -183,23 +183,47 @@ def test_a_claim_of_several_is_idempotent_per_token(batcher: Batcher) -> None:
     assert [c.batch.id for c in rec.claim_some(60_000, 3)] == ids[3:]
 
 
-def test_a_resent_claim_of_several_whose_first_batch_was_reclaimed_claims_nothing_new(
+def test_a_resent_claim_of_several_whose_first_batch_was_completed_claims_nothing_new(
     batcher: Batcher
 ) -> None:
-    """The reply of a claim of three was lost and, before the resend, its first batch's lease ran
-    out and a sweeper took it back: the resend is still known as one, and gets back the two
+    """The reply of a claim of three was lost and, before the resend, its first batch was settled
+    (here completed; reclaimed is alike): the resend is still known as one, and gets back the two
     batches its tokens hold — not a fresh claim under the same tokens, which would leave those
     two owned by tokens nobody holds until their leases ran out, a try spent on each."""
     ids = some_batches(batcher, 5)
     rec = batcher.records
     k = rec.keys_for(ids[0])
-    first = rec._claim(k, [], 200, "t-1", 3)
+    first = rec._claim(k, [], 60_000, "t-1", 3)
     assert [c.batch.id for c in first] == ids[:3]
-    time.sleep(0.3)
-    assert rec.reclaim(ids[0]) == Outcome.RETRY
+    assert rec.complete(ids[0], "t-1") == 1
     again = rec._claim(k, [], 60_000, "t-1", 3)
-    assert [(c.batch.id, c.token) for c in again] == [(ids[1], "t-1.2"), (ids[2], "t-1.3")]
-    assert states(batcher, ids[0]) == ["ready"] and states(batcher, ids[3]) == ["ready"]
+    assert [(c.batch.id, c.token, c.batch.attempt) for c in again] == [(ids[1], "t-1.2", 1),
+                                                                       (ids[2], "t-1.3", 1)]
+    assert states(batcher, ids[3]) == ["ready"] and states(batcher, ids[4]) == ["ready"]
+
+
+def test_a_resent_claim_leases_its_batches_afresh_but_never_revives_a_lease_that_ran_out(
+    batcher: Batcher
+) -> None:
+    """A resend can come seconds after the claim (every reply of the first send lost; the next
+    claim carries its token): it leases the batches from now, as the worker's lease keeper
+    counts from the reply. One whose lease ran out meanwhile is not handed back nor leased
+    again (as a renewal would be refused): the sweeper takes it back, and the resend takes
+    nothing new."""
+    ids = some_batches(batcher, 3)
+    rec = batcher.records
+    k = rec.keys_for(ids[0])
+    assert [c.batch.id for c in rec._claim(k, [], 2_000, "t-1", 1)] == ids[:1]
+    time.sleep(0.5)
+    (again,) = rec._claim(k, [], 2_000, "t-1", 1)
+    assert again.batch.id == ids[0] and again.batch.attempt == 1
+    lease = batcher.client.zscore(k.running, ids[0])
+    assert lease is not None and lease >= batcher.server_ms() + 1_700  # from the resend, not the claim
+    assert [c.batch.id for c in rec._claim(k, [], 200, "t-2", 1)] == ids[1:2]
+    time.sleep(0.3)
+    assert rec._claim(k, [], 60_000, "t-2", 1) == []
+    assert states(batcher, ids[2]) == ["ready"]
+    assert rec.reclaim(ids[1]) == Outcome.RETRY
 
 
 def test_fail_is_idempotent_per_token(batcher: Batcher) -> None:
@@ -580,6 +604,37 @@ def test_a_lost_reply_then_refused_retries_is_uncertain_not_unsent(
         b.emit("s", {"n": 2}) if call == "emit" else b.emit_many("s", [{"n": 2}])
     assert err.value.uncertain == [0] and err.value.not_sent == [] and err.value.stored == []
     assert redis.Redis.from_url(redis_server.url).llen(b.keys.buffer("f@v1", None)) == 5  # it ran
+
+
+@pytest.mark.parametrize("op", ["claim_some", "complete_and_claim", "wait_and_claim"])
+def test_a_claim_whose_every_reply_was_lost_is_taken_up_by_the_next_claim(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, op: str
+) -> None:
+    """Redis ran a worker's claim and every reply was lost: its batches are the worker's, leased.
+    The worker's next claim on that shard carries the lost one's token, so it gets them back at
+    once, instead of their waiting out a lease (60 s here) for a sweeper to take them back."""
+    b = _through_proxy(proxy, namespace, 0, shards=1)
+    ids = some_batches(b, 4)
+    rec = b.records
+    held = rec.claim_some(60_000, 1)
+    assert [c.batch.id for c in held] == ids[:1]
+    proxy.drop_all(True)
+    if op == "claim_some":
+        with pytest.raises(redis.ConnectionError):
+            rec.claim_some(60_000, 2)
+    elif op == "complete_and_claim":
+        with pytest.raises(redis.ConnectionError):
+            rec.complete_and_claim([(held[0].batch.id, held[0].token)], 60_000, 2)
+    else:
+        assert rec.wait_and_claim(60_000, 0.1, 2) == []  # Redis away: none taken, as far as it knows
+    proxy.drop_all(False)
+    assert states(b, ids[1]) == states(b, ids[2]) == ["running"]  # the lost claim ran
+    again = rec.claim_some(60_000, 1)
+    assert [(c.batch.id, c.batch.attempt) for c in again] == [(ids[1], 1), (ids[2], 1)]
+    assert states(b, ids[3]) == ["ready"]
+    if op == "complete_and_claim":
+        assert states(b, ids[0]) == []  # completed by the lost call
+    assert [rec.complete(c.batch.id, c.token) for c in again] == [1, 1]
 
 
 def test_an_emit_rides_out_a_redis_restart_within_its_clients_retry_policy(namespace: str) -> None:

@@ -35,15 +35,20 @@ local function finish()
 end
 
 -- A resend: any of this call's tokens still names a batch (the first batch may have been
--- reclaimed or completed meanwhile); it gets back the batches its tokens still hold.
+-- reclaimed or completed meanwhile); it gets back the batches its tokens still hold with a live
+-- lease, leased afresh from now, as a claim is: a resend can come seconds later (every reply of
+-- the first send was lost, and the worker's next claim carries its token).
 local resent = false
 for i = 1, n do
   local t = token_of(i)
   local id = redis.call('HGET', k_tokens, t)
   if id then
     resent = true
-    local info = redis.call('HGET', k_owner, id) == t and record_info(id)
-    if info then add(id, info, t) end
+    local info = check_owner(id, t) == 'ok' and record_info(id)
+    if info then
+      redis.call('ZADD', k_running, real_now + lease_ms, id)
+      add(id, info, t)
+    end
   end
 end
 if resent then return finish() end
