@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -87,8 +88,9 @@ def test_stats_watch_shows_rates_live(redis_server: RedisServer, namespace: str)
                batch={"count": 4, "window": "1h", "key": "k"})
     lines: list[str] = []
 
-    def between_ticks(seconds: float) -> None:  # traffic while the view sleeps
+    def between_ticks(seconds: float) -> None:  # traffic while the view sleeps (a little)
         b.emit_many("s", [{"k": str(i % 2)} for i in range(8)])
+        time.sleep(0.005)  # the rates are over Redis' clock, in ms: some time must pass
 
     watch(b, 0.5, 3, True, lines.append, sleep=between_ticks)
     ticks = [json.loads(line) for line in lines]
@@ -96,6 +98,11 @@ def test_stats_watch_shows_rates_live(redis_server: RedisServer, namespace: str)
     assert [t["bindings"]["w@v1"].get("events_in_total", 0) for t in ticks] == [0, 8, 16]
     assert all(t["bindings"]["w@v1"]["events_in_per_s"] > 0 for t in ticks[1:])
     assert ticks[2]["batches_ready_now"] == 4
+    from distbatch.watch import snapshot
+
+    earlier = snapshot(b, None)
+    earlier["server_time_ms"] += 60_000  # a read no earlier than this one (the same ms, or a clock step)
+    assert "events_in_per_s" not in snapshot(b, earlier)["bindings"]["w@v1"]  # no rate known, not 0
     human = CliRunner().invoke(cli, ["stats", "--watch", "--count", "1", "--redis-url",
                                      redis_server.url, "--namespace", namespace])
     assert human.exit_code == 0, human.output
