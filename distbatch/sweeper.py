@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import metrics
 from .batcher import Batcher
@@ -25,15 +26,26 @@ from .dispatch import Dispatcher
 from .errors import describe
 from .ingest import FlushStep
 from .records import Outcome
+from .transport import TRANSIENT
 
 log = logging.getLogger("distbatch.sweeper")
 LATENESS_KEPT = 2000
+
+
+SHARD_BACKOFF_MAX_S = 5.0
 
 
 @dataclass(slots=True)
 class _ShardState:
     head: bytes | None = None
     head_since: float = 0.0
+    failed_for: float = 0.0  # how long this shard's last failure keeps it waiting (0: none)
+    retry_at: float = 0.0  # `time.monotonic()` before which a failed shard is not tried again
+
+    def failed(self) -> float:
+        self.failed_for = min(SHARD_BACKOFF_MAX_S, max(0.1, self.failed_for * 2))
+        self.retry_at = time.monotonic() + self.failed_for
+        return self.failed_for
 
 
 class Sweeper:
@@ -84,16 +96,20 @@ class Sweeper:
         free: set[int] = set()
         for i in range(n):
             s = (start + i) % n
-            if len(owned) < target:
-                if self._lease(s, "hold"):
-                    owned.append(s)
-            elif s in self.owned:  # more than our share: let a newcomer have it
-                self._lease(s, "release")
-            elif b.client.get(b.shards[s].lease) is None:
-                if s in self._free and self._lease(s, "hold"):
-                    owned.append(s)  # free at two passes in a row: its sweeper died, take it over
-                else:
-                    free.add(s)
+            try:  # a shard whose node is away is not held this time; the others are
+                if len(owned) < target:
+                    if self._lease(s, "hold"):
+                        owned.append(s)
+                elif s in self.owned:  # more than our share: let a newcomer have it
+                    self._lease(s, "release")
+                elif b.client.get(b.shards[s].lease) is None:
+                    if s in self._free and self._lease(s, "hold"):
+                        owned.append(s)  # free at two passes in a row: its sweeper died, take it over
+                    else:
+                        free.add(s)
+            except TRANSIENT as exc:
+                log.warning("sweeper_shard_failed shard=%d: %s; not held this time", s, describe(exc),
+                            extra={"event": "sweeper_shard_failed", "shard": s})
         self._free = free
         if owned != self.owned:
             log.info("sweeper_shards sweeper=%s shards=%s of %d (%d sweepers)", self.id, sorted(owned),
@@ -121,7 +137,25 @@ class Sweeper:
         (s) it may sleep."""
         if not self.owned or time.monotonic() - self._leased_at > self.lease_ms / 3000:
             self._own()
-        waits = [self._sweep(s) for s in self.owned]
+        waits: list[float] = []
+        failed: Exception | None = None
+        for s in self.owned:  # on a cluster each shard's node on its own: one away holds up no other
+            state = self._state[s]
+            if time.monotonic() < state.retry_at:
+                waits.append(state.retry_at - time.monotonic())
+                continue
+            try:
+                waits.append(self._sweep(s))
+                state.failed_for = 0.0
+            except TRANSIENT as exc:
+                failed = failed or exc
+                waits.append(state.failed())
+                log.warning("sweeper_shard_failed shard=%d: %s; the other shards go on, this one is tried "
+                            "again in %.1fs", s, describe(exc), state.failed_for,
+                            extra={"event": "sweeper_shard_failed", "shard": s})
+        if failed is not None and len(waits) == len(self.owned) and all(
+                self._state[s].failed_for for s in self.owned):
+            raise failed  # every shard held failed: the caller's backoff, as for any failed step
         waits += self._backup([s for s in range(self.batcher.layout.count) if s not in self.owned])
         return min(waits, default=min(self.max_sleep_s, self.lease_ms / 3000))
 
@@ -132,15 +166,21 @@ class Sweeper:
         b = self.batcher
         if not shards or b.clock.now_ms() is not None:  # a ManualClock: only the owner sweeps
             return []
-        firsts = [b.client.zrange(b.shards[s].deadlines, 0, 0, withscores=True) for s in shards]
+        firsts: dict[int, Any] = {}
+        for s in shards:  # a shard whose node is away is its owner's business: skip it
+            with contextlib.suppress(*TRANSIENT):
+                firsts[s] = b.client.zrange(b.shards[s].deadlines, 0, 0, withscores=True)
         now = b.server_ms()
         waits = []
-        for s, first in zip(shards, firsts, strict=True):
+        for s, first in firsts.items():
             if not first:
                 continue
             due = float(first[0][1]) + self.backup_ms
             if due <= now:
-                step = b.flush_step(self.limit, with_events=False, shard=s)
+                try:
+                    step = b.flush_step(self.limit, with_events=False, shard=s)
+                except TRANSIENT:
+                    continue
                 self.cut += len(step.batches)
                 self._record_lateness(step)
                 if step.batches:

@@ -498,3 +498,60 @@ def test_a_ticket_queue_that_is_not_a_list_fails_no_emit(
     assert r.batch is not None
     assert b.counters()["events_in:f@v1"] == 1 and b.records.count("ready") == 1
     assert "handoff_failed" in caplog.text and "WRONGTYPE" in caplog.text  # says why
+
+
+def test_a_shard_that_fails_holds_up_none_of_the_other_shards_sweeps(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On Redis Cluster a namespace's shards live on different nodes. A sweeper holding several
+    sweeps each on its own: one whose node is away (here its flush raises, as a node gone
+    does) is logged and tried again after a backoff, while the windows of the others are cut
+    on time; once it answers again it is swept too."""
+    import logging
+
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=3, handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h",
+               batch={"count": 100, "window": "100ms", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(30)])  # open buffers on every shard
+    sweeper = Sweeper(b, lease_s=30)
+    real, tried = b.flush_step, []
+
+    def node_away(limit: int, *, with_events: bool, shard: int = 0) -> Any:
+        tried.append(shard)
+        if shard == 0:
+            raise redis.ConnectionError("the node of shard 0 is away")
+        return real(limit, with_events=with_events, shard=shard)
+
+    b.flush_step = node_away  # type: ignore[method-assign]
+    time.sleep(0.15)  # every window has run out
+    with caplog.at_level(logging.WARNING, "distbatch.sweeper"):
+        wait = sweeper.run_once()
+    assert sorted(sweeper.owned) == [0, 1, 2] and 0 < wait <= 0.1
+    open_on = [b.client.zcard(b.shards[s].deadlines) for s in range(3)]
+    assert open_on[0] > 0 and open_on[1:] == [0, 0]  # shards 1 and 2 were cut
+    assert "sweeper_shard_failed shard=0" in caplog.text
+    tried.clear()
+    sweeper.run_once()
+    assert 0 not in tried  # within its backoff: not tried again
+    b.flush_step = real  # type: ignore[method-assign]
+    time.sleep(0.11)
+    sweeper.run_once()
+    assert b.client.zcard(b.shards[0].deadlines) == 0
+
+
+def test_a_sweeper_whose_every_shard_fails_says_so(redis_server: RedisServer, namespace: str) -> None:
+    """All of its shards away (Redis down): the pass raises, and `run` logs it and backs off."""
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=2, handoff=False)
+    sweeper = Sweeper(b, lease_s=30)
+    sweeper._own()
+
+    def away(limit: int, *, with_events: bool, shard: int = 0) -> Any:
+        raise redis.ConnectionError(f"the node of shard {shard} is away")
+
+    b.flush_step = away  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        sweeper.run_once()
