@@ -21,6 +21,7 @@ from .errors import HandlerNotAllowed, describe
 from .handlers import HandlerResolver
 from .records import Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
+from .transport import TRANSIENT
 
 log = logging.getLogger("distbatch.worker")
 
@@ -288,7 +289,11 @@ class Executor:
         """More than one batch waiting and no ticket queued: enqueue one, so an idle worker joins."""
         if self.dispatcher is None:
             return
-        waiting = self.records.count("ready")
+        try:
+            waiting = self.records.count("ready")
+        except TRANSIENT as exc:  # a node away (a cluster): the drain still runs what it can reach
+            log.debug("fan-out skipped: %s", describe(exc))
+            return
         if waiting > 1:
             self.dispatcher.ensure(waiting - 1)
 

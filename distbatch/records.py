@@ -125,14 +125,24 @@ class Records:
 
     def claim_some(self, lease_ms: int, n: int) -> list[Claim]:
         """Claim up to `n` of the oldest ready batches of the first shard that has any (shards
-        taken in turn); [] when none is ready anywhere. One script call per shard looked at."""
+        taken in turn); [] when none is ready anywhere. One script call per shard looked at. On a
+        cluster a shard whose node is away is passed over (raised only when every one is)."""
         count = len(self.shards)
+        failed: list[Exception] = []
         for i in range(count):
             s = (self._next + i) % count
-            claims = self._claim(self.shards[s], [], lease_ms, None, n)
+            try:
+                claims = self._claim(self.shards[s], [], lease_ms, None, n)
+            except TRANSIENT as exc:
+                if not self._cluster:  # one Redis: the other shards are no nearer
+                    raise
+                failed.append(exc)  # a cluster: this shard's node is away, not the others'
+                continue
             if claims:
                 self._next, self._rung = (s + 1) % count, s
                 return claims
+        if len(failed) == count:
+            raise failed[0]
         return []
 
     def claim(self, batch_ids: Sequence[str], lease_ms: int, token: str | None = None) -> Claim | None:

@@ -448,3 +448,33 @@ def test_a_complete_that_fails_on_a_cluster_holds_up_no_other(local_cluster: Loc
     running = [b.client.zscore(b.shards[s].running, done[s][0]) for s in (0, 1, 2)]
     assert running[0] is not None and running[1:] == [None, None]
     assert real(*done[0]) == 1  # the node back: its complete goes through
+
+
+def test_a_claim_passes_over_a_shard_whose_node_is_away(local_cluster: LocalCluster) -> None:
+    """A worker looks for ready batches shard by shard. On a cluster one shard's node away (its
+    claim fails) holds up none of the others: their batches are claimed; only when every shard
+    fails does the claim fail."""
+    b = Batcher.from_url(local_cluster.url, namespace="claimaway", handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(12)])  # a batch each, over the three shards
+    ready = {s: set(map(bytes.decode, b.client.zrange(b.shards[s].ready, 0, -1))) for s in (0, 1, 2)}
+    assert all(ready.values())
+    real, away = b.records._claim, {0}
+
+    def node_away(k: Keys, batch_ids: Any, lease_ms: int, token: Any, n: int) -> Any:
+        if k.ready == b.shards[0].ready and 0 in away:
+            raise redis.ConnectionError("the node of shard 0 is away")
+        return real(k, batch_ids, lease_ms, token, n)
+
+    b.records._claim = node_away  # type: ignore[method-assign]
+    got = {c.batch.id for _ in range(6) for c in b.records.claim_some(60_000, 16)}
+    assert got == ready[1] | ready[2]
+    away.clear()
+    assert {c.batch.id for c in b.records.claim_some(60_000, 16)} == ready[0]  # back: claimed
+
+    def all_away(k: Keys, batch_ids: Any, lease_ms: int, token: Any, n: int) -> Any:
+        raise redis.ConnectionError("every node is away")
+
+    b.records._claim = all_away  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        b.records.claim_some(60_000, 1)

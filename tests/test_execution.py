@@ -555,3 +555,22 @@ def test_a_sweeper_whose_every_shard_fails_says_so(redis_server: RedisServer, na
     b.flush_step = away  # type: ignore[method-assign]
     with pytest.raises(redis.ConnectionError):
         sweeper.run_once()
+
+
+def test_a_drain_runs_its_batches_when_the_ready_count_fails(redis_server: RedisServer,
+                                                             namespace: str) -> None:
+    """A drain starts by counting the ready batches to enqueue tickets for idle workers. On a
+    cluster that count reads every shard; one node away must not stop the drain from running
+    the batches it can reach."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace)  # a dispatcher: fans out
+    b.register("f", version="v1", source="s", handler=f"{__name__}.collect",
+               batch={"count": 1, "window": "1h"})
+    for i in range(3):
+        b.emit("s", {"n": i})
+
+    def node_away(which: str) -> int:
+        raise redis.ConnectionError("the node of shard 0 is away")
+
+    b.records.count = node_away  # type: ignore[method-assign]
+    counts = Executor(b.records, HandlerResolver([__name__]), 60_000, b.dispatcher).drain(100, linger_s=0)
+    assert counts == {"delivered": 3}
