@@ -222,14 +222,16 @@ class Records:
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
             (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n])]
         try:
-            replies = self._pipelined_twice(calls)
-        except TRANSIENT:
+            *settled, rung, reply = self._pipelined_twice(calls)
+            # An error answered to a call before the claim (a hostile writer's WRONGTYPE) raises
+            # here, after the claim may have taken batches: they wait for the next claim.
+            _raised(settled)
+            claims = self._claimed(_raised([reply])[0], sent, timeout, lease_ms)
+        except Exception:  # every reply lost, or one an error: the claim may have run
             self._unanswered[k.ready] = (token, n)
             raise
-        *settled, rung, reply = replies
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
-        claims = self._claimed(_raised([reply])[0], sent, timeout, lease_ms)
         if claims:
             self._rung = shard
         elif len(self.shards) > 1:
@@ -312,11 +314,10 @@ class Records:
         calls: list[ScriptCall | Command] = [
             *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n])]
         try:
-            replies = self._pipelined_twice(calls)
-        except TRANSIENT:
+            *completed, reply = _raised(self._pipelined_twice(calls))
+        except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
             self._unanswered[k.ready] = (next_token, n)
             raise
-        *completed, reply = _raised(replies)
         claims = self._claimed(reply, sent, 0.0, lease_ms)
         if not claims and len(self.shards) > 1:
             claims = self._other_shards(lease_ms, n)  # this shard is empty: look at the others

@@ -637,6 +637,33 @@ def test_a_claim_whose_every_reply_was_lost_is_taken_up_by_the_next_claim(
     assert [rec.complete(c.batch.id, c.token) for c in again] == [1, 1]
 
 
+@pytest.mark.parametrize("wait", [False, True], ids=["claim-behind-completes", "claim-behind-a-wait"])
+def test_a_round_whose_complete_is_answered_with_an_error_keeps_what_its_claim_took(
+    redis_server: RedisServer, namespace: str, wait: bool
+) -> None:
+    """A complete answered with an error inside the round's pipeline (a hostile writer's
+    WRONGTYPE) raises after the claim behind it took batches: the worker's next claim gets
+    those back at once instead of their waiting out a lease (60 s here)."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False, shards=1)
+    ids = some_batches(b, 4)
+    rec = b.records
+    (held,) = rec.claim_some(60_000, 1)
+    real = rec._pipelined_twice
+
+    def complete_refused(calls: Any) -> list[Any]:
+        return [redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+                *real(calls)[1:]]
+
+    rec._pipelined_twice = complete_refused  # type: ignore[method-assign]
+    with pytest.raises(redis.ResponseError):
+        rec.complete_and_claim([(held.batch.id, held.token)], 60_000, 2, wait_s=0.1 if wait else 0.0)
+    rec._pipelined_twice = real  # type: ignore[method-assign]
+    assert states(b, ids[1]) == states(b, ids[2]) == ["running"]  # the claim ran
+    again = rec.claim_some(60_000, 1)
+    assert [(c.batch.id, c.batch.attempt) for c in again] == [(ids[1], 1), (ids[2], 1)]
+    assert states(b, ids[3]) == ["ready"]
+
+
 def test_an_emit_rides_out_a_redis_restart_within_its_clients_retry_policy(namespace: str) -> None:
     """The client's retry policy applies to distbatch's calls as to redis-py's own: an emit sent
     while Redis restarts waits for it (here up to 20 x 0.2 s) instead of failing."""
