@@ -89,10 +89,11 @@ class Records:
         self._rung = self._next  # the shard a waiting worker claims from first: the last that had work
         self._loaded_for_waits = False
         self._unanswered: dict[str, tuple[str, int]] = {}
-        """Per shard (its ready key): a claim every send of which lost its reply, (token, n). Redis
-        may have run it, and its batches are then this worker's, leased, with no one to run them
-        until the lease runs out; the next claim on that shard goes with the same token, which
-        gets them back at once (`claim.lua` is idempotent per token)."""
+        """Per shard (its ready key): a claim whose reply was lost or unreadable, (token, how many
+        tokens it used at most). Redis may have run it, and its batches are then this worker's,
+        leased, with no one to run them until the lease runs out; the next claim on that shard
+        goes with the same token, which gets them back at once (`claim.lua` is idempotent per
+        token), and claims afresh if they are gone meanwhile."""
         self._cluster = isinstance(client, redis.RedisCluster)
         timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
         self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
@@ -152,21 +153,30 @@ class Records:
 
     def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int
                ) -> list[Claim]:
+        width, recovered = n, False
         if token is None and not batch_ids:
-            token, n = self._claim_token(k, n)
+            token, width, recovered = self._claim_token(k, n)
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
         try:
-            reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, *batch_ids])
-        except TRANSIENT:
+            reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell],
+                              [token, lease_ms, n, width, *batch_ids])
+        except Exception:  # no reply, or not one to read: the claim may have run
             if not batch_ids:
-                self._unanswered[k.ready] = (token, n)
+                self._unanswered[k.ready] = (token, width)
             raise
-        return self._claimed(reply, sent, 0.0, lease_ms)
+        claims = self._claimed(reply, sent, 0.0, lease_ms)
+        if recovered and not claims and int(reply[0]) > 0:  # the lost claim's leases ran out meanwhile
+            return self._claim(k, [], lease_ms, None, n)
+        return claims
 
-    def _claim_token(self, k: Keys, n: int) -> tuple[str, int]:
-        """The token (and size) of the next claim on shard `k`: an unanswered one's, if any."""
-        return self._unanswered.pop(k.ready, None) or (secrets.token_hex(8), n)
+    def _claim_token(self, k: Keys, n: int) -> tuple[str, int, bool]:
+        """The token of the next claim on shard `k`, how many of its tokens a resend looks for,
+        and whether it is an unanswered claim's (whose batches may be this worker's already)."""
+        lost = self._unanswered.pop(k.ready, None)
+        if lost is None:
+            return secrets.token_hex(8), n, False
+        return lost[0], max(n, lost[1]), True
 
     @staticmethod
     def _claimed(reply: Any, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
@@ -210,17 +220,17 @@ class Records:
         (sent twice at most: each call is idempotent, the claim by its token). If the bell that
         rang is another shard's, or none rang, the other shards are looked at too."""
         k = self.shards[shard]
-        token, n = self._claim_token(k, n)
         if before and not self._loaded_for_waits:
             # a call Redis answered NOSCRIPT is sent again only after the wait: load them first
             # (once; after a restart or SCRIPT FLUSH the first such complete is late by the wait)
             for script, _, _ in before:
                 self.client.script_load(script.script)
             self._loaded_for_waits = True
+        token, width, recovered = self._claim_token(k, n)
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
-            (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n])]
+            (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, width])]
         try:
             *settled, rung, reply = self._pipelined_twice(calls)
             # An error answered to a call before the claim (a hostile writer's WRONGTYPE) raises
@@ -228,8 +238,10 @@ class Records:
             _raised(settled)
             claims = self._claimed(_raised([reply])[0], sent, timeout, lease_ms)
         except Exception:  # every reply lost, or one an error: the claim may have run
-            self._unanswered[k.ready] = (token, n)
+            self._unanswered[k.ready] = (token, width)
             raise
+        if recovered and not claims and int(reply[0]) > 0:  # the lost claim's leases ran out meanwhile
+            claims = self._claim(k, [], lease_ms, None, n)
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
         if claims:
@@ -309,16 +321,18 @@ class Records:
             settled, claims = self._wait_then_claim(completes, shard, lease_ms, wait_s, n)
             return [_delivered(int(r)) for r in _raised(settled)], claims
         k = self.shards[shard]
-        next_token, n = self._claim_token(k, n)
+        next_token, width, recovered = self._claim_token(k, n)
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
-            *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n])]
+            *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n, width])]
         try:
             *completed, reply = _raised(self._pipelined_twice(calls))
         except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
-            self._unanswered[k.ready] = (next_token, n)
+            self._unanswered[k.ready] = (next_token, width)
             raise
         claims = self._claimed(reply, sent, 0.0, lease_ms)
+        if recovered and not claims and int(reply[0]) > 0:  # the lost claim's leases ran out meanwhile
+            claims = self._claim(k, [], lease_ms, None, n)
         if not claims and len(self.shards) > 1:
             claims = self._other_shards(lease_ms, n)  # this shard is empty: look at the others
         return [_delivered(int(r)) for r in completed], claims

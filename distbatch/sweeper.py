@@ -78,6 +78,7 @@ class Sweeper:
         self._state = [_ShardState() for _ in batcher.shards]
         self._leased_at = 0.0
         self._free: set[int] = set()
+        self._live = 1  # sweepers seen at the last heartbeat
 
     # sharing the shards ---------------------------------------------------------------------
 
@@ -87,10 +88,14 @@ class Sweeper:
         n = b.layout.count
         now_ms = int(time.time() * 1000)
         k = b.keys
-        b.client.zadd(k.sweepers, {self.id: now_ms})
-        b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 2 * self.lease_ms)
-        live = max(1, int(b.client.zcard(k.sweepers)))
-        target = math.ceil(n / live)
+        try:
+            b.client.zadd(k.sweepers, {self.id: now_ms})
+            b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 2 * self.lease_ms)
+            self._live = max(1, int(b.client.zcard(k.sweepers)))
+        except TRANSIENT as exc:  # the namespace's own node away (a cluster): the shards go on
+            log.warning("sweeper_heartbeat_failed: %s; sharing as at the last one (%d sweepers)",
+                        describe(exc), self._live, extra={"event": "sweeper_heartbeat_failed"})
+        target = math.ceil(n / self._live)
         start = int(self.id, 16) % n
         owned: list[int] = []
         free: set[int] = set()
@@ -111,9 +116,11 @@ class Sweeper:
                 log.warning("sweeper_shard_failed shard=%d: %s; not held this time", s, describe(exc),
                             extra={"event": "sweeper_shard_failed", "shard": s})
         self._free = free
+        for s in set(owned) - set(self.owned):  # newly held: no backoff left from an earlier hold
+            self._state[s].failed_for = self._state[s].retry_at = 0.0
         if owned != self.owned:
             log.info("sweeper_shards sweeper=%s shards=%s of %d (%d sweepers)", self.id, sorted(owned),
-                     n, live, extra={"event": "sweeper_shards"})
+                     n, self._live, extra={"event": "sweeper_shards"})
         self.owned = owned
         self._leased_at = time.monotonic()
         return owned
@@ -153,9 +160,8 @@ class Sweeper:
                 log.warning("sweeper_shard_failed shard=%d: %s; the other shards go on, this one is tried "
                             "again in %.1fs", s, describe(exc), state.failed_for,
                             extra={"event": "sweeper_shard_failed", "shard": s})
-        if failed is not None and len(waits) == len(self.owned) and all(
-                self._state[s].failed_for for s in self.owned):
-            raise failed  # every shard held failed: the caller's backoff, as for any failed step
+        if failed is not None and all(self._state[s].failed_for for s in self.owned):
+            raise failed  # every shard held is failing: the caller's backoff, as for any failed step
         waits += self._backup([s for s in range(self.batcher.layout.count) if s not in self.owned])
         return min(waits, default=min(self.max_sleep_s, self.lease_ms / 3000))
 
@@ -170,7 +176,12 @@ class Sweeper:
         for s in shards:  # a shard whose node is away is its owner's business: skip it
             with contextlib.suppress(*TRANSIENT):
                 firsts[s] = b.client.zrange(b.shards[s].deadlines, 0, 0, withscores=True)
-        now = b.server_ms()
+        if not any(firsts.values()):
+            return []
+        try:
+            now = b.server_ms()
+        except TRANSIENT:
+            return []
         waits = []
         for s, first in firsts.items():
             if not first:
@@ -201,7 +212,10 @@ class Sweeper:
         pipe = self.batcher.client.pipeline(transaction=False)
         pipe.lpush(key, *(f"{step.server_now_ms} {late}" for late in step.lateness_ms))
         pipe.ltrim(key, 0, LATENESS_KEPT - 1)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except TRANSIENT as exc:  # the chart's data, on the namespace's own node: not the shard's step
+            log.debug("lateness not recorded: %s", describe(exc))
 
     def _sweep(self, shard: int) -> float:
         b, rec = self.batcher, self.records
@@ -233,8 +247,13 @@ class Sweeper:
         # died with its ticket) or no worker is draining.
         stuck = head is not None and stepped - state.head_since >= self.nudge_s
         if reclaimed or promoted or stuck:
-            self.tickets += self.dispatcher.ensure(max(1, reclaimed + promoted))
-            state.head_since = stepped
+            try:
+                self.tickets += self.dispatcher.ensure(max(1, reclaimed + promoted))
+                state.head_since = stepped
+            except TRANSIENT as exc:  # the queue's Redis away: this shard's step is done; the
+                # oldest ready batch stays unmoved, so the next pass nudges again
+                log.warning("sweeper_ticket_failed shard=%d: %s", shard, describe(exc),
+                            extra={"event": "sweeper_ticket_failed", "shard": shard})
         if step.more or len(expired) >= self.limit:
             return 0.0
         nxt = [t for t in (next_retry, first_lease[0][1] if first_lease else None) if t is not None]

@@ -49,9 +49,13 @@ def view(data: dict[str, Any]) -> Group:
         table.add_column(col, justify="left" if col == "binding" else "right")
     for key, row in data["bindings"].items():
         table.add_row(key + ("" if row["registered"] else " (dropped)"), str(row["open_buffers_now"]),
-                      *(f"{row.get(f.replace('_total', '_per_s'), 0):,.1f}" for f, _ in RATES),
+                      *(_rate(row.get(f.replace("_total", "_per_s"))) for f, _ in RATES),
                       f"{row.get('events_in_total', 0):,}", f"{row.get('events_delivered_total', 0):,}")
     return Group(head, table)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"  # none known on the first read
 
 
 def watch(batcher: Batcher, interval_s: float, count: int | None, as_json: bool,

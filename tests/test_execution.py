@@ -574,3 +574,34 @@ def test_a_drain_runs_its_batches_when_the_ready_count_fails(redis_server: Redis
     b.records.count = node_away  # type: ignore[method-assign]
     counts = Executor(b.records, HandlerResolver([__name__]), 60_000, b.dispatcher).drain(100, linger_s=0)
     assert counts == {"delivered": 3}
+
+
+def test_a_sweep_goes_on_while_the_ticket_queue_is_away(redis_server: RedisServer, namespace: str) -> None:
+    """The tickets a sweep enqueues (for batches it reclaimed, promoted or found stuck) go to the
+    queue's Redis, which may be another one: that one away, the sweep still cuts and reclaims,
+    no shard goes into backoff, and a later pass enqueues the ticket once it answers."""
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=2)
+    b.register("w", version="v1", source="s", handler="m.h",
+               batch={"count": 1, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(4)])  # ready batches on both shards
+    sweeper = Sweeper(b, lease_s=30, nudge_s=0.0)
+    assert sweeper.dispatcher is not None
+    real = sweeper.dispatcher.ensure
+
+    def queue_away(n: int) -> int:
+        raise redis.ConnectionError("the queue's Redis is away")
+
+    sweeper.dispatcher.ensure = queue_away  # type: ignore[method-assign]
+    sweeper.run_once()  # no error: the shards answer
+    assert all(st.failed_for == 0.0 for st in sweeper._state)
+    asked: list[int] = []
+
+    def queue_back(n: int) -> int:
+        asked.append(n)
+        return real(n)
+
+    sweeper.dispatcher.ensure = queue_back  # type: ignore[method-assign]
+    sweeper.run_once()
+    assert asked  # the stuck batches' ticket, asked for again

@@ -22,6 +22,7 @@ from distbatch.executor import Executor, Status
 from distbatch.faultproxy import FaultProxy
 from distbatch.handlers import HandlerResolver
 from distbatch.records import Outcome
+from distbatch.sweeper import Sweeper
 
 from .redis_server import RedisServer
 
@@ -1437,3 +1438,186 @@ def test_a_batch_settled_mid_round_is_not_reported_lost(
         t.join(5)
     assert counts == [{"delivered": 2, "retry": 1}]
     assert not [m for m in caplog.messages if "lease_lost" in m or "handler_timeout" in m]
+
+
+# a node away, replies lost or unreadable: the claims and sweeps around them ---------------------
+
+
+def _namespace_node_away(b: Batcher) -> None:
+    """As if the node of the namespace's own hash tag were away (a cluster): every command on a
+    `{ns}:...` key raises ConnectionError; the shards' keys (`{ns:<s>:<n>}`) still answer."""
+    tag = "{" + b.keys.namespace + "}:"
+    client = b.client
+    for name in ("zadd", "zremrangebyscore", "zcard", "zrem"):
+        real = getattr(client, name)
+
+        def away(key: Any, *a: Any, _real: Any = real, **kw: Any) -> Any:
+            if str(key).startswith(tag):
+                raise redis.ConnectionError("the node of {ns} is away")
+            return _real(key, *a, **kw)
+
+        setattr(client, name, away)
+    real_pipeline = client.pipeline
+
+    class Pipe:
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            self._p = real_pipeline(*a, **kw)
+            self._bad = False
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self._p, name)
+            if name == "execute" or not callable(attr):
+                return attr
+
+            def call(*a: Any, **kw: Any) -> Any:
+                if a and str(a[0]).startswith(tag):
+                    self._bad = True
+                return attr(*a, **kw)
+            return call
+
+        def execute(self, *a: Any, **kw: Any) -> Any:
+            if self._bad:
+                raise redis.ConnectionError("the node of {ns} is away")
+            return self._p.execute(*a, **kw)
+
+    client.pipeline = Pipe  # type: ignore[method-assign]
+
+
+def test_a_sweeper_sweeps_its_shards_while_the_namespaces_own_node_is_away(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The sweeper's heartbeat (`{ns}:sweepers`) goes to the namespace's own node every lease/3,
+    before the shards are swept; with that one node away the shards are still swept, shared as
+    at the last heartbeat."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=3, handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h",
+               batch={"count": 100, "window": "100ms", "key": "k"})
+    sweeper = Sweeper(b, lease_s=30)
+    sweeper.run_once()
+    assert sorted(sweeper.owned) == [0, 1, 2]
+    b.emit_many("s", [{"k": i} for i in range(30)])
+    _namespace_node_away(b)
+    sweeper._leased_at = 0.0  # lease/3 has passed: the next pass renews the shards first
+    time.sleep(0.15)
+    sweeper.run_once()  # no error: the shards' nodes answer
+    open_on = [b.client.zcard(b.shards[s].deadlines) for s in range(3)]
+    assert open_on == [0, 0, 0], f"windows still open per shard: {open_on}"
+
+
+def test_a_sweep_reclaims_while_the_lateness_chart_cannot_be_written(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A sweep writes the windows' cut lateness (the dashboard's chart, `{ns}:lateness`) between
+    its flush and its reclaims; with that key's node away the shard's sweep goes on: an expired
+    lease is reclaimed and no shard is put in backoff."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=3, handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h",
+               batch={"count": 100, "window": "100ms", "key": "k"})
+    b.register("one", version="v1", source="s1", handler="m.h",
+               batch={"count": 1, "window": "1h", "key": "k"})
+    sweeper = Sweeper(b, lease_s=30)
+    sweeper.run_once()
+    b.emit_many("s1", [{"k": i} for i in range(12)])
+    rec = b.records
+    (c,) = rec._claim(b.shards[1], [], 50, None, 1)  # a worker that died: lease 50 ms
+    b.emit_many("s", [{"k": i} for i in range(30)])
+    time.sleep(0.15)
+    _namespace_node_away(b)
+    sweeper.run_once()  # no error: the shards' nodes answer
+    assert states(b, c.batch.id) == ["ready"], (
+        f"expired lease not reclaimed: {states(b, c.batch.id)}; shard backoff "
+        f"{[st.failed_for for st in sweeper._state]}")
+
+
+def test_an_unanswered_claim_is_still_taken_up_after_a_call_that_failed_before_sending_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A claim whose reply was lost is remembered until a claim carrying its token is answered:
+    a later round that fails before its claim is sent (here loading the scripts a wait rides
+    behind) does not forget it, and the batches it took are not left to wait out a lease."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=1, handoff=False)
+    ids = some_batches(b, 5)
+    rec = b.records
+    (held,) = rec.claim_some(60_000, 1)
+    k = b.shards[0]
+    real_pt = rec._pipelined_twice
+
+    def ran_then_lost(calls: Any) -> Any:
+        real_pt(calls)
+        raise redis.ConnectionError("reply lost")
+
+    rec._pipelined_twice = ran_then_lost  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):  # a lost complete-and-claim (no wait)
+        rec.complete_and_claim([(held.batch.id, held.token)], 60_000, 2)
+    rec._pipelined_twice = real_pt  # type: ignore[method-assign]
+    assert states(b, ids[1]) == states(b, ids[2]) == ["running"]
+    assert k.ready in rec._unanswered
+    real_load = rec.client.script_load
+
+    def load_away(*a: Any) -> Any:
+        raise redis.ConnectionError("Redis away")
+
+    rec.client.script_load = load_away  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        rec.complete_and_claim([(held.batch.id, held.token)], 60_000, 2, wait_s=0.1)
+    rec.client.script_load = real_load  # type: ignore[method-assign]
+    again = rec.claim_some(60_000, 2)
+    assert [c.batch.id for c in again] == ids[1:3], (
+        f"the lost claim's batches are orphaned: got {[c.batch.id for c in again]}, "
+        f"{ids[1]}: {states(b, ids[1])}")
+
+
+def test_a_claim_carrying_an_unanswered_ones_token_takes_no_more_than_asked(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A claim of 16 failed before Redis ran it; the next claim, of 1, carries its token (and
+    looks for all 16 of its batches) but takes one fresh batch, as asked."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=1, handoff=False)
+    some_batches(b, 20)
+    rec = b.records
+    from distbatch import records as records_mod
+
+    real = records_mod.once_more
+
+    def never_sent(*a: Any, **kw: Any) -> Any:
+        raise redis.ConnectionError("connection refused")
+
+    records_mod.once_more = never_sent
+    try:
+        with pytest.raises(redis.ConnectionError):
+            rec.claim_some(60_000, 16)
+    finally:
+        records_mod.once_more = real
+    got = rec.claim_some(60_000, 1)
+    assert len(got) <= 1, f"asked for 1, took {len(got)}"
+
+
+def test_a_claim_whose_unanswered_batches_lapsed_meanwhile_claims_afresh(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The unanswered claim's leases ran out before the next claim (no sweeper has taken them
+    back yet): that claim gets none of them back and claims ready batches afresh, so a drain
+    does not end having run nothing while batches wait."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=1, handoff=False)
+    b.register("f", version="v1", source="s", handler=f"{__name__}.record",
+               batch={"count": 1, "window": "1h"})
+    for i in range(3):
+        b.emit("s", {"n": i})
+    rec = b.records
+    from distbatch import records as records_mod
+
+    real = records_mod.once_more
+
+    def ran_then_lost(*a: Any, **kw: Any) -> Any:
+        real(*a, **kw)
+        raise redis.ConnectionError("reply lost")
+
+    records_mod.once_more = ran_then_lost
+    try:
+        with pytest.raises(redis.ConnectionError):
+            rec.claim_some(200, 1)
+    finally:
+        records_mod.once_more = real
+    time.sleep(0.3)  # its lease ran out; no sweeper reclaimed it yet
+    counts = Executor(rec, HandlerResolver([__name__]), 60_000).drain(100, linger_s=0)
+    assert counts.get("delivered", 0) >= 2, f"drain ran {counts} with {rec.count('ready')} ready"

@@ -5,7 +5,9 @@
 -- When no batch is left ready, the shard's bell is silenced: its tokens stand for batches already
 -- claimed, and a worker waiting on it must not wake for them.
 -- KEYS: the 11 lifecycle keys, the bell
--- ARGV: token, lease_ms, n, then optionally candidate ids
+-- ARGV: token, lease_ms, n, the resend width (how many of the call's tokens to look for: at
+--       least n; more when the token is an earlier call's of more batches whose replies were
+--       lost), then optionally candidate ids
 -- Returns {batches still ready, then per claim: id, member, reason, cut_ms, attempt, events,
 --          token}.
 local B = 0
@@ -13,6 +15,7 @@ local B = 0
 -- @include lifecycle
 local k_bell = KEYS[12]
 local token, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local width = math.max(n, tonumber(ARGV[4] or '') or 0)
 local out = {0}
 
 local function token_of(i)
@@ -39,7 +42,7 @@ end
 -- lease, leased afresh from now, as a claim is: a resend can come seconds later (every reply of
 -- the first send was lost, and the worker's next claim carries its token).
 local resent = false
-for i = 1, n do
+for i = 1, width do
   local t = token_of(i)
   local id = redis.call('HGET', k_tokens, t)
   if id then
@@ -67,8 +70,8 @@ local function take(id)
   add(id, info, t)
 end
 
-if #ARGV > 3 then
-  for i = 4, #ARGV do
+if #ARGV > 4 then
+  for i = 5, #ARGV do
     if taken == n then break end
     take(ARGV[i])
   end
