@@ -185,6 +185,10 @@ class LeaseKeeper:
     def _run(self) -> None:
         while True:
             time.sleep(max(self.lease_ms / 3000, 0.01))
+            with self._lock:
+                if not self._held:  # nothing to renew: end here (`hold` starts another), so an
+                    self._thread = None  # executor let go of leaves no thread behind
+                    return
             try:
                 self.renew_now()
             except Exception as exc:  # a blip must not stop renewals; the lease has slack

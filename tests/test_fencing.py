@@ -1347,6 +1347,22 @@ def test_a_worker_claims_at_once_only_what_its_handlers_run_within_the_budget(
         assert first_claims == [1] and sent == [1] * 19 + [0]
 
 
+def test_the_lease_keeper_thread_ends_once_it_holds_nothing(batcher: Batcher) -> None:
+    """The thread that renews a worker's leases runs while it holds a batch and ends at its next
+    wake-up once it holds none (the next batch held starts another): an executor let go of, or
+    one of many made in a process, leaves no thread behind waking forever."""
+    some_batches(batcher, 2)
+    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=150)
+    assert ex.drain(max_batches=100, linger_s=0) == {"delivered": 2}
+    first = ex.leases._thread
+    assert first is not None
+    first.join(1.0)
+    assert not first.is_alive() and ex.leases._thread is None
+    some_batches(batcher, 1)
+    assert ex.drain(max_batches=100, linger_s=0) == {"delivered": 1}  # a new keeper for the new batch
+    assert ex.leases._thread is not None and ex.leases._thread is not first
+
+
 def slow_at_32(batch: Batch) -> None:
     if batch.events[0].payload["n"] == 32:
         time.sleep(0.03)  # once: as a handler preempted on a busy machine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from collections import Counter
 
 import redis
@@ -103,52 +104,65 @@ def test_threads_and_a_forked_child_share_one_batcher(redis_server: RedisServer)
     assert int(stats[b"batches_count:c1@v1"]) == int(stats[b"batches_count:c2@v1"]) == 500
 
 
+def _fork_from_c_in_a_fresh_process(url: str, body: str) -> None:
+    """Run `body` (a test of a fork made from C) in a fresh interpreter, single-threaded as a
+    pre-forking server's master is when it forks. Forked from C in this multi-threaded test
+    process, the child could wait forever on any lock another thread held at that instant (the
+    lease keepers of earlier tests, a logging write): POSIX lets such a child call nothing but
+    async-signal-safe functions, and no fork hook runs to reset them."""
+    code = f"import ctypes, os\nfrom distbatch import Batcher\nURL = {url!r}\n" + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=env_with_path())
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_a_fork_made_in_c_gets_its_own_emitter(redis_server: RedisServer) -> None:
     """A fork that skips CPython's fork hooks (uWSGI's pre-fork calls fork() from C): the child
     must not reuse its parent's emitter (socket, id and call counter), or the two would send the
     same call ids and one side's events would be taken for resends and never stored."""
-    import ctypes
-    import os
-
-    b = Batcher.from_url(redis_server.url, namespace="cfork")
-    b.register("t", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
-    b.emit("s", {"i": -1})
-    _, parent_emitter, _ = b.transport.emitter()
-    # PyDLL keeps the GIL through the call: with CDLL another thread (a lease keeper waking up)
-    # could take it while fork() runs, and the child would wait for it forever
-    pid = ctypes.PyDLL(None).fork()
-    if pid == 0:  # child, forked from C: no os.register_at_fork hook ran
-        ok = False
-        try:
-            _, emitter, _ = b.transport.emitter()
-            ok = emitter != parent_emitter and len(b.emit("s", {"i": 0})) == 1
-        finally:
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert b.transport.emitter()[1] == parent_emitter
+    _fork_from_c_in_a_fresh_process(redis_server.url, """
+        b = Batcher.from_url(URL, namespace="cfork")
+        b.register("t", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+        b.emit("s", {"i": -1})
+        _, parent_emitter, _ = b.transport.emitter()
+        pid = ctypes.PyDLL(None).fork()  # fork() from C, keeping the GIL: no os.register_at_fork hook runs
+        if pid == 0:
+            ok = False
+            try:
+                _, emitter, _ = b.transport.emitter()
+                ok = emitter != parent_emitter and len(b.emit("s", {"i": 0})) == 1
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert b.transport.emitter()[1] == parent_emitter
+        (r,) = b.emit("s", {"i": 1})
+        assert r.binding == "t@v1"
+    """)
+    counters = Batcher.from_url(redis_server.url, namespace="cfork").counters()
+    assert counters["events_in:t@v1"] == 3  # the parent's two and the child's one: none taken for a resend
 
 
 def test_a_forked_child_gives_its_events_ids_of_its_own(redis_server: RedisServer) -> None:
     """Event ids are a per-process prefix and a counter: a child forked in C (no fork hooks) must
     make its own prefix, or its events and its parent's would share ids within one batch."""
-    import ctypes
-    import os
-
-    b = Batcher.from_url(redis_server.url, namespace="forkids", handoff=False)
-    b.register("t", version="v1", source="s", handler="m.h", batch={"count": 4, "window": "1h"})
-    b.emit("s", {"who": "parent0"})
-    pid = ctypes.PyDLL(None).fork()  # keeping the GIL (see above)
-    if pid == 0:
-        ok = False
-        try:
-            ok = len(b.emit("s", {"who": "child"})) == 1 and len(b.emit_many("s", [{"who": "child2"}])) == 1
-        finally:
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    (r,) = b.emit("s", {"who": "parent1"})
-    assert r.batch is not None
-    ids = [e.id for e in r.batch.events]
-    assert sorted(e.payload["who"] for e in r.batch.events) == ["child", "child2", "parent0", "parent1"]
-    assert len(set(ids)) == 4, ids
+    _fork_from_c_in_a_fresh_process(redis_server.url, """
+        b = Batcher.from_url(URL, namespace="forkids", handoff=False)
+        b.register("t", version="v1", source="s", handler="m.h", batch={"count": 4, "window": "1h"})
+        b.emit("s", {"who": "parent0"})
+        pid = ctypes.PyDLL(None).fork()
+        if pid == 0:
+            ok = False
+            try:
+                ok = (len(b.emit("s", {"who": "child"})) == 1
+                      and len(b.emit_many("s", [{"who": "child2"}])) == 1)
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        (r,) = b.emit("s", {"who": "parent1"})
+        assert r.batch is not None
+        ids = [e.id for e in r.batch.events]
+        assert sorted(e.payload["who"] for e in r.batch.events) == ["child", "child2", "parent0", "parent1"]
+        assert len(set(ids)) == 4, ids
+    """)
