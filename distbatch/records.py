@@ -165,10 +165,8 @@ class Records:
             if not batch_ids:
                 self._unanswered[k.ready] = (token, width)
             raise
-        claims = self._claimed(reply, sent, 0.0, lease_ms)
-        if recovered and not claims and int(reply[0]) > 0:  # the lost claim's leases ran out meanwhile
-            return self._claim(k, [], lease_ms, None, n)
-        return claims
+        return self._afresh_if_lapsed(k, reply, self._claimed(reply, sent, 0.0, lease_ms), recovered,
+                                      lease_ms, n)
 
     def _claim_token(self, k: Keys, n: int) -> tuple[str, int, bool]:
         """The token of the next claim on shard `k`, how many of its tokens a resend looks for,
@@ -177,6 +175,14 @@ class Records:
         if lost is None:
             return secrets.token_hex(8), n, False
         return lost[0], max(n, lost[1]), True
+
+    def _afresh_if_lapsed(self, k: Keys, reply: Any, claims: list[Claim], recovered: bool, lease_ms: int,
+                          n: int) -> list[Claim]:
+        """`claims`, or a fresh claim when the call carried an unanswered claim's token and got
+        none of its batches back (their leases ran out meanwhile) while batches are ready."""
+        if recovered and not claims and int(reply[0]) > 0:
+            return self._claim(k, [], lease_ms, None, n)
+        return claims
 
     @staticmethod
     def _claimed(reply: Any, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
@@ -240,8 +246,7 @@ class Records:
         except Exception:  # every reply lost, or one an error: the claim may have run
             self._unanswered[k.ready] = (token, width)
             raise
-        if recovered and not claims and int(reply[0]) > 0:  # the lost claim's leases ran out meanwhile
-            claims = self._claim(k, [], lease_ms, None, n)
+        claims = self._afresh_if_lapsed(k, reply, claims, recovered, lease_ms, n)
         if isinstance(rung, Exception):  # a bell that is no list (a hostile writer): taken as no ring;
             rung = None  # the claim still counts, and deletes the bell once nothing is ready
         if claims:
@@ -330,9 +335,8 @@ class Records:
         except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
             self._unanswered[k.ready] = (next_token, width)
             raise
-        claims = self._claimed(reply, sent, 0.0, lease_ms)
-        if recovered and not claims and int(reply[0]) > 0:  # the lost claim's leases ran out meanwhile
-            claims = self._claim(k, [], lease_ms, None, n)
+        claims = self._afresh_if_lapsed(k, reply, self._claimed(reply, sent, 0.0, lease_ms), recovered,
+                                        lease_ms, n)
         if not claims and len(self.shards) > 1:
             claims = self._other_shards(lease_ms, n)  # this shard is empty: look at the others
         return [_delivered(int(r)) for r in completed], claims
@@ -348,7 +352,6 @@ class Records:
                 settled.append(self.complete(bid, token))
             except TRANSIENT as exc:
                 failed = failed or exc
-                settled.append(None)
         if failed is not None:
             raise failed
         return settled
