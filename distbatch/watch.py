@@ -23,10 +23,10 @@ def snapshot(batcher: Batcher, previous: dict[str, Any] | None) -> dict[str, Any
     """`stats.collect` plus per-binding rates since `previous` and the recent cut lateness."""
     data = collect(batcher)
     data["lateness_last_minute_ms"] = lateness(batcher, data["server_time_ms"])["last_minute"]
-    dt = 0.0 if previous is None else (data["server_time_ms"] - previous["server_time_ms"]) / 1000
-    if dt > 0:  # within one ms of the last read no rate is known (not a rate of 0)
+    if previous is not None and (dt := (data["server_time_ms"] - previous["server_time_ms"]) / 1000) > 0:
+        # (within one ms of the last read no rate is known: none is given, not a rate of 0)
         for key, row in data["bindings"].items():
-            before = previous["bindings"].get(key, {}) if previous else {}
+            before = previous["bindings"].get(key, {})
             for field, _ in RATES:
                 rate = (row.get(field, 0) - before.get(field, 0)) / dt
                 row[field.replace("_total", "_per_s")] = round(max(0.0, rate), 1)
