@@ -9,11 +9,13 @@ lives on in `shards.py`; how calls reach the shards in `transport.py`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
 
+from . import codec
 from .clients import check_client, connect, is_cluster
 from .clock import ManualClock, ServerClock
 from .config import Binding, RetryPolicy
@@ -22,6 +24,7 @@ from .errors import ConfigError
 from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
 from .keys import Keys
 from .models import Batch, EmitResult, Event
+from .onecall import pack
 from .ops import Proc
 from .records import Records
 from .scripts import Scripts
@@ -159,17 +162,45 @@ class Batcher:
     def emit(self, source: str, payload: Mapping[str, Any]) -> list[EmitResult]:
         """Add one event to every binding of `source`; one result per binding.
 
-        The common case (one binding, one shard) is sent without a procedure: planned, one call,
-        and its result when the reply says only "stored"; anything else (a cut, a stale registry,
-        a failure) goes on in `Ingest.one_done`, as `emit_many` would."""
-        one = self.core.one(source, payload)
-        if one is None:
-            return self._run(self.core.emit_many(source, [payload]))
-        client, emitter, calls = self.transport.emitter()
-        call = self.core.one_call(one, emitter, next(calls))
-        reply = self.transport.run_one(self.scripts.accumulate_one, call, client)
-        quick = self.core.one_quick(one, reply)
-        return quick if quick is not None else self._run(self.core.one_done(one, reply))
+        The common case (one binding, one shard, one Redis, a plain dict payload whose partition
+        key this thread has seen) is one packed call (`onecall.Single`) and its result when the
+        reply says only "stored"; anything else (a cut, a stale registry, a failure) goes on in
+        `Ingest.one_done`, and other emits take `Ingest.emit_one`'s planned path."""
+        em = self.transport.emitter()
+        core = self.core
+        single = em.singles.get(source)
+        if single is None or single.snapshot is not core.registry.cached:
+            single = None if self.cluster else core.single(source, em.id)
+            if single is not None:
+                if len(em.singles) >= 64:  # sources come and go: stay bounded
+                    em.singles.clear()
+                em.singles[source] = single
+        if single is None or type(payload) is not dict:
+            return self._run(core.emit_one(source, payload))
+        if single.keyed:
+            pkey = payload.get(single.field)
+            known = single.known.get(pkey) if type(pkey) is str else None
+        else:
+            pkey, known = None, single.known.get(None)
+        if known is None and (known := single.learn(pkey)) is None:
+            return self._run(core.emit_one(source, payload))
+        _, prefix, ids = core.event_ids_of(em.pid)
+        now = core.clock.now_ms()
+        event = codec.encode_plain(f"{prefix}-{next(ids):x}", source,
+                                   time.time_ns() // 1_000_000 if now is None else now, payload)
+        if event is None or len(event) > core.max_payload_bytes:
+            return self._run(core.emit_one(source, payload))
+        at = time.monotonic()
+        keep_ttl = at < em.ttl_due
+        window_now = b"" if now is None else b"%d" % now
+        packed = pack(single.head, known[0], window_now, next(em.calls), event, keep_ttl)
+        reply = self.transport.run_one(self.scripts.accumulate_one, packed, em.client)
+        if type(reply) is list:
+            if not keep_ttl and reply[0] != -1:  # it ran: the call key's TTL is set
+                em.ttl_set(at)
+            if len(reply) == single.quick_len and reply[0] >= 0:  # stored, nothing more to say
+                return [known[1]]
+        return self._run(core.single_done(single, source, payload, event, known, window_now, reply))
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> list[EmitResult]:
         """Add events in order, one script call per shard (one round trip per node) per chunk.

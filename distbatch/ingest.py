@@ -34,7 +34,7 @@ from .errors import EmitError, PayloadError, describe
 from .handlers import handler as register_handler
 from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, members_cache
 from .models import Batch, EmitResult, Event
-from .onecall import OneCall, OneHead, one_head
+from .onecall import Known, OneCall, OneHead, Single, one_head
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
 from .registry import Registry, Route, Snapshot
@@ -137,6 +137,11 @@ class Ingest:
         """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
         each call passes it, so the hand-off knows how many tickets wait without asking."""
         self._warned_sources: set[str] = set()
+
+    def event_ids_of(self, pid: int) -> tuple[int, str, Iterator[int]]:
+        """`event_ids` for a caller that read `os.getpid()` already."""
+        ids = self._event_ids
+        return ids if ids[0] == pid else (pid, *self.event_ids())
 
     def event_ids(self) -> tuple[str, Iterator[int]]:
         """This process's event-id prefix and counter. A forked child (also one forked in C,
@@ -394,32 +399,50 @@ class Ingest:
                 return None  # the general path raises it, naming the event
         return One(source, [payload], [data], item, reg.epoch, b"" if now is None else b"%d" % now)
 
-    def one_call(self, one: One, emitter: str, call_id: int) -> OneCall:
-        """The `accumulate_one` call of `one`: all but its last key and three arguments are built
-        and packed once per emitting thread, binding and registry epoch (`onecall`)."""
+    def one_call(self, one: One, emitter: str, call_id: int, keep_ttl: bool = False) -> OneCall:
+        """The `accumulate_one` call of `one`: all but its last key and four arguments are built
+        and packed once per emitting thread, binding and registry epoch (`onecall`). `keep_ttl`:
+        the emitter's call key had its TTL set recently (`transport.Emitter`)."""
         route = one.item.route
         head = self._one_heads.get((emitter, route.key))
-        head_keys, head_args, prefix, _ = self._heads[0]
         if head is None or head.route is not route or head.epoch != one.epoch:
-            keys = [head_keys[0], self.keys.call(emitter), *head_keys[2:], self.keys.open_buffers(route.key),
-                    *self._tail(0)]
-            args = [one.epoch, BUFFER_CAP, *head_args, route.key, route.count, route.window]
             if len(self._one_heads) >= _PER_EMITTER_CACHE:  # threads come and go: stay bounded
                 self._one_heads.clear()
-            head = self._one_heads[emitter, route.key] = one_head(route, one.epoch, keys, args,
-                                                                  sha_of("accumulate_one"))
-        return OneCall(head, prefix + one.item.member, one.window_now, call_id, one.events[0])
+            head = self._one_heads[emitter, route.key] = self._one_head(route, one.epoch, emitter)
+        key = self._heads[0][2] + one.item.member
+        return OneCall(head, key, one.window_now, call_id, one.events[0], keep_ttl)
+
+    def _one_head(self, route: Route, epoch: bytes, emitter: str) -> OneHead:
+        head_keys, head_args, _, _ = self._heads[0]
+        keys = [head_keys[0], self.keys.call(emitter), *head_keys[2:], self.keys.open_buffers(route.key),
+                *self._tail(0)]
+        args = [epoch, BUFFER_CAP, *head_args, route.key, route.count, route.window]
+        return one_head(route, epoch, keys, args, sha_of("accumulate_one"))
+
+    def single(self, source: str, emitter: str) -> Single | None:
+        """What `Batcher.emit` keeps for one thread's single emits to `source` on the registry
+        as cached now (`onecall.Single`); None where they take the planned path: the registry
+        not loaded yet, several shards or bindings, Redis Cluster, a partition key of more than
+        one field."""
+        reg = self.registry.cached
+        one_redis = self.layout.count == 1 and not self._cluster
+        routes = reg.routes.get(source) if reg.loaded and one_redis else None
+        if routes is None or len(routes) != 1 or (routes[0].path is not None and len(routes[0].path) != 1):
+            return None
+        return Single(reg, self._one_head(routes[0], reg.epoch, emitter), self._heads[0][2],
+                      2 if self.queue_key is not None else 1)
+
+    def single_done(self, single: Single, source: str, payload: Mapping[str, Any], event: bytes,
+                    known: Known, window_now: bytes, reply: Any) -> Proc[list[EmitResult]]:
+        """`one_done` for a call `Batcher.emit` sent whose reply says more than "stored"."""
+        route = single.head.route
+        pkey = known[1].partition_key
+        item = _Item(0, route, pkey, known[2], 0)
+        one = One(source, [payload], [event], item, single.snapshot.epoch, window_now)
+        return (yield from self.one_done(one, reply))
 
     def _one_calls(self, one: One, emitter: str, calls: Iterator[int]) -> list[Call]:
         return [self.one_call(one, emitter, next(calls)).lists()]
-
-    def one_quick(self, one: One, reply: Any) -> list[EmitResult] | None:
-        """The result when the reply says only "stored" (no cut, no overflow, no stale registry,
-        not a resend): the common case needs nothing more. Else None: `one_done` takes it."""
-        if type(reply) is not list or len(reply) != (2 if self.queue_key is not None else 1) or reply[0] < 0:
-            return None
-        it = one.item
-        return [tuple.__new__(EmitResult, (it.route.key, it.pkey, None, 0, None, 0))]
 
     def one_done(self, one: One, reply: Any) -> Proc[list[EmitResult]]:
         """Whatever the reply says: a failure, a stale registry (planned again on the new one),

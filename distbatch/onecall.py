@@ -1,19 +1,27 @@
 """The script call of a single emit (`accumulate_one.lua`), packed once per thread and binding.
 
-Of its 24 keys and arguments only four change from one emit to the next (the buffer key, the window
-clock, the call id, the event), and the script takes them last. So the rest is packed into RESP
-bytes once per emitting thread, binding and registry epoch, and a call is one bytes formatting
-instead of two dozen arguments converted and packed (0.4 against 2.0 µs in a `timeit` loop, of a
-~100 µs emit). Clients that cannot take packed bytes (Redis Cluster, a script Redis lacks) get
-the same call as lists.
+Of its 26 keys and arguments only five change from one emit to the next (the buffer key, the
+window clock, the call id, the event, whether the call key keeps its TTL), and the script takes
+them last. So the rest is packed into RESP bytes once per emitting thread, binding and registry
+epoch, and a call is one bytes formatting instead of two dozen arguments converted and packed.
+A single emit is where per-call Python shows against the round trip: `Single` keeps, per thread
+and source, what its emits share, down to each partition key's buffer key, packed, and the
+result an emit that only stored returns (`Batcher.emit`). Clients that cannot take packed bytes
+(Redis Cluster, asyncio) get the same call as lists (`OneCall`).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .keys import member_bytes
+from .models import EmitResult
 from .ops import Call
-from .registry import Route
+from .registry import Route, Snapshot
+
+KNOWN_KEYS = 4096
+"""Partition keys a `Single` keeps packed; past that, the others take the planned path."""
+_KEEP, _SET = b"$1\r\n1\r\n", b"$0\r\n\r\n"  # the last argument: keep the call key's TTL or not
 
 
 def _resp(args: list[Any]) -> bytes:
@@ -33,7 +41,7 @@ class OneHead(NamedTuple):
     keys: list[Any]
     """Every key but the buffer key (the last one)."""
     args: list[Any]
-    """Every argument but the last three: window clock, call id, event."""
+    """Every argument but the last four: window clock, call id, event, keep the TTL."""
     prefix: bytes
     """RESP: the array header, EVALSHA, its SHA, the key count and `keys`."""
     middle: bytes
@@ -41,9 +49,18 @@ class OneHead(NamedTuple):
 
 
 def one_head(route: Route, epoch: bytes, keys: list[Any], args: list[Any], sha: str) -> OneHead:
-    n = 3 + len(keys) + 1 + len(args) + 3
+    n = 3 + len(keys) + 1 + len(args) + 4
     prefix = b"*%d\r\n" % n + _resp(["EVALSHA", sha, len(keys) + 1, *keys])
     return OneHead(route, epoch, keys, args, prefix, _resp(args))
+
+
+def pack(head: OneHead, key_bulk: bytes, window_now: bytes, call_id: int, event: bytes,
+         keep_ttl: bool) -> bytes:
+    """The whole EVALSHA command; `key_bulk` is the buffer key as a RESP bulk string."""
+    cid = b"%d" % call_id
+    return b"%b%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+        head.prefix, key_bulk, head.middle, len(window_now), window_now, len(cid), cid, len(event), event,
+        _KEEP if keep_ttl else _SET)
 
 
 class OneCall(NamedTuple):
@@ -52,14 +69,48 @@ class OneCall(NamedTuple):
     window_now: bytes
     call_id: int
     event: bytes
+    keep_ttl: bool = False
+    """The emitter's call key keeps its TTL (`transport.Emitter`), else it is set again."""
 
     def lists(self) -> Call:
         h = self.head
-        return [*h.keys, self.buffer_key], [*h.args, self.window_now, self.call_id, self.event]
+        return [*h.keys, self.buffer_key], [*h.args, self.window_now, self.call_id, self.event,
+                                             b"1" if self.keep_ttl else b""]
 
-    def packed(self) -> bytes:
-        """The whole EVALSHA command, packed."""
-        h, key, now, event = self.head, self.buffer_key, self.window_now, self.event
-        cid = b"%d" % self.call_id
-        return b"%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            h.prefix, len(key), key, h.middle, len(now), now, len(cid), cid, len(event), event)
+
+Known = tuple[bytes, EmitResult, bytes]
+"""Per partition key: the buffer key as a RESP bulk, the result of an emit that only stored, the
+buffer's member."""
+
+
+class Single:
+    """One thread's single emits to one source while the registry snapshot stays the same (one
+    binding, one shard, a sync client on one Redis): its call's head, and what each partition
+    key seen needs (`known`, at most `KNOWN_KEYS`)."""
+
+    __slots__ = ("buffer_prefix", "field", "head", "keyed", "known", "quick_len", "snapshot")
+
+    def __init__(self, snapshot: Snapshot, head: OneHead, buffer_prefix: bytes, quick_len: int) -> None:
+        self.snapshot = snapshot
+        self.head = head
+        path = head.route.path
+        self.keyed = path is not None
+        self.field = path[0] if path is not None else None  # `Ingest.single` takes one-field paths only
+        self.quick_len = quick_len
+        """The reply's length when it says only "stored": the server's time, then the ticket
+        queue's length when the call passes the queue."""
+        self.buffer_prefix = buffer_prefix
+        self.known: dict[str | None, Known] = {}
+
+    def learn(self, pkey: Any) -> Known | None:
+        """`known[pkey]`, made if pkey is a plain partition key (a str, or none for a key-less
+        binding) and there is room; None sends the emit the planned way, which reads any other
+        key (or says what is wrong with it)."""
+        if (type(pkey) is not str if self.keyed else pkey is not None) or len(self.known) >= KNOWN_KEYS:
+            return None
+        route = self.head.route
+        member = member_bytes(route.key, pkey)
+        key = self.buffer_prefix + member
+        known = self.known[pkey] = (b"$%d\r\n%b\r\n" % (len(key), key),
+                                    tuple.__new__(EmitResult, (route.key, pkey, None, 0, None, 0)), member)
+        return known

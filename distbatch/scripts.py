@@ -111,18 +111,15 @@ def call(script: Script, keys: Sequence[Any], args: Sequence[Any], client: Any =
             return c.eval(script.script, len(keys), *keys, *args)
 
 
-def call_packed(script: Script, packed: bytes, lists: Callable[[], tuple[list[Any], list[Any]]],
-                client: Any) -> Any:
-    """`call` for a command the caller packed already (`onecall`): sent as it is on a sync
-    client; as lists where it cannot be (another client, a script Redis lacks)."""
-    if not supported(client):
-        keys, args = lists()
-        return call(script, keys, args, client)
+def call_packed(script: Script, packed: bytes, client: Redis) -> Any:
+    """`call` for a command the caller packed already (`onecall`), on a sync client of one Redis.
+    A script Redis lacks (a restart, SCRIPT FLUSH) ran nothing: it is loaded, and the same bytes
+    sent again."""
     try:
         return execute_packed(client, packed)
     except NoScriptError:
-        keys, args = lists()
-        return execute_one(client, ("EVAL", script.script, len(keys), *keys, *args))
+        execute_one(client, ("SCRIPT", "LOAD", script.script))
+        return execute_packed(client, packed)
 
 
 async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:

@@ -40,8 +40,8 @@ class SyncDriver:
 
     def _do(self, op: Op) -> Any:
         if isinstance(op, Store):
-            client, emitter, calls = self.transport.emitter()
-            return self.transport.run(getattr(self.scripts, op.script), op.build(emitter, calls), client)
+            em = self.transport.emitter()
+            return self.transport.run(getattr(self.scripts, op.script), op.build(em.id, em.calls), em.client)
         if isinstance(op, Eval):
             return once_more(getattr(self.scripts, op.script), list(op.keys), list(op.args))
         if isinstance(op, Cmd):  # on a cluster a multi-key one (EXISTS a b) can meet a slot on the move

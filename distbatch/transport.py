@@ -24,7 +24,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from redis.commands.core import Script
 from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
 from .errors import describe
-from .onecall import OneCall
+from .onecall import Single
 from .scripts import call, call_packed, pipelined
 from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
 
@@ -90,6 +90,32 @@ def _moving_wait(exc: BaseException, client: Any, deadline: float, delay: float)
     return min(delay, left)
 
 
+CALL_KEY_TTL_S = 600.0
+"""How long an emitter's call key outlives its last TTL refresh (`call_once.lua`'s PX 600000)."""
+
+
+class Emitter:
+    """One emitting thread's own client (a single connection), its emitter id, call counter, and
+    when its call key's TTL is next due to be set again: a single emit keeps the TTL (`SET ...
+    KEEPTTL`, cheaper inside Redis) while the last one set is less than half run out."""
+
+    __slots__ = ("calls", "client", "id", "pid", "singles", "ttl_due")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.id = f"{os.urandom(4).hex()}-{self.pid}-{threading.get_ident()}"
+        self.calls = itertools.count(1)
+        self.ttl_due = 0.0
+        """`time.monotonic()` from which the next call must set the call key's TTL."""
+        self.singles: dict[str, Single] = {}
+        """Per source, what this thread's single emits share (`onecall.Single`)."""
+
+    def ttl_set(self, at: float) -> None:
+        """A call that set the TTL was answered (it ran): keep it until half of it is gone."""
+        self.ttl_due = at + CALL_KEY_TTL_S / 2
+
+
 class Transport:
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -97,33 +123,27 @@ class Transport:
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
 
-    def emitter(self) -> tuple[Any, str, Iterator[int]]:
+    def emitter(self) -> Emitter:
         """This thread's client for the emit path, its emitter id and call counter.
 
         Keyed by pid, so a forked child never writes to its parent's socket: `os.getpid()` sees
         every fork, also those made in C without CPython's fork hooks (uWSGI's pre-fork).
         """
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            if self.cluster:
-                local.client = self.client
-            else:
-                local.client = self.client.__class__(
-                    connection_pool=self.client.connection_pool, single_connection_client=True
-                )
-            local.pid = os.getpid()
-            local.emitter = f"{os.urandom(4).hex()}-{os.getpid()}-{threading.get_ident()}"
-            local.calls = itertools.count(1)
+        em: Emitter | None = getattr(self._local, "em", None)
+        if em is None or em.pid != os.getpid():
+            client = self.client if self.cluster else self.client.__class__(
+                connection_pool=self.client.connection_pool, single_connection_client=True)
+            em = self._local.em = Emitter(client)
         # No readiness check per call (a poll syscall, ~5% of a single emit): a socket the server
         # closed (a restart) fails the call, and the call is sent again on a fresh connection —
         # safe, because every accumulate call carries an id the script recognises.
-        return local.client, local.emitter, local.calls
+        return em
 
     def run(self, script: Script, calls: Sequence[Call], client: Any = None) -> list[Any]:
         """Every call's reply, in order; a call that failed twice gives its exception. `client`:
         this thread's emitter client, if the caller has it already."""
         if client is None:
-            client, _, _ = self.emitter()
+            client = self.emitter().client
         if self.cluster:
             return self._run_cluster(script, calls)
         if len(calls) == 1:
@@ -141,14 +161,11 @@ class Transport:
             except TRANSIENT as exc:
                 return [resend_failed(first, exc)] * len(calls)
 
-    def run_one(self, script: Script, one: OneCall, client: Any) -> Any:
-        """`run` for a single emit's call on this thread's emitter client, sent packed: its
-        reply or its exception."""
-        if self.cluster:
-            return self._run_cluster(script, [one.lists()])[0]
-        packed = one.packed()
+    def run_one(self, script: Script, packed: bytes, client: Any) -> Any:
+        """A single emit's call, packed (`onecall`), on this thread's emitter client (one Redis):
+        its reply, or its exception once it failed twice."""
         try:
-            return _twice(lambda: call_packed(script, packed, one.lists, client))
+            return _twice(lambda: call_packed(script, packed, client))
         except TRANSIENT as exc:
             return exc
 

@@ -53,6 +53,15 @@ def client(request: pytest.FixtureRequest, redis_server: RedisServer, fake_serve
     c.close()
 
 
+@pytest.fixture(params=["redis", "fakeredis"])
+def one_redis(request: pytest.FixtureRequest, redis_server: RedisServer, fake_server: fakeredis.FakeServer
+              ) -> redis.Redis:
+    """`client` without the cluster: for what only a sync client of one Redis does."""
+    if request.param == "redis":
+        return redis.Redis.from_url(redis_server.url)
+    return fakeredis.FakeRedis(server=fake_server)
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"t{next(_namespaces)}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 
@@ -16,12 +15,9 @@ from .redis_server import RedisServer
 ECHO = "return {KEYS[1], ARGV[1]}"
 
 
-@pytest.fixture(params=["redis", "fakeredis"])
-def client(request: pytest.FixtureRequest, redis_server: RedisServer,
-           fake_server: fakeredis.FakeServer) -> redis.Redis:
-    if request.param == "redis":
-        return redis.Redis.from_url(redis_server.url)
-    return fakeredis.FakeRedis(server=fake_server)
+@pytest.fixture
+def client(one_redis: redis.Redis) -> redis.Redis:
+    return one_redis
 
 
 @pytest.mark.parametrize("single", [True, False])
@@ -116,11 +112,13 @@ def test_a_single_connection_client_shared_by_threads_keeps_each_reply_with_its_
 
 
 def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.Redis) -> None:
-    """`OneCall.packed()` (the parts kept per thread and binding, packed once) is byte for byte
-    what redis-py packs from the same keys and arguments, with a window clock, a non-ASCII
-    partition key and a call id of any size; and the SHA it names is the one Redis gives the
+    """A single emit's packed call (`onecall.pack` of a `Single`: the parts kept per thread and
+    source, packed once) is byte for byte what redis-py packs from the keys and arguments of the
+    planned path's call (`OneCall.lists`), with a window clock, a non-ASCII partition key, a
+    call id of any size and either TTL flag; and the SHA it names is the one Redis gives the
     script."""
     from distbatch import Batcher, ManualClock
+    from distbatch.onecall import pack
     from distbatch.scripts import NAMES, call_packed, sha_of, source
 
     for name in NAMES:
@@ -128,16 +126,20 @@ def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.
     b = Batcher(client, namespace="packed", clock=ManualClock(1234), handoff=False, shards=1)
     b.register("p", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1s", "key": "k"})
     b.emit("s", {"k": "warm"})  # loads the registry
-    for k, call_id in (("ünï {x}", 7), ("a", 2**62)):
+    for k, call_id, keep_ttl in (("ünï {x}", 7, False), ("a", 2**62, True)):
         one = b.core.one("s", {"k": k})
         assert one is not None
-        call = b.core.one_call(one, "e-1", call_id)
+        call = b.core.one_call(one, "e-1", call_id, keep_ttl)
         keys, args = call.lists()
         packed = b"".join(redis.Connection().pack_command("EVALSHA", sha_of("accumulate_one"), len(keys),
                                                           *keys, *args))
-        assert call.packed() == packed
-        assert args[-3:] == [b"1234", call_id, one.events[0]]
-        reply = call_packed(client.register_script(source("accumulate_one")), packed, call.lists, client)
+        single = b.core.single("s", "e-1")
+        assert single is not None
+        known = single.learn(k)
+        assert known is not None
+        assert pack(single.head, known[0], one.window_now, call_id, one.events[0], keep_ttl) == packed
+        assert args[-4:] == [b"1234", call_id, one.events[0], b"1" if keep_ttl else b""]
+        reply = call_packed(client.register_script(source("accumulate_one")), packed, client)
         assert len(reply) == 1 and reply[0] > 10**12  # stored; the server's own time comes back
         assert client.lrange(keys[-1], 0, -1) == [one.events[0]]
         assert client.zscore(b.keys.deadlines, keys[-1][len(b.keys.buffer_prefix):]) == 1234 + 1000

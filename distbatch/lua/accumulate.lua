@@ -25,6 +25,7 @@ local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
 local call_id, expected_regver = ARGV[2], ARGV[1]
+local keep_ttl = false
 -- @include call_once
 -- @include clock
 -- @include cut_keys

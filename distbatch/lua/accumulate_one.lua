@@ -7,12 +7,13 @@
 --       optionally the RQ queue of the namespace's tickets (on the same Redis; "" for none) and
 --       after it, optionally, the workers' bell; last the buffer key
 -- ARGV: expected_regver, cap, batch id prefix, buffer key prefix, binding, count, window_ms,
---       window_now ('' = server TIME), call_id, the event's msgpack bytes
+--       window_now ('' = server TIME), call_id, the event's msgpack bytes, optionally '1': keep the
+--       call key's TTL (the caller set it within the last half of it; else it is set again)
 -- Returns what accumulate.lua returns for one item (its item number is 1).
 local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
-local call_id, expected_regver = ARGV[9], ARGV[1]
+local call_id, expected_regver, keep_ttl = ARGV[9], ARGV[1], ARGV[11] == '1'
 -- @include call_once
 -- @include clock
 local now = window_clock(ARGV[8])
@@ -34,10 +35,10 @@ local function rare()
           report = report}
 end
 
--- Earliest open deadline: only when it has passed can this event's buffer have run out.
-local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
-local earliest = first[2] and tonumber(first[2])
-if earliest ~= nil and earliest <= now then
+-- Only when some open deadline has passed can this event's buffer have run out. ZCOUNT, not the
+-- earliest deadline's ZRANGE ... WITHSCORES: an integer reply, no score formatted and read back
+-- (about 1 µs of a ~11 µs call); the earliest is read only when this event opens a window.
+if redis.call('ZCOUNT', k_deadlines, '-inf', now) > 0 then
   steps = rare()
   member = string.sub(key, member_at)
   local kind, id, blob = steps.close_if_expired(key, member, open_key, binding, now)
@@ -45,17 +46,14 @@ if earliest ~= nil and earliest <= now then
     steps.report(kind, id, blob)
     if kind == 'expired' then made_ready = 1 end
   end
-  earliest = false  -- read again if this event opens a window
 end
 local woke = false  -- the deadline to publish: a new earliest one, unless cut at once
 local n = redis.call('RPUSH', key, ARGV[10])
 redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, 1)
 if n == 1 then
   member = member or string.sub(key, member_at)
-  if earliest == false then
-    first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
-    earliest = first[2] and tonumber(first[2])
-  end
+  local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
+  local earliest = first[2] and tonumber(first[2])
   local closes = now + tonumber(ARGV[7])
   redis.call('ZADD', k_deadlines, closes, member)
   redis.call('SADD', open_key, member)

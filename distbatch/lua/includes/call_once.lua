@@ -4,14 +4,22 @@
 -- A call that had something to report (a cut, an expired buffer closed, an overflow) left its
 -- notes after its id and a '|' (`remember_notes`; a call id holding '|' is refused): its resend
 -- reports them again, so the caller learns which batches its lost reply named.
--- Needs locals: k_call, k_regver, call_id, expected_regver, B (the cut keys' offset). Returns
+-- Needs locals: k_call, k_regver, call_id, expected_regver, B (the cut keys' offset), and
+-- keep_ttl: true where the caller knows its call key has a TTL set within the last half of it
+-- (`SET ... KEEPTTL` costs less than setting the TTL anew on every call). Returns
 -- from the script: {-2} when this call id already ran and reported nothing, {-2, then what it
 -- reported} when it did (each batch's events as its record holds them, '' once delivered or
 -- discarded), {-1, current_regver} when the caller's bindings are stale.
 if string.find(call_id, '|', 1, true) then  -- it would read as one followed by notes
   return redis.error_reply('call_id must not contain "|": ' .. call_id)
 end
-local prior = redis.call('SET', k_call, call_id, 'PX', 600000, 'GET')
+local prior
+if keep_ttl then
+  prior = redis.call('SET', k_call, call_id, 'KEEPTTL', 'GET')
+  if not prior then redis.call('PEXPIRE', k_call, 600000) end  -- it was gone (a restart): no TTL kept
+else
+  prior = redis.call('SET', k_call, call_id, 'PX', 600000, 'GET')
+end
 if prior == call_id then return {-2} end
 if prior and #prior > #call_id + 2 and string.byte(prior, #call_id + 1) == 124
     and string.sub(prior, 1, #call_id) == call_id
