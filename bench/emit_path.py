@@ -4,8 +4,8 @@ Baselines in the same run, on the same Redis: a plain EVALSHA of the minimal scr
 `ZADD NX`, as in `bench ingest`) with the same payloads, one call per event, sent straight on a
 dedicated connection the way distbatch sends its own (`distbatch.roundtrip`: the floor), and the
 same call through redis-py's `Script` (its per-command machinery included). A third baseline does
-the Redis commands of `accumulate_one.lua`'s common path (the call id's `SET ... GET`, the
-registry epoch's `GET`, `TIME`, the earliest deadline's `ZRANGE`, `RPUSH`, the `events_in`
+the Redis commands of `accumulate_one.lua`'s common path (the call id's `SET ... KEEPTTL GET`,
+the registry epoch's `GET`, `TIME`, the run-out windows' `ZCOUNT`, `RPUSH`, the `events_in`
 counter, and `ZADD` when the buffer is new) in a bare script of its own, sent the same way: what
 the guarantees those commands carry cost with nothing of distbatch around them. Rounds rotate;
 figures are medians. Per call: wall time, the calling process's CPU time (client code,
@@ -28,10 +28,10 @@ from .common import payload, private_redis, save, table
 from .ingest import MINIMAL
 
 SAME_COMMANDS = """
-local prior = redis.call('SET', KEYS[2], ARGV[3], 'PX', 600000, 'GET')
+local prior = redis.call('SET', KEYS[2], ARGV[3], 'KEEPTTL', 'GET')
 local current = redis.call('GET', KEYS[1])
 local now = redis.call('TIME')
-local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local late = redis.call('ZCOUNT', KEYS[3], '-inf', now[1] * 1000)
 local n = redis.call('RPUSH', KEYS[4], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'events_in:p@v1', 1)
 if n == 1 then redis.call('ZADD', KEYS[3], ARGV[2], KEYS[4]) end

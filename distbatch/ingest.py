@@ -133,6 +133,8 @@ class Ingest:
         self._heads = [self._head(s) for s in range(layout.count)]
         self._call_keys: dict[tuple[str, int], str] = {}
         self._one_heads: dict[tuple[str, str], OneHead] = {}
+        self._known: dict[str, tuple[Snapshot, dict[str | None, Known]]] = {}
+        """Per source, for the registry snapshot it was made on: `Single.known`, which threads share."""
         self.queue_key: str | None = None
         """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
         each call passes it, so the hand-off knows how many tickets wait without asking."""
@@ -429,8 +431,13 @@ class Ingest:
         routes = reg.routes.get(source) if reg.loaded and one_redis else None
         if routes is None or len(routes) != 1 or (routes[0].path is not None and len(routes[0].path) != 1):
             return None
+        known = self._known.get(source)
+        if known is None or known[0] is not reg:
+            if len(self._known) >= 256:  # sources come and go: stay bounded
+                self._known.clear()
+            known = self._known[source] = (reg, {})
         return Single(reg, self._one_head(routes[0], reg.epoch, emitter), self._heads[0][2],
-                      2 if self.queue_key is not None else 1)
+                      2 if self.queue_key is not None else 1, known[1])
 
     def single_done(self, single: Single, source: str, payload: Mapping[str, Any], event: bytes,
                     known: Known, window_now: bytes, reply: Any) -> Proc[list[EmitResult]]:

@@ -19,8 +19,9 @@ from .models import EmitResult
 from .ops import Call
 from .registry import Route, Snapshot
 
-KNOWN_KEYS = 4096
-"""Partition keys a `Single` keeps packed; past that, the others take the planned path."""
+KNOWN_KEYS = 1 << 14
+"""Partition keys kept packed per source (for all threads); past that, the others take the
+planned path."""
 _KEEP, _SET = b"$1\r\n1\r\n", b"$0\r\n\r\n"  # the last argument: keep the call key's TTL or not
 
 
@@ -85,12 +86,14 @@ buffer's member."""
 
 class Single:
     """One thread's single emits to one source while the registry snapshot stays the same (one
-    binding, one shard, a sync client on one Redis): its call's head, and what each partition
-    key seen needs (`known`, at most `KNOWN_KEYS`)."""
+    binding, one shard, a sync client on one Redis): its call's head (its call key is the
+    thread's own), and what each partition key seen needs (`known`, shared by the threads,
+    at most `KNOWN_KEYS`)."""
 
     __slots__ = ("buffer_prefix", "field", "head", "keyed", "known", "quick_len", "snapshot")
 
-    def __init__(self, snapshot: Snapshot, head: OneHead, buffer_prefix: bytes, quick_len: int) -> None:
+    def __init__(self, snapshot: Snapshot, head: OneHead, buffer_prefix: bytes, quick_len: int,
+                 known: dict[str | None, Known]) -> None:
         self.snapshot = snapshot
         self.head = head
         path = head.route.path
@@ -100,7 +103,7 @@ class Single:
         """The reply's length when it says only "stored": the server's time, then the ticket
         queue's length when the call passes the queue."""
         self.buffer_prefix = buffer_prefix
-        self.known: dict[str | None, Known] = {}
+        self.known = known
 
     def learn(self, pkey: Any) -> Known | None:
         """`known[pkey]`, made if pkey is a plain partition key (a str, or none for a key-less

@@ -112,3 +112,25 @@ def test_a_keyless_binding_and_a_registry_change_between_two_emits(client: redis
         assert (r.binding, r.partition_key) == ("p@v2", "z")
     assert b.transport.emitter().singles["s"].snapshot is b.registry.cached
     assert len(client.lrange(b.keys.buffer("p@v2", "z"), 0, -1)) == 2
+
+
+def test_threads_share_the_known_keys_but_each_sends_with_its_own_call_key(
+        client: redis.Redis, namespace: str) -> None:
+    import threading
+
+    b = _batcher(client, namespace)
+    b.emit("s", {"k": "a"})
+    seen: list[Any] = []
+
+    def other() -> None:
+        (r,) = b.emit("s", {"k": "a"})
+        em = b.transport.emitter()
+        seen.append((r.partition_key, em.id, em.singles["s"].known))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    (pkey, other_id, known), mine = seen[0], b.transport.emitter()
+    assert pkey == "a" and known is mine.singles["s"].known and other_id != mine.id
+    assert client.get(b.keys.call(other_id)) is not None and client.get(b.keys.call(mine.id)) is not None
+    assert len(client.lrange(b.keys.buffer("p@v1", "a"), 0, -1)) == 2
