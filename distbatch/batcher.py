@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import NoScriptError
 
 from . import codec
 from .clients import check_client, connect, is_cluster
@@ -168,13 +169,14 @@ class Batcher:
         `Ingest.one_done`, and other emits take `Ingest.emit_one`'s planned path."""
         em = self.transport.emitter()
         core = self.core
-        single = em.singles.get(source)
-        if single is None or single.snapshot is not core.registry.cached:
-            single = None if self.cluster else core.single(source, em.id)
-            if single is not None:
-                if len(em.singles) >= 64:  # sources come and go: stay bounded
-                    em.singles.clear()
-                em.singles[source] = single
+        entry = em.singles.get(source)
+        if entry is None or entry[0] is not core.registry.cached:
+            reg = core.registry.cached
+            entry = (reg, None if self.cluster else core.single(source, em.id))
+            if len(em.singles) >= 64:  # sources come and go: stay bounded
+                em.singles.clear()
+            em.singles[source] = entry
+        single = entry[1]
         if single is None or type(payload) is not dict:
             return self._run(core.emit_one(source, payload))
         if single.keyed:
@@ -182,19 +184,27 @@ class Batcher:
             known = single.known.get(pkey) if type(pkey) is str else None
         else:
             pkey, known = None, single.known.get(None)
-        if known is None and (known := single.learn(pkey)) is None:
+        if known is None and not single.learnable(pkey):
             return self._run(core.emit_one(source, payload))
         _, prefix, ids = core.event_ids_of(em.pid)
         now = core.clock.now_ms()
         event = codec.encode_plain(f"{prefix}-{next(ids):x}", source,
                                    time.time_ns() // 1_000_000 if now is None else now, payload)
         if event is None or len(event) > core.max_payload_bytes:
-            return self._run(core.emit_one(source, payload))
+            return self._run(core.emit_one(source, payload))  # it names what is wrong
+        if known is None:  # learnt only for a payload that will be sent
+            known = single.learn(pkey)
         at = time.monotonic()
         keep_ttl = at < em.ttl_due
         window_now = b"" if now is None else b"%d" % now
-        packed = pack(single.head, known[0], window_now, next(em.calls), event, keep_ttl)
-        reply = self.transport.run_one(self.scripts.accumulate_one, packed, em.client)
+        call_id = next(em.calls)
+        script = self.scripts.accumulate_one
+        try:
+            reply = self.transport.run_one(script, pack(single.head, known[0], window_now, call_id, event,
+                                                        keep_ttl), em.client)
+        except NoScriptError:  # Redis lacks the script (a restart, SCRIPT FLUSH): it ran nothing
+            call = single.lists(known, window_now, call_id, event, keep_ttl)
+            reply = self.transport.run(script, [call], em.client)[0]  # sent again as EVAL
         if type(reply) is list:
             if not keep_ttl and reply[0] != -1:  # it ran: the call key's TTL is set
                 em.ttl_set(at)

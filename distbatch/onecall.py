@@ -22,6 +22,8 @@ from .registry import Route, Snapshot
 KNOWN_KEYS = 1 << 14
 """Partition keys kept packed per source (for all threads); past that, the others take the
 planned path."""
+KNOWN_KEY_LENGTH = 256
+"""Longer partition keys are not kept (nor is a key whose payload failed before its call)."""
 _KEEP, _SET = b"$1\r\n1\r\n", b"$0\r\n\r\n"  # the last argument: keep the call key's TTL or not
 
 
@@ -105,15 +107,23 @@ class Single:
         self.buffer_prefix = buffer_prefix
         self.known = known
 
-    def learn(self, pkey: Any) -> Known | None:
-        """`known[pkey]`, made if pkey is a plain partition key (a str, or none for a key-less
-        binding) and there is room; None sends the emit the planned way, which reads any other
-        key (or says what is wrong with it)."""
-        if (type(pkey) is not str if self.keyed else pkey is not None) or len(self.known) >= KNOWN_KEYS:
-            return None
+    def learnable(self, pkey: Any) -> bool:
+        """A plain partition key (a str of at most `KNOWN_KEY_LENGTH`, or none for a key-less
+        binding), with room left for it; any other key takes the planned path, which reads it
+        (or says what is wrong with it)."""
+        plain = type(pkey) is str and len(pkey) <= KNOWN_KEY_LENGTH if self.keyed else pkey is None
+        return plain and len(self.known) < KNOWN_KEYS
+
+    def learn(self, pkey: str | None) -> Known:
+        """`known[pkey]` for a `learnable` key: made, and kept (threads racing here make equal
+        entries; the dict may pass its bound by as many)."""
         route = self.head.route
         member = member_bytes(route.key, pkey)
         key = self.buffer_prefix + member
         known = self.known[pkey] = (b"$%d\r\n%b\r\n" % (len(key), key),
                                     tuple.__new__(EmitResult, (route.key, pkey, None, 0, None, 0)), member)
         return known
+
+    def lists(self, known: Known, window_now: bytes, call_id: int, event: bytes, keep_ttl: bool) -> Call:
+        """The packed call's keys and arguments (to send it as EVAL where Redis lacks the script)."""
+        return OneCall(self.head, self.buffer_prefix + known[2], window_now, call_id, event, keep_ttl).lists()

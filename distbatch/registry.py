@@ -68,8 +68,10 @@ class Registry:
         k = self.shards[0]
         # epoch first: a register in between makes the snapshot stale, never the reverse
         epoch, raw = yield Atomic((Cmd("get", (k.registry_version,)), Cmd("hgetall", (k.bindings,))))
-        self.cached = snap = self.parse(epoch or b"", raw)
-        return snap
+        snap = self.cached
+        if not (snap.loaded and snap.epoch == (epoch or b"") and snap.raw == raw):
+            self.cached = snap = self.parse(epoch or b"", raw)
+        return snap  # unchanged: the same object, so what was made per snapshot stays
 
     @staticmethod
     def parse(epoch: bytes, raw: dict[bytes, bytes]) -> Snapshot:

@@ -20,7 +20,7 @@ from redis import Redis
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
-from .roundtrip import execute, execute_one, execute_packed, supported
+from .roundtrip import execute, execute_one, supported
 from .sent import driven_by_redis_py
 
 _INCLUDE = re.compile(r"^([ \t]*)-- @include (\w+)$", re.MULTILINE)
@@ -109,17 +109,6 @@ def call(script: Script, keys: Sequence[Any], args: Sequence[Any], client: Any =
             return c.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             return c.eval(script.script, len(keys), *keys, *args)
-
-
-def call_packed(script: Script, packed: bytes, client: Redis) -> Any:
-    """`call` for a command the caller packed already (`onecall`), on a sync client of one Redis.
-    A script Redis lacks (a restart, SCRIPT FLUSH) ran nothing: it is loaded, and the same bytes
-    sent again."""
-    try:
-        return execute_packed(client, packed)
-    except NoScriptError:
-        execute_one(client, ("SCRIPT", "LOAD", script.script))
-        return execute_packed(client, packed)
 
 
 async def acall(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:

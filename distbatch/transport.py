@@ -34,7 +34,9 @@ from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
 from .errors import describe
 from .onecall import Single
-from .scripts import call, call_packed, pipelined
+from .registry import Snapshot
+from .roundtrip import execute_packed
+from .scripts import call, pipelined
 from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
@@ -108,8 +110,9 @@ class Emitter:
         self.calls = itertools.count(1)
         self.ttl_due = 0.0
         """`time.monotonic()` from which the next call must set the call key's TTL."""
-        self.singles: dict[str, Single] = {}
-        """Per source, what this thread's single emits share (`onecall.Single`)."""
+        self.singles: dict[str, tuple[Snapshot, Single | None]] = {}
+        """Per source, for the registry snapshot it was made on, what this thread's single emits
+        share (`onecall.Single`; None: they take the planned path)."""
 
     def ttl_set(self, at: float) -> None:
         """A call that set the TTL was answered (it ran): keep it until half of it is gone."""
@@ -163,9 +166,10 @@ class Transport:
 
     def run_one(self, script: Script, packed: bytes, client: Any) -> Any:
         """A single emit's call, packed (`onecall`), on this thread's emitter client (one Redis):
-        its reply, or its exception once it failed twice."""
+        its reply, or its exception once it failed twice. NOSCRIPT (it ran nothing) is raised:
+        the caller sends the call again as EVAL (`run`)."""
         try:
-            return _twice(lambda: call_packed(script, packed, client))
+            return _twice(lambda: execute_packed(client, packed))
         except TRANSIENT as exc:
             return exc
 

@@ -119,7 +119,8 @@ def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.
     script."""
     from distbatch import Batcher, ManualClock
     from distbatch.onecall import pack
-    from distbatch.scripts import NAMES, call_packed, sha_of, source
+    from distbatch.roundtrip import execute_packed
+    from distbatch.scripts import NAMES, sha_of, source
 
     for name in NAMES:
         assert sha_of(name) == client.script_load(source(name))
@@ -136,10 +137,10 @@ def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.
         single = b.core.single("s", "e-1")
         assert single is not None
         known = single.learn(k)
-        assert known is not None
         assert pack(single.head, known[0], one.window_now, call_id, one.events[0], keep_ttl) == packed
         assert args[-4:] == [b"1234", call_id, one.events[0], b"1" if keep_ttl else b""]
-        reply = call_packed(client.register_script(source("accumulate_one")), packed, client)
+        client.script_load(source("accumulate_one"))
+        reply = execute_packed(client, packed)
         assert len(reply) == 1 and reply[0] > 10**12  # stored; the server's own time comes back
         assert client.lrange(keys[-1], 0, -1) == [one.events[0]]
         assert client.zscore(b.keys.deadlines, keys[-1][len(b.keys.buffer_prefix):]) == 1234 + 1000
