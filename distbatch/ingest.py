@@ -48,6 +48,7 @@ log = logging.getLogger("distbatch")
 DEFAULT_MAX_PAYLOAD = 1 << 20
 _PER_EMITTER_CACHE = 4096
 """Entries kept per (emitting thread, shard or binding) before the cache starts over."""
+_WARNED_SOURCES = 1024
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
@@ -561,13 +562,20 @@ class Ingest:
             ) from exc
 
     def _warn_unbound(self, source: str) -> None:
-        if source not in self._warned_sources:
-            self._warned_sources.add(source)
-            log.warning(
-                "source_unbound source=%r namespace=%r: no trigger is bound to this source, events "
-                "emitted to it are not stored (a typo, or the wrong namespace?)",
-                source, self.keys.namespace, extra={"event": "source_unbound", "source": source},
-            )
+        """Once per source, among the latest `_WARNED_SOURCES` unbound ones: a caller that sends
+        ever new source names (through `serve`, say) must not grow this process without bound,
+        nor write megabytes per line."""
+        if source in self._warned_sources:
+            return
+        if len(self._warned_sources) >= _WARNED_SOURCES:
+            self._warned_sources.clear()
+        self._warned_sources.add(source)
+        shown = source if len(source) <= 200 else source[:200] + "…"
+        log.warning(
+            "source_unbound source=%r namespace=%r: no trigger is bound to this source, events "
+            "emitted to it are not stored (a typo, or the wrong namespace?)",
+            shown, self.keys.namespace, extra={"event": "source_unbound", "source": shown},
+        )
 
     def _send(self, source: str, reg: Snapshot, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
               window_now: bytes, events: list[bytes],

@@ -30,6 +30,20 @@ def test_emitting_to_an_unbound_source_warns_once(batcher: Batcher, caplog: pyte
     assert len(warnings) == 1 and "'ordres'" in warnings[0]
 
 
+def test_ever_new_unbound_sources_keep_the_warnings_bounded(batcher: Batcher,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that makes up source names (a bug, or a client of `serve`) gets a warning per
+    name, no longer than a line, and the process keeps no more than the latest names."""
+    batcher.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1h"})
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        for i in range(3000):
+            assert batcher.emit(f"nobody-{i}", {"n": i}) == []
+        assert batcher.emit_many("x" * 100_000, [{"n": 1}]) == []
+    warnings = [m for m in caplog.messages if "source_unbound" in m]
+    assert len(warnings) == 3001 and max(len(m) for m in warnings) < 400
+    assert len(batcher.core._warned_sources) <= 1024
+
+
 def test_cli_emit_to_an_unbound_source_fails(redis_server: RedisServer, namespace: str) -> None:
     Batcher.from_url(redis_server.url, namespace=namespace).register(
         "d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1h"})
