@@ -11,6 +11,7 @@ after a lost reply does the same thing once.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -25,7 +26,7 @@ from typing import Any
 import msgpack
 import redis
 from redis.commands.core import Script
-from redis.exceptions import ClusterError
+from redis.exceptions import ClusterError, ResponseError
 
 from .codec import as_text, decode_batch, decode_events
 from .config import Binding
@@ -228,9 +229,12 @@ class Records:
         k = self.shards[shard]
         if before and not self._loaded_for_waits:
             # a call Redis answered NOSCRIPT is sent again only after the wait: load them first
-            # (once; after a restart or SCRIPT FLUSH the first such complete is late by the wait)
-            for script, _, _ in before:
-                self.client.script_load(script.script)
+            # (once; after a restart or SCRIPT FLUSH the first such complete is late by the wait).
+            # A user or proxy that may not send SCRIPT gets that late complete: NOSCRIPT is
+            # answered with EVAL, as everywhere.
+            with contextlib.suppress(ResponseError):
+                for script, _, _ in before:
+                    self.client.script_load(script.script)
             self._loaded_for_waits = True
         token, width, recovered = self._claim_token(k, n)
         sent = time.monotonic()

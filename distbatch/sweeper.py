@@ -26,6 +26,7 @@ from .dispatch import Dispatcher
 from .errors import describe
 from .ingest import FlushStep
 from .records import Outcome
+from .scripts import call
 from .transport import TRANSIENT
 
 log = logging.getLogger("distbatch.sweeper")
@@ -127,7 +128,7 @@ class Sweeper:
 
     def _lease(self, shard: int, mode: str) -> bool:
         k = self.batcher.shards[shard]
-        return bool(self.batcher.scripts.shard_lease(keys=[k.lease], args=[self.id, self.lease_ms, mode]))
+        return bool(call(self.batcher.scripts.shard_lease, [k.lease], [self.id, self.lease_ms, mode]))
 
     def release(self) -> None:
         for s in self.owned:

@@ -1170,6 +1170,31 @@ def test_single_calls_reload_their_script_after_script_flush(redis_server: Redis
     assert b.records.complete(claim.batch.id, claim.token) == 3
 
 
+def test_a_user_who_may_not_load_scripts_still_works_and_sweeps(redis_server: RedisServer,
+                                                                 namespace: str) -> None:
+    """NOSCRIPT (a restart, SCRIPT FLUSH) for a user (an ACL) or a proxy that may EVAL and
+    EVALSHA but not SCRIPT: every call is sent again as EVAL, none waits on a SCRIPT LOAD it may
+    not send: a worker's completes before its wait on the bell, the sweeper's shard lease."""
+    from distbatch.sweeper import Sweeper
+
+    admin = redis.Redis.from_url(redis_server.url)
+    user = f"{namespace}-noscript"
+    admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-script")
+    limited = redis.Redis(port=redis_server.port, username=user, password="pw")
+    b = Batcher(limited, namespace=namespace, handoff=False, shards=1)
+    first, second = some_batches(b, 2)
+    claim = b.records.claim([first], 60_000)
+    assert claim is not None
+    admin.script_flush()
+    done, nxt = b.records.complete_and_claim([(first, claim.token)], 60_000, wait_s=0.1)
+    assert done == [1] and [c.batch.id for c in nxt] == [second]
+    admin.script_flush()
+    sweeper = Sweeper(b, lease_s=30)
+    sweeper.run_once()
+    assert sweeper.owned == [0]
+    sweeper.release()
+
+
 def test_pipelined_calls_that_met_noscript_are_resent_once_by_text(redis_server: RedisServer,
                                                                     namespace: str) -> None:
     """Two claims pipelined on a Redis without the script: both answer NOSCRIPT (nothing ran), are
