@@ -44,6 +44,7 @@ claimed for, so a round whose handlers run somewhat slower than they did is not 
 UNAVAILABLE_RETRY_MS = 5_000
 """How long a batch whose handler this worker cannot run waits before any worker tries again."""
 _BINDING_TTL_S = 5.0
+_BINDINGS_KEPT = 1024
 BELL_WAIT_S = 0.1
 """The longest a lingering worker waits on the bell before it claims again anyway: Redis'
 blocking timeouts resolve at its `hz` (100 ms by default)."""
@@ -212,9 +213,13 @@ class Executor:
         self._handler_times: deque[float] = deque(maxlen=HANDLER_TIMES)  # the latest handlers' seconds
 
     def _binding(self, key: str) -> Binding | None:
+        """A batch's binding, read at most every `_BINDING_TTL_S`; at most `_BINDINGS_KEPT` kept
+        (batch records name their binding: a hostile writer's must not grow the worker)."""
         cached = self._bindings.get(key)
         if cached is None or time.monotonic() - cached[1] > _BINDING_TTL_S:
             cached = (self.records.binding(key), time.monotonic())
+            if len(self._bindings) >= _BINDINGS_KEPT:
+                self._bindings.clear()
             self._bindings[key] = cached
         return cached[0]
 

@@ -605,3 +605,14 @@ def test_a_sweep_goes_on_while_the_ticket_queue_is_away(redis_server: RedisServe
     sweeper.dispatcher.ensure = queue_back  # type: ignore[method-assign]
     sweeper.run_once()
     assert asked  # the stuck batches' ticket, asked for again
+
+
+def test_the_bindings_a_worker_keeps_stay_bounded(batcher: Batcher) -> None:
+    """Batch records name their binding; a worker reads each one (at most every few seconds)
+    and keeps it: records naming ever new bindings (a hostile writer's) do not grow it."""
+    executor = Executor(batcher.records, HandlerResolver(), lease_ms=1000)
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    for i in range(1500):
+        assert executor._binding(f"fake{i}@v1") is None
+    assert executor._binding("d@v1") is not None
+    assert len(executor._bindings) <= 1024
