@@ -166,3 +166,29 @@ def test_a_forked_child_gives_its_events_ids_of_its_own(redis_server: RedisServe
         assert sorted(e.payload["who"] for e in r.batch.events) == ["child", "child2", "parent0", "parent1"]
         assert len(set(ids)) == 4, ids
     """)
+
+
+def test_an_emitting_threads_client_freed_while_its_pool_is_locked_does_not_hang(
+        redis_server: RedisServer, namespace: str) -> None:
+    """Each emitting thread keeps a client of the pool; the collector may free one (its `Batcher`
+    gone) while the same thread is inside the pool's `get_connection`, holding its lock, and the
+    client gives its connection back to the pool as it goes. redis-py below 6.4 (a lock that is
+    not reentrant) hangs there for good: pyproject.toml asks for 6.4."""
+    import gc
+    import threading
+
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, handoff=False, shards=1)
+    b.register("p", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "1h"})
+    done = threading.Event()
+
+    def emit_then_free_inside_the_pools_lock() -> None:
+        b.emit("s", {"n": 1})  # this thread's own client, on the pool
+        with client.connection_pool._lock:  # as redis-py holds it where a collection may run
+            b.transport._local.__dict__.clear()
+            gc.collect()  # the thread's client freed: it gives its connection back to the pool
+        done.set()
+
+    threading.Thread(target=emit_then_free_inside_the_pools_lock, daemon=True).start()
+    assert done.wait(10), "the thread hung giving its connection back to a pool it had locked"
+    assert client.connection_pool._in_use_connections == set()
