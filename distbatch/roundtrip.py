@@ -16,9 +16,6 @@ keep redis-py's own path.
 from __future__ import annotations
 
 import contextlib
-import inspect
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,30 +31,9 @@ _HiredisSerializer: Any = getattr(redis.connection, "HiredisRespSerializer", Non
 
 Argv = Sequence[Any]
 
-# redis-py 5.3+ deprecates passing a command name to `get_connection`; 5.2 requires one.
-_name = inspect.signature(redis.ConnectionPool.get_connection).parameters.get("command_name")
-_POOL_WANTS_NAME = _name is not None and _name.default is inspect.Parameter.empty
-
-
 def supported(client: Any) -> bool:
     """A sync client whose connections this module can drive."""
     return isinstance(client, redis.Redis)
-
-
-_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def _lock_of(client: Any) -> Any:
-    """The lock that serialises a single-connection client's round trips: redis-py's own
-    (5.3+), else one kept here for that client (5.2 has none)."""
-    lock = getattr(client, "single_connection_lock", None)
-    if lock is None:
-        with _locks_guard:
-            lock = _locks.get(client)
-            if lock is None:
-                lock = _locks[client] = threading.Lock()
-    return lock
 
 
 def _packed(conn: Any, commands: Sequence[Argv]) -> list[bytes]:
@@ -98,10 +74,10 @@ def _raised(reply: Any) -> Any:
 def _on_connection(client: redis.Redis, exchange: Callable[[Any], list[Any]]) -> list[Any]:
     conn = client.connection
     if conn is not None:  # a single-connection client (each emitting thread has its own)
-        with _lock_of(client):  # a user's client may be shared by threads
+        with client.single_connection_lock:  # a user's client may be shared by threads
             return exchange(conn)
     pool = client.connection_pool
-    conn = pool.get_connection("EVALSHA") if _POOL_WANTS_NAME else pool.get_connection()
+    conn = pool.get_connection()
     try:
         return exchange(conn)
     finally:
