@@ -95,6 +95,8 @@ class NamespaceCollector(Collector):
         for name, doc, field in (
             ("distbatch_batch_retries", "Failed handler runs scheduled for another attempt",
              "retries_total"),
+            ("distbatch_batches_given_back", "Batches given back unstarted, their try refunded (a round "
+             "ran long or failed, or this worker cannot run the handler)", "given_back_total"),
             ("distbatch_batches_dead", "Batches that went dead (attempts exhausted or poison)",
              "went_dead_total"),
             ("distbatch_leases_expired", "Leases that ran out (worker killed or stalled); the sweeper "

@@ -10,7 +10,7 @@ from .keys import split_member
 
 SAMPLE = 10_000
 _TOTALS = {"batches_dead": "went_dead_total", "batch_retries": "retries_total",
-           "leases_expired": "leases_expired_total"}
+           "batches_given_back": "given_back_total", "leases_expired": "leases_expired_total"}
 
 
 def collect(batcher: Batcher) -> dict[str, Any]:
@@ -68,7 +68,8 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         f"namespace {data['namespace']}: batches ready {data['batches_ready_now']}, running "
         f"{data['batches_running_now']}, waiting retry {data['batches_waiting_retry_now']}, dead "
-        f"{data['batches_dead_now']}; retries {data.get('retries_total', 0)}, leases expired "
+        f"{data['batches_dead_now']}; retries {data.get('retries_total', 0)}, given back "
+        f"{data.get('given_back_total', 0)}, leases expired "
         f"{data.get('leases_expired_total', 0)}, went dead {data.get('went_dead_total', 0)} (totals)",
     ]
     for key, row in data["bindings"].items():

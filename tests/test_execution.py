@@ -117,6 +117,13 @@ def test_refused_handler_is_never_imported_and_batch_waits_uncounted(batcher: Ba
     k = batcher.records.keys_for(bid)
     assert client.zscore(k.dead, bid) is None and client.zscore(k.delayed, bid)
     assert batcher.records.raw(bid)["attempt"] == 0  # the try was given back
+    counters = batcher.counters()  # no handler ran, none failed: not a retry
+    assert counters.get("batches_given_back", 0) == 1 and counters.get("batch_retries", 0) == 0
+    from prometheus_client import generate_latest
+
+    from distbatch.metrics import namespace_registry
+    text = generate_latest(namespace_registry(batcher)).decode()
+    assert "distbatch_batches_given_back_total 1.0" in text and "distbatch_batch_retries_total 0.0" in text
 
 
 def test_allowlist_is_by_module_prefix_not_string_prefix() -> None:

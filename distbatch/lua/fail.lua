@@ -3,7 +3,9 @@
 -- KEYS: the 11 lifecycle keys, the bell
 -- ARGV: batch_id, token, error, delay_ms (-1 = dead, no tries left), refund ('1': the try did
 --       not count, e.g. this worker cannot run the handler)
--- Returns 'retry', 'dead', 'stale' (nothing changed) or 'gone'.
+-- Returns 'retry', 'dead', 'stale' (nothing changed) or 'gone'. A refunded try (given back
+-- unstarted, or a handler this worker cannot run) counts in `batches_given_back`, not in
+-- `batch_retries`: no handler failed.
 local B = 0
 -- @include clock
 -- @include lifecycle
@@ -19,6 +21,7 @@ if state == 'stale' then
   return 'stale'
 end
 local delay = tonumber(ARGV[4])
+local counted = ARGV[5] == '1' and 'batches_given_back' or 'batch_retries'
 local outcome = delay < 0 and 'dead' or 'retry'
 redis.call('ZREM', k_running, id)
 disown(id)
@@ -30,9 +33,9 @@ if delay < 0 then
 elseif delay == 0 then
   redis.call('ZADD', k_ready, seq_of(id), id)
   ring(k_bell, 1)
-  redis.call('HINCRBY', k_stats, 'batch_retries', 1)
+  redis.call('HINCRBY', k_stats, counted, 1)
 else
   redis.call('ZADD', k_delayed, real_now + delay, id)
-  redis.call('HINCRBY', k_stats, 'batch_retries', 1)
+  redis.call('HINCRBY', k_stats, counted, 1)
 end
 return outcome
