@@ -187,9 +187,10 @@ class LazyEvents(Sequence[Event]):
         return repr(self._list())
 
 
-def as_text(value: Any) -> str:
-    """redis-py types replies as bytes | str (and more); distbatch's clients return bytes."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+def as_text(value: Any, errors: str = "strict") -> str:
+    """redis-py types replies as bytes | str (and more); distbatch's clients return bytes.
+    `errors="replace"` where the bytes may be a hostile writer's and must only be shown."""
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
 
 
 _text = as_text

@@ -425,13 +425,16 @@ class Records:
         info, _, attempt, error = self._fields(batch_id)
         if info is None:
             raise BatchNotFound(batch_id)
-        member, reason, cut_ms, n = as_text(info).split("\n", 3)
-        out: dict[str, Any] = {"member": member, "reason": reason, "cut_ms": int(cut_ms), "n": int(n),
-                               "attempt": int(attempt or 0)}
-        out["binding"], out["partition_key"] = split_member(member)
+        member, reason, cut_ms, n = [*as_text(info, "replace").split("\n", 3), "", "", ""][:4]
+        out: dict[str, Any] = {"member": member, "reason": reason, "cut_ms": _int(cut_ms), "n": _int(n),
+                               "attempt": _int(attempt or 0)}
+        try:
+            out["binding"], out["partition_key"] = split_member(member)
+        except ValueError:  # a garbled record (a hostile writer's): shown as it is, never raised
+            out["binding"], out["partition_key"] = None, None
         if error is not None:
-            failed_ms, _by, outcome, text = as_text(error).split("\n", 3)
-            out.update(failed_ms=int(failed_ms), outcome=outcome, error=text)
+            failed_ms, _by, outcome, text = [*as_text(error, "replace").split("\n", 3), "", "", ""][:4]
+            out.update(failed_ms=_int(failed_ms), outcome=outcome, error=text)
         return out
 
     def binding(self, key: str) -> Binding | None:
@@ -469,3 +472,11 @@ def _raised(replies: list[Any]) -> list[Any]:
         if isinstance(r, Exception):
             raise r
     return replies
+
+
+def _int(value: Any) -> int | None:
+    """A record's number, or None where a hostile writer left none (`raw` never fails)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

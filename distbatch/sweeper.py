@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from . import metrics
 from .batcher import Batcher
 from .dispatch import Dispatcher
@@ -215,7 +217,8 @@ class Sweeper:
         pipe.ltrim(key, 0, LATENESS_KEPT - 1)
         try:
             pipe.execute()
-        except TRANSIENT as exc:  # the chart's data, on the namespace's own node: not the shard's step
+        except (*TRANSIENT, ResponseError) as exc:  # the chart's data, on the namespace's own node
+            # (or a key of the wrong type, a hostile writer's): never the shard's step
             log.debug("lateness not recorded: %s", describe(exc))
 
     def _sweep(self, shard: int) -> float:
@@ -232,7 +235,15 @@ class Sweeper:
         pipe.zrange(k.running, 0, 0, withscores=True)
         head_rows, expired, first_lease = pipe.execute()
         reclaimed = 0
-        for bid in (i.decode() for i in expired):
+        for raw in expired:
+            try:
+                bid = raw.decode("ascii")
+            except UnicodeDecodeError:  # no batch id (those are digits): a hostile writer's member,
+                # removed so that it holds up no reclaim of this shard at each pass
+                b.client.zrem(k.running, raw)
+                log.warning("junk_removed shard=%d member=%r: not a batch id, in the running set",
+                            shard, raw[:64], extra={"event": "junk_removed", "shard": shard})
+                continue
             outcome = rec.reclaim(bid)
             if outcome in (Outcome.RETRY, Outcome.DEAD):
                 reclaimed += outcome is Outcome.RETRY

@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import ClusterError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 
 from .errors import describe
 from .onecall import Single
@@ -40,6 +47,11 @@ from .scripts import call, pipelined
 from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+ELSEWHERE = (*TRANSIENT, MovedError, AskError, TryAgainError, ClusterDownError)
+"""A call's reply on a cluster node that says the call ran nowhere, or maybe on a node that is gone:
+sent again through the cluster client. Any other error (a script that failed part-way: Redis keeps
+what it wrote before the error) is the call's outcome, never resent: a resend would meet its call
+id and report "ran before", as if it had run to its end."""
 SLOT_MOVE_WAIT_S = 10.0
 """How long a call waits for a cluster slot on the move to settle."""
 Call = tuple[list[Any], list[Any]]  # (keys, args)
@@ -204,7 +216,7 @@ class Transport:
         moved = False
         deadline: float | None = None
         for i, reply in enumerate(replies):
-            if isinstance(reply, Exception):  # a slot on the move, a node gone: via the cluster client
+            if isinstance(reply, ELSEWHERE):  # a slot on the move, a node gone: via the cluster client
                 moved = True
                 keys, args = calls[i]
                 if deadline is None:  # one wait for a slot on the move, for all of them

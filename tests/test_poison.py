@@ -5,8 +5,10 @@ clear error, listable and showable."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from distbatch import Batcher, PayloadError
@@ -49,3 +51,135 @@ def test_poisoned_record_goes_dead_at_once_and_the_cli_shows_it(redis_server: Re
     shown = CliRunner().invoke(cli, ["dead", "show", r.batch.id, *args])
     assert shown.exit_code == 0, shown.output
     assert "cannot decode" in json.loads(shown.output)["events"]
+
+
+# A hostile writer with access to Redis: whatever it writes into distbatch's keys, a script fails
+# before it changes anything (no event lost, no batch left in none of ready / running / delayed /
+# dead), and one garbled batch holds up no other.
+
+def _where(b: Batcher, bid: str) -> list[str]:
+    k = b.records.keys_for(bid)
+    sets = {"ready": k.ready, "running": k.running, "delayed": k.delayed, "dead": k.dead}
+    return [name for name, key in sets.items() if b.client.zscore(key, bid) is not None]
+
+
+@pytest.mark.parametrize("value", ["not a number", str(2**63 - 1)])
+def test_a_batch_sequence_that_cannot_count_fails_the_cut_before_any_event_is_lost(
+        make_batcher, clock, value: str) -> None:
+    b = make_batcher(clock=clock, handoff=False)
+    b.register("t", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "10s"})
+    b.register("u", version="v1", source="s2", handler="m.h", batch={"count": 100, "window": "10s"})
+    b.emit_many("s", [{"i": 0}, {"i": 1}])
+    b.emit_many("s2", [{"i": i} for i in range(5)])
+    for k in b.shards:
+        b.client.set(k.batch_seq, value)  # the hostile write
+    with pytest.raises(Exception, match=r"batchseq|overflow|not an integer"):
+        b.emit("s", {"i": 2})  # reaches count: the cut cannot take an id
+    clock.advance("11s")
+    with pytest.raises(Exception, match=r"batchseq|overflow|not an integer"):
+        b.flush_expired()  # the window ran out: neither can this cut
+    buffered = sorted(sum(int(b.client.llen(k.buffer(binding, None))) for k in b.shards)
+                      for binding in ("t@v1", "u@v1"))
+    assert buffered == [3, 5]  # every event acknowledged is still there
+    for k in b.shards:
+        b.client.delete(k.batch_seq)  # the operator repairs it: the cuts go through
+    cut = b.flush_expired()
+    assert sorted(len(x.events) for x in cut) == [3, 5]
+
+
+def test_batch_ids_never_repeat_after_redis_loses_its_data(redis_server: RedisServer, namespace: str) -> None:
+    """A handler made idempotent on `batch.id` (as the README asks) must never skip a new batch:
+    after Redis restarts without persistence, ids start again above every id handed out before."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    before = {r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(5)]) if r.batch}
+    redis_server.stop()
+    redis_server.start()  # without persistence: everything is gone
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    after = {r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(5)]) if r.batch}
+    assert len(before) == len(after) == 5 and not before & after
+    assert min(map(int, after)) > max(map(int, before))  # and they keep their order
+
+
+@pytest.mark.parametrize("field", ["attempt", "info"])
+def test_a_garbled_record_goes_dead_at_its_claim_and_holds_up_no_other(batcher: Batcher, field: str) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    ids = [r.batch.id for r in batcher.emit_many("s", [{"n": i} for i in range(3)]) if r.batch]
+    k = batcher.records.keys_for(ids[1])
+    batcher.client.hset(k.rec_attempt if field == "attempt" else k.rec_info, ids[1], "x")  # hostile
+    claimed = [c.batch.id for c in batcher.records.claim_some(60_000, 3)]
+    claimed += [c.batch.id for c in batcher.records.claim_some(60_000, 3)]
+    assert sorted(claimed) == sorted([ids[0], ids[2]])
+    assert _where(batcher, ids[1]) == ["dead"]
+    assert "garbled batch record" in batcher.records.raw(ids[1])["error"]
+
+
+@pytest.mark.parametrize("field", ["attempt", "info"])
+def test_a_record_garbled_while_it_ran_goes_dead_when_its_lease_runs_out(batcher: Batcher,
+                                                                         field: str) -> None:
+    from distbatch.sweeper import Sweeper
+
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    batcher.emit_many("s", [{"n": i} for i in range(2)])
+    claims = batcher.records.claim_some(200, 2)  # a worker takes both and dies
+    bad, good = claims[0].batch.id, claims[1].batch.id
+    k = batcher.records.keys_for(bad)
+    batcher.client.hset(k.rec_attempt if field == "attempt" else k.rec_info, bad, "garbage")
+    time.sleep(0.3)
+    Sweeper(batcher, lease_s=1).run_once()
+    assert _where(batcher, bad) == ["dead"] and _where(batcher, good) == ["ready"]
+
+
+def test_junk_in_the_running_set_or_a_wrong_typed_chart_key_holds_up_no_reclaim(
+        one_redis: redis.Redis, namespace: str, clock) -> None:
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(one_redis, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.register("w", version="v1", source="t", handler="m.h", batch={"count": 9, "window": "50ms"})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None and b.records.claim_some(200, 1)  # its worker dies
+    k = b.records.keys_for(r.batch.id)
+    b.client.zadd(k.running, {b"\xff\xfe": 0})  # hostile: sorts first among the expired leases
+    b.client.set(b.keys.lateness, "x")  # hostile: the chart's list is a string
+    b.emit("t", {"n": 1})  # a window that a sweep cuts late, so its lateness is recorded
+    time.sleep(0.3)
+    Sweeper(b, lease_s=1).run_once()
+    assert _where(b, r.batch.id) == ["ready"]
+    assert b.client.zscore(k.running, b"\xff\xfe") is None
+    assert b.records.count("ready") == 2  # the window was cut too
+
+
+def test_a_made_up_id_among_the_retries_holds_up_no_promotion(batcher: Batcher) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
+                     retry={"attempts": 3, "backoff": "1ms"})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    (c,) = batcher.records.claim_some(60_000, 1)
+    batcher.records.fail(c.batch.id, c.token, "boom", 1)
+    k = batcher.records.keys_for(c.batch.id)
+    batcher.client.zadd(k.delayed, {"made-up": 0})  # hostile: no sequence number in it
+    time.sleep(0.01)
+    shard = batcher.shards.index(k) if k in batcher.shards else 0
+    batcher.records.promote(shard, 100)
+    assert _where(batcher, c.batch.id) == ["ready"]
+    (again,) = batcher.records.claim_some(60_000, 1)  # the made-up one sorts first, has no record
+    assert again.batch.id == c.batch.id and again.batch.attempt == 2
+
+
+def test_an_emit_whose_script_failed_part_way_is_never_reported_stored(batcher: Batcher) -> None:
+    """A buffer key a hostile writer made a string: the script's RPUSH fails after its call id was
+    taken. The emit must fail, on every kind of Redis: on a cluster the call was once sent again,
+    met its call id ("ran before") and reported the event stored when it was not."""
+    from distbatch import EmitError
+
+    batcher.register("d", version="v1", source="s", handler="m.h",
+                     batch={"count": 5, "window": "1h", "key": "k"})
+    for k in batcher.shards:
+        batcher.client.set(k.buffer("d@v1", "a"), "not a list")  # on whichever shard holds it
+    with pytest.raises((EmitError, redis.ResponseError)) as err:
+        batcher.emit("s", {"k": "a"})
+    assert "WRONGTYPE" in str(err.value)
+    with pytest.raises((EmitError, redis.ResponseError)):
+        batcher.emit_many("s", [{"k": "a"}, {"k": "a"}])

@@ -48,7 +48,7 @@ for i = 1, width do
   if id then
     resent = true
     local info = check_owner(id, t) == 'ok' and record_info(id)
-    if info then
+    if info and not info.garbled and attempt_of(id) then
       redis.call('ZADD', k_running, real_now + lease_ms, id)
       add(id, info, t)
     end
@@ -61,6 +61,7 @@ local function take(id)
   if redis.call('ZREM', k_ready, id) == 0 then return end
   local info = record_info(id)
   if not info then return end  -- purged: look further
+  if info.garbled or not attempt_of(id) then return bury(id) end  -- can never run: look further
   taken = taken + 1
   local t = token_of(taken)
   redis.call('HINCRBY', k_attempt, id, 1)

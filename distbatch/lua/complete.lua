@@ -18,6 +18,7 @@ redis.call('SET', KEYS[12], 1, 'PX', 60000)  -- a resend comes within seconds; o
 local info = record_info(id)
 redis.call('ZREM', k_running, id)
 delete_record(id)
+if info.garbled then return 1 end  -- garbled while it ran (a hostile writer): delivered, uncounted
 local binding = binding_of(info.member)
 redis.call('HINCRBY', k_stats, 'batches_delivered:' .. binding, 1)
 redis.call('HINCRBY', k_stats, 'events_delivered:' .. binding, info.n)

@@ -26,7 +26,7 @@ local outcome = delay < 0 and 'dead' or 'retry'
 redis.call('ZREM', k_running, id)
 disown(id)
 set_error(id, token, outcome, ARGV[3])
-if ARGV[5] == '1' then redis.call('HINCRBY', k_attempt, id, -1) end
+if ARGV[5] == '1' and attempt_of(id) then redis.call('HINCRBY', k_attempt, id, -1) end
 if delay < 0 then
   redis.call('ZADD', k_dead, real_now, id)
   redis.call('HINCRBY', k_stats, 'batches_dead', 1)

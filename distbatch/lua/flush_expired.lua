@@ -45,15 +45,18 @@ for i = 11, #KEYS, 2 do
     out[3] = out[3] + 1
   elseif action then
     local events = redis.call('LRANGE', key, 0, -1)
+    local seq, id = nil, nil
+    if #events > 0 then seq, id = next_seq() end  -- before the buffer goes (`next_seq`)
     close_buffer(key, member, open_key)
     if #events > 0 then
-      local id, discarded, blob = nil, 0, ''
+      local discarded, blob = 0, ''
       if action == 'discard' then
-        id, discarded = discard_batch(binding, #events), 1
+        discarded = 1
+        discard_batch(id, binding, #events)
         if with_events then blob = table.concat(events) end
       else
         blob = table.concat(events)
-        id = cut_batch(member, binding, blob, #events, 'expired')
+        cut_batch(seq, id, member, binding, blob, #events, 'expired')
         made_ready = made_ready + 1
         if not with_events then blob = '' end
       end

@@ -16,12 +16,20 @@ if tonumber(lease) >= real_now then return 'live' end
 redis.call('ZREM', k_running, id)
 local info = record_info(id)
 if not info then return 'gone' end
+local attempt = attempt_of(id)
+if info.garbled or not attempt then
+  bury(id)
+  return 'dead'
+end
 local binding = binding_of(info.member)
 local def = redis.call('HGET', k_bindings, binding) or redis.call('HGET', k_dropped, binding)
-local attempts = def and cjson.decode(def)['retry']['attempts'] or 1
+-- a definition that does not decode (a hostile writer's) allows one try, as a missing one does
+local ok, parsed = pcall(cjson.decode, def or '')
+local attempts = ok and type(parsed) == 'table' and type(parsed['retry']) == 'table' and
+  tonumber(parsed['retry']['attempts']) or 1
 disown(id)
 redis.call('HINCRBY', k_stats, 'leases_expired', 1)
-local outcome = tonumber(redis.call('HGET', k_attempt, id) or 0) >= attempts and 'dead' or 'retry'
+local outcome = attempt >= attempts and 'dead' or 'retry'
 set_error(id, '', outcome, 'lease expired: the worker running it stopped renewing ' ..
           '(killed, paused or cut off from Redis)')
 if outcome == 'dead' then

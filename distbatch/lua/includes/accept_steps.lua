@@ -9,21 +9,27 @@ local function close_if_expired(key, member, open_key, binding, now)
   local deadline = redis.call('ZSCORE', k_deadlines, member)
   if not deadline or tonumber(deadline) > now then return nil end
   local events = redis.call('LRANGE', key, 0, -1)
-  close_buffer(key, member, open_key)
-  if #events == 0 then return nil end
-  local blob = table.concat(events)
-  if expire_action(binding) == 'discard' then
-    return 'discard', discard_batch(binding, #events), blob
+  if #events == 0 then
+    close_buffer(key, member, open_key)
+    return nil
   end
-  return 'expired', cut_batch(member, binding, blob, #events, 'expired'), blob
+  local action = expire_action(binding)  -- read, as the id is taken, before the buffer goes
+  local seq, id = next_seq()
+  close_buffer(key, member, open_key)
+  local blob = table.concat(events)
+  if action == 'discard' then
+    return 'discard', discard_batch(id, binding, #events), blob
+  end
+  return 'expired', cut_batch(seq, id, member, binding, blob, #events, 'expired'), blob
 end
 
 -- The buffer reached its count: cut it. Returns the batch id and the events.
 local function cut_full(key, member, open_key, binding)
   local events = redis.call('LRANGE', key, 0, -1)
+  local seq, id = next_seq()
   close_buffer(key, member, open_key)
   local blob = table.concat(events)
-  return cut_batch(member, binding, blob, #events, 'count'), blob
+  return cut_batch(seq, id, member, binding, blob, #events, 'count'), blob
 end
 
 -- Past the cap: the oldest event goes, and is counted.

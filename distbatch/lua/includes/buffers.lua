@@ -9,13 +9,29 @@ local function close_buffer(key, member, open_key)
   redis.call('SREM', open_key, member)
 end
 
--- Record a cut batch and make it ready, in the same step that emptied the buffer. Ready batches
--- are ordered by sequence number (= cut order), so a retried or reclaimed batch goes back ahead
--- of every batch cut after it instead of behind the backlog. `blob`: the events concatenated
--- (the caller's reply carries the same string: one concatenation per cut, not two).
-local function cut_batch(member, binding, blob, n, reason)
+-- The next batch id: taken before the buffer it names is emptied, so a sequence that cannot
+-- count (a hostile writer's value; past 2^53, where a Lua number skips) fails the call before any
+-- event is lost. A sequence that starts over (a new namespace, or Redis lost its data) starts
+-- from the server's clock in ms x 1000: ids handed out before the loss are below it unless over
+-- 1000 batches a millisecond were cut on average since, so an id is never handed out twice, and
+-- a handler that skips ids it has seen never skips a new batch.
+local function next_seq()
   local seq = redis.call('INCR', k_seq)
-  local id = id_prefix .. seq
+  if seq == 1 then
+    seq = real_now * 1000
+    redis.call('SET', k_seq, string.format('%d', seq))
+  elseif seq >= 9007199254740992 then
+    error('batch sequence ' .. k_seq .. ' is past 2^53 (' .. seq .. '): not written by distbatch')
+  end
+  return seq, id_prefix .. string.format('%d', seq)
+end
+
+-- Record a cut batch and make it ready, in the same step that emptied the buffer (`seq`, `id`:
+-- `next_seq()`, taken before). Ready batches are ordered by sequence number (= cut order), so a
+-- retried or reclaimed batch goes back ahead of every batch cut after it instead of behind the
+-- backlog. `blob`: the events concatenated (the caller's reply carries the same string: one
+-- concatenation per cut, not two).
+local function cut_batch(seq, id, member, binding, blob, n, reason)
   redis.call('HSET', k_events, id, blob)
   redis.call('HSET', k_info, id, member .. '\n' .. reason .. '\n' .. real_now .. '\n' .. n)
   redis.call('HSET', k_attempt, id, 0)
@@ -25,8 +41,7 @@ local function cut_batch(member, binding, blob, n, reason)
 end
 
 -- A discarded buffer still gets an id (callers report it), but no record.
-local function discard_batch(binding, n)
-  local id = id_prefix .. redis.call('INCR', k_seq)
+local function discard_batch(id, binding, n)
   redis.call('HINCRBY', k_stats, 'batches_discarded:' .. binding, 1)
   redis.call('HINCRBY', k_stats, 'events_discarded:' .. binding, n)
   return id

@@ -6,17 +6,29 @@ local k_ready, k_running, k_delayed, k_dead, k_stats =
 local k_events, k_info, k_attempt, k_owner, k_tokens, k_error =
   KEYS[B + 6], KEYS[B + 7], KEYS[B + 8], KEYS[B + 9], KEYS[B + 10], KEYS[B + 11]
 
--- A batch id is `<prefix><seq>`; its sequence number orders `ready` (oldest first).
+-- A batch id is `<prefix><seq>`; its sequence number orders `ready` (oldest first). An id that
+-- has none (made up by a hostile writer) sorts first, where a claim finds it has no record.
 local function seq_of(id)
-  return tonumber(string.match(id, '(%d+)$'))
+  return tonumber(string.match(id, '(%d+)$')) or 0
 end
 
--- info is `member\nreason\ncut_ms\nn`.
+-- info is `member\nreason\ncut_ms\nn`. nil when the record is gone; {garbled = true} when it
+-- cannot be read (only a hostile writer makes one): such a batch can never run (`bury`).
 local function record_info(id)
   local info = redis.call('HGET', k_info, id)
   if not info then return nil end
   local member, reason, cut_ms, n = string.match(info, '^(.-)\n(.-)\n(.-)\n(.*)$')
-  return {member = member, reason = reason, cut_ms = cut_ms, n = tonumber(n)}
+  n = tonumber(n)
+  if not n or not string.find(member, '|', 1, true) then return {garbled = true} end
+  return {member = member, reason = reason, cut_ms = cut_ms, n = n}
+end
+
+-- The batch's try count; nil when it is no integer HINCRBY can count on (a hostile writer's).
+local function attempt_of(id)
+  local a = redis.call('HGET', k_attempt, id)
+  if not a then return 0 end
+  if #a > 18 or not string.match(a, '^%-?%d+$') then return nil end
+  return tonumber(a)
 end
 
 -- A claim's token stops being valid: it leaves the owner and tokens hashes.
@@ -49,4 +61,15 @@ end
 -- Why the last try failed: `failed_ms\nfailed_by\noutcome\nerror`.
 local function set_error(id, token, outcome, text)
   redis.call('HSET', k_error, id, real_now .. '\n' .. (token or '') .. '\n' .. outcome .. '\n' .. text)
+end
+
+-- A batch whose record cannot run (`record_info` garbled, or `attempt_of` nil) goes dead with the
+-- reason, where `dead list` shows it, instead of failing the script half-way and leaving the
+-- batch in none of ready / running / delayed / dead. Needs the clock include.
+local GARBLED = 'garbled batch record: its info or try count cannot be read (not written by distbatch)'
+local function bury(id)
+  disown(id)
+  set_error(id, '', 'dead', GARBLED)
+  redis.call('ZADD', k_dead, real_now, id)
+  redis.call('HINCRBY', k_stats, 'batches_dead', 1)
 end
