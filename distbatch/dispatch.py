@@ -23,10 +23,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from .errors import describe
+from .jobdoor import JOB_FUNC, ticket_job_class
 from .keys import Keys
 from .metrics import HANDOFF_TICKETS
 
-JOB_FUNC = "distbatch.jobs.run_batches"
 log = logging.getLogger("distbatch")
 
 OnCut = Callable[[Sequence[str]], object]
@@ -50,7 +50,12 @@ def hand_off(on_cut: OnCut | None, batch_ids: Sequence[str], queued: int = -1) -
 
 
 def make_queue(client: redis.Redis, keys: Keys) -> Queue:
-    return Queue(keys.queue_name, connection=client, serializer=JSONSerializer)
+    """The namespace's ticket queue. Its job class is the door's (`jobdoor.TicketJob`): RQ's
+    registry maintenance (at a worker's start, then every 10 minutes) fetches jobs with the queue's
+    job class and runs the failure callback of one abandoned while started, so with RQ's plain
+    `Job` a job planted in Redis had a worker import and call anything."""
+    return Queue(keys.queue_name, connection=client, serializer=JSONSerializer,
+                 job_class=ticket_job_class(keys.queue_name, keys.namespace))
 
 
 class Dispatcher:

@@ -21,7 +21,9 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from .dispatch import JOB_FUNC
+JOB_FUNC = "distbatch.jobs.run_batches"
+"""The one function a distbatch worker runs: its ticket (`distbatch.jobs`)."""
+
 
 MAX_DATA = 64 * 1024
 FAILED_TTL = 86_400

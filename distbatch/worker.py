@@ -90,7 +90,7 @@ def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -
     queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
     queue = make_queue(queue_client, batcher.keys)
     worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer,
-                         job_class=jobdoor.ticket_job_class(queue.name, batcher.keys.namespace))
+                         job_class=queue.job_class)
     worker.executor, worker.namespace = executor, batcher.keys.namespace
     return worker
 

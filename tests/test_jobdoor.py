@@ -104,3 +104,22 @@ def test_worker_that_allows_no_handler_warns_at_start(setup, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, "distbatch.worker"):
         run_worker(Batcher(client, namespace=b.keys.namespace), burst=True)
     assert any("worker_allows_no_handler" in m for m in caplog.messages)
+
+
+@pytest.mark.filterwarnings("ignore:Composite key:DeprecationWarning")  # the planted entries' form
+def test_a_job_planted_among_the_abandoned_ones_never_has_its_callback_run(setup) -> None:
+    """RQ's registry maintenance (at a worker's start, then every 10 minutes) fetches each job
+    left started past its timeout and runs its failure callback. A job planted there by anyone
+    who can write to Redis, naming any importable function, must not make the worker import or
+    call it: the maintenance fetches with the door's job class too."""
+    client, b, queue, _ = setup
+    for target in (JOB_FUNC, "os.system"):
+        job = Job.create(target, args=[b.keys.namespace], connection=client, serializer=JSONSerializer,
+                         origin=queue.name, on_failure=Callback(f"{__name__}.evil_callback"))
+        job.save()
+        client.hset(job.key, "status", JobStatus.STARTED.value)
+        client.zadd(f"rq:wip:{queue.name}", {job.id: 1})  # abandoned long ago
+    b.emit("s", {"n": 1})  # the real ticket still runs
+    run_worker(Batcher(client, namespace=b.keys.namespace), handlers=[__name__], burst=True)
+    assert called == []
+    assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
