@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
-from .clients import check_async_client, sync_twin
+from .clients import check_async_client, connect, parsing_url, sync_twin
 from .clock import ManualClock, ServerClock
 from .coalesce import Coalescer
 from .config import Binding, RetryPolicy
@@ -59,10 +59,13 @@ def connect_async(url: str, **options: Any) -> Any:
     scheme, sep, rest = url.partition("://")
     if sep and scheme.endswith("+cluster"):
         options.pop("pool_timeout", None)
-        return redis.asyncio.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=options.pop("max_connections", DEFAULT_MAX_CONNECTIONS),
-        timeout=options.pop("pool_timeout", 20), **options)
+        with parsing_url(url):
+            return redis.asyncio.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}",
+                                                       **options)
+    with parsing_url(url):
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=options.pop("max_connections", DEFAULT_MAX_CONNECTIONS),
+            timeout=options.pop("pool_timeout", 20), **options)
     return redis.asyncio.Redis(connection_pool=pool)
 
 
@@ -125,7 +128,7 @@ class AsyncBatcher:
         client = connect_async(url, **options)
         options.pop("max_connections", None)
         options.pop("pool_timeout", None)
-        queue_client = redis.Redis.from_url(queue_url, **options) if queue_url else None
+        queue_client = connect(queue_url, "queue_url", **options) if queue_url else None
         batcher = cls(client, namespace=namespace, clock=clock, queue_client=queue_client, **own)
         try:
             await batcher.start()

@@ -129,7 +129,7 @@ class Batcher:
         """
         own = {k: options.pop(k) for k in list(options) if k in BATCHER_OPTIONS}
         client = connect(url, **options)
-        queue_client = connect(queue_url, **options) if queue_url else None
+        queue_client = connect(queue_url, "queue_url", **options) if queue_url else None
         return cls(client, namespace=namespace, clock=clock, queue_client=queue_client, **own)
 
     # registry ---------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
+from . import strictjson
 from .batcher import Batcher
 from .config import parse_duration
-from .errors import DistbatchError
+from .errors import DistbatchError, EmitError, PayloadError
 
 URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
                    show_default=True, help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
@@ -26,7 +27,7 @@ NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatc
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
-        return parse_duration(value, param.name or "duration")
+        return parse_duration(value, (param.opts or ["duration"])[0])
     except DistbatchError as exc:
         raise click.BadParameter(str(exc)) from exc
 
@@ -83,7 +84,24 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})
+class _Commands(click.Group):
+    """Every command's expected failures (bad config or payload, an unparseable URL, Redis out of
+    reach) end in one `Error: ...` line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import redis
+
+        from .errors import describe
+
+        try:
+            return super().invoke(ctx)
+        except DistbatchError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise click.ClickException(f"cannot reach Redis: {describe(exc)}") from exc
+
+
+@click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})
 @click.option("-v", "--verbose", count=True, help="More logging (-v debug for distbatch, -vv for RQ too).")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(verbose: int, quiet: bool) -> None:
@@ -212,26 +230,45 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
         )
     lines = [payload] if payload is not None else sys.stdin
     buffered = fired = n = 0
+    events: list[Any] = []
+    numbers: list[int] = []  # the line of each event waiting in `events`
 
-    def send(events: list[Any]) -> None:
-        nonlocal buffered, fired
-        for r in batcher.emit_many(source, events):
+    def stopped(lineno: int, why: str) -> click.ClickException:
+        """Lines go in chunks as they are read: say exactly what is in Redis when one fails."""
+        first = numbers[0] if numbers else lineno  # the first line of the chunk not sent
+        return click.ClickException(
+            f"line {lineno}: {why}; nothing from line {first} on was stored"
+            + (f" (the {n} event(s) of the lines before it were)" if n else ""))
+
+    def send() -> None:
+        nonlocal buffered, fired, n
+        try:
+            results = batcher.emit_many(source, events)
+        except PayloadError as exc:  # emit_many checks every payload first: this chunk stored nothing
+            raise stopped(numbers[exc.event or 0], exc.reason) from exc
+        except EmitError as exc:
+            raise click.ClickException(
+                f"{exc}; the chunk began at line {numbers[0]}, and the {n} event(s) before it were "
+                "stored") from exc
+        for r in results:
             fired += r.batch is not None
             buffered += r.batch is None
-    events: list[Any] = []
+        n += len(events)
+        events.clear()
+        numbers.clear()
+
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"line {lineno}: not JSON ({exc}): {line[:80]!r}") from exc
-        n += 1
+            events.append(strictjson.loads(line))
+        except (ValueError, RecursionError) as exc:
+            raise stopped(lineno, f"not JSON ({exc}): {line[:80]!r}") from exc
+        numbers.append(lineno)
         if len(events) >= chunk:
-            send(events)
-            events = []
+            send()
     if events:
-        send(events)
+        send()
     click.echo(json.dumps({"events": n, "results_buffered": buffered, "batches_fired": fired}))
 
 
@@ -359,12 +396,15 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
 @click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default=None,
               help="Redis to use; embedded fakeredis when omitted.")
 @click.option("--namespace", default="distbatch-demo", show_default=True)
-@click.option("--events", default=5000, show_default=True, help="Events to emit.")
-@click.option("--producers", default=3, show_default=True, help="Producer threads.")
-@click.option("--keys", "n_keys", default=20, show_default=True, help="Distinct repos (partitions).")
-@click.option("--count", default=10, show_default=True, help="Batch size.")
+@click.option("--events", default=5000, show_default=True, type=click.IntRange(min=1), help="Events to emit.")
+@click.option("--producers", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Producer threads.")
+@click.option("--keys", "n_keys", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Distinct repos (partitions).")
+@click.option("--count", default=10, show_default=True, type=click.IntRange(min=1), help="Batch size.")
 @click.option("--window", default="200ms", show_default=True, help="Batch window.")
-@click.option("--rate", default=2000.0, show_default=True, help="Events per second, all producers.")
+@click.option("--rate", default=2000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Events per second, all producers.")
 @click.option("--print-batches", is_flag=True, help="Print every batch as its handler runs.")
 def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_keys: int,
          count: int, window: str, rate: float, print_batches: bool) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -11,12 +14,44 @@ import redis.asyncio
 from .errors import ConfigError
 
 
-def connect(url: str, **options: Any) -> Any:
+def redacted(url: str) -> str:
+    """`url` with its password (if any) masked: for error texts and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+
+
+@contextmanager
+def parsing_url(url: str, field: str = "redis_url") -> Iterator[None]:
+    """A URL redis-py cannot parse (a typo'd scheme, a bad port) becomes a `ConfigError` naming the
+    field and the URL, its password masked, instead of redis-py's bare ValueError."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(field, f"{field}={redacted(url)!r} is not a Redis URL: {exc}") from exc
+
+
+def check_url(url: str, field: str = "redis_url") -> None:
+    """`ConfigError` (as `parsing_url`) for a URL redis-py cannot parse; connects to nothing."""
+    scheme, sep, rest = url.partition("://")
+    with parsing_url(url, field):
+        redis.connection.parse_url(f"{scheme.removesuffix('+cluster')}{sep}{rest}")  # type: ignore[no-untyped-call]
+
+
+def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
     """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster."""
     scheme, sep, rest = url.partition("://")
-    if sep and scheme.endswith("+cluster"):
-        return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
-    return redis.Redis.from_url(url, **options)
+    with parsing_url(url, field):
+        if sep and scheme.endswith("+cluster"):
+            return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+        return redis.Redis.from_url(url, **options)
 
 
 def is_cluster(client: Any) -> bool:

@@ -25,10 +25,13 @@ _SOURCE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
-def parse_duration(value: object, field: str = "window") -> int:
-    """Turn `"1h30m"`, `"250ms"` or a `timedelta` into whole milliseconds (> 0)."""
+def parse_duration(value: object, field: str = "batch.window") -> int:
+    """Turn `"1h30m"`, `"250ms"` or a `timedelta` into whole milliseconds (> 0). `field`: its
+    name as the user wrote it (`batch.window`, `retry.timeout`, `--interval`); the error code
+    is its last part (`window_format`, `timeout_range`, `interval_type`)."""
+    code = field.rsplit(".", 1)[-1].lstrip("-").replace("-", "_")
     if value is None:
-        raise ConfigError(f"{field}_missing", f"batch.{field} is required (e.g. '30s')")
+        raise ConfigError(f"{code}_missing", f"{field} is required (e.g. '30s')")
     if isinstance(value, timedelta):
         ms = int(value.total_seconds() * 1000)
     elif isinstance(value, str):
@@ -41,19 +44,19 @@ def parse_duration(value: object, field: str = "window") -> int:
             pos = m.end()
         if not text or pos != len(text):
             raise ConfigError(
-                f"{field}_format",
-                f"batch.{field}={value!r} is not a duration; use e.g. '250ms', '30s', '10m', "
+                f"{code}_format",
+                f"{field}={value!r} is not a duration; use e.g. '250ms', '30s', '10m', "
                 "'2h', '1d' or '1h30m'",
             )
         ms = int(total)
     else:
         raise ConfigError(
-            f"{field}_type",
-            f"batch.{field}={value!r} must be a duration string or datetime.timedelta, "
+            f"{code}_type",
+            f"{field}={value!r} must be a duration string or datetime.timedelta, "
             f"not {type(value).__name__}",
         )
     if ms <= 0:
-        raise ConfigError(f"{field}_range", f"batch.{field}={value!r} must be longer than 0ms")
+        raise ConfigError(f"{code}_range", f"{field}={value!r} must be longer than 0ms")
     return ms
 
 
@@ -148,12 +151,12 @@ class RetryPolicy:
         timeout = retry.get("timeout")
         return cls(
             attempts,
-            default.backoff_ms if backoff is None else parse_duration(backoff, "backoff"),
+            default.backoff_ms if backoff is None else parse_duration(backoff, "retry.backoff"),
             float(factor),
             default.max_backoff_ms
             if max_backoff is None
-            else parse_duration(max_backoff, "max_backoff"),
-            None if timeout is None else parse_duration(timeout, "timeout"),
+            else parse_duration(max_backoff, "retry.max_backoff"),
+            None if timeout is None else parse_duration(timeout, "retry.timeout"),
         )
 
     def delay_ms(self, attempt: int) -> int:

@@ -28,10 +28,12 @@ class PayloadError(DistbatchError, ValueError):
     """An event payload cannot be stored (not a mapping, not encodable, or too large). `event`:
     its index in the call's payloads, when known."""
 
-    def __init__(self, code: str, message: str, event: int | None = None) -> None:
+    def __init__(self, code: str, message: str, event: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.event = event
+        self.reason = message if reason is None else reason
+        """What is wrong with the payload, without which event of which call (the message's frame)."""
 
 
 class HandlerNotAllowed(DistbatchError):

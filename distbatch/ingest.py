@@ -477,7 +477,8 @@ class Ingest:
             try:
                 encode_event("x", source, 0, p, self.max_payload_bytes)
             except PayloadError:
-                return PayloadError(exc.code, f"event {i}: {exc}; nothing was stored", event=i)
+                return PayloadError(exc.code, f"event {i}: {exc}; nothing was stored", event=i,
+                                    reason=exc.reason)
         return exc
 
     def _recheck_unbound(self, source: str, reg: Snapshot) -> Proc[Snapshot]:
@@ -724,17 +725,13 @@ class Ingest:
         cuts: list[str] = []
         fields = iter(reply)
         next(fields)
+        dropped: dict[tuple[str, str | None], int] = {}  # per buffer: one log line per call, not per event
         for item, kind, batch_id, blob in zip(fields, fields, fields, fields, strict=True):
             binding, pkey = where(item - 1)
             note = notes.setdefault(item - 1, {})
             if kind == b"overflow":
                 note["overflowed"] = 1
-                log.warning(
-                    "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, "
-                    "oldest event dropped",
-                    binding, pkey, BUFFER_CAP,
-                    extra={"event": "buffer_overflow", "binding": binding, "partition": pkey},
-                )
+                dropped[binding, pkey] = dropped.get((binding, pkey), 0) + 1
                 continue
             bid = batch_id.decode()
             if kind == b"count":
@@ -746,6 +743,12 @@ class Ingest:
                                         discarded=discarded, cut_at_ms=cut_ms)
                 if not discarded:
                     cuts.append(bid)
+        for (binding, pkey), n in dropped.items():
+            log.warning(
+                "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, %d oldest "
+                "event(s) dropped", binding, pkey, BUFFER_CAP, n,
+                extra={"event": "buffer_overflow", "binding": binding, "partition": pkey, "dropped": n},
+            )
         return notes, cuts
 
     # expiry and drop --------------------------------------------------------------------

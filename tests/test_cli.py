@@ -107,3 +107,42 @@ def test_stats_watch_shows_rates_live(redis_server: RedisServer, namespace: str)
                                      redis_server.url, "--namespace", namespace])
     assert human.exit_code == 0, human.output
     assert "w@v1" in human.output and "dead 0" in human.output and "ready 4" in human.output
+
+
+def _failed_cleanly(result) -> str:
+    """Exit status 1 and one `Error: ...` line: no traceback (CliRunner keeps an uncaught
+    exception in `result.exception`; a clean failure is click's SystemExit)."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and result.output.startswith("Error: "), result.output
+    return str(result.output)
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["emit", "s", "{}", "--redis-url", "redis://127.0.0.1:1/0"], "cannot reach Redis"),
+    (["stats", "--redis-url", "redis//127.0.0.1:1/0"], "redis_url='redis//127.0.0.1:1/0' is not a Redis URL"),
+    (["triggers", "list", "--redis-url", "redis://:s3cret@127.0.0.1:x/0"], "redis_url='redis://:***@"),
+    (["dead", "list", "--redis-url", "redis://127.0.0.1:1/0", "--namespace", "my ns"], "namespace='my ns'"),
+    (["emit", "s", "{}", "--queue-url", "redi://q"], "queue_url='redi://q'"),
+])
+def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
+    out = _failed_cleanly(CliRunner().invoke(cli, argv))
+    assert said in out and "s3cret" not in out
+
+
+def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: RedisServer,
+                                                            namespace: str) -> None:
+    """Lines are sent in chunks as they are read: a bad line after the first chunk must not be
+    reported as "nothing was stored", and must be named by its line, not its place in a chunk."""
+    args = ["--redis-url", redis_server.url, "--namespace", namespace, "--chunk", "100"]
+    b = Batcher.from_url(redis_server.url, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
+    good = "".join(json.dumps({"i": i}) + "\n" for i in range(250))
+    for bad, why in (("[1]\n", "must be a mapping"), ('{"x": NaN}\n', "NaN is not JSON"),
+                     ('{"x": 1e999}\n', "out of range")):
+        out = _failed_cleanly(CliRunner().invoke(cli, ["emit", "s", *args], input=good + bad))
+        assert out.startswith("Error: line 251: ") and why in out, out
+        assert "nothing from line 201 on was stored (the 200 event(s) of the lines before it were)" in out
+        assert [e.payload["i"] for e in b.drop("d@v1")] == list(range(200))  # what Redis holds
+        b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
+    first = _failed_cleanly(CliRunner().invoke(cli, ["emit", "s", "[1]", *args]))
+    assert first.startswith("Error: line 1: ") and "nothing from line 1 on was stored" in first

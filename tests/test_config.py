@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from distbatch import Batcher, ConfigError
-from distbatch.config import BatchConfig, parse_duration
+from distbatch.config import BatchConfig, RetryPolicy, parse_duration
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -104,3 +104,24 @@ def test_same_config_again_is_noop_different_is_conflict(batcher: Batcher, clien
                             handler="m.h") == "d@v2"
     assert set(batcher.bindings()) == {"d@v1", "d@v2"}
     assert batcher.bindings()["d@v1"].batch.count == 3
+
+
+@pytest.mark.parametrize(("retry", "named"), [
+    ({"timeout": "0ms"}, "retry.timeout='0ms'"), ({"backoff": "soon"}, "retry.backoff='soon'"),
+    ({"max_backoff": 5}, "retry.max_backoff=5"),
+])
+def test_a_bad_duration_is_named_as_the_user_wrote_it(retry: dict, named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RetryPolicy.parse(retry)
+    assert str(info.value).startswith(named) and "batch." not in str(info.value)
+
+
+def test_a_bad_duration_option_is_named_by_its_flag() -> None:
+    from click.testing import CliRunner
+
+    from distbatch.cli import main as cli
+
+    out = CliRunner().invoke(cli, ["stats", "--watch", "--interval", "0ms"])
+    assert out.exit_code == 2 and "--interval='0ms' must be longer than 0ms" in out.output
+    demo = CliRunner().invoke(cli, ["demo", "--rate", "0"])
+    assert demo.exit_code == 2 and "--rate" in demo.output and "Traceback" not in demo.output

@@ -155,6 +155,27 @@ def test_auth_is_required_and_checked(server: Server, batcher: Batcher) -> None:
 def test_an_unbound_source_is_a_404_not_silence(api: httpx.Client, batcher: Batcher) -> None:
     r = api.post("/v1/sources/orders.craeted/events", json={"shop": "a"})
     assert r.status_code == 404 and r.json()["code"] == "source_unbound" and "orders.craeted" in r.text
+    empty = api.post("/v1/sources/orders.craeted/events", json=[])  # no events: still a typo
+    assert empty.status_code == 404 and empty.json()["code"] == "source_unbound"
+    bound = api.post("/v1/sources/orders%2Fcreated/events", json=[])
+    assert bound.status_code == 200 and bound.json() == {"events": 0, "results": []}
+
+
+def test_the_cli_and_http_refuse_the_same_non_json_numbers(api: httpx.Client, batcher: Batcher,
+                                                          redis_server: RedisServer, namespace: str) -> None:
+    """Four doors, one set of semantics: what HTTP refuses as not JSON, so does `distbatch emit`."""
+    from click.testing import CliRunner
+
+    from distbatch.cli import main as cli
+
+    for body in ('{"shop": NaN}', '{"shop": "a", "n": Infinity}', '{"shop": "a", "n": -1e999}'):
+        r = api.post("/v1/sources/orders%2Fcreated/events", content=body,
+                     headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_json", body
+        out = CliRunner().invoke(cli, ["emit", "orders/created", body, "--redis-url", redis_server.url,
+                                       "--namespace", namespace])
+        assert out.exit_code == 1 and "not JSON" in out.output, out.output
+    assert batcher.counters().get("events_in:h@v1", 0) == 0
 
 
 def test_serve_refuses_to_start_without_auth(redis_server: RedisServer) -> None:

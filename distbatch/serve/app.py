@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from ..aio import AsyncBatcher, connect_async
+from ..clients import connect
 from ..errors import describe
 from . import dashboard
 from .auth import BearerAuth
@@ -41,7 +42,7 @@ def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         b = batcher
         if b is None:
-            queue = redis.Redis.from_url(settings.queue_url) if settings.queue_url else None
+            queue = connect(settings.queue_url, "queue_url") if settings.queue_url else None
             b = AsyncBatcher(connect_async(settings.redis_url), namespace=settings.namespace,
                              queue_client=queue, max_payload_bytes=settings.max_event_bytes)
         app.state.batcher = b

@@ -4,8 +4,6 @@ every event of the request is valid."""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
 import orjson
@@ -13,6 +11,7 @@ import redis
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from .. import strictjson
 from ..aio import AsyncBatcher
 from ..errors import ConfigError, EmitError, PayloadError
 from ..models import TRACEPARENT, Batch, EmitResult
@@ -80,20 +79,9 @@ def _too_many(limit: int) -> Refused:
     return Refused(413, "too_many_events", f"more than {limit} events in one request", limit=limit)
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number {text[:40]} is out of range for a float")
-    return value
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json(data: bytes, line: int | None = None) -> Any:
-    try:  # not orjson: it turns integers past 64 bits into floats, silently
-        return json.loads(data, parse_float=_finite, parse_constant=_no_constants)
+    try:
+        return strictjson.loads(data)
     except (ValueError, RecursionError) as exc:
         where = f"line {line}: " if line is not None else ""
         raise Refused(400, "invalid_json", f"{where}{exc}", **({"line": line} if line else {})) from None
@@ -121,10 +109,13 @@ async def post_events(request: Request) -> Response:
         if TRACEPARENT.fullmatch(traceparent):  # the request's trace, for events without their own
             for e in events:
                 e.setdefault("traceparent", traceparent)
-        if not events:
-            return json_response({"events": 0, "results": []})
-        results = await batcher.emit_many(source, events)
-        if not results:
+        if not events:  # nothing to store, but a typo'd source still gets its 404
+            bound = any(b.source == source for b in (await batcher.bindings()).values())
+            results = []
+        else:
+            results = await batcher.emit_many(source, events)
+            bound = bool(results)
+        if not bound:
             raise Refused(404, "source_unbound",
                           f"source={source!r}: no trigger is bound to it in namespace "
                           f"{settings.namespace!r}; nothing was stored", source=source)

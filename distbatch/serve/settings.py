@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..clients import check_url
 from ..errors import ConfigError
 from ..exposure import check_exposure, read_tokens
 
@@ -29,6 +30,9 @@ class ServeSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError("serve_limit_invalid", f"{name}={value!r} must be an integer >= 1")
         check_exposure("distbatch serve", self.host, self.tokens, self.insecure_no_auth)
+        check_url(self.redis_url)
+        if self.queue_url:
+            check_url(self.queue_url, "queue_url")
         if self.redis_url.partition("://")[0].endswith("+cluster") and not self.queue_url:
             raise ConfigError(
                 "cluster_needs_queue_url",
