@@ -63,28 +63,60 @@ def _where(b: Batcher, bid: str) -> list[str]:
     return [name for name, key in sets.items() if b.client.zscore(key, bid) is not None]
 
 
-@pytest.mark.parametrize("value", ["not a number", str(2**63 - 1)])
-def test_a_batch_sequence_that_cannot_count_fails_the_cut_before_any_event_is_lost(
-        make_batcher, clock, value: str) -> None:
+def _break_seq(b: Batcher, value: str) -> None:
+    for k in b.shards:
+        b.client.set(k.batch_seq, value)
+
+
+def _break_hash(b: Batcher, attr: str) -> None:
+    for k in b.shards:
+        b.client.set(getattr(k, attr), "not a hash")
+
+
+def _repair(b: Batcher) -> None:
+    for k in b.shards:
+        for key in (k.batch_seq, k.rec_events, k.ready):
+            if b.client.type(key) == b"string":
+                b.client.delete(key)
+
+
+@pytest.mark.parametrize("hostile", [
+    lambda b: _break_seq(b, "not a number"), lambda b: _break_seq(b, str(2**63 - 1)),
+    lambda b: _break_hash(b, "rec_events"), lambda b: _break_hash(b, "ready"),
+], ids=["seq-not-a-number", "seq-at-int64-max", "records-not-a-hash", "ready-not-a-zset"])
+def test_a_cut_that_a_hostile_value_fails_loses_no_event(make_batcher, clock, hostile) -> None:
+    """Redis keeps what a script wrote before an error: a cut writes the batch's id and record
+    before it empties the buffer, so the call fails with every acknowledged event still there."""
     b = make_batcher(clock=clock, handoff=False)
     b.register("t", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "10s"})
     b.register("u", version="v1", source="s2", handler="m.h", batch={"count": 100, "window": "10s"})
     b.emit_many("s", [{"i": 0}, {"i": 1}])
     b.emit_many("s2", [{"i": i} for i in range(5)])
-    for k in b.shards:
-        b.client.set(k.batch_seq, value)  # the hostile write
-    with pytest.raises(Exception, match=r"batchseq|overflow|not an integer"):
-        b.emit("s", {"i": 2})  # reaches count: the cut cannot take an id
+    hostile(b)
+    with pytest.raises(Exception, match=r"batchseq|overflow|not an integer|WRONGTYPE"):
+        b.emit("s", {"i": 2})  # reaches count: the cut fails
     clock.advance("11s")
-    with pytest.raises(Exception, match=r"batchseq|overflow|not an integer"):
-        b.flush_expired()  # the window ran out: neither can this cut
+    with pytest.raises(Exception, match=r"batchseq|overflow|not an integer|WRONGTYPE"):
+        b.flush_expired()  # the windows ran out: neither cut goes through
     buffered = sorted(sum(int(b.client.llen(k.buffer(binding, None))) for k in b.shards)
                       for binding in ("t@v1", "u@v1"))
     assert buffered == [3, 5]  # every event acknowledged is still there
-    for k in b.shards:
-        b.client.delete(k.batch_seq)  # the operator repairs it: the cuts go through
+    _repair(b)  # the operator repairs it: the cuts go through
     cut = b.flush_expired()
     assert sorted(len(x.events) for x in cut) == [3, 5]
+
+
+def test_a_drop_that_meets_a_hostile_buffer_deletes_none(batcher: Batcher) -> None:
+    batcher.register("d", version="v1", source="s", handler="m.h",
+                     batch={"count": 9, "window": "1h", "key": "k"})
+    batcher.emit_many("s", [{"k": "a"}, {"k": "b"}, {"k": "b"}])
+    for k in batcher.shards:  # a member in the open set whose buffer is no list
+        batcher.client.sadd(k.open_buffers("d@v1"), "d@v1|=zz")
+        batcher.client.set(k.buffer("d@v1", "zz"), "not a list")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        batcher.drop("d@v1")
+    held = sorted(sum(int(batcher.client.llen(k.buffer("d@v1", p))) for k in batcher.shards) for p in "ab")
+    assert held == [1, 2]
 
 
 def test_batch_ids_never_repeat_after_redis_loses_its_data(redis_server: RedisServer, namespace: str) -> None:

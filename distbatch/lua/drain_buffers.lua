@@ -13,17 +13,21 @@ if #kept > 0 then
 end
 local out = {0}
 local dropped = 0
+-- Every buffer read and the count written before any is deleted: a key a hostile writer gave
+-- another type fails the call with every buffer still there, none lost unreturned.
 for i = 5, #KEYS do
-  local member = string.sub(KEYS[i], #ARGV[2] + 1)
   local events = redis.call('LRANGE', KEYS[i], 0, -1)
+  dropped = dropped + #events
+  out[#out + 1] = string.sub(KEYS[i], #ARGV[2] + 1)
+  out[#out + 1] = table.concat(events)
+end
+if dropped > 0 then redis.call('HINCRBY', k_stats, 'events_dropped:' .. ARGV[1], dropped) end
+for i = 5, #KEYS do
+  local member = out[2 * (i - 5) + 2]
   redis.call('DEL', KEYS[i])
   redis.call('ZREM', k_deadlines, member)
   redis.call('SREM', open_key, member)
-  dropped = dropped + #events
-  out[#out + 1] = member
-  out[#out + 1] = table.concat(events)
 end
 out[1] = redis.call('SCARD', open_key)
-if dropped > 0 then redis.call('HINCRBY', k_stats, 'events_dropped:' .. ARGV[1], dropped) end
 if #out > 1 then keep_reply(out) end
 return out

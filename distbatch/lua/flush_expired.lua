@@ -45,10 +45,8 @@ for i = 11, #KEYS, 2 do
     out[3] = out[3] + 1
   elseif action then
     local events = redis.call('LRANGE', key, 0, -1)
-    local seq, id = nil, nil
-    if #events > 0 then seq, id = next_seq() end  -- before the buffer goes (`next_seq`)
-    close_buffer(key, member, open_key)
-    if #events > 0 then
+    if #events > 0 then  -- the record first, the buffer last (accept_steps' close_if_expired)
+      local seq, id = next_seq()
       local discarded, blob = 0, ''
       if action == 'discard' then
         discarded = 1
@@ -62,6 +60,7 @@ for i = 11, #KEYS, 2 do
       end
       out[#out + 1] = {id, member, 'expired', discarded, real_now, blob, now - tonumber(deadline)}
     end
+    close_buffer(key, member, open_key)
   end
 end
 local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')

@@ -4,7 +4,9 @@
 -- @include buffers
 
 -- The item's own buffer ran out before this event (no sweeper got to it): close it. Returns
--- kind ('expired' = cut, 'discard'), batch id and the events, or nil when it was not due.
+-- kind ('expired' = cut, 'discard'), batch id and the events, or nil when it was not due. As
+-- in every cut, the buffer goes last: a write that a hostile writer's value fails (the sequence,
+-- a record hash of the wrong type) fails the call with every event still in its buffer.
 local function close_if_expired(key, member, open_key, binding, now)
   local deadline = redis.call('ZSCORE', k_deadlines, member)
   if not deadline or tonumber(deadline) > now then return nil end
@@ -13,23 +15,28 @@ local function close_if_expired(key, member, open_key, binding, now)
     close_buffer(key, member, open_key)
     return nil
   end
-  local action = expire_action(binding)  -- read, as the id is taken, before the buffer goes
   local seq, id = next_seq()
-  close_buffer(key, member, open_key)
   local blob = table.concat(events)
-  if action == 'discard' then
-    return 'discard', discard_batch(id, binding, #events), blob
+  local kind = 'expired'
+  if expire_action(binding) == 'discard' then
+    kind = 'discard'
+    discard_batch(id, binding, #events)
+  else
+    cut_batch(seq, id, member, binding, blob, #events, 'expired')
   end
-  return 'expired', cut_batch(seq, id, member, binding, blob, #events, 'expired'), blob
+  close_buffer(key, member, open_key)
+  return kind, id, blob
 end
 
--- The buffer reached its count: cut it. Returns the batch id and the events.
+-- The buffer reached its count: cut it (the buffer last, as above). Returns the batch id and
+-- the events.
 local function cut_full(key, member, open_key, binding)
   local events = redis.call('LRANGE', key, 0, -1)
   local seq, id = next_seq()
-  close_buffer(key, member, open_key)
   local blob = table.concat(events)
-  return cut_batch(seq, id, member, binding, blob, #events, 'count'), blob
+  cut_batch(seq, id, member, binding, blob, #events, 'count')
+  close_buffer(key, member, open_key)
+  return id, blob
 end
 
 -- Past the cap: the oldest event goes, and is counted.

@@ -26,8 +26,8 @@ local function next_seq()
   return seq, id_prefix .. string.format('%d', seq)
 end
 
--- Record a cut batch and make it ready, in the same step that emptied the buffer (`seq`, `id`:
--- `next_seq()`, taken before). Ready batches are ordered by sequence number (= cut order), so a
+-- Record a cut batch and make it ready, in the same step that empties the buffer (`seq`, `id`:
+-- `next_seq()`, taken before; the buffer is emptied after, so a write that fails loses nothing). Ready batches are ordered by sequence number (= cut order), so a
 -- retried or reclaimed batch goes back ahead of every batch cut after it instead of behind the
 -- backlog. `blob`: the events concatenated (the caller's reply carries the same string: one
 -- concatenation per cut, not two).
