@@ -215,3 +215,42 @@ def test_an_emit_whose_script_failed_part_way_is_never_reported_stored(batcher: 
     assert "WRONGTYPE" in str(err.value)
     with pytest.raises((EmitError, redis.ResponseError)):
         batcher.emit_many("s", [{"k": "a"}, {"k": "a"}])
+
+
+@pytest.mark.parametrize("step", ["claim", "fail", "reclaim", "promote", "replay"])
+def test_a_lifecycle_step_that_a_hostile_value_fails_leaves_the_batch_where_it_was(
+        batcher: Batcher, step: str) -> None:
+    """Each step writes where a batch goes before it takes it out of where it is: a key of the
+    wrong type fails the step with the batch still in one of ready / running / delayed / dead."""
+    from distbatch.sweeper import Sweeper
+
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
+                     retry={"attempts": 3, "backoff": "1ms"})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    bid, rec = r.batch.id, batcher.records
+    k = rec.keys_for(bid)
+    if step != "claim":
+        (c,) = rec.claim_some(200 if step == "reclaim" else 60_000, 1)
+        if step in ("promote", "replay"):
+            rec.fail(bid, c.token, "boom", 1 if step == "promote" else -1)
+            time.sleep(0.01)
+    where = _where(batcher, bid)
+    broken = {"claim": k.rec_owner, "fail": k.rec_error, "reclaim": k.rec_error, "promote": k.ready,
+              "replay": k.ready}[step]
+    batcher.client.delete(broken)
+    batcher.client.set(broken, "not a hash")  # hostile
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        if step == "claim":
+            rec.claim_some(60_000, 1)
+        elif step == "fail":
+            rec.fail(bid, c.token, "boom", 0)
+        elif step == "reclaim":
+            time.sleep(0.3)
+            Sweeper(batcher, lease_s=1)._sweep(batcher.shards.index(k))
+        elif step == "promote":
+            rec.promote(batcher.shards.index(k), 100)
+        else:
+            rec.replay(bid)
+    batcher.client.delete(broken)  # repaired, so the sets can be read
+    assert _where(batcher, bid) == where and len(where) == 1

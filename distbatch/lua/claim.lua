@@ -57,17 +57,23 @@ end
 if resent then return finish() end
 
 local taken = 0
+-- A batch leaves `ready` last (as in every lifecycle step): a write that a hostile writer's
+-- value fails leaves it ready, never in no set at all.
 local function take(id)
-  if redis.call('ZREM', k_ready, id) == 0 then return end
+  if not redis.call('ZSCORE', k_ready, id) then return end
   local info = record_info(id)
-  if not info then return end  -- purged: look further
-  if info.garbled or not attempt_of(id) then return bury(id) end  -- can never run: look further
+  if info and (info.garbled or not attempt_of(id)) then bury(id) end  -- can never run
+  if not info or info.garbled or not attempt_of(id) then  -- purged or buried: look further
+    redis.call('ZREM', k_ready, id)
+    return
+  end
   taken = taken + 1
   local t = token_of(taken)
   redis.call('HINCRBY', k_attempt, id, 1)
   redis.call('HSET', k_owner, id, t)
   redis.call('HSET', k_tokens, t, id)
   redis.call('ZADD', k_running, real_now + lease_ms, id)
+  redis.call('ZREM', k_ready, id)
   add(id, info, t)
 end
 

@@ -23,8 +23,8 @@ end
 local delay = tonumber(ARGV[4])
 local counted = ARGV[5] == '1' and 'batches_given_back' or 'batch_retries'
 local outcome = delay < 0 and 'dead' or 'retry'
-redis.call('ZREM', k_running, id)
-disown(id)
+-- where it goes first, out of `running` last: a write a hostile writer's value fails leaves the
+-- batch running, where its lease runs out and a sweeper takes it back
 set_error(id, token, outcome, ARGV[3])
 if ARGV[5] == '1' and attempt_of(id) then redis.call('HINCRBY', k_attempt, id, -1) end
 if delay < 0 then
@@ -32,10 +32,12 @@ if delay < 0 then
   redis.call('HINCRBY', k_stats, 'batches_dead', 1)
 elseif delay == 0 then
   redis.call('ZADD', k_ready, seq_of(id), id)
-  ring(k_bell, 1)
   redis.call('HINCRBY', k_stats, counted, 1)
 else
   redis.call('ZADD', k_delayed, real_now + delay, id)
   redis.call('HINCRBY', k_stats, counted, 1)
 end
+redis.call('ZREM', k_running, id)
+disown(id)
+if delay == 0 then ring(k_bell, 1) end
 return outcome

@@ -8,8 +8,8 @@ local B = 0
 -- @include bell
 local due = redis.call('ZRANGEBYSCORE', k_delayed, '-inf', real_now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do
+  redis.call('ZADD', k_ready, seq_of(id), id)  -- then out of `delayed`: a failed write moves nothing
   redis.call('ZREM', k_delayed, id)
-  redis.call('ZADD', k_ready, seq_of(id), id)
 end
 ring(KEYS[12], #due)
 local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')

@@ -13,12 +13,15 @@ local id = ARGV[1]
 local lease = redis.call('ZSCORE', k_running, id)
 if not lease then return 'gone' end
 if tonumber(lease) >= real_now then return 'live' end
-redis.call('ZREM', k_running, id)
 local info = record_info(id)
-if not info then return 'gone' end
+if not info then
+  redis.call('ZREM', k_running, id)
+  return 'gone'
+end
 local attempt = attempt_of(id)
 if info.garbled or not attempt then
   bury(id)
+  redis.call('ZREM', k_running, id)
   return 'dead'
 end
 local binding = binding_of(info.member)
@@ -27,16 +30,18 @@ local def = redis.call('HGET', k_bindings, binding) or redis.call('HGET', k_drop
 local ok, parsed = pcall(cjson.decode, def or '')
 local attempts = ok and type(parsed) == 'table' and type(parsed['retry']) == 'table' and
   tonumber(parsed['retry']['attempts']) or 1
-disown(id)
-redis.call('HINCRBY', k_stats, 'leases_expired', 1)
 local outcome = attempt >= attempts and 'dead' or 'retry'
+-- where it goes first, out of `running` last (as fail.lua)
 set_error(id, '', outcome, 'lease expired: the worker running it stopped renewing ' ..
           '(killed, paused or cut off from Redis)')
+redis.call('HINCRBY', k_stats, 'leases_expired', 1)
 if outcome == 'dead' then
   redis.call('ZADD', k_dead, real_now, id)
   redis.call('HINCRBY', k_stats, 'batches_dead', 1)
 else
   redis.call('ZADD', k_ready, seq_of(id), id)
-  ring(KEYS[14], 1)
 end
+redis.call('ZREM', k_running, id)
+disown(id)
+if outcome == 'retry' then ring(KEYS[14], 1) end
 return outcome

@@ -10,10 +10,14 @@ local k_kept = KEYS[12]
 local kept = kept_reply()
 if #kept > 0 then return 1 end
 local id = ARGV[1]
-if redis.call('ZREM', k_dead, id) == 0 then return 0 end
-if redis.call('HEXISTS', k_info, id) == 0 then return 0 end
+if not redis.call('ZSCORE', k_dead, id) then return 0 end
+if redis.call('HEXISTS', k_info, id) == 0 then
+  redis.call('ZREM', k_dead, id)
+  return 0
+end
 redis.call('HSET', k_attempt, id, 0)
 redis.call('ZADD', k_ready, seq_of(id), id)
+redis.call('ZREM', k_dead, id)  -- last: a failed write leaves it dead, not in no set
 ring(KEYS[13], 1)
 keep_reply({1})
 return 1
