@@ -99,6 +99,8 @@ class _Commands(click.Group):
             raise click.ClickException(str(exc)) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"cannot reach Redis: {describe(exc)}") from exc
+        except redis.exceptions.RedisClusterException as exc:  # no node reachable, or not a cluster
+            raise click.ClickException(f"cannot use the Redis Cluster: {describe(exc)}") from exc
 
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})

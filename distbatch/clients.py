@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -14,28 +14,45 @@ import redis.asyncio
 from .errors import ConfigError
 
 
-def redacted(url: str) -> str:
-    """`url` with its password (if any) masked: for error texts and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:
-        return "<a URL that cannot be parsed>"
+def _secrets(url: str) -> list[str]:
+    """The password parts of `url`: after the user in everything between `://` and the last `@`
+    (a password with an unescaped `/`, `#` or `?` would cut `urlsplit`'s host short), and any
+    `password=` query value."""
+    _, sep, rest = url.partition("://")
+    found = []
+    if sep and "@" in rest:
+        userinfo = rest.rsplit("@", 1)[0]
+        found.append(userinfo.partition(":")[2] or userinfo)
+    found += re.findall(r"[?&]password=([^&#]*)", url)
+    return [f for f in found if f]
+
+
+def redacted(url: str, text: str | None = None) -> str:
+    """`text` (default: `url` itself) with `url`'s password masked, whole or in the pieces a
+    parser split it into: for error texts and logs."""
+    out = url if text is None else text
+    secrets = _secrets(url)
+    for secret in secrets:
+        for piece in sorted({secret, *re.split(r"[/#?@:]", secret)}, key=len, reverse=True):
+            if len(piece) >= 3 or piece == secret:
+                out = out.replace(piece, "***")
+    if secrets and text is not None:  # a parser's message quotes what it could not read: maybe a
+        out = re.sub(r"'[^']*'", "'***'", out)  # piece of the password too short to find above
+    return out
 
 
 @contextmanager
 def parsing_url(url: str, field: str = "redis_url") -> Iterator[None]:
     """A URL redis-py cannot parse (a typo'd scheme, a bad port) becomes a `ConfigError` naming the
-    field and the URL, its password masked, instead of redis-py's bare ValueError."""
+    field and the URL, its password masked (in redis-py's message too), instead of redis-py's bare
+    ValueError."""
     try:
         yield
     except ConfigError:
         raise
     except ValueError as exc:
-        raise ConfigError(field, f"{field}={redacted(url)!r} is not a Redis URL: {exc}") from exc
+        raise ConfigError(field, f"{field}={redacted(url)!r} is not a Redis URL: {redacted(url, str(exc))}"
+                          ) from None
 
 
 def check_url(url: str, field: str = "redis_url") -> None:

@@ -27,10 +27,12 @@ JOB_FUNC = "distbatch.jobs.run_batches"
 
 MAX_DATA = 64 * 1024
 FAILED_TTL = 86_400
-_EMPTY_OK = {b"success_callback_name", b"failure_callback_name", b"stopped_callback_name", b"group_id",
-             b"started_at", b"ended_at", b"last_heartbeat", b"worker_name"}
+_EMPTY_OK = {b"success_callback_name", b"failure_callback_name", b"stopped_callback_name", b"group_id"}
 _ALLOWED = _EMPTY_OK | {b"status", b"created_at", b"data", b"origin", b"description", b"enqueued_at",
-                        b"timeout", b"result_ttl", b"failure_ttl"}
+                        b"timeout", b"result_ttl", b"failure_ttl",
+                        # RQ's own bookkeeping of a ticket that started: RQ's registry maintenance
+                        # fetches such a ticket back (its worker was killed) to fail it
+                        b"started_at", b"ended_at", b"last_heartbeat", b"worker_name"}
 
 
 def refusal(raw: Mapping[Any, Any], queue_name: str, namespace: str) -> str | None:

@@ -123,10 +123,14 @@ def _failed_cleanly(result) -> str:
     (["triggers", "list", "--redis-url", "redis://:s3cret@127.0.0.1:x/0"], "redis_url='redis://:***@"),
     (["dead", "list", "--redis-url", "redis://127.0.0.1:1/0", "--namespace", "my ns"], "namespace='my ns'"),
     (["emit", "s", "{}", "--queue-url", "redi://q"], "queue_url='redi://q'"),
+    (["stats", "--redis-url", "redis+cluster://127.0.0.1:1/"], "cannot use the Redis Cluster"),
+    (["stats", "--redis-url", "redis://default:s3cret/YmFy+cX@127.0.0.1:6379/0"], "redis_url='redis://default:***@"),
+    (["stats", "--redis-url", "redis://:s3cret#2@127.0.0.1/0"], "redis_url='redis://:***@"),
+    (["stats", "--redis-url", "redis://127.0.0.1:x/0?password=s3cret"], "password=***"),
 ])
 def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
     out = _failed_cleanly(CliRunner().invoke(cli, argv))
-    assert said in out and "s3cret" not in out
+    assert said in out and "s3cret" not in out and "YmFy" not in out
 
 
 def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: RedisServer,

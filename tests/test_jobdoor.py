@@ -123,3 +123,48 @@ def test_a_job_planted_among_the_abandoned_ones_never_has_its_callback_run(setup
     run_worker(Batcher(client, namespace=b.keys.namespace), handlers=[__name__], burst=True)
     assert called == []
     assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
+
+
+def test_a_real_ticket_abandoned_by_a_killed_worker_is_failed_by_rqs_maintenance(
+        redis_server: RedisServer, namespace: str) -> None:
+    """The door must not refuse RQ's own bookkeeping: a ticket whose worker was SIGKILLed mid-
+    handler carries `started_at`, `last_heartbeat` and `worker_name`, and RQ's maintenance, which
+    fetches it through the door, must still fail it (status failed, a TTL, in the failed
+    registry) instead of leaving its hash behind for good."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rq.registry import StartedJobRegistry
+
+    from distbatch.dispatch import make_queue
+    from distbatch.testing import env_with_path
+
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="tests.handlers.slow_record",
+               batch={"count": 1, "window": "1h"})
+    b.emit("s", {"n": 1})
+    queue = make_queue(client, b.keys)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "distbatch.cli", "worker", "--redis-url", redis_server.url, "--namespace",
+         namespace, "--handlers", "tests.handlers"],
+        env={**env_with_path(), "TEST_HANDLER_SLEEP": "30", "DISTBATCH_REDIS_URL": redis_server.url},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while client.get(f"test:inflight:{worker.pid}") is None:
+            assert time.monotonic() < deadline, "the handler never started"
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    registry = StartedJobRegistry(queue.name, connection=client, job_class=queue.job_class,
+                                  serializer=JSONSerializer)
+    (entry,) = registry.get_job_ids()
+    job_id = entry.split(":")[0]
+    registry.cleanup(timestamp=time.time() + 10**6)  # RQ's maintenance, its time come
+    assert client.hget(Job.key_for(job_id), "status") == JobStatus.FAILED.value.encode()
+    assert client.ttl(Job.key_for(job_id)) > 0
+    assert job_id in FailedJobRegistry(queue.name, connection=client).get_job_ids()

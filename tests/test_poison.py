@@ -119,14 +119,29 @@ def test_a_drop_that_meets_a_hostile_buffer_deletes_none(batcher: Batcher) -> No
     assert held == [1, 2]
 
 
-def test_batch_ids_never_repeat_after_redis_loses_its_data(redis_server: RedisServer, namespace: str) -> None:
+@pytest.mark.parametrize("snapshot", [False, True], ids=["all-lost", "older-snapshot"])
+def test_batch_ids_never_repeat_after_redis_loses_its_data(namespace: str, snapshot: bool) -> None:
     """A handler made idempotent on `batch.id` (as the README asks) must never skip a new batch:
-    after Redis restarts without persistence, ids start again above every id handed out before."""
+    after Redis restarts with nothing, or with an older snapshot of the sequence (killed after
+    its last RDB save), ids go on above every id handed out before."""
+    own = RedisServer().start()  # restarted below: not the session's shared server
+    try:
+        _ids_across_a_restart(own, namespace, snapshot)
+    finally:
+        own.cleanup()
+
+
+def _ids_across_a_restart(redis_server: RedisServer, namespace: str, snapshot: bool) -> None:
     b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
     b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
-    before = {r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(5)]) if r.batch}
-    redis_server.stop()
-    redis_server.start()  # without persistence: everything is gone
+    before = {r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(2)]) if r.batch}
+    if snapshot:
+        b.client.save()  # the last snapshot: the sequence as it is now
+    before |= {r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(3)]) if r.batch}
+    redis_server.stop(kill=True)
+    redis_server.start()  # back with the snapshot's older sequence, or with nothing
+    if not snapshot:
+        assert not b.client.exists(b.keys.batch_seq)
     b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
     b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
     after = {r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(5)]) if r.batch}

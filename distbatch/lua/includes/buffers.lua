@@ -11,14 +11,16 @@ end
 
 -- The next batch id: taken before the buffer it names is emptied, so a sequence that cannot
 -- count (a hostile writer's value; past 2^53, where a Lua number skips) fails the call before any
--- event is lost. A sequence that starts over (a new namespace, or Redis lost its data) starts
--- from the server's clock in ms x 1000: ids handed out before the loss are below it unless over
--- 1000 batches a millisecond were cut on average since, so an id is never handed out twice, and
--- a handler that skips ids it has seen never skips a new batch.
+-- event is lost. Never below the server's clock in ms x 1000: a sequence Redis lost (a new
+-- namespace, a restart without persistence) or got back older (an RDB snapshot, the last second
+-- of an `everysec` AOF, a replica behind its failed master) goes on above every id handed out
+-- before, unless over 1000 batches a millisecond were cut on average since, or the server's clock
+-- went back. So a handler that skips ids it has seen never skips a new batch.
 local function next_seq()
   local seq = redis.call('INCR', k_seq)
-  if seq == 1 then
-    seq = real_now * 1000
+  local floor = real_now * 1000
+  if seq < floor then
+    seq = floor
     redis.call('SET', k_seq, string.format('%d', seq))
   elseif seq >= 9007199254740992 then
     error('batch sequence ' .. k_seq .. ' is past 2^53 (' .. seq .. '): not written by distbatch')
