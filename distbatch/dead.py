@@ -13,7 +13,7 @@ from .errors import BatchNotFound
 def row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
     raw = batcher.records.raw(batch_id)
     return {"id": batch_id, "binding": raw["binding"], "partition_key": raw["partition_key"],
-            "events": int(raw.get("n", 0)), "attempts": int(raw.get("attempt", 0)),
+            "events": raw.get("n"), "attempts": raw.get("attempt"),  # None: a garbled record's
             "reason": raw.get("reason"), "dead_at_ms": when, "error": raw.get("error")}
 
 
@@ -30,6 +30,9 @@ def rows(batcher: Batcher, limit: int | None = None) -> list[dict[str, Any]]:
             out.append(row(batcher, as_text(bid), int(when)))
         except BatchNotFound:
             continue
+        except UnicodeDecodeError:  # no batch id (those are text): a hostile writer's member, listed
+            out.append({"id": as_text(bid, "replace"), "dead_at_ms": int(when),  # as such, never raised
+                        "error": "not a batch id (not written by distbatch)"})
     return out
 
 
@@ -51,4 +54,12 @@ def detail(batcher: Batcher, batch_id: str) -> dict[str, Any] | None:
 
 
 def ids(batcher: Batcher) -> list[str]:
-    return [as_text(i) for k in batcher.shards for i in batcher.client.zrange(k.dead, 0, -1)]
+    """The dead batches' ids (a member that is no text, a hostile writer's, is left out)."""
+    out = []
+    for k in batcher.shards:
+        for i in batcher.client.zrange(k.dead, 0, -1):
+            try:
+                out.append(as_text(i))
+            except UnicodeDecodeError:
+                continue
+    return out

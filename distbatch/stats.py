@@ -21,10 +21,14 @@ def collect(batcher: Batcher) -> dict[str, Any]:
     totals: dict[str, int] = {}
     for k in b.shards:
         for raw, value in b.client.hgetall(k.stats).items():
-            name, _, binding = as_text(raw).partition(":")
+            try:
+                count = int(value)
+                name, _, binding = as_text(raw).partition(":")
+            except (TypeError, ValueError):  # not written by distbatch (a hostile writer's): the
+                continue  # other counters are still shown
             bucket = counters.setdefault(binding, {}) if binding else totals
             label = f"{name}_total" if binding else _TOTALS.get(name, f"{name}_total")
-            bucket[label] = bucket.get(label, 0) + int(value)
+            bucket[label] = bucket.get(label, 0) + count
     sizes = {which: b.records.count(which) for which in ("ready", "running", "delayed", "dead")}
     now_ms = b.server_ms()
     firsts = [b.client.zrange(k.deadlines, 0, 0, withscores=True) for k in b.shards]

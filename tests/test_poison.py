@@ -269,3 +269,43 @@ def test_a_lifecycle_step_that_a_hostile_value_fails_leaves_the_batch_where_it_w
             rec.replay(bid)
     batcher.client.delete(broken)  # repaired, so the sets can be read
     assert _where(batcher, bid) == where and len(where) == 1
+
+
+def test_a_counter_a_hostile_writer_garbled_leaves_the_others_readable(redis_server: RedisServer,
+                                                                       namespace: str) -> None:
+    """`stats`, the metrics and `counters()` skip a counter that is no integer (or whose name is no
+    text) instead of failing the operator's whole view."""
+    from click.testing import CliRunner
+
+    from distbatch.cli import main as cli
+    from distbatch.stats import collect
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 9, "window": "1h"})
+    b.emit_many("s", [{"n": i} for i in range(3)])
+    b.client.hset(b.keys.stats, mapping={"events_in:x@v1": "lots", b"\xff\xfe:x@v1": 1})  # hostile
+    assert b.counters()["events_in:d@v1"] == 3
+    assert collect(b)["bindings"]["d@v1"]["events_in_total"] == 3
+    out = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace])
+    assert out.exit_code == 0 and "in=3" in out.output, out.output
+
+
+def test_dead_list_and_show_read_a_garbled_record_and_a_junk_member(redis_server: RedisServer,
+                                                                   namespace: str) -> None:
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    bid = r.batch.id
+    b.client.hset(b.keys.rec_info, bid, "garbage")  # hostile: the claim buries it
+    assert b.records.claim_some(60_000, 1) == []
+    b.client.zadd(b.keys.dead, {b"\xff\xfe": 1})  # hostile: no batch id at all
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    listed = CliRunner().invoke(cli, ["dead", "list", *args])
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(doc) for doc in listed.output.replace("}\n{", "}\0{").split("\0")]
+    mine = next(row for row in rows if row["id"] == bid)
+    assert "garbled batch record" in mine["error"] and mine["events"] is None
+    assert any("not a batch id" in row["error"] for row in rows)
+    shown = CliRunner().invoke(cli, ["dead", "show", bid, *args])
+    assert shown.exit_code == 0 and "garbled batch record" in shown.output, shown.output
