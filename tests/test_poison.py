@@ -309,3 +309,21 @@ def test_dead_list_and_show_read_a_garbled_record_and_a_junk_member(redis_server
     assert any("not a batch id" in row["error"] for row in rows)
     shown = CliRunner().invoke(cli, ["dead", "show", bid, *args])
     assert shown.exit_code == 0 and "garbled batch record" in shown.output, shown.output
+
+
+def test_a_made_up_batch_with_a_record_of_its_own_is_buried_not_handed_to_a_worker(
+        batcher: Batcher) -> None:
+    """A hostile writer adds an id that is no text, with a well-formed record: a worker's claim
+    would fail to read it at every try. The claim buries it; the real batch behind it runs."""
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    k = batcher.records.keys_for(r.batch.id)
+    junk = b"\xff\xfe"
+    batcher.client.zadd(k.ready, {junk: 0})  # sorts first
+    batcher.client.hset(k.rec_info, junk, b"d@v1|*\ncount\n0\n1")
+    batcher.client.hset(k.rec_events, junk, b"")
+    batcher.client.hset(k.rec_attempt, junk, 0)
+    (c,) = batcher.records.claim_some(60_000, 2)
+    assert c.batch.id == r.batch.id
+    assert batcher.client.zscore(k.dead, junk) is not None and batcher.client.zscore(k.ready, junk) is None

@@ -13,10 +13,12 @@ local function seq_of(id)
 end
 
 -- info is `member\nreason\ncut_ms\nn`. nil when the record is gone; {garbled = true} when it
--- cannot be read (only a hostile writer makes one): such a batch can never run (`bury`).
+-- or its id (digits, and a shard's dot) cannot be read (only a hostile writer makes one): such a
+-- batch can never run (`bury`).
 local function record_info(id)
   local info = redis.call('HGET', k_info, id)
   if not info then return nil end
+  if not string.match(id, '^[%d.]+$') then return {garbled = true} end  -- no id distbatch makes
   local member, reason, cut_ms, n = string.match(info, '^(.-)\n(.-)\n(.-)\n(.*)$')
   n = tonumber(n)
   if not n or not string.find(member, '|', 1, true) then return {garbled = true} end
