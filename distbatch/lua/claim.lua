@@ -62,9 +62,9 @@ local taken = 0
 local function take(id)
   if not redis.call('ZSCORE', k_ready, id) then return end
   local info = record_info(id)
-  if info and (info.garbled or not attempt_of(id)) then bury(id) end  -- can never run
-  if not info or info.garbled or not attempt_of(id) then  -- purged or buried: look further
-    redis.call('ZREM', k_ready, id)
+  if not (info and not info.garbled and attempt_of(id)) then
+    if info then bury(id) end  -- can never run
+    redis.call('ZREM', k_ready, id)  -- purged or buried: look further
     return
   end
   taken = taken + 1

@@ -29,10 +29,10 @@ local function next_seq()
 end
 
 -- Record a cut batch and make it ready, in the same step that empties the buffer (`seq`, `id`:
--- `next_seq()`, taken before; the buffer is emptied after, so a write that fails loses nothing). Ready batches are ordered by sequence number (= cut order), so a
--- retried or reclaimed batch goes back ahead of every batch cut after it instead of behind the
--- backlog. `blob`: the events concatenated (the caller's reply carries the same string: one
--- concatenation per cut, not two).
+-- `next_seq()`, taken before; the buffer is emptied after, so a write that fails loses nothing).
+-- Ready batches are ordered by sequence number (= cut order), so a retried or reclaimed batch
+-- goes back ahead of every batch cut after it instead of behind the backlog. `blob`: the events
+-- concatenated (the caller's reply carries the same string: one concatenation per cut, not two).
 local function cut_batch(seq, id, member, binding, blob, n, reason)
   redis.call('HSET', k_events, id, blob)
   redis.call('HSET', k_info, id, member .. '\n' .. reason .. '\n' .. real_now .. '\n' .. n)

@@ -68,7 +68,7 @@ end
 -- A batch whose record cannot run (`record_info` garbled, or `attempt_of` nil) goes dead with the
 -- reason, where `dead list` shows it, instead of failing the script half-way and leaving the
 -- batch in none of ready / running / delayed / dead. Needs the clock include.
-local GARBLED = 'garbled batch record: its info or try count cannot be read (not written by distbatch)'
+local GARBLED = 'garbled batch record: its id, info or try count cannot be read (not written by distbatch)'
 local function bury(id)
   disown(id)
   set_error(id, '', 'dead', GARBLED)
