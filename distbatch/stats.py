@@ -19,16 +19,11 @@ def collect(batcher: Batcher) -> dict[str, Any]:
     bindings = b.bindings()
     counters: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
-    for k in b.shards:
-        for raw, value in b.client.hgetall(k.stats).items():
-            try:
-                count = int(value)
-                name, _, binding = as_text(raw).partition(":")
-            except (TypeError, ValueError):  # not written by distbatch (a hostile writer's): the
-                continue  # other counters are still shown
-            bucket = counters.setdefault(binding, {}) if binding else totals
-            label = f"{name}_total" if binding else _TOTALS.get(name, f"{name}_total")
-            bucket[label] = bucket.get(label, 0) + count
+    for full, count in b.counters().items():  # summed over shards; a hostile writer's junk left out
+        name, _, binding = full.partition(":")
+        bucket = counters.setdefault(binding, {}) if binding else totals
+        label = f"{name}_total" if binding else _TOTALS.get(name, f"{name}_total")
+        bucket[label] = bucket.get(label, 0) + count
     sizes = {which: b.records.count(which) for which in ("ready", "running", "delayed", "dead")}
     now_ms = b.server_ms()
     firsts = [b.client.zrange(k.deadlines, 0, 0, withscores=True) for k in b.shards]
