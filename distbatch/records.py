@@ -86,6 +86,9 @@ class Records:
         self.shards = layout.keys
         self.keys = self.shards[0]
         self.scripts = scripts or Scripts(client)
+        self._id_prefix = {k.ready: layout.id_prefix(s) for s, k in enumerate(self.shards)}
+        """Per shard (its ready key): the prefix of every batch id it makes; its claims and
+        reclaims take no other id (a hostile writer's) as one of its batches."""
         self._next = random.randrange(len(self.shards))
         self._rung = self._next  # the shard a waiting worker claims from first: the last that had work
         self._loaded_for_waits = False
@@ -161,7 +164,7 @@ class Records:
         sent = time.monotonic()
         try:
             reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell],
-                              [token, lease_ms, n, width, *batch_ids])
+                              [token, lease_ms, n, width, self._id_prefix[k.ready], *batch_ids])
         except Exception:  # no reply, or not one to read: the claim may have run
             if not batch_ids:
                 self._unanswered[k.ready] = (token, width)
@@ -240,7 +243,8 @@ class Records:
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
             *before, Command(("BLPOP", *[s.bell for s in self.shards], f"{timeout:.3f}")),
-            (self.scripts.claim, [*k.lifecycle, k.bell], [token, lease_ms, n, width])]
+            (self.scripts.claim, [*k.lifecycle, k.bell],
+             [token, lease_ms, n, width, self._id_prefix[k.ready]])]
         try:
             *settled, rung, reply = self._pipelined_twice(calls)
             # An error answered to a call before the claim (a hostile writer's WRONGTYPE) raises
@@ -333,7 +337,8 @@ class Records:
         next_token, width, recovered = self._claim_token(k, n)
         sent = time.monotonic()
         calls: list[ScriptCall | Command] = [
-            *completes, (self.scripts.claim, [*k.lifecycle, k.bell], [next_token, lease_ms, n, width])]
+            *completes, (self.scripts.claim, [*k.lifecycle, k.bell],
+                         [next_token, lease_ms, n, width, self._id_prefix[k.ready]])]
         try:
             *completed, reply = _raised(self._pipelined_twice(calls))
         except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
@@ -370,11 +375,18 @@ class Records:
                          int(refund)])
         return Outcome(as_text(res))
 
-    def reclaim(self, batch_id: str) -> Outcome:
+    def reclaim(self, batch_id: str, shard: int | None = None) -> Outcome:
         """Take back a batch whose lease ran out, in one script call (a re-sent call finds the
-        lease gone and changes nothing twice)."""
-        k = self.keys_for(batch_id)
-        res = once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped, k.bell], [batch_id])
+        lease gone and changes nothing twice). `shard`: the one whose running set holds the id
+        (a sweeper's); an id that shard never makes is only taken out of it (a hostile writer's
+        member naming another shard, or none, must not hold up the sweep)."""
+        if shard is None:
+            shard = batch_id_shard(batch_id)
+            if not 0 <= shard < len(self.shards):
+                raise BatchNotFound(batch_id)
+        k = self.shards[shard]
+        res = once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped, k.bell],
+                        [batch_id, self.layout.id_prefix(shard)])
         return Outcome(as_text(res))
 
     def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:

@@ -50,7 +50,7 @@ def tags_for(namespace: str, shards: int) -> list[str]:
 def batch_id_shard(batch_id: str) -> int:
     """Batch ids are `<seq>` on a one-shard namespace, `<shard>.<seq>` otherwise."""
     head, dot, _ = batch_id.partition(".")
-    return int(head) if dot and head.isdigit() else 0
+    return int(head) if dot and head.isascii() and head.isdigit() else 0
 
 
 @dataclass(frozen=True, slots=True)

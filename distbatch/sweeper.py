@@ -244,7 +244,7 @@ class Sweeper:
                 log.warning("junk_removed shard=%d member=%r: not a batch id, in the running set",
                             shard, raw[:64], extra={"event": "junk_removed", "shard": shard})
                 continue
-            outcome = rec.reclaim(bid)
+            outcome = rec.reclaim(bid, shard)
             if outcome in (Outcome.RETRY, Outcome.DEAD):
                 reclaimed += outcome is Outcome.RETRY
                 self.reclaimed += 1

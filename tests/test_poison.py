@@ -178,8 +178,11 @@ def test_a_record_garbled_while_it_ran_goes_dead_when_its_lease_runs_out(batcher
     assert _where(batcher, bad) == ["dead"] and _where(batcher, good) == ["ready"]
 
 
+@pytest.mark.parametrize("junk", [b"\xff\xfe", b"9.1", b"abc"], ids=["not-text", "no-such-shard", "no-digits"])
 def test_junk_in_the_running_set_or_a_wrong_typed_chart_key_holds_up_no_reclaim(
-        one_redis: redis.Redis, namespace: str, clock) -> None:
+        one_redis: redis.Redis, namespace: str, clock, junk: bytes) -> None:
+    """`9.1` names a shard a one-shard namespace does not have: the sweep once routed its reclaim
+    by the id, raised BatchNotFound at every pass, and no lease of any shard was reclaimed."""
     from distbatch.sweeper import Sweeper
 
     b = Batcher(one_redis, namespace=namespace, handoff=False)
@@ -188,14 +191,29 @@ def test_junk_in_the_running_set_or_a_wrong_typed_chart_key_holds_up_no_reclaim(
     (r,) = b.emit("s", {"n": 1})
     assert r.batch is not None and b.records.claim_some(200, 1)  # its worker dies
     k = b.records.keys_for(r.batch.id)
-    b.client.zadd(k.running, {b"\xff\xfe": 0})  # hostile: sorts first among the expired leases
+    b.client.zadd(k.running, {junk: 0})  # hostile: sorts first among the expired leases
     b.client.set(b.keys.lateness, "x")  # hostile: the chart's list is a string
     b.emit("t", {"n": 1})  # a window that a sweep cuts late, so its lateness is recorded
     time.sleep(0.3)
     Sweeper(b, lease_s=1).run_once()
     assert _where(b, r.batch.id) == ["ready"]
-    assert b.client.zscore(k.running, b"\xff\xfe") is None
+    assert b.client.zscore(k.running, junk) is None
     assert b.records.count("ready") == 2  # the window was cut too
+
+
+@pytest.mark.parametrize("junk", [b"abc", b"0.5", b"7.5"])
+def test_junk_naming_another_shard_in_a_running_set_is_taken_out_of_it(one_redis: redis.Redis,
+                                                                       namespace: str, junk: bytes) -> None:
+    """On shard 1, ids that name shard 0 or no shard at all: the reclaim once went to the shard the
+    id names, found nothing there, and the member stayed, expired, in shard 1's set for good."""
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(one_redis, namespace=namespace, shards=2, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    k1 = b.shards[1]
+    b.client.zadd(k1.running, {junk: 0})
+    Sweeper(b, lease_s=1).run_once()
+    assert b.client.zscore(k1.running, junk) is None
 
 
 def test_a_made_up_id_among_the_retries_holds_up_no_promotion(batcher: Batcher) -> None:
@@ -311,19 +329,23 @@ def test_dead_list_and_show_read_a_garbled_record_and_a_junk_member(redis_server
     assert shown.exit_code == 0 and "garbled batch record" in shown.output, shown.output
 
 
+@pytest.mark.parametrize("junk", [b"\xff\xfe", b"77.5"], ids=["not-text", "another-shard"])
 def test_a_made_up_batch_with_a_record_of_its_own_is_buried_not_handed_to_a_worker(
-        batcher: Batcher) -> None:
+        batcher: Batcher, junk: bytes) -> None:
     """A hostile writer adds an id that is no text, with a well-formed record: a worker's claim
-    would fail to read it at every try. The claim buries it; the real batch behind it runs."""
+    would fail to read it at every try. The claim buries it; the real batch behind it runs. An
+    id naming a shard the namespace does not have was handed out: its worker's complete, renewals
+    and the sweeper's reclaim then looked for it on that shard and raised BatchNotFound. It is
+    only taken out of `ready`: buried here, no tool that routes by the id could reach it."""
     batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
     (r,) = batcher.emit("s", {"n": 1})
     assert r.batch is not None
     k = batcher.records.keys_for(r.batch.id)
-    junk = b"\xff\xfe"
     batcher.client.zadd(k.ready, {junk: 0})  # sorts first
     batcher.client.hset(k.rec_info, junk, b"d@v1|*\ncount\n0\n1")
     batcher.client.hset(k.rec_events, junk, b"")
     batcher.client.hset(k.rec_attempt, junk, 0)
     (c,) = batcher.records.claim_some(60_000, 2)
     assert c.batch.id == r.batch.id
-    assert batcher.client.zscore(k.dead, junk) is not None and batcher.client.zscore(k.ready, junk) is None
+    assert batcher.client.zscore(k.ready, junk) is None
+    assert (batcher.client.zscore(k.dead, junk) is not None) == (junk == b"\xff\xfe")

@@ -7,7 +7,8 @@
 -- KEYS: the 11 lifecycle keys, the bell
 -- ARGV: token, lease_ms, n, the resend width (how many of the call's tokens to look for: at
 --       least n; more when the token is an earlier call's of more batches whose replies were
---       lost), then optionally candidate ids
+--       lost), the shard's id prefix ('' on a one-shard namespace, else '<shard>.'), then
+--       optionally candidate ids
 -- Returns {batches still ready, then per claim: id, member, reason, cut_ms, attempt, events,
 --          token}.
 local B = 0
@@ -16,6 +17,7 @@ local B = 0
 local k_bell = KEYS[12]
 local token, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local width = math.max(n, tonumber(ARGV[4] or '') or 0)
+local prefix = ARGV[5]
 local out = {0}
 
 local function token_of(i)
@@ -47,7 +49,7 @@ for i = 1, width do
   local id = redis.call('HGET', k_tokens, t)
   if id then
     resent = true
-    local info = check_owner(id, t) == 'ok' and record_info(id)
+    local info = check_owner(id, t) == 'ok' and record_info(id, prefix)
     if info and not info.garbled and attempt_of(id) then
       redis.call('ZADD', k_running, real_now + lease_ms, id)
       add(id, info, t)
@@ -61,7 +63,7 @@ local taken = 0
 -- value fails leaves it ready, never in no set at all.
 local function take(id)
   if not redis.call('ZSCORE', k_ready, id) then return end
-  local info = record_info(id)
+  local info = record_info(id, prefix)
   if not (info and not info.garbled and attempt_of(id)) then
     if info then bury(id) end  -- can never run
     redis.call('ZREM', k_ready, id)  -- purged or buried: look further
@@ -77,8 +79,8 @@ local function take(id)
   add(id, info, t)
 end
 
-if #ARGV > 4 then
-  for i = 5, #ARGV do
+if #ARGV > 5 then
+  for i = 6, #ARGV do
     if taken == n then break end
     take(ARGV[i])
   end

@@ -1,7 +1,7 @@
 -- A lease ran out (its worker was killed, paused or cut off): take the batch back from that
 -- claim — ready again at the front, or dead when its binding's attempts are used up.
 -- KEYS: the 11 lifecycle keys, bindings, dropped, the bell
--- ARGV: batch_id
+-- ARGV: batch_id, the id prefix of the shard whose running set holds it (as claim.lua)
 -- Returns 'retry', 'dead', 'live' (lease renewed meanwhile: nothing changed) or 'gone'.
 local B = 0
 -- @include clock
@@ -13,7 +13,7 @@ local id = ARGV[1]
 local lease = redis.call('ZSCORE', k_running, id)
 if not lease then return 'gone' end
 if tonumber(lease) >= real_now then return 'live' end
-local info = record_info(id)
+local info = record_info(id, ARGV[2])
 if not info then
   redis.call('ZREM', k_running, id)
   return 'gone'

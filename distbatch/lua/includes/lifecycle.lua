@@ -12,10 +12,25 @@ local function seq_of(id)
   return tonumber(string.match(id, '(%d+)$')) or 0
 end
 
+-- The shard an id names, as `shards.batch_id_shard` reads it: `<shard>.<seq>`, else shard 0.
+local function shard_named(id)
+  local head = string.match(id, '^(%d+)%.')
+  return head and tonumber(head) or 0
+end
+
 -- info is `member\nreason\ncut_ms\nn`. nil when the record is gone; {garbled = true} when it
--- or its id (digits, and a shard's dot) cannot be read (only a hostile writer makes one): such a
--- batch can never run (`bury`).
-local function record_info(id)
+-- or its id cannot be read (only a hostile writer makes one): such a batch can never run
+-- (`bury`). `prefix`: the id prefix of the shard the caller took the id from ('' on a one-shard
+-- namespace, else '<shard>.'); an id this shard never makes that names another shard is nil,
+-- as if it had no record here (every later call would look for it on the shard it names, so
+-- neither a worker nor the dead tools could ever reach it here). nil `prefix`: the caller
+-- routed by the id itself.
+local function record_info(id, prefix)
+  if prefix and not (string.sub(id, 1, #prefix) == prefix and string.find(id, '^%d+$', #prefix + 1)) then
+    local here = prefix == '' and 0 or tonumber(string.sub(prefix, 1, -2))
+    if shard_named(id) ~= here then return nil end
+    return redis.call('HEXISTS', k_info, id) == 1 and {garbled = true} or nil
+  end
   local info = redis.call('HGET', k_info, id)
   if not info then return nil end
   if not string.match(id, '^[%d.]+$') then return {garbled = true} end  -- no id distbatch makes
