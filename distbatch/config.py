@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -23,6 +24,11 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_duration(value: object, field: str = "batch.window") -> int:
@@ -190,6 +196,19 @@ class Binding:
         handler: object,
         retry: object = None,
     ) -> Binding:
+        binding = cls._checked(id, version, source, batch, handler, retry)
+        if binding.batch.count > BUFFER_CAP:
+            log.warning(
+                "count_above_cap: binding %s has count=%d > %d; its buffers are capped at %d "
+                "events (oldest dropped), so it can only fire when its window runs out",
+                binding.key, binding.batch.count, BUFFER_CAP, BUFFER_CAP,
+                extra={"event": "count_above_cap", "binding": binding.key},
+            )
+        return binding
+
+    @classmethod
+    def _checked(cls, id: object, version: object, source: object, batch: object, handler: object,
+                 retry: object) -> Binding:
         for field, value, pattern in (("id", id, _NAME), ("version", version, _NAME)):
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise ConfigError(
@@ -207,15 +226,8 @@ class Binding:
                 "handler_invalid",
                 f"handler={handler!r} must be an import path like 'myapp.handlers.digest'",
             )
-        binding = cls(id, version, source, handler, BatchConfig.parse(batch), RetryPolicy.parse(retry))
-        if binding.batch.count > BUFFER_CAP:
-            log.warning(
-                "count_above_cap: binding %s has count=%d > %d; its buffers are capped at %d "
-                "events (oldest dropped), so it can only fire when its window runs out",
-                binding.key, binding.batch.count, BUFFER_CAP, BUFFER_CAP,
-                extra={"event": "count_above_cap", "binding": binding.key},
-            )
-        return binding
+        return cls(id, version, source, handler, BatchConfig.parse(batch),  # type: ignore[arg-type]
+                   RetryPolicy.parse(retry))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -224,8 +236,37 @@ class Binding:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Binding:
-        return cls(
-            data["id"], data["version"], data["source"], data["handler"],
-            BatchConfig(**data["batch"]), RetryPolicy(**data["retry"]),
-        )
+    def from_json(cls, raw: str | bytes, name: str = "?") -> Binding:
+        """`from_dict` of a definition as stored (JSON text) under the binding key `name`."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ConfigError("binding_unreadable",
+                              f"binding {name}: its definition in Redis is not JSON: {_short(raw)}") from exc
+        return cls.from_dict(data, name)
+
+    @classmethod
+    def from_dict(cls, data: object, name: str = "?") -> Binding:
+        """A definition as `to_dict` wrote it to Redis, checked as `build` checks what a user
+        registers: a worker must never take a handler path, a count or a window from Redis that
+        `register` would have refused (a hostile writer's). Anything else is a ConfigError
+        `binding_unreadable` naming what is wrong."""
+        def ms(value: object) -> object:  # stored in whole ms; as a string, parse_duration checks it
+            return f"{value}ms" if type(value) is int else value
+
+        try:
+            if not isinstance(data, Mapping):
+                raise TypeError(f"not a JSON object: {_short(data)}")
+            b, r = data["batch"], data["retry"]
+            if not (isinstance(b, Mapping) and isinstance(r, Mapping)):
+                raise TypeError("batch and retry must be objects")
+            batch = {"count": b["count"], "window": ms(b["window_ms"]), "key": b.get("key"),
+                     "expire_action": b.get("expire_action", "fire_partial")}
+            retry = {"attempts": r["attempts"], "backoff": ms(r["backoff_ms"]),
+                     "backoff_factor": r["backoff_factor"], "max_backoff": ms(r["max_backoff_ms"]),
+                     "timeout": ms(r.get("timeout_ms"))}
+            return cls._checked(data["id"], data["version"], data["source"], batch, data["handler"], retry)
+        except (KeyError, TypeError, ConfigError) as exc:
+            what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ConfigError("binding_unreadable",
+                              f"binding {name}: its definition in Redis cannot be read: {what}") from exc

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import metrics
 from .config import Binding
 from .dispatch import Dispatcher
-from .errors import HandlerNotAllowed, describe
+from .errors import ConfigError, HandlerNotAllowed, describe
 from .handlers import HandlerResolver
 from .records import Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
@@ -440,14 +440,14 @@ class Executor:
             log.error("batch_poison batch=%s binding=%s: %s; kept as a dead batch", batch.id,
                       batch.binding, claim.error, extra={"event": "batch_poison", "batch": batch.id})
             return Result(Status.POISON, batch.id, batch.attempt)
-        binding = self._binding(batch.binding)
         try:
+            binding = self._binding(batch.binding)
             if binding is None:
                 raise HandlerNotAllowed(f"binding={batch.binding!r} is not registered")
             fn = self.resolver.resolve(binding.handler)
-        except HandlerNotAllowed as exc:
+        except (HandlerNotAllowed, ConfigError) as exc:  # ConfigError: its definition is unreadable
             self.leases.release(batch.id)
-            rec.fail(batch.id, token, f"HandlerNotAllowed: {exc}", UNAVAILABLE_RETRY_MS, refund=True)
+            rec.fail(batch.id, token, describe(exc), UNAVAILABLE_RETRY_MS, refund=True)
             log.error("handler_unavailable batch=%s %s; left for a worker that can run it (again "
                       "in %ds)", batch.id, exc, UNAVAILABLE_RETRY_MS // 1000,
                       extra={"event": "handler_unavailable", "batch": batch.id})

@@ -9,10 +9,11 @@ if the path lies under one of the module prefixes it was started with (`--handle
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .errors import HandlerNotAllowed
+from .errors import HandlerNotAllowed, describe
 
 Handler = Callable[[Any], Any]
 _registered: dict[str, Handler] = {}
@@ -54,11 +55,19 @@ class HandlerResolver:
                 f"{list(self.allow_prefixes)}; start the worker with --handlers <module prefix>"
             )
         module_name, _, attr = path.rpartition(".")
+        if not module_name or attr.startswith("_"):
+            raise HandlerNotAllowed(f"handler={path!r} names no public function of a module")
         try:
             fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise HandlerNotAllowed(f"handler={path!r} cannot be imported: {exc}") from exc
-        if not callable(fn):
-            raise HandlerNotAllowed(f"handler={path!r} is not callable")
+        except Exception as exc:  # a missing module, or one that fails as it is imported
+            raise HandlerNotAllowed(f"handler={path!r} cannot be imported: {describe(exc)}") from exc
+        if not callable(fn) or inspect.isclass(fn):
+            raise HandlerNotAllowed(f"handler={path!r} is not a function")
+        # What an allowlisted module merely imported (a class, another module's function) is no
+        # handler of it: a path written to Redis must not reach it through the module.
+        home = f"{getattr(fn, '__module__', None)}.{attr}"
+        if home != path and not self.allowed(home):
+            raise HandlerNotAllowed(f"handler={path!r} is defined in {getattr(fn, '__module__', None)!r}, "
+                                    f"outside the allowlist {list(self.allow_prefixes)}")
         self._cache[path] = fn
         return fn  # type: ignore[no-any-return]

@@ -21,6 +21,8 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from .errors import describe
+
 JOB_FUNC = "distbatch.jobs.run_batches"
 """The one function a distbatch worker runs: its ticket (`distbatch.jobs`)."""
 
@@ -84,9 +86,13 @@ class TicketJob(Job):
     def restore(self, raw_data: Mapping[Any, Any]) -> None:
         self.refusal = refusal(raw_data, self.queue_name, self.namespace)
         if self.refusal is None:
-            super().restore(raw_data)
-        else:
-            super().restore({b"data": b"", b"origin": raw_data.get(b"origin", b"")[:200]})
+            try:
+                super().restore(raw_data)
+                return
+            except Exception as exc:  # a ticket's field that RQ cannot parse (a hostile writer's
+                # `status`, `timeout` or timestamp) would crash the worker's loop at every start
+                self.refusal = f"job field unreadable by RQ: {describe(exc)}"
+        super().restore({b"data": b"", b"origin": raw_data.get(b"origin", b"")[:200]})
 
 
 def ticket_job_class(queue_name: str, namespace: str) -> type[TicketJob]:

@@ -10,6 +10,7 @@ meets the out-of-step copy (`sync`).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from .errors import ConfigError
 from .keys import Keys
 from .ops import Atomic, Cmd, Eval, Proc
 from .partition import split_path
+
+log = logging.getLogger("distbatch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,14 @@ class Registry:
 
     @staticmethod
     def parse(epoch: bytes, raw: dict[bytes, bytes]) -> Snapshot:
-        bindings = {as_text(b): Binding.from_dict(json.loads(v)) for b, v in sorted(raw.items())}
+        bindings: dict[str, Binding] = {}
+        for name, v in sorted(raw.items()):
+            try:
+                key = as_text(name, "replace")
+                bindings[key] = Binding.from_json(v, key[:200])
+            except ConfigError as exc:  # a hostile writer's: the others still take their events
+                log.warning("binding_unreadable %s; no event goes to it", exc,
+                            extra={"event": "binding_unreadable"})
         routes: dict[str, list[Route]] = {}
         for b in bindings.values():
             routes.setdefault(b.source, []).append(

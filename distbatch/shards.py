@@ -83,7 +83,7 @@ class Layout:
         k = Keys(namespace)
         raw = yield Cmd("hgetall", (k.meta,))
         if raw:
-            tags = tuple(json.loads(raw[b"tags"]))
+            tags = _stored_tags(namespace, raw.get(b"tags"), k.meta)
         else:
             want = shards or default()
             if isinstance(want, bool) or not isinstance(want, int) or want < 1:
@@ -94,7 +94,7 @@ class Layout:
                 tags = tuple(tags_for(namespace, 1))
             else:
                 yield Cmd("hsetnx", (k.meta, "tags", json.dumps(tags_for(namespace, want))))
-                tags = tuple(json.loads((yield Cmd("hget", (k.meta, "tags")))))
+                tags = _stored_tags(namespace, (yield Cmd("hget", (k.meta, "tags"))), k.meta)
         if shards is not None and shards != len(tags):
             raise ConfigError(
                 "shards_mismatch",
@@ -102,6 +102,22 @@ class Layout:
                 f"this instance asked for shards={shards} (use the same number, or a new namespace)",
             )
         return cls(namespace, tags)
+
+
+def _stored_tags(namespace: str, raw: Any, key: str) -> tuple[str, ...]:
+    """The layout's tags as stored, if distbatch wrote them: exactly `tags_for` the namespace and
+    their number. Anything else (a hostile writer's) would send every key of a shard elsewhere,
+    or fail deep inside the first call: refused here, naming the key."""
+    try:
+        tags = json.loads(raw)
+        if isinstance(tags, list) and 1 <= len(tags) <= SLOTS and tags == tags_for(namespace, len(tags)):
+            return tuple(tags)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
+    raise ConfigError("layout_unreadable",
+                      f"{key} field 'tags' holds no layout distbatch wrote for namespace={namespace!r}: "
+                      f"{shown}")
 
 
 def default_shards(client: Any) -> int:

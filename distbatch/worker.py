@@ -25,6 +25,7 @@ from rq.job import Job
 from . import jobdoor, jobs
 from .batcher import Batcher
 from .dispatch import make_queue
+from .errors import describe
 from .executor import LINGER_S, Executor
 from .handlers import HandlerResolver, registered
 from .sweeper import Sweeper
@@ -58,6 +59,14 @@ class BatchWorker(SimpleWorker):
             log.error("job_refused job=%s queue=%s: %s", job.id, queue.name, reason,
                       extra={"event": "job_refused", "job": job.id})
             jobdoor.refuse(self.connection, job, queue, reason)
+            # The job woke this worker in place of a ticket: the producers' hand-off counts what
+            # waits in the queue, so a planted job may stand where a ticket would have gone. Run
+            # what is ready now (no lingering: a flood of planted jobs must cost little each).
+            try:
+                self.executor.drain(jobs.MAX_BATCHES_PER_JOB, jobs.MAX_SECONDS_PER_JOB, linger_s=0.0)
+            except Exception as exc:  # as a ticket's failure: logged, the loop goes on
+                log.warning("drain_failed after a refused job: %s", describe(exc),
+                            extra={"event": "drain_failed"})
             return
         super().execute_job(job, queue)
 

@@ -133,6 +133,30 @@ def test_allowlist_is_by_module_prefix_not_string_prefix() -> None:
     assert not r.allowed("tests.handler")
 
 
+def test_an_allowlisted_module_lends_none_of_what_it_merely_imported(tmp_path, monkeypatch) -> None:
+    """The allowlist once covered any callable attribute of an allowed module: a path written to
+    Redis reached `tests.handlers.Batch` (a class it imports), `tests.handlers.cache` (functools')
+    or `tests.handlers.__class__`. Only what the module (or a module under the prefix) defines is
+    a handler; a path that names no module, or a module that fails as it is imported, is refused
+    with a clear word instead of an exception that took the worker's round down."""
+    from distbatch.errors import HandlerNotAllowed
+
+    r = HandlerResolver(["tests.handlers", "tests", "boom_at_import"])
+    for path in ("tests.handlers.Batch", "tests.handlers.cache", "tests.handlers.__class__",
+                 "tests.handlers.__init__", "tests.handlers.time", "tests", "boom_at_import.f"):
+        with pytest.raises(HandlerNotAllowed) as err:
+            r.resolve(path)
+        assert repr(path) in str(err.value)
+    (tmp_path / "boom_at_import.py").write_text("raise RuntimeError('broken at import')\ndef f(b): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerNotAllowed, match="RuntimeError: broken at import"):
+        r.resolve("boom_at_import.f")
+    import tests.handlers as th
+
+    assert r.resolve("tests.handlers.describe") is th.describe
+    assert r.resolve("tests.handlers.client") is th.client  # decorated in the module: its own
+
+
 def test_rq_job_is_json_not_pickle_and_runs_in_simple_worker(
     redis_server: RedisServer, namespace: str
 ) -> None:

@@ -86,6 +86,22 @@ def test_attacker_jobs_never_run_and_the_ticket_still_does(setup, caplog: pytest
     assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
 
 
+@pytest.mark.parametrize("field,value", [("timeout", "abc"), ("status", "bogus"), ("created_at", "garbage"),
+                                         ("result_ttl", "x"), ("enqueued_at", "1")])
+def test_a_ticket_with_a_field_rq_cannot_parse_is_refused_and_the_worker_goes_on(
+        setup, field: str, value: str) -> None:
+    """A ticket-shaped job whose allowed field a hostile writer garbled passed the door, then RQ's
+    own parsing raised in the worker's dequeue loop: the loop quit at every start (and again in
+    its maintenance), and no batch was delivered."""
+    client, b, queue, _ = setup
+    job = queue.enqueue(JOB_FUNC, b.keys.namespace)
+    client.hset(job.key, field, value)
+    b.emit("s", {"n": 1})  # the real ticket, behind it
+    run_worker(Batcher(client, namespace=b.keys.namespace), handlers=[__name__], burst=True)
+    assert_refused(client, queue, job.id)
+    assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
+
+
 def test_pickle_data_is_never_loaded(setup) -> None:
     client, b, queue, tmp = setup
     job = queue.enqueue(JOB_FUNC, b.keys.namespace)

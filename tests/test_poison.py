@@ -178,7 +178,8 @@ def test_a_record_garbled_while_it_ran_goes_dead_when_its_lease_runs_out(batcher
     assert _where(batcher, bad) == ["dead"] and _where(batcher, good) == ["ready"]
 
 
-@pytest.mark.parametrize("junk", [b"\xff\xfe", b"9.1", b"abc"], ids=["not-text", "no-such-shard", "no-digits"])
+@pytest.mark.parametrize("junk", [b"\xff\xfe", b"9.1", b"abc"],
+                         ids=["not-text", "no-such-shard", "no-digits"])
 def test_junk_in_the_running_set_or_a_wrong_typed_chart_key_holds_up_no_reclaim(
         one_redis: redis.Redis, namespace: str, clock, junk: bytes) -> None:
     """`9.1` names a shard a one-shard namespace does not have: the sweep once routed its reclaim
@@ -349,3 +350,55 @@ def test_a_made_up_batch_with_a_record_of_its_own_is_buried_not_handed_to_a_work
     assert c.batch.id == r.batch.id
     assert batcher.client.zscore(k.ready, junk) is None
     assert (batcher.client.zscore(k.dead, junk) is not None) == (junk == b"\xff\xfe")
+
+
+@pytest.mark.parametrize("definition", [b"not json", b"123", b'{"id": "d"}', "handler", "count"])
+def test_a_binding_definition_a_hostile_writer_garbled_is_refused_where_it_is_read(
+        batcher: Batcher, caplog: pytest.LogCaptureFixture, definition: bytes | str) -> None:
+    """A definition that is no JSON, or that `register` would have refused (a handler that is no
+    import path, a count that is no integer): producers once failed every emit of the namespace
+    (the registry did not load), and a worker's round raised out of the ticket, the batch going
+    dead after its leases ran out with a false "stopped renewing". Now producers skip it with a
+    warning, and a worker gives its batch back uncounted, naming what is wrong."""
+    import logging
+
+    from distbatch.config import Binding
+
+    batcher.register("d", version="v1", source="s", handler="tests.handlers.record",
+                     batch={"count": 1, "window": "1h"})
+    batcher.register("e", version="v1", source="t", handler="tests.handlers.record",
+                     batch={"count": 1, "window": "1h"})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    good = json.loads(batcher.client.hget(batcher.keys.bindings, "d@v1"))
+    garbled = {"handler": {**good, "handler": 123},
+               "count": {**good, "batch": {**good["batch"], "count": "9"}}}
+    raw = definition if isinstance(definition, bytes) else json.dumps(garbled[definition])
+    for k in batcher.shards:
+        batcher.client.hset(k.bindings, "d@v1", raw)
+        batcher.client.set(k.registry_version, "hostile")  # every reader loads the registry again
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        (other,) = batcher.emit("t", {"n": 2})  # the other binding still takes its events
+    assert other.batch is not None and any("binding_unreadable" in m for m in caplog.messages)
+    out = Executor(batcher.records, HandlerResolver(["tests.handlers"]), 10_000).run(
+        batcher.records.claim([r.batch.id], 10_000))
+    assert out is not None and out.status == Status.UNAVAILABLE
+    assert batcher.records.raw(r.batch.id)["error"].startswith("ConfigError: binding d@v1: its definition")
+    assert batcher.records.raw(r.batch.id)["attempt"] == 0  # given back uncounted
+    with pytest.raises(Exception) as err:
+        Binding.from_json(raw)
+    assert getattr(err.value, "code", None) == "binding_unreadable"
+
+
+@pytest.mark.parametrize("tags", [b"not json", b'["{elsewhere}"]', b'["{a}", "{b}"]', b"[]"])
+def test_a_layout_a_hostile_writer_garbled_is_a_clear_error_not_keys_elsewhere(
+        client, namespace: str, tags: bytes) -> None:
+    """The namespace's layout names the hash tag of every key: tags distbatch never wrote would
+    send a producer's keys elsewhere, or fail deep in its first call."""
+    from distbatch import ConfigError
+    from distbatch.keys import Keys
+
+    client.hset(Keys(namespace).meta, "tags", tags)
+    with pytest.raises(ConfigError) as err:
+        Batcher(client, namespace=namespace, handoff=False).bindings()
+    assert err.value.code == "layout_unreadable" and Keys(namespace).meta in str(err.value)

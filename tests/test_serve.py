@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from distbatch import Batcher
+from distbatch.keys import Keys
 from distbatch.testing import RedisServer, env_with_path, free_port
 
 from .processes import Procs, delivered, wait_for
@@ -224,6 +225,12 @@ def test_healthz_tracks_redis_sweepers_and_workers(tmp_path: Path, namespace: st
         procs.worker()
         wait_for(lambda: httpx.get(f"{s.url}/healthz").json()["status"] == "ok", 20, "healthz ok",
                  procs.logs)
+        # a worker registration a hostile writer garbled once made the probe answer 500
+        c = redis.Redis.from_url(own.url)
+        c.sadd(f"rq:workers:{Keys(namespace).queue_name}", "rq:worker:junk")
+        c.hset("rq:worker:junk", mapping={"pid": "not-a-pid", "last_heartbeat": "garbage"})
+        h = httpx.get(f"{s.url}/healthz")
+        assert h.status_code == 200 and h.json()["workers"] == 1, h.text
         procs.stop_all()
         own.stop()
         down = httpx.get(f"{s.url}/healthz")

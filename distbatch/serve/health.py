@@ -10,7 +10,8 @@ import datetime
 from typing import Any
 
 import redis
-from rq import Worker
+from rq.utils import utcparse
+from rq.worker_registration import get_keys
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -22,14 +23,21 @@ CHECK_TIMEOUT_S = 3.0
 
 
 def _live_workers(dispatcher: Dispatcher) -> int:
+    """Workers of the queue whose heartbeat is recent, read from their registrations' raw
+    `last_heartbeat` (not `Worker.all`, which parses every field and raises on one registration
+    a hostile writer garbled: the probe would answer 500; such an entry is not counted)."""
     now = datetime.datetime.now(datetime.UTC)
+    keys = sorted(get_keys(queue=dispatcher.queue))
+    pipe = dispatcher.client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "last_heartbeat")
     live = 0
-    for w in Worker.all(queue=dispatcher.queue):
-        beat = w.last_heartbeat
-        if beat is not None:
-            if beat.tzinfo is None:
-                beat = beat.replace(tzinfo=datetime.UTC)
-            live += (now - beat).total_seconds() * 1000 <= SEEN_WITHIN_MS
+    for raw in pipe.execute() if keys else []:
+        try:
+            beat = utcparse(raw.decode() if isinstance(raw, bytes) else raw)
+        except (TypeError, ValueError, AttributeError):
+            continue
+        live += (now - beat).total_seconds() * 1000 <= SEEN_WITHIN_MS
     return live
 
 
@@ -41,13 +49,17 @@ async def healthz(request: Request) -> Response:
             core = await batcher.start()
             now = await batcher.server_ms()
             sweepers = await batcher.client.zcount(core.keys.sweepers, now - SEEN_WITHIN_MS, "+inf")
-            workers = (await asyncio.to_thread(_live_workers, batcher.dispatcher)
-                       if batcher.dispatcher is not None else None)
+            workers, unread = None, None
+            if batcher.dispatcher is not None:
+                try:
+                    workers = await asyncio.to_thread(_live_workers, batcher.dispatcher)
+                except redis.ResponseError as exc:  # a registry key of another type (a hostile writer's)
+                    unread = f"workers cannot be counted: {exc}"
     except (redis.ConnectionError, redis.TimeoutError, OSError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {CHECK_TIMEOUT_S}s"
         body.update(status="down", redis={"ok": False, "error": error})
         return JSONResponse(body, status_code=503)
-    warnings = []
+    warnings = [unread] if unread else []
     if not sweepers:
         warnings.append(f"no sweeper seen in the last {SEEN_WITHIN_MS // 1000}s: expired windows wait")
     if workers == 0:
