@@ -8,6 +8,7 @@ import ipaddress
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -21,6 +22,32 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _host_of(authority: str) -> str:
+    """The host of a Host header: `127.0.0.1:8080`, `[::1]:80`, `localhost`."""
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def local_only_refusal(headers: dict[bytes, bytes]) -> str | None:
+    """Why a request to a service without auth (on loopback) must be refused, or None. Listening
+    on loopback keeps other machines out, not a web page in the user's own browser: it can post
+    to a loopback port without a preflight (cross-site request forgery), or read one through a
+    name it points at 127.0.0.1 (DNS rebinding). So the Host must be a loopback name, and a
+    request a browser marks as coming from another site is refused."""
+    host = headers.get(b"host", b"").decode("latin-1")
+    if host and not is_loopback(_host_of(host.strip())):
+        return (f"Host {host[:100]!r} is not a loopback name; this service has no auth and answers "
+                "only those")
+    origin = headers.get(b"origin", b"").decode("latin-1").strip()
+    if origin and not is_loopback(urlsplit(origin).hostname or ""):
+        return (f"a request from the page at {origin[:100]!r}; this service has no auth and takes "
+                "no cross-site ones")
+    if headers.get(b"sec-fetch-site", b"").strip().lower() == b"cross-site":
+        return "a cross-site request; this service has no auth and takes none"
+    return None
 
 
 def read_tokens(env: str | None = None, token_file: str | Path | None = None) -> frozenset[str]:

@@ -205,6 +205,19 @@ def test_insecure_no_auth_on_loopback_serves(
     try:
         r = httpx.post(f"{s.url}/v1/sources/orders%2Fcreated/events", json={"shop": "z"})
         assert r.status_code == 200 and r.json()["events"] == 1
+        # Without auth, loopback keeps other machines out, not a web page in the user's browser:
+        # it can post without a preflight (no content type), or read through a rebound name.
+        events = f"{s.url}/v1/sources/orders%2Fcreated/events"
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": "null"}, {"Host": "rebind.evil.example"}):
+            r = httpx.post(events, content=b'{"shop": "x"}', headers=headers)
+            assert r.status_code == 403 and r.json()["code"] == "not_local", (headers, r.text)
+        r = httpx.get(f"{s.url}/api/overview", headers={"Host": f"rebind.evil.example:{s.port}"})
+        assert r.status_code == 403
+        r = httpx.post(events, json={"shop": "y"}, headers={"Origin": f"http://localhost:{s.port}",
+                                                            "Sec-Fetch-Site": "same-origin"})
+        assert r.status_code == 200
+        assert batcher.counters()["events_in:h@v1"] == 2  # the refused ones stored nothing
     finally:
         s.stop()
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..exposure import bearer_ok
+from ..exposure import bearer_ok, local_only_refusal
 
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/"})
 """Open: probes, the API document, and the dashboard's page (its data calls need a token)."""
@@ -15,13 +15,20 @@ OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/"})
 
 class BearerAuth:
     """ASGI middleware: `Authorization: Bearer <token>` must match one configured token (compared
-    in constant time). No tokens = auth off (only ever allowed on loopback, see settings)."""
+    in constant time). No tokens = auth off (only ever allowed on loopback, see settings), and then
+    only requests that a local program, not a web page, sent (`local_only_refusal`)."""
 
     def __init__(self, app: ASGIApp, tokens: Iterable[str]) -> None:
         self.app = app
         self.tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.tokens:
+            why = local_only_refusal(dict(scope["headers"]))
+            if why is not None:
+                refused = JSONResponse({"code": "not_local", "message": why}, status_code=403)
+                await refused(scope, receive, send)
+                return
         if scope["type"] != "http" or not self.tokens or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
