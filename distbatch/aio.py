@@ -335,11 +335,7 @@ class AsyncBatcher:
     async def _one(self, script: str, call: Call) -> Any:
         try:
             return await self._eval(script, *call)
-        except TRANSIENT as exc:
-            return exc
-        except redis.ResponseError as exc:  # on a cluster, as Transport: one shard's failure
-            if not self.cluster:
-                raise
+        except (*TRANSIENT, redis.ResponseError) as exc:  # as Transport: the caller says what may be stored
             return exc
 
     async def _pipeline(self, name: str, calls: Sequence[Call]) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import Any
 
 import click
@@ -32,26 +33,40 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None) -> Batcher:
-    """For long-running processes: Redis down at start costs one line per retry, not an exit."""
-    import time
+def _lease(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A lease is renewed every third of it: below a second one pause of the process (a full
+    collection, a busy machine) loses healthy batches; above a day a killed worker's batches
+    wait that long."""
+    ms = _duration(ctx, param, value)
+    if not 1000 <= ms <= 86_400_000:
+        raise click.BadParameter(f"--lease={value!r} must be from 1s to 1d")
+    return ms
 
+
+def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
+                     stop: threading.Event | None = None) -> Batcher | None:
+    """For long-running processes: Redis down at start costs one line per retry, not an exit; a
+    wrong password or an ACL refusal is no outage to wait out, but a mistake: one clear error.
+    None when `stop` was set while waiting (SIGTERM must end a process Redis keeps waiting)."""
     import redis
 
     backoff = 0.5
     while True:
         try:
             return Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
+            raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs", exc, backoff)
-            time.sleep(backoff)
+            if (stop or threading.Event()).wait(backoff):
+                return None
             backoff = min(10.0, backoff * 2)
 
 
 def metrics_options(f: Any) -> Any:
     """--metrics-port and its auth, shared by worker and sweeper."""
     for option in reversed([
-        click.option("--metrics-port", type=int, default=None,
+        click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
                      help="Serve this process's Prometheus metrics on this port (/metrics)."),
         click.option("--metrics-host", default="127.0.0.1", show_default=True,
                      help="Address of the metrics port."),
@@ -75,7 +90,10 @@ def _start_metrics(port: int | None, host: str, token_file: str | None, insecure
         check_exposure("--metrics-port", host, tokens, insecure, "--metrics-insecure-no-auth")
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
-    serve_process_metrics(host, port, tokens)
+    try:
+        serve_process_metrics(host, port, tokens)
+    except OSError as exc:  # the port taken, an address not on this machine
+        raise click.ClickException(f"--metrics-port {port} on --metrics-host {host}: {exc}") from exc
     logging.getLogger("distbatch").info("metrics_listening http://%s:%d/metrics auth=%s", host, port,
                                         "bearer" if tokens else "none (loopback)")
 
@@ -101,6 +119,8 @@ class _Commands(click.Group):
             raise click.ClickException(f"cannot reach Redis: {describe(exc)}") from exc
         except redis.exceptions.RedisClusterException as exc:  # no node reachable, or not a cluster
             raise click.ClickException(f"cannot use the Redis Cluster: {describe(exc)}") from exc
+        except redis.ResponseError as exc:  # e.g. a database index the server does not have
+            raise click.ClickException(f"Redis refused: {describe(exc)}") from exc
 
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})
@@ -124,8 +144,8 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--handlers", envvar="DISTBATCH_HANDLERS", default="", show_default=True,
               help="Comma-separated module prefixes whose handlers this worker may run "
               "(e.g. myapp.handlers). Env: DISTBATCH_HANDLERS.")
-@click.option("--lease", default="10s", show_default=True, callback=_duration,
-              help="How long a batch stays with a worker that stops renewing it (killed).")
+@click.option("--lease", default="10s", show_default=True, callback=_lease,
+              help="How long a batch stays with a worker that stops renewing it (killed); 1s to 1d.")
 @click.option("--with-sweeper", is_flag=True, help="Also run a sweeper in this process.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", default=None, help="Worker name (RQ).")
@@ -147,6 +167,7 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
     batcher = _patient_batcher(redis_url, namespace, queue_url)
+    assert batcher is not None  # no `stop`: SIGTERM ends the process while it waits
     run_worker(batcher, handlers=handlers.split(","), lease_ms=lease, with_sweeper=with_sweeper,
                burst=burst, name=name, logging_level="WARNING", summary_every_s=summary_every / 1000)
 
@@ -172,8 +193,9 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Sweeper(_patient_batcher(redis_url, namespace, queue_url),
-            max_sleep_s=max_sleep / 1000, summary_every_s=summary_every / 1000).run(stop)
+    batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
+    if batcher is not None:
+        Sweeper(batcher, max_sleep_s=max_sleep / 1000, summary_every_s=summary_every / 1000).run(stop)
 
 
 @main.command()
@@ -181,7 +203,8 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @NS
 @QUEUE
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File of API tokens, one per line (# comments). Tokens also come from "
               "DISTBATCH_API_TOKENS (comma-separated).")
@@ -219,7 +242,8 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
 @NS
 @click.argument("source")
 @click.argument("payload", required=False)
-@click.option("--chunk", default=1000, show_default=True, help="Events per round trip from stdin.")
+@click.option("--chunk", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+              help="Events per round trip from stdin.")
 @QUEUE
 def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int,
          queue_url: str | None) -> None:
@@ -282,13 +306,16 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 @click.option("--watch", is_flag=True, help="Live view: rates, open buffers, ready/running/dead, "
               "cut lateness; Ctrl-C ends it.")
 @click.option("--interval", default="2s", callback=_duration, help="Refresh period of --watch.")
-@click.option("--count", type=int, default=None, help="With --watch: stop after this many refreshes.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="With --watch: stop after this many refreshes.")
 def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: int,
           count: int | None) -> None:
     """Batches ready/running/waiting/dead now; per binding: open buffers, next window to close,
     events in/delivered/discarded and batches cut (totals since the namespace began)."""
     from .stats import collect, render
 
+    if count is not None and not watch:
+        raise click.UsageError("--count counts --watch's refreshes: use it with --watch")
     batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     if watch:
         import contextlib
@@ -380,6 +407,9 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
         click.echo(f"{bid}: {'replayed' if ok else 'not dead'}")
     if replayed and batcher.dispatcher is not None:
         batcher.dispatcher(replayed)
+    missed = len(batch_ids) - len(replayed) if not replay_all else 0
+    if missed:
+        raise click.ClickException(f"{missed} of the batches named are not dead (see `distbatch dead list`)")
 
 
 @dead.command("purge")
@@ -392,6 +422,9 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
     batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     purged = sum(batcher.records.purge(bid) for bid in _dead_ids(batcher, batch_ids, purge_all))
     click.echo(f"purged {purged} dead batches")
+    if not purge_all and purged < len(set(batch_ids)):
+        raise click.ClickException(f"{len(set(batch_ids)) - purged} of the batches named are not dead "
+                                   "(see `distbatch dead list`)")
 
 
 @main.command()
@@ -403,7 +436,8 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
               help="Producer threads.")
 @click.option("--keys", "n_keys", default=20, show_default=True, type=click.IntRange(min=1),
               help="Distinct repos (partitions).")
-@click.option("--count", default=10, show_default=True, type=click.IntRange(min=1), help="Batch size.")
+@click.option("--count", default=10, show_default=True, type=click.IntRange(1, 1024),
+              help="Batch size (at most the buffer cap, 1024: above it a buffer drops its oldest).")
 @click.option("--window", default="200ms", show_default=True, help="Batch window.")
 @click.option("--rate", default=2000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Events per second, all producers.")
@@ -428,6 +462,8 @@ def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_k
                        window=window, rate=rate, show=print_batches)
     click.echo("")
     _echo_json(summary)
+    if summary["interrupted"]:
+        sys.exit(130)
     if summary["events_delivered"] != summary["events_in"]:
         sys.exit(1)
 

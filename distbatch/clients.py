@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -55,16 +56,33 @@ def parsing_url(url: str, field: str = "redis_url") -> Iterator[None]:
                           ) from None
 
 
+def _check_db(url: str, field: str) -> None:
+    """The database a `redis://` URL's path names: a number (none: 0), and on a cluster 0 only.
+    redis-py reads `/abc` or `/O` as no database at all, and silently uses 0: another app's."""
+    scheme = url.partition("://")[0]
+    if scheme.removesuffix("+cluster") not in ("redis", "rediss"):
+        return
+    path = urlsplit(url).path
+    db = path[1:] if path.startswith("/") else path
+    if db and not (db.isascii() and db.isdigit()):
+        raise ConfigError(field, f"{field}={redacted(url)!r}: the path {path!r} names no database "
+                                 "(a number, e.g. /0)")
+    if db and int(db) != 0 and scheme.endswith("+cluster"):
+        raise ConfigError(field, f"{field}={redacted(url)!r}: a Redis Cluster has database 0 only")
+
+
 def check_url(url: str, field: str = "redis_url") -> None:
     """`ConfigError` (as `parsing_url`) for a URL redis-py cannot parse; connects to nothing."""
     scheme, sep, rest = url.partition("://")
     with parsing_url(url, field):
         redis.connection.parse_url(f"{scheme.removesuffix('+cluster')}{sep}{rest}")  # type: ignore[no-untyped-call]
+    _check_db(url, field)
 
 
 def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
     """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster."""
     scheme, sep, rest = url.partition("://")
+    _check_db(url, field)
     with parsing_url(url, field):
         if sep and scheme.endswith("+cluster"):
             return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)

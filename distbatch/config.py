@@ -104,6 +104,11 @@ class BatchConfig:
             raise ConfigError(
                 "key_type", f"batch.key={key!r} must be a string, not {type(key).__name__}"
             )
+        if key is not None and key.strip() and "" in key.strip().split("."):  # blank: no key
+            raise ConfigError(
+                "key_invalid", f"batch.key={key!r} must be a dot-path of non-empty field names "
+                "(e.g. 'repo' or 'user.id'); it could never resolve"
+            )
         key = key.strip() if key else None
         action = batch.get("expire_action", "fire_partial")
         if not isinstance(action, str) or action not in EXPIRE_ACTIONS:

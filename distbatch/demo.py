@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import click
+from rq.exceptions import StopRequested
 
 from .batcher import Batcher
 from .handlers import HandlerResolver, handler
@@ -86,19 +87,28 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
                     f"{RECORD.batches['expired']} expired | delivered {RECORD.events}")
 
     worker = make_worker(batcher, configure(batcher, HandlerResolver()))
+    interrupted = False
     with click.progressbar(length=events, label="delivered", item_show_func=lambda s: s,
                            show_eta=False, file=click.get_text_stream("stderr")) as bar:
         done = 0
-        while True:
-            worker.work(burst=True, logging_level="ERROR")
-            with RECORD.lock:
-                delivered = RECORD.events
-            bar.update(delivered - done, status())
-            done = delivered
-            if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
-                break
-            time.sleep(0.02)
-    click.echo(status(), err=True)  # the last word, the same numbers as the summary below
+        try:
+            while True:
+                # RQ's loop takes SIGINT/SIGTERM as a warm shutdown of this one call: the demo
+                # ends there (a second Ctrl-C, RQ's cold shutdown, raises: caught below)
+                worker.work(burst=True, logging_level="ERROR")
+                with RECORD.lock:
+                    delivered = RECORD.events
+                bar.update(delivered - done, status())
+                done = delivered
+                if worker._stop_requested:
+                    interrupted = True
+                    break
+                if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
+                    break
+                time.sleep(0.02)
+        except (KeyboardInterrupt, SystemExit, StopRequested):
+            interrupted = True
+    click.echo(status() + (" | interrupted" if interrupted else ""), err=True)  # the last word
     stop.set()
     elapsed = time.monotonic() - started
     stats = collect(batcher)
@@ -113,4 +123,5 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
                                       "p99": _pct(RECORD.start_late_ms, 0.99),
                                       "max": max(RECORD.start_late_ms, default=0)},
         "dead_batches": stats["batches_dead_now"],
+        "interrupted": interrupted,
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
+
 
 class DistbatchError(Exception):
     """Base of every error distbatch raises on purpose."""
@@ -49,8 +51,9 @@ class EmitError(DistbatchError):
     into the payloads given:
 
     - `stored`: these events were stored (`results` are theirs, in order);
-    - `uncertain`: these were sent but no answer came back, twice (Redis unreachable); they may
-      or may not be stored;
+    - `uncertain`: these were sent but no answer came back, twice (Redis unreachable), or the
+      script failed part-way (a value it cannot take, written by another program); they may or
+      may not be stored;
     - every other event was not sent (`not_sent`).
     Re-emitting `not_sent` never duplicates; re-emitting `uncertain` may.
     """
@@ -61,7 +64,8 @@ class EmitError(DistbatchError):
         self.stored = stored
         self.uncertain = uncertain
         self.not_sent = sorted(set(range(total)) - set(stored) - set(uncertain))
+        why = "the script failed" if isinstance(cause, redis.ResponseError) else "no reply from Redis"
         super().__init__(
             f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or may not "
-            f"be (no reply from Redis: {describe(cause)}), {len(self.not_sent)} not sent"
+            f"be ({why}: {describe(cause)}), {len(self.not_sent)} not sent"
         )

@@ -784,11 +784,11 @@ class Ingest:
         reply = yield Eval("flush_expired", keys,
                            [window_now, self.layout.id_prefix(shard), k.buffer_prefix, int(with_events)])
         batches = [decode_cut(row) for row in reply[3:]]
-        for b in batches:
-            if b.discarded:
+        for b, row in zip(batches, reply[3:], strict=True):
+            if b.discarded:  # without events, the row counts them (a resent call's rows have them)
                 log.info(
                     "batch_discarded binding=%s partition=%r events=%d",
-                    b.binding, b.partition_key, len(b.events),
+                    b.binding, b.partition_key, len(b.events) if with_events else int(row[7]),
                     extra={"event": "batch_discarded", "binding": b.binding},
                 )
         cuts = [b.id for b in batches if not b.discarded]

@@ -134,6 +134,12 @@ class Keys:
         return "{" + self.namespace + "}:meta"
 
     @property
+    def workers(self) -> str:
+        """Sorted set: worker id -> last heartbeat (ms, server clock), for health checks: unlike
+        RQ's worker registry, rebuilt by the next heartbeat after Redis lost its data."""
+        return "{" + self.namespace + "}:workers"
+
+    @property
     def sweepers(self) -> str:
         """Sorted set: sweeper id -> last heartbeat (ms), so sweepers share the shards out."""
         return "{" + self.namespace + "}:sweepers"

@@ -119,11 +119,17 @@ class Registry:
         moves to `dropped`). Returns each shard's open members of it."""
         epoch = secrets.token_hex(8)
         members = []
+        known = False
         for k in self.shards:
             reply = yield Eval("unbind", [k.bindings, k.registry_version, k.dropped, k.open_buffers(binding)],
                                [binding, epoch])
-            members.append(list(reply[1:]))
+            known = known or bool(reply[0]) or bool(reply[1]) or len(reply) > 2
+            members.append(list(reply[2:]))
         self.invalidate()
+        if not known:  # nothing was written: a typo must not pass for a drop that found nothing
+            snap = yield from self.load()
+            raise ConfigError("binding_unknown", f"binding={binding!r} is not registered (nor dropped "
+                              f"before); registered: {sorted(snap.bindings)} (keys are id@version)")
         return members
 
     def sync(self, shard: int, snap: Snapshot) -> Proc[None]:

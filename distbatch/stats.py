@@ -80,6 +80,7 @@ def render(data: dict[str, Any]) -> str:
             f"in={row.get('events_in_total', 0)} delivered={row.get('events_delivered_total', 0)} "
             f"discarded={row.get('events_discarded_total', 0)} "
             f"overflowed={row.get('events_overflowed_total', 0)} "
+            f"dropped={row.get('events_dropped_total', 0)} "
             f"batches: count={row.get('batches_count_total', 0)} "
             f"expired={row.get('batches_expired_total', 0)}"
         )

@@ -35,6 +35,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MovedError,
+    NoScriptError,
     ResponseError,
     TryAgainError,
 )
@@ -165,8 +166,8 @@ class Transport:
             keys, args = calls[0]
             try:
                 return [once_more(script, keys, args, client)]
-            except TRANSIENT as exc:
-                return [exc]
+            except (*TRANSIENT, ResponseError) as exc:  # a script's error: the caller says what
+                return [exc]  # may be stored, as for a pipelined call's (`pipelined`)
         try:
             return self._pipeline(script, calls, client)
         except TRANSIENT as first:
@@ -182,7 +183,9 @@ class Transport:
         the caller sends the call again as EVAL (`run`)."""
         try:
             return _twice(lambda: execute_packed(client, packed))
-        except TRANSIENT as exc:
+        except NoScriptError:
+            raise
+        except (*TRANSIENT, ResponseError) as exc:
             return exc
 
     @staticmethod

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -138,6 +140,9 @@ def run_worker(
     if summary_every_s > 0:
         threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
                          name="distbatch-summary").start()
+    worker_id = name or f"{socket.gethostname()}.{os.getpid()}"
+    threading.Thread(target=_heartbeats, args=(batcher, worker_id, stop), daemon=True,
+                     name="distbatch-heartbeat").start()
     rq_log = logging.getLogger("rq.worker")
     if not any(isinstance(f, _OneLine) for f in rq_log.filters):
         rq_log.addFilter(_OneLine())
@@ -159,6 +164,8 @@ def run_worker(
                 worker = previous = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
                 backoff = 0.0
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
+                raise  # a wrong password is a mistake to report, not an outage to wait out
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 backoff = min(10.0, max(0.5, backoff * 2))
                 log.warning("worker_redis_unavailable: %s; retrying in %.1fs", exc, backoff,
@@ -179,6 +186,26 @@ def run_worker(
     finally:
         stop.set()
         gc.unfreeze()
+
+
+HEARTBEAT_S = 5.0
+
+
+def _heartbeats(batcher: Batcher, worker_id: str, stop: threading.Event) -> None:
+    """The worker's heartbeat in the namespace (`Keys.workers`, what `/healthz` counts); entries
+    silent for ten minutes go. Best effort: Redis away costs a missed beat, not the worker."""
+    key = batcher.keys.workers
+    try:
+        while True:
+            with contextlib.suppress(redis.RedisError, OSError):
+                now = batcher.server_ms()
+                batcher.client.zadd(key, {worker_id: now})
+                batcher.client.zremrangebyscore(key, "-inf", now - 600_000)
+            if stop.wait(HEARTBEAT_S):
+                return
+    finally:
+        with contextlib.suppress(redis.RedisError, OSError):
+            batcher.client.zrem(key, worker_id)
 
 
 def _summaries(executor: Executor, every_s: float, stop: threading.Event) -> None:

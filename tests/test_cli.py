@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from distbatch import Batcher
@@ -150,3 +151,136 @@ def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: Redis
         b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
     first = _failed_cleanly(CliRunner().invoke(cli, ["emit", "s", "[1]", *args]))
     assert first.startswith("Error: line 1: ") and "nothing from line 1 on was stored" in first
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["serve", "--port", "70000", "--insecure-no-auth"], "70000 is not in the range 1<=x<=65535"),
+    (["worker", "--metrics-port", "70000"], "70000 is not in the range"),
+    (["sweeper", "--metrics-port", "0"], "0 is not in the range"),
+    (["worker", "--lease", "1ms"], "--lease='1ms' must be from 1s to 1d"),
+    (["worker", "--lease", "999999999d"], "must be from 1s to 1d"),
+    (["emit", "s", "--chunk", "0"], "0 is not in the range"),
+    (["stats", "--count", "3"], "use it with --watch"),
+    (["demo", "--count", "2000"], "2000 is not in the range 1<=x<=1024"),
+])
+def test_an_out_of_range_option_is_named_before_anything_runs(argv: list[str], said: str) -> None:
+    argv = [*argv, *(["--redis-url", "redis://127.0.0.1:1/0"] if argv[0] != "demo" else [])]  # never 6379
+    """`serve --port 70000` once listened on 70000 mod 65536; `--metrics-port 70000` raised an
+    OverflowError traceback; `--lease 1ms` lost every healthy batch; `--chunk 0`, `--count` without
+    `--watch` and `demo --count 2000` (past the buffer cap: a two-minute wait, then sums that did
+    not add up) were taken silently."""
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert said in result.output, result.output
+
+
+def test_a_database_the_url_cannot_name_is_an_error_not_db_0(redis_server: RedisServer) -> None:
+    """`/abc` or `/O` once silently meant database 0 (another app's data); `/99`, past the
+    server's databases, a traceback from every command."""
+    base = redis_server.url.rsplit("/", 1)[0]
+    out = _failed_cleanly(CliRunner().invoke(cli, ["stats", "--redis-url", f"{base}/abc"]))
+    assert "redis_url=" in out and "'/abc' names no database" in out
+    out = _failed_cleanly(CliRunner().invoke(cli, ["stats", "--redis-url", f"{base}/99"]))
+    assert "Redis refused" in out and "DB index is out of range" in out
+
+
+def test_dead_replay_and_purge_of_a_batch_that_is_not_dead_fail(redis_server: RedisServer,
+                                                                namespace: str) -> None:
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    for command in ("replay", "purge"):  # they once said "not dead" / "purged 0" and exited 0
+        result = CliRunner().invoke(cli, ["dead", command, "99999", *args])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert result.output.splitlines()[-1].startswith("Error: 1 of the batches named are not dead")
+
+
+def test_the_metrics_port_taken_is_one_clear_line(redis_server: RedisServer) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _failed_cleanly(CliRunner().invoke(cli, [
+            "sweeper", "--redis-url", redis_server.url, "--metrics-port", str(port),
+            "--metrics-insecure-no-auth"]))
+    assert f"--metrics-port {port}" in out and "in use" in out
+
+
+@pytest.mark.parametrize("command", ["worker", "sweeper"])
+def test_a_wrong_password_ends_a_long_running_process_with_one_line(command: str, tmp_path) -> None:
+    """A wrong password was retried forever ("redis_unavailable ... retrying"), like an outage:
+    it is a mistake, said once."""
+    import subprocess
+    import sys
+
+    from .redis_server import env_with_path
+
+    own = RedisServer().start()
+    try:
+        redis.Redis.from_url(own.url).config_set("requirepass", "right-password")
+        url = own.url.replace("redis://", "redis://:wrong-password@")
+        done = subprocess.run([sys.executable, "-m", "distbatch.cli", command, "--redis-url", url],
+                              env=env_with_path(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert "Error: cannot reach Redis: AuthenticationError" in done.stderr
+        assert "Traceback" not in done.stderr and "wrong-password" not in done.stderr
+    finally:
+        own.cleanup()
+
+
+def test_a_sweeper_waiting_for_redis_stops_on_sigterm() -> None:
+    """SIGTERM (what Compose and Kubernetes send) was ignored while Redis was out of reach at
+    start: the sweeper kept retrying until SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+
+    from .redis_server import env_with_path, free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "sweeper", "--redis-url",
+                             f"redis://127.0.0.1:{free_port()}/0"], env=env_with_path(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None
+        while "redis_unavailable" not in proc.stderr.readline():
+            assert time.monotonic() < deadline and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_demo_ends_on_the_first_ctrl_c_with_its_summary() -> None:
+    """The demo's loop ran RQ's worker again after each warm shutdown: Ctrl-C did nothing, and a
+    second one ended it with a traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    from .redis_server import env_with_path
+
+    proc = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "demo", "--events", "100000",
+                             "--rate", "500"], env=env_with_path(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert json.loads(out)["interrupted"] is True and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_stats_counts_the_events_a_drop_returned(redis_server: RedisServer, namespace: str) -> None:
+    """The text line once left dropped events out: in=2 delivered=0 discarded=0 overflowed=0."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 9, "window": "1h"})
+    b.emit_many("s", [{"n": 1}, {"n": 2}])
+    assert len(b.drop("d@v1")) == 2
+    out = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace])
+    assert out.exit_code == 0, out.output
+    assert "in=2 delivered=0 discarded=0 overflowed=0 dropped=2" in out.output, out.output

@@ -45,6 +45,8 @@ def test_durations(text: object, ms: int) -> None:
         ({"count": 3, "window": timedelta(0)}, "window_range", "window"),
         ({"count": 3, "window": timedelta(seconds=-1)}, "window_range", "window"),
         ({"count": 3, "window": "1s", "key": 5}, "key_type", "key=5"),
+        ({"count": 3, "window": "1s", "key": "a..b"}, "key_invalid", "'a..b'"),
+        ({"count": 3, "window": "1s", "key": ".repo"}, "key_invalid", "'.repo'"),
         ({"count": 3, "window": "1s", "expire_action": "explode"}, "expire_action_invalid",
          "'explode'"),
         ({"count": 3, "window": "1s", "colour": "red"}, "batch_unknown_field", "colour"),

@@ -362,3 +362,36 @@ def test_late_event_discards_the_expired_buffer_of_a_discard_binding(
     assert r.expired is not None and r.expired.discarded and len(r.expired.events) == 2
     stats = batcher.counters()
     assert stats["events_discarded:t@v1"] == 2 and batcher.records.count("ready") == 0
+
+
+def test_dropping_a_binding_that_does_not_exist_is_an_error_and_writes_nothing(batcher: Batcher) -> None:
+    """`drop("pr-digest")` (no version) or a typo once returned [] and changed the registry epoch:
+    every emitter's next call was refused and planned again, for nothing."""
+    from distbatch import ConfigError
+
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    epoch = batcher.client.get(batcher.keys.registry_version)
+    for typo in ("d", "dd@v1"):
+        with pytest.raises(ConfigError) as err:
+            batcher.drop(typo)
+        assert err.value.code == "binding_unknown" and "d@v1" in str(err.value)
+    assert batcher.client.get(batcher.keys.registry_version) == epoch
+    batcher.emit("s", {"n": 1})
+    assert [e.payload for e in batcher.drop("d@v1")] == [{"n": 1}]
+    assert batcher.drop("d@v1") == []  # dropped before: known, nothing left
+
+
+def test_a_sweep_that_discards_a_window_logs_how_many_events_went(
+        make_batcher, clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A sweeper asks for no events back: its log line once said events=0 for every discard."""
+    import logging
+
+    b = make_batcher(clock=clock, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h",
+               batch={"count": 9, "window": "1s", "expire_action": "discard"})
+    b.emit_many("s", [{"n": i} for i in range(3)])
+    clock.advance("2s")
+    with caplog.at_level(logging.INFO, "distbatch"):
+        for shard in range(len(b.shards)):
+            b.flush_step(100, with_events=False, shard=shard)
+    assert any("batch_discarded" in m and "events=3" in m for m in caplog.messages), caplog.messages

@@ -244,6 +244,12 @@ def test_healthz_tracks_redis_sweepers_and_workers(tmp_path: Path, namespace: st
         c.hset("rq:worker:junk", mapping={"pid": "not-a-pid", "last_heartbeat": "garbage"})
         h = httpx.get(f"{s.url}/healthz")
         assert h.status_code == 200 and h.json()["workers"] == 1, h.text
+        # Redis lost its data (a restart without persistence): RQ's registry of workers is gone
+        # for good (it is written once, at a worker's start); distbatch's heartbeats come back
+        c.delete(f"rq:workers:{Keys(namespace).queue_name}", "rq:workers", "rq:worker:junk",
+                 Keys(namespace).workers)
+        wait_for(lambda: httpx.get(f"{s.url}/healthz").json()["workers"] == 1, 20,
+                 "the worker counted again", procs.logs)
         procs.stop_all()
         own.stop()
         down = httpx.get(f"{s.url}/healthz")
@@ -306,3 +312,10 @@ def test_a_batch_id_naming_no_shard_is_not_found(api: httpx.Client, batcher: Bat
                              ("POST", f"/api/dead/{bid}/purge")):
             r = api.request(method, path)
             assert r.status_code == 404 and r.json()["code"] == "not_dead", (method, path, r.text)
+
+
+def test_an_unknown_results_mode_is_refused_before_anything_is_stored(api: httpx.Client,
+                                                                      batcher: Batcher) -> None:
+    r = api.post("/v1/sources/orders%2Fcreated/events", params={"results": "bogus"}, json={"shop": "a"})
+    assert r.status_code == 400 and r.json()["code"] == "results_invalid", r.text
+    assert batcher.counters().get("events_in:h@v1", 0) == 0

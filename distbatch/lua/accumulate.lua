@@ -65,6 +65,15 @@ local function report(item, kind, id, blob)
   out[#out + 1] = blob
 end
 
+-- The events taken are counted once per route at the end; and before a failed step raises
+-- (`undo_push`), those taken before the failing one (`failing`: its route), which stay stored.
+local function count_in(failing)
+  if failing then accepted[failing] = accepted[failing] - 1 end
+  for r = 1, nroutes do
+    if accepted[r] > 0 then redis.call('HINCRBY', k_stats, 'events_in:' .. bindings[r], accepted[r]) end
+  end
+end
+
 local items = #ARGV - first_event
 if nroutes > 1 then items = items / 2 end
 local extra = #KEYS - first_buffer - items
@@ -107,21 +116,21 @@ for item = 1, items do
     end
   end
   if n > cap then
-    drop_oldest(key, binding)
+    local ok, err = pcall(drop_oldest, key, binding)
+    if not ok then count_in(r); undo_push(key, err) end
     n = cap
     report(item, 'overflow', '', '')
   end
   if n >= count then
     member = member or string.sub(key, member_at)
-    local id, blob = cut_full(key, member, open_key, binding)
+    local ok, id, blob = pcall(cut_full, key, member, open_key, binding, n, count)
+    if not ok then count_in(r); undo_push(key, id) end
     report(item, 'count', id, blob)
     made_ready = made_ready + 1
     if member == wake_member then woke = 'recheck' end
   end
 end
-for r = 1, nroutes do
-  if accepted[r] > 0 then redis.call('HINCRBY', k_stats, 'events_in:' .. bindings[r], accepted[r]) end
-end
+count_in(nil)
 if woke == 'recheck' then
   local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
   earliest = first[2] and tonumber(first[2])

@@ -32,7 +32,7 @@ local function rare()
     out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 1, kind, id, blob
   end
   return {close_if_expired = close_if_expired, cut_full = cut_full, drop_oldest = drop_oldest,
-          report = report}
+          undo_push = undo_push, report = report}
 end
 
 -- Only when some open deadline has passed can this event's buffer have run out. ZCOUNT, not the
@@ -49,7 +49,6 @@ if redis.call('ZCOUNT', k_deadlines, '-inf', now) > 0 then
 end
 local woke = false  -- the deadline to publish: a new earliest one, unless cut at once
 local n = redis.call('RPUSH', key, ARGV[10])
-redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, 1)
 if n == 1 then
   member = member or string.sub(key, member_at)
   local first = redis.call('ZRANGE', k_deadlines, 0, 0, 'WITHSCORES')
@@ -61,17 +60,21 @@ if n == 1 then
 end
 if n > tonumber(ARGV[2]) then
   steps = steps or rare()
-  steps.drop_oldest(key, binding)
+  local ok, err = pcall(steps.drop_oldest, key, binding)
+  if not ok then steps.undo_push(key, err) end
   n = tonumber(ARGV[2])  -- as accumulate.lua: at the cap
   steps.report('overflow', '', '')
 end
 if n >= tonumber(ARGV[6]) then
   steps = steps or rare()
-  local id, blob = steps.cut_full(key, member or string.sub(key, member_at), open_key, binding)
+  local ok, id, blob = pcall(steps.cut_full, key, member or string.sub(key, member_at), open_key, binding,
+                             n, tonumber(ARGV[6]))
+  if not ok then steps.undo_push(key, id) end
   steps.report('count', id, blob)
   made_ready = made_ready + 1
   woke = false  -- opened and cut in this call (count 1): no window to wake a sweeper for
 end
+redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, 1)  -- after the steps that can fail
 if woke then
   redis.call('PUBLISH', k_wake, woke)
 end

@@ -9,7 +9,8 @@
 --       with_events ('1' to return the events of each batch)
 -- Returns {earliest remaining deadline or -1, server time (ms), candidates not yet due,
 --          then per batch: {id, member, 'expired', discarded 0/1, cut_ms, events or '',
---          late_ms (window clock minus the deadline: how late the cut came)}}; with events, a
+--          late_ms (window clock minus the deadline: how late the cut came), events' number}};
+--          with events, a
 --          resend of a call that cut or discarded returns the same (those buffers are gone by
 --          then; a cut batch's events as its record holds them, '' once delivered).
 local k_deadlines, k_seq, k_bindings, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[9]
@@ -58,7 +59,7 @@ for i = 11, #KEYS, 2 do
         made_ready = made_ready + 1
         if not with_events then blob = '' end
       end
-      out[#out + 1] = {id, member, 'expired', discarded, real_now, blob, now - tonumber(deadline)}
+      out[#out + 1] = {id, member, 'expired', discarded, real_now, blob, now - tonumber(deadline), #events}
     end
     close_buffer(key, member, open_key)
   end

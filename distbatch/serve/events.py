@@ -103,6 +103,9 @@ async def post_events(request: Request) -> Response:
     batcher: AsyncBatcher = request.app.state.batcher
     source = request.path_params["source"]
     try:
+        results_mode = request.query_params.get("results", "all")
+        if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
+            raise Refused(400, "results_invalid", f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
         body = await read_body(request, settings.max_body_bytes)
         events = parse_events(body, request.headers.get("content-type", ""), settings.max_events)
         traceparent = request.headers.get("traceparent", "")

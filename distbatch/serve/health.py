@@ -46,11 +46,20 @@ async def healthz(request: Request) -> Response:
     body: dict[str, Any] = {"namespace": batcher.namespace}
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):  # a probe must answer, whatever Redis does
-            core = await batcher.start()
-            now = await batcher.server_ms()
+            for attempt in (1, 2):  # a pooled connection Redis closed (it restarted) fails once
+                try:
+                    core = await batcher.start()
+                    now = await batcher.server_ms()
+                    break
+                except redis.ConnectionError:
+                    if attempt == 2:
+                        raise
             sweepers = await batcher.client.zcount(core.keys.sweepers, now - SEEN_WITHIN_MS, "+inf")
-            workers, unread = None, None
-            if batcher.dispatcher is not None:
+            # distbatch workers' own heartbeats (rebuilt after Redis lost its data, unlike RQ's
+            # registry), or, for plain `rq worker`s running the tickets, RQ's registry
+            workers: int | None = await batcher.client.zcount(core.keys.workers, now - SEEN_WITHIN_MS, "+inf")
+            unread = None
+            if not workers and batcher.dispatcher is not None:
                 try:
                     workers = await asyncio.to_thread(_live_workers, batcher.dispatcher)
                 except redis.ResponseError as exc:  # a registry key of another type (a hostile writer's)

@@ -28,19 +28,35 @@ local function close_if_expired(key, member, open_key, binding, now)
   return kind, id, blob
 end
 
--- The buffer reached its count: cut it (the buffer last, as above). Returns the batch id and
--- the events.
-local function cut_full(key, member, open_key, binding)
-  local events = redis.call('LRANGE', key, 0, -1)
+-- The buffer reached its count (`n`: its length now): cut it (the buffer last, as above).
+-- Returns the batch id and the events. Never more than `count` events: a buffer holds more only
+-- if a cut failed before (a hostile writer's value; the callers undo the event of a failed cut,
+-- so it takes a write from outside), and then the oldest `count` go and the rest stay, open.
+local function cut_full(key, member, open_key, binding, n, count)
+  local events = redis.call('LRANGE', key, 0, count - 1)
   local seq, id = next_seq()
   local blob = table.concat(events)
   cut_batch(seq, id, member, binding, blob, #events, 'count')
-  close_buffer(key, member, open_key)
+  if n > count then
+    redis.call('LTRIM', key, count, -1)
+  else
+    close_buffer(key, member, open_key)
+  end
   return id, blob
 end
 
--- Past the cap: the oldest event goes, and is counted.
+-- Past the cap: the oldest event goes, and is counted (the count first: a write that fails
+-- then drops nothing).
 local function drop_oldest(key, binding)
-  redis.call('LPOP', key)
   redis.call('HINCRBY', k_stats, 'events_overflowed:' .. binding, 1)
+  redis.call('LPOP', key)
+end
+
+-- A step after an event's RPUSH failed (a hostile writer's value: a sequence that cannot count,
+-- a record hash or `ready` of another type): the event is taken back out of its buffer, so a
+-- buffer never stays at its count uncut (its next event would make a batch above count), and
+-- the error goes on to fail the call. Returns nothing: it raises.
+local function undo_push(key, err)
+  redis.call('RPOP', key)
+  error(err, 0)
 end
