@@ -63,6 +63,8 @@ def _check_db(url: str, field: str) -> None:
     if scheme.removesuffix("+cluster") not in ("redis", "rediss"):
         return
     path = urlsplit(url).path
+    if "@" in path:  # a password with an unescaped `/`: the path is part of it, never to be shown
+        return
     db = path[1:] if path.startswith("/") else path
     if db and not (db.isascii() and db.isdigit()):
         raise ConfigError(field, f"{field}={redacted(url)!r}: the path {path!r} names no database "
