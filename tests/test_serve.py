@@ -319,3 +319,25 @@ def test_an_unknown_results_mode_is_refused_before_anything_is_stored(api: httpx
     r = api.post("/v1/sources/orders%2Fcreated/events", params={"results": "bogus"}, json={"shop": "a"})
     assert r.status_code == 400 and r.json()["code"] == "results_invalid", r.text
     assert batcher.counters().get("events_in:h@v1", 0) == 0
+
+
+def test_rqs_worker_registry_read_for_plain_rq_workers_skips_a_garbled_entry() -> None:
+    """The fallback count (plain `rq worker`s, which send no distbatch heartbeat): a registration a
+    hostile writer garbled once made `Worker.all` raise, and the probe answer 500."""
+    import datetime
+
+    import fakeredis
+    from rq.utils import utcformat
+
+    from distbatch.dispatch import Dispatcher
+    from distbatch.serve.health import _live_workers
+
+    client = fakeredis.FakeRedis()
+    keys = Keys("hz")
+    dispatcher = Dispatcher(client, keys)
+    workers = f"rq:workers:{keys.queue_name}"
+    now = utcformat(datetime.datetime.now(datetime.UTC))
+    for name, beat in (("live", now), ("junk", "garbage"), ("old", "2001-01-01T00:00:00.000000Z")):
+        client.sadd(workers, f"rq:worker:{name}")
+        client.hset(f"rq:worker:{name}", mapping={"pid": "not-a-pid", "last_heartbeat": beat})
+    assert _live_workers(dispatcher) == 1
