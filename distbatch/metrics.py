@@ -77,6 +77,8 @@ class NamespaceCollector(Collector):
              "events_overflowed_total"),
             ("distbatch_events_dropped", "Events returned by drop() (binding removed)",
              "events_dropped_total"),
+            ("distbatch_events_purged", "Events of dead batches deleted for good (dead purge)",
+             "events_purged_total"),
             ("distbatch_batches_discarded", "Windows that ran out with expire_action=discard",
              "batches_discarded_total"),
             ("distbatch_batches_delivered", "Batches whose handler succeeded", "batches_delivered_total"),

@@ -6,11 +6,21 @@ from typing import Any
 
 from .batcher import Batcher
 from .codec import as_text
+from .config import Binding
+from .errors import ConfigError
 from .keys import split_member
 
 SAMPLE = 10_000
 _TOTALS = {"batches_dead": "went_dead_total", "batch_retries": "retries_total",
            "batches_given_back": "given_back_total", "leases_expired": "leases_expired_total"}
+
+
+def _dropped(batcher: Batcher, key: str) -> Binding | None:
+    """A dropped binding's definition, kept for the batches it cut; None if unreadable or gone."""
+    try:
+        return batcher.records.binding(key)
+    except ConfigError:
+        return None
 
 
 def collect(batcher: Batcher) -> dict[str, Any]:
@@ -39,10 +49,11 @@ def collect(batcher: Batcher) -> dict[str, Any]:
             found = b.client.zmscore(k.deadlines, members) if members else []
             scores += [x for x in found if x is not None]
             open_now += int(b.client.scard(k.open_buffers(key)))
+        defined = bindings.get(key) or _dropped(b, key)
         per_binding[key] = {
             "registered": key in bindings,
-            "source": bindings[key].source if key in bindings else None,
-            "handler": bindings[key].handler if key in bindings else None,
+            "source": defined.source if defined else None,
+            "handler": defined.handler if defined else None,
             "open_buffers_now": open_now,
             "next_window_closes_in_ms": int(min(scores)) - now_ms if scores else None,
             **counters.get(key, {}),
@@ -81,6 +92,7 @@ def render(data: dict[str, Any]) -> str:
             f"discarded={row.get('events_discarded_total', 0)} "
             f"overflowed={row.get('events_overflowed_total', 0)} "
             f"dropped={row.get('events_dropped_total', 0)} "
+            f"purged={row.get('events_purged_total', 0)} "
             f"batches: count={row.get('batches_count_total', 0)} "
             f"expired={row.get('batches_expired_total', 0)}"
         )

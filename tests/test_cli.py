@@ -284,3 +284,27 @@ def test_stats_counts_the_events_a_drop_returned(redis_server: RedisServer, name
     out = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace])
     assert out.exit_code == 0, out.output
     assert "in=2 delivered=0 discarded=0 overflowed=0 dropped=2" in out.output, out.output
+
+
+def test_a_purged_dead_batch_is_counted_and_a_dropped_binding_keeps_its_source(
+        redis_server: RedisServer, namespace: str) -> None:
+    """`dead purge` deleted events without a counter, so events in = delivered + ... stopped
+    adding up; and a dropped binding showed source=None though its definition is kept."""
+    from distbatch.executor import Executor
+    from distbatch.handlers import HandlerResolver
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="tests.handlers.boom",
+               batch={"count": 3, "window": "1h"}, retry={"attempts": 1})
+    (*_, r) = b.emit_many("s", [{"n": i} for i in range(3)])
+    assert r.batch is not None
+    executor = Executor(b.records, HandlerResolver(["tests.handlers"]), 10_000)
+    executor.run(b.records.claim([r.batch.id], 10_000))
+    assert b.records.count("dead") == 1
+    b.drop("d@v1")
+    out = CliRunner().invoke(cli, ["dead", "purge", r.batch.id, "--redis-url", redis_server.url,
+                                   "--namespace", namespace])
+    assert out.exit_code == 0, out.output
+    stats = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace])
+    assert "in=3 delivered=0 discarded=0 overflowed=0 dropped=0 purged=3" in stats.output, stats.output
+    assert "(dropped) source=s " in stats.output, stats.output
