@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import click
-from rq.exceptions import StopRequested
+import rq.exceptions
 
 from .batcher import Batcher
 from .handlers import HandlerResolver, handler
@@ -31,6 +31,9 @@ class Record:
 
 
 RECORD = Record()
+_STOPS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, *(
+    [rq.exceptions.StopRequested] if hasattr(rq.exceptions, "StopRequested") else []))
+"""What ends RQ's loop on a second Ctrl-C (RQ 3: StopRequested; before it: SystemExit)."""
 
 
 @handler
@@ -106,7 +109,7 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
                 if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
                     break
                 time.sleep(0.02)
-        except (KeyboardInterrupt, SystemExit, StopRequested):
+        except _STOPS:
             interrupted = True
     click.echo(status() + (" | interrupted" if interrupted else ""), err=True)  # the last word
     stop.set()

@@ -37,6 +37,8 @@ def _live_workers(dispatcher: Dispatcher) -> int:
             beat = utcparse(raw.decode() if isinstance(raw, bytes) else raw)
         except (TypeError, ValueError, AttributeError):
             continue
+        if beat.tzinfo is None:  # RQ before 2.1 parses to naive UTC
+            beat = beat.replace(tzinfo=datetime.UTC)
         live += (now - beat).total_seconds() * 1000 <= SEEN_WITHIN_MS
     return live
 
