@@ -72,3 +72,12 @@ def test_drop_all(proxy: FaultProxy, server: RedisServer) -> None:
     assert client.incr("y") == ran + 1
     assert proxy.fired >= 3
     client.close()
+
+
+def test_a_private_server_that_never_answers_is_not_left_running() -> None:
+    """The tests' own redis-server: one that started but never answered a PING (here: it wants a
+    password) was left running when `start` gave up."""
+    server = RedisServer("--requirepass", "not-given")
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start()
+    assert server.proc is not None and server.proc.poll() is not None
