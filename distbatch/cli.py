@@ -248,6 +248,9 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
 def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int,
          queue_url: str | None) -> None:
     """Emit PAYLOAD (a JSON object) to SOURCE, or JSON lines from stdin when PAYLOAD is omitted."""
+    if payload is not None and not payload.strip():  # a blank line of stdin is skipped; this is no line
+        raise click.ClickException("PAYLOAD is empty: give a JSON object, or leave it out to read JSON "
+                                   "lines from stdin")
     batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
     if not batcher.bindings() or not any(b.source == source for b in batcher.bindings().values()):
         raise click.ClickException(

@@ -128,6 +128,7 @@ def _failed_cleanly(result) -> str:
     (["stats", "--redis-url", "redis://default:s3cret/YmFy+cX@127.0.0.1:6379/0"], "redis_url='redis://default:***@"),
     (["stats", "--redis-url", "redis://:s3cret#2@127.0.0.1/0"], "redis_url='redis://:***@"),
     (["stats", "--redis-url", "redis://127.0.0.1:x/0?password=s3cret"], "password=***"),
+    (["emit", "s", " ", "--redis-url", "redis://127.0.0.1:1/0"], "PAYLOAD is empty"),  # stored 0, exit 0
 ])
 def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
     out = _failed_cleanly(CliRunner().invoke(cli, argv))
