@@ -7,7 +7,6 @@ its events as the plain concatenation of those encodings, so Lua can build it wi
 
 from __future__ import annotations
 
-import reprlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import msgpack
 
 from .errors import PayloadError
+from .errors import short as _short
 from .keys import split_member
 from .models import Batch, Event
 
@@ -72,15 +72,6 @@ def begin() -> None:
 def unusual() -> bool:
     return bool(getattr(_local, "unusual", True))
 
-
-_repr = reprlib.Repr()
-_repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxstring, _repr.maxother = 3, 6, 6, 40, 40
-
-
-def _short(payload: object) -> str:
-    """A bounded repr for error messages: a full repr of a hostile payload (5,000 levels deep,
-    or megabytes) would raise RecursionError or flood the log."""
-    return _repr.repr(payload)[:120]
 
 _unpack = msgpack.unpackb
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from .errors import ConfigError
+from .errors import short as _short
 
 log = logging.getLogger("distbatch")
 
@@ -24,11 +25,6 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def parse_duration(value: object, field: str = "batch.window") -> int:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import redis
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxstring, _repr.maxother = 3, 6, 6, 40, 40
+
+
+def short(value: object) -> str:
+    """A bounded repr for error messages: a full repr of a hostile value (5,000 levels deep, or
+    megabytes) would raise RecursionError or flood the log."""
+    return _repr.repr(value)[:120]
 
 
 class DistbatchError(Exception):

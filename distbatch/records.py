@@ -379,13 +379,9 @@ class Records:
         lease gone and changes nothing twice). `shard`: the one whose running set holds the id
         (a sweeper's); an id that shard never makes is only taken out of it (a hostile writer's
         member naming another shard, or none, must not hold up the sweep)."""
-        if shard is None:
-            shard = batch_id_shard(batch_id)
-            if not 0 <= shard < len(self.shards):
-                raise BatchNotFound(batch_id)
-        k = self.shards[shard]
+        k = self.keys_for(batch_id) if shard is None else self.shards[shard]
         res = once_more(self.scripts.reclaim, [*k.lifecycle, k.bindings, k.dropped, k.bell],
-                        [batch_id, self.layout.id_prefix(shard)])
+                        [batch_id, self._id_prefix[k.ready]])
         return Outcome(as_text(res))
 
     def promote(self, shard: int, limit: int = 1000) -> tuple[int, int | None, int]:

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from .errors import ConfigError
+from .errors import ConfigError, short
 from .keys import Keys
 from .ops import Cmd, Proc
 
@@ -114,10 +114,9 @@ def _stored_tags(namespace: str, raw: Any, key: str) -> tuple[str, ...]:
             return tuple(tags)
     except (TypeError, ValueError, RecursionError):
         pass
-    shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
     raise ConfigError("layout_unreadable",
                       f"{key} field 'tags' holds no layout distbatch wrote for namespace={namespace!r}: "
-                      f"{shown}")
+                      f"{short(raw)}")
 
 
 def default_shards(client: Any) -> int:
