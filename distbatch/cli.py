@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -184,18 +185,20 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
             summary_every: int, metrics_port: int | None, metrics_host: str, token_file: str | None,
             metrics_insecure_no_auth: bool) -> None:
     """Cut expired windows on time, hand off orphaned batches, reclaim dead workers' batches."""
-    import signal
     import threading
 
+    from .interrupts import taken_by_thread
     from .sweeper import Sweeper
 
-    _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
-    if batcher is not None:
-        Sweeper(batcher, max_sleep_s=max_sleep / 1000, summary_every_s=summary_every / 1000).run(stop)
+    # by a thread, not a handler: `stop.set()` inside the main thread's own `stop.wait` would
+    # wait for the lock that wait holds
+    with taken_by_thread(lambda _: stop.set()):
+        _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
+        batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
+        if batcher is not None:
+            Sweeper(batcher, max_sleep_s=max_sleep / 1000,
+                    summary_every_s=summary_every / 1000).run(stop)
 
 
 @main.command()
@@ -448,21 +451,34 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
 def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_keys: int,
          count: int, window: str, rate: float, print_batches: bool) -> None:
     """The whole pipeline in one process: producers, a sweeper and a worker, with a summary."""
-    from .demo import run_demo
 
-    if redis_url:
-        batcher = Batcher.from_url(redis_url, namespace=namespace)
-    else:
-        try:
-            import fakeredis
-        except ImportError:
-            raise click.ClickException(
-                "the embedded Redis of the demo needs fakeredis: pip install 'distbatch[demo]' "
-                "(or pass --redis-url redis://host:6379/0)"
-            ) from None
-        batcher = Batcher(fakeredis.FakeRedis(), namespace=namespace)
-    summary = run_demo(batcher, events=events, producers=producers, keys=n_keys, count=count,
-                       window=window, rate=rate, show=print_batches)
+    from .demo import run_demo
+    from .interrupts import taken_by_thread
+
+    stop = threading.Event()
+
+    def interrupt(signum: int) -> None:
+        if stop.is_set():  # the second Ctrl-C: out now, as RQ's cold shutdown would
+            click.echo("\nsecond interrupt: exiting now", err=True)
+            os._exit(128 + signum)
+        stop.set()
+
+    # Entered first: every thread started after (fakeredis's import starts a native one) inherits
+    # the blocked signals, so no handler can run inside fakeredis while it holds its lock.
+    with taken_by_thread(interrupt):
+        if redis_url:
+            batcher = Batcher.from_url(redis_url, namespace=namespace)
+        else:
+            try:
+                import fakeredis
+            except ImportError:
+                raise click.ClickException(
+                    "the embedded Redis of the demo needs fakeredis: pip install 'distbatch[demo]' "
+                    "(or pass --redis-url redis://host:6379/0)"
+                ) from None
+            batcher = Batcher(fakeredis.FakeRedis(), namespace=namespace)
+        summary = run_demo(batcher, events=events, producers=producers, keys=n_keys, count=count,
+                           window=window, rate=rate, show=print_batches, stop=stop)
     click.echo("")
     _echo_json(summary)
     if summary["interrupted"]:

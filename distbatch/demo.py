@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 
 import click
-import rq.exceptions
 
 from .batcher import Batcher
 from .handlers import HandlerResolver, handler
@@ -31,9 +30,6 @@ class Record:
 
 
 RECORD = Record()
-_STOPS: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, *(
-    [rq.exceptions.StopRequested] if hasattr(rq.exceptions, "StopRequested") else []))
-"""What ends RQ's loop on a second Ctrl-C (RQ 3: StopRequested; before it: SystemExit)."""
 
 
 @handler
@@ -57,21 +53,27 @@ def _pct(values: list[int], q: float) -> int:
 
 
 def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count: int,
-             window: str, rate: float, show: bool) -> dict[str, object]:
+             window: str, rate: float, show: bool, stop: threading.Event) -> dict[str, object]:
+    """Run until every event is delivered or `stop` is set (then the batch in hand finishes, the
+    producers stop, and the summary says `interrupted`).
+
+    Set `stop` from a thread, never from a signal handler (see `interrupts`).
+    """
     key = batcher.register("pr-digest", version="demo", source="pr.merged",
                            batch={"count": count, "window": window, "key": "repo"},
                            handler=demo_handler)
     RECORD.window_ms = batcher.binding(key).batch.window_ms  # type: ignore[union-attr]
     RECORD.show = show
-    stop = threading.Event()
-    start_sweeper(batcher, stop)
+    executor = configure(batcher, HandlerResolver(), stop=stop)
+    sweeping = threading.Event()
+    start_sweeper(batcher, sweeping)
     sent = [0] * producers
 
     def produce(p: int) -> None:
         rng = random.Random(p)
         share = events // producers + (p < events % producers)
         i = 0
-        while i < share:
+        while i < share and not stop.is_set():
             chunk = [{"repo": f"acme/repo{rng.randrange(keys)}", "n": p + producers * j}
                      for j in range(i, min(share, i + rng.choice([1, 5, 20])))]
             batcher.emit_many("pr.merged", chunk)
@@ -89,30 +91,25 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
             return (f"in {sum(sent)} | batches: {RECORD.batches['count']} at count, "
                     f"{RECORD.batches['expired']} expired | delivered {RECORD.events}")
 
-    worker = make_worker(batcher, configure(batcher, HandlerResolver()))
+    worker = make_worker(batcher, executor)
     interrupted = False
     with click.progressbar(length=events, label="delivered", item_show_func=lambda s: s,
                            show_eta=False, file=click.get_text_stream("stderr")) as bar:
         done = 0
-        try:
-            while True:
-                # RQ's loop takes SIGINT/SIGTERM as a warm shutdown of this one call: the demo
-                # ends there (a second Ctrl-C, RQ's cold shutdown, raises: caught below)
-                worker.work(burst=True, logging_level="ERROR")
-                with RECORD.lock:
-                    delivered = RECORD.events
-                bar.update(delivered - done, status())
-                done = delivered
-                if worker._stop_requested:
-                    interrupted = True
-                    break
-                if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
-                    break
-                time.sleep(0.02)
-        except _STOPS:
-            interrupted = True
+        while True:
+            worker.work(burst=True, logging_level="ERROR")  # until no ticket waits
+            with RECORD.lock:
+                delivered = RECORD.events
+            bar.update(delivered - done, status())
+            done = delivered
+            if stop.is_set():  # interrupted: the producers stopped too
+                interrupted = True
+                break
+            if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
+                break
+            time.sleep(0.02)
     click.echo(status() + (" | interrupted" if interrupted else ""), err=True)  # the last word
-    stop.set()
+    sweeping.set()
     elapsed = time.monotonic() - started
     stats = collect(batcher)
     batcher.drop(key)

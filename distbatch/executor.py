@@ -198,14 +198,15 @@ class LeaseKeeper:
 
 class Executor:
     def __init__(self, records: Records, resolver: HandlerResolver, lease_ms: int = 10_000,
-                 dispatcher: Dispatcher | None = None, linger_s: float = LINGER_S) -> None:
+                 dispatcher: Dispatcher | None = None, linger_s: float = LINGER_S,
+                 stop: threading.Event | None = None) -> None:
         self.records = records
         self.linger_s = linger_s
         self.resolver = resolver
         self.lease_ms = lease_ms
         self.dispatcher = dispatcher
         self.leases = LeaseKeeper(records, lease_ms)
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()  # set: finish the batch in hand, take no more
         self.counts: Counter[str] = Counter()
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
         self._in_hand: deque[tuple[Claim, _Held]] = deque()  # claimed, leases held, not started yet

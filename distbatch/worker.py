@@ -55,6 +55,13 @@ class BatchWorker(SimpleWorker):
     namespace: str
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self._execute(job, queue)
+        finally:
+            if self.executor.stop.is_set():  # stopped by a thread (the demo's signal watcher):
+                self._stop_requested = True  # take no next job, as RQ's own warm shutdown does
+
+    def _execute(self, job: Job, queue: Queue) -> None:
         reason = getattr(job, "refusal", None) or jobdoor.refusal(
             self.connection.hgetall(job.key), queue.name, self.namespace)
         if reason is not None:
@@ -76,6 +83,13 @@ class BatchWorker(SimpleWorker):
         self.executor.stop.set()  # finish the batch in hand, take no more
         super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
 
+    @property
+    def stopping(self) -> bool:
+        """Whether SIGINT/SIGTERM asked this worker to stop. RQ's `_stop_requested` alone says so
+        only for a signal that came while a job ran; one that came between jobs ends `work()` by a
+        StopRequested RQ swallows, and only the warm-shutdown hook (the executor's stop) saw it."""
+        return self._stop_requested or self.executor.stop.is_set()
+
 
 def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> threading.Thread:
     """An in-process sweeper thread with its own connections (it listens on the wake channel)."""
@@ -92,9 +106,10 @@ def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> th
 
 
 def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000,
-              linger_s: float = LINGER_S) -> Executor:
+              linger_s: float = LINGER_S, stop: threading.Event | None = None) -> Executor:
     """The executor the ticket job uses in this process."""
-    return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher, linger_s))
+    return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher, linger_s,
+                                   stop))
 
 
 def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -> BatchWorker:
@@ -176,7 +191,7 @@ def run_worker(
                 backoff = min(10.0, max(0.5, backoff * 2))
                 log.warning("worker_name_busy: %s; retrying in %.1fs", exc, backoff)
             else:
-                if burst or max_jobs is not None or worker._stop_requested or executor.stop.is_set():
+                if burst or max_jobs is not None or worker.stopping:
                     return worked
                 backoff = min(10.0, max(0.5, backoff * 2))
                 log.warning("worker_restarting: RQ's loop quit (Redis restarted or timed out); "

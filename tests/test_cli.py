@@ -253,29 +253,6 @@ def test_a_sweeper_waiting_for_redis_stops_on_sigterm() -> None:
             proc.kill()
 
 
-def test_demo_ends_on_the_first_ctrl_c_with_its_summary() -> None:
-    """The demo's loop ran RQ's worker again after each warm shutdown: Ctrl-C did nothing, and a
-    second one ended it with a traceback."""
-    import signal
-    import subprocess
-    import sys
-
-    from .redis_server import env_with_path
-
-    proc = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "demo", "--events", "100000",
-                             "--rate", "500"], env=env_with_path(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(4)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 130, err
-        assert json.loads(out)["interrupted"] is True and "Traceback" not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_stats_counts_the_events_a_drop_returned(redis_server: RedisServer, namespace: str) -> None:
     """The text line once left dropped events out: in=2 delivered=0 discarded=0 overflowed=0."""
     b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
