@@ -79,3 +79,16 @@ class EmitError(DistbatchError):
             f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or may not "
             f"be ({why}: {describe(cause)}), {len(self.not_sent)} not sent"
         )
+
+
+class HandlerTimeout(BaseException):
+    """Raised inside a handler that ran past its `retry.timeout` (`handler_timeout.bounded`).
+
+    A BaseException, as asyncio's CancelledError: a handler's own `except Exception` (a log and
+    go on) must not swallow it and keep a hung handler running. Not a DistbatchError, for the
+    same reason; it never leaves the worker.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the handler ran past its timeout of {seconds:g}s and was interrupted")
+        self.seconds = seconds

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from . import metrics
 from .config import Binding
 from .dispatch import Dispatcher
-from .errors import ConfigError, HandlerNotAllowed, describe
+from .errors import ConfigError, HandlerNotAllowed, HandlerTimeout, describe
+from .handler_timeout import bounded
 from .handlers import HandlerResolver
+from .models import Batch
 from .records import Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
 from .transport import TRANSIENT
@@ -455,28 +457,47 @@ class Executor:
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
         self.leases.limit(held, binding.retry.timeout_ms)
         started = time.perf_counter()
+        returned = False
         try:
-            with handler_span(batch):
+            with bounded(binding.retry.timeout_ms), handler_span(batch):
                 fn(batch)
+                returned = True
+        except HandlerTimeout as exc:
+            if not returned:  # else the alarm came as it returned: delivered
+                self._timed_out(batch)
+                return self._failed(claim, held, binding, started, exc)
         except Exception as exc:
-            handler_s = time.perf_counter() - started
-            self._note(handler_s)
-            held.running = False
-            self.leases.release(batch.id)
-            retry = binding.retry
-            delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
-            outcome = rec.fail(batch.id, token, traceback.format_exc(), delay)
-            if outcome in (Outcome.STALE, Outcome.GONE):
-                return self._lost(batch.id, batch.attempt, held.lost)
-            log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %s",
-                        batch.id, batch.binding, batch.attempt, retry.attempts, outcome, describe(exc),
-                        extra={"event": "handler_failed", "batch": batch.id})
-            return Result(Status(outcome.value), batch.id, batch.attempt, handler_s)
+            return self._failed(claim, held, binding, started, exc)
         handler_s = time.perf_counter() - started
         self._note(handler_s)
         held.running = False
         self.leases.limit(held, None)  # its handler returned: held until completed with the round
         return handler_s
+
+    @staticmethod
+    def _timed_out(batch: Batch) -> None:
+        log.error("handler_interrupted batch=%s binding=%s: past its timeout; failed, to be "
+                  "retried under its policy", batch.id, batch.binding,
+                  extra={"event": "handler_interrupted", "batch": batch.id})
+
+    def _failed(self, claim: Claim, held: _Held, binding: Binding, started: float,
+                exc: BaseException) -> Result:
+        """The handler raised (or was interrupted): the batch is retried or kept dead."""
+        batch, token, rec = claim.batch, claim.token, self.records
+        handler_s = time.perf_counter() - started
+        self._note(handler_s)
+        held.running = False
+        self.leases.release(batch.id)
+        retry = binding.retry
+        delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
+        outcome = rec.fail(batch.id, token, "".join(traceback.format_exception(exc)), delay)
+        if outcome in (Outcome.STALE, Outcome.GONE):
+            return self._lost(batch.id, batch.attempt, held.lost)
+        log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %s",
+                    batch.id, batch.binding, batch.attempt, retry.attempts, outcome,
+                    describe(exc),
+                    extra={"event": "handler_failed", "batch": batch.id})
+        return Result(Status(outcome.value), batch.id, batch.attempt, handler_s)
 
     def _note(self, handler_s: float) -> None:
         self._handler_times.append(handler_s)

@@ -61,3 +61,16 @@ def broken_until_fixed(batch: Batch) -> None:
 def boom(batch: Batch) -> None:
     """Always fails (a dead batch for the dashboard test)."""
     raise ValueError(f"card processor rejected batch {batch.id}: THE BOOM LINE")
+
+
+def hang_first(batch: Batch) -> None:
+    """Hangs on its first try (marked in flight first), swallowing what an `except Exception`
+    swallows; records on a later try."""
+    if batch.attempt == 1:
+        client().set(f"test:inflight:{os.getpid()}", batch.id)
+        try:  # noqa: SIM105 - the catch-all as handlers write it
+            time.sleep(3600)
+        except Exception:  # a handler's own catch-all must not keep it hung
+            pass
+        return
+    record(batch)

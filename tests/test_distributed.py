@@ -177,6 +177,44 @@ def test_sigterm_finishes_the_batch_in_hand(procs: Procs, client, batcher) -> No
     assert row["pid"] == w.pid and client.zcard(batcher.keys.running) == 0
 
 
+def test_a_hung_handler_is_interrupted_at_its_timeout_and_the_worker_goes_on(
+        procs: Procs, client, batcher) -> None:
+    """A handler past `retry.timeout` only stopped being renewed: its batch went elsewhere once
+    the lease ran out, but the worker stayed inside it, running no other batch. Now it is
+    interrupted (even through the handler's own `except Exception`), failed and retried, and the
+    same worker runs the next batch."""
+    batcher.register("hang", version="v1", source="h", handler="tests.handlers.hang_first",
+                     batch={"count": 1, "window": "1h"}, retry={"timeout": "1s", "backoff": "100ms"})
+    batcher.register("fast", version="v1", source="f", handler="tests.handlers.record",
+                     batch={"count": 1, "window": "1h"})
+    w = procs.worker("--lease", "30s")  # a lease far longer than the test: no reclaim helps
+    procs.sweeper()  # promotes the retry when its backoff ends
+    batcher.emit("h", {"n": 1})
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the hang", procs.logs)
+    batcher.emit("f", {"n": 2})
+    wait_for(lambda: len(delivered(client)) == 2, 20, "both batches by the one worker", procs.logs)
+    rows = {r["binding"]: r for r in delivered(client)}
+    assert rows["hang@v1"]["attempt"] == 2 and {r["pid"] for r in rows.values()} == {w.pid}
+    assert client.zcard(batcher.keys.dead) == 0 and client.zcard(batcher.keys.running) == 0
+
+
+def test_sigterm_while_a_handler_hangs_ends_the_worker_at_the_handlers_timeout(
+        procs: Procs, client, batcher) -> None:
+    """SIGTERM waits for the batch in hand; a hung one used to make it wait for ever (until a
+    second signal). Bounded by its timeout, the worker exits, and the batch is retried."""
+    batcher.register("hang", version="v1", source="h", handler="tests.handlers.hang_first",
+                     batch={"count": 1, "window": "1h"}, retry={"timeout": "2s", "backoff": "100ms"})
+    w = procs.worker("--lease", "30s")
+    batcher.emit("h", {"n": 1})
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the hang", procs.logs)
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(15) == 0, procs.logs()
+    procs.sweeper()
+    procs.worker()
+    wait_for(lambda: len(delivered(client)) == 1, 30, "the retry, by the next worker", procs.logs)
+    assert delivered(client)[0]["attempt"] == 2
+
+
 def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
     """Restart Redis (AOF, fsync always) under workers and a sweeper: they reconnect and every
     acknowledged event is delivered."""
