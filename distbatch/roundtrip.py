@@ -107,9 +107,9 @@ def _exchange(conn: Any, packed: list[bytes], n: int) -> list[Any]:
 
 
 def _round_trip(conn: Any, packed: list[bytes], n: int) -> list[Any]:
-    conn.send_packed_command(packed)  # with the client's health check, if set
     replies: list[Any] = []
-    try:
+    try:  # the send too: an exception between it and the reads (a handler's timeout) would leave
+        conn.send_packed_command(packed)  # the replies unread; with the client's health check
         for _ in range(n):
             try:
                 replies.append(conn.read_response())

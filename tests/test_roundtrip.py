@@ -74,6 +74,28 @@ def test_an_interrupted_read_closes_the_socket_so_no_reply_is_read_out_of_turn(
     assert execute(c, [("GET", "rt:b"), ("GET", "rt:a")]) == [b"B", b"A"]
 
 
+def test_an_interruption_just_after_the_send_closes_the_socket_too(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's timeout (SIGALRM) can land after the command went out and before any reply
+    is read; the reply left unread was the next command's on that pooled connection."""
+    c = redis.Redis.from_url(redis_server.url, single_connection_client=True)
+    c.set("rt:a", "A")
+    c.set("rt:b", "B")
+    conn: Any = c.connection
+    real = conn.send_packed_command
+
+    def sent_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conn, "send_packed_command", sent_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        execute_one(c, ("GET", "rt:b"))
+    monkeypatch.undo()
+    assert execute_one(c, ("GET", "rt:a")) == b"A"
+
+
 def test_a_server_gone_mid_stream_is_a_connection_error_and_the_next_call_reconnects(
     redis_server: RedisServer,
 ) -> None:
