@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from .exposure import bearer_ok
+from .exposure import bearer_ok, local_only_refusal
 
 _LATE = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _DURATION = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -139,6 +139,14 @@ def serve_process_metrics(host: str, port: int, tokens: frozenset[str]) -> Threa
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Bearer realm="distbatch"'),
                                                 ("Content-Type", "text/plain")])
             return [b"send Authorization: Bearer <token>\n"]
+        if not wanted:  # no auth, on loopback: no page in the user's browser may read it either
+            refusal = local_only_refusal({
+                name: str(environ[key]).encode("latin-1", "replace")
+                for name, key in ((b"host", "HTTP_HOST"), (b"origin", "HTTP_ORIGIN"),
+                                  (b"sec-fetch-site", "HTTP_SEC_FETCH_SITE")) if key in environ})
+            if refusal is not None:
+                start_response("403 Forbidden", [("Content-Type", "text/plain")])
+                return [f"not_local: {refusal}\n".encode()]
         result: Iterable[bytes] = app(environ, start_response)
         return result
 

@@ -71,13 +71,17 @@ def test_worker_and_sweeper_metrics_ports(procs: Procs, redis_server: RedisServe
     wport, sport = free_port(), free_port()
     procs.worker("--metrics-port", str(wport))
     procs.sweeper("--metrics-port", str(sport))
-    b.emit_many("s", [{"k": "full", "n": i} for i in range(10)] + [{"k": "partial", "n": 99}])
-    wait_for(lambda: len(delivered(client)) == 3, 20, "3 batches delivered", procs.logs)
 
     def scrape(port: int) -> str:
         r = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=AUTH)
         assert r.status_code == 200
         return r.text
+
+    # the window's lateness is measured below: the sweeper must be sweeping before it opens (a
+    # process still starting on a loaded machine made it 0.7 s late)
+    wait_for(lambda: client.zcard(b.keys.sweepers) == 1, 30, "the sweeper", procs.logs)
+    b.emit_many("s", [{"k": "full", "n": i} for i in range(10)] + [{"k": "partial", "n": 99}])
+    wait_for(lambda: len(delivered(client)) == 3, 20, "3 batches delivered", procs.logs)
 
     wait_for(lambda: value(scrape(wport), "distbatch_handler_runs_total", binding="w@v1",
                            outcome="delivered") == 3, 10, "worker metrics", procs.logs)
@@ -107,3 +111,24 @@ def test_metrics_port_refuses_to_listen_without_auth(redis_server: RedisServer) 
     assert none.returncode != 0 and "DISTBATCH_API_TOKENS" in none.stderr
     public = run("--metrics-insecure-no-auth", "--metrics-host", "0.0.0.0")
     assert public.returncode != 0 and "loopback" in public.stderr
+
+
+def test_the_metrics_port_without_auth_answers_no_page_in_a_browser() -> None:
+    """`--metrics-insecure-no-auth` listens on loopback, which keeps other machines out but not a
+    page in the user's browser reading it through a rebound name; `serve` refused those, the
+    metrics port did not."""
+    from distbatch.metrics import serve_process_metrics
+
+    port = free_port()
+    server = serve_process_metrics("127.0.0.1", port, frozenset())
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert httpx.get(url).status_code == 200
+        assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
+        for headers in ({"Host": f"rebound.example:{port}"}, {"Origin": "https://evil.example"},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            r = httpx.get(url, headers=headers)
+            assert r.status_code == 403 and r.text.startswith("not_local"), (headers, r.text)
+    finally:
+        server.shutdown()
+        server.server_close()
