@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 from typing import Any
@@ -187,13 +186,14 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
     """Cut expired windows on time, hand off orphaned batches, reclaim dead workers' batches."""
     import threading
 
-    from .interrupts import taken_by_thread
+    from .interrupts import stop_then_exit, taken_by_thread
     from .sweeper import Sweeper
 
     stop = threading.Event()
     # by a thread, not a handler: `stop.set()` inside the main thread's own `stop.wait` would
-    # wait for the lock that wait holds
-    with taken_by_thread(lambda _: stop.set()):
+    # wait for the lock that wait holds; a second signal exits at once (a Redis that hangs
+    # makes each step of a stop wait out the socket timeout)
+    with taken_by_thread(stop_then_exit(stop, "the sweeper")):
         _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
         batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
         if batcher is not None:
@@ -453,19 +453,13 @@ def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_k
     """The whole pipeline in one process: producers, a sweeper and a worker, with a summary."""
 
     from .demo import run_demo
-    from .interrupts import taken_by_thread
+    from .interrupts import StopFlag, stop_then_exit, taken_by_thread
 
-    stop = threading.Event()
-
-    def interrupt(signum: int) -> None:
-        if stop.is_set():  # the second Ctrl-C: out now, as RQ's cold shutdown would
-            click.echo("\nsecond interrupt: exiting now", err=True)
-            os._exit(128 + signum)
-        stop.set()
-
+    stop = StopFlag()
     # Entered first: every thread started after (fakeredis's import starts a native one) inherits
-    # the blocked signals, so no handler can run inside fakeredis while it holds its lock.
-    with taken_by_thread(interrupt):
+    # the blocked signals, so no handler can run inside fakeredis while it holds its lock. The
+    # second Ctrl-C exits at once, as RQ's cold shutdown would.
+    with taken_by_thread(stop_then_exit(stop, "the demo")):
         if redis_url:
             batcher = Batcher.from_url(redis_url, namespace=namespace)
         else:

@@ -11,6 +11,7 @@ import click
 
 from .batcher import Batcher
 from .handlers import HandlerResolver, handler
+from .interrupts import StopFlag
 from .models import Batch
 from .stats import collect, pct
 from .worker import configure, make_worker, start_sweeper
@@ -53,7 +54,7 @@ def _pct(values: list[int], q: float) -> int:
 
 
 def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count: int,
-             window: str, rate: float, show: bool, stop: threading.Event) -> dict[str, object]:
+             window: str, rate: float, show: bool, stop: StopFlag) -> dict[str, object]:
     """Run until every event is delivered or `stop` is set (then the batch in hand finishes, the
     producers stop, and the summary says `interrupted`).
 

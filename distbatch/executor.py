@@ -20,6 +20,7 @@ from .dispatch import Dispatcher
 from .errors import ConfigError, HandlerNotAllowed, HandlerTimeout, describe
 from .handler_timeout import bounded
 from .handlers import HandlerResolver
+from .interrupts import StopFlag
 from .models import Batch
 from .records import Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
@@ -201,14 +202,14 @@ class LeaseKeeper:
 class Executor:
     def __init__(self, records: Records, resolver: HandlerResolver, lease_ms: int = 10_000,
                  dispatcher: Dispatcher | None = None, linger_s: float = LINGER_S,
-                 stop: threading.Event | None = None) -> None:
+                 stop: StopFlag | None = None) -> None:
         self.records = records
         self.linger_s = linger_s
         self.resolver = resolver
         self.lease_ms = lease_ms
         self.dispatcher = dispatcher
         self.leases = LeaseKeeper(records, lease_ms)
-        self.stop = stop or threading.Event()  # set: finish the batch in hand, take no more
+        self.stop = stop or StopFlag()  # set (a signal handler may): finish the batch in hand, take no more
         self.counts: Counter[str] = Counter()
         self._bindings: dict[str, tuple[Binding | None, float]] = {}
         self._in_hand: deque[tuple[Claim, _Held]] = deque()  # claimed, leases held, not started yet

@@ -10,11 +10,48 @@ waits for itself forever: `distbatch demo` hung on Ctrl-C that way. Blocked sign
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+class StopFlag:
+    """A stop request that even a signal handler may make: `set` is one attribute write, where
+    `threading.Event.set` takes the lock that the interrupted main thread may hold in its own
+    `Event.wait`. Waiting polls (50 ms): it is for stopping, not for latency."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+        return self._set
+
+
+def stop_then_exit(stop: StopFlag | threading.Event, what: str) -> Callable[[int], None]:
+    """For `taken_by_thread`: the first signal sets `stop`; a second exits at once (128 + its
+    number), for a process whose stop waits on a Redis that does not answer."""
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            print(f"\nsecond signal: {what} exits now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        stop.set()
+
+    return on_signal
 
 
 @contextlib.contextmanager

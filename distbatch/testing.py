@@ -38,8 +38,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        log = open(Path(self.dir) / "redis.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        with open(Path(self.dir) / "redis.log", "ab") as log:  # the server keeps its own copy
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:

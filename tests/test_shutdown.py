@@ -1,0 +1,175 @@
+"""Stopping the long-running processes, in real processes: a signal at any moment ends them
+promptly and cleanly, and the batch in hand finishes, whatever Redis is doing meanwhile."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from distbatch import Batcher
+from distbatch.testing import RedisServer
+
+from .processes import Procs, delivered, wait_for
+from .test_distributed import NS
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """For `procs` and `client`: restarted by some tests (it keeps its data), paused by one."""
+    s = RedisServer(appendonly=True).start()
+    yield s
+    if s.proc is not None and s.proc.poll() is None:
+        s.proc.send_signal(signal.SIGCONT)
+    s.cleanup()
+
+
+@pytest.fixture
+def procs(server: RedisServer, tmp_path: Path) -> Iterator[Procs]:
+    with Procs(server.url, NS, tmp_path) as p:
+        yield p
+
+
+@pytest.fixture
+def client(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url)
+
+
+def _slow(server: RedisServer, **retry: object) -> Batcher:
+    b = Batcher.from_url(server.url, namespace=NS)
+    b.register("slow", version="v1", source="s", handler="tests.handlers.slow_record",
+               batch={"count": 1, "window": "1h"}, retry=retry or None)
+    return b
+
+
+def test_sigterm_while_a_refused_jobs_drain_runs_a_handler_lets_it_finish(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """After refusing a planted job the worker drains what is ready, while RQ's state says idle:
+    RQ's handler raised StopRequested inside the user's handler, which failed (a try spent; with
+    one attempt the batch went dead)."""
+    b = Batcher(redis.Redis.from_url(server.url), namespace=NS, handoff=False)
+    b.register("slow", version="v1", source="s", handler="tests.handlers.slow_record",
+               batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    b.emit("s", {"n": 1})  # ready, and no ticket for it
+    Queue(b.keys.queue_name, connection=client, serializer=JSONSerializer).enqueue("os.getcwd")
+    w = procs.worker(env={"TEST_HANDLER_SLEEP": "2"})
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the handler", procs.logs)
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 0, procs.logs()
+    assert [r["attempt"] for r in delivered(client)] == [1], procs.logs()
+    assert client.zcard(b.keys.dead) == 0 and "StopRequested" not in procs.logs()
+
+
+def test_sigterm_while_redis_is_briefly_away_lets_the_handler_finish(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """RQ's handler wrote to Redis from inside the user's handler: with Redis away for half a
+    second its ConnectionError was raised there, and the batch waited out its lease."""
+    _slow(server)
+    w = procs.worker(env={"TEST_HANDLER_SLEEP": "3"})
+    b = Batcher.from_url(server.url, namespace=NS)
+    b.emit("s", {"n": 1})
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the handler", procs.logs)
+    server.stop()
+    w.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    server.start()
+    assert w.wait(30) == 0, procs.logs()
+    client = redis.Redis.from_url(server.url)
+    assert [r["attempt"] for r in delivered(client)] == [1], procs.logs()
+    assert client.zcard(b.keys.running) == 0 and "ConnectionError" not in procs.logs().split(
+        "warm shut down")[-1]
+
+
+def test_sigterm_while_the_worker_waits_for_redis_to_come_back_exits_cleanly(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """Redis went away under a handler, so RQ's loop quit and the worker waits to start it again.
+    RQ's handler, still installed, then wrote to the Redis that was away: `Error: cannot reach
+    Redis`, exit 1."""
+    b = _slow(server)
+    w = procs.worker(env={"TEST_HANDLER_SLEEP": "1.5"})
+    b.emit("s", {"n": 1})
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the handler", procs.logs)
+    server.stop()
+    wait_for(lambda: "worker_restarting" in procs.logs() or "worker_redis_unavailable" in procs.logs(),
+             30, "RQ's loop to quit", procs.logs)
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(15) == 0, procs.logs()
+    assert "Error:" not in procs.logs()
+
+
+def test_restarts_of_rqs_loop_leave_no_subscription_behind(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """Each restart of RQ's loop (Redis went away under a handler) left its pub/sub thread
+    running, which subscribed again once Redis was back: one more subscriber per restart."""
+    b = _slow(server)
+    w = procs.worker("--name", "w1", env={"TEST_HANDLER_SLEEP": "1"})
+    channel = "rq:pubsub:w1"
+    for n in range(1, 3):
+        client = redis.Redis.from_url(server.url)
+        wait_for(lambda c=client: c.pubsub_numsub(channel)[0][1] >= 1, 30, "the worker", procs.logs)
+        b.emit("s", {"n": n})
+        wait_for(lambda c=client: c.get(f"test:inflight:{w.pid}") is not None, 30, "the handler",
+                 procs.logs)
+        server.stop()
+        wait_for(lambda n=n: procs.logs().count("worker_restarting") >= n, 30, "RQ's loop to quit",
+                 procs.logs)
+        server.start()
+    client = redis.Redis.from_url(server.url)
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 30, "the worker back", procs.logs)
+    time.sleep(3)  # a leaked thread reconnects within 2 s
+    assert client.pubsub_numsub(channel) == [(channel.encode(), 1)], procs.logs()
+
+
+def test_a_clean_stop_takes_its_heartbeat_and_its_sweepers_lease_with_it(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """Daemon threads died with the process before removing their entries: /healthz counted the
+    stopped worker and its sweeper for up to a minute."""
+    b = _slow(server)
+    w = procs.worker("--with-sweeper")
+    wait_for(lambda: client.zcard(b.keys.workers) == 1 and client.zcard(b.keys.sweepers) == 1, 30,
+             "the heartbeats", procs.logs)
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(15) == 0, procs.logs()
+    assert client.zcard(b.keys.workers) == 0 and client.zcard(b.keys.sweepers) == 0, procs.logs()
+
+
+def test_a_second_signal_ends_a_sweeper_whose_redis_hangs(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """Every step of a stop waits out the socket timeout on a Redis that hangs, and further
+    signals were dropped: 21 signals, 21 s."""
+    _slow(server)
+    sw = procs.sweeper()
+    b = Batcher.from_url(server.url, namespace=NS)
+    wait_for(lambda: client.zcard(b.keys.sweepers) == 1, 30, "the sweeper", procs.logs)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.5)
+        sw.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        started = time.monotonic()
+        sw.send_signal(signal.SIGTERM)
+        assert sw.wait(5) == 128 + signal.SIGTERM and time.monotonic() - started < 3
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert "exits now" in procs.logs()
+
+
+def test_rqs_long_socket_timeout_stays_on_rqs_own_connections(server: RedisServer) -> None:
+    """RQ raises the socket timeout of the pool it is given to 415 s; on the batcher's pool every
+    lease renewal, heartbeat and sweep then waited that long on a Redis that hangs."""
+    from distbatch.handlers import HandlerResolver
+    from distbatch.worker import configure, make_worker
+
+    b = Batcher.from_url(server.url, namespace=NS)
+    before = b.client.connection_pool.connection_kwargs.get("socket_timeout")
+    worker = make_worker(b, configure(b, HandlerResolver()))
+    assert worker.connection.connection_pool.connection_kwargs["socket_timeout"] >= 400
+    assert b.client.connection_pool.connection_kwargs.get("socket_timeout") == before
+    assert worker.connection.ping()
