@@ -254,10 +254,12 @@ class FaultProxy:
                     return
                 if conn.swallow.is_set():
                     self._discard_rest(conn.server)
-                    conn.shutdown()
+                    # counted before the cut: the cut is what the client sees, and it may resend,
+                    # return and read `fired` before this thread runs again (a loaded machine)
                     with self._lock:
                         self.fired += 1
                     self.fired_event.set()
+                    conn.shutdown()
                     return
                 conn.client.sendall(data)
         except OSError:
