@@ -91,19 +91,25 @@ class BatchWorker(SimpleWorker):
             raise StopRequested()
 
     def teardown(self) -> None:
-        """RQ's, minus its failure modes: with Redis away, `register_death` raised before the
+        """RQ's, minus its failure mode: with Redis away, `register_death` raised before the
         pub/sub thread was stopped, and every restart of the loop left one behind, retrying."""
+        reachable = True
         try:
             self.register_death()  # type: ignore[no-untyped-call]
         except (redis.RedisError, OSError) as exc:
+            reachable = False
             log.debug("register_death failed: %s", describe(exc))
         finally:
             thread, self.pubsub_thread = getattr(self, "pubsub_thread", None), None
-            if thread is not None:  # no UNSUBSCRIBE (Redis may be away): the close ends it
-                thread.stop()
+            if thread is not None:
+                if reachable:  # as RQ does: the UNSUBSCRIBE's reply wakes the thread's read
+                    with contextlib.suppress(redis.RedisError, OSError):
+                        self.pubsub.unsubscribe()  # type: ignore[union-attr]
+                thread.stop()  # with Redis away, it ends after its retry pause (2 s)
                 thread.join(timeout=1)
-                with contextlib.suppress(Exception):
-                    self.pubsub.close()  # type: ignore[union-attr]
+                if not thread.is_alive():  # closed under a read, the thread fails loudly
+                    with contextlib.suppress(Exception):
+                        self.pubsub.close()  # type: ignore[union-attr]
 
     def _execute(self, job: Job, queue: Queue) -> None:
         reason = getattr(job, "refusal", None) or jobdoor.refusal(
