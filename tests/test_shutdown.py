@@ -137,6 +137,7 @@ def test_a_clean_stop_takes_its_heartbeat_and_its_sweepers_lease_with_it(
     w.send_signal(signal.SIGTERM)
     assert w.wait(15) == 0, procs.logs()
     assert client.zcard(b.keys.workers) == 0 and client.zcard(b.keys.sweepers) == 0, procs.logs()
+    assert "Traceback" not in procs.logs()  # the pub/sub thread, closed under its read, said so
 
 
 def test_a_second_signal_ends_a_sweeper_whose_redis_hangs(
