@@ -272,8 +272,11 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
             f"line {lineno}: {why}; nothing from line {first} on was stored"
             + (f" (the {n} event(s) of the lines before it were)" if n else ""))
 
+    sending = False  # a chunk is on its way: interrupted now, it may or may not be stored
+
     def send() -> None:
-        nonlocal buffered, fired, n
+        nonlocal buffered, fired, n, sending
+        sending = True
         try:
             results = batcher.emit_many(source, events)
         except PayloadError as exc:  # emit_many checks every payload first: this chunk stored nothing
@@ -288,19 +291,28 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
         n += len(events)
         events.clear()
         numbers.clear()
+        sending = False
 
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            events.append(strictjson.loads(line))
-        except (ValueError, RecursionError) as exc:
-            raise stopped(lineno, f"not JSON ({exc}): {line[:80]!r}") from exc
-        numbers.append(lineno)
-        if len(events) >= chunk:
+    try:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(strictjson.loads(line))
+            except (ValueError, RecursionError) as exc:
+                raise stopped(lineno, f"not JSON ({exc}): {line[:80]!r}") from exc
+            numbers.append(lineno)
+            if len(events) >= chunk:
+                send()
+        if events:
             send()
-    if events:
-        send()
+    except KeyboardInterrupt:  # Ctrl-C: say what is in Redis (click's own word is "Aborted!")
+        rest = (f"; the chunk from line {numbers[0]} was being sent: it may or may not be stored"
+                if sending else f"; nothing from line {numbers[0]} on was" if numbers else "")
+        click.echo(f"interrupted: the {n} event(s) before it were stored{rest}", err=True)
+        click.echo(json.dumps({"events": n, "results_buffered": buffered, "batches_fired": fired,
+                               "interrupted": True}))
+        sys.exit(130)
     click.echo(json.dumps({"events": n, "results_buffered": buffered, "batches_fired": fired}))
 
 

@@ -286,3 +286,41 @@ def test_a_purged_dead_batch_is_counted_and_a_dropped_binding_keeps_its_source(
     stats = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace])
     assert "in=3 delivered=0 discarded=0 overflowed=0 dropped=0 purged=3" in stats.output, stats.output
     assert "(dropped) source=s " in stats.output, stats.output
+
+
+def test_emit_from_stdin_stopped_by_ctrl_c_says_what_was_stored(redis_server: RedisServer,
+                                                               namespace: str) -> None:
+    """Ctrl-C while `emit` read its stdin printed click's `Aborted!` and nothing of the 4 events
+    it had already stored."""
+    import signal
+    import subprocess
+    import sys
+
+    from distbatch.stats import collect
+
+    from .redis_server import env_with_path
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"})
+    proc = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "emit", "s", "--chunk", "2",
+                             "--redis-url", redis_server.url, "--namespace", namespace],
+                            env=env_with_path(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("".join(f'{{"n": {i}}}\n' for i in range(5)))  # two chunks and a line
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while collect(b)["bindings"]["d@v1"].get("events_in_total", 0) < 4:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert json.loads(out) == {"events": 4, "results_buffered": 4, "batches_fired": 0,
+                                   "interrupted": True}
+        assert "the 4 event(s) before it were stored; nothing from line 5 on was" in err, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
