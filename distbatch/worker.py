@@ -239,9 +239,9 @@ def run_worker(
         backoff = 0.0
         previous: BatchWorker | None = None
         while True:
-            if previous is not None:  # Redis went away under it: its registration may linger
-                with contextlib.suppress(Exception):
-                    previous.register_death()  # type: ignore[no-untyped-call]
+            if previous is not None:  # RQ's start-up failed after it registered or subscribed
+                with contextlib.suppress(Exception):  # (RQ tears down only once its loop runs)
+                    previous.teardown()
             try:
                 worker = previous = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
