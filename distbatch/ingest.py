@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import codec
@@ -32,7 +34,7 @@ from .codec import (
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import EmitError, PayloadError, describe
 from .handlers import handler as register_handler
-from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, members_cache
+from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, member_bytes, members_cache
 from .models import Batch, EmitResult, Event
 from .onecall import Known, OneCall, OneHead, Single, one_head
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
@@ -49,6 +51,7 @@ DEFAULT_MAX_PAYLOAD = 1 << 20
 _PER_EMITTER_CACHE = 4096
 """Entries kept per (emitting thread, shard or binding) before the cache starts over."""
 _WARNED_SOURCES = 1024
+_ONLY_DICTS, _ONLY_STR = {dict}, {str}
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
@@ -269,9 +272,9 @@ class Ingest:
 
         def results(stop: int) -> list[EmitResult]:
             """Items 0..stop-1, stored: made at the end, so none lives through a round trip."""
-            if nr == 1:
-                key, keys0 = routes[0].key, pkeys[0]
-                out = [new(EmitResult, (key, keys0[i], None, 0, None, i)) for i in range(stop)]
+            if nr == 1:  # in C: one made per event
+                out = list(map(partial(new, EmitResult), zip(repeat(routes[0].key), pkeys[0], repeat(None),
+                                                             repeat(0), repeat(None), range(stop))))
             else:
                 out = [new(EmitResult, (routes[j % nr].key, pkeys[j % nr][j // nr], None, 0, None, j // nr))
                        for j in range(stop)]
@@ -332,7 +335,7 @@ class Ingest:
             if nr == 1:
                 keys, args, prefix = self._frame(shard, routes, epoch, next(calls), emitter, window_now)
                 if isinstance(idx, range):  # one shard: the whole chunk, in order
-                    keys += [prefix + m for m in members[0][idx.start : idx.stop]]
+                    keys += map(prefix.__add__, members[0][idx.start : idx.stop])
                     args += events[idx.start : idx.stop]
                 else:
                     keys += [prefix + members[0][i] for i in idx]
@@ -383,7 +386,7 @@ class Ingest:
         route = routes[0]
         now = self.clock.now_ms()
         prefix, ids = self.event_ids()
-        data = codec.encode_plain(f"{prefix}-{next(ids):x}", source,
+        data = codec.encode_plain(f"{prefix}-{next(ids):012x}", source,
                                   now if now is not None else int(time.time() * 1000), payload)
         if data is None or len(data) > self.max_payload_bytes:
             return None
@@ -509,17 +512,27 @@ class Ingest:
                  offset: int) -> tuple[list[str | None], list[bytes]]:
         """Each payload's partition key and buffer member for route `r`, in order; a payload
         without a usable key raises, naming it by its number (from `offset`)."""
-        pkeys: list[str | None] = []
-        members: list[bytes] = []
-        add_pkey, add_member = pkeys.append, members.append
         key, path = r.key, r.path
         cache = members_cache(key)  # the hot path inlines member_bytes
-        cached = cache.get
         field = path[0] if path is not None and len(path) == 1 else None
-        missed = 0
         # A full cache means more live keys than it holds (1M open buffers): building the member
         # then costs less than a lookup that misses in a big dict, so build it straight away.
         full = len(cache) >= MEMBER_CACHE_SIZE
+        if path is None:  # no partition key: one buffer
+            return [None] * len(payloads), [member_bytes(key, None)] * len(payloads)
+        if field is not None and not full and {*map(type, payloads)} == _ONLY_DICTS:
+            # the common case in C: a one-field key, a string in every payload, every member cached
+            try:
+                keys: list[str | None] = list(map(itemgetter(field), payloads))
+                if {*map(type, keys)} == _ONLY_STR:
+                    return keys, list(map(cache.__getitem__, keys))
+            except KeyError:
+                pass  # the loop builds what is missing, or names a payload without its key
+        pkeys: list[str | None] = []
+        members: list[bytes] = []
+        add_pkey, add_member = pkeys.append, members.append
+        cached = cache.get
+        missed = 0
         common = key + "|="
         for i, payload in enumerate(payloads, offset):
             # the common case inline: a one-field key whose value is a string
