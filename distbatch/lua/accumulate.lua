@@ -32,7 +32,8 @@ local keep_ttl = false
 local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
 -- @include accept_steps
 -- @include bell
-local now = window_clock(ARGV[3])
+local now = real_now
+if (ARGV[3] or '') ~= '' then now = tonumber(ARGV[3]) end
 
 local bindings, counts, windows = {}, {}, {}
 for r = 1, nroutes do

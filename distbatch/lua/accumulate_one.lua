@@ -16,30 +16,20 @@ local B = 6
 local call_id, expected_regver, keep_ttl = ARGV[9], ARGV[1], ARGV[11] == '1'
 -- @include call_once
 -- @include clock
-local now = window_clock(ARGV[8])
+local now = real_now
+if ARGV[8] ~= '' then now = tonumber(ARGV[8]) end
 local key, open_key, binding, member_at = KEYS[#KEYS], KEYS[12], ARGV[5], #ARGV[4] + 1
 local out = {real_now}
 local made_ready = 0  -- batches made ready
 local member = nil
 local steps = nil
 
-local function rare()
-  local id_prefix = ARGV[3]
-  -- @include cut_keys
-  -- @include accept_steps
-  local function report(kind, id, blob)
-    local m = #out
-    out[m + 1], out[m + 2], out[m + 3], out[m + 4] = 1, kind, id, blob
-  end
-  return {close_if_expired = close_if_expired, cut_full = cut_full, drop_oldest = drop_oldest,
-          undo_push = undo_push, report = report}
-end
-
 -- Only when some open deadline has passed can this event's buffer have run out. ZCOUNT, not the
 -- earliest deadline's ZRANGE ... WITHSCORES: an integer reply, no score formatted and read back
--- (about 1 µs of a ~11 µs call); the earliest is read only when this event opens a window.
-if redis.call('ZCOUNT', k_deadlines, '-inf', now) > 0 then
-  steps = rare()
+-- (about 1 µs of a ~11 µs call); the earliest is read only when this event opens a window. The
+-- time as a string (`real_ms`, or the caller's): a Lua number would be formatted by "%.17g".
+if redis.call('ZCOUNT', k_deadlines, '-inf', ARGV[8] ~= '' and ARGV[8] or real_ms) > 0 then
+  -- @include one_steps
   member = string.sub(key, member_at)
   local kind, id, blob = steps.close_if_expired(key, member, open_key, binding, now)
   if kind then
@@ -59,14 +49,14 @@ if n == 1 then
   woke = (earliest == nil or closes < earliest) and closes
 end
 if n > tonumber(ARGV[2]) then
-  steps = steps or rare()
+  -- @include one_steps
   local ok, err = pcall(steps.drop_oldest, key, binding)
   if not ok then steps.undo_push(key, err) end
   n = tonumber(ARGV[2])  -- as accumulate.lua: at the cap
   steps.report('overflow', '', '')
 end
 if n >= tonumber(ARGV[6]) then
-  steps = steps or rare()
+  -- @include one_steps
   local ok, id, blob = pcall(steps.cut_full, key, member or string.sub(key, member_at), open_key, binding,
                              n, tonumber(ARGV[6]))
   if not ok then steps.undo_push(key, id) end
@@ -74,7 +64,7 @@ if n >= tonumber(ARGV[6]) then
   made_ready = made_ready + 1
   woke = false  -- opened and cut in this call (count 1): no window to wake a sweeper for
 end
-redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, 1)  -- after the steps that can fail
+redis.call('HINCRBY', KEYS[8], 'events_in:' .. binding, '1')  -- after the steps that can fail; '1', not 1: as above
 if woke then
   redis.call('PUBLISH', k_wake, woke)
 end

@@ -4,7 +4,8 @@
 -- ARGV: window_now ('' = server TIME), limit
 -- Returns {server time (ms), earliest deadline or -1, due members...}.
 -- @include clock
-local now = window_clock(ARGV[1])
+local now = real_now
+if (ARGV[1] or '') ~= '' then now = tonumber(ARGV[1]) end
 local out = {real_now, -1}
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if first[2] then out[2] = tonumber(first[2]) end

@@ -32,7 +32,8 @@ end
 -- @include clock
 local id_prefix, bufp = ARGV[2], ARGV[3]
 -- @include buffers
-local now = window_clock(ARGV[1])
+local now = real_now
+if (ARGV[1] or '') ~= '' then now = tonumber(ARGV[1]) end
 
 local out = {-1, real_now, 0}
 local made_ready = 0  -- batches cut
