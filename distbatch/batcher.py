@@ -188,7 +188,7 @@ class Batcher:
             return self._run(core.emit_one(source, payload))
         _, prefix, ids = core.event_ids_of(em.pid)
         now = core.clock.now_ms()
-        event = codec.encode_plain(f"{prefix}-{next(ids):012x}", source,
+        event = codec.encode_plain(f"{prefix}-{next(ids):x}", source,
                                    time.time_ns() // 1_000_000 if now is None else now, payload)
         if event is None or len(event) > core.max_payload_bytes:
             return self._run(core.emit_one(source, payload))  # it names what is wrong

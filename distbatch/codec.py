@@ -97,16 +97,12 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
     return data
 
 
-ID_DIGITS = 12
-"""An event id is ``<prefix>-<counter>``, the counter in at least this many hex digits: one
-width for 2^48 events of a process, so every id of an `emit_many` call packs to the same length
-and the envelope before each payload is one bytes template per call (`encode_events`)."""
-_ID_LIMIT = 1 << (4 * ID_DIGITS)
 _ONLY_DICTS = {dict}
 
 
-def event_id(prefix: str, number: int) -> str:
-    return f"{prefix}-{number:012x}"  # ID_DIGITS
+def event_id(prefix: str, number: int, width: int = 0) -> str:
+    """``<prefix>-<number in hex>``, zero-padded to `width` digits (`encode_events`)."""
+    return f"{prefix}-{number:0{width}x}"
 
 
 def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: int,
@@ -114,27 +110,31 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
     """`encode_event` for a whole call (emit_many's hot path). The common case, plain dicts that
     pack and fit, runs in C from end to end: the envelope ``[id, source, time`` is a bytes
     template with the id's digits left open, and each event is that template's bytes followed
-    by its packed payload, the same bytes as packing the envelope whole. Anything else takes
-    the loop, with the same ids, and `encode_event` names the payload at fault."""
+    by its packed payload, the same bytes as packing the envelope whole. So that every id of
+    the call packs to one length, each is zero-padded to the digits of the call's last (largest:
+    the counter only grows). Ids stay unique: each number is taken once, and a padded id never
+    equals an unpadded one (unpadded, only "0" starts with a zero). Anything else takes the
+    loop, with the same ids, and `encode_event` names the payload at fault."""
     pack = _packer().pack
+    width = 0
     if len(payloads) > 1 and {*map(type, payloads)} == _ONLY_DICTS:
         numbers = list(islice(ids, len(payloads)))
-        if numbers[-1] < _ID_LIMIT:  # the counter only grows: every id has ID_DIGITS digits
-            head = pack(event_id(prefix, 0))[:-ID_DIGITS].replace(b"%", b"%%")
-            tail = (pack(source) + pack(emitted_at_ms)).replace(b"%", b"%%")
-            template = b"\x94" + head + b"%0" + str(ID_DIGITS).encode() + b"x" + tail
-            try:
-                out = list(map(bytes.__add__, map(template.__mod__, numbers), map(pack, payloads)))
-            except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
-                pass  # the loop names it
-            else:
-                if max(map(len, out)) <= limit:
-                    return out
+        width = len(f"{numbers[-1]:x}")
+        head = pack(event_id(prefix, 0, width))[:-width].replace(b"%", b"%%")
+        tail = (pack(source) + pack(emitted_at_ms)).replace(b"%", b"%%")
+        template = b"\x94" + head + b"%%0%dx" % width + tail
+        try:
+            out = list(map(bytes.__add__, map(template.__mod__, numbers), map(pack, payloads)))
+        except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+            pass  # the loop names it
+        else:
+            if max(map(len, out)) <= limit:
+                return out
         ids = iter(numbers)
     out = []
     append = out.append
     for p in payloads:
-        eid = event_id(prefix, next(ids))
+        eid = event_id(prefix, next(ids), width)
         if type(p) is not dict:
             append(encode_event(eid, source, emitted_at_ms, p, limit))
             continue

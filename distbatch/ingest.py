@@ -386,7 +386,7 @@ class Ingest:
         route = routes[0]
         now = self.clock.now_ms()
         prefix, ids = self.event_ids()
-        data = codec.encode_plain(f"{prefix}-{next(ids):012x}", source,
+        data = codec.encode_plain(f"{prefix}-{next(ids):x}", source,
                                   now if now is not None else int(time.time() * 1000), payload)
         if data is None or len(data) > self.max_payload_bytes:
             return None

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from distbatch import Batcher, PayloadError
-from distbatch.codec import ID_DIGITS, encode_events
+from distbatch.codec import encode_events
 
 PAYLOADS: list[dict[str, Any]] = [
     {"k": "a", "n": 1}, {"k": "ключ", "nested": {"list": [1, None, 2.5]}, "b": b"\x00\xff"},
@@ -26,17 +26,21 @@ def test_each_event_is_its_envelope_packed_whole(source: str, stamp: int) -> Non
     events = encode_events(ids, "0123456789ab", source, stamp, PAYLOADS, 1 << 20)
     assert len(events) == len(PAYLOADS)
     for n, (data, payload) in enumerate(zip(events, PAYLOADS, strict=True), 7):
-        event_id = f"0123456789ab-{n:0{ID_DIGITS}x}"
+        event_id = f"0123456789ab-{n:x}"  # 7..b: one digit each, none padded
         assert data == msgpack.packb([event_id, source, stamp, payload], use_bin_type=True)
     assert next(ids) == 7 + len(PAYLOADS)  # one number per event, none skipped
 
 
-def test_ids_past_their_width_take_the_loop_and_stay_unique() -> None:
-    start = (1 << (4 * ID_DIGITS)) - 2
-    events = encode_events(itertools.count(start), "p", "s", 1, PAYLOADS, 1 << 20)
+def test_ids_of_a_call_are_padded_to_its_widest_and_stay_unique() -> None:
+    """0xffe..0x1002: the call's ids all pack to one length, and none equals an id of the same
+    counter unpadded (a single emit's)."""
+    events = encode_events(itertools.count(0xFFE), "p", "s", 1, PAYLOADS, 1 << 20)
     ids = [msgpack.unpackb(e)[0] for e in events]
-    assert ids == [f"p-{n:0{ID_DIGITS}x}" for n in range(start, start + len(PAYLOADS))]
-    assert len(ids[-1]) == len(ids[0]) + 1  # the width grew: the loop packed them one by one
+    assert ids == ["p-0ffe", "p-0fff", "p-1000", "p-1001", "p-1002"]
+    singles = {f"p-{n:x}" for n in range(0x1003)}  # every unpadded id the counter could give
+    assert not singles & set(ids[:2])  # the padded two: no unpadded id of any number is theirs
+    many = encode_events(itertools.count(0), "p", "s", 1, [{}] * 300, 1 << 20)
+    assert len({msgpack.unpackb(e)[0] for e in many}) == 300
 
 
 @pytest.mark.parametrize(("bad", "code"), [({"when": object()}, "payload_unencodable"),
