@@ -120,9 +120,8 @@ def _start_latency(url: str, rate: float | None, batches: int, warm: int) -> dic
         lines = [line.split() for line in starts.read_text().splitlines()]
         rows = [(float(cut), float(start)) for i, cut, start in lines if int(i) >= warm]
         cold = [float(start) - float(cut) for i, cut, start in lines if int(i) < warm]
-        started = sum(1 for _, start in rows if start <= wall1)
         out = {**summary([start - cut for cut, start in rows]),  # both measured from time 0
-               "cold": summary(cold), "started_per_s": started / ((wall1 - wall0) / 1000),
+               "cold": summary(cold), "started_per_s": started_per_s(rows, wall0, wall1),
                "cores_busy": cpu, "cores_stolen": steal}
         if canary is not None:
             canary.wait(60)
@@ -145,6 +144,16 @@ def _steal_s() -> float:
     `steal`): this VM's cores were runnable but not running."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def started_per_s(rows: list[tuple[float, float]], wall0: float, wall1: float) -> float:
+    """Batches started per second while the producer emitted (from `wall0` to `wall1`, ms);
+    when it finished before any started (a short run on a slow machine), the worker's own rate
+    from `wall0` to its last start, so that the rate is never 0."""
+    started = sum(1 for _, start in rows if start <= wall1)
+    if started:
+        return started / ((wall1 - wall0) / 1000)
+    return len(rows) / (max(max(start for _, start in rows) - wall0, 1.0) / 1000)
 
 
 def _machine_stalls(stalls: list[list[float]], rows: list[tuple[float, ...]]) -> dict[str, Any]:
