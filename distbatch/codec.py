@@ -97,7 +97,8 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
     return data
 
 
-_ONLY_DICTS = {dict}
+ONLY_DICTS = {dict}
+"""`{*map(type, payloads)} == ONLY_DICTS`: every payload a plain dict, checked in C."""
 
 
 def event_id(prefix: str, number: int, width: int = 0) -> str:
@@ -117,7 +118,7 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
     loop, with the same ids, and `encode_event` names the payload at fault."""
     pack = _packer().pack
     width = 0
-    if len(payloads) > 1 and {*map(type, payloads)} == _ONLY_DICTS:
+    if len(payloads) > 1 and {*map(type, payloads)} == ONLY_DICTS:
         numbers = list(islice(ids, len(payloads)))
         width = len(f"{numbers[-1]:x}")
         head = pack(event_id(prefix, 0, width))[:-width].replace(b"%", b"%%")

@@ -51,7 +51,7 @@ DEFAULT_MAX_PAYLOAD = 1 << 20
 _PER_EMITTER_CACHE = 4096
 """Entries kept per (emitting thread, shard or binding) before the cache starts over."""
 _WARNED_SOURCES = 1024
-_ONLY_DICTS, _ONLY_STR = {dict}, {str}
+_ONLY_STR = {str}
 BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
@@ -520,7 +520,7 @@ class Ingest:
         full = len(cache) >= MEMBER_CACHE_SIZE
         if path is None:  # no partition key: one buffer
             return [None] * len(payloads), [member_bytes(key, None)] * len(payloads)
-        if field is not None and not full and {*map(type, payloads)} == _ONLY_DICTS:
+        if field is not None and not full and {*map(type, payloads)} == codec.ONLY_DICTS:
             # the common case in C: a one-field key, a string in every payload, every member cached
             try:
                 keys: list[str | None] = list(map(itemgetter(field), payloads))
