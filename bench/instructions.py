@@ -140,7 +140,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: skipped (apt-get install valgrind)")
         return {}
-    calls = {"emit_many": (1, 3) if quick else (4, 20), "emit": (200, 1000)}
+    calls = {"emit_many": (1, 5) if quick else (4, 20), "emit": (200, 1000)}  # N, 5N
     plan = {"emit_many": SIDES["emit_many"]} if quick else SIDES
     sides = ("client",) if quick else ("client", "redis")
     counts: dict[tuple[str, str], float] = {}
