@@ -19,6 +19,10 @@ log = logging.getLogger("distbatch")
 BUFFER_CAP = 1024
 """Most events one buffer holds; beyond it the oldest is dropped (SPEC §1)."""
 
+MAX_DURATION_MS = 100 * 365 * 86_400_000
+"""The longest duration taken (100 years): a window's deadline (now + window, in ms) must stay an
+exact integer in a Lua number, and a backoff one a worker can sleep through."""
+
 EXPIRE_ACTIONS = {"fire_partial": "fire_partial", "fire": "fire_partial", "discard": "discard"}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -50,6 +54,8 @@ def parse_duration(value: object, field: str = "batch.window") -> int:
                 f"{field}={value!r} is not a duration; use e.g. '250ms', '30s', '10m', "
                 "'2h', '1d' or '1h30m'",
             )
+        if total > MAX_DURATION_MS:  # also inf: float("9" * 400)
+            raise ConfigError(f"{code}_range", f"{field}={_short(value)} must be at most 100 years")
         ms = int(total)
     else:
         raise ConfigError(
@@ -59,6 +65,8 @@ def parse_duration(value: object, field: str = "batch.window") -> int:
         )
     if ms <= 0:
         raise ConfigError(f"{code}_range", f"{field}={value!r} must be longer than 0ms")
+    if ms > MAX_DURATION_MS:
+        raise ConfigError(f"{code}_range", f"{field}={_short(value)} must be at most 100 years")
     return ms
 
 
@@ -168,7 +176,10 @@ class RetryPolicy:
 
     def delay_ms(self, attempt: int) -> int:
         """Wait before try `attempt + 1`, after try `attempt` failed (exponential, capped)."""
-        return int(min(self.max_backoff_ms, self.backoff_ms * self.backoff_factor ** (attempt - 1)))
+        try:
+            return int(min(self.max_backoff_ms, self.backoff_ms * self.backoff_factor ** (attempt - 1)))
+        except OverflowError:  # factor ** attempt past a float (try 1025 at factor 2): the cap
+            return self.max_backoff_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +278,7 @@ class Binding:
                      "backoff_factor": r["backoff_factor"], "max_backoff": ms(r["max_backoff_ms"]),
                      "timeout": ms(r.get("timeout_ms"))}
             return cls._checked(data["id"], data["version"], data["source"], batch, data["handler"], retry)
-        except (KeyError, TypeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # ConfigError is a ValueError
             what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ConfigError("binding_unreadable",
                               f"binding {name}: its definition in Redis cannot be read: {what}") from exc

@@ -50,7 +50,7 @@ def refusal(raw: Mapping[Any, Any], queue_name: str, namespace: str) -> str | No
     try:
         data = zlib.decompressobj().decompress(raw.get(b"data", b""), MAX_DATA)
         func, instance, args, kwargs = json.loads(data)
-    except (zlib.error, ValueError, TypeError, UnicodeDecodeError):
+    except (zlib.error, ValueError, TypeError, RecursionError):  # nesting past the stack: a hostile writer's
         return "job data is not a JSON distbatch ticket (pickled, or malformed)"
     if func != JOB_FUNC or instance is not None or kwargs != {}:
         return f"job function {func!r:.100} is not {JOB_FUNC}"

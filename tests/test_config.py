@@ -42,6 +42,9 @@ def test_durations(text: object, ms: int) -> None:
         ({"count": 3, "window": "5x"}, "window_format", "'5x'"),
         ({"count": 3, "window": ""}, "window_format", "''"),
         ({"count": 3, "window": "0s"}, "window_range", "'0s'"),
+        ({"count": 3, "window": "36501d"}, "window_range", "'36501d'"),  # past 100 years
+        ({"count": 3, "window": "9" * 400 + "s"}, "window_range", "window='999"),  # past a float
+        ({"count": 3, "window": timedelta(days=999_999_999)}, "window_range", "window"),
         ({"count": 3, "window": timedelta(0)}, "window_range", "window"),
         ({"count": 3, "window": timedelta(seconds=-1)}, "window_range", "window"),
         ({"count": 3, "window": "1s", "key": 5}, "key_type", "key=5"),
@@ -127,3 +130,11 @@ def test_a_bad_duration_option_is_named_by_its_flag() -> None:
     assert out.exit_code == 2 and "--interval='0ms' must be longer than 0ms" in out.output
     demo = CliRunner().invoke(cli, ["demo", "--rate", "0"])
     assert demo.exit_code == 2 and "--rate" in demo.output and "Traceback" not in demo.output
+
+
+def test_a_backoff_past_a_float_is_the_cap_not_an_overflow() -> None:
+    """Try 1025 at the default factor 2 once raised OverflowError out of the worker's failure path,
+    so the batch went through lease expiry instead of its backoff."""
+    policy = RetryPolicy.parse({"attempts": 2000, "max_backoff": "5m"})
+    assert policy.delay_ms(1025) == policy.delay_ms(5000) == 300_000
+    assert policy.delay_ms(1) == policy.backoff_ms

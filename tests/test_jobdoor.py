@@ -102,6 +102,18 @@ def test_a_ticket_with_a_field_rq_cannot_parse_is_refused_and_the_worker_goes_on
     assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
 
 
+def test_a_ticket_nested_past_the_stack_is_refused_and_the_worker_goes_on(setup) -> None:
+    """Data nested 60,000 deep raised RecursionError out of the door: the worker's loop quit at
+    every start and at each of RQ's cleanups, the job never refused."""
+    client, b, queue, _ = setup
+    job = queue.enqueue(JOB_FUNC, b.keys.namespace)
+    client.hset(job.key, "data", zlib.compress(b"[" * 60_000))
+    b.emit("s", {"n": 1})  # the real ticket, behind it
+    run_worker(Batcher(client, namespace=b.keys.namespace), handlers=[__name__], burst=True)
+    assert_refused(client, queue, job.id)
+    assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
+
+
 def test_pickle_data_is_never_loaded(setup) -> None:
     client, b, queue, tmp = setup
     job = queue.enqueue(JOB_FUNC, b.keys.namespace)

@@ -403,7 +403,7 @@ def test_a_made_up_batch_with_a_record_of_its_own_is_buried_not_handed_to_a_work
     assert (batcher.client.zscore(k.dead, junk) is not None) == (junk == b"\xff\xfe")
 
 
-@pytest.mark.parametrize("definition", [b"not json", b"123", b'{"id": "d"}', "handler", "count"])
+@pytest.mark.parametrize("definition", [b"not json", b"123", b'{"id": "d"}', "handler", "count", "window"])
 def test_a_binding_definition_a_hostile_writer_garbled_is_refused_where_it_is_read(
         batcher: Batcher, caplog: pytest.LogCaptureFixture, definition: bytes | str) -> None:
     """A definition that is no JSON, or that `register` would have refused (a handler that is no
@@ -423,7 +423,9 @@ def test_a_binding_definition_a_hostile_writer_garbled_is_refused_where_it_is_re
     assert r.batch is not None
     good = json.loads(batcher.client.hget(batcher.keys.bindings, "d@v1"))
     garbled = {"handler": {**good, "handler": 123},
-               "count": {**good, "batch": {**good["batch"], "count": "9"}}}
+               "count": {**good, "batch": {**good["batch"], "count": "9"}},
+               # valid JSON past a float: it once raised OverflowError out of every registry load
+               "window": {**good, "batch": {**good["batch"], "window_ms": 10**400}}}
     raw = definition if isinstance(definition, bytes) else json.dumps(garbled[definition])
     for k in batcher.shards:
         batcher.client.hset(k.bindings, "d@v1", raw)
