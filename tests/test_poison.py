@@ -199,15 +199,27 @@ def _ids_across_a_restart(redis_server: RedisServer, namespace: str, snapshot: b
     assert min(map(int, after)) > max(map(int, before))  # and they keep their order
 
 
-@pytest.mark.parametrize("field", ["attempt", "info"])
+@pytest.mark.parametrize("field", ["attempt", "info", "cut_ms", "reason", "member"])
 def test_a_garbled_record_goes_dead_at_its_claim_and_holds_up_no_other(batcher: Batcher, field: str) -> None:
+    """A garbled `cut_ms` or a member that is no UTF-8 once passed the claim's checks and raised
+    in the worker out of the whole claim: its neighbours sat leased to no one, and went dead
+    unrun with a false "stopped renewing" when their leases ran out."""
     batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
     ids = [r.batch.id for r in batcher.emit_many("s", [{"n": i} for i in range(3)]) if r.batch]
     k = batcher.records.keys_for(ids[1])
-    batcher.client.hset(k.rec_attempt if field == "attempt" else k.rec_info, ids[1], "x")  # hostile
-    claimed = [c.batch.id for c in batcher.records.claim_some(60_000, 3)]
-    claimed += [c.batch.id for c in batcher.records.claim_some(60_000, 3)]
-    assert sorted(claimed) == sorted([ids[0], ids[2]])
+    info = batcher.client.hget(k.rec_info, ids[1]).split(b"\n")
+    garbled = {"cut_ms": 2, "reason": 1, "member": 0}
+    if field in garbled:
+        info[garbled[field]] = {"cut_ms": b"not-a-number", "reason": b"why", "member": b"d@v1|\xff"}[field]
+    batcher.client.hset(k.rec_attempt if field == "attempt" else k.rec_info, ids[1],  # hostile
+                        b"\n".join(info) if field in garbled else b"x")
+    claims = batcher.records.claim_some(60_000, 3) + batcher.records.claim_some(60_000, 3)
+    healthy = [c for c in claims if c.error is None]
+    assert sorted(c.batch.id for c in healthy) == sorted([ids[0], ids[2]])
+    for c in claims:  # one the claim's checks let through is a poison claim, buried by the worker
+        if c.error is not None:
+            assert c.batch.id == ids[1] and "garbled batch record" in c.error
+            assert Executor(batcher.records, HandlerResolver(["m"])).run(c).status == Status.POISON
     assert _where(batcher, ids[1]) == ["dead"]
     assert "garbled batch record" in batcher.records.raw(ids[1])["error"]
 

@@ -36,7 +36,10 @@ local function record_info(id, prefix)
   if not string.match(id, '^[%d.]+$') then return {garbled = true} end  -- no id distbatch makes
   local member, reason, cut_ms, n = string.match(info, '^(.-)\n(.-)\n(.-)\n(.*)$')
   n = tonumber(n)
-  if not n or not string.find(member, '|', 1, true) then return {garbled = true} end
+  if not n or not string.find(member, '|', 1, true) or (reason ~= 'count' and reason ~= 'expired')
+      or #cut_ms > 15 or not string.find(cut_ms, '^%d+$') then
+    return {garbled = true}  -- each field as a cut writes it: a worker reads them all
+  end
   return {member = member, reason = reason, cut_ms = cut_ms, n = n}
 end
 
