@@ -119,6 +119,26 @@ class FlushStep:
     """Per batch cut: how long after its deadline (window clock)."""
 
 
+_SKIPPED = {
+    b"none": "its binding is not registered (a drop() cut short?): kept for drop() to return, "
+             "looked at again in 60s",
+    b"unreadable": "its binding's definition cannot be read: kept, looked at again in 60s",
+    b"junk": "no buffer distbatch makes (a member without a binding, or a key that is no list): "
+             "no longer tracked, the key left as it is",
+}
+
+
+def _report_skipped(flat: list[bytes]) -> None:
+    """One warning per kind for the due buffers a flush could not close (`flush_expired.lua`)."""
+    by_why: dict[bytes, list[str]] = {}
+    for member, why in zip(flat[::2], flat[1::2], strict=True):
+        by_why.setdefault(why, []).append(as_text(member, "replace")[:80])
+    for why, members in by_why.items():
+        log.warning("buffers_skipped count=%d first=%r: due, but %s", len(members), members[0],
+                    _SKIPPED.get(why, as_text(why, "replace")),
+                    extra={"event": "buffers_skipped", "why": as_text(why, "replace"), "count": len(members)})
+
+
 class Ingest:
     """The state an ingesting batcher keeps between calls (layout, cached registry, id and
     argument caches) and its procedures."""
@@ -792,12 +812,13 @@ class Ingest:
             return FlushStep([], None if int(peek[1]) < 0 else int(peek[1]), int(peek[0]))
         prefix = k.buffer_prefix.encode()
         keys: list[Any] = [k.deadlines, k.batch_seq, k.bindings, *k.cut, k.kept(secrets.token_hex(8)), k.bell]
-        for m in due:
-            keys += (prefix + m, k.open_buffers(as_text(m).partition("|")[0]))
+        for m in due:  # a member that is no text is a hostile writer's: the script says so
+            keys += (prefix + m, k.open_buffers(as_text(m, "replace").partition("|")[0]))
         reply = yield Eval("flush_expired", keys,
                            [window_now, self.layout.id_prefix(shard), k.buffer_prefix, int(with_events)])
-        batches = [decode_cut(row) for row in reply[3:]]
-        for b, row in zip(batches, reply[3:], strict=True):
+        _report_skipped(reply[3])
+        batches = [decode_cut(row) for row in reply[4:]]
+        for b, row in zip(batches, reply[4:], strict=True):
             if b.discarded:  # without events, the row counts them (a resent call's rows have them)
                 log.info(
                     "batch_discarded binding=%s partition=%r events=%d",
@@ -809,7 +830,7 @@ class Ingest:
             yield Handoff(cuts)
         more = len(due) == limit
         return FlushStep(batches, None if reply[0] == -1 else int(reply[0]), int(reply[1]), more,
-                         tuple(int(row[6]) for row in reply[3:]))
+                         tuple(int(row[6]) for row in reply[4:]))
 
     def drop(self, binding: str) -> Proc[list[Event]]:
         members = yield from self.registry.unbind(binding)  # first: no shard takes events for it any more

@@ -467,3 +467,49 @@ def test_a_layout_a_hostile_writer_garbled_is_a_clear_error_not_keys_elsewhere(
     with pytest.raises(ConfigError) as err:
         Batcher(client, namespace=namespace, handoff=False).bindings()
     assert err.value.code == "layout_unreadable" and Keys(namespace).meta in str(err.value)
+
+
+@pytest.mark.parametrize("hostile", ["junk_member", "not_json", "no_batch", "not_a_list", "unregistered"])
+def test_a_due_buffer_that_cannot_be_closed_holds_up_no_other(batcher: Batcher, clock, hostile: str) -> None:
+    """A due entry the flush could not close once failed every flush of its shard (a Lua error on
+    a member without a binding or a definition that is no JSON, WRONGTYPE on a buffer that is no
+    list), or, for a binding a `drop` cut short between its steps (unregistered, its buffers not
+    drained yet), stayed first among the due ones for ever: with a limit's worth of them the
+    sweeper never reached the others' windows, and with fewer it never slept again. Now each is
+    put off (its events kept) or no longer tracked, and every other window is cut."""
+    from distbatch.sweeper import Sweeper
+
+    b = batcher
+    b.register("evil", version="v1", source="e", handler="m.h",
+               batch={"count": 100, "window": "1s", "key": "k"})
+    b.register("good", version="v1", source="s", handler="m.h",
+               batch={"count": 100, "window": "2s", "key": "k"})
+    b.emit_many("e", [{"k": f"x{i}"} for i in range(6)])  # due first
+    b.emit_many("s", [{"k": f"p{i}"} for i in range(10)])
+    evil = [(k, m) for k in b.shards for m in b.client.zrange(k.deadlines, 0, -1) if m.startswith(b"evil@")]
+    assert len(evil) == 6
+    for k in b.shards:  # a hostile writer's
+        if hostile == "junk_member":
+            b.client.zadd(k.deadlines, {"junk-without-a-binding": 0})
+        elif hostile in ("not_json", "no_batch"):
+            b.client.hset(k.bindings, "evil@v1", "not json" if hostile == "not_json" else "{}")
+    if hostile == "not_a_list":
+        for k, m in evil:
+            b.client.delete(k.buffer_prefix.encode() + m)
+            b.client.set(k.buffer_prefix.encode() + m, "x")
+    if hostile == "unregistered":  # a drop killed between its two steps
+        b.run(b.core.registry.unbind("evil@v1"))
+    clock.advance("3s")
+    sweeper = Sweeper(b, limit=5)
+    waits = [sweeper.run_once() for _ in range(4)]
+    assert b.counters().get("batches_expired:good@v1") == 10  # every other window cut
+    assert b.open_buffers() == (0 if hostile in ("junk_member", "not_a_list") else 6)
+    assert waits[-1] > 0  # and the sweeper sleeps: nothing left due
+    if hostile == "junk_member":  # its own buffers were healthy: cut too
+        assert b.counters().get("batches_expired:evil@v1") == 6
+    elif hostile == "not_a_list":  # untracked, the keys left as they were
+        assert all(b.client.get(k.buffer_prefix.encode() + m) == b"x" for k, m in evil)
+    else:  # kept, put off by a minute: drop() returns them
+        assert all(b.client.llen(k.buffer_prefix.encode() + m) == 1 for k, m in evil)
+        if hostile == "unregistered":
+            assert sorted(e.payload["k"] for e in b.drop("evil@v1")) == [f"x{i}" for i in range(6)]

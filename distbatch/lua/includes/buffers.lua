@@ -49,14 +49,25 @@ local function discard_batch(id, binding, n)
   return id
 end
 
--- How a binding's expired buffers end, read once per call: nil when it is not registered.
+-- How a binding's expired buffers end, read once per call: 'fire_partial' or 'discard'; 'none'
+-- when the binding is not registered, 'unreadable' when its definition is no JSON object with a
+-- `batch.expire_action` register writes (a hostile writer's).
 local actions = {}
 local function expire_action(binding)
   local action = actions[binding]
   if action == nil then
     local def = redis.call('HGET', k_bindings, binding)
-    action = def and cjson.decode(def)['batch']['expire_action'] or false
+    action = 'none'
+    if def then
+      local ok, decoded = pcall(cjson.decode, def)
+      local batch = ok and type(decoded) == 'table' and decoded['batch']
+      local a = type(batch) == 'table' and batch['expire_action']
+      if a == 'discard' then action = 'discard'
+      elseif a == 'fire_partial' or a == 'fire' or (type(batch) == 'table' and a == nil) then
+        action = 'fire_partial'
+      else action = 'unreadable' end
+    end
     actions[binding] = action
   end
-  return action or nil
+  return action
 end
