@@ -79,7 +79,7 @@ class FaultProxy:
         self.fired = 0  # how many replies were dropped (connections cut)
         self.fired_event = threading.Event()
         self._lock = threading.Lock()
-        self._armed = False
+        self._armed = 0  # replies still to drop
         self._match: bytes | None = None
         self._drop_all = False
         self._stop = threading.Event()
@@ -142,16 +142,17 @@ class FaultProxy:
 
     # -- faults -----------------------------------------------------------------------------------------
 
-    def drop_next_reply(self, match: bytes | None = None) -> None:
-        """Arm a one-shot drop: the next request (containing ``match``, if given) is forwarded, its reply
-        is read and discarded, and that client connection and its server connection are closed."""
+    def drop_next_reply(self, match: bytes | None = None, times: int = 1) -> None:
+        """Arm a one-shot drop (for the next `times` requests): the next request (containing
+        ``match``, if given) is forwarded, its reply is read and discarded, and that client
+        connection and its server connection are closed."""
         with self._lock:
-            self._armed = True
+            self._armed = times
             self._match = match
 
     def disarm(self) -> None:
         with self._lock:
-            self._armed = False
+            self._armed = 0
             self._match = None
 
     def drop_all(self, on: bool) -> None:
@@ -172,7 +173,7 @@ class FaultProxy:
     @property
     def armed(self) -> bool:
         with self._lock:
-            return self._armed
+            return self._armed > 0
 
     def _should_drop(self, conn: _Connection, chunk: bytes) -> bool:
         """Decide (and consume the one-shot arm) for a request chunk about to be forwarded."""
@@ -187,8 +188,9 @@ class FaultProxy:
                 seen = (conn.tail[-keep:] if keep > 0 else b"") + chunk
                 if match not in seen:
                     return False
-            self._armed = False
-            self._match = None
+            self._armed -= 1
+            if not self._armed:
+                self._match = None
             return True
 
     # -- threads ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from .errors import BatchNotFound, describe
 from .keys import Keys, split_member
 from .models import Batch
 from .scripts import Command, ScriptCall, Scripts, pipelined
+from .sent import never_sent
 from .shards import Layout, batch_id_shard
 from .transport import TRANSIENT, once_more
 
@@ -121,6 +122,28 @@ class Records:
         except TRANSIENT:
             return pipelined(self.client, calls)
 
+    @staticmethod
+    def _until_answered(send: Callable[[], Any], lease_ms: int, first: BaseException) -> tuple[Any, float]:
+        """The reply of a call carrying a claim whose every reply was lost, sent again (each call
+        idempotent, the claim by its token) until Redis answers, for up to half a lease; with the
+        time of the send answered. Redis may have run it: its batches are then this worker's,
+        leased, where no other claim sees them, and a worker with no next claim to carry the
+        token (nothing else ready, no ticket) left them to wait out the lease and spend a try
+        each unrun; with one attempt, dead, never run. Raises `first` at once when no attempt
+        can have reached Redis, and the last error once half the lease is gone."""
+        if never_sent(first):
+            raise first
+        give_up, pause = time.monotonic() + lease_ms / 2000, 0.05
+        while time.monotonic() + pause < give_up:
+            time.sleep(pause)
+            pause = min(2 * pause, 0.4)
+            sent = time.monotonic()
+            try:
+                return send(), sent
+            except TRANSIENT as exc:
+                first = exc
+        raise first
+
     def claim_next(self, lease_ms: int) -> Claim | None:
         """Claim the oldest ready batch of some shard (shards taken in turn); None when none is
         ready anywhere."""
@@ -161,9 +184,18 @@ class Records:
             token, width, recovered = self._claim_token(k, n)
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
+
+        def send() -> Any:
+            return once_more(self.scripts.claim, [*k.lifecycle, k.bell],
+                             [token, lease_ms, n, width, self._id_prefix[k.ready], *batch_ids])
+
         try:
-            reply = once_more(self.scripts.claim, [*k.lifecycle, k.bell],
-                              [token, lease_ms, n, width, self._id_prefix[k.ready], *batch_ids])
+            try:
+                reply = send()
+            except TRANSIENT as exc:
+                if batch_ids:
+                    raise
+                reply, sent = self._until_answered(send, lease_ms, exc)
         except Exception:  # no reply, or not one to read: the claim may have run
             if not batch_ids:
                 self._unanswered[k.ready] = (token, width)
@@ -252,7 +284,13 @@ class Records:
             (self.scripts.claim, [*k.lifecycle, k.bell],
              [token, lease_ms, n, width, self._id_prefix[k.ready]])]
         try:
-            *settled, rung, reply = self._pipelined_twice(calls)
+            try:
+                replies = self._pipelined_twice(calls)
+            except TRANSIENT as exc:  # asked again without the wait: it is over
+                again = [*before, calls[-1]]
+                replies, sent = self._until_answered(lambda: self._pipelined_twice(again), lease_ms, exc)
+                replies.insert(-1, None)  # no bell known to have rung
+            *settled, rung, reply = replies
             # An error answered to a call before the claim (a hostile writer's WRONGTYPE) raises
             # here, after the claim may have taken batches: they wait for the next claim.
             _raised(settled)
@@ -346,7 +384,11 @@ class Records:
             *completes, (self.scripts.claim, [*k.lifecycle, k.bell],
                          [next_token, lease_ms, n, width, self._id_prefix[k.ready]])]
         try:
-            *completed, reply = _raised(self._pipelined_twice(calls))
+            try:
+                replies = self._pipelined_twice(calls)
+            except TRANSIENT as exc:
+                replies, sent = self._until_answered(lambda: self._pipelined_twice(calls), lease_ms, exc)
+            *completed, reply = _raised(replies)
         except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
             self._unanswered[k.ready] = (next_token, width)
             raise

@@ -316,3 +316,39 @@ def test_worker_paused_past_its_lease_cannot_touch_the_batch(procs: Procs, clien
     assert not client.hexists(batcher.keys.rec_info, rows[0]["id"])
     wait_for(lambda: "lease_lost" in procs.logs(), 10, "the paused worker to say it lost the lease",
              procs.logs)
+
+
+def test_a_worker_whose_claim_replies_were_lost_runs_the_batch_at_once_not_after_its_lease(
+        server: RedisServer, client, batcher, tmp_path: Path) -> None:
+    """A real worker, waiting on the bell, whose claim Redis ran while both its replies (the
+    send and the resend) were lost: with nothing else ready and no ticket, no later claim carried
+    its token, so the batch waited out its lease unrun and went dead with one attempt (`lease
+    expired`). The worker now asks again for that claim, and runs the batch at once, as try 1."""
+    from rq.registry import FailedJobRegistry
+
+    from distbatch.faultproxy import FaultProxy
+
+    batcher.register("one", version="v1", source="s", batch={"count": 1, "window": "1h"},
+                     handler="tests.handlers.record", retry={"attempts": 1})
+    with FaultProxy("127.0.0.1", server.port).start() as proxy:
+        procs = Procs(proxy.url, NS, tmp_path, env={"TEST_RECORD_URL": server.url})
+        sweeping = Procs(server.url, NS, tmp_path)  # straight to Redis: only the worker's replies are lost
+        try:
+            procs.worker("--lease", "2s")
+            sweeping.sweeper()
+            wait_for(lambda: bool(client.keys("rq:worker:*")), 20, "the worker up", procs.logs)
+            time.sleep(1)  # waiting for tickets
+            proxy.drop_next_reply(batcher.shards[0].bell.encode(), times=2)  # the claim and its resend
+            (r,) = batcher.emit("s", {"x": 1})
+            assert r.batch is not None
+            wait_for(lambda: bool(delivered(client)), 10, "the batch delivered", procs.logs)
+            assert not proxy.armed  # both replies were lost
+            (row,) = delivered(client)
+            assert (row["id"], row["attempt"]) == (r.batch.id, 1)
+            assert row["start_ms"] - row["cut_ms"] < 1_000, procs.logs()  # within half the lease
+            assert client.zcard(batcher.shards[0].dead) == 0
+            # and the ticket did not fail: the drain got its claim's reply, not an error
+            assert FailedJobRegistry(batcher.keys.queue_name, connection=client).count == 0, procs.logs()
+        finally:
+            procs.stop_all()
+            sweeping.stop_all()

@@ -611,9 +611,10 @@ def test_a_lost_reply_then_refused_retries_is_uncertain_not_unsent(
 def test_a_claim_whose_every_reply_was_lost_is_taken_up_by_the_next_claim(
     proxy: FaultProxy, redis_server: RedisServer, namespace: str, op: str
 ) -> None:
-    """Redis ran a worker's claim and every reply was lost: its batches are the worker's, leased.
-    The worker's next claim on that shard carries the lost one's token, so it gets them back at
-    once, instead of their waiting out a lease (60 s here) for a sweeper to take them back."""
+    """Redis ran a worker's claim and every reply was lost, for longer than the call asks again
+    (half its lease: 1 s here): its batches are the worker's, leased. The worker's next claim on
+    that shard carries the lost one's token, so it gets them back at once, instead of their
+    waiting out a lease for a sweeper to take them back."""
     b = _through_proxy(proxy, namespace, 0, shards=1)
     ids = some_batches(b, 4)
     rec = b.records
@@ -622,12 +623,12 @@ def test_a_claim_whose_every_reply_was_lost_is_taken_up_by_the_next_claim(
     proxy.drop_all(True)
     if op == "claim_some":
         with pytest.raises(redis.ConnectionError):
-            rec.claim_some(60_000, 2)
+            rec.claim_some(2_000, 2)
     elif op == "complete_and_claim":
         with pytest.raises(redis.ConnectionError):
-            rec.complete_and_claim([(held[0].batch.id, held[0].token)], 60_000, 2)
+            rec.complete_and_claim([(held[0].batch.id, held[0].token)], 2_000, 2)
     else:
-        assert rec.wait_and_claim(60_000, 0.1, 2) == []  # Redis away: none taken, as far as it knows
+        assert rec.wait_and_claim(2_000, 0.1, 2) == []  # Redis away: none taken, as far as it knows
     proxy.drop_all(False)
     assert states(b, ids[1]) == states(b, ids[2]) == ["running"]  # the lost claim ran
     again = rec.claim_some(60_000, 1)
@@ -1657,3 +1658,28 @@ def test_a_claim_whose_unanswered_batches_lapsed_meanwhile_claims_afresh(
     time.sleep(0.3)  # its lease ran out; no sweeper reclaimed it yet
     counts = Executor(rec, HandlerResolver([__name__]), 60_000).drain(100, linger_s=0)
     assert counts == {"delivered": 2}, f"drain ran {counts} with {rec.count('ready')} ready"
+
+
+@pytest.mark.parametrize("lost", ["first-claim", "complete-and-claim"])
+def test_a_claim_whose_every_reply_was_lost_is_asked_for_again_not_left_to_its_lease(
+    proxy: FaultProxy, redis_server: RedisServer, namespace: str, lost: str
+) -> None:
+    """Redis ran a drain's claim and both its replies (the send and the resend) were lost. The
+    worker raised, and with nothing else ready and no ticket no next claim carried its token:
+    the batch, leased to no one running it, waited out its lease, and the reclaim counted the
+    try it never had; with one attempt it went dead, never run. Now the claim is sent again
+    until Redis answers (for up to half a lease), and the batch runs at once, as its try 1."""
+    b = _through_proxy(proxy, namespace, 0, shards=1)
+    b.register("f", version="v1", source="s", handler=f"{__name__}.record",
+               batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    ids = [r.batch.id for r in b.emit_many("s", [{"n": i} for i in range(2)]) if r.batch]
+    lease_ms = 4_000
+    match = b.scripts.claim.sha if lost == "first-claim" else b.scripts.complete.sha
+    proxy.drop_next_reply(match.encode(), times=2)
+    started = time.monotonic()
+    counts = Executor(b.records, HandlerResolver([__name__]), lease_ms).drain(max_batches=10, linger_s=0)
+    assert not proxy.armed  # both replies were lost
+    assert counts == {"delivered": 2}
+    assert [(x.id, x.attempt) for x in ran] == [(ids[0], 1), (ids[1], 1)]
+    assert time.monotonic() - started < lease_ms / 2000  # not after the lease ran out
+    assert all(states(b, bid) == [] for bid in ids)
