@@ -92,7 +92,7 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
         raise PayloadError(
             "payload_too_large",
             f"payload encodes to {len(data)} bytes, above the limit of {limit} bytes "
-            f"(Batcher max_payload_bytes)",
+            f"(Batcher max_payload_bytes; distbatch serve --max-event-bytes)",
         )
     return data
 
@@ -115,7 +115,7 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
     the call packs to one length, each is zero-padded to the digits of the call's last (largest:
     the counter only grows). Ids stay unique: each number is taken once, and a padded id never
     equals an unpadded one (unpadded, only "0" starts with a zero). Anything else takes the
-    loop, with the same ids, and `encode_event` names the payload at fault."""
+    loop, with the same ids, and `encode_event` names the payload at fault (`.event`: its index)."""
     pack = _packer().pack
     width = 0
     if len(payloads) > 1 and {*map(type, payloads)} == ONLY_DICTS:
@@ -134,17 +134,21 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
         ids = iter(numbers)
     out = []
     append = out.append
-    for p in payloads:
+    for i, p in enumerate(payloads):
         eid = event_id(prefix, next(ids), width)
-        if type(p) is not dict:
-            append(encode_event(eid, source, emitted_at_ms, p, limit))
-            continue
         try:
-            data = pack([eid, source, emitted_at_ms, p])
-        except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
-            data = encode_event(eid, source, emitted_at_ms, p, limit)  # raises, naming the cause
-        if len(data) > limit:
-            data = encode_event(eid, source, emitted_at_ms, p, limit)
+            if type(p) is not dict:
+                append(encode_event(eid, source, emitted_at_ms, p, limit))
+                continue
+            try:
+                data = pack([eid, source, emitted_at_ms, p])
+            except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+                data = encode_event(eid, source, emitted_at_ms, p, limit)  # raises, naming the cause
+            if len(data) > limit:
+                data = encode_event(eid, source, emitted_at_ms, p, limit)
+        except PayloadError as exc:  # which one, found where it failed: in its real envelope
+            exc.event = i
+            raise
         append(data)
     return out
 

@@ -28,7 +28,6 @@ from .codec import (
     check_round_trip,
     decode_cut,
     decode_events,
-    encode_event,
     encode_events,
 )
 from .config import BUFFER_CAP, Binding, RetryPolicy
@@ -128,6 +127,14 @@ _SKIPPED = {
 }
 
 
+def _which(exc: PayloadError) -> PayloadError:
+    """The same error, framed with the event it names (`encode_events` sets its index)."""
+    if exc.event is None:
+        return exc
+    return PayloadError(exc.code, f"event {exc.event}: {exc}; nothing was stored", event=exc.event,
+                        reason=exc.reason)
+
+
 def _report_skipped(flat: list[bytes]) -> None:
     """One warning per kind for the due buffers a flush could not close (`flush_expired.lua`)."""
     by_why: dict[bytes, list[str]] = {}
@@ -219,7 +226,7 @@ class Ingest:
         try:
             events = encode_events(ids, prefix, source, stamp, payload_list, limit)
         except PayloadError as exc:
-            raise self._which(exc, source, payload_list) from exc.__cause__
+            raise _which(exc) from exc.__cause__
         if not events:
             return []
         if codec.unusual():  # a tuple, a subclass...: only then can a payload fail to decode
@@ -494,15 +501,6 @@ class Ingest:
             yield Handoff(cuts, queued if cuts else -1)
         return [one.item.result] if one.item.result is not None else []
 
-    def _which(self, exc: PayloadError, source: str, payloads: Sequence[Mapping[str, Any]]) -> PayloadError:
-        """The same error, naming the event (found again: only on this failure path)."""
-        for i, p in enumerate(payloads):
-            try:
-                encode_event("x", source, 0, p, self.max_payload_bytes)
-            except PayloadError:
-                return PayloadError(exc.code, f"event {i}: {exc}; nothing was stored", event=i,
-                                    reason=exc.reason)
-        return exc
 
     def _recheck_unbound(self, source: str, reg: Snapshot) -> Proc[Snapshot]:
         """No binding for `source` in our copy: maybe one was registered since; one GET tells.

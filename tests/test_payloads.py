@@ -90,3 +90,22 @@ def test_subclasses_and_tuples_encode_as_their_plain_values(batcher: Batcher) ->
     with pytest.raises(PayloadError, match="does not survive msgpack decoding"):
         batcher.emit("enc", {(1, 2): "a tuple key packs, and never unpacks"})
     assert batcher.open_buffers() == 0
+
+
+@pytest.mark.parametrize("call", ["emit", "emit_many"])
+def test_a_payload_over_the_limit_only_in_its_envelope_is_named(make_batcher, client, call: str) -> None:
+    """A payload a few bytes under the limit on its own, over it with its id, source and time:
+    the error once named no event (or, from the CLI, the wrong line), because the event was
+    found again by encoding each payload in a shorter made-up envelope, where all of them fit."""
+    import msgpack
+
+    b = make_batcher(max_payload_bytes=300)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1m"})
+    big = {"k": "x" * 285}
+    assert 290 <= len(msgpack.packb(big)) <= 295  # fits alone, and in an envelope of a 1-byte id at time 0
+    with pytest.raises(PayloadError) as info:
+        b.emit("s", big) if call == "emit" else b.emit_many("s", [{"k": "a"}, big, {"k": "b"}])
+    index = 0 if call == "emit" else 1
+    assert info.value.code == "payload_too_large" and info.value.event == index
+    assert str(info.value).startswith(f"event {index}: ") and str(info.value).endswith("nothing was stored")
+    assert _buffered(b, client) == 0
