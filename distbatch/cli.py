@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import threading
 from typing import Any
@@ -236,8 +237,14 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
             max_body_bytes=max_body_bytes, max_events=max_events, max_event_bytes=max_event_bytes)
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
-                proxy_headers=False, server_header=False)
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
+                            access_log=False, proxy_headers=False, server_header=False)
+    try:  # bound here, not by uvicorn: a port taken is one `Error:` line, as for --metrics-port
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:  # the port taken, an address not on this machine
+        raise click.ClickException(f"--port {port} on --host {host}: {exc}") from exc
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 @main.command()
@@ -405,7 +412,7 @@ def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tupl
         return tuple(dead.ids(batcher))
     if not batch_ids:
         raise click.UsageError("name batch ids or pass --all")
-    return batch_ids
+    return tuple(dict.fromkeys(batch_ids))  # a batch named twice is one batch
 
 
 @dead.command("replay")
@@ -425,7 +432,7 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
         click.echo(f"{bid}: {'replayed' if ok else 'not dead'}")
     if replayed and batcher.dispatcher is not None:
         batcher.dispatcher(replayed)
-    missed = len(batch_ids) - len(replayed) if not replay_all else 0
+    missed = len(set(batch_ids)) - len(replayed) if not replay_all else 0
     if missed:
         raise click.ClickException(f"{missed} of the batches named are not dead (see `distbatch dead list`)")
 

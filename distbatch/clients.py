@@ -73,19 +73,38 @@ def _check_db(url: str, field: str) -> None:
         raise ConfigError(field, f"{field}={redacted(url)!r}: a Redis Cluster has database 0 only")
 
 
+def _check_options(url: str, field: str) -> None:
+    """Every query option of the URL one its connection takes: redis-py passes an unknown one (a
+    typo, or `ssl_*` on a `redis://` URL) to the connection, and fails at its first command with
+    a TypeError that names no URL. Making a connection (unconnected) finds it at once."""
+    scheme, sep, rest = url.partition("://")
+    kwargs = redis.connection.parse_url(f"{scheme.removesuffix('+cluster')}{sep}{rest}")  # type: ignore[no-untyped-call]
+    cls: Any = kwargs.pop("connection_class", None) or (
+        redis.connection.UnixDomainSocketConnection if "path" in kwargs else redis.connection.Connection)
+    try:
+        cls(**kwargs)
+    except TypeError as exc:
+        bad = re.search(r"keyword argument '([^']+)'", str(exc))
+        name = bad.group(1) if bad else str(exc)
+        hint = " (ssl_* options need rediss://)" if name.startswith("ssl_") and scheme.startswith("redis") \
+            and not scheme.startswith("rediss") else ""
+        raise ConfigError(field, f"{field}={redacted(url)!r}: {name!r} is no option of a {scheme}:// "
+                                 f"connection{hint}") from None
+
+
 def check_url(url: str, field: str = "redis_url") -> None:
     """`ConfigError` (as `parsing_url`) for a URL redis-py cannot parse; connects to nothing."""
-    scheme, sep, rest = url.partition("://")
     with parsing_url(url, field):
-        redis.connection.parse_url(f"{scheme.removesuffix('+cluster')}{sep}{rest}")  # type: ignore[no-untyped-call]
-    _check_db(url, field)
+        _check_db(url, field)
+        _check_options(url, field)
 
 
 def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
     """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster."""
     scheme, sep, rest = url.partition("://")
-    _check_db(url, field)
     with parsing_url(url, field):
+        _check_db(url, field)
+        _check_options(url, field)
         if sep and scheme.endswith("+cluster"):
             return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
         return redis.Redis.from_url(url, **options)

@@ -129,6 +129,11 @@ def _failed_cleanly(result) -> str:
     (["stats", "--redis-url", "redis://:s3cret#2@127.0.0.1/0"], "redis_url='redis://:***@"),
     (["stats", "--redis-url", "redis://127.0.0.1:x/0?password=s3cret"], "password=***"),
     (["emit", "s", " ", "--redis-url", "redis://127.0.0.1:1/0"], "PAYLOAD is empty"),  # stored 0, exit 0
+    # redis-py passed these on to the connection: a TypeError traceback at its first command
+    (["stats", "--redis-url", "redis://127.0.0.1:1/0?socket_timout=5"], "'socket_timout' is no option"),
+    (["stats", "--redis-url", "redis://127.0.0.1:1/0?ssl_cert_reqs=required"], "need rediss://"),
+    (["stats", "--redis-url", "redis+cluster://127.0.0.1:1/0?socket_timout=5"], "'socket_timout' is no"),
+    (["sweeper", "--redis-url", "redis://:s3cret@[::1/0"], "Invalid IPv6 URL"),  # a ValueError traceback
 ])
 def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
     out = _failed_cleanly(CliRunner().invoke(cli, argv))
@@ -205,6 +210,36 @@ def test_the_metrics_port_taken_is_one_clear_line(redis_server: RedisServer) -> 
             "sweeper", "--redis-url", redis_server.url, "--metrics-port", str(port),
             "--metrics-insecure-no-auth"]))
     assert f"--metrics-port {port}" in out and "in use" in out
+
+
+def test_serve_on_a_port_taken_is_one_clear_line(redis_server: RedisServer) -> None:
+    """uvicorn bound it after start-up had begun: its own ERROR line, then exit status 3."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _failed_cleanly(CliRunner().invoke(cli, [
+            "serve", "--redis-url", redis_server.url, "--port", str(port), "--insecure-no-auth"]))
+    assert f"--port {port} on --host 127.0.0.1" in out and "in use" in out
+
+
+def test_dead_replay_of_a_batch_named_twice_replays_it_once_and_succeeds(redis_server: RedisServer,
+                                                                          namespace: str) -> None:
+    """It said "replayed", then "not dead", and failed: each name was counted as a batch."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
+               retry={"attempts": 1})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None
+    b.records.fail(r.batch.id, claim.token, "boom", None)  # dead
+    result = CliRunner().invoke(cli, ["dead", "replay", r.batch.id, r.batch.id,
+                                      "--redis-url", redis_server.url, "--namespace", namespace])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"{r.batch.id}: replayed"]
 
 
 @pytest.mark.parametrize("command", ["worker", "sweeper"])
