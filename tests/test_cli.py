@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -199,13 +201,18 @@ def test_dead_replay_and_purge_of_a_batch_that_is_not_dead_fail(redis_server: Re
         assert result.output.splitlines()[-1].startswith("Error: 1 of the batches named are not dead")
 
 
-def test_the_metrics_port_taken_is_one_clear_line(redis_server: RedisServer) -> None:
+@contextlib.contextmanager
+def _a_port_taken() -> Iterator[int]:
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_the_metrics_port_taken_is_one_clear_line(redis_server: RedisServer) -> None:
+    with _a_port_taken() as port:
         out = _failed_cleanly(CliRunner().invoke(cli, [
             "sweeper", "--redis-url", redis_server.url, "--metrics-port", str(port),
             "--metrics-insecure-no-auth"]))
@@ -214,12 +221,7 @@ def test_the_metrics_port_taken_is_one_clear_line(redis_server: RedisServer) -> 
 
 def test_serve_on_a_port_taken_is_one_clear_line(redis_server: RedisServer) -> None:
     """uvicorn bound it after start-up had begun: its own ERROR line, then exit status 3."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _a_port_taken() as port:
         out = _failed_cleanly(CliRunner().invoke(cli, [
             "serve", "--redis-url", redis_server.url, "--port", str(port), "--insecure-no-auth"]))
     assert f"--port {port} on --host 127.0.0.1" in out and "in use" in out
