@@ -142,7 +142,8 @@ def main(verbose: int, quiet: bool) -> None:
 @main.command()
 @URL
 @NS
-@click.option("--handlers", envvar="DISTBATCH_HANDLERS", default="", show_default=True,
+@click.option("--handlers", envvar=["DISTBATCH_HANDLERS", "DISTBATCH_WORKER_HANDLERS"], default="",
+              show_default=True,
               help="Comma-separated module prefixes whose handlers this worker may run "
               "(e.g. myapp.handlers). Env: DISTBATCH_HANDLERS.")
 @click.option("--lease", default="10s", show_default=True, callback=_lease,
@@ -150,7 +151,7 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--with-sweeper", is_flag=True, help="Also run a sweeper in this process.")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", default=None, help="Worker name (RQ).")
-@click.option("--path", "paths", multiple=True, default=["."],
+@click.option("--path", "paths", envvar="DISTBATCH_WORKER_PATH", multiple=True, default=["."],
               help="Directories put first on sys.path so handlers import (like `rq worker --path`).")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
@@ -326,8 +327,8 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 @main.command()
 @URL
 @NS
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (times in ms); with "
-              "--watch, one JSON line per refresh.")
+@click.option("--json", "as_json", envvar="DISTBATCH_STATS_JSON", is_flag=True,
+              help="Machine-readable JSON (times in ms); with --watch, one JSON line per refresh.")
 @click.option("--watch", is_flag=True, help="Live view: rates, open buffers, ready/running/dead, "
               "cut lateness; Ctrl-C ends it.")
 @click.option("--interval", default="2s", callback=_duration, help="Refresh period of --watch.")
@@ -419,7 +420,8 @@ def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tupl
 @URL
 @NS
 @click.argument("batch_ids", nargs=-1)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead batch.")
+@click.option("--all", "replay_all", envvar="DISTBATCH_DEAD_REPLAY_ALL", is_flag=True,
+              help="Replay every dead batch.")
 @QUEUE
 def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool,
                 queue_url: str | None) -> None:
@@ -441,7 +443,8 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
 @URL
 @NS
 @click.argument("batch_ids", nargs=-1)
-@click.option("--all", "purge_all", is_flag=True, help="Purge every dead batch.")
+@click.option("--all", "purge_all", envvar="DISTBATCH_DEAD_PURGE_ALL", is_flag=True,
+              help="Purge every dead batch.")
 def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge_all: bool) -> None:
     """Delete dead batches for good (their events are gone)."""
     batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
@@ -459,7 +462,8 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
 @click.option("--events", default=5000, show_default=True, type=click.IntRange(min=1), help="Events to emit.")
 @click.option("--producers", default=3, show_default=True, type=click.IntRange(min=1),
               help="Producer threads.")
-@click.option("--keys", "n_keys", default=20, show_default=True, type=click.IntRange(min=1),
+@click.option("--keys", "n_keys", envvar="DISTBATCH_DEMO_KEYS", default=20, show_default=True,
+              type=click.IntRange(min=1),
               help="Distinct repos (partitions).")
 @click.option("--count", default=10, show_default=True, type=click.IntRange(1, 1024),
               help="Batch size (at most the buffer cap, 1024: above it a buffer drops its oldest).")

@@ -8,9 +8,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import redis
 import redis.asyncio
@@ -126,6 +128,33 @@ def test_object_partition_keys_do_not_depend_on_field_order(batcher: Batcher) ->
 def test_every_option_can_come_from_the_environment() -> None:
     result = CliRunner().invoke(cli, ["worker"], env={"DISTBATCH_WORKER_LEASE": "soon"})
     assert result.exit_code == 2 and "'soon'" in result.output
+
+
+def _options(cmd: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Option]]:
+    if isinstance(cmd, click.Group):
+        for name, sub in cmd.commands.items():
+            yield from _options(sub, [*path, name])
+    for p in cmd.params:
+        if isinstance(p, click.Option) and any(o.startswith("--") for o in p.opts):
+            yield path, p
+
+
+def test_every_option_is_read_from_the_variable_the_readme_names() -> None:
+    """`DISTBATCH_<COMMAND>_<OPTION>`: click names the variable after the Python parameter, so
+    `stats --json` (`as_json`), `worker --path`, `dead replay/purge --all` and `demo --keys` read
+    `DISTBATCH_STATS_AS_JSON` and the like, and `worker --handlers` only `DISTBATCH_HANDLERS`:
+    the names the README gives (`DISTBATCH_WORKER_HANDLERS`, ...) were ignored."""
+    shared = {"DISTBATCH_REDIS_URL", "DISTBATCH_NAMESPACE", "DISTBATCH_QUEUE_URL"}  # named so in the README
+    for path, opt in _options(cli, []):
+        flag = next(o for o in opt.opts if o.startswith("--"))[2:].replace("-", "_").upper()
+        words = [p.upper().replace("-", "_") for p in path]
+        documented = "_".join(["DISTBATCH", *words, flag])
+        names = ([opt.envvar] if isinstance(opt.envvar, str) else list(opt.envvar or [])) or \
+            ["_".join(["DISTBATCH", *words, (opt.name or "").upper()])]  # click's, from the parameter
+        assert documented in names or shared & set(names), (path, opt.opts, names)
+    result = CliRunner().invoke(cli, ["dead", "purge", "--redis-url", "redis://127.0.0.1:1/0"],
+                                env={"DISTBATCH_DEAD_PURGE_ALL": "1"})
+    assert "name batch ids or pass --all" not in result.output  # --all came from the environment
 
 
 # real processes -----------------------------------------------------------------------------
