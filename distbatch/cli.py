@@ -44,6 +44,19 @@ def _lease(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return ms
 
 
+def _untrusted(exc: BaseException) -> bool:
+    """The server's TLS certificate failed verification (redis-py keeps the SSL error as the
+    context of its ConnectionError)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "certificate verify failed" in str(exc)
+
+
 def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
                      stop: threading.Event | None = None) -> Batcher | None:
     """For long-running processes: Redis down at start costs one line per retry, not an exit; a
@@ -58,6 +71,8 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if _untrusted(exc):  # a certificate this machine does not trust: no outage either
+                raise
             logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs", exc, backoff)
             if (stop or threading.Event()).wait(backoff):
                 return None

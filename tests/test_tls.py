@@ -1,0 +1,59 @@
+"""`rediss://` URLs, against a redis-server of its own serving TLS with a certificate made here:
+the library, the CLI and a worker take the URL's TLS options as redis-py reads them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from distbatch import Batcher
+from distbatch.cli import main as cli
+
+from .redis_server import RedisServer, env_with_path, free_port
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """(TLS port, the certificate that signs it)."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    port = free_port()
+    server = RedisServer("--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no").start()
+    yield port, cert
+    server.cleanup()
+
+
+def test_a_rediss_url_with_its_ca_stores_and_cuts(tls: tuple[int, Path], namespace: str) -> None:
+    port, cert = tls
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    b = Batcher.from_url(url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    b.emit("s", {"n": 1})
+    (r,) = b.emit("s", {"n": 2})
+    assert r.batch is not None and [e.payload for e in r.batch.events] == [{"n": 1}, {"n": 2}]
+    result = CliRunner().invoke(cli, ["stats", "--json", "--redis-url", url, "--namespace", namespace])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_worker_whose_server_certificate_is_not_trusted_stops_with_one_line(tls: tuple[int, Path]) -> None:
+    """It took the failed verification for an outage and retried for ever, one warning a try."""
+    port, _ = tls
+    try:
+        done = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--redis-url",
+                               f"rediss://127.0.0.1:{port}/0", "--handlers", "tests.handlers"],
+                              env=env_with_path(), capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the worker kept retrying: {exc.stderr!r}") from None
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "certificate verify failed" in last, done.stderr
+    assert "Traceback" not in done.stderr
