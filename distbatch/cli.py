@@ -67,7 +67,13 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
     backoff = 0.5
     while True:
         try:
-            return Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+            batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+            if not batcher.bindings():  # workers may start first, so a word, not an error
+                logging.getLogger("distbatch").warning(
+                    "namespace_empty namespace=%s: no binding is registered in it yet (a typo'd "
+                    "--namespace? `distbatch triggers list` shows a namespace's bindings)", namespace,
+                    extra={"event": "namespace_empty", "namespace": namespace})
+            return batcher
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 
 from .config import parse_duration
+from .errors import ConfigError
 
 
 class ServerClock:
@@ -30,7 +31,10 @@ class ManualClock:
             self._now = int(now_ms)
 
     def advance(self, delta: int | str | timedelta) -> int:
+        """Move forward by `delta` (ms, or a duration); back in time only by `set`."""
         ms = delta if isinstance(delta, int) else parse_duration(delta, "advance")
+        if ms < 0:
+            raise ConfigError("advance_range", f"advance={delta!r} must not be negative; to go back, set()")
         with self._lock:
             self._now += ms
             return self._now

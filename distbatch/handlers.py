@@ -9,6 +9,7 @@ if the path lies under one of the module prefixes it was started with (`--handle
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,6 +39,16 @@ class HandlerResolver:
     def __init__(self, allow_prefixes: Iterable[str] = ()) -> None:
         self.allow_prefixes = tuple(p.strip().rstrip(".") for p in allow_prefixes if p.strip())
         self._cache: dict[str, Handler] = {}
+
+    def unfound(self) -> list[str]:
+        """The allowed prefixes that name no module importable here, nor a name in one (a typo,
+        or a folder missing from sys.path): every batch of theirs would go back untouched."""
+        def found(name: str) -> bool:
+            try:
+                return importlib.util.find_spec(name) is not None
+            except Exception:  # a parent package that is missing, or fails as it is imported
+                return False
+        return [p for p in self.allow_prefixes if not found(p) and not found(p.rpartition(".")[0] or p)]
 
     def allowed(self, path: str) -> bool:
         return path in _registered or any(

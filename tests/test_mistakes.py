@@ -157,6 +157,19 @@ def test_every_option_is_read_from_the_variable_the_readme_names() -> None:
     assert "name batch ids or pass --all" not in result.output  # --all came from the environment
 
 
+def test_a_manual_clock_never_advances_backwards() -> None:
+    """`advance(-5)` silently moved the window clock back: windows that had run out reopened."""
+    from distbatch import ConfigError, ManualClock
+
+    clock = ManualClock(1_000)
+    with pytest.raises(ConfigError) as err:
+        clock.advance(-5)
+    assert err.value.code == "advance_range" and "-5" in str(err.value)
+    assert clock.now_ms() == 1_000 and clock.advance(0) == 1_000
+    clock.set(500)  # going back is said so
+    assert clock.now_ms() == 500
+
+
 # real processes -----------------------------------------------------------------------------
 
 
@@ -181,6 +194,24 @@ def test_worker_imports_handlers_from_the_app_folder(tmp_path: Path, redis_serve
     assert out.returncode == 0, out.stderr
     assert b.client.lrange("test:myapp", 0, -1) == [r.batch.id.encode()]  # type: ignore[union-attr]
     assert "worker_started" in out.stderr  # a start-up line at the default level
+    assert "handlers_not_found" not in out.stderr and "namespace_empty" not in out.stderr
+
+
+def test_a_typo_in_the_namespace_or_the_handlers_gets_a_word_at_start(tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
+    """A worker on a namespace nobody registered in, allowed handlers of a module that does not
+    import: it started silently, and ran nothing (every batch of a typo'd handler prefix went
+    back untouched, one `handler_unavailable` a batch, only once batches came)."""
+    Batcher.from_url(redis_server.url, namespace="orders").register(
+        "d", version="v1", source="s", handler="myapp.handlers.digest", batch={"count": 1, "window": "1h"})
+    env = {**env_with_path(), "DISTBATCH_REDIS_URL": redis_server.url}
+    out = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--namespace", "ordres",
+                          "--handlers", "myap.handlers,tests.handlers"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "namespace_empty namespace=ordres" in out.stderr
+    assert "handlers_not_found prefix=myap.handlers" in out.stderr
+    assert "prefix=tests.handlers" not in out.stderr  # that one imports
 
 
 @pytest.mark.parametrize("role", ["worker", "sweeper"])
