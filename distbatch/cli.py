@@ -488,7 +488,8 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
               help="Distinct repos (partitions).")
 @click.option("--count", default=10, show_default=True, type=click.IntRange(1, 1024),
               help="Batch size (at most the buffer cap, 1024: above it a buffer drops its oldest).")
-@click.option("--window", default="200ms", show_default=True, help="Batch window.")
+@click.option("--window", default="200ms", show_default=True, help="Batch window.",
+              callback=lambda ctx, param, value: _duration(ctx, param, value) and value)
 @click.option("--rate", default=2000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Events per second, all producers.")
 @click.option("--print-batches", is_flag=True, help="Print every batch as its handler runs.")

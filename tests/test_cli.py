@@ -170,6 +170,7 @@ def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: Redis
     (["emit", "s", "--chunk", "0"], "0 is not in the range"),
     (["stats", "--count", "3"], "use it with --watch"),
     (["demo", "--count", "2000"], "2000 is not in the range 1<=x<=1024"),
+    (["demo", "--window", "abc"], "--window='abc' is not a duration"),  # it named batch.window
 ])
 def test_an_out_of_range_option_is_named_before_anything_runs(argv: list[str], said: str) -> None:
     argv = [*argv, *(["--redis-url", "redis://127.0.0.1:1/0"] if argv[0] != "demo" else [])]  # never 6379
