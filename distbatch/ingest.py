@@ -641,6 +641,7 @@ class Ingest:
                 replies = yield Store(partial(self._calls, by_shard, reg.epoch, window_now, events))
             shards = list(by_shard)
             stale: list[_Item] = []
+            seen: dict[int, bytes] = {}  # a stale shard's epoch, as its refusal said
             cuts: list[str] = []
             queued = -1
             failed: BaseException | None = None
@@ -652,6 +653,7 @@ class Ingest:
                         unsent += by_shard[s]
                 elif reply[0] == -1:
                     stale += by_shard[s]
+                    seen[s] = reply[1] if len(reply) > 1 else b""
                 else:
                     if self.queue_key is not None and reply[0] != -2:
                         queued = max(queued, reply.pop())  # the queue's length ends the reply
@@ -666,11 +668,13 @@ class Ingest:
                 final = {}
                 for it in chunk:
                     final.setdefault(it.event, []).append(it)
-            try:
+            try:  # the first shard's registry, then each other stale shard brought up to it, read
+                # after that shard's refusal: a register or drop under way changes the first shard
+                # first, so the copy only moves forward (or is left to what changed it meanwhile)
                 reg = yield from self.registry.load()
-                for s in {it.shard for it in stale}:
+                for s in seen:
                     if s != 0:
-                        yield from self.registry.sync(s, reg)
+                        reg = yield from self.registry.sync(s, seen[s])
             except TRANSIENT as exc:
                 raise _SendFailed(exc, in_order(), frozenset(id(it) for it in stale)) from exc
             live = {r.key for rs in reg.routes.values() for r in rs}

@@ -111,7 +111,8 @@ class Registry:
                         f"binding={binding.key!r} is already registered with a different config "
                         f"({stored.decode()}); register the new behaviour under a new version",
                     )
-                yield from self.sync(i, (yield from self.load()))  # a copy out of step
+                seen = yield Cmd("get", (k.registry_version,))
+                yield from self.sync(i, seen or b"")  # a copy out of step
         self.invalidate()
 
     def unbind(self, binding: str) -> Proc[list[list[bytes]]]:
@@ -132,8 +133,12 @@ class Registry:
                               f"before); registered: {sorted(snap.bindings)} (keys are id@version)")
         return members
 
-    def sync(self, shard: int, snap: Snapshot) -> Proc[None]:
-        """Copy the first shard's registry onto `shard` (a register/drop that did not reach it)."""
+    def sync(self, shard: int, seen: bytes) -> Proc[Snapshot]:
+        """Copy the first shard's registry onto `shard` (a register/drop that did not reach it),
+        read after `shard`'s epoch was seen as `seen`: only while it still is (`sync_registry.lua`).
+        Returns the first shard's registry."""
+        snap = yield from self.load()
         k = self.shards[shard]
         pairs = [x for kv in snap.raw.items() for x in kv]
-        yield Eval("sync_registry", [k.bindings, k.registry_version], [snap.epoch, *pairs])
+        yield Eval("sync_registry", [k.bindings, k.registry_version, k.dropped], [seen, snap.epoch, *pairs])
+        return snap

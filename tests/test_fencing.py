@@ -3,6 +3,7 @@ change a batch it no longer holds, and a retried call never does its work twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -1022,6 +1023,63 @@ def test_a_shard_whose_registry_copy_is_out_of_step_is_healed(make_batcher, clie
     assert len(results) == 60 and b.counters()["events_in:f@v1"] == 60
     assert {int(client.hlen(k.bindings)) for k in b.shards} == {1}
     assert len({client.get(k.registry_version) for k in b.shards}) == 1
+
+
+@pytest.mark.parametrize("change", ["drop", "register"])
+def test_a_heal_never_puts_back_a_registry_a_drop_or_register_under_way_changed(
+        make_batcher, client, monkeypatch, change: str) -> None:
+    """An emitter refused as stale on a shard read the first shard's registry and copied it over
+    that shard blindly: a drop (or register) that ran between the read and the copy had changed
+    the shard, and the copy put the old registry back. A dropped binding then took events again
+    after `drop()` returned (its buffers firing, or stuck where no drop returns them), a new
+    binding missed events emitted after `register()` returned, and a binding the copy took away
+    was no longer in the shard's `dropped`: a reclaim there buried its batches after one try."""
+    from distbatch.registry import Registry
+
+    p, other = make_batcher(shards=3), make_batcher(shards=3)
+    p.register("x", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h", "key": "k"})
+    p.emit_many("s", [{"k": i} for i in range(3)])  # p holds this epoch
+    other.register("z", version="v1", source="other", handler="m.h", batch={"count": 5, "window": "1h"})
+    real_load, fired = Registry.load, []
+
+    def load_then_change(self: Registry) -> Any:
+        snap = yield from real_load(self)
+        if self is p.core.registry and not fired:  # another process, right between read and copy
+            fired.append(other.drop("x@v1") if change == "drop" else other.register(
+                "y", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"}))
+        return snap
+
+    monkeypatch.setattr(Registry, "load", load_then_change)
+    results = p.emit_many("s", [{"k": i} for i in range(30)])
+    monkeypatch.setattr(Registry, "load", real_load)
+    assert fired
+    for k in p.shards:  # every copy as the change left it
+        bindings = {m.decode() for m in client.hkeys(k.bindings)}
+        assert {"x@v1" in bindings, "y@v1" in bindings} == {change == "register"}
+        assert (client.hexists(k.dropped, "x@v1") == 1) == (change == "drop")
+    if change == "drop":  # the emit ran after the drop: none of it went to x
+        assert not [r for r in results if r.binding == "x@v1"] and p.open_buffers() == 0
+    else:  # and after the register: all of it to both
+        assert sorted(r.binding for r in results) == ["x@v1"] * 30 + ["y@v1"] * 30
+
+
+def test_a_heal_after_a_drop_cut_short_keeps_the_binding_among_the_dropped(make_batcher, client) -> None:
+    """A drop that reached the first shard only: the heal took the binding out of the other
+    copies without moving it to their `dropped`, where workers look for the batches it cut (a
+    reclaim there found no retry policy and buried them after one try) and a drop run again finds
+    it dropped before."""
+    b = make_batcher(shards=3)
+    b.register("x", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h", "key": "k"},
+               retry={"attempts": 5})
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h", "key": "k"})
+    first = b.shards[0]
+    client.hset(first.dropped, "x@v1", client.hget(first.bindings, "x@v1"))  # the drop's first step,
+    client.hdel(first.bindings, "x@v1")  # on the first shard only
+    client.set(first.registry_version, "after-the-drop")
+    b.emit_many("s", [{"k": i} for i in range(30)])  # refused as stale, on shard 0 then the others
+    for k in b.shards:
+        assert not client.hexists(k.bindings, "x@v1") and client.hexists(k.dropped, "x@v1"), k.bindings
+        assert json.loads(client.hget(k.dropped, "x@v1"))["retry"]["attempts"] == 5
 
 
 def test_a_late_complete_after_another_claim_delivered_is_stale_not_done(batcher: Batcher) -> None:
