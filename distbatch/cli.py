@@ -314,8 +314,8 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
             raise click.ClickException(
                 f"{exc}; the chunk began at line {numbers[0]}, and the {n} event(s) before it were "
                 "stored") from exc
-        for r in results:
-            fired += r.batch is not None
+        for r in results:  # a full buffer cut, and an expired one this event closed (unless discarded)
+            fired += (r.batch is not None) + (r.expired is not None and not r.expired.discarded)
             buffered += r.batch is None
         n += len(events)
         events.clear()

@@ -435,9 +435,6 @@ class Executor:
             return Result(Status.LEASE_LOST, batch.id, batch.attempt)
         if not self.leases.begin(held):
             return None
-        if batch.attempt == 1 and batch.cut_at_ms and claim.error is None:
-            waited = max(0.0, time.time() - batch.cut_at_ms / 1000)
-            metrics.HANDLER_START_DELAY.labels(batch.binding).observe(waited)
         if claim.error is not None:
             self.leases.release(batch.id)  # settled here: a renewal after the fail would say lost
             rec.fail(batch.id, token, claim.error, None)
@@ -456,6 +453,9 @@ class Executor:
                       "in %ds)", batch.id, exc, UNAVAILABLE_RETRY_MS // 1000,
                       extra={"event": "handler_unavailable", "batch": batch.id})
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
+        if batch.attempt == 1 and batch.cut_at_ms:  # the handler starts now (not when given back)
+            waited = max(0.0, time.time() - batch.cut_at_ms / 1000)
+            metrics.HANDLER_START_DELAY.labels(batch.binding).observe(waited)
         self.leases.limit(held, binding.retry.timeout_ms)
         started = time.perf_counter()
         returned = False

@@ -778,6 +778,10 @@ class Ingest:
                                         discarded=discarded, cut_at_ms=cut_ms)
                 if not discarded:
                     cuts.append(bid)
+                else:  # as the sweeper says of the windows it discards
+                    log.info("batch_discarded binding=%s partition=%r events=%d", binding, pkey,
+                             len(note["expired"].events),
+                             extra={"event": "batch_discarded", "binding": binding})
         for (binding, pkey), n in dropped.items():
             log.warning(
                 "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, %d oldest "

@@ -129,11 +129,15 @@ def top_buffers(batcher: Batcher, binding: str, n: int = 5, sample: int = 200) -
 
 
 LATENESS_WINDOW_MS = 600_000
+LATENESS_KEPT = 2000
+"""Cuts the sweepers keep in `{ns}:lateness` (newest first): at more than ~3 cuts a second, less
+than the ten minutes the chart spans."""
 
 
 def lateness(batcher: Batcher, now_ms: int) -> dict[str, Any]:
     """Cut lateness the sweepers recorded: p50/p99/max per 10 s over the last ten minutes, and
-    the last minute's p50/p99."""
+    the last minute's p50/p99. `since_ms`: the oldest cut they stand for; later than ten minutes
+    (or the minute) ago when more cuts came than are kept (`complete` false)."""
     raw: list[bytes] = batcher.client.lrange(batcher.keys.lateness, 0, -1)  # type: ignore[assignment]
     points: list[tuple[int, int]] = []
     for item in raw:
@@ -147,7 +151,8 @@ def lateness(batcher: Batcher, now_ms: int) -> dict[str, Any]:
               for t, v in sorted(buckets.items())]
     recent = [late for at, late in points if now_ms - at <= 60_000]
     return {"series": series, "last_minute": {"n": len(recent), "p50": pct(recent, 0.5),
-                                              "p99": pct(recent, 0.99)}}
+                                              "p99": pct(recent, 0.99)},
+            "since_ms": min((at for at, _ in points), default=None), "complete": len(raw) < LATENESS_KEPT}
 
 
 def pct(values: list[int], q: float) -> int | None:

@@ -29,10 +29,10 @@ from .errors import describe
 from .ingest import FlushStep
 from .records import Outcome
 from .scripts import call
+from .stats import LATENESS_KEPT
 from .transport import TRANSIENT
 
 log = logging.getLogger("distbatch.sweeper")
-LATENESS_KEPT = 2000
 
 
 SHARD_BACKOFF_MAX_S = 5.0
@@ -76,6 +76,7 @@ class Sweeper:
         self.id = secrets.token_hex(6)
         self.owned: list[int] = []
         self.cut = 0
+        self.discarded = 0
         self.reclaimed = 0
         self.tickets = 0
         self._state = [_ShardState() for _ in batcher.shards]
@@ -195,7 +196,7 @@ class Sweeper:
                     step = b.flush_step(self.limit, with_events=False, shard=s)
                 except TRANSIENT:
                     continue
-                self.cut += len(step.batches)
+                self._count(step)
                 self._record_lateness(step)
                 if step.batches:
                     log.info("sweeper_backup shard=%d cut=%d: its owner is late", s, len(step.batches),
@@ -221,12 +222,17 @@ class Sweeper:
             # (or a key of the wrong type, a hostile writer's): never the shard's step
             log.debug("lateness not recorded: %s", describe(exc))
 
+    def _count(self, step: FlushStep) -> None:
+        discarded = sum(b.discarded for b in step.batches)
+        self.cut += len(step.batches) - discarded
+        self.discarded += discarded
+
     def _sweep(self, shard: int) -> float:
         b, rec = self.batcher, self.records
         k = b.shards[shard]
         step = b.flush_step(self.limit, with_events=False, shard=shard)
         stepped = time.monotonic()  # `now` below is the server's time at about this point
-        self.cut += len(step.batches)
+        self._count(step)
         self._record_lateness(step)
         promoted, next_retry, now = rec.promote(shard, self.limit)
         pipe = b.client.pipeline(transaction=False)
@@ -291,15 +297,16 @@ class Sweeper:
         log.info("sweeper_started namespace=%s shards=%d limit=%d max_sleep=%.1fs",
                  self.batcher.keys.namespace, self.batcher.layout.count, self.limit, self.max_sleep_s,
                  extra={"event": "sweeper_started"})
-        last_summary, last = time.monotonic(), (0, 0, 0)
+        last_summary, last = time.monotonic(), (0, 0, 0, 0)
         channels = [k.wake for k in self.batcher.shards]
         try:
             while not stop.is_set():
                 if self.summary_every_s > 0 and time.monotonic() - last_summary >= self.summary_every_s:
-                    now = (self.cut, self.reclaimed, self.tickets)
-                    log.info("sweeper_summary last %.0fs: cut=%d reclaimed=%d tickets=%d shards=%s",
-                             self.summary_every_s, *(a - b for a, b in zip(now, last, strict=True)),
-                             sorted(self.owned), extra={"event": "sweeper_summary"})
+                    now = (self.cut, self.discarded, self.reclaimed, self.tickets)
+                    log.info("sweeper_summary last %.0fs: cut=%d discarded=%d reclaimed=%d tickets=%d "
+                             "shards=%s", time.monotonic() - last_summary,  # the time it covers
+                             *(a - b for a, b in zip(now, last, strict=True)), sorted(self.owned),
+                             extra={"event": "sweeper_summary"})
                     last_summary, last = time.monotonic(), now
                 try:
                     if not wake.subscribed:  # before reading state, so no wake is missed

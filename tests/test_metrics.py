@@ -3,8 +3,10 @@ and each worker's and sweeper's own observations on --metrics-port; real process
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +134,85 @@ def test_the_metrics_port_without_auth_answers_no_page_in_a_browser() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def noop(batch: object) -> None:
+    """A handler this module's tests allow."""
+
+
+def test_the_start_delay_counts_a_handler_that_started_not_a_batch_given_back(batcher: Batcher) -> None:
+    """A worker that cannot run the handler (a rolling deploy) gave the batch back after it had
+    observed its cut → start delay; the refund kept it at try 1, so each worker that gave it back,
+    and then the one that ran it, observed it again: one batch, three counts."""
+    from prometheus_client import REGISTRY
+
+    from distbatch.executor import Executor, Status
+    from distbatch.handlers import HandlerResolver
+
+    batcher.register("sd", version="v1", source="s", handler=f"{__name__}.noop",
+                     batch={"count": 1, "window": "1h"})
+    ids = [r.batch.id for r in batcher.emit_many("s", [{"n": 1}, {"n": 2}]) if r.batch]
+
+    def count() -> float:
+        name = "distbatch_handler_start_delay_seconds_count"
+        return REGISTRY.get_sample_value(name, {"binding": "sd@v1"}) or 0.0
+
+    before = count()
+    unable = Executor(batcher.records, HandlerResolver(["elsewhere"]), 10_000)
+    assert unable.run(batcher.records.claim([ids[0]], 10_000)).status == Status.UNAVAILABLE
+    assert count() == before  # it never started
+    able = Executor(batcher.records, HandlerResolver([__name__]), 10_000)
+    assert able.run(batcher.records.claim([ids[1]], 10_000)).status == Status.DELIVERED
+    assert count() == before + 1
+
+
+def test_what_a_sweep_and_an_emit_say_of_windows_they_discard_or_cut(
+        batcher: Batcher, clock, caplog: pytest.LogCaptureFixture, redis_server: RedisServer) -> None:
+    """The sweeper counted discarded windows as cut (`sweeper_summary cut=10` for ten discards);
+    an emit that closed a discarded window logged no `batch_discarded` (the sweeper does); and
+    `distbatch emit` said `batches_fired: 0` when its event closed an expired window, cut."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from distbatch.cli import main as cli
+    from distbatch.sweeper import Sweeper
+
+    batcher.register("gone", version="v1", source="d", handler="m.h",
+                     batch={"count": 10, "window": "1s", "key": "k", "expire_action": "discard"})
+    batcher.emit_many("d", [{"k": i} for i in range(3)])
+    clock.advance("2s")
+    sweeper = Sweeper(batcher)
+    sweeper.run_once()
+    assert (sweeper.cut, sweeper.discarded) == (0, 3)
+    batcher.emit("d", {"k": "x"})
+    clock.advance("2s")
+    with caplog.at_level(logging.INFO, "distbatch"):
+        (r,) = batcher.emit("d", {"k": "x"})  # closes the run-out window itself
+    assert r.expired is not None and r.expired.discarded
+    said = "batch_discarded binding=gone@v1 partition='x' events=1"
+    assert any(m.startswith(said) for m in caplog.messages)
+    ns = f"{batcher.keys.namespace}-cli"
+    b = Batcher.from_url(redis_server.url, namespace=ns, handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "200ms"})
+    args = ["--redis-url", redis_server.url, "--namespace", ns]
+    assert CliRunner().invoke(cli, ["emit", "s", '{"n": 1}', *args]).exit_code == 0
+    time.sleep(0.3)  # the window runs out, no sweeper: the next emit closes it
+    out = CliRunner().invoke(cli, ["emit", "s", '{"n": 2}', *args])
+    assert out.exit_code == 0 and json.loads(out.output.splitlines()[-1])["batches_fired"] == 1
+
+
+def test_the_lateness_chart_says_when_it_covers_less_than_its_span(batcher: Batcher) -> None:
+    """The sweepers keep the last 2,000 cuts: at more than ~3 expiries a second the "last ten
+    minutes" held only the last few seconds, and said nothing of it (`n: 2000` for 3,600 cuts)."""
+    from distbatch.stats import LATENESS_KEPT, lateness
+
+    now = batcher.server_ms()
+    key = batcher.keys.lateness
+    batcher.client.rpush(key, *[f"{now - i * 1000} 5" for i in range(5)])  # newest first, as kept
+    few = lateness(batcher, now)
+    assert few["complete"] and few["since_ms"] == now - 4000 and few["last_minute"]["n"] == 5
+    batcher.client.delete(key)
+    batcher.client.rpush(key, *[f"{now - i} 5" for i in range(LATENESS_KEPT)])  # 2,000 cuts in 2 s
+    full = lateness(batcher, now)
+    assert not full["complete"] and full["since_ms"] == now - LATENESS_KEPT + 1
