@@ -7,7 +7,11 @@ into its own payloads) or its own error, as if it had called alone:
 - a payload error fails only the call that sent the bad payload (nothing is written before every
   payload is checked, so the other calls are simply sent again without it);
 - a Redis failure part-way gives each call an `EmitError` about its own events (or its results,
-  when all of its events were stored).
+  when all of its events were stored);
+- any other error (a user's Mapping that fails as it is read) sends each call again alone, so
+  it fails only its own;
+- a call cancelled (or timed out) before its group is sent sends nothing, and a group whose every
+  call was cancelled while in flight is cancelled too, as a call alone would be.
 """
 
 from __future__ import annotations
@@ -62,8 +66,18 @@ class Coalescer:
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
 
+        def on_done(_: object) -> None:  # every caller gone: stop the send, as a call alone stops
+            if all(f.cancelled() for _, f in group) and not task.done():
+                task.cancel()
+
+        for _, future in group:
+            future.add_done_callback(on_done)
+
     async def _send(self, source: str, waiters: list[Waiter]) -> None:
-        while waiters:
+        while True:
+            waiters = [w for w in waiters if not w[1].done()]  # a call cancelled meanwhile sends nothing
+            if not waiters:
+                return
             starts = _starts(waiters)
             try:
                 results = await self.emit_many(source, [p for ps, _ in waiters for p in ps])
@@ -75,16 +89,22 @@ class Coalescer:
                 local = exc.event - starts[w]
                 _, bad = waiters.pop(w)  # nothing was written: the other calls go again
                 message = str(exc).replace(f"event {exc.event}:", f"event {local}:", 1)
-                _fail(bad, PayloadError(exc.code, message, event=local))
+                own = PayloadError(exc.code, message, event=local, reason=exc.reason)
+                own.__cause__ = exc.__cause__
+                _fail(bad, own)
                 continue
             except EmitError as exc:
                 _split_emit_error(waiters, starts, exc)
                 return
+            except Exception as exc:
+                if len(waiters) > 1:  # whose? each call alone says (nothing was written: it
+                    await asyncio.gather(*(self._send(source, [w]) for w in waiters))  # failed before)
+                else:
+                    _fail_all(waiters, exc)
+                return
             except BaseException as exc:
                 _fail_all(waiters, exc)
-                if not isinstance(exc, Exception):
-                    raise
-                return
+                raise
             mine = _by_waiter(results, starts)
             for i, (_, future) in enumerate(waiters):
                 if not future.done():
@@ -124,7 +144,9 @@ def _split_emit_error(waiters: list[Waiter], starts: list[int], exc: EmitError) 
                 future.set_result(mine[i])
             continue
         uncertain = [e - lo for e in exc.uncertain if lo <= e < hi]
-        _fail(future, EmitError(mine[i], stored, uncertain, len(ps), cause))
+        own = EmitError(mine[i], stored, uncertain, len(ps), cause)
+        own.__cause__ = exc.__cause__
+        _fail(future, own)
 
 
 def _fail(future: asyncio.Future[list[EmitResult]], exc: BaseException) -> None:

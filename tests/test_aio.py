@@ -4,6 +4,7 @@ connection pool, lost replies under concurrent emitters, hand-off to real worker
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,55 @@ def test_async_cuts_are_handed_to_real_workers(
         assert got == list(range(100))
     finally:
         procs.stop_all()
+
+
+class _Unreadable(Mapping[str, Any]):
+    """A user's Mapping (a lazy view) that fails as it is read: no PayloadError, a KeyError."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_coalesced_emits_fail_cancel_and_report_each_on_its_own(redis_server: RedisServer,
+                                                               namespace: str) -> None:
+    """Three ways a coalesced emit answered for its neighbours: a payload that raised a KeyError
+    as it was read failed every call sent with it; a call cancelled before its group was sent
+    still stored its event (a caller retrying it stored it twice); and a payload error lost its
+    `reason` and cause, which a call alone keeps."""
+    async def main() -> tuple[Any, ...]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+        await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
+        good, bad = await asyncio.gather(b.emit("s", {"ok": 1}), b.emit("s", {"x": _Unreadable()}),
+                                         return_exceptions=True)
+        cancelled = asyncio.create_task(b.emit("s", {"cancelled": 1}))
+        await asyncio.sleep(0)  # its event is queued; nothing sent yet
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await asyncio.sleep(0.2)
+        errors = await asyncio.gather(b.emit("s", {"n": 1}), b.emit("s", {"when": {1, 2}}),
+                                      return_exceptions=True)
+        alone = AsyncBatcher(b.client, namespace=namespace, handoff=False, coalesce=False)
+        with pytest.raises(PayloadError) as one:
+            await alone.emit("s", {"when": {1, 2}})
+        counters = await b.counters()
+        await b.aclose()
+        return good, bad, errors, one.value, counters
+
+    good, bad, errors, alone, counters = asyncio.run(main())
+    assert isinstance(good, list) and good[0].binding == "c@v1"  # the innocent call stored
+    assert isinstance(bad, KeyError)
+    coalesced = errors[1]
+    assert isinstance(errors[0], list) and isinstance(coalesced, PayloadError)
+    assert (coalesced.reason, type(coalesced.__cause__)) == (alone.reason, type(alone.__cause__))
+    assert str(coalesced) == str(alone)
+    assert counters["events_in:c@v1"] == 2  # {"ok": 1} and {"n": 1}; not the cancelled one
 
 
 def test_a_bad_payload_fails_only_its_own_coalesced_emit(redis_server: RedisServer, namespace: str) -> None:
