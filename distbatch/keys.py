@@ -150,6 +150,11 @@ class Keys:
         dashboard's lateness chart)."""
         return "{" + self.namespace + "}:lateness"
 
+    def request(self, digest: str) -> str:
+        """String (TTL): what an HTTP ingest request sent with an `Idempotency-Key` came to (its
+        response), so a retry of it gets that response instead of storing its events again."""
+        return "{" + self.namespace + "}:request:" + digest
+
     @property
     def queue_name(self) -> str:
         """RQ queue the workers of this namespace listen on."""

@@ -341,3 +341,49 @@ def test_rqs_worker_registry_read_for_plain_rq_workers_skips_a_garbled_entry() -
         client.sadd(workers, f"rq:worker:{name}")
         client.hset(f"rq:worker:{name}", mapping={"pid": "not-a-pid", "last_heartbeat": beat})
     assert _live_workers(dispatcher) == 1
+
+
+def test_a_client_retry_with_an_idempotency_key_stores_its_events_once(
+        tmp_path: Path, namespace: str, batcher: Batcher) -> None:
+    """A client that timed out waiting (Redis paused) and sent the POST again stored every event
+    twice: HTTP had nothing like the library's call ids. With an `Idempotency-Key`, the retry is
+    told the first is in flight (409) until it is done, then gets its response, stored once."""
+    import signal
+    import time
+
+    own = RedisServer().start()  # paused below: not the shared test server
+    try:
+        b = Batcher.from_url(own.url, namespace=namespace, handoff=False)
+        b.register("h", version="v1", source="orders/created", handler="m.h",
+                   batch={"count": 100, "window": "1h", "key": "shop"})
+        server = Server(own.url, tmp_path, namespace)
+        events = [{"shop": "a", "n": i} for i in range(3)]
+        headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "order-batch-17"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=0.5) as api:
+            assert own.proc is not None
+            os.kill(own.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(httpx.TimeoutException):
+                    _post(api, events)  # the client gives up; the server goes on
+            finally:
+                os.kill(own.proc.pid, signal.SIGCONT)
+            deadline, said = time.monotonic() + 10, []
+            while (retry := _post(api, events)).status_code == 409 and time.monotonic() < deadline:
+                said.append(retry.json()["code"])  # the first one still being stored
+                time.sleep(0.05)
+            assert set(said) <= {"idempotency_key_in_flight"}
+            assert retry.status_code == 200 and retry.headers.get("idempotent-replayed") == "true"
+            assert [r["event"] for r in retry.json()["results"]] == [0, 1, 2]
+            assert b.counters()["events_in:h@v1"] == 3  # once
+            other = _post(api, [{"shop": "b"}])  # the same key for another request
+            assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+            bad = api.post("/v1/sources/orders%2Fcreated/events", content=b"[1]",
+                           headers={"Content-Type": "application/json", "Idempotency-Key": "k2"})
+            assert bad.status_code == 422  # stored nothing: the key stays free for the fixed body
+            fixed = api.post("/v1/sources/orders%2Fcreated/events", content=b'[{"shop": "c"}]',
+                             headers={"Content-Type": "application/json", "Idempotency-Key": "k2"})
+            assert fixed.status_code == 200 and "idempotent-replayed" not in fixed.headers
+            assert b.counters()["events_in:h@v1"] == 4
+        server.stop()
+    finally:
+        own.cleanup()

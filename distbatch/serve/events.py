@@ -4,6 +4,7 @@ every event of the request is valid."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from .. import strictjson
 from ..aio import AsyncBatcher
 from ..errors import ConfigError, EmitError, PayloadError
 from ..models import TRACEPARENT, Batch, EmitResult
+from . import idempotency
 from .settings import ServeSettings
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
@@ -102,12 +104,39 @@ async def post_events(request: Request) -> Response:
     settings: ServeSettings = request.app.state.settings
     batcher: AsyncBatcher = request.app.state.batcher
     source = request.path_params["source"]
+    slot: idempotency.Slot | None = None
     try:
         results_mode = request.query_params.get("results", "all")
         if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
             raise Refused(400, "results_invalid", f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
         body = await read_body(request, settings.max_body_bytes)
-        events = parse_events(body, request.headers.get("content-type", ""), settings.max_events)
+        content_type = request.headers.get("content-type", "")
+        taken = await idempotency.take(batcher.client, settings.namespace, source,
+                                       request.headers.get(idempotency.HEADER), content_type, body)
+        if isinstance(taken, Response):  # a retry: the first request's response, stored once
+            return taken
+        slot = taken
+        response, stored = await _store(request, batcher, settings, source, body, content_type)
+    except idempotency.KeyRefused as exc:
+        return Refused(exc.status, exc.code, str(exc)).response()
+    except Refused as r:
+        response, stored = r.response(), False
+    except ClientDisconnect:  # the client left mid-body: nothing was stored, nobody to answer
+        return Response(status_code=400)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        response, stored = Refused(503, "redis_unavailable",
+                                   f"Redis unreachable, nothing was stored: {exc}").response(), False
+    # a failure leaves the key pending for its minute: a retry meanwhile is told so, then runs
+    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        await idempotency.settle(batcher.client, slot, response, stored)
+    return response
+
+
+async def _store(request: Request, batcher: AsyncBatcher, settings: ServeSettings, source: str,
+                 body: bytes, content_type: str) -> tuple[Response, bool]:
+    """The response, and whether anything of the request may have been stored."""
+    try:
+        events = parse_events(body, content_type, settings.max_events)
         traceparent = request.headers.get("traceparent", "")
         if TRACEPARENT.fullmatch(traceparent):  # the request's trace, for events without their own
             for e in events:
@@ -122,28 +151,22 @@ async def post_events(request: Request) -> Response:
             raise Refused(404, "source_unbound",
                           f"source={source!r}: no trigger is bound to it in namespace "
                           f"{settings.namespace!r}; nothing was stored", source=source)
-    except Refused as r:
-        return r.response()
-    except ClientDisconnect:  # the client left mid-body: nothing was stored, nobody to answer
-        return Response(status_code=400)
     except PayloadError as exc:
         status = 413 if exc.code == "payload_too_large" else 422
         extra = {} if exc.event is None else {"event": exc.event}
-        return Refused(status, exc.code, str(exc), **extra).response()
+        return Refused(status, exc.code, str(exc), **extra).response(), False
     except ConfigError as exc:
-        return Refused(400, exc.code, str(exc)).response()
+        return Refused(400, exc.code, str(exc)).response(), False
     except EmitError as exc:
         if not exc.stored and not exc.uncertain:  # nothing reached Redis
             return Refused(503, "redis_unavailable", f"Redis unreachable, nothing was stored: "
-                           f"{exc.__cause__ or exc}").response()
+                           f"{exc.__cause__ or exc}").response(), False
         return json_response({
             "code": "redis_failed_part_way", "message": str(exc), "stored": exc.stored,
             "uncertain": exc.uncertain, "not_sent": exc.not_sent,
             "results": [result_json(r) for r in exc.results],
-        }, 503)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        return Refused(503, "redis_unavailable", f"Redis unreachable, nothing was stored: {exc}").response()
+        }, 503), True
     sparse = request.query_params.get("results") == "cuts"
     out = [result_json(r) for r in results
            if not sparse or r.batch is not None or r.expired is not None or r.overflowed]
-    return json_response({"events": len(events), "results": out})
+    return json_response({"events": len(events), "results": out}), True

@@ -56,7 +56,11 @@ def document(version: str) -> dict[str, Any]:
                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:/\\-]{1,200}$"}},
                     {"name": "results", "in": "query", "required": False,
                      "schema": {"enum": ["all", "cuts"]},
-                     "description": "`cuts`: only results that cut, closed or overflowed a buffer"}],
+                     "description": "`cuts`: only results that cut, closed or overflowed a buffer"},
+                    {"name": "Idempotency-Key", "in": "header", "required": False,
+                     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+                     "description": "A retry with the same key (same source and body) gets the first "
+                                    "response back, its events stored once (kept a day)"}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"oneOf": [event, {"type": "array", "items": event}]}},
                     "application/x-ndjson": {"schema": {"type": "string"}}}},
@@ -70,10 +74,12 @@ def document(version: str) -> dict[str, Any]:
                     "400": _error("Malformed JSON (code invalid_json) or bad configuration"),
                     "401": _error("No or unknown bearer token"),
                     "404": _error("No trigger is bound to this source (code source_unbound)"),
+                    "409": _error("The first request with this Idempotency-Key is still being stored "
+                                  "(code idempotency_key_in_flight)"),
                     "413": _error("Body, event or event count above its limit"),
                     "415": _error("Content type not JSON or NDJSON"),
                     "422": _error("An event is not an object, cannot be encoded, or has no readable "
-                                  "partition key"),
+                                  "partition key; or an Idempotency-Key sent with another body"),
                     "503": _error("Redis unreachable or failed part-way (stored / uncertain / not_sent "
                                   "say which events were stored)"),
                 }}},

@@ -1,0 +1,91 @@
+"""`Idempotency-Key` on HTTP ingest: a client that never got the response to a POST (a timeout,
+a dropped connection) sends it again with the same key and gets the first response back, its
+events stored once. The library's own retries are safe by call id; this is the same for a client
+in any language, across its own retries.
+
+The key's record (`Keys.request`) is taken before the events are stored (`pending`, for a minute)
+and holds the response after (a day). A request whose key is pending is answered 409; one whose
+key was used for another body (or source) 422. A response that stored nothing (a bad payload,
+Redis away) is not kept, so the same key can be sent again once the cause is fixed. The one gap:
+the server dying between storing the events and recording the response leaves the key pending
+for its minute, after which a retry stores them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import Response
+
+from ..keys import Keys
+
+HEADER = "idempotency-key"
+PENDING_MS = 60_000
+KEPT_MS = 86_400_000
+_VALID = re.compile(r"[\x21-\x7e]{1,255}")
+REPLAYED = "idempotent-replayed"
+
+
+class KeyRefused(Exception):
+    """The key cannot be used for this request: status, code, message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A key taken for this request: where its record is, and what the request was."""
+
+    key: str
+    digest: bytes
+
+
+async def take(client: Any, namespace: str, source: str, key: str | None, content_type: str,
+               body: bytes) -> Slot | Response | None:
+    """None without a key; the kept response of a request sent before with it; else the slot
+    this request now holds. Raises `KeyRefused`."""
+    if key is None:
+        return None
+    if not _VALID.fullmatch(key):
+        raise KeyRefused(400, "idempotency_key_invalid",
+                         f"Idempotency-Key={key[:80]!r}: 1 to 255 printable ASCII characters, no spaces")
+    name = Keys(namespace).request(hashlib.sha256(f"{source}\0{key}".encode()).hexdigest())
+    digest = hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest().encode()
+    for _ in range(2):  # the record may expire between the two calls: take it then
+        if await client.set(name, b"pending " + digest, nx=True, px=PENDING_MS):
+            return Slot(name, digest)
+        held = await client.get(name)
+        if held is not None:
+            break
+    else:
+        raise KeyRefused(409, "idempotency_key_in_flight", "Idempotency-Key is being taken; send again")
+    state, _, rest = held.partition(b" ")
+    held_digest, _, kept = rest.partition(b" ")
+    if held_digest != digest:
+        raise KeyRefused(422, "idempotency_key_reused",
+                         f"Idempotency-Key={key!r} was sent with another body or content type; use a new key "
+                         "for a new request")
+    if state == b"pending":
+        raise KeyRefused(409, "idempotency_key_in_flight",
+                         f"Idempotency-Key={key!r}: the first request with it is still being stored; send "
+                         "again in a moment")
+    status, _, response = kept.partition(b" ")
+    return Response(response, status_code=int(status), media_type="application/json",
+                    headers={REPLAYED: "true"})
+
+
+async def settle(client: Any, slot: Slot | None, response: Response, stored: bool) -> None:
+    """Keep the response for the key's retries when anything may have been stored; else free the
+    key. A failure here leaves the key pending until its minute runs out."""
+    if slot is None:
+        return
+    if stored:
+        record = b"done %b %d %b" % (slot.digest, response.status_code, bytes(response.body))
+        await client.set(slot.key, record, px=KEPT_MS)
+    else:
+        await client.delete(slot.key)
