@@ -352,6 +352,7 @@ def test_a_client_retry_with_an_idempotency_key_stores_its_events_once(
     import time
 
     own = RedisServer().start()  # paused below: not the shared test server
+    server: Server | None = None
     try:
         b = Batcher.from_url(own.url, namespace=namespace, handoff=False)
         b.register("h", version="v1", source="orders/created", handler="m.h",
@@ -384,6 +385,7 @@ def test_a_client_retry_with_an_idempotency_key_stores_its_events_once(
                              headers={"Content-Type": "application/json", "Idempotency-Key": "k2"})
             assert fixed.status_code == 200 and "idempotent-replayed" not in fixed.headers
             assert b.counters()["events_in:h@v1"] == 4
-        server.stop()
     finally:
+        if server is not None:
+            server.stop()
         own.cleanup()
