@@ -74,7 +74,9 @@ class EmitError(DistbatchError):
         self.stored = stored
         self.uncertain = uncertain
         self.not_sent = sorted(set(range(total)) - set(stored) - set(uncertain))
-        why = "the script failed" if isinstance(cause, redis.ResponseError) else "no reply from Redis"
+        why = ("the script failed" if isinstance(cause, redis.ResponseError)
+               else "no reply from Redis" if isinstance(cause, redis.ConnectionError | redis.TimeoutError)
+               else "stopped")  # e.g. a payload that failed as a binding registered meanwhile read it
         super().__init__(
             f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or may not "
             f"be ({why}: {describe(cause)}), {len(self.not_sent)} not sent"

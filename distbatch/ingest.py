@@ -84,8 +84,9 @@ class One(NamedTuple):
 
 
 class _SendFailed(Exception):
-    """Redis failed while a chunk was being stored: `items` of the chunk, `refused` the ids of
-    those known not stored (refused as stale before the failure)."""
+    """Storing a chunk failed part-way (Redis, or a payload read again as the bindings changed):
+    `items` of the chunk, `refused` the ids of those known not stored (refused as stale, or
+    never sent)."""
 
     def __init__(self, cause: BaseException, items: list[_Item],
                  refused: frozenset[int] = frozenset()) -> None:
@@ -272,7 +273,10 @@ class Ingest:
             if now is not reg and start < len(items):  # the rest: planned under the bindings now
                 reg, first = now, items[start].event
                 routes = reg.routes.get(source, [])
-                items, start = self.plan(routes, payload_list[first:], offset=first), 0
+                try:
+                    items, start = self.plan(routes, payload_list[first:], offset=first), 0
+                except PayloadError as exc:  # stored so far: stored; the rest not sent
+                    raise _emit_error(done, [], frozenset(), len(events), exc) from exc
                 per_event = max(1, len(routes))
         return [it.result for it in done if it.result is not None]
 
@@ -681,7 +685,12 @@ class Ingest:
             pending = []
             for e in sorted({it.event for it in stale}):
                 if all(it.result is None for it in final[e]):  # nothing stored yet: new routes
-                    final[e] = self.plan(reg.routes.get(source, []), [payloads[e]], offset=e)
+                    try:  # a payload read again (a new binding's key): what it raises is no
+                        # "nothing was stored" once other items are; the items left go unsent
+                        final[e] = self.plan(reg.routes.get(source, []), [payloads[e]], offset=e)
+                    except PayloadError as exc:
+                        raise _SendFailed(exc, in_order(), frozenset(
+                            id(it) for it in in_order() if it.result is None)) from exc
                     pending += final[e]
                 else:
                     final[e] = [it for it in final[e] if it.result is not None or it.route.key in live]
@@ -689,7 +698,9 @@ class Ingest:
             if not pending:
                 break
         else:
-            raise RuntimeError("bindings kept changing while emitting; gave up")
+            gave_up = RuntimeError("bindings kept changing while emitting; gave up")
+            never = frozenset(id(it) for it in in_order() if it.result is None)
+            raise _SendFailed(gave_up, in_order(), never)
         return in_order(), reg
 
     def _calls(self, by_shard: dict[int, list[_Item]], epoch: bytes, window_now: bytes,

@@ -151,8 +151,9 @@ class Keys:
         return "{" + self.namespace + "}:lateness"
 
     def request(self, digest: str) -> str:
-        """String (TTL): what an HTTP ingest request sent with an `Idempotency-Key` came to (its
-        response), so a retry of it gets that response instead of storing its events again."""
+        """String (TTL): what the HTTP ingest request sent with an `Idempotency-Key` (its SHA-256)
+        came to (its response), so a retry of it gets that response instead of storing its
+        events again."""
         return "{" + self.namespace + "}:request:" + digest
 
     @property

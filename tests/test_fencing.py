@@ -1741,3 +1741,39 @@ def test_a_claim_whose_every_reply_was_lost_is_asked_for_again_not_left_to_its_l
     assert [(x.id, x.attempt) for x in ran] == [(ids[0], 1), (ids[1], 1)]
     assert time.monotonic() - started < lease_ms / 2000  # not after the lease ran out
     assert all(states(b, bid) == [] for bid in ids)
+
+
+class _KeyUnreadable(dict):  # type: ignore[type-arg]
+    """A payload that stores fine and whose key fails as it is read: the user's lazy Mapping."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise RuntimeError(f"cannot read {key!r}")
+
+
+def test_a_payload_failing_as_a_binding_registered_mid_call_reads_it_is_no_nothing_stored(
+        make_batcher, client) -> None:
+    """An emit_many in chunks, and a binding with a partition key registered between them: the
+    rest is planned again and reads each payload's key. A payload failing there raised
+    `PayloadError` "nothing was stored" although the first chunk was; a coalesced async call
+    sent with it then sent the others again, storing their events twice. It is an `EmitError`
+    that says what was stored and what was not sent."""
+    b, other = make_batcher(chunk_size=2, shards=1), make_batcher(shards=1)
+    b.register("h1", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1h"})
+    b.emit("s", {"warm": 1})
+    run, calls = b.transport.run, []
+
+    def register_after_the_first_chunk(*a: Any, **kw: Any) -> Any:
+        out = run(*a, **kw)
+        calls.append(1)
+        if len(calls) == 1:
+            other.register("h2", version="v1", source="s", handler="m.h",
+                           batch={"count": 100, "window": "1h", "key": "shop"})
+        return out
+
+    b.transport.run = register_after_the_first_chunk  # type: ignore[method-assign]
+    payloads = [{"n": 0}, {"n": 1}, {"n": 2}, _KeyUnreadable(n=3)]
+    with pytest.raises(EmitError) as err:
+        b.emit_many("s", payloads)
+    assert err.value.stored == [0, 1] and err.value.uncertain == [] and err.value.not_sent == [2, 3]
+    assert "cannot read 'shop'" in str(err.value.__cause__)
+    assert b.counters()["events_in:h1@v1"] == 3  # the warm-up and the first chunk, once

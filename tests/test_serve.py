@@ -378,6 +378,13 @@ def test_a_client_retry_with_an_idempotency_key_stores_its_events_once(
             assert b.counters()["events_in:h@v1"] == 3  # once
             other = _post(api, [{"shop": "b"}])  # the same key for another request
             assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+            b.register("g", version="v1", source="elsewhere", handler="m.h",
+                       batch={"count": 100, "window": "1h"})
+            for path in ("/v1/sources/elsewhere/events",  # the same body to another source
+                         "/v1/sources/orders%2Fcreated/events?results=cuts"):  # another response
+                again = api.post(path, content=json.dumps(events).encode(),
+                                 headers={"Content-Type": "application/json"})
+                assert again.status_code == 422 and again.json()["code"] == "idempotency_key_reused"
             bad = api.post("/v1/sources/orders%2Fcreated/events", content=b"[1]",
                            headers={"Content-Type": "application/json", "Idempotency-Key": "k2"})
             assert bad.status_code == 422  # stored nothing: the key stays free for the fixed body

@@ -45,17 +45,18 @@ class Slot:
     digest: bytes
 
 
-async def take(client: Any, namespace: str, source: str, key: str | None, content_type: str,
-               body: bytes) -> Slot | Response | None:
+async def take(client: Any, namespace: str, key: str | None, request: bytes, body: bytes
+               ) -> Slot | Response | None:
     """None without a key; the kept response of a request sent before with it; else the slot
-    this request now holds. Raises `KeyRefused`."""
+    this request now holds. `request`: what besides the body makes the response (the source,
+    the query, the content type). Raises `KeyRefused`."""
     if key is None:
         return None
     if not _VALID.fullmatch(key):
         raise KeyRefused(400, "idempotency_key_invalid",
                          f"Idempotency-Key={key[:80]!r}: 1 to 255 printable ASCII characters, no spaces")
-    name = Keys(namespace).request(hashlib.sha256(f"{source}\0{key}".encode()).hexdigest())
-    digest = hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest().encode()
+    name = Keys(namespace).request(hashlib.sha256(key.encode()).hexdigest())
+    digest = hashlib.sha256(request + b"\0" + body).hexdigest().encode()
     for _ in range(2):  # the record may expire between the two calls: take it then
         if await client.set(name, b"pending " + digest, nx=True, px=PENDING_MS):
             return Slot(name, digest)
@@ -68,8 +69,8 @@ async def take(client: Any, namespace: str, source: str, key: str | None, conten
     held_digest, _, kept = rest.partition(b" ")
     if held_digest != digest:
         raise KeyRefused(422, "idempotency_key_reused",
-                         f"Idempotency-Key={key!r} was sent with another body or content type; use a new key "
-                         "for a new request")
+                         f"Idempotency-Key={key!r} was sent with another request (source, query, "
+                         "content type or body); use a new key for a new request")
     if state == b"pending":
         raise KeyRefused(409, "idempotency_key_in_flight",
                          f"Idempotency-Key={key!r}: the first request with it is still being stored; send "
