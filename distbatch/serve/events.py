@@ -111,9 +111,9 @@ async def post_events(request: Request) -> Response:
             raise Refused(400, "results_invalid", f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
         body = await read_body(request, settings.max_body_bytes)
         content_type = request.headers.get("content-type", "")
-        what = f"{source}\0{request.url.query}\0{content_type}".encode()
-        taken = await idempotency.take(batcher.client, settings.namespace,
-                                       request.headers.get(idempotency.HEADER), what, body)
+        key = request.headers.get(idempotency.HEADER)
+        what = f"{source}\0{request.url.query}\0{content_type}".encode() if key is not None else b""
+        taken = await idempotency.take(batcher.client, settings.namespace, key, what, body)
         if isinstance(taken, Response):  # a retry: the first request's response, stored once
             return taken
         slot = taken
