@@ -47,8 +47,7 @@ for i = 11, #KEYS, 2 do
   local key, open_key = KEYS[i], KEYS[i + 1]
   local member = string.sub(key, #bufp + 1)
   local deadline = redis.call('ZSCORE', k_deadlines, member)
-  local bar = string.find(member, '|', 1, true)
-  local binding = bar and string.sub(member, 1, bar - 1)
+  local binding = binding_of(member)
   local action = binding and expire_action(binding) or 'junk'
   local events = nil
   if not deadline or tonumber(deadline) > now then
@@ -77,7 +76,7 @@ for i = 11, #KEYS, 2 do
     close_buffer(key, member, open_key)
   elseif action == 'junk' then  -- the key itself is left as it is: it holds no events of ours
     redis.call('ZREM', k_deadlines, member)
-    if bar then redis.call('SREM', open_key, member) end
+    if binding then redis.call('SREM', open_key, member) end
     skipped[#skipped + 1], skipped[#skipped + 2] = member, action
   elseif action then  -- 'none', 'unreadable'
     redis.call('ZADD', k_deadlines, 'XX', now + 60000, member)

@@ -1,4 +1,6 @@
--- `<binding>|<segment>` -> binding (the one place Lua splits a member; keys.py builds it).
+-- `<binding>|<segment>` -> binding (the one place Lua splits a member; keys.py builds it); nil
+-- for a member with no `|`, which distbatch never makes (a hostile writer's).
 local function binding_of(member)
-  return string.sub(member, 1, string.find(member, '|', 1, true) - 1)
+  local bar = string.find(member, '|', 1, true)
+  return bar and string.sub(member, 1, bar - 1)
 end
