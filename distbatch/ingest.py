@@ -304,8 +304,8 @@ class Ingest:
         def results(stop: int) -> list[EmitResult]:
             """Items 0..stop-1, stored: made at the end, so none lives through a round trip."""
             if nr == 1:  # in C: one made per event
-                out = list(map(partial(new, EmitResult), zip(repeat(routes[0].key), pkeys[0], repeat(None),
-                                                             repeat(0), repeat(None), range(stop))))
+                out = list(map(new, repeat(EmitResult), zip(repeat(routes[0].key), pkeys[0], repeat(None),
+                                                            repeat(0), repeat(None), range(stop))))
             else:
                 out = [new(EmitResult, (routes[j % nr].key, pkeys[j % nr][j // nr], None, 0, None, j // nr))
                        for j in range(stop)]
