@@ -104,12 +104,15 @@ class Registry:
         for i, k in enumerate(self.shards):  # the first shard decides; the others are copies
             stored = yield Eval("register", [k.bindings, k.registry_version, k.dropped],
                                 [binding.key, definition, epoch])
-            if isinstance(stored, bytes):
+            if isinstance(stored, list):
                 if i == 0:
+                    existing, state = (x.decode() for x in stored)
+                    how = ("is already registered" if state == "registered" else
+                           "was dropped (its batches still run under that config)")
                     raise ConfigError(
                         "binding_conflict",
-                        f"binding={binding.key!r} is already registered with a different config "
-                        f"({stored.decode()}); register the new behaviour under a new version",
+                        f"binding={binding.key!r} {how} with a different config ({existing}); "
+                        f"register the new behaviour under a new version",
                     )
                 seen = yield Cmd("get", (k.registry_version,))
                 yield from self.sync(i, seen or b"")  # a copy out of step

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 
-from distbatch import Batcher, ManualClock
+from distbatch import Batcher, ConfigError, ManualClock
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -187,17 +188,28 @@ def test_drop_seen_by_another_instance_with_a_stale_cache(make_batcher) -> None:
     assert b.emit("src", {"n": 1}) == []
 
 
-def test_a_binding_dropped_and_registered_again_changed_is_used_as_it_is_now(make_batcher) -> None:
-    """An instance that emitted under a binding's old definition (its call arguments are kept
-    per thread) uses the new one once the binding is dropped and registered again differently."""
+def test_a_dropped_binding_keeps_its_config_for_the_batches_it_cut(make_batcher) -> None:
+    """A dropped binding's definition still governs the batches it cut, so the same id@version
+    registered again with another config is a conflict (SPEC §4: a new behaviour needs a new
+    version), and writes nothing; with the config it had, it is taken back, and an instance that
+    emitted under it before the drop emits under it again."""
     a, b = make_batcher(), make_batcher()
     key = reg(a, count=5)
     assert [r.batch for r in b.emit("src", {"n": 0})] == [None]
     a.drop(key)
-    reg(a, count=2)
-    cut = [r.batch for n in (1, 2, 3, 4) for r in b.emit("src", {"n": n})]
-    got = [None if c is None else [e.payload["n"] for e in c.events] for c in cut]
-    assert got == [None, [1, 2], None, [3, 4]]
+    epoch = a.client.get(a.keys.registry_version)
+    with pytest.raises(ConfigError) as info:
+        reg(a, count=2)
+    assert info.value.code == "binding_conflict" and "was dropped" in str(info.value)
+    assert key in str(info.value) and '"count":5' in str(info.value)
+    assert a.client.get(a.keys.registry_version) == epoch  # nothing written
+    assert a.client.hget(a.keys.bindings, key) is None
+    assert json.loads(a.client.hget(a.keys.dropped, key))["batch"]["count"] == 5
+    assert reg(a, count=5) == key  # the config it had: taken back
+    assert a.client.hget(a.keys.dropped, key) is None
+    cut = [r.batch for n in range(1, 6) for r in b.emit("src", {"n": n})]
+    assert [None if c is None else [e.payload["n"] for e in c.events] for c in cut] == [
+        None, None, None, None, [1, 2, 3, 4, 5]]
 
 
 def test_register_seen_by_another_instance(make_batcher) -> None:
