@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -83,6 +84,21 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
             if (stop or threading.Event()).wait(backoff):
                 return None
             backoff = min(10.0, backoff * 2)
+
+
+def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> None:
+    """`serve` starts with Redis away (/healthz says so and requests get 503 until it is back),
+    but not on a mistake no wait mends: a wrong password, an ACL refusal, a certificate this
+    machine does not trust, a database the server lacks — one `Error:` line, as `_patient_batcher`."""
+    import redis
+
+    try:
+        Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url).bindings()
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        if _untrusted(exc):
+            raise
 
 
 def metrics_options(f: Any) -> Any:
@@ -241,9 +257,13 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @click.option("--max-events", default=10_000, show_default=True, help="Most events per request (413 above).")
 @click.option("--max-event-bytes", default=1 << 20, show_default=True,
               help="Largest event, msgpack-encoded (413 above).")
+@click.option("--body-timeout", default="30s", show_default=True, callback=_duration,
+              help="Longest a request's body may take to arrive (408 above).")
+@click.option("--shutdown-grace", default="10s", show_default=True, callback=_duration,
+              help="On SIGTERM, how long requests in flight may take before they are cut.")
 def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port: int,
           token_file: str | None, insecure_no_auth: bool, max_body_bytes: int, max_events: int,
-          max_event_bytes: int) -> None:
+          max_event_bytes: int, body_timeout: int, shutdown_grace: int) -> None:
     """HTTP ingest: POST /v1/sources/<source>/events (JSON or NDJSON), GET /healthz, /openapi.json."""
     try:
         import uvicorn
@@ -256,11 +276,14 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
         settings = ServeSettings(
             redis_url=redis_url, namespace=namespace, queue_url=queue_url, host=host, port=port,
             tokens=read_tokens(token_file=token_file), insecure_no_auth=insecure_no_auth,
-            max_body_bytes=max_body_bytes, max_events=max_events, max_event_bytes=max_event_bytes)
+            max_body_bytes=max_body_bytes, max_events=max_events, max_event_bytes=max_event_bytes,
+            body_timeout_ms=body_timeout)
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
+    _mistake_or_away(redis_url, namespace, queue_url)
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                            access_log=False, proxy_headers=False, server_header=False)
+                            access_log=False, proxy_headers=False, server_header=False,
+                            timeout_graceful_shutdown=math.ceil(shutdown_grace / 1000))
     try:  # bound here, not by uvicorn: a port taken is one `Error:` line, as for --metrics-port
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         listener = socket.create_server((host, port), family=family)
@@ -479,7 +502,8 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
 @main.command()
 @click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default=None,
               help="Redis to use; embedded fakeredis when omitted.")
-@click.option("--namespace", default="distbatch-demo", show_default=True)
+@click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch-demo", show_default=True,
+              help="Key namespace. Env: DISTBATCH_NAMESPACE.")
 @click.option("--events", default=5000, show_default=True, type=click.IntRange(min=1), help="Events to emit.")
 @click.option("--producers", default=3, show_default=True, type=click.IntRange(min=1),
               help="Producer threads.")

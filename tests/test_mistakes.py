@@ -152,6 +152,8 @@ def test_every_option_is_read_from_the_variable_the_readme_names() -> None:
         names = ([opt.envvar] if isinstance(opt.envvar, str) else list(opt.envvar or [])) or \
             ["_".join(["DISTBATCH", *words, (opt.name or "").upper()])]  # click's, from the parameter
         assert documented in names or shared & set(names), (path, opt.opts, names)
+        if f"DISTBATCH_{flag}" in shared:  # `--help`: these are for all commands (demo's --namespace was not)
+            assert f"DISTBATCH_{flag}" in names, (path, opt.opts, names)
     result = CliRunner().invoke(cli, ["dead", "purge", "--redis-url", "redis://127.0.0.1:1/0"],
                                 env={"DISTBATCH_DEAD_PURGE_ALL": "1"})
     assert "name batch ids or pass --all" not in result.output  # --all came from the environment

@@ -396,3 +396,102 @@ def test_a_client_retry_with_an_idempotency_key_stores_its_events_once(
         if server is not None:
             server.stop()
         own.cleanup()
+
+
+def test_a_mistake_in_the_redis_url_stops_serve_with_one_line_an_outage_does_not(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """A database the server lacks printed uvicorn's traceback (exit 3); a wrong password started
+    serve anyway, answering every request "Redis unreachable". Redis away is no mistake: serve
+    starts and /healthz says so."""
+    locked = RedisServer().start()
+    try:
+        redis.Redis.from_url(locked.url).config_set("requirepass", "right-password-0123")
+        def run(url: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", url,
+                 "--port", str(free_port())],
+                env={**env_with_path(), "DISTBATCH_API_TOKENS": TOKEN}, capture_output=True, text=True,
+                timeout=30)
+
+        no_db = run(redis_server.url.rsplit("/", 1)[0] + "/99")
+        assert no_db.returncode == 1 and "Traceback" not in no_db.stderr, no_db.stderr
+        assert no_db.stderr.startswith("Error: ") and "DB index is out of range" in no_db.stderr
+        wrong = run(f"redis://:wrong-password@127.0.0.1:{locked.port}/0")
+        assert wrong.returncode == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+        assert wrong.stderr.startswith("Error: ") and "wrong-password" not in wrong.stderr
+    finally:
+        locked.cleanup()
+    away = Server(f"redis://127.0.0.1:{free_port()}/0", tmp_path, "away")
+    try:
+        health = httpx.get(f"{away.url}/healthz", timeout=10)
+        assert health.status_code == 503 and away.proc.poll() is None
+    finally:
+        away.stop()
+
+
+def test_redis_refusing_writes_gets_a_json_503_and_wrong_routes_a_json_error(
+        api: httpx.Client, batcher: Batcher, redis_server: RedisServer) -> None:
+    """Out of memory (or read-only), a request with an Idempotency-Key, or of no event, got a
+    plain-text 500 and a traceback; a mistyped path or method got plain text too."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        for body, headers in (([{"shop": "a"}], {"Idempotency-Key": "oom-1"}), ([], {})):
+            r = api.post("/v1/sources/orders%2Fcreated/events", content=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json", **headers})
+            assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
+            assert r.json()["code"] == "redis_refused" and "OutOfMemoryError" in r.json()["message"]
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert batcher.counters().get("events_in:h@v1", 0) == 0
+    r = api.post("/v1/sources/orders%2Fcreated/events", content=b'{"shop": "a"}',
+                 headers={"Content-Type": "application/json", "Idempotency-Key": "oom-1"})
+    assert r.status_code == 200 and batcher.counters()["events_in:h@v1"] == 1  # nothing held the key
+    for method, path, status, code in (
+            ("POST", "/v1/source/orders/events", 404, "not_found"),
+            ("GET", "/v1/sources/orders%2Fcreated/events", 405, "method_not_allowed")):
+        r = api.request(method, path)
+        assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
+        assert r.json()["code"] == code and "/v1/sources/<source>/events" in r.json()["message"]
+
+
+def test_a_client_stalled_mid_body_holds_neither_its_connection_nor_a_shutdown(
+        redis_server: RedisServer, tmp_path: Path, batcher: Batcher, namespace: str) -> None:
+    """A client that sent part of its body and waits kept serve running after SIGTERM for good
+    (every rolling deploy ended in SIGKILL), and held its connection for as long as it liked."""
+    import socket
+    import time
+
+    server = Server(redis_server.url, tmp_path, namespace, "--body-timeout", "1s", "--shutdown-grace", "2s")
+    stalled = []
+    try:
+        def stall() -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"POST /v1/sources/orders%2Fcreated/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"sh")
+            stalled.append(s)
+            return s
+
+        s = stall()
+        s.settimeout(10)
+        answer = b""
+        while b"}" not in answer:  # headers and body may come in two reads
+            got = s.recv(4096)
+            assert got, answer
+            answer += got
+        assert b" 408 " in answer.split(b"\r\n")[0] and b"body_timeout" in answer, answer
+        stall()
+        time.sleep(0.3)
+        server.proc.terminate()
+        t0 = time.monotonic()
+        server.proc.wait(15)
+        assert time.monotonic() - t0 < 5  # the grace (2 s), or the body's timeout (1 s)
+    finally:
+        for s in stalled:
+            s.close()
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    assert batcher.counters().get("events_in:h@v1", 0) == 0

@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
+import orjson
 import redis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..aio import AsyncBatcher, connect_async
@@ -48,6 +52,8 @@ def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> 
         app.state.batcher = b
         try:
             await b.start()
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
+            raise  # a mistake, not an outage to serve through (the CLI says so before it starts)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("redis_unavailable at startup: %s; serving, /healthz reports it", exc)
         log.info("serve_started namespace=%s auth=%s", settings.namespace,
@@ -70,12 +76,24 @@ def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> 
                 Route("/api/dead/{batch_id}/replay", dashboard.replay, methods=["POST"]),
                 Route("/api/dead/{batch_id}/purge", dashboard.purge, methods=["POST"])],
         middleware=[Middleware(BearerAuth, tokens=settings.tokens)],
+        exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.inspector = Inspector(settings)
     app.state.openapi = document(_version())
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method a route does not take) as the API's
+    other errors are: JSON with a stable code, and what the routes are."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = (f"{request.method} {request.url.path}: {exc.detail}; ingest is POST "
+               "/v1/sources/<source>/events, the API is described at GET /openapi.json")
+    return Response(orjson.dumps({"code": code, "message": message}), status_code=exc.status_code,
+                    media_type="application/json", headers=exc.headers)
 
 
 async def _sample(inspector: Inspector) -> None:

@@ -4,6 +4,7 @@ every event of the request is valid."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -14,7 +15,7 @@ from starlette.responses import Response
 
 from .. import strictjson
 from ..aio import AsyncBatcher
-from ..errors import ConfigError, EmitError, PayloadError
+from ..errors import ConfigError, EmitError, PayloadError, describe
 from ..models import TRACEPARENT, Batch, EmitResult
 from . import idempotency
 from .settings import ServeSettings
@@ -38,17 +39,23 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Refused(413, "body_too_large", f"body of {declared} bytes is above the limit of {limit} bytes",
                       limit=limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, "body_too_large", f"body is above the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    try:  # a client that stalls mid-body holds no connection (nor a shutdown) for ever
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Refused(413, "body_too_large", f"body is above the limit of {limit} bytes",
+                                  limit=limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s "
+                      f"({size} bytes came); nothing was stored") from None
     return b"".join(chunks)
 
 
@@ -109,7 +116,7 @@ async def post_events(request: Request) -> Response:
         results_mode = request.query_params.get("results", "all")
         if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
             raise Refused(400, "results_invalid", f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_ms / 1000)
         content_type = request.headers.get("content-type", "")
         key = request.headers.get(idempotency.HEADER)
         what = f"{source}\0{request.url.query}\0{content_type}".encode() if key is not None else b""
@@ -127,8 +134,11 @@ async def post_events(request: Request) -> Response:
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         response, stored = Refused(503, "redis_unavailable",
                                    f"Redis unreachable, nothing was stored: {exc}").response(), False
+    except redis.RedisError as exc:  # refused before any event was sent: out of memory, read-only
+        why = f"Redis refused the request, nothing was stored: {describe(exc)}"
+        response, stored = Refused(503, "redis_refused", why).response(), False
     # a failure leaves the key pending for its minute: a retry meanwhile is told so, then runs
-    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+    with contextlib.suppress(redis.RedisError):
         await idempotency.settle(batcher.client, slot, response, stored)
     return response
 

@@ -74,14 +74,16 @@ def document(version: str) -> dict[str, Any]:
                     "400": _error("Malformed JSON (code invalid_json) or bad configuration"),
                     "401": _error("No or unknown bearer token"),
                     "404": _error("No trigger is bound to this source (code source_unbound)"),
+                    "408": _error("The body took longer than --body-timeout to arrive (code body_timeout)"),
                     "409": _error("The first request with this Idempotency-Key is still being stored "
                                   "(code idempotency_key_in_flight)"),
                     "413": _error("Body, event or event count above its limit"),
                     "415": _error("Content type not JSON or NDJSON"),
                     "422": _error("An event is not an object, cannot be encoded, or has no readable "
                                   "partition key; or an Idempotency-Key sent with another body"),
-                    "503": _error("Redis unreachable or failed part-way (stored / uncertain / not_sent "
-                                  "say which events were stored)"),
+                    "503": _error("Redis unreachable, refused the request (code redis_refused), or "
+                                  "failed part-way (stored / uncertain / not_sent say which events "
+                                  "were stored)"),
                 }}},
             "/healthz": {"get": {
                 "summary": "Redis reachable; sweepers and workers seen lately", "security": [],

@@ -23,9 +23,12 @@ class ServeSettings:
     max_body_bytes: int = 8 << 20
     max_events: int = 10_000
     max_event_bytes: int = 1 << 20
+    body_timeout_ms: int = 30_000
+    """The longest a request's body may take to arrive (408 past it): a client stalled mid-body
+    holds no connection, nor a shutdown, for ever."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_events", "max_event_bytes"):
+        for name in ("max_body_bytes", "max_events", "max_event_bytes", "body_timeout_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError("serve_limit_invalid", f"{name}={value!r} must be an integer >= 1")
