@@ -48,6 +48,9 @@ from .scripts import call, pipelined
 from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+PASSING = (*TRANSIENT, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+"""What a long-running process waits out: Redis away, and Redis refusing writes for a while (out of
+memory; demoted to a replica by a failover). Not a mistake no wait mends (a wrong password)."""
 ELSEWHERE = (*TRANSIENT, MovedError, AskError, TryAgainError, ClusterDownError)
 """A call's reply on a cluster node that says the call ran nowhere, or maybe on a node that is gone:
 sent again through the cluster client. Any other error (a script that failed part-way: Redis keeps

@@ -42,6 +42,7 @@ from .executor import LINGER_S, Executor
 from .handlers import HandlerResolver, registered
 from .interrupts import StopFlag
 from .sweeper import Sweeper
+from .transport import PASSING
 
 log = logging.getLogger("distbatch.worker")
 
@@ -252,9 +253,9 @@ def run_worker(
                 backoff = 0.0
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
                 raise  # a wrong password is a mistake to report, not an outage to wait out
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except PASSING as exc:  # RQ's own writes refused too (out of memory, read-only)
                 backoff = min(10.0, max(0.5, backoff * 2))
-                log.warning("worker_redis_unavailable: %s; retrying in %.1fs", exc, backoff,
+                log.warning("worker_redis_unavailable: %s; retrying in %.1fs", describe(exc), backoff,
                             extra={"event": "worker_redis_unavailable"})
             except ValueError as exc:  # our own earlier registration, left while Redis was down
                 if "active worker named" not in str(exc):

@@ -174,3 +174,34 @@ def test_rqs_long_socket_timeout_stays_on_rqs_own_connections(server: RedisServe
     assert worker.connection.connection_pool.connection_kwargs["socket_timeout"] >= 400
     assert b.client.connection_pool.connection_kwargs.get("socket_timeout") == before
     assert worker.connection.ping()
+
+
+@pytest.mark.parametrize("refusal", ["out_of_memory", "read_only"])
+def test_a_worker_rides_out_redis_refusing_writes_and_delivers_after(
+        server: RedisServer, procs: Procs, client: redis.Redis, refusal: str) -> None:
+    """Redis out of memory (or demoted to a replica by a failover) for a few seconds: RQ's loop
+    quit, and its restart failed on its own registration (`OutOfMemoryError` / `ReadOnlyError`,
+    both `ResponseError`s): the worker exited for good, and batches waited for a person."""
+    b = _slow(server)
+    w = procs.worker(env={"TEST_HANDLER_SLEEP": "0"})
+    wait_for(lambda: client.zcard(b.keys.workers) == 1, 30, "the worker", procs.logs)
+    b.emit("s", {"n": 1})
+    wait_for(lambda: len(delivered(client)) == 1, 30, "the first batch", procs.logs)
+    if refusal == "out_of_memory":
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1")
+    else:
+        client.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody there: read-only, for good
+    try:
+        wait_for(lambda: "worker_redis_unavailable" in procs.logs(), 30, "the worker to meet it",
+                 procs.logs)
+        time.sleep(1)
+        assert w.poll() is None, procs.logs()
+    finally:
+        if refusal == "out_of_memory":
+            client.config_set("maxmemory", "0")
+        else:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+    b.emit("s", {"n": 2})
+    wait_for(lambda: len(delivered(client)) == 2, 30, "the batch after", procs.logs)
+    assert w.poll() is None, procs.logs()
