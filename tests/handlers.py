@@ -44,6 +44,15 @@ def slow_record(batch: Batch) -> None:
     client().delete(f"test:inflight:{os.getpid()}")
 
 
+def sleep_if_asked(batch: Batch) -> None:
+    """Sleeps as long as an event's `sleep` says (marked in flight meanwhile), then records."""
+    pause = max(float(e.payload.get("sleep", 0)) for e in batch.events)
+    if pause:
+        client().set(f"test:inflight:{os.getpid()}", batch.id)
+        time.sleep(pause)
+    record(batch)
+
+
 def flaky(batch: Batch) -> None:
     """Fails on the first two tries, then succeeds."""
     if client().incr(f"test:tries:{batch.id}") < 3:

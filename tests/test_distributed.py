@@ -352,3 +352,27 @@ def test_a_worker_whose_claim_replies_were_lost_runs_the_batch_at_once_not_after
         finally:
             procs.stop_all()
             sweeping.stop_all()
+
+
+def test_a_worker_killed_mid_round_sends_no_batch_it_had_not_started_to_the_dead(
+        procs: Procs, client, batcher) -> None:
+    """A warm worker claims the batches a handler's 10 ms allow at once (up to 16) and runs them
+    in turn. SIGKILLed while the first ran, every batch in its hand lost a try: with one attempt,
+    those no handler had seen went dead (helper's run: 7 of 16)."""
+    batcher.register("one", version="v1", source="s", handler="tests.handlers.sleep_if_asked",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    w = procs.worker("--lease", "1s")
+    procs.sweeper("--max-sleep", "200ms")
+    batcher.emit_many("s", [{"n": i} for i in range(20)])  # fast handlers: the worker warms up
+    wait_for(lambda: len(delivered(client)) == 20, 30, "the warm-up", procs.logs)
+    batcher.emit_many("s", [{"n": 100, "sleep": 30}, *({"n": 101 + i} for i in range(10))])
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the long handler", procs.logs)
+    assert batcher.records.count("running") > 1  # claimed together: the others wait behind it
+    w.send_signal(signal.SIGKILL)
+    w.wait()
+    procs.worker("--lease", "1s")
+    wait_for(lambda: len(delivered(client)) >= 30, 30, "the batches behind the killed one", procs.logs)
+    wait_for(lambda: batcher.records.count("dead") == 1, 30, "the killed one to go dead", procs.logs)
+    got = sorted(p["n"] for r in delivered(client) for p in r["payloads"])
+    assert got == list(range(20)) + list(range(101, 111)), procs.logs()
+    assert all(r["attempt"] == 1 for r in delivered(client))

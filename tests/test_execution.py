@@ -82,6 +82,25 @@ def test_expired_lease_can_be_reclaimed(batcher: Batcher) -> None:
     assert c is not None and c.batch.attempt == 2
 
 
+def test_a_worker_killed_mid_round_spends_a_try_only_of_the_batch_it_was_running(
+        batcher: Batcher, client) -> None:
+    """A worker claims several batches at once and runs them in turn; killed mid-round, the
+    reclaim counted a try of every one: with `attempts: 1` the batches waiting in its hand went
+    dead although no handler had seen them. The first of the claim (the one it was running) is
+    counted; those behind it are given back with their tries, and run as attempt 1."""
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"},
+                     retry={"attempts": 1})
+    ids = [r.batch.id for i in range(3) for r in batcher.emit("s", {"n": i})]
+    claims = batcher.records.claim_some(-1, 3)  # leases already over: its worker is gone
+    assert [c.batch.id for c in claims] == ids and [c.batch.attempt for c in claims] == [1, 1, 1]
+    assert [batcher.records.reclaim(bid) for bid in ids] == ["dead", "retry", "retry"]
+    error = batcher.records.raw(ids[1])["error"]
+    assert "waited behind another batch of its round" in error
+    again = batcher.records.claim_some(60_000, 3)
+    assert [(c.batch.id, c.batch.attempt) for c in again] == [(ids[1], 1), (ids[2], 1)]
+    assert batcher.records.count("dead") == 1
+
+
 def test_retries_with_attempt_then_dead_then_replay(batcher: Batcher, client) -> None:
     batcher.register("d", version="v1", source="s", handler=f"{__name__}.always_raises",
                      batch={"count": 1, "window": "1s"}, retry={"attempts": 3, "backoff": "1ms"})

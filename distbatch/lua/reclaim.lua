@@ -1,5 +1,12 @@
 -- A lease ran out (its worker was killed, paused or cut off): take the batch back from that
 -- claim — ready again at the front, or dead when its binding's attempts are used up.
+-- A batch its claim took behind another (token `<token>.<i>`, i >= 2: `claim.lua`) waited in
+-- its worker's hand for the handlers before it: a worker killed mid-round had most likely not
+-- started it, so its try is given back, as a worker that stops cleanly gives back the batches
+-- it has not started. Counted, a worker killed with 16 batches in hand spent a try of each, and
+-- with `attempts: 1` sent batches no handler ever saw to the dead. One that did start and took
+-- its worker down is counted once it is first of a claim: reclaimed batches go back to their
+-- place in cut order, so it comes first once the older ones are settled.
 -- KEYS: the 11 lifecycle keys, bindings, dropped, the bell
 -- ARGV: batch_id, the id prefix of the shard whose running set holds it (as claim.lua)
 -- Returns 'retry', 'dead', 'live' (lease renewed meanwhile: nothing changed) or 'gone'.
@@ -24,6 +31,12 @@ if info.garbled or not attempt then
   redis.call('ZREM', k_running, id)
   return 'dead'
 end
+local owner = redis.call('HGET', k_owner, id) or ''
+local behind = string.find(owner, '.', 1, true) ~= nil and attempt > 0
+if behind then
+  attempt = attempt - 1
+  redis.call('HSET', k_attempt, id, attempt)
+end
 local binding = binding_of(info.member)
 local def = redis.call('HGET', k_bindings, binding) or redis.call('HGET', k_dropped, binding)
 -- a definition that does not decode (a hostile writer's) allows one try, as a missing one does
@@ -32,8 +45,9 @@ local attempts = ok and type(parsed) == 'table' and type(parsed['retry']) == 'ta
   tonumber(parsed['retry']['attempts']) or 1
 local outcome = attempt >= attempts and 'dead' or 'retry'
 -- where it goes first, out of `running` last (as fail.lua)
-set_error(id, '', outcome, 'lease expired: the worker running it stopped renewing ' ..
-          '(killed, paused or cut off from Redis)')
+set_error(id, '', outcome, 'lease expired: the worker ' .. (behind and 'holding' or 'running') ..
+          ' it stopped renewing (killed, paused or cut off from Redis)' ..
+          (behind and '; it waited behind another batch of its round: its try is not counted' or ''))
 redis.call('HINCRBY', k_stats, 'leases_expired', 1)
 if outcome == 'dead' then
   redis.call('ZADD', k_dead, real_now, id)
