@@ -16,6 +16,8 @@ none is left or its per-job budget is spent (see `jobs.run_batches`). So:
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 import redis
@@ -44,9 +46,16 @@ def hand_off(on_cut: OnCut | None, batch_ids: Sequence[str], queued: int = -1) -
             on_cut.ensure(max(1, len(batch_ids)), queued)
         else:
             on_cut(batch_ids)
+    except QueueAway as exc:  # said once, when it went away
+        log.debug("handoff_skipped batches=%d: %s", len(batch_ids), exc)
     except Exception as exc:
         log.warning("handoff_failed batches=%d: %s; a sweeper will hand them off", len(batch_ids),
                     describe(exc), extra={"event": "handoff_failed"})
+
+
+class QueueAway(redis.ConnectionError):
+    """A hand-off not tried: the ticket queue's Redis failed the last one and has not answered
+    since (`Dispatcher`)."""
 
 
 def make_queue(client: redis.Redis, keys: Keys) -> Queue:
@@ -58,6 +67,10 @@ def make_queue(client: redis.Redis, keys: Keys) -> Queue:
                  job_class=ticket_job_class(keys.queue_name, keys.namespace))
 
 
+PROBE_FIRST_S = 0.5
+PROBE_MAX_S = 5.0
+
+
 class Dispatcher:
     """Enqueues drain tickets for a namespace. `Batcher` calls it after every cut (its `on_cut`
     hook); sweepers call it while ready batches wait and no ticket does."""
@@ -67,6 +80,37 @@ class Dispatcher:
         self.keys = keys
         self.queue = make_queue(queue_client, keys)
         self.max_queued_jobs = max_queued_jobs
+        self._away_since: float | None = None  # monotonic: the last hand-off failed then
+        self._lock = threading.Lock()
+
+    def _check_back(self) -> None:
+        """While the queue's Redis is away (or hangs), hand-offs are not tried: each would wait
+        out the socket timeout (5 s), holding up the emit that cut, or the sweep and every window
+        due behind it. The batches are safe in Redis; a sweeper hands them off once the queue is
+        back. This thread asks it, with backoff, and lets hand-offs through once it answers."""
+        pause = PROBE_FIRST_S
+        while True:
+            time.sleep(pause)
+            try:
+                self.client.ping()
+                break
+            except Exception:
+                pause = min(PROBE_MAX_S, pause * 2)
+        with self._lock:
+            away, self._away_since = self._away_since, None
+        log.warning("handoff_resumed namespace=%s: the ticket queue answers again (away %.1fs)",
+                    self.keys.namespace, time.monotonic() - (away or time.monotonic()),
+                    extra={"event": "handoff_resumed"})
+
+    def _went_away(self, exc: Exception) -> None:
+        with self._lock:
+            if self._away_since is not None:
+                return
+            self._away_since = time.monotonic()
+        log.warning("handoff_paused namespace=%s: the ticket queue failed (%s); hand-offs wait "
+                    "until it answers, a sweeper hands the batches off then", self.keys.namespace,
+                    describe(exc), extra={"event": "handoff_paused"})
+        threading.Thread(target=self._check_back, daemon=True, name="distbatch-queue-probe").start()
 
     def __call__(self, batch_ids: Sequence[str] = ()) -> int:
         """Hand off newly ready batches (ids, or none when unknown): returns tickets enqueued."""
@@ -81,15 +125,24 @@ class Dispatcher:
 
     def ensure(self, ready: int, queued: int = -1) -> int:
         """Enqueue tickets until min(ready, max_queued_jobs) wait in the queue (`queued`: how many
-        wait now, when the caller knows; else one LLEN asks)."""
-        want = min(ready, self.max_queued_jobs) - (self.queued() if queued < 0 else queued)
-        if want <= 0:
-            return 0
-        ns = self.keys.namespace
-        self.queue.enqueue_many([
-            Queue.prepare_data(JOB_FUNC, args=(ns,), timeout=-1, result_ttl=0, failure_ttl=86_400,
-                               description=f"distbatch: run ready batches of {ns}")
-            for _ in range(want)
-        ])
+        wait now, when the caller knows; else one LLEN asks). `QueueAway` while the queue's
+        Redis is away (`_check_back`)."""
+        away = self._away_since
+        if away is not None:
+            raise QueueAway(f"the ticket queue failed {time.monotonic() - away:.1f}s ago and has not "
+                            "answered since")
+        try:
+            want = min(ready, self.max_queued_jobs) - (self.queued() if queued < 0 else queued)
+            if want <= 0:
+                return 0
+            ns = self.keys.namespace
+            self.queue.enqueue_many([
+                Queue.prepare_data(JOB_FUNC, args=(ns,), timeout=-1, result_ttl=0, failure_ttl=86_400,
+                                   description=f"distbatch: run ready batches of {ns}")
+                for _ in range(want)
+            ])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._went_away(exc)
+            raise
         HANDOFF_TICKETS.inc(want)
         return want

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from . import metrics
 from .config import Binding
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, hand_off
 from .errors import ConfigError, HandlerNotAllowed, HandlerTimeout, describe
 from .handler_timeout import bounded
 from .handlers import HandlerResolver
@@ -267,8 +267,7 @@ class Executor:
         while not self.stop.is_set() or self._in_hand:  # batches claimed are run
             if not self._in_hand:
                 if n >= max_batches or time.monotonic() - started > max_seconds:
-                    if self.dispatcher is not None:
-                        self.dispatcher.ensure(1)
+                    hand_off(self.dispatcher, ())  # a ticket for the rest; never raises
                     break
                 none_ready, self._none_ready = self._none_ready, False  # the last look found none
                 if not none_ready:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
 import threading
 import time
 import zlib
@@ -19,6 +20,7 @@ from distbatch.dispatch import make_queue
 from distbatch.executor import Executor
 from distbatch.handlers import HandlerResolver, handler
 
+from .processes import wait_for
 from .redis_server import RedisServer
 
 seen: list[Batch] = []
@@ -655,6 +657,48 @@ def test_a_sweep_goes_on_while_the_ticket_queue_is_away(redis_server: RedisServe
     sweeper.dispatcher.ensure = queue_back  # type: ignore[method-assign]
     sweeper.run_once()
     assert asked  # the stuck batches' ticket, asked for again
+
+
+def test_a_ticket_queue_that_hangs_holds_up_one_hand_off_not_every_cut(
+        redis_server: RedisServer, namespace: str) -> None:
+    """The ticket queue on another Redis that hangs (SIGSTOP): every hand-off waited out the
+    socket timeout, so every emit that cut a batch took 5 s, and a sweeper cut one window per
+    5 s, the others late. Now the first hand-off that fails pauses hand-offs until the queue
+    answers again (a background probe); the batches wait in Redis, and the first hand-off after
+    it is back enqueues their ticket."""
+    queue = RedisServer().start()
+    assert queue.proc is not None
+    try:
+        b = Batcher.from_url(redis_server.url, namespace=namespace, queue_url=queue.url,
+                             clock=ManualClock(0), socket_timeout=1)
+        for name, source, count in (("w", "s", 1), ("x", "t", 9)):
+            b.register(name, version="v1", source=source, handler="m.h",
+                       batch={"count": count, "window": "1s", "key": "k"})
+        b.emit("s", {"k": 0})  # a ticket: the queue answers
+        queue.proc.send_signal(signal.SIGSTOP)
+        took = []
+        for i in range(1, 5):
+            t0 = time.monotonic()
+            assert b.emit("s", {"k": i})[0].batch is not None
+            took.append(time.monotonic() - t0)
+        assert took[0] < 3 and max(took[1:]) < 0.5, took  # one socket timeout, then none
+        b.emit_many("t", [{"k": i} for i in range(5)])
+        b.clock.advance("2s")  # type: ignore[union-attr]
+        t0 = time.monotonic()
+        assert len(b.flush_expired()) == 5 and time.monotonic() - t0 < 0.5  # windows cut on time
+        assert b.records.count("ready") == 10  # all stored, none lost
+        queue.proc.send_signal(signal.SIGCONT)
+        qclient = redis.Redis.from_url(queue.url)
+        wait_for(lambda: b.dispatcher is not None and b.dispatcher._away_since is None, 10,
+                 "the probe to find the queue back")
+        key = make_queue(qclient, b.keys).key
+        qclient.delete(key)  # the ticket from before, taken
+        b.emit("s", {"k": 9})
+        assert qclient.llen(key) == 1  # handed off again
+    finally:
+        if queue.proc.poll() is None:
+            queue.proc.send_signal(signal.SIGCONT)
+        queue.cleanup()
 
 
 def test_the_bindings_a_worker_keeps_stay_bounded(batcher: Batcher) -> None:
