@@ -66,6 +66,30 @@ class BatchWorker(SimpleWorker):
     executor: Executor
     namespace: str
     _in_job = False
+    max_connection_wait_time = 2.0
+    """RQ's dequeue, Redis away, retries after 1 s doubling up to this (RQ's own: 60 s): a worker
+    sat idle for up to a minute after Redis came back, batches waiting."""
+
+    _pubsub_failures = 0
+    _pubsub_failed_at = 0.0
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's pub/sub thread, Redis away, logged an error and retried every 2 s for the whole
+        outage; here it says so once and backs off as the dequeue does (`run_worker` and the
+        dequeue say the rest)."""
+        if not isinstance(exc, redis.ConnectionError):
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+            return
+        now = time.monotonic()
+        if now - self._pubsub_failed_at > 10 * self.max_connection_wait_time:  # a new outage
+            self._pubsub_failures = 0
+        self._pubsub_failures += 1
+        self._pubsub_failed_at = now
+        pause = min(self.max_connection_wait_time, 0.5 * 2 ** min(self._pubsub_failures, 8))
+        (log.warning if self._pubsub_failures == 1 else log.debug)(
+            "worker_pubsub_unavailable: Redis away (%s); retrying every %.1fs at most", exc,
+            self.max_connection_wait_time, extra={"event": "worker_pubsub_unavailable"})
+        time.sleep(pause)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self._in_job = True
