@@ -28,6 +28,26 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+POOL_EXHAUSTED = ("Too many connections", "No connection available")
+"""What redis-py's pools say when none is left (`ConnectionPool`, `BlockingConnectionPool`)."""
+POOL_HINT = ("; the client's connection pool is used up: each emitting thread keeps one of its "
+             "connections for its emits, and a registry reload or a hand-off in that thread takes a "
+             "second, so size max_connections to twice the emitting threads")
+
+
+def with_pool_hint(exc: Exception) -> Exception:
+    """`exc`, or for a pool used up the same error saying why it happens here (a pool sized for
+    the emitting threads, the README's old advice, runs out at the first registry reload)."""
+    if str(exc).rstrip(".") not in POOL_EXHAUSTED:
+        return exc
+    try:
+        hinted = type(exc)(str(exc).rstrip(".") + POOL_HINT)
+    except Exception:
+        return exc
+    hinted.__cause__ = exc
+    return hinted
+
+
 class ConfigError(DistbatchError, ValueError):
     """A trigger or batch configuration is invalid; `code` is stable for programs to match."""
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .clients import is_cluster
+from .errors import with_pool_hint
 from .ops import Atomic, Cmd, Eval, Op, Proc, Store
 from .scripts import Scripts
 from .transport import Transport, once_more, patient
@@ -31,7 +32,7 @@ class SyncDriver:
                 try:
                     reply = do(op)
                 except Exception as exc:
-                    op = throw(exc)
+                    op = throw(with_pool_hint(exc))
                 else:
                     op = send(reply)
         except StopIteration as stop:

@@ -40,7 +40,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from .errors import describe
+from .errors import describe, with_pool_hint
 from .onecall import Single
 from .registry import Snapshot
 from .roundtrip import execute_packed
@@ -150,8 +150,11 @@ class Transport:
         """
         em: Emitter | None = getattr(self._local, "em", None)
         if em is None or em.pid != os.getpid():
-            client = self.client if self.cluster else self.client.__class__(
-                connection_pool=self.client.connection_pool, single_connection_client=True)
+            try:
+                client = self.client if self.cluster else self.client.__class__(
+                    connection_pool=self.client.connection_pool, single_connection_client=True)
+            except redis.ConnectionError as exc:
+                raise with_pool_hint(exc) from exc
             em = self._local.em = Emitter(client)
         # No readiness check per call (a poll syscall, ~5% of a single emit): a socket the server
         # closed (a restart) fails the call, and the call is sent again on a fresh connection —

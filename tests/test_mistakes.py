@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,40 @@ def test_started_while_redis_is_down_it_waits_quietly_and_then_works(role: str, 
         proc.terminate()
         proc.wait(15)
         server.cleanup()
+
+
+def test_a_pool_sized_as_the_readme_says_serves_a_thread_and_one_too_small_says_why(
+        redis_server: RedisServer) -> None:
+    """The README said to size max_connections for the emitting threads; a thread keeps one for
+    its emits and a registry reload or hand-off takes a second: with one, every call failed with
+    a bare 'Too many connections', and N threads on a blocking pool of N hung for the pool's
+    timeout at every registry change."""
+    small = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_server.url, max_connections=1))
+    b = Batcher(small, namespace="pool1")
+    b.register("t", version="v1", source="s", batch={"count": 2, "window": "1h"}, handler="m.h")
+    with pytest.raises(redis.ConnectionError) as info:
+        b.emit("s", {"x": 1})
+    assert "size max_connections to twice the emitting threads" in str(info.value)
+    pool = redis.BlockingConnectionPool.from_url(redis_server.url, max_connections=4, timeout=2)
+    b = Batcher(redis.Redis(connection_pool=pool), namespace="pool2")
+    b.register("t", version="v1", source="s", batch={"count": 2, "window": "1h"}, handler="m.h")
+    errors: list[BaseException] = []
+
+    def emit(n: int) -> None:
+        try:
+            for i in range(30):
+                if i == 10 and n == 0:
+                    b.register("t", version="v2", source="s", batch={"count": 2, "window": "1h"},
+                               handler="m.h")  # every thread reloads the registry
+                b.emit("s", {"x": i})
+                b.emit_many("s", [{"x": i}, {"x": i}])  # cuts: hand-offs
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=emit, args=(n,)) for n in range(2)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and time.monotonic() - started < 10, errors
