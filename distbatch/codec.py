@@ -91,8 +91,9 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
     if len(data) > limit:
         raise PayloadError(
             "payload_too_large",
-            f"payload encodes to {len(data)} bytes, above the limit of {limit} bytes "
-            f"(Batcher max_payload_bytes; distbatch serve --max-event-bytes)",
+            f"event encodes to {len(data)} bytes (the payload and its envelope: id, source, "
+            f"time), above the limit of {limit} bytes (Batcher max_payload_bytes; distbatch "
+            f"serve --max-event-bytes)",
         )
     return data
 

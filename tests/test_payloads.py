@@ -108,4 +108,6 @@ def test_a_payload_over_the_limit_only_in_its_envelope_is_named(make_batcher, cl
     index = 0 if call == "emit" else 1
     assert info.value.code == "payload_too_large" and info.value.event == index
     assert str(info.value).startswith(f"event {index}: ") and str(info.value).endswith("nothing was stored")
+    assert "payload encodes" not in str(info.value)  # the payload alone is under the limit: say what is not
+    assert "event encodes to" in str(info.value) and "envelope" in str(info.value)
     assert _buffered(b, client) == 0
