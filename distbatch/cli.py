@@ -378,14 +378,19 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 @click.option("--interval", default="2s", callback=_duration, help="Refresh period of --watch.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="With --watch: stop after this many refreshes.")
+@click.option("--events", is_flag=True,
+              help="Also count the events in every open buffer and batch record, and check each "
+              "binding's books (unaccounted = in - left - inside; 0 at rest). Reads them all.")
 def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: int,
-          count: int | None) -> None:
+          count: int | None, events: bool) -> None:
     """Batches ready/running/waiting/dead now; per binding: open buffers, next window to close,
     events in/delivered/discarded and batches cut (totals since the namespace began)."""
     from .stats import collect, render
 
     if count is not None and not watch:
         raise click.UsageError("--count counts --watch's refreshes: use it with --watch")
+    if events and watch:
+        raise click.UsageError("--events reads every buffer and record: use it without --watch")
     batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
     if watch:
         import contextlib
@@ -395,7 +400,7 @@ def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: 
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
             live(batcher, interval / 1000, count, as_json, click.echo)
         return
-    data = collect(batcher)
+    data = collect(batcher, events=events)
     if as_json:
         _echo_json(data)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import census
 from .batcher import Batcher
 from .codec import as_text
 from .config import Binding
@@ -23,8 +24,9 @@ def _dropped(batcher: Batcher, key: str) -> Binding | None:
         return None
 
 
-def collect(batcher: Batcher) -> dict[str, Any]:
-    """Counters are totals since the namespace began (summed over shards); `*_now` are current."""
+def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
+    """Counters are totals since the namespace began (summed over shards); `*_now` are current.
+    `events`: also count the events inside each binding and check its books (`census`)."""
     b = batcher
     bindings = b.bindings()
     counters: dict[str, dict[str, int]] = {}
@@ -58,6 +60,9 @@ def collect(batcher: Batcher) -> dict[str, Any]:
             "next_window_closes_in_ms": int(min(scores)) - now_ms if scores else None,
             **counters.get(key, {}),
         }
+    if events:
+        for key, inside in census.count(b, list(per_binding)).items():
+            per_binding[key].update(census.balance(per_binding[key], inside))
     return {
         "namespace": b.keys.namespace,
         "shards": b.layout.count,
@@ -95,6 +100,8 @@ def render(data: dict[str, Any]) -> str:
             f"purged={row.get('events_purged_total', 0)} "
             f"batches: count={row.get('batches_count_total', 0)} "
             f"expired={row.get('batches_expired_total', 0)}"
+            + (f" buffered={row['events_buffered_now']} in_batches={row['events_in_batches_now']} "
+               f"unaccounted={row['events_unaccounted']}" if "events_unaccounted" in row else "")
         )
     return "\n".join(lines)
 

@@ -701,6 +701,50 @@ def test_a_ticket_queue_that_hangs_holds_up_one_hand_off_not_every_cut(
         queue.cleanup()
 
 
+def test_stats_events_finds_every_event_in_or_out_and_the_books_balance(
+        batcher: Batcher, clock: ManualClock) -> None:
+    """`distbatch stats` gave the counters of events in and out, but nothing of those still
+    inside (open buffers, ready, running, retry-waiting and dead batches): an operator could not
+    check that the numbers add up. `--events` counts them from the data, per binding."""
+    from distbatch.stats import collect
+
+    b = batcher
+    b.register("a", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1s", "key": "k"},
+               retry={"attempts": 1})
+    b.register("big", version="v1", source="s2", handler="m.h", batch={"count": 2000, "window": "1h"})
+    b.register("gone", version="v1", source="s3", handler="m.h", batch={"count": 9, "window": "1h"})
+    b.register("late", version="v1", source="s4", handler="m.h",
+               batch={"count": 9, "window": "1s", "expire_action": "discard"})
+    b.emit_many("s", [{"k": "open"}] * 2 + [{"k": "x"}] * 9)  # 2 buffered, 3 batches of 3
+    b.emit_many("s2", [{"n": i} for i in range(1030)])  # 1024 buffered, 6 overflowed
+    b.emit_many("s3", [{"n": 1}, {"n": 2}])
+    b.drop("gone@v1")  # 2 dropped
+    b.emit("s4", {"n": 1})
+    clock.advance("2s")
+    b.flush_expired()  # 1 discarded; a's open window (2 events) cut: 4 batches of a
+    claims: list = []
+    while len(claims) < 3:  # on a cluster each shard gives its own
+        claims += b.records.claim_some(60_000, 3 - len(claims))
+    ok, bad, purged = claims
+    delivered = b.records.complete(ok.batch.id, ok.token)
+    assert b.records.fail(bad.batch.id, bad.token, "boom", None) == "dead"  # dead: still inside
+    b.records.fail(purged.batch.id, purged.token, "boom", None)
+    assert b.records.purge(purged.batch.id)
+    rows = collect(b, events=True)["bindings"]
+    assert rows["a@v1"]["events_delivered_total"] == delivered and delivered in (2, 3)
+    assert rows["a@v1"]["events_in_batches_now"] == 11 - delivered - len(purged.batch.events)
+    assert rows["a@v1"]["events_buffered_now"] == 0
+    assert rows["big@v1"]["events_buffered_now"] == 1024 and rows["big@v1"]["events_overflowed_total"] == 6
+    assert rows["gone@v1"]["events_dropped_total"] == 2
+    assert rows["late@v1"]["events_discarded_total"] == 1
+    assert {k: r["events_unaccounted"] for k, r in rows.items()} == dict.fromkeys(rows, 0)
+    (k,) = [k for k in b.shards if b.client.scard(k.open_buffers("big@v1"))]
+    (member,) = b.client.smembers(k.open_buffers("big@v1"))
+    b.client.rpush(k.buffer_prefix.encode() + member, b"lost?")  # an event nobody counted in
+    assert collect(b, events=True)["bindings"]["big@v1"]["events_unaccounted"] == -1
+    assert "events_unaccounted" not in collect(b)["bindings"]["a@v1"]  # only when asked: it reads all
+
+
 def test_the_bindings_a_worker_keeps_stay_bounded(batcher: Batcher) -> None:
     """Batch records name their binding; a worker reads each one (at most every few seconds)
     and keeps it: records naming ever new bindings (a hostile writer's) do not grow it."""
