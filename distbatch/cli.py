@@ -14,6 +14,7 @@ import click
 
 from . import strictjson
 from .batcher import Batcher
+from .clients import cluster_unreachable
 from .config import parse_duration
 from .errors import DistbatchError, EmitError, PayloadError
 
@@ -77,9 +78,9 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
             return batcher
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
             raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if _untrusted(exc):  # a certificate this machine does not trust: no outage either
-                raise
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException) as exc:
+            if _untrusted(exc) or not (isinstance(exc, redis.RedisError) or cluster_unreachable(exc)):
+                raise  # a certificate this machine does not trust, a node of no cluster: no outage
             logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs", exc, backoff)
             if (stop or threading.Event()).wait(backoff):
                 return None
@@ -98,6 +99,9 @@ def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> N
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         if _untrusted(exc):
+            raise
+    except redis.exceptions.RedisClusterException as exc:
+        if not cluster_unreachable(exc):
             raise
 
 

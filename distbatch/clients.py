@@ -110,6 +110,13 @@ def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
         return redis.Redis.from_url(url, **options)
 
 
+def cluster_unreachable(exc: BaseException) -> bool:
+    """redis-py's `RedisClusterException` for no node answering (an outage, the node a URL
+    names gone after a failover), not for a mistake (a node that is no cluster's)."""
+    return isinstance(exc, redis.exceptions.RedisClusterException) and \
+        "cluster mode is not enabled" not in str(exc).lower()
+
+
 def is_cluster(client: Any) -> bool:
     return isinstance(client, redis.RedisCluster)
 

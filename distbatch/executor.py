@@ -24,7 +24,7 @@ from .interrupts import StopFlag
 from .models import Batch
 from .records import Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
-from .transport import TRANSIENT
+from .transport import OUTAGE
 
 log = logging.getLogger("distbatch.worker")
 
@@ -303,7 +303,7 @@ class Executor:
             return
         try:
             waiting = self.records.count("ready")
-        except TRANSIENT as exc:  # a node away (a cluster): the drain still runs what it can reach
+        except OUTAGE as exc:  # a node away (a cluster): the drain still runs what it can reach
             log.debug("fan-out skipped: %s", describe(exc))
             return
         if waiting > 1:
@@ -432,6 +432,13 @@ class Executor:
                           "the lease ran out before it could start; not run", batch.id,
                           extra={"event": "lease_lost", "batch": batch.id})
             return Result(Status.LEASE_LOST, batch.id, batch.attempt)
+        try:  # before it starts: Redis away here gives it back with the batches behind it
+            looked_up: Binding | ConfigError | None = self._binding(batch.binding)
+        except ConfigError as exc:  # its definition is unreadable: as a handler not runnable here
+            looked_up = exc
+        except OUTAGE:
+            self._in_hand.appendleft((claim, held))
+            raise
         if not self.leases.begin(held):
             return None
         if claim.error is not None:
@@ -441,7 +448,9 @@ class Executor:
                       batch.binding, claim.error, extra={"event": "batch_poison", "batch": batch.id})
             return Result(Status.POISON, batch.id, batch.attempt)
         try:
-            binding = self._binding(batch.binding)
+            if isinstance(looked_up, ConfigError):
+                raise looked_up
+            binding = looked_up
             if binding is None:
                 raise HandlerNotAllowed(f"binding={batch.binding!r} is not registered")
             fn = self.resolver.resolve(binding.handler)

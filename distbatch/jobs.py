@@ -5,17 +5,22 @@ Workers configure it at start; it never imports a path from Redis that the worke
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import redis
 
 from .dispatch import Dispatcher
+from .errors import describe
 from .executor import Executor
 from .handlers import HandlerResolver
 from .keys import Keys
 from .records import Records
 from .shards import Layout
+from .transport import OUTAGE
+
+log = logging.getLogger("distbatch.worker")
 
 _lock = threading.Lock()
 _executors: dict[str, Executor] = {}
@@ -57,5 +62,13 @@ def _executor(namespace: str) -> Executor:
 
 
 def run_batches(namespace: str) -> dict[str, int]:
-    """RQ entry point: run ready batches of `namespace`; returns how many ended how."""
-    return _executor(namespace).drain(MAX_BATCHES_PER_JOB, MAX_SECONDS_PER_JOB)
+    """RQ entry point: run ready batches of `namespace`; returns how many ended how. Redis (or a
+    cluster's node) away mid-drain ends the ticket with one line, not a failed job and RQ's
+    traceback: the batches not started were given back, the others come back when their leases
+    run out, and a sweeper hands them off again."""
+    try:
+        return _executor(namespace).drain(MAX_BATCHES_PER_JOB, MAX_SECONDS_PER_JOB)
+    except OUTAGE as exc:
+        log.warning("drain_interrupted namespace=%s: %s; the batches in hand come back to be run",
+                    namespace, describe(exc), extra={"event": "drain_interrupted"})
+        return {"interrupted": 1}

@@ -20,6 +20,7 @@ have sent it before after a connection error (`sent.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
@@ -36,6 +37,7 @@ from redis.exceptions import (
     ClusterError,
     MovedError,
     NoScriptError,
+    RedisClusterException,
     ResponseError,
     TryAgainError,
 )
@@ -51,6 +53,9 @@ TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 PASSING = (*TRANSIENT, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 """What a long-running process waits out: Redis away, and Redis refusing writes for a while (out of
 memory; demoted to a replica by a failover). Not a mistake no wait mends (a wrong password)."""
+OUTAGE = (*TRANSIENT, ClusterDownError, RedisClusterException)
+"""Redis, or a cluster's node, away or down: what a step that cannot go on waits out, as raised
+where no `patient` turned it into a `ConnectionError` (a plain call on a cluster client)."""
 ELSEWHERE = (*TRANSIENT, MovedError, AskError, TryAgainError, ClusterDownError)
 """A call's reply on a cluster node that says the call ran nowhere, or maybe on a node that is gone:
 sent again through the cluster client. Any other error (a script that failed part-way: Redis keeps
@@ -67,15 +72,37 @@ def slot_moving(exc: BaseException) -> bool:
     return isinstance(exc, TryAgainError) or (type(exc) is ClusterError and "TTL exhausted" in str(exc))
 
 
+class ClusterAway(redis.ConnectionError):
+    """No node of a Redis Cluster answered: redis-py's `RedisClusterException`, which is no
+    `ConnectionError`, so it passed every handler of an outage (a raw exception out of `emit`, a
+    worker's round, a process's start). The call may have reached a node before it went."""
+
+
+def _outage(exc: Exception, client: Any) -> Exception | None:
+    """A cluster's failure as the outage it is (a `ConnectionError`), or None for any other.
+    CLUSTERDOWN ran nothing (unless redis-py sent the call before, on its own retry)."""
+    if isinstance(exc, ClusterDownError):
+        unsent = not hides_retries(client)
+        return (NotSent if unsent else MaybeRan)(f"the cluster is down ({exc}); " + (
+            "nothing of the call ran" if unsent else "redis-py may have sent it before"))
+    if isinstance(exc, RedisClusterException):
+        return ClusterAway(f"no node of the Redis Cluster answered: {exc}")
+    return None
+
+
 def patient(send: Callable[[], T], client: Any, deadline: float | None = None) -> T:
     """`send()` on `client`, sent again with backoff while its slot is on the move, until
-    `deadline` (monotonic; default `SLOT_MOVE_WAIT_S` from now): see the module's doc."""
+    `deadline` (monotonic; default `SLOT_MOVE_WAIT_S` from now): see the module's doc. The
+    cluster away or down is raised as a `ConnectionError` (`_outage`)."""
     deadline = time.monotonic() + SLOT_MOVE_WAIT_S if deadline is None else deadline
     delay = 0.05
     while True:
         try:
             return send()
-        except (ClusterError, TryAgainError) as exc:
+        except (ClusterError, TryAgainError, RedisClusterException) as exc:
+            away = _outage(exc, client)
+            if away is not None:
+                raise away from exc
             wait = _moving_wait(exc, client, deadline, delay)
         time.sleep(wait)
         delay = min(delay * 2, 0.5)
@@ -87,7 +114,10 @@ async def apatient(send: Callable[[], Awaitable[T]], client: Any) -> T:
     while True:
         try:
             return await send()
-        except (ClusterError, TryAgainError) as exc:
+        except (ClusterError, TryAgainError, RedisClusterException) as exc:
+            away = _outage(exc, client)
+            if away is not None:
+                raise away from exc
             wait = _moving_wait(exc, client, deadline, delay)
         await asyncio.sleep(wait)
         delay = min(delay * 2, 0.5)
@@ -202,7 +232,10 @@ class Transport:
         groups: dict[str, list[int]] = {}
         nodes: dict[str, Any] = {}
         for i, (keys, _) in enumerate(calls):
-            node = self.client.get_node_from_key(keys[0])
+            try:
+                node = self.client.get_node_from_key(keys[0])
+            except RedisClusterException as exc:  # no node known for its slot: nothing was sent
+                return [NotSent(f"no node of the Redis Cluster answered: {exc}")] * len(calls)
             groups.setdefault(node.name, []).append(i)
             nodes[node.name] = node
         replies: list[Any] = [None] * len(calls)
@@ -237,8 +270,9 @@ class Transport:
                     first_unsent = isinstance(reply, ResponseError) or never_sent(reply)
                     replies[i] = exc if first_unsent or not isinstance(exc, NotSent) else MaybeRan(
                         f"sent to its node first, where it may have run ({describe(reply)}); then: {exc}")
-        if moved:
-            self.client.nodes_manager.initialize()
+        if moved:  # the slots map afresh; with no node answering, the next call tries again
+            with contextlib.suppress(RedisClusterException, *TRANSIENT):
+                self.client.nodes_manager.initialize()
         return replies
 
 

@@ -8,6 +8,8 @@ import contextlib
 import inspect
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -34,7 +36,7 @@ from distbatch.shards import batch_id_shard
 from distbatch.sweeper import Sweeper
 
 from .processes import Procs, delivered, wait_for
-from .redis_server import LocalCluster, RedisServer
+from .redis_server import LocalCluster, RedisServer, env_with_path
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -478,3 +480,44 @@ def test_a_claim_passes_over_a_shard_whose_node_is_away(local_cluster: LocalClus
     b.records._claim = all_away  # type: ignore[method-assign]
     with pytest.raises(redis.ConnectionError):
         b.records.claim_some(60_000, 1)
+
+
+def test_a_cluster_no_node_of_which_answers_is_an_outage_not_a_raw_error(queue: RedisServer,
+                                                                        tmp_path: Path) -> None:
+    """With every node away (a network cut, a whole-cluster restart) emit, emit_many and the
+    asyncio calls raised redis-py's raw RedisClusterException, no `EmitError` (it is not even a
+    `ConnectionError`); and a worker or sweeper started on it (or on a URL naming a node a
+    failover left behind) exited at once, where a Redis away costs a line per retry."""
+    own = LocalCluster(3).start()
+    try:
+        b = Batcher.from_url(own.url, namespace="away", queue_url=queue.url)
+        b.register("c", version="v1", source="s", handler="tests.handlers.record",
+                   batch={"count": 10, "window": "10s", "key": "k"})
+        b.emit("s", {"k": "a"})
+        b.emit_many("s", [{"k": f"k{i}"} for i in range(30)])
+        loop = asyncio.new_event_loop()
+        ab = loop.run_until_complete(AsyncBatcher.from_url(own.url, namespace="away", queue_url=queue.url))
+        loop.run_until_complete(ab.emit("s", {"k": "a"}))
+        for node in own.nodes:
+            node.stop(kill=True)
+        for call in (lambda: b.emit("s", {"k": "a"}),
+                     lambda: b.emit_many("s", [{"k": f"k{i}"} for i in range(30)]),
+                     lambda: loop.run_until_complete(ab.emit("s", {"k": "a"})),
+                     lambda: loop.run_until_complete(ab.emit_many("s", [{"k": f"k{i}"} for i in range(30)]))):
+            with pytest.raises(EmitError) as info:
+                call()
+            assert not info.value.stored, info.value
+        loop.close()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distbatch.cli", "worker", "--redis-url", own.url, "--namespace", "away",
+             "--queue-url", queue.url], env=env_with_path(), stdout=(tmp_path / "w.log").open("wb"),
+            stderr=subprocess.STDOUT)
+        try:
+            time.sleep(3)
+            assert worker.poll() is None, (tmp_path / "w.log").read_text()
+            assert "redis_unavailable" in (tmp_path / "w.log").read_text()
+        finally:
+            worker.terminate()
+            worker.wait(15)
+    finally:
+        own.cleanup()

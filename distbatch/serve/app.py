@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..aio import AsyncBatcher, connect_async
-from ..clients import connect
+from ..clients import cluster_unreachable, connect
 from ..errors import describe
 from . import dashboard
 from .auth import BearerAuth
@@ -54,7 +54,9 @@ def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> 
             await b.start()
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
             raise  # a mistake, not an outage to serve through (the CLI says so before it starts)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException) as exc:
+            if not (isinstance(exc, redis.RedisError) or cluster_unreachable(exc)):
+                raise  # a node of no cluster: a mistake
             log.warning("redis_unavailable at startup: %s; serving, /healthz reports it", exc)
         log.info("serve_started namespace=%s auth=%s", settings.namespace,
                  "bearer" if settings.tokens else "none (loopback only)")
