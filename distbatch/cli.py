@@ -163,6 +163,8 @@ class _Commands(click.Group):
             raise click.ClickException(f"cannot use the Redis Cluster: {describe(exc)}") from exc
         except redis.ResponseError as exc:  # e.g. a database index the server does not have
             raise click.ClickException(f"Redis refused: {describe(exc)}") from exc
+        except redis.RedisError as exc:  # e.g. a URL naming something that speaks no RESP
+            raise click.ClickException(f"Redis failed: {describe(exc)}") from exc
 
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})

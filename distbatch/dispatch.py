@@ -16,6 +16,7 @@ none is left or its per-job budget is spent (see `jobs.run_batches`). So:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,7 @@ class Dispatcher:
         self.queue = make_queue(queue_client, keys)
         self.max_queued_jobs = max_queued_jobs
         self._away_since: float | None = None  # monotonic: the last hand-off failed then
+        self._away_pid = 0  # the process whose probe ends the pause (a forked child has none)
         self._lock = threading.Lock()
 
     def _check_back(self) -> None:
@@ -104,9 +106,9 @@ class Dispatcher:
 
     def _went_away(self, exc: Exception) -> None:
         with self._lock:
-            if self._away_since is not None:
+            if self._away_since is not None and self._away_pid == os.getpid():
                 return
-            self._away_since = time.monotonic()
+            self._away_since, self._away_pid = time.monotonic(), os.getpid()
         log.warning("handoff_paused namespace=%s: the ticket queue failed (%s); hand-offs wait "
                     "until it answers, a sweeper hands the batches off then", self.keys.namespace,
                     describe(exc), extra={"event": "handoff_paused"})
@@ -128,7 +130,7 @@ class Dispatcher:
         wait now, when the caller knows; else one LLEN asks). `QueueAway` while the queue's
         Redis is away (`_check_back`)."""
         away = self._away_since
-        if away is not None:
+        if away is not None and self._away_pid == os.getpid():  # a forked child tries for itself
             raise QueueAway(f"the ticket queue failed {time.monotonic() - away:.1f}s ago and has not "
                             "answered since")
         try:

@@ -307,7 +307,10 @@ class Executor:
             log.debug("fan-out skipped: %s", describe(exc))
             return
         if waiting > 1:
-            self.dispatcher.ensure(waiting - 1)
+            try:
+                self.dispatcher.ensure(waiting - 1)
+            except OUTAGE as exc:  # best effort: the queue away ends no drain
+                log.debug("fan-out skipped: %s", describe(exc))
 
     def _run_in_hand(self, cap: int, wait_s: float) -> list[Result]:
         """Run every batch in hand, then complete those whose handler returned in one round trip,

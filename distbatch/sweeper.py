@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from . import metrics
 from .batcher import Batcher
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, QueueAway
 from .errors import describe
 from .ingest import FlushStep
 from .records import Outcome
@@ -269,9 +269,11 @@ class Sweeper:
                 self.tickets += self.dispatcher.ensure(max(1, reclaimed + promoted))
                 state.head_since = stepped
             except TRANSIENT as exc:  # the queue's Redis away: this shard's step is done; the
-                # oldest ready batch stays unmoved, so the next pass nudges again
-                log.warning("sweeper_ticket_failed shard=%d: %s", shard, describe(exc),
-                            extra={"event": "sweeper_ticket_failed", "shard": shard})
+                # oldest ready batch stays unmoved, so the next pass nudges again (a pause the
+                # dispatcher said once already: not again on every pass)
+                (log.debug if isinstance(exc, QueueAway) else log.warning)(
+                    "sweeper_ticket_failed shard=%d: %s", shard, describe(exc),
+                    extra={"event": "sweeper_ticket_failed", "shard": shard})
         if step.more or len(expired) >= self.limit:
             return 0.0
         nxt = [t for t in (next_retry, first_lease[0][1] if first_lease else None) if t is not None]

@@ -72,10 +72,12 @@ def slot_moving(exc: BaseException) -> bool:
     return isinstance(exc, TryAgainError) or (type(exc) is ClusterError and "TTL exhausted" in str(exc))
 
 
-class ClusterAway(redis.ConnectionError):
+class ClusterAway(MaybeRan):
     """No node of a Redis Cluster answered: redis-py's `RedisClusterException`, which is no
     `ConnectionError`, so it passed every handler of an outage (a raw exception out of `emit`, a
-    worker's round, a process's start). The call may have reached a node before it went."""
+    worker's round, a process's start). The call may have reached a node before it went (redis-py
+    raises it also after a call it sent timed out, from a refused reconnect): never taken for
+    one that was not sent."""
 
 
 def _outage(exc: Exception, client: Any) -> Exception | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import threading
@@ -21,7 +22,7 @@ from distbatch.executor import Executor
 from distbatch.handlers import HandlerResolver, handler
 
 from .processes import wait_for
-from .redis_server import RedisServer
+from .redis_server import RedisServer, free_port
 
 seen: list[Batch] = []
 
@@ -699,6 +700,42 @@ def test_a_ticket_queue_that_hangs_holds_up_one_hand_off_not_every_cut(
         if queue.proc.poll() is None:
             queue.proc.send_signal(signal.SIGCONT)
         queue.cleanup()
+
+
+def test_a_paused_hand_off_ends_no_drain_and_no_forked_childs_hand_offs(
+        redis_server: RedisServer, namespace: str) -> None:
+    """With the ticket queue's hand-offs paused, a worker's drain fanned out through the
+    dispatcher unguarded: the ticket ended at once ('drain_interrupted'), its batches left
+    unrun. And a process forked while paused inherited the pause, but not the thread that ends
+    it: its hand-offs stayed skipped for good."""
+    from distbatch.dispatch import Dispatcher, QueueAway
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler=f"{__name__}.collect",
+               batch={"count": 1, "window": "1h"})
+    away = Dispatcher(redis.Redis(port=free_port(), socket_connect_timeout=0.5), b.keys)
+    with pytest.raises(redis.ConnectionError):
+        away.ensure(1)  # refused: hand-offs pause
+    with pytest.raises(QueueAway):
+        away.ensure(1)
+    b.emit_many("s", [{"n": i} for i in range(3)])
+    seen.clear()
+    executor = Executor(b.records, HandlerResolver([__name__]), 10_000, dispatcher=away)
+    counts = executor.drain(max_batches=10, max_seconds=2, linger_s=0.0)
+    assert counts.get("delivered") == 3 and len(seen) == 3 and b.records.count("ready") == 0
+    queue = Dispatcher(redis.Redis.from_url(redis_server.url), b.keys)
+    queue._away_since, queue._away_pid = time.monotonic(), os.getpid()  # paused here, as above
+    with pytest.raises(QueueAway):
+        queue.ensure(1)
+    child = os.fork()
+    if child == 0:  # the queue answers: the child's hand-off goes through
+        code = 1
+        try:
+            code = 0 if queue.ensure(1) == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_stats_events_finds_every_event_in_or_out_and_the_books_balance(

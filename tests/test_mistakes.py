@@ -291,3 +291,32 @@ def test_a_pool_sized_as_the_readme_says_serves_a_thread_and_one_too_small_says_
     for t in threads:
         t.join(60)
     assert not errors and time.monotonic() - started < 10, errors
+
+
+def test_a_url_naming_something_that_is_no_redis_is_one_error_line() -> None:
+    """An HTTP port as --redis-url: redis-py's InvalidResponse (no ConnectionError) came out as a
+    traceback."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "distbatch.cli", "stats", "--redis-url",
+                              f"redis://127.0.0.1:{port}/0"], env=env_with_path(), capture_output=True,
+                             text=True, timeout=60)
+    finally:
+        listener.close()
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("Error: ") and "InvalidResponse" in out.stderr, out.stderr

@@ -82,17 +82,37 @@ def test_patient_waits_for_a_slot_on_the_move_then_says_what_ran(monkeypatch: py
     assert transport.patient(settles, Client(retries)) == "ok"
 
 
-@pytest.mark.parametrize("error", [ClusterDownError("CLUSTERDOWN"), ClusterError("something else")])
-def test_patient_passes_other_cluster_errors_on_at_once(error: ClusterError) -> None:
+@pytest.mark.parametrize(("error", "raised"), [(ClusterDownError("CLUSTERDOWN"), NotSent),
+                                               (ClusterError("something else"), ClusterError)])
+def test_patient_passes_other_cluster_errors_on_at_once(error: ClusterError, raised: type) -> None:
+    """Not waited for; CLUSTERDOWN (the cluster down: the call ran nothing) as the outage it is,
+    a `ConnectionError` its callers wait out, not a `ResponseError` taken for the call's own."""
     sent: list[int] = []
 
     def fails() -> Any:
         sent.append(1)
         raise error
 
-    with pytest.raises(type(error)):
+    with pytest.raises(raised) as info:
         transport.patient(fails, Client(0))
-    assert sent == [1]
+    assert sent == [1] and (info.value is error or info.value.__cause__ is error)
+
+
+def test_no_cluster_node_answering_is_an_outage_that_may_have_run() -> None:
+    """redis-py raises `RedisClusterException` (no `ConnectionError`) when no node answers, also
+    after it sent the call and the reply timed out: it may have run, whatever refused after."""
+    from redis.exceptions import RedisClusterException
+
+    def fails() -> Any:
+        try:
+            raise redis.ConnectionError("Error 111 connecting: Connection refused") from \
+                ConnectionRefusedError(111, "refused")
+        except redis.ConnectionError as refused:
+            raise RedisClusterException("Redis Cluster cannot be connected") from refused
+
+    with pytest.raises(redis.ConnectionError) as info:
+        transport.patient(fails, Client(0))
+    assert isinstance(info.value, MaybeRan) and not never_sent(info.value)
 
 
 def test_a_call_that_waited_for_a_slot_is_not_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
