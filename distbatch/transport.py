@@ -244,8 +244,11 @@ class Transport:
 
         def on_node(name: str) -> None:
             idx = groups[name]
+            connection = nodes[name].redis_connection
             try:
-                got = self._pipeline(script, [calls[i] for i in idx], nodes[name].redis_connection)
+                if connection is None:  # a node redis-py let go of (it failed): nothing was sent
+                    raise NotSent(f"the cluster node {name} is gone from redis-py's map")
+                got = self._pipeline(script, [calls[i] for i in idx], connection)
             except (*TRANSIENT, ResponseError) as exc:
                 got = [exc] * len(idx)
             for i, reply in zip(idx, got, strict=True):
