@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .batcher import Batcher
-from .codec import as_text
+from .records import info_fields
 
 CHUNK = 1000
 LEFT = ("events_delivered_total", "events_discarded_total", "events_overflowed_total",
@@ -37,9 +37,8 @@ def count(batcher: Batcher, bindings: list[str]) -> dict[str, dict[str, int]]:
                     members = []
             out[key]["events_buffered_now"] += _lengths(client, k.buffer_prefix, members)
         for _, info in client.hscan_iter(k.rec_info, count=CHUNK):
-            member, _, rest = as_text(info, "replace").partition("\n")
+            member, _, _, n = info_fields(info)
             binding = member.partition("|")[0]
-            n = rest.rpartition("\n")[2]
             if binding in out and n.isdigit():  # a hostile writer's record counts nowhere
                 out[binding]["events_in_batches_now"] += int(n)
     return out

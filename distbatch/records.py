@@ -74,6 +74,13 @@ class Claim:
     than it was sent."""
 
 
+def info_fields(info: bytes | str) -> tuple[str, str, str, str]:
+    """A record's `rec:info` value as its fields: member, reason, cut_ms, n ('' where one is
+    missing: a garbled record is read, never raised on)."""
+    member, reason, cut_ms, n = [*as_text(info, "replace").split("\n", 3), "", "", ""][:4]
+    return member, reason, cut_ms, n
+
+
 class Records:
     """Batch records of one namespace, over all its shards. Shared by workers, sweepers, the CLI.
 
@@ -481,7 +488,7 @@ class Records:
         info, _, attempt, error = self._fields(batch_id)
         if info is None:
             raise BatchNotFound(batch_id)
-        member, reason, cut_ms, n = [*as_text(info, "replace").split("\n", 3), "", "", ""][:4]
+        member, reason, cut_ms, n = info_fields(info)
         out: dict[str, Any] = {"member": member, "reason": reason, "cut_ms": _int(cut_ms), "n": _int(n),
                                "attempt": _int(attempt or 0)}
         try:
