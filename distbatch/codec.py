@@ -108,7 +108,7 @@ def event_id(prefix: str, number: int, width: int = 0) -> str:
 
 
 def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: int,
-                  payloads: Sequence[object], limit: int) -> list[bytes]:
+                  payloads: Sequence[object], limit: int, only_dicts: bool | None = None) -> list[bytes]:
     """`encode_event` for a whole call (emit_many's hot path). The common case, plain dicts that
     pack and fit, runs in C from end to end: the envelope ``[id, source, time`` is a bytes
     template with the id's digits left open, and each event is that template's bytes followed
@@ -116,15 +116,19 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
     the call packs to one length, each is zero-padded to the digits of the call's last (largest:
     the counter only grows). Ids stay unique: each number is taken once, and a padded id never
     equals an unpadded one (unpadded, only "0" starts with a zero). Anything else takes the
-    loop, with the same ids, and `encode_event` names the payload at fault (`.event`: its index)."""
+    loop, with the same ids, and `encode_event` names the payload at fault (`.event`: its index).
+    `only_dicts`: the caller's `{*map(type, payloads)} == ONLY_DICTS`, when it has it already."""
     pack = _packer().pack
     width = 0
-    if len(payloads) > 1 and {*map(type, payloads)} == ONLY_DICTS:
+    if len(payloads) > 1 and (only_dicts if only_dicts is not None else {*map(type, payloads)} == ONLY_DICTS):
         numbers = list(islice(ids, len(payloads)))
         width = len(f"{numbers[-1]:x}")
         head = pack(event_id(prefix, 0, width))[:-width].replace(b"%", b"%%")
         tail = (pack(source) + pack(emitted_at_ms)).replace(b"%", b"%%")
-        template = b"\x94" + head + b"%%0%dx" % width + tail
+        # `%x` where every number of the call has `width` digits already (all but a call that
+        # crosses a power of 16): bytes' `%` formats it in C's fast path, which a width skips.
+        digits = b"%x" if numbers[0] >> (4 * width - 4) else b"%%0%dx" % width
+        template = b"\x94" + head + digits + tail
         try:
             out = list(map(bytes.__add__, map(template.__mod__, numbers), map(pack, payloads)))
         except (TypeError, ValueError, OverflowError, UnicodeEncodeError):

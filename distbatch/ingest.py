@@ -225,7 +225,8 @@ class Ingest:
         payload_list = payloads if isinstance(payloads, list) else list(payloads)
         codec.begin()
         try:
-            events = encode_events(ids, prefix, source, stamp, payload_list, limit)
+            only_dicts = {*map(type, payload_list)} == codec.ONLY_DICTS  # one pass, for both
+            events = encode_events(ids, prefix, source, stamp, payload_list, limit, only_dicts)
         except PayloadError as exc:
             raise _which(exc) from exc.__cause__
         if not events:
@@ -243,7 +244,7 @@ class Ingest:
                 return []
         window_now = b"" if now is None else b"%d" % now
         return (yield from self._emit_compact(source, reg, routes, payload_list, events, window_now,
-                                              self.chunk_size))
+                                              self.chunk_size, only_dicts))
 
     def _send_chunks(self, source: str, reg: Snapshot, payload_list: list[Mapping[str, Any]],
                      items: list[_Item], per_event: int, window_now: bytes, events: list[bytes],
@@ -282,7 +283,7 @@ class Ingest:
 
     def _emit_compact(self, source: str, reg: Snapshot, routes: list[Route],
                       payloads: list[Mapping[str, Any]], events: list[bytes], window_now: bytes,
-                      size: int) -> Proc[list[EmitResult]]:
+                      size: int, only_dicts: bool) -> Proc[list[EmitResult]]:
         """`emit_many` without an object per (event, binding) item: objects that live through a
         call's round trip are what the caller's cyclic collector promotes, and enough promotions
         set off a full collection of the caller's whole heap (`tests/test_allocation.py`). Item
@@ -291,7 +292,7 @@ class Ingest:
         replies are not plain (a stale registry, a failure) is handed, with its replies, to the
         general path, which plans again or reports."""
         nr = len(routes)
-        keyed = [self._keys_of(r, payloads, 0) for r in routes]
+        keyed = [self._keys_of(r, payloads, 0, only_dicts) for r in routes]
         pkeys, members = [k[0] for k in keyed], [k[1] for k in keyed]
         n = self.layout.count
         shards = [[shard_of(m, n) for m in ms] for ms in members] if n > 1 else None
@@ -530,10 +531,11 @@ class Ingest:
         return [_Item(i, r, pkey, member, shard_of(member, n) if n > 1 else 0)
                 for i, pkey, member in zip(range(offset, offset + len(pkeys)), pkeys, members, strict=True)]
 
-    def _keys_of(self, r: Route, payloads: Sequence[Mapping[str, Any]],
-                 offset: int) -> tuple[list[str | None], list[bytes]]:
+    def _keys_of(self, r: Route, payloads: Sequence[Mapping[str, Any]], offset: int,
+                 only_dicts: bool | None = None) -> tuple[list[str | None], list[bytes]]:
         """Each payload's partition key and buffer member for route `r`, in order; a payload
-        without a usable key raises, naming it by its number (from `offset`)."""
+        without a usable key raises, naming it by its number (from `offset`). `only_dicts`: as
+        `codec.encode_events` takes it."""
         key, path = r.key, r.path
         cache = members_cache(key)  # the hot path inlines member_bytes
         field = path[0] if path is not None and len(path) == 1 else None
@@ -542,7 +544,9 @@ class Ingest:
         full = len(cache) >= MEMBER_CACHE_SIZE
         if path is None:  # no partition key: one buffer
             return [None] * len(payloads), [member_bytes(key, None)] * len(payloads)
-        if field is not None and not full and {*map(type, payloads)} == codec.ONLY_DICTS:
+        if only_dicts is None:
+            only_dicts = {*map(type, payloads)} == codec.ONLY_DICTS
+        if field is not None and not full and only_dicts:
             # the common case in C: a one-field key, a string in every payload, every member cached
             try:
                 keys: list[str | None] = list(map(itemgetter(field), payloads))

@@ -43,6 +43,25 @@ def test_ids_of_a_call_are_padded_to_its_widest_and_stay_unique() -> None:
     assert len({msgpack.unpackb(e)[0] for e in many}) == 300
 
 
+@pytest.mark.parametrize("start", [0, 7, 0x10, 0xFFE, 0x1000, 0xABCDE])
+def test_a_call_of_plain_dicts_formats_its_ids_in_c_not_one_by_one(monkeypatch: pytest.MonkeyPatch,
+                                                                     start: int) -> None:
+    """The short cut builds one envelope template per call, whether its ids share a width (`%x`)
+    or cross one (padded): a template that fails to format would fall back, silently, to the
+    per-event loop, which names each id in Python. Both give the same bytes."""
+    from distbatch import codec
+
+    named: list[int] = []
+    real = codec.event_id
+    monkeypatch.setattr(codec, "event_id", lambda p, n, w=0: named.append(n) or real(p, n, w))
+    payloads = [{"k": str(i)} for i in range(40)]
+    events = encode_events(itertools.count(start), "p", "s%x", 1, payloads, 1 << 20)
+    assert len(named) == 1  # the template's; none per event
+    width = len(f"{start + 39:x}")
+    assert events == [msgpack.packb([f"p-{n:0{width}x}", "s%x", 1, p], use_bin_type=True)
+                      for n, p in zip(range(start, start + 40), payloads, strict=True)]
+
+
 @pytest.mark.parametrize(("bad", "code"), [({"when": object()}, "payload_unencodable"),
                                            ({"blob": "x" * 2000}, "payload_too_large"),
                                            ("not a dict", "payload_type")])
