@@ -7,7 +7,7 @@ import time
 
 import click
 
-NAMES = ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker", "sweeper", "cluster",
+NAMES = ("ingest", "emit_path", "cut", "e2e", "lateness", "scaling", "memory", "worker", "sweeper", "cluster",
          "client", "aio", "http", "instructions")
 ON_DEMAND = ("chaos",)  # run only when named, never by `all`
 

@@ -16,7 +16,7 @@ def test_quick_benchmarks_complete() -> None:
     out = subprocess.run([sys.executable, "-m", "bench", "all", "--quick"], env=env_with_path(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for name in ("ingest", "emit_path", "e2e", "lateness", "scaling", "memory", "worker"):
+    for name in ("ingest", "emit_path", "cut", "e2e", "lateness", "scaling", "memory", "worker"):
         assert f"== {name} (quick)" in out.stdout
         assert json.loads((RESULTS / "quick" / f"{name}.json").read_text())
     e2e = json.loads((RESULTS / "quick" / "e2e.json").read_text())
