@@ -144,6 +144,17 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+class _FiniteFloat(click.FloatRange):
+    """click's FloatRange lets NaN through (it fails every comparison, so no bound refuses it),
+    and infinity past an open upper bound: a rate must be a number a sleep can take."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 class _Commands(click.Group):
     """Every command's expected failures (bad config or payload, an unparseable URL, Redis out of
     reach) end in one `Error: ...` line and exit status 1, never a traceback."""
@@ -162,7 +173,9 @@ class _Commands(click.Group):
         except redis.exceptions.RedisClusterException as exc:  # no node reachable, or not a cluster
             raise click.ClickException(f"cannot use the Redis Cluster: {describe(exc)}") from exc
         except redis.ResponseError as exc:  # e.g. a database index the server does not have
-            raise click.ClickException(f"Redis refused: {describe(exc)}") from exc
+            hint = (": the database a URL names (its /N path) is not one that server has (its "
+                    "`databases` setting)" if "DB index is out of range" in str(exc) else "")
+            raise click.ClickException(f"Redis refused: {describe(exc)}{hint}") from exc
         except redis.RedisError as exc:  # e.g. a URL naming something that speaks no RESP
             raise click.ClickException(f"Redis failed: {describe(exc)}") from exc
 
@@ -464,6 +477,8 @@ def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
 def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tuple[str, ...]:
     from . import dead
 
+    if every and batch_ids:  # which did they mean? a typo'd id must not pass unseen
+        raise click.UsageError(f"name batch ids or pass --all, not both (ids given: {' '.join(batch_ids)})")
     if every:  # nothing dead is a fine answer to --all, not a usage error
         return tuple(dead.ids(batcher))
     if not batch_ids:
@@ -525,7 +540,7 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
               help="Batch size (at most the buffer cap, 1024: above it a buffer drops its oldest).")
 @click.option("--window", default="200ms", show_default=True, help="Batch window.",
               callback=lambda ctx, param, value: _duration(ctx, param, value) and value)
-@click.option("--rate", default=2000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--rate", default=2000.0, show_default=True, type=_FiniteFloat(min=0, min_open=True),
               help="Events per second, all producers.")
 @click.option("--print-batches", is_flag=True, help="Print every batch as its handler runs.")
 def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_keys: int,

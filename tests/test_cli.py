@@ -63,6 +63,9 @@ def test_dead_commands_with_nothing_dead(redis_server: RedisServer, namespace: s
     replay = runner.invoke(cli, ["dead", "replay", "--all", *args])
     assert replay.exit_code == 0 and replay.output == ""
     assert runner.invoke(cli, ["dead", "purge", *args]).exit_code == 2  # neither ids nor --all
+    for command in ("replay", "purge"):  # both: the ids were dropped unseen, a typo'd one too
+        both = runner.invoke(cli, ["dead", command, "--all", "no-such-id", *args])
+        assert both.exit_code == 2 and "not both (ids given: no-such-id)" in both.output, both.output
 
 
 def test_bad_durations_name_the_option() -> None:
@@ -171,6 +174,8 @@ def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: Redis
     (["stats", "--count", "3"], "use it with --watch"),
     (["demo", "--count", "2000"], "2000 is not in the range 1<=x<=1024"),
     (["demo", "--window", "abc"], "--window='abc' is not a duration"),  # it named batch.window
+    (["demo", "--rate", "nan"], "'nan' is not a finite number"),  # passed the range: threads died, a hang
+    (["demo", "--rate", "inf"], "'inf' is not a finite number"),
 ])
 def test_an_out_of_range_option_is_named_before_anything_runs(argv: list[str], said: str) -> None:
     argv = [*argv, *(["--redis-url", "redis://127.0.0.1:1/0"] if argv[0] != "demo" else [])]  # never 6379
@@ -191,6 +196,7 @@ def test_a_database_the_url_cannot_name_is_an_error_not_db_0(redis_server: Redis
     assert "redis_url=" in out and "'/abc' names no database" in out
     out = _failed_cleanly(CliRunner().invoke(cli, ["stats", "--redis-url", f"{base}/99"]))
     assert "Redis refused" in out and "DB index is out of range" in out
+    assert "the database a URL names (its /N path) is not one that server has" in out
 
 
 def test_dead_replay_and_purge_of_a_batch_that_is_not_dead_fail(redis_server: RedisServer,
