@@ -60,6 +60,10 @@ class _OneLine(logging.Filter):
         return True
 
 
+STOP_SOCKET_TIMEOUT_S = 5.0
+"""The longest a stopping worker waits on any one Redis call (see `BatchWorker._short_waits`)."""
+
+
 class BatchWorker(SimpleWorker):
     """An RQ SimpleWorker that refuses every job but distbatch's ticket, before RQ resolves it."""
 
@@ -156,7 +160,31 @@ class BatchWorker(SimpleWorker):
 
     def handle_warm_shutdown_request(self) -> None:
         self.executor.stop.set()  # finish the batch in hand, take no more
+        self._short_waits()
         super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
+
+    stop_socket_timeout: float = STOP_SOCKET_TIMEOUT_S
+
+    def _short_waits(self) -> None:
+        """Once a stop is asked no blocking dequeue is left to wait for, but RQ set its pool's
+        socket timeout to 415 s for one: its bookkeeping after the batch in hand (a heartbeat, the
+        job's end) and `register_death` then waited that long each on a Redis that hangs, past
+        any orchestrator's grace (SIGKILL at 60 s under compose). Its connections, the idle and
+        the in-use ones, get the batcher's own timeout back; not the pub/sub thread's, whose
+        reads wait for messages (it is stopped in `teardown`). No batch depends on these calls:
+        an unfinished one comes back when its lease runs out."""
+        pool = self.connection.connection_pool
+        timeout = self.stop_socket_timeout
+        pool.connection_kwargs["socket_timeout"] = timeout
+        listening = getattr(getattr(self, "pubsub", None), "connection", None)
+        for conn in [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]:
+            if conn is listening:
+                continue
+            conn.socket_timeout = timeout
+            sock = getattr(conn, "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(timeout)
 
     @property
     def stopping(self) -> bool:
@@ -189,11 +217,40 @@ def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_00
 
 def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -> BatchWorker:
     queue_client = _own_pool(batcher.dispatcher.client if batcher.dispatcher else batcher.client)
+    pool = getattr(queue_client, "connection_pool", None)
+    own_timeout = pool.connection_kwargs.get("socket_timeout") if pool is not None else None
     queue = make_queue(queue_client, batcher.keys)
     worker = BatchWorker([queue], connection=queue_client, name=name, serializer=queue.serializer,
                          job_class=queue.job_class)
     worker.executor, worker.namespace = executor, batcher.keys.namespace
+    if isinstance(own_timeout, int | float) and 0 < own_timeout < STOP_SOCKET_TIMEOUT_S:
+        worker.stop_socket_timeout = float(own_timeout)
     return worker
+
+
+def _name_holder(worker: BatchWorker | None) -> str | None:
+    """Who holds the RQ registration `worker` could not take: None when it is this process's own
+    or its process is gone (same host, no such pid: a restarted container), else "pid P on H".
+    Another host's holder cannot be checked; RQ's registration expires with its heartbeat."""
+    if worker is None:
+        return None
+    try:
+        pid, host = worker.connection.hmget(worker.key, ["pid", "hostname"])
+    except redis.RedisError:
+        return None
+    if pid is None or host is None or not pid.isdigit():
+        return None
+    number, where = int(pid), host.decode(errors="replace") if isinstance(host, bytes) else str(host)
+    if where == socket.gethostname():
+        if number == os.getpid():
+            return None
+        try:
+            os.kill(number, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+    return f"pid {number} on {where}"
 
 
 def _own_pool(client: redis.Redis) -> redis.Redis:
@@ -281,11 +338,19 @@ def run_worker(
                 backoff = min(10.0, max(0.5, backoff * 2))
                 log.warning("worker_redis_unavailable: %s; retrying in %.1fs", describe(exc), backoff,
                             extra={"event": "worker_redis_unavailable"})
-            except ValueError as exc:  # our own earlier registration, left while Redis was down
+            except ValueError as exc:  # the name is registered: ours, left while Redis was down?
                 if "active worker named" not in str(exc):
                     raise
                 backoff = min(10.0, max(0.5, backoff * 2))
-                log.warning("worker_name_busy: %s; retrying in %.1fs", exc, backoff)
+                holder = _name_holder(previous)
+                if holder is None:
+                    log.warning("worker_name_busy: %s; retrying in %.1fs", exc, backoff)
+                else:  # another live worker's: tearing it down would take its place in RQ
+                    previous = None
+                    log.warning("worker_name_taken: a live worker named %r holds the name (%s); "
+                                "waiting for it to stop, retrying in %.1fs (give each worker its "
+                                "own --name, or none)", name, holder, backoff,
+                                extra={"event": "worker_name_taken"})
             else:
                 if burst or max_jobs is not None or worker.stopping:
                     return worked

@@ -162,6 +162,60 @@ def test_a_second_signal_ends_a_sweeper_whose_redis_hangs(
     assert "exits now" in procs.logs()
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_one_sigterm_ends_a_worker_whose_redis_hangs_within_a_grace(
+        server: RedisServer, procs: Procs, client: redis.Redis, busy: bool) -> None:
+    """RQ's bookkeeping after the batch in hand and its `register_death` waited out RQ's 415 s
+    socket timeout each on a Redis that hangs: compose's 60 s grace ended in SIGKILL, every time.
+    Once stopping, each call waits the batcher's own timeout at most; the batch in hand, if its
+    complete could not reach Redis, comes back when its lease runs out."""
+    b = _slow(server)
+    w = procs.worker(env={"TEST_HANDLER_SLEEP": "1.5"})
+    wait_for(lambda: "Listening on" in procs.logs() or client.keys("rq:worker:*"), 30, "the worker",
+             procs.logs)
+    if busy:
+        b.emit("s", {"n": 1})
+        wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the handler", procs.logs)
+    else:
+        time.sleep(1.0)  # in RQ's blocking dequeue
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        w.send_signal(signal.SIGTERM)
+        try:
+            code = w.wait(58)
+        except Exception:
+            w.kill()
+            raise AssertionError(f"still running 58 s after SIGTERM:\n{procs.logs()[-3000:]}") from None
+        took = time.monotonic() - started
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert code == 0 and took < 55, (code, took, procs.logs()[-3000:])  # within compose's 60 s
+
+
+def test_a_second_worker_of_the_same_name_waits_and_takes_nothing_from_the_live_one(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """The retry meant for this process's own registration, left while Redis was away, tore down
+    whatever held the name: a second `--name w1` wrote the live worker's death and took its place
+    (`rq info` lost it; its heartbeat id went with the second one's stop). Now it waits, saying
+    who holds the name, and starts once the name is free."""
+    _slow(server)
+    first = procs.worker("--name", "w1")
+    wait_for(lambda: client.hget("rq:worker:w1", "pid") == str(first.pid).encode(), 30, "the first",
+             procs.logs)
+    second = procs.worker("--name", "w1")
+    wait_for(lambda: "worker_name_taken" in procs.logs(), 30, "the second to say so", procs.logs)
+    time.sleep(2.0)  # several of its retries
+    assert client.hget("rq:worker:w1", "pid") == str(first.pid).encode(), procs.logs()
+    assert client.hget("rq:worker:w1", "death") is None, procs.logs()
+    assert f"pid {first.pid}" in procs.logs()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    wait_for(lambda: client.hget("rq:worker:w1", "pid") == str(second.pid).encode(), 30,
+             "the second to start once the name is free", procs.logs)
+
+
 def test_rqs_long_socket_timeout_stays_on_rqs_own_connections(server: RedisServer) -> None:
     """RQ raises the socket timeout of the pool it is given to 415 s; on the batcher's pool every
     lease renewal, heartbeat and sweep then waited that long on a Redis that hangs."""
