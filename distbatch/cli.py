@@ -219,13 +219,19 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
     """Run batches: an RQ worker on the namespace's queue. SIGTERM finishes the batch in hand."""
     import os
 
+    from .interrupts import stop_then_exit, taken_by_thread
     from .worker import run_worker
 
-    _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
     for path in reversed(paths):
         sys.path.insert(0, os.path.abspath(path))
-    batcher = _patient_batcher(redis_url, namespace, queue_url)
-    assert batcher is not None  # no `stop`: SIGTERM ends the process while it waits
+    stop = threading.Event()
+    # Until RQ's worker installs its own handlers, a signal (Redis away at start) is a clean stop,
+    # as the sweeper's: taken by a thread, with the mask set before the metrics thread starts.
+    with taken_by_thread(stop_then_exit(stop, "the worker")):
+        _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
+        batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
+    if batcher is None or stop.is_set():
+        return
     run_worker(batcher, handlers=handlers.split(","), lease_ms=lease, with_sweeper=with_sweeper,
                burst=burst, name=name, logging_level="WARNING", summary_every_s=summary_every / 1000)
 

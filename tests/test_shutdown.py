@@ -216,6 +216,28 @@ def test_a_second_worker_of_the_same_name_waits_and_takes_nothing_from_the_live_
              "the second to start once the name is free", procs.logs)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_worker_waits_for_redis_at_start_is_a_clean_stop(
+        procs: Procs, signum: signal.Signals) -> None:
+    """It died by the signal (SIGTERM: status -15) or printed click's "Aborted!" (SIGINT: 1),
+    where the sweeper stops cleanly: an orchestrator read an ordinary stop as a crash. With its
+    metrics port up, so a signal cannot land on the metrics thread either."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    w = procs.spawn("-m", "distbatch.cli", "worker", "--redis-url", f"redis://127.0.0.1:{ports[0]}/0",
+                    "--namespace", NS, "--handlers", "tests.handlers", "--metrics-port", str(ports[1]),
+                    "--metrics-insecure-no-auth", name="worker")
+    wait_for(lambda: "redis_unavailable" in procs.logs(), 30, "the wait for Redis", procs.logs)
+    w.send_signal(signum)
+    assert w.wait(10) == 0, procs.logs()
+    assert "Aborted" not in procs.logs() and "Traceback" not in procs.logs()
+
+
 def test_rqs_long_socket_timeout_stays_on_rqs_own_connections(server: RedisServer) -> None:
     """RQ raises the socket timeout of the pool it is given to 415 s; on the batcher's pool every
     lease renewal, heartbeat and sweep then waited that long on a Redis that hangs."""
