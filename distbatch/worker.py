@@ -18,9 +18,11 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -118,6 +120,17 @@ class BatchWorker(SimpleWorker):
         self._stop_requested = True
         if not self._in_job:
             raise StopRequested()
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """A second signal (a second or more after the first): exit now, as the sweeper does, with
+        128 + the signal's number. RQ's raised SystemExit inside the running handler, which RQ's
+        own job runner caught: a traceback in the user's handler, then exit status 0, as if the
+        batch in hand had finished. It comes back when its lease runs out."""
+        if (rq_now() - self._shutdown_requested_date) < timedelta(seconds=1):  # type: ignore[operator]
+            return  # RQ's rule: the same stop sent twice (a pool and the terminal)
+        print("\nsecond signal: the worker exits now; the batch in hand comes back when its lease "
+              "runs out", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
     def teardown(self) -> None:
         """RQ's, minus its failure mode: with Redis away, `register_death` raised before the

@@ -238,6 +238,27 @@ def test_a_signal_while_the_worker_waits_for_redis_at_start_is_a_clean_stop(
     assert "Aborted" not in procs.logs() and "Traceback" not in procs.logs()
 
 
+def test_a_second_signal_exits_the_worker_now_with_the_signals_status_and_the_batch_comes_back(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """RQ's cold shutdown raised SystemExit inside the running handler; RQ's job runner caught it:
+    a traceback in the user's handler, then exit status 0, as if the batch had finished."""
+    b = _slow(server)
+    w = procs.worker("--lease", "2s", env={"TEST_HANDLER_SLEEP": "5"})
+    b.emit("s", {"n": 1})
+    wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the handler", procs.logs)
+    w.send_signal(signal.SIGTERM)
+    time.sleep(1.3)  # RQ's rule: a second signal within 1 s is the same stop sent twice
+    started = time.monotonic()
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(5) == 128 + signal.SIGTERM and time.monotonic() - started < 2, procs.logs()
+    assert "the worker exits now" in procs.logs() and "Traceback" not in procs.logs(), procs.logs()
+    assert delivered(client) == []
+    procs.worker(env={"TEST_HANDLER_SLEEP": "0"})  # the batch comes back once its lease runs out
+    procs.sweeper()  # (a sweeper reclaims it)
+    wait_for(lambda: len(delivered(client)) == 1, 30, "the batch run again", procs.logs)
+    assert delivered(client)[0]["attempt"] == 2
+
+
 def test_rqs_long_socket_timeout_stays_on_rqs_own_connections(server: RedisServer) -> None:
     """RQ raises the socket timeout of the pool it is given to 415 s; on the batcher's pool every
     lease renewal, heartbeat and sweep then waited that long on a Redis that hangs."""
