@@ -173,6 +173,24 @@ def test_a_manual_clock_never_advances_backwards() -> None:
     assert clock.now_ms() == 500
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1.5, "10", True, -1, 1 << 53])
+def test_a_manual_clock_time_that_is_not_whole_ms_is_named(bad: object) -> None:
+    """`int()` took '10', 1.5 and True silently and NaN as a bare ValueError; a time past 2^53
+    is one no Lua number holds exactly, so windows would compare wrong."""
+    from distbatch import ConfigError, ManualClock
+
+    for make in (lambda: ManualClock(bad), lambda: ManualClock(0).set(bad)):  # type: ignore[arg-type]
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert err.value.code.startswith("now_ms_") and f"now_ms={bad!r}" in str(err.value)
+    clock = ManualClock((1 << 53) - 10)
+    with pytest.raises(ConfigError):
+        clock.advance(True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as err:
+        clock.advance("1s")
+    assert "after advance='1s'" in str(err.value) and clock.now_ms() == (1 << 53) - 10
+
+
 # real processes -----------------------------------------------------------------------------
 
 
