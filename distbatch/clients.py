@@ -99,8 +99,17 @@ def check_url(url: str, field: str = "redis_url") -> None:
         _check_options(url, field)
 
 
+SOCKET_TIMEOUT_S = 5.0
+"""A call's and a connect's longest wait, unless the URL or the caller says otherwise: redis-py 8
+waits 5 s by default, redis-py 6 (the lowest this project supports) forever, so on a Redis that
+hangs a lease renewal, a hand-off or a stop never ended."""
+
+
 def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
-    """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster."""
+    """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster. The
+    URL's own `socket_timeout` / `socket_connect_timeout` win over `SOCKET_TIMEOUT_S`."""
+    options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
+    options.setdefault("socket_connect_timeout", SOCKET_TIMEOUT_S)
     scheme, sep, rest = url.partition("://")
     with parsing_url(url, field):
         _check_db(url, field)

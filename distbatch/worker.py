@@ -27,6 +27,8 @@ from types import FrameType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.utils import now as rq_now
@@ -188,12 +190,13 @@ class BatchWorker(SimpleWorker):
         an unfinished one comes back when its lease runs out."""
         pool = self.connection.connection_pool
         timeout = self.stop_socket_timeout
-        pool.connection_kwargs["socket_timeout"] = timeout
+        once = Retry(NoBackoff(), 0)  # redis-py 6 tries a timed-out call 3 more times, with backoff
+        pool.connection_kwargs.update(socket_timeout=timeout, retry=once)
         listening = getattr(getattr(self, "pubsub", None), "connection", None)
         for conn in [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]:
             if conn is listening:
                 continue
-            conn.socket_timeout = timeout
+            conn.socket_timeout, conn.retry = timeout, once
             sock = getattr(conn, "_sock", None)
             if sock is not None:
                 with contextlib.suppress(OSError):

@@ -338,3 +338,16 @@ def test_a_url_naming_something_that_is_no_redis_is_one_error_line() -> None:
         listener.close()
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("Error: ") and "InvalidResponse" in out.stderr, out.stderr
+
+
+def test_a_client_made_from_a_url_waits_5s_at_most_unless_the_url_says_otherwise(
+        redis_server: RedisServer) -> None:
+    """redis-py 8 waits 5 s per call by default, redis-py 6 (the lowest supported) forever: on a
+    Redis that hangs a lease renewal, a hand-off or a worker's stop never ended there."""
+    b = Batcher.from_url(redis_server.url, namespace="t", queue_url=redis_server.url)
+    assert b.dispatcher is not None
+    for client in (b.client, b.dispatcher.client):
+        kwargs = client.connection_pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 5.0)
+    own = Batcher.from_url(f"{redis_server.url}?socket_timeout=2", namespace="t")
+    assert own.client.connection_pool.connection_kwargs["socket_timeout"] == 2
