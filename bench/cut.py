@@ -23,8 +23,8 @@ import redis
 from distbatch import Batcher
 
 from .common import payload, private_redis, save, table
+from .ingest import COUNT, KEYS  # bench ingest's workload: 1000 partition keys, count 100
 
-KEYS, COUNT = 1000, 100
 STEPS = {
     "LRANGE of the 100 events into Lua": "local t = redis.call('LRANGE', KEYS[1], 0, -1) return #t",
     "... and table.concat": "local t = redis.call('LRANGE', KEYS[1], 0, -1) return #table.concat(t)",
