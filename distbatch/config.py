@@ -24,7 +24,7 @@ MAX_DURATION_MS = 100 * 365 * 86_400_000
 exact integer in a Lua number, and a backoff one a worker can sleep through."""
 
 EXPIRE_ACTIONS = {"fire_partial": "fire_partial", "fire": "fire_partial", "discard": "discard"}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")  # not \d: '٣s' is no duration
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
@@ -136,7 +136,9 @@ class RetryPolicy:
     """A handler running longer loses its lease: the batch goes back and counts as a failed try."""
 
     @classmethod
-    def parse(cls, retry: object) -> RetryPolicy:
+    def parse(cls, retry: object, stored: bool = False) -> RetryPolicy:
+        """A policy as a user gives it; `stored`: as `Binding.to_dict` wrote it to Redis, where a
+        cap below the backoff, taken before it was refused, must still read (the cap wins)."""
         if retry is None:
             return cls()
         if isinstance(retry, RetryPolicy):
@@ -164,15 +166,21 @@ class RetryPolicy:
         backoff = retry.get("backoff")
         max_backoff = retry.get("max_backoff")
         timeout = retry.get("timeout")
-        return cls(
-            attempts,
-            default.backoff_ms if backoff is None else parse_duration(backoff, "retry.backoff"),
-            float(factor),
-            default.max_backoff_ms
-            if max_backoff is None
-            else parse_duration(max_backoff, "retry.max_backoff"),
-            None if timeout is None else parse_duration(timeout, "retry.timeout"),
-        )
+        backoff_ms = default.backoff_ms if backoff is None else parse_duration(backoff, "retry.backoff")
+        if max_backoff is None:  # a backoff past the default cap is what the user asked for
+            max_backoff_ms = max(default.max_backoff_ms, backoff_ms)
+        else:
+            max_backoff_ms = parse_duration(max_backoff, "retry.max_backoff")
+            if max_backoff_ms < backoff_ms and not stored:
+                raise ConfigError(
+                    "max_backoff_range",
+                    f"retry.max_backoff={max_backoff!r} is shorter than "
+                    + (f"retry.backoff={backoff!r}" if backoff is not None
+                       else f"the default retry.backoff ({default.backoff_ms}ms)")
+                    + ": every try would wait the cap; give a max_backoff at least as long",
+                )
+        return cls(attempts, backoff_ms, float(factor), max_backoff_ms,
+                   None if timeout is None else parse_duration(timeout, "retry.timeout"))
 
     def delay_ms(self, attempt: int) -> int:
         """Wait before try `attempt + 1`, after try `attempt` failed (exponential, capped)."""
@@ -220,7 +228,7 @@ class Binding:
 
     @classmethod
     def _checked(cls, id: object, version: object, source: object, batch: object, handler: object,
-                 retry: object) -> Binding:
+                 retry: object, stored: bool = False) -> Binding:
         for field, value, pattern in (("id", id, _NAME), ("version", version, _NAME)):
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise ConfigError(
@@ -239,7 +247,7 @@ class Binding:
                 f"handler={handler!r} must be an import path like 'myapp.handlers.digest'",
             )
         return cls(id, version, source, handler, BatchConfig.parse(batch),  # type: ignore[arg-type]
-                   RetryPolicy.parse(retry))
+                   RetryPolicy.parse(retry, stored))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -277,7 +285,8 @@ class Binding:
             retry = {"attempts": r["attempts"], "backoff": ms(r["backoff_ms"]),
                      "backoff_factor": r["backoff_factor"], "max_backoff": ms(r["max_backoff_ms"]),
                      "timeout": ms(r.get("timeout_ms"))}
-            return cls._checked(data["id"], data["version"], data["source"], batch, data["handler"], retry)
+            return cls._checked(data["id"], data["version"], data["source"], batch, data["handler"], retry,
+                                stored=True)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # ConfigError is a ValueError
             what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
             raise ConfigError("binding_unreadable",

@@ -138,3 +138,43 @@ def test_a_backoff_past_a_float_is_the_cap_not_an_overflow() -> None:
     policy = RetryPolicy.parse({"attempts": 2000, "max_backoff": "5m"})
     assert policy.delay_ms(1025) == policy.delay_ms(5000) == 300_000
     assert policy.delay_ms(1) == policy.backoff_ms
+
+
+@pytest.mark.parametrize("text", ["٣s", "1٠ms", "²s", "1.٥s"])
+def test_a_duration_takes_ascii_digits_only(text: str) -> None:
+    """`\\d` matched any Unicode digit: '٣s' (Arabic-Indic three) was taken as 3 s, unseen."""
+    with pytest.raises(ConfigError) as info:
+        parse_duration(text)
+    assert info.value.code == "window_format" and repr(text) in str(info.value)
+
+
+@pytest.mark.parametrize(("retry", "named"), [
+    ({"backoff": "10s", "max_backoff": "1s"}, "retry.max_backoff='1s' is shorter than retry.backoff='10s'"),
+    ({"max_backoff": "500ms"},
+     "retry.max_backoff='500ms' is shorter than the default retry.backoff (1000ms)"),
+])
+def test_a_cap_below_the_backoff_is_refused(retry: dict, named: str) -> None:
+    """Every try would have waited the cap, not the backoff the user wrote."""
+    with pytest.raises(ConfigError) as info:
+        RetryPolicy.parse(retry)
+    assert info.value.code == "max_backoff_range" and str(info.value).startswith(named)
+
+
+def test_a_backoff_past_the_default_cap_is_waited_in_full() -> None:
+    policy = RetryPolicy.parse({"backoff": "10m"})
+    assert policy.delay_ms(1) == 600_000 and policy.max_backoff_ms == 600_000
+    assert RetryPolicy.parse({"backoff": "1s"}).max_backoff_ms == RetryPolicy().max_backoff_ms
+
+
+def test_a_stored_cap_below_the_backoff_still_reads() -> None:
+    """A definition registered before that was refused stays readable by workers (the cap wins)."""
+    from distbatch.config import Binding
+
+    stored = {"id": "d", "version": "v1", "source": "s", "handler": "m.h",
+              "batch": {"count": 1, "window_ms": 1000, "key": None, "expire_action": "fire_partial"},
+              "retry": {"attempts": 3, "backoff_ms": 10_000, "backoff_factor": 2.0, "max_backoff_ms": 1000}}
+    binding = Binding.from_dict(stored)
+    assert binding.retry.delay_ms(1) == 1000
+    with pytest.raises(ConfigError):
+        Binding.build("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"},
+                      retry={"backoff": "10s", "max_backoff": "1s"})
