@@ -85,6 +85,7 @@ class AsyncBatcher:
         on_cut: OnCut | None = None,
         shards: int | None = None,
         coalesce: bool = True,
+        fix_layout: bool = True,
     ) -> None:
         self.namespace = Keys(namespace).namespace  # a bad namespace is the first thing to say
         self._queue_on_same_redis = False
@@ -103,7 +104,7 @@ class AsyncBatcher:
         self.dispatcher = Dispatcher(queue_client, Keys(namespace)) if handoff and queue_client else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
         self._options = {"clock": clock, "max_payload_bytes": max_payload_bytes, "chunk_size": chunk_size}
-        self._shards = shards
+        self._shards, self._fix_layout = shards, fix_layout
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._core: Ingest | None = None
         self._starting: asyncio.Lock | None = None
@@ -165,7 +166,8 @@ class AsyncBatcher:
                     masters = max(1, len(self.client.get_primaries()))
                 else:
                     masters = 1
-                layout = await self._drive(Layout.read(self.namespace, self._shards, lambda: masters))
+                layout = await self._drive(Layout.read(self.namespace, self._shards, lambda: masters,
+                                                          self._fix_layout))
                 pool = getattr(self.client, "connection_pool", None)
                 self._calls_in_flight = asyncio.Semaphore(
                     getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS)

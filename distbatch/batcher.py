@@ -47,7 +47,9 @@ class Batcher:
     pass `queue_url`/`queue_client`: RQ cannot live on a cluster). Pass `handoff=False` for a
     batcher that only ingests (a sweeper then hands its batches off), or `on_cut=` for a hook of
     your own. `shards` splits the namespace (default 1 on one Redis, the number of masters on a
-    cluster); it is fixed when the namespace is first used.
+    cluster); it is fixed when the namespace is first used, and stored then, so an instance that
+    asks for another number later gets `shards_mismatch` instead of a namespace split in two.
+    `fix_layout=False` stores nothing: for a look that must not write (`distbatch stats`).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class Batcher:
         queue_client: redis.Redis | None = None,
         on_cut: OnCut | None = None,
         shards: int | None = None,
+        fix_layout: bool = True,
     ) -> None:
         Keys(namespace)  # a bad namespace is the first thing to say
         check_client(client)
@@ -77,7 +80,7 @@ class Batcher:
         self.transport = Transport(client)
         self.driver = SyncDriver(client, self.scripts, self.transport, self._handoff)
         self.layout = self.driver.run(
-            Layout.read(Keys(namespace).namespace, shards, lambda: default_shards(client)))
+            Layout.read(Keys(namespace).namespace, shards, lambda: default_shards(client), fix_layout))
         self.core = Ingest(self.layout, cluster=self.cluster, clock=clock,
                            max_payload_bytes=max_payload_bytes, chunk_size=chunk_size)
         self.shards = self.core.shards

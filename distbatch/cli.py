@@ -27,6 +27,10 @@ QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None,
                      "redis+cluster:// --redis-url: RQ cannot live on a cluster). Env: DISTBATCH_QUEUE_URL.")
 NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
                   help="Key namespace. Env: DISTBATCH_NAMESPACE.")
+SHARDS = click.option("--shards", envvar="DISTBATCH_SHARDS", type=click.IntRange(1, 16384), default=None,
+                      help="Shards of a namespace this process may be the first to use (as the apps' "
+                      "`shards=`; default 1 on one Redis, a cluster's masters); once fixed, another "
+                      "number is refused. Env: DISTBATCH_SHARDS.")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -60,7 +64,7 @@ def _untrusted(exc: BaseException) -> bool:
 
 
 def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
-                     stop: threading.Event | None = None) -> Batcher | None:
+                     stop: threading.Event | None = None, shards: int | None = None) -> Batcher | None:
     """For long-running processes: Redis down at start costs one line per retry, not an exit; a
     wrong password or an ACL refusal is no outage to wait out, but a mistake: one clear error.
     None when `stop` was set while waiting (SIGTERM must end a process Redis keeps waiting)."""
@@ -69,7 +73,7 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
     backoff = 0.5
     while True:
         try:
-            batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+            batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url, shards=shards)
             if not batcher.bindings():  # workers may start first, so a word, not an error
                 logging.getLogger("distbatch").warning(
                     "namespace_empty namespace=%s: no binding is registered in it yet (a typo'd "
@@ -211,11 +215,12 @@ def main(verbose: int, quiet: bool) -> None:
               help="Directories put first on sys.path so handlers import (like `rq worker --path`).")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+@SHARDS
 @metrics_options
 def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweeper: bool,
            burst: bool, name: str | None, paths: tuple[str, ...], queue_url: str | None,
-           summary_every: int, metrics_port: int | None, metrics_host: str, token_file: str | None,
-           metrics_insecure_no_auth: bool) -> None:
+           summary_every: int, shards: int | None, metrics_port: int | None, metrics_host: str,
+           token_file: str | None, metrics_insecure_no_auth: bool) -> None:
     """Run batches: an RQ worker on the namespace's queue. SIGTERM finishes the batch in hand."""
     import os
 
@@ -229,7 +234,7 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
     # as the sweeper's: taken by a thread, with the mask set before the metrics thread starts.
     with taken_by_thread(stop_then_exit(stop, "the worker")):
         _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
-        batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
+        batcher = _patient_batcher(redis_url, namespace, queue_url, stop, shards)
     if batcher is None or stop.is_set():
         return
     run_worker(batcher, handlers=handlers.split(","), lease_ms=lease, with_sweeper=with_sweeper,
@@ -243,10 +248,11 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
               help="Longest idle sleep between checks for orphans and expired leases.")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+@SHARDS
 @metrics_options
 def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | None,
-            summary_every: int, metrics_port: int | None, metrics_host: str, token_file: str | None,
-            metrics_insecure_no_auth: bool) -> None:
+            summary_every: int, shards: int | None, metrics_port: int | None, metrics_host: str,
+            token_file: str | None, metrics_insecure_no_auth: bool) -> None:
     """Cut expired windows on time, hand off orphaned batches, reclaim dead workers' batches."""
     import threading
 
@@ -259,7 +265,7 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
     # makes each step of a stop wait out the socket timeout)
     with taken_by_thread(stop_then_exit(stop, "the sweeper")):
         _start_metrics(metrics_port, metrics_host, token_file, metrics_insecure_no_auth)
-        batcher = _patient_batcher(redis_url, namespace, queue_url, stop)
+        batcher = _patient_batcher(redis_url, namespace, queue_url, stop, shards)
         if batcher is not None:
             Sweeper(batcher, max_sleep_s=max_sleep / 1000,
                     summary_every_s=summary_every / 1000).run(stop)
@@ -416,7 +422,7 @@ def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: 
         raise click.UsageError("--count counts --watch's refreshes: use it with --watch")
     if events and watch:
         raise click.UsageError("--events reads every buffer and record: use it without --watch")
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
     if watch:
         import contextlib
 
@@ -442,7 +448,7 @@ def triggers() -> None:
 @NS
 def triggers_list(redis_url: str, namespace: str) -> None:
     """Every registered binding with its source, handler and batch config."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
     _echo_json({k: b.to_dict() for k, b in batcher.bindings().items()})
 
 
@@ -459,7 +465,7 @@ def dead_list(redis_url: str, namespace: str) -> None:
     for the whole traceback)."""
     from . import dead
 
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
     for row in reversed(dead.rows(batcher)):  # oldest first, as a log reads
         error = (row.pop("error") or "").strip().splitlines()
         _echo_json({**row, "error": error[-1] if error else None})
@@ -473,7 +479,7 @@ def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
     from . import dead
 
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
     row = dead.detail(batcher, batch_id)
     if row is None:
         raise click.ClickException(f"batch {batch_id!r} is not dead")

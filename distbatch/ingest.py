@@ -51,7 +51,7 @@ _PER_EMITTER_CACHE = 4096
 """Entries kept per (emitting thread, shard or binding) before the cache starts over."""
 _WARNED_SOURCES = 1024
 _ONLY_STR = {str}
-BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards"})
+BATCHER_OPTIONS = frozenset({"max_payload_bytes", "chunk_size", "handoff", "on_cut", "shards", "fix_layout"})
 """What `from_url` keeps for the batcher; every other option goes to the redis client."""
 
 

@@ -70,16 +70,20 @@ class Layout:
         return "" if self.count == 1 else f"{shard}."
 
     @classmethod
-    def load(cls, client: Any, namespace: str, shards: int | None) -> Layout:
+    def load(cls, client: Any, namespace: str, shards: int | None, fix: bool = True) -> Layout:
         """`read` on a sync client."""
         from .syncio import SyncDriver
 
-        return SyncDriver(client).run(cls.read(namespace, shards, lambda: default_shards(client)))
+        return SyncDriver(client).run(cls.read(namespace, shards, lambda: default_shards(client), fix))
 
     @classmethod
-    def read(cls, namespace: str, shards: int | None, default: Callable[[], int]) -> Proc[Layout]:
+    def read(cls, namespace: str, shards: int | None, default: Callable[[], int],
+             fix: bool = True) -> Proc[Layout]:
         """Read the namespace's layout, fixing it on first use (`shards`, default `default()`: 1 on
-        one Redis, the number of masters on a cluster)."""
+        one Redis, the number of masters on a cluster). One shard is stored too: an instance that
+        settled on one without a word let a later one fix four, and the two never met again
+        (workers started before the app never saw its batches). `fix=False` (a look from
+        `stats`, say) stores nothing: it reads what is there, or what would be."""
         k = Keys(namespace)
         raw = yield Cmd("hgetall", (k.meta,))
         if raw:
@@ -88,18 +92,19 @@ class Layout:
             want = shards or default()
             if isinstance(want, bool) or not isinstance(want, int) or want < 1:
                 raise ConfigError("shards_invalid", f"shards={want!r} must be an integer >= 1")
-            # no meta key means one shard (nothing is written until there is data); a namespace
-            # already in use without one has one shard
-            if want == 1 or (yield Cmd("exists", (k.bindings, k.registry_version))):
-                tags = tuple(tags_for(namespace, 1))
-            else:
-                yield Cmd("hsetnx", (k.meta, "tags", json.dumps(tags_for(namespace, want))))
+            if want != 1 and (yield Cmd("exists", (k.bindings, k.registry_version))):
+                want = 1  # in use before layouts were stored: a registry on the {ns} tag is one shard
+            tags = tuple(tags_for(namespace, want))
+            if fix:
+                yield Cmd("hsetnx", (k.meta, "tags", json.dumps(list(tags))))
                 tags = _stored_tags(namespace, (yield Cmd("hget", (k.meta, "tags"))), k.meta)
         if shards is not None and shards != len(tags):
             raise ConfigError(
                 "shards_mismatch",
-                f"namespace={namespace!r} has {len(tags)} shard(s), fixed when it was first used; "
-                f"this instance asked for shards={shards} (use the same number, or a new namespace)",
+                f"namespace={namespace!r} has {len(tags)} shard(s), fixed when it was first used "
+                f"(by the first app, worker or sweeper on it); this instance asked for "
+                f"shards={shards}: use the same number everywhere (workers and sweepers: --shards, "
+                "DISTBATCH_SHARDS), or a new namespace",
             )
         return cls(namespace, tags)
 

@@ -89,10 +89,12 @@ def test_register_rejects_bad_fields_and_writes_nothing(
     args = {"id": "d", "version": "v1", "source": "s", "handler": "m.h",
             "batch": {"count": 1, "window": "1s"}, **kwargs}
     ident = args.pop("id")
+    before = sorted(client.keys(batcher.keys.base + "*"))  # the layout, stored when first used
     with pytest.raises(ConfigError) as info:
         batcher.register(ident, **args)
     assert info.value.code == code
-    assert client.keys(batcher.keys.base + "*") == []
+    assert sorted(client.keys(batcher.keys.base + "*")) == before
+    assert not [k for k in before if k != batcher.keys.meta.encode()]
 
 
 def test_same_config_again_is_noop_different_is_conflict(batcher: Batcher, client) -> None:

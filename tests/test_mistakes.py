@@ -145,7 +145,8 @@ def test_every_option_is_read_from_the_variable_the_readme_names() -> None:
     `stats --json` (`as_json`), `worker --path`, `dead replay/purge --all` and `demo --keys` read
     `DISTBATCH_STATS_AS_JSON` and the like, and `worker --handlers` only `DISTBATCH_HANDLERS`:
     the names the README gives (`DISTBATCH_WORKER_HANDLERS`, ...) were ignored."""
-    shared = {"DISTBATCH_REDIS_URL", "DISTBATCH_NAMESPACE", "DISTBATCH_QUEUE_URL"}  # named so in the README
+    shared = {"DISTBATCH_REDIS_URL", "DISTBATCH_NAMESPACE", "DISTBATCH_QUEUE_URL",  # named so in the README
+              "DISTBATCH_SHARDS"}
     for path, opt in _options(cli, []):
         flag = next(o for o in opt.opts if o.startswith("--"))[2:].replace("-", "_").upper()
         words = [p.upper().replace("-", "_") for p in path]

@@ -32,7 +32,8 @@ class Inspector:
         with self._lock:
             if self._batcher is None:
                 s = self.settings
-                self._batcher = Batcher.from_url(s.redis_url, namespace=s.namespace, queue_url=s.queue_url)
+                self._batcher = Batcher.from_url(s.redis_url, namespace=s.namespace, queue_url=s.queue_url,
+                                                 fix_layout=False)
             return self._batcher
 
     def metrics(self) -> bytes:
