@@ -90,9 +90,9 @@ class Sweeper:
         """Heartbeat, then hold about shards / live sweepers of the shards (renewing the ones held)."""
         b = self.batcher
         n = b.layout.count
-        now_ms = int(time.time() * 1000)
         k = b.keys
         try:
+            now_ms = b.server_ms()  # Redis' clock, as `stats` and /healthz read it: a host's own can be off
             b.client.zadd(k.sweepers, {self.id: now_ms})
             b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 2 * self.lease_ms)
             self._live = max(1, int(b.client.zcard(k.sweepers)))

@@ -791,3 +791,22 @@ def test_the_bindings_a_worker_keeps_stay_bounded(batcher: Batcher) -> None:
         assert executor._binding(f"fake{i}@v1") is None
     assert executor._binding("d@v1") is not None
     assert len(executor._bindings) <= 1024
+
+
+@pytest.mark.parametrize("skew_s", [-30, 30])
+def test_a_sweeper_on_a_host_whose_clock_is_off_is_seen_live(redis_server: RedisServer, namespace: str,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             skew_s: int) -> None:
+    """Its heartbeat was scored by its host's clock and read by Redis': 30 s behind, `stats` and
+    /healthz saw no sweeper at all; 30 s ahead, it pushed every other sweeper's heartbeat out."""
+    from distbatch.stats import collect
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+    on_time = Sweeper(b, lease_s=3)
+    on_time._own()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)
+    Sweeper(b, lease_s=3)._own()
+    monkeypatch.setattr(time, "time", real)
+    assert collect(b)["sweepers_live"] == 2
