@@ -208,6 +208,23 @@ class LazyEvents(Sequence[Event]):
     def __len__(self) -> int:
         return len(self._list())
 
+    def stored(self) -> int | None:
+        """How many events the record holds, without decoding them (a count to report must not
+        fail on a record another language's emitter spoiled); None when it is no msgpack stream."""
+        if self._events is not None:
+            return len(self._events)
+        unpacker = msgpack.Unpacker(max_buffer_size=len(self._blob) or 1)
+        unpacker.feed(self._blob)
+        n = 0
+        try:
+            while True:
+                unpacker.skip()
+                n += 1
+        except msgpack.OutOfData:
+            return n
+        except (ValueError, msgpack.UnpackException):
+            return None
+
     def __iter__(self) -> Iterator[Event]:
         return iter(self._list())
 

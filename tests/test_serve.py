@@ -495,3 +495,58 @@ def test_a_client_stalled_mid_body_holds_neither_its_connection_nor_a_shutdown(
             server.proc.kill()
             server.proc.wait()
     assert batcher.counters().get("events_in:h@v1", 0) == 0
+
+
+def test_a_cut_of_a_record_another_emitter_spoiled_is_answered_and_kept_once(
+        api: httpx.Client, batcher: Batcher) -> None:
+    """The response counted a cut batch's events by decoding them, after the store: a foreign
+    emitter's event of another shape made that a bare 500, the Idempotency-Key stayed pending,
+    and the retry after its minute stored the events again."""
+    import msgpack
+
+    batcher.emit("orders/created", {"shop": "a"})
+    buffer = batcher.keys.buffer("h@v1", "a")
+    redis.Redis(connection_pool=batcher.client.connection_pool).lset(
+        buffer, 0, msgpack.packb(["go-1", "orders/created", 1, {"shop": "a"}, "a fifth field"]))
+    api.headers["Idempotency-Key"] = "spoiled-1"
+    first = _post(api, [{"shop": "a"}, {"shop": "a"}])
+    assert first.status_code == 200, first.text
+    cut = first.json()["results"][1]["batch"]
+    assert cut["reason"] == "count" and cut["size"] == 3
+    again = _post(api, [{"shop": "a"}, {"shop": "a"}])
+    assert again.status_code == 200 and again.headers.get("idempotent-replayed") == "true"
+    assert batcher.counters()["events_in:h@v1"] == 3  # stored once
+
+
+def test_an_unexpected_fault_after_the_store_is_json_and_replayed_not_stored_again(
+        tmp_path: Path, redis_server: RedisServer, namespace: str, batcher: Batcher) -> None:
+    """Any fault of serve's own after the events went in: a JSON 500 that says they may be stored,
+    kept under the Idempotency-Key, so a retry is told the same instead of storing them twice."""
+    hook = tmp_path / "sitecustomize.py"  # the serve process's result builder fails
+    hook.write_text("import distbatch.serve.events as e\n"
+                    "def boom(r):\n    raise RuntimeError('a fault of our own')\n"
+                    "e.result_json = boom\n")
+    server = Server(redis_server.url, tmp_path, namespace,
+                    env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{env_with_path()['PYTHONPATH']}"})
+    try:
+        with httpx.Client(base_url=server.url, timeout=10,
+                          headers={"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "f-1"}) as c:
+            first = _post(c, [{"shop": "z"}])
+            assert first.status_code == 500 and first.json()["code"] == "internal_error"
+            assert "may have been stored" in first.json()["message"]
+            again = _post(c, [{"shop": "z"}])
+            assert again.status_code == 500 and again.headers.get("idempotent-replayed") == "true"
+        assert batcher.counters()["events_in:h@v1"] == 1
+    finally:
+        server.stop()
+
+
+def test_values_json_has_no_type_for_are_shown_not_a_500() -> None:
+    """Go's []byte, JS's Date and int-keyed maps arrive through msgpack in a dead batch's payloads:
+    /api/dead/<id> answered 500 on them, while `distbatch dead show` showed them."""
+    import msgpack
+
+    from distbatch.serve.events import json_response
+
+    shown = json.loads(json_response({"raw": b"\x00\x01", "at": msgpack.Timestamp(1, 0), 7: "int key"}).body)
+    assert shown == {"raw": "b'\\x00\\x01'", "at": "Timestamp(seconds=1, nanoseconds=0)", "7": "int key"}

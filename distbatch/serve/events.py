@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import orjson
@@ -15,10 +16,13 @@ from starlette.responses import Response
 
 from .. import strictjson
 from ..aio import AsyncBatcher
+from ..codec import LazyEvents
 from ..errors import ConfigError, EmitError, PayloadError, describe
 from ..models import TRACEPARENT, Batch, EmitResult
 from . import idempotency
 from .settings import ServeSettings
+
+log = logging.getLogger("distbatch.serve")
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines")
 
@@ -35,8 +39,14 @@ class Refused(Exception):
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    """orjson: several times faster than the stdlib on 1,000-result bodies."""
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    """orjson: several times faster than the stdlib on 1,000-result bodies. What JSON has no
+    type for (another language's msgpack bytes, timestamps, int map keys, in a dead batch's
+    payloads) is shown as its repr, never a 500."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:
+        data = orjson.dumps(body, default=repr, option=orjson.OPT_NON_STR_KEYS)
+    return Response(data, status_code=status, media_type="application/json")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -99,7 +109,8 @@ def _json(data: bytes, line: int | None = None) -> Any:
 def _batch(b: Batch | None) -> dict[str, Any] | None:
     if b is None:
         return None
-    return {"id": b.id, "reason": b.reason, "size": len(b.events), "discarded": b.discarded}
+    size = b.events.stored() if isinstance(b.events, LazyEvents) else len(b.events)  # not decoded
+    return {"id": b.id, "reason": b.reason, "size": size, "discarded": b.discarded}
 
 
 def result_json(r: EmitResult) -> dict[str, Any]:
@@ -137,6 +148,11 @@ async def post_events(request: Request) -> Response:
     except redis.RedisError as exc:  # refused before any event was sent: out of memory, read-only
         why = f"Redis refused the request, nothing was stored: {describe(exc)}"
         response, stored = Refused(503, "redis_refused", why).response(), False
+    except Exception as exc:  # a fault of ours, maybe after the events were stored: kept as such
+        log.exception("request_failed source=%s", source, extra={"event": "request_failed"})
+        response = Refused(500, "internal_error", f"{describe(exc)}; events of this request may have "
+                           "been stored (an Idempotency-Key replays this answer)").response()
+        stored = True
     # a failure leaves the key pending for its minute: a retry meanwhile is told so, then runs
     with contextlib.suppress(redis.RedisError):
         await idempotency.settle(batcher.client, slot, response, stored)
