@@ -25,6 +25,9 @@ URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis:/
 QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None,
                      help="A standalone Redis for the RQ queue, if not the same one (required with a "
                      "redis+cluster:// --redis-url: RQ cannot live on a cluster). Env: DISTBATCH_QUEUE_URL.")
+MAX_CONNECTIONS = 1000
+"""`serve`'s connections and requests at once: 503 above (each holds up to a head's 64 KiB, or
+`--max-body-bytes` of body, in memory)."""
 NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
                   help="Key namespace. Env: DISTBATCH_NAMESPACE.")
 SHARDS = click.option("--shards", envvar="DISTBATCH_SHARDS", type=click.IntRange(1, 16384), default=None,
@@ -290,11 +293,14 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
               help="Largest event, msgpack-encoded (413 above).")
 @click.option("--body-timeout", default="30s", show_default=True, callback=_duration,
               help="Longest a request's body may take to arrive (408 above).")
+@click.option("--header-timeout", default="10s", show_default=True, callback=_duration,
+              help="Longest a request's line and headers may take to arrive, and a new connection "
+              "its first request (408 above; a head above 64 KiB is a 431).")
 @click.option("--shutdown-grace", default="10s", show_default=True, callback=_duration,
               help="On SIGTERM, how long requests in flight may take before they are cut.")
 def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port: int,
           token_file: str | None, insecure_no_auth: bool, max_body_bytes: int, max_events: int,
-          max_event_bytes: int, body_timeout: int, shutdown_grace: int) -> None:
+          max_event_bytes: int, body_timeout: int, header_timeout: int, shutdown_grace: int) -> None:
     """HTTP ingest: POST /v1/sources/<source>/events (JSON or NDJSON), GET /healthz, /openapi.json."""
     try:
         import uvicorn
@@ -312,8 +318,11 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
     _mistake_or_away(redis_url, namespace, queue_url)
+    from .serve.head_guard import guarded
+
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
                             access_log=False, proxy_headers=False, server_header=False,
+                            http=guarded(header_timeout / 1000), limit_concurrency=MAX_CONNECTIONS,
                             timeout_graceful_shutdown=math.ceil(shutdown_grace / 1000))
     try:  # bound here, not by uvicorn: a port taken is one `Error:` line, as for --metrics-port
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]

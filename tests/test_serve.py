@@ -550,3 +550,48 @@ def test_values_json_has_no_type_for_are_shown_not_a_500() -> None:
 
     shown = json.loads(json_response({"raw": b"\x00\x01", "at": msgpack.Timestamp(1, 0), 7: "int key"}).body)
     assert shown == {"raw": "b'\\x00\\x01'", "at": "Timestamp(seconds=1, nanoseconds=0)", "7": "int key"}
+
+
+def _raw(port: int, *parts: bytes, pause_s: float = 0.0) -> tuple[bytes, float]:
+    """Send `parts` on a fresh connection, then read until the server closes it: (what it said,
+    seconds from the last part to the close)."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        for part in parts:
+            try:
+                sock.sendall(part)
+            except OSError:  # closed on us mid-send: what it said is read below
+                break
+            time.sleep(pause_s)
+        sent, said = time.monotonic(), b""
+        try:
+            while chunk := sock.recv(65536):
+                said += chunk
+        except ConnectionResetError:
+            pass
+        return said, time.monotonic() - sent
+
+
+def test_a_request_head_without_end_or_that_never_ends_is_cut_off(redis_server: RedisServer, tmp_path: Path,
+                                                                   namespace: str) -> None:
+    """uvicorn bounded neither a head's size nor its time: three clients with no token sending
+    one header without end held 300 MB and the event loop (/healthz silent for 30 s), and one
+    sending a byte now and then held its connection for good."""
+    server = Server(redis_server.url, tmp_path, namespace, "--header-timeout", "1s")
+    try:
+        said, _ = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ",
+                       *[b"a" * 16384] * 64)  # 1 MiB of one header's value
+        assert said.startswith(b"HTTP/1.1 431 ") and b"head_too_large" in said
+        said, waited = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert said.startswith(b"HTTP/1.1 408 ") and b"head_timeout" in said and 0.5 < waited < 5
+        said, waited = _raw(server.port)  # a connection that never asks anything
+        assert said.startswith(b"HTTP/1.1 408 ") and waited < 5
+        with httpx.Client(base_url=server.url, timeout=5) as c:  # kept alive across requests
+            for _ in range(3):
+                assert c.get("/healthz").status_code in (200, 503)
+        big = {"X-Many": "v" * 8000}  # large but fair heads pass
+        assert httpx.get(f"{server.url}/healthz", headers=big, timeout=5).status_code in (200, 503)
+    finally:
+        server.stop()

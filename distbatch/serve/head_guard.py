@@ -1,0 +1,86 @@
+"""uvicorn's HTTP protocol with a bound on a request's head: its size and how long it may take.
+
+uvicorn bounds neither (its httptools parser keeps whatever a header line grows to): a client
+with no token could send headers without end, holding memory and the one event loop every
+request and /healthz share, or trickle a byte now and then and hold its connection for good.
+Bodies have their own bound (`--body-timeout`, `--max-body-bytes`); this is the head's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEAD_MAX_BYTES = 64 << 10
+"""Request line and headers together (nginx's default is 32 KiB): 431 above."""
+
+
+class HeadGuard(HttpToolsProtocol):
+    """Above `HEAD_MAX_BYTES` of head: 431; a head (or a first request) not in within the
+    timeout: 408. Either closes the connection."""
+
+    head_timeout_s = 10.0  # set per server by `guarded`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head, self._head_bytes, self._began = True, 0, False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._began = False
+        super().data_received(data)
+        # counted once the parser has it, from the first read after the head began (a read that
+        # also ends the request before it, pipelined, is not this head's: memory stays within a
+        # read and the bound)
+        if self._in_head and not self._began and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_MAX_BYTES:
+                self._refuse(431, f"request head above {HEAD_MAX_BYTES} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # the next request on a kept connection
+            self._in_head, self._head_bytes, self._began = True, 0, True
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _timed_out(self) -> None:
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, f"request head not in within {self.head_timeout_s:g}s")
+
+    def _refuse(self, status: int, why: str) -> None:
+        self._disarm()
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        body = b'{"code":"%s","message":"%s"}' % (
+            b"head_timeout" if status == 408 else b"head_too_large", why.encode())
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+        self.transport.close()
+
+
+def guarded(head_timeout_s: float) -> type[HeadGuard]:
+    """The protocol class for one server (uvicorn takes a class, and builds one per connection)."""
+    return type("HeadGuard", (HeadGuard,), {"head_timeout_s": head_timeout_s})
