@@ -50,6 +50,12 @@ def _packer() -> msgpack.Packer:
     return packer
 
 
+DEEP_BYTES = 1000
+"""An event this long or longer may nest deeper than msgpack unpacks (1,024 containers, each at
+least a byte, with the envelope and payload: msgpack packs a level more than it unpacks), so
+its round trip is checked; a shorter one cannot."""
+
+
 def encode_plain(event_id: str, source: str, emitted_at_ms: int, payload: dict[str, Any]) -> bytes | None:
     """One event whose payload holds only the exact JSON-like types (the single emit's common
     case), packed without a Python `default`: such an encoding always decodes, so it needs no
@@ -62,6 +68,11 @@ def encode_plain(event_id: str, source: str, emitted_at_ms: int, payload: dict[s
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
         packer.reset()
         return None
+    if len(data) >= DEEP_BYTES:
+        try:
+            _unpack(data, raw=False, strict_map_key=False)
+        except (TypeError, ValueError, msgpack.UnpackException):
+            return None  # the general path names it
     return data
 
 
@@ -134,7 +145,10 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
         except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
             pass  # the loop names it
         else:
-            if max(map(len, out)) <= limit:
+            longest = max(map(len, out))
+            if longest <= limit:
+                if longest >= DEEP_BYTES:
+                    _local.unusual = True  # its round trip is checked
                 return out
         ids = iter(numbers)
     out = []
@@ -143,14 +157,16 @@ def encode_events(ids: Iterator[int], prefix: str, source: str, emitted_at_ms: i
         eid = event_id(prefix, next(ids), width)
         try:
             if type(p) is not dict:
-                append(encode_event(eid, source, emitted_at_ms, p, limit))
-                continue
-            try:
-                data = pack([eid, source, emitted_at_ms, p])
-            except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
-                data = encode_event(eid, source, emitted_at_ms, p, limit)  # raises, naming the cause
-            if len(data) > limit:
                 data = encode_event(eid, source, emitted_at_ms, p, limit)
+            else:
+                try:
+                    data = pack([eid, source, emitted_at_ms, p])
+                except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+                    data = encode_event(eid, source, emitted_at_ms, p, limit)  # raises, naming the cause
+                if len(data) > limit:
+                    data = encode_event(eid, source, emitted_at_ms, p, limit)
+            if len(data) >= DEEP_BYTES:
+                _local.unusual = True
         except PayloadError as exc:  # which one, found where it failed: in its real envelope
             exc.event = i
             raise

@@ -111,3 +111,37 @@ def test_a_payload_over_the_limit_only_in_its_envelope_is_named(make_batcher, cl
     assert "payload encodes" not in str(info.value)  # the payload alone is under the limit: say what is not
     assert "event encodes to" in str(info.value) and "envelope" in str(info.value)
     assert _buffered(b, client) == 0
+
+
+def _nest(depth: int) -> list:
+    x: list = []
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.mark.parametrize("call", ["emit", "emit_many", "emit_many_mixed"])
+def test_a_payload_nested_deeper_than_msgpack_unpacks_is_refused(bound: Batcher, client, call: str) -> None:
+    """msgpack packs one level more than it unpacks: plain lists 1,022 deep were stored without
+    the decode check (plain JSON types were taken to always decode), and the batch they joined
+    went dead as undecodable, the good events beside them with it."""
+    deep = {"k": "a", "deep": _nest(1022)}
+    with pytest.raises(PayloadError) as info:
+        if call == "emit":
+            bound.emit("s", deep)
+        elif call == "emit_many":
+            bound.emit_many("s", [{"k": "a", "ok": 1}, deep])
+        else:  # not every payload a plain dict: the loop's path
+            bound.emit_many("s", [{"k": "a", "ok": 1}, deep, dict_subclass(k="a")])
+    assert info.value.code == "payload_unencodable" and "decoding" in str(info.value)
+    assert _buffered(bound, client) == 0
+    bound.emit("s", {"k": "a", "deep": _nest(1000)})  # as deep as it decodes: taken
+    (event,) = bound.drop("d@v1")
+    x, depth = event.payload["deep"], 0
+    while x:
+        x, depth = x[0], depth + 1
+    assert depth == 1000
+
+
+class dict_subclass(dict):
+    pass
