@@ -595,3 +595,36 @@ def test_a_request_head_without_end_or_that_never_ends_is_cut_off(redis_server: 
         assert httpx.get(f"{server.url}/healthz", headers=big, timeout=5).status_code in (200, 503)
     finally:
         server.stop()
+
+
+def test_a_key_taken_while_redis_timed_out_is_said_to_be_held(tmp_path: Path, namespace: str) -> None:
+    """The key's SET ran once Redis came back, after the 503 had said nothing was stored: retries
+    met 409 for a minute, with nothing in the 503 to say why."""
+    import signal
+    import time
+
+    own = RedisServer().start()
+    server: Server | None = None
+    try:
+        b = Batcher.from_url(own.url, namespace=namespace, handoff=False)
+        b.register("h", version="v1", source="orders/created", handler="m.h",
+                   batch={"count": 100, "window": "1h", "key": "shop"})
+        server = Server(f"{own.url}?socket_timeout=1", tmp_path, namespace)
+        headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "stalled-1"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as api:
+            assert own.proc is not None
+            os.kill(own.proc.pid, signal.SIGSTOP)
+            try:
+                first = _post(api, [{"shop": "a"}])
+            finally:
+                os.kill(own.proc.pid, signal.SIGCONT)
+            assert first.status_code == 503 and first.json()["code"] == "redis_unavailable"
+            assert "may be held a minute" in first.json()["message"]
+            time.sleep(0.2)
+            retry = _post(api, [{"shop": "a"}])
+            assert retry.status_code == 409 and retry.json()["code"] == "idempotency_key_in_flight"
+            assert b.counters().get("events_in:h@v1", 0) == 0
+    finally:
+        if server is not None:
+            server.stop()
+        own.cleanup()

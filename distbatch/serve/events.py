@@ -123,6 +123,7 @@ async def post_events(request: Request) -> Response:
     batcher: AsyncBatcher = request.app.state.batcher
     source = request.path_params["source"]
     slot: idempotency.Slot | None = None
+    key: str | None = None
     try:
         results_mode = request.query_params.get("results", "all")
         if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
@@ -143,8 +144,10 @@ async def post_events(request: Request) -> Response:
     except ClientDisconnect:  # the client left mid-body: nothing was stored, nobody to answer
         return Response(status_code=400)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        held = (" (the Idempotency-Key was being taken when it failed: it may be held a minute, "
+                "and a retry meanwhile is answered 409)") if slot is None and key is not None else ""
         response, stored = Refused(503, "redis_unavailable",
-                                   f"Redis unreachable, nothing was stored: {exc}").response(), False
+                                   f"Redis unreachable, nothing was stored: {exc}{held}").response(), False
     except redis.RedisError as exc:  # refused before any event was sent: out of memory, read-only
         why = f"Redis refused the request, nothing was stored: {describe(exc)}"
         response, stored = Refused(503, "redis_refused", why).response(), False
