@@ -282,8 +282,8 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
               help="Port to listen on.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-              help="File of API tokens, one per line (# comments). Tokens also come from "
-              "DISTBATCH_API_TOKENS (comma-separated).")
+              help="File of API tokens, one per line (# comments, first on a line or after a space). "
+              "Tokens also come from DISTBATCH_API_TOKENS (comma-separated).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve without auth: refused unless --host is a loopback address.")
 @click.option("--max-body-bytes", default=8 << 20, show_default=True,

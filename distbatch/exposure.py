@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +51,10 @@ def local_only_refusal(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
+_COMMENT = re.compile(r"(?:^|\s)#")
+"""Where a token file's comment starts: `#` first on its line, or after a space."""
+
+
 def read_tokens(env: str | None = None, token_file: str | Path | None = None) -> frozenset[str]:
     """Tokens from `DISTBATCH_API_TOKENS` (comma-separated) and a file (one per line, `#`
     comments); both may be given."""
@@ -60,10 +65,14 @@ def read_tokens(env: str | None = None, token_file: str | Path | None = None) ->
             text = Path(token_file).read_text()
         except OSError as exc:
             raise ConfigError("token_file", f"--token-file={str(token_file)!r}: {exc}") from exc
-        for line in text.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                tokens.add(line)
+        for number, line in enumerate(text.splitlines(), 1):
+            token = _COMMENT.split(line, maxsplit=1)[0].strip()
+            if "#" in token:  # cut there, it was a shorter token than the one clients send
+                raise ConfigError("token_file", f"--token-file={str(token_file)!r} line {number}: a '#' "
+                                  "inside a token (a comment starts a line or follows a space; tokens "
+                                  "hold no '#')")
+            if token:
+                tokens.add(token)
     return frozenset(tokens)
 
 

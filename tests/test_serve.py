@@ -628,3 +628,18 @@ def test_a_key_taken_while_redis_timed_out_is_said_to_be_held(tmp_path: Path, na
         if server is not None:
             server.stop()
         own.cleanup()
+
+
+def test_a_hash_inside_a_token_of_the_file_is_refused_not_cut(tmp_path: Path) -> None:
+    """'abcdefghijklmnop#rest' was read as its first 16 characters: clients sending the whole
+    token got 401, and the prefix alone let anyone in."""
+    from distbatch import ConfigError
+    from distbatch.exposure import read_tokens
+
+    path = tmp_path / "tokens"
+    path.write_text("#a comment\n  # another\nfirst-token-0123456789 # a note\n\tsecond-token-0123456789#x\n")
+    with pytest.raises(ConfigError) as err:
+        read_tokens("", path)
+    assert "line 4" in str(err.value) and "second-token" not in str(err.value)  # no secret in logs
+    path.write_text("#a comment\n  # another\nfirst-token-0123456789 # a note\nsecond-token-0123456789\t#x\n")
+    assert read_tokens("", path) == {"first-token-0123456789", "second-token-0123456789"}
