@@ -32,9 +32,15 @@ def encode_partition(partition_key: str | None) -> str:
 
 
 def decode_partition(segment: str) -> str | None:
+    """A segment's partition key. Bytes that are no UTF-8 (another language's emitter that
+    percent-encoded Latin-1) come back as surrogate escapes, as `os.fsdecode` gives them: a batch
+    of such a buffer still runs and shows, instead of failing every reader of its key."""
     if segment == KEYLESS:
         return None
-    return unquote(segment[1:], errors="surrogatepass")
+    try:
+        return unquote(segment[1:], errors="surrogatepass")
+    except UnicodeDecodeError:
+        return unquote(segment[1:], errors="surrogateescape")
 
 
 MEMBER_CACHE_SIZE = 1 << 16

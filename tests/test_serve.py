@@ -548,8 +548,10 @@ def test_values_json_has_no_type_for_are_shown_not_a_500() -> None:
 
     from distbatch.serve.events import json_response
 
-    shown = json.loads(json_response({"raw": b"\x00\x01", "at": msgpack.Timestamp(1, 0), 7: "int key"}).body)
-    assert shown == {"raw": "b'\\x00\\x01'", "at": "Timestamp(seconds=1, nanoseconds=0)", "7": "int key"}
+    shown = json.loads(json_response({"raw": b"\x00\x01", "at": msgpack.Timestamp(1, 0), 7: "int key",
+                                      "key": "caf\udce9"}).body)
+    assert shown == {"raw": "b'\\x00\\x01'", "at": "Timestamp(seconds=1, nanoseconds=0)", "7": "int key",
+                     "key": "caf\udce9"}
 
 
 def _raw(port: int, *parts: bytes, pause_s: float = 0.0) -> tuple[bytes, float]:

@@ -188,3 +188,37 @@ def test_a_foreign_call_id_holding_a_bar_is_refused_by_name(redis_server: Any, n
     assert call(2, "job7")[0] > 0
     assert call(2, "job7") == [-2]  # its resend
     assert client.llen(f"{ns}:buf:d@v1|*") == 2
+
+
+def test_a_partition_key_percent_encoded_from_latin_1_still_runs_and_shows(client, namespace: str) -> None:
+    """The README asks for UTF-8 bytes, but the script takes any member: a PHP emitter's
+    rawurlencode of a Latin-1 'café' (caf%E9) made the dashboard, `flush_expired` (after its
+    cut) and every claim of the batch fail on decoding the key; the batch went dead unrun."""
+    from distbatch.stats import collect, top_buffers
+
+    clock = ManualClock(0)
+    b = Batcher(client, namespace=namespace, clock=clock, handoff=False)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1m"})
+    member = "d@v1|=caf%E9"
+    tags = b.layout.tags
+    shard = zlib.crc32(member.encode()) % len(tags) if len(tags) > 1 else 0
+    ns, prefix = tags[shard], b.layout.id_prefix(shard)
+    sha = client.script_load(source("accumulate").encode())
+    names = ("regver", "call:php-1", "deadlines", "wake", "batchseq", "bindings",
+             "ready", "stats", "rec:events", "rec:info", "rec:attempt", "open:d@v1", f"buf:{member}")
+    keys = [f"{ns}:{k}" for k in names]
+    cut = []
+    for i in range(3):
+        event = msgpack.packb([f"php-{i}", "orders", 1700000000000 + i, {"i": i}])
+        args = [client.get(f"{ns}:regver"), f"c-{i}", "0", 1024, prefix, f"{ns}:buf:", 1, "d@v1", 2, 60000,
+                event]
+        cut += client.evalsha(sha, len(keys), *keys, *args)[1:]
+    batch = b.records.get_batch(cut[2].decode())
+    assert batch.partition_key == "caf\udce9" and [e.payload["i"] for e in batch.events] == [0, 1]
+    assert collect(b)["bindings"]["d@v1"]["open_buffers_now"] == 1
+    assert [row["partition_key"] for row in top_buffers(b, "d@v1")] == ["caf\udce9"]
+    clock.advance(120_000)
+    (expired,) = b.flush_expired()
+    assert expired.partition_key == "caf\udce9" and len(expired.events) == 1
+    claim = b.records.claim([batch.id], 10_000)
+    assert claim is not None and claim.batch.partition_key == "caf\udce9"

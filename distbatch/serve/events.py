@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 
@@ -41,11 +42,12 @@ class Refused(Exception):
 def json_response(body: Any, status: int = 200) -> Response:
     """orjson: several times faster than the stdlib on 1,000-result bodies. What JSON has no
     type for (another language's msgpack bytes, timestamps, int map keys, in a dead batch's
-    payloads) is shown as its repr, never a 500."""
+    payloads) is shown as its repr, and a partition key of bytes that are no UTF-8 (surrogate
+    escapes) as JSON's escapes: never a 500."""
     try:
         data = orjson.dumps(body)
     except TypeError:
-        data = orjson.dumps(body, default=repr, option=orjson.OPT_NON_STR_KEYS)
+        data = json.dumps(body, default=repr).encode()
     return Response(data, status_code=status, media_type="application/json")
 
 
