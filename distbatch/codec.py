@@ -199,9 +199,22 @@ def check_round_trip(encoded: Sequence[bytes], payloads: Sequence[object]) -> No
 
 
 def decode_events(blob: bytes) -> list[Event]:
+    """A record's events. An event array longer than the four fields of the wire format (an
+    emitter of a later version, or another language's that added one) is read by its first four,
+    so it does not make every event of its batch undecodable; anything shorter still is."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(blob) or 1)
     unpacker.feed(blob)
-    return [Event(eid, source, payload, ts) for eid, source, ts, payload in unpacker]
+    objects = list(unpacker)
+    try:
+        return [Event(eid, source, payload, ts) for eid, source, ts, payload in objects]
+    except ValueError:
+        return [Event(o[0], o[1], o[3], o[2]) if isinstance(o, list) and len(o) > 4 else Event(*_four(o))
+                for o in objects]
+
+
+def _four(o: Any) -> tuple[Any, Any, Any, Any]:
+    eid, source, ts, payload = o  # raises, naming what it found
+    return eid, source, payload, ts
 
 
 class LazyEvents(Sequence[Event]):

@@ -222,3 +222,19 @@ def test_a_partition_key_percent_encoded_from_latin_1_still_runs_and_shows(clien
     assert expired.partition_key == "caf\udce9" and len(expired.events) == 1
     claim = b.records.claim([batch.id], 10_000)
     assert claim is not None and claim.batch.partition_key == "caf\udce9"
+
+
+def test_an_event_array_with_more_than_four_fields_is_read_by_its_first_four(client, namespace: str) -> None:
+    """An emitter that added a field (a later version, another language's) made every event of
+    the batch it joined undecodable: the batch went dead, the other producers' events with it."""
+    b = Batcher(client, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1h"})
+    b.emit("orders", {"i": 0})
+    client.lset(b.keys.buffer("d@v1", None), 0,
+                msgpack.packb(["go-0", "orders", 1700000000000, {"i": 0}, {"trace": "x"}]))
+    (result,) = b.emit("orders", {"i": 1})
+    assert result.batch is not None
+    claim = b.records.claim([result.batch.id], 10_000)
+    assert claim is not None
+    assert [e.payload for e in claim.batch.events] == [{"i": 0}, {"i": 1}]
+    assert claim.batch.events[0].id == "go-0" and claim.batch.events[0].emitted_at_ms == 1700000000000
