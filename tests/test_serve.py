@@ -645,3 +645,16 @@ def test_a_hash_inside_a_token_of_the_file_is_refused_not_cut(tmp_path: Path) ->
     assert "line 4" in str(err.value) and "second-token" not in str(err.value)  # no secret in logs
     path.write_text("#a comment\n  # another\nfirst-token-0123456789 # a note\nsecond-token-0123456789\t#x\n")
     assert read_tokens("", path) == {"first-token-0123456789", "second-token-0123456789"}
+
+
+def test_a_number_json_has_not_is_named_where_it_is(api: httpx.Client, batcher: Batcher) -> None:
+    """5,000 events with a NaN in event 4321 were answered only "NaN is not JSON"."""
+    events = [{"shop": "a", "price": 1.5} for _ in range(5000)]
+    text = json.dumps(events).encode()
+    at = text.index(b"1.5", len(json.dumps(events[:4321])))  # event 4321's price
+    r = _post(api, text[:at] + b"NaN" + text[at + 3:])
+    assert r.status_code == 400 and r.json() == {"code": "invalid_json",
+                                                 "message": "[4321].price: NaN is not JSON"}
+    r = _post(api, b'{"shop": "a", "n": 1e999}')
+    assert r.status_code == 400 and r.json()["message"] == "n: number 1e999 is out of range for a float"
+    assert batcher.counters().get("events_in:h@v1", 0) == 0
