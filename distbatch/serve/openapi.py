@@ -25,7 +25,8 @@ def document(version: str) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "distbatch HTTP ingest", "version": version,
                  "description": "Emit events to a distbatch namespace from any language. Every route "
-                                "but /healthz and /openapi.json needs Authorization: Bearer <token>."},
+                                "but /healthz, /openapi.json and the dashboard's page (/, which holds "
+                                "no data: its data routes do) needs Authorization: Bearer <token>."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
