@@ -187,6 +187,7 @@ class AsyncBatcher:
     async def aclose(self) -> None:
         await self.client.aclose()
         if self.dispatcher is not None:
+            self.dispatcher.close()
             self.dispatcher.client.close()
 
     async def __aenter__(self) -> AsyncBatcher:

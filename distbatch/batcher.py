@@ -107,6 +107,20 @@ class Batcher:
     def max_payload_bytes(self) -> int:
         return self.core.max_payload_bytes
 
+    def close(self) -> None:
+        """Let go of the connections, and of the probe a queue that was away left running."""
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+            if self.dispatcher.client is not self.client:
+                self.dispatcher.client.close()
+        self.client.close()
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def run(self, proc: Proc[T]) -> T:
         """Run one of `core`'s procedures on this batcher's client."""
         return self._run(proc)

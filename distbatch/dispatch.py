@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import redis
@@ -84,24 +85,37 @@ class Dispatcher:
         self._away_since: float | None = None  # monotonic: the last hand-off failed then
         self._away_pid = 0  # the process whose probe ends the pause (a forked child has none)
         self._lock = threading.Lock()
+        self._closed = threading.Event()
 
-    def _check_back(self) -> None:
+    def close(self) -> None:
+        """Stop the probe of a queue that is away (it holds a thread and a connection)."""
+        self._closed.set()
+
+    @staticmethod
+    def _check_back(ref: weakref.ref[Dispatcher], closed: threading.Event) -> None:
         """While the queue's Redis is away (or hangs), hand-offs are not tried: each would wait
         out the socket timeout (5 s), holding up the emit that cut, or the sweep and every window
         due behind it. The batches are safe in Redis; a sweeper hands them off once the queue is
-        back. This thread asks it, with backoff, and lets hand-offs through once it answers."""
+        back. This thread asks it, with backoff, and lets hand-offs through once it answers; it
+        ends without a word once its dispatcher is closed or gone (its Batcher dropped): a mistyped
+        queue URL kept a thread and a connection per Batcher for good."""
         pause = PROBE_FIRST_S
         while True:
-            time.sleep(pause)
+            if closed.wait(pause):
+                return
+            dispatcher = ref()
+            if dispatcher is None:
+                return
             try:
-                self.client.ping()
+                dispatcher.client.ping()
                 break
             except Exception:
                 pause = min(PROBE_MAX_S, pause * 2)
-        with self._lock:
-            away, self._away_since = self._away_since, None
+            del dispatcher  # held only while asking: a dropped Batcher lets it go
+        with dispatcher._lock:
+            away, dispatcher._away_since = dispatcher._away_since, None
         log.warning("handoff_resumed namespace=%s: the ticket queue answers again (away %.1fs)",
-                    self.keys.namespace, time.monotonic() - (away or time.monotonic()),
+                    dispatcher.keys.namespace, time.monotonic() - (away or time.monotonic()),
                     extra={"event": "handoff_resumed"})
 
     def _went_away(self, exc: Exception) -> None:
@@ -112,7 +126,8 @@ class Dispatcher:
         log.warning("handoff_paused namespace=%s: the ticket queue failed (%s); hand-offs wait "
                     "until it answers, a sweeper hands the batches off then", self.keys.namespace,
                     describe(exc), extra={"event": "handoff_paused"})
-        threading.Thread(target=self._check_back, daemon=True, name="distbatch-queue-probe").start()
+        threading.Thread(target=self._check_back, args=(weakref.ref(self), self._closed), daemon=True,
+                         name="distbatch-queue-probe").start()
 
     def __call__(self, batch_ids: Sequence[str] = ()) -> int:
         """Hand off newly ready batches (ids, or none when unknown): returns tickets enqueued."""

@@ -810,3 +810,32 @@ def test_a_sweeper_on_a_host_whose_clock_is_off_is_seen_live(redis_server: Redis
     Sweeper(b, lease_s=3)._own()
     monkeypatch.setattr(time, "time", real)
     assert collect(b)["sweepers_live"] == 2
+
+
+@pytest.mark.parametrize("how", ["closed", "dropped"])
+def test_the_probe_of_a_queue_away_ends_with_its_batcher(redis_server: RedisServer, namespace: str,
+                                                         how: str) -> None:
+    """The probe asked a queue that never answers (a mistyped or retired --queue-url) for good,
+    one thread and one connection per Batcher ever made, closed or dropped."""
+    import gc
+    import threading
+
+    from distbatch.testing import free_port
+
+    def probes() -> int:
+        return sum(t.name == "distbatch-queue-probe" and t.is_alive() for t in threading.enumerate())
+
+    before = probes()
+    b = Batcher.from_url(redis_server.url, namespace=namespace, queue_url=f"redis://127.0.0.1:{free_port()}/0",
+                         socket_timeout=1)
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"})
+    assert b.emit("s", {"k": 0})[0].batch is not None  # stored; its hand-off failed
+    assert probes() == before + 1
+    if how == "closed":
+        with b:
+            pass
+        wait_for(lambda: probes() == before, 2, "the probe to end")
+    else:
+        del b
+        gc.collect()
+        wait_for(lambda: probes() == before, 8, "the probe to end")  # at its next ask (<= 5 s)
