@@ -92,8 +92,16 @@ class Layout:
             want = shards or default()
             if isinstance(want, bool) or not isinstance(want, int) or want < 1:
                 raise ConfigError("shards_invalid", f"shards={want!r} must be an integer >= 1")
-            if want != 1 and (yield Cmd("exists", (k.bindings, k.registry_version))):
+            if (yield Cmd("exists", (k.bindings, k.registry_version))):
                 want = 1  # in use before layouts were stored: a registry on the {ns} tag is one shard
+            elif shards is None and (yield Cmd("exists", (k.workers, k.sweepers, k.lateness))):
+                raise ConfigError(  # its registry lives on shard tags no one can name now
+                    "layout_missing",
+                    f"namespace={namespace!r} is in use (workers', sweepers' or lateness keys on "
+                    f"{{{namespace}}}) but its layout {k.meta} is gone (deleted, or evicted: run Redis "
+                    "with maxmemory-policy noeviction): start one instance with the shards it had "
+                    "(shards=N, --shards N) to store it again; nothing was written",
+                )
             tags = tuple(tags_for(namespace, want))
             if fix:
                 yield Cmd("hsetnx", (k.meta, "tags", json.dumps(list(tags))))

@@ -84,3 +84,24 @@ def test_workers_and_sweepers_started_before_the_app(server: RedisServer, tmp_pa
         events = [e for r in delivered(client) for e in r["events"]]
         assert len(events) == len(set(events)) == 43
         assert {r["reason"] for r in delivered(client)} == {"count", "expired"}
+
+
+def test_a_sharded_namespace_whose_layout_was_lost_is_said_so_not_taken_for_a_new_one(
+        redis_server: RedisServer, namespace: str) -> None:
+    """With `{ns}:meta` deleted (or evicted), every process started after took the namespace for
+    a new one-shard one: no binding, nothing ready, its batches under shard tags no one read."""
+    from distbatch.sweeper import Sweeper
+
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, shards=4, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h", "key": "k"})
+    b.emit_many("s", [{"k": i} for i in range(10)])
+    Sweeper(b, lease_s=3)._own()  # a sweeper's heartbeat on the {ns} tag
+    client.delete(Keys(namespace).meta)
+    with pytest.raises(ConfigError) as err:
+        Batcher(client, namespace=namespace, handoff=False)
+    assert err.value.code == "layout_missing" and "--shards" in str(err.value)
+    assert not client.exists(Keys(namespace).meta)  # nothing was written
+    again = Batcher(client, namespace=namespace, shards=4, handoff=False)
+    assert again.records.count("ready") == 10 and set(again.bindings()) == {"d@v1"}
+    assert Batcher(client, namespace=namespace, handoff=False).layout.count == 4
