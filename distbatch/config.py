@@ -246,6 +246,13 @@ class Binding:
                 "handler_invalid",
                 f"handler={handler!r} must be an import path like 'myapp.handlers.digest'",
             )
+        if handler.startswith("__main__."):  # what a worker imports as __main__ is its own CLI
+            raise ConfigError(
+                "handler_invalid",
+                f"handler={handler!r} is defined in the script being run (__main__): workers import "
+                "handlers by module path, so none could run it; define it in a module "
+                "(myapp/handlers.py) and pass that function or its path",
+            )
         return cls(id, version, source, handler, BatchConfig.parse(batch),  # type: ignore[arg-type]
                    RetryPolicy.parse(retry, stored))
 

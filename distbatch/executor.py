@@ -4,7 +4,9 @@ fail a batch — every change fenced by its claim's token."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import inspect
 import logging
 import math
 import threading
@@ -54,6 +56,19 @@ blocking timeouts resolve at its `hz` (100 ms by default)."""
 LINGER_S = 1.0
 """How long a drain waits for the next batch before it gives its ticket back (a burst worker:
 20 ms)."""
+
+
+def _finish(ran: object, path: str) -> None:
+    """What a handler returned, if it is work still to do: an `async def` handler's coroutine
+    is run to its end here (it was dropped unawaited, and its batch counted delivered); a
+    generator is no handler (its body would never run): it fails the batch, saying so."""
+    if inspect.isawaitable(ran):
+        async def run() -> object:
+            return await ran
+        asyncio.run(run())
+    elif inspect.isgenerator(ran) or inspect.isasyncgen(ran):
+        raise TypeError(f"handler={path!r} is a generator function: its body never runs; a handler is "
+                        "a plain or an async function")
 
 
 class Status(enum.StrEnum):
@@ -472,7 +487,9 @@ class Executor:
         returned = False
         try:
             with bounded(binding.retry.timeout_ms), handler_span(batch):
-                fn(batch)
+                ran = fn(batch)
+                if ran is not None:
+                    _finish(ran, binding.handler)
                 returned = True
         except HandlerTimeout as exc:
             if not returned:  # else the alarm came as it returned: delivered

@@ -40,15 +40,33 @@ class HandlerResolver:
         self.allow_prefixes = tuple(p.strip().rstrip(".") for p in allow_prefixes if p.strip())
         self._cache: dict[str, Handler] = {}
 
-    def unfound(self) -> list[str]:
-        """The allowed prefixes that name no module importable here, nor a name in one (a typo,
-        or a folder missing from sys.path): every batch of theirs would go back untouched."""
-        def found(name: str) -> bool:
+    def unfound(self) -> dict[str, str]:
+        """The allowed prefixes that name no module that imports here, nor a name in one, each
+        with why (a typo, a folder missing from sys.path, a module that fails as it is imported:
+        a syntax error, a missing dependency): every batch of theirs would go back untouched,
+        every 5 s. Imported at a worker's start, so it says so then, not at the first batch."""
+        out: dict[str, str] = {}
+        for p in self.allow_prefixes:
             try:
-                return importlib.util.find_spec(name) is not None
-            except Exception:  # a parent package that is missing, or fails as it is imported
-                return False
-        return [p for p in self.allow_prefixes if not found(p) and not found(p.rpartition(".")[0] or p)]
+                importlib.import_module(p)
+                continue
+            except ModuleNotFoundError as exc:
+                if exc.name != p:  # p is there, but something it imports is not
+                    out[p] = f"it cannot be imported: {describe(exc)}"
+                    continue
+            except Exception as exc:
+                out[p] = f"it cannot be imported: {describe(exc)}"
+                continue
+            parent, _, name = p.rpartition(".")
+            try:  # a function's own path, allowed on its own
+                if parent and hasattr(importlib.import_module(parent), name):
+                    continue
+                out[p] = "no module of that name imports here, nor a name in one (a typo, or its " \
+                         "folder not on sys.path: --path)"
+            except Exception as exc:
+                out[p] = f"no module of that name imports here ({describe(exc)}; a typo, or its " \
+                         "folder not on sys.path: --path)"
+        return out
 
     def allowed(self, path: str) -> bool:
         return path in _registered or any(

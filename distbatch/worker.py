@@ -303,10 +303,9 @@ def run_worker(
         log.warning("worker_allows_no_handler: this worker may run no handler at all (no --handlers "
                     "and none registered in-process); every batch it takes goes back untouched",
                     extra={"event": "worker_allows_no_handler"})
-    for prefix in resolver.unfound():
-        log.warning("handlers_not_found prefix=%s: no module of that name imports here (a typo, or its "
-                    "folder not on sys.path: --path); batches of its handlers go back untouched", prefix,
-                    extra={"event": "handlers_not_found", "prefix": prefix})
+    for prefix, why in resolver.unfound().items():
+        log.warning("handlers_not_found prefix=%s: %s; batches of its handlers go back untouched",
+                    prefix, why, extra={"event": "handlers_not_found", "prefix": prefix})
     queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
     executor = configure(batcher, resolver, lease_ms, 0.02 if burst else LINGER_S)  # burst: done is done
     stop = threading.Event()

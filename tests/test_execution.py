@@ -839,3 +839,73 @@ def test_the_probe_of_a_queue_away_ends_with_its_batcher(redis_server: RedisServ
         del b
         gc.collect()
         wait_for(lambda: probes() == before, 8, "the probe to end")  # at its next ask (<= 5 s)
+
+
+async def async_collect(batch: Batch) -> None:
+    import asyncio
+
+    await asyncio.sleep(0)
+    seen.append(batch)
+
+
+async def async_boom(batch: Batch) -> None:
+    raise RuntimeError("an async handler's own failure")
+
+
+def generator_handler(batch: Batch) -> Any:
+    seen.append(batch)
+    yield
+
+
+@pytest.mark.parametrize(("name", "outcome"), [("async_collect", "delivered"), ("async_boom", "dead"),
+                                               ("generator_handler", "dead")])
+def test_an_async_handler_is_awaited_and_a_generator_is_no_handler(batcher: Batcher, name: str,
+                                                                   outcome: str) -> None:
+    """An `async def` handler's coroutine was dropped unawaited: its body never ran, a raise in
+    it never failed the batch, and the batch was counted delivered and its events deleted."""
+    seen.clear()
+    batcher.register("a", version="v1", source="s", handler=f"{__name__}.{name}",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    counts = Executor(batcher.records, HandlerResolver([__name__]), 60_000).drain(100, linger_s=0)
+    assert counts == {outcome: 1}
+    assert [b.id for b in seen] == ([r.batch.id] if name == "async_collect" else [])
+    if outcome == "dead":
+        from distbatch import dead
+
+        (row,) = dead.rows(batcher)
+        why = "an async handler's own failure" if name == "async_boom" else "is a generator function"
+        assert row["id"] == r.batch.id and why in row["error"]
+
+
+async def async_sleeper(batch: Batch) -> None:
+    import asyncio
+
+    await asyncio.sleep(5)
+    seen.append(batch)
+
+
+def test_an_async_handler_past_its_timeout_is_interrupted(batcher: Batcher) -> None:
+    seen.clear()
+    batcher.register("a", version="v1", source="s", handler=f"{__name__}.async_sleeper",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1, "timeout": "200ms"})
+    batcher.emit("s", {"n": 1})
+    t0 = time.monotonic()
+    counts = Executor(batcher.records, HandlerResolver([__name__]), 60_000).drain(100, linger_s=0)
+    assert counts == {"dead": 1} and seen == [] and time.monotonic() - t0 < 2
+
+
+def test_a_handler_defined_in_the_script_being_run_is_refused_at_register(batcher: Batcher) -> None:
+    """`register(handler=digest)` from a script stored `__main__.digest`: no worker can import
+    that (its own __main__ is distbatch's CLI), so every batch went back every 5 s, for good."""
+    from distbatch import ConfigError
+
+    def digest(batch: Batch) -> None: ...
+
+    digest.__module__ = "__main__"
+    digest.__qualname__ = "digest"
+    for fn in (digest, "__main__.digest"):
+        with pytest.raises(ConfigError) as err:
+            batcher.register("m", version="v1", source="s", handler=fn, batch={"count": 1, "window": "1h"})
+        assert err.value.code == "handler_invalid" and "__main__" in str(err.value)

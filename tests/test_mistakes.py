@@ -352,3 +352,25 @@ def test_a_client_made_from_a_url_waits_5s_at_most_unless_the_url_says_otherwise
         assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 5.0)
     own = Batcher.from_url(f"{redis_server.url}?socket_timeout=2", namespace="t")
     assert own.client.connection_pool.connection_kwargs["socket_timeout"] == 2
+
+
+def test_a_handlers_prefix_typod_in_its_last_part_or_that_fails_to_import_gets_a_word(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """Only the parent package was looked up, and nothing imported: `tests.handler` (for
+    `tests.handlers`) and a module with a syntax error started silently, and every batch of
+    theirs went back every 5 s once batches came."""
+    (tmp_path / "brokenapp").mkdir()
+    (tmp_path / "brokenapp" / "__init__.py").write_text("")
+    (tmp_path / "brokenapp" / "handlers.py").write_text("def digest(batch:\n")
+    (tmp_path / "needy.py").write_text("import not_installed_anywhere\n")
+    Batcher.from_url(redis_server.url, namespace="typo2").register(
+        "d", version="v1", source="s", handler="tests.handlers.record", batch={"count": 1, "window": "1h"})
+    env = {**env_with_path(), "DISTBATCH_REDIS_URL": redis_server.url}
+    out = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--namespace", "typo2",
+                          "--handlers", "tests.handler,brokenapp.handlers,needy,tests.handlers.record"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "handlers_not_found prefix=tests.handler: no module of that name" in out.stderr
+    assert "handlers_not_found prefix=brokenapp.handlers: it cannot be imported: SyntaxError" in out.stderr
+    assert "handlers_not_found prefix=needy: it cannot be imported: ModuleNotFoundError" in out.stderr
+    assert "prefix=tests.handlers.record" not in out.stderr  # a function's own path: allowed
