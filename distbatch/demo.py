@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import click
 
 from .batcher import Batcher
+from .config import parse_duration
 from .handlers import HandlerResolver, handler
 from .interrupts import StopFlag
 from .models import Batch
@@ -60,10 +61,19 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
 
     Set `stop` from a thread, never from a signal handler (see `interrupts`).
     """
-    key = batcher.register("pr-digest", version="demo", source="pr.merged",
+    others = sorted(k for k in batcher.bindings() if not k.startswith("pr-digest@demo"))
+    if others:  # its worker would run (give back) their batches, and its events join theirs
+        raise click.ClickException(
+            f"namespace={batcher.keys.namespace!r} holds bindings the demo did not make "
+            f"({', '.join(others[:5])}): run the demo in a namespace of its own (--namespace)")
+    window_ms = parse_duration(window, "--window")
+    key = batcher.register("pr-digest", version=f"demo-{count}-{window_ms}", source="pr.merged",
                            batch={"count": count, "window": window, "key": "repo"},
-                           handler=demo_handler)
-    RECORD.window_ms = batcher.binding(key).batch.window_ms  # type: ignore[union-attr]
+                           handler=demo_handler)  # a version per config: a rerun with another one registers
+    with RECORD.lock:  # a second demo in one process (tests, a notebook) counts from 0
+        RECORD.batches, RECORD.events = {"count": 0, "expired": 0}, 0
+        RECORD.cut_late_ms, RECORD.start_late_ms = [], []
+    RECORD.window_ms = window_ms
     RECORD.show = show
     executor = configure(batcher, HandlerResolver(), stop=stop)
     sweeping = threading.Event()
@@ -106,7 +116,7 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
             if stop.is_set():  # interrupted: the producers stopped too
                 interrupted = True
                 break
-            if delivered >= events or time.monotonic() - started > 120 + events / rate * 2:
+            if delivered >= events or time.monotonic() - started > 120 + events / rate * 2 + window_ms / 1000:
                 break
             time.sleep(0.02)
     click.echo(status() + (" | interrupted" if interrupted else ""), err=True)  # the last word

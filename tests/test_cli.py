@@ -368,3 +368,41 @@ def test_emit_from_stdin_stopped_by_ctrl_c_says_what_was_stored(redis_server: Re
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_demo_stays_out_of_a_live_namespace(redis_server: RedisServer, namespace: str) -> None:
+    """`DISTBATCH_REDIS_URL=... DISTBATCH_NAMESPACE=prod distbatch demo` (a shell set up for the
+    fleet, `docker compose exec worker distbatch demo`) ran the demo in the live namespace: its
+    fake events were batched for the real binding, and its worker gave the real batches back.
+    Refused now, before anything is written."""
+    live = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    live.register("pr-digest", version="v1", source="pr.merged", handler="m.h",
+                  batch={"count": 3, "window": "1h", "key": "repo"})
+    env = {"DISTBATCH_REDIS_URL": redis_server.url, "DISTBATCH_NAMESPACE": namespace}
+    for argv in (["demo"], ["demo", "--redis-url", redis_server.url, "--namespace", namespace]):
+        result = CliRunner().invoke(cli, argv, env=env)
+        assert result.exit_code == 1
+        assert "holds bindings the demo did not make (pr-digest@v1)" in result.output
+    assert live.counters().get("events_in:pr-digest@v1", 0) == 0 and set(live.bindings()) == {"pr-digest@v1"}
+
+
+def test_the_demo_runs_again_with_another_config_on_a_real_redis(redis_server: RedisServer,
+                                                                 namespace: str) -> None:
+    """Its binding was always pr-digest@demo, dropped at the end with its config kept: a second
+    run with another --count failed with `binding_conflict`."""
+    for count in ("10", "7"):
+        result = CliRunner().invoke(cli, ["demo", "--redis-url", redis_server.url, "--namespace", namespace,
+                                          "--events", "200", "--rate", "20000", "--count", count])
+        assert result.exit_code == 0, result.output
+
+
+def test_a_demo_that_could_not_deliver_everything_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It exited 1 with no word after a summary of 0 delivered (a window longer than it waited)."""
+    import distbatch.demo
+
+    def short(*_: object, **__: object) -> dict[str, object]:
+        return {"events_in": 10, "events_delivered": 0, "seconds": 120.0, "interrupted": False}
+
+    monkeypatch.setattr(distbatch.demo, "run_demo", short)
+    result = CliRunner().invoke(cli, ["demo"])
+    assert result.exit_code == 1 and "Error: 10 events in, 0 delivered within 120.0s" in result.output
