@@ -77,6 +77,12 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
     while True:
         try:
             batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url, shards=shards)
+            if batcher.dispatcher is not None and batcher.dispatcher.client is not batcher.client:
+                try:  # checked here, so a mistake in it is named as its own
+                    batcher.dispatcher.client.ping()
+                except redis.RedisError as exc:
+                    exc.args = (f"--queue-url: {exc}",)
+                    raise
             if not batcher.bindings():  # workers may start first, so a word, not an error
                 logging.getLogger("distbatch").warning(
                     "namespace_empty namespace=%s: no binding is registered in it yet (a typo'd "
@@ -175,6 +181,9 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except DistbatchError as exc:
             raise click.ClickException(str(exc)) from exc
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            raise click.ClickException(f"Redis refused the login (the user or password in the URL): "
+                                       f"{describe(exc)}") from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise click.ClickException(f"cannot reach Redis: {describe(exc)}") from exc
         except redis.exceptions.RedisClusterException as exc:  # no node reachable, or not a cluster

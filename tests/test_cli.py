@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -267,7 +268,7 @@ def test_a_wrong_password_ends_a_long_running_process_with_one_line(command: str
         done = subprocess.run([sys.executable, "-m", "distbatch.cli", command, "--redis-url", url],
                               env=env_with_path(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 1, done.stderr
-        assert "Error: cannot reach Redis: AuthenticationError" in done.stderr
+        assert "Error: Redis refused the login (the user or password in the URL)" in done.stderr
         assert "Traceback" not in done.stderr and "wrong-password" not in done.stderr
     finally:
         own.cleanup()
@@ -406,3 +407,27 @@ def test_a_demo_that_could_not_deliver_everything_says_so(monkeypatch: pytest.Mo
     monkeypatch.setattr(distbatch.demo, "run_demo", short)
     result = CliRunner().invoke(cli, ["demo"])
     assert result.exit_code == 1 and "Error: 10 events in, 0 delivered within 120.0s" in result.output
+
+
+def test_a_mistake_in_the_queue_url_is_named_as_the_queue_urls(redis_server: RedisServer, namespace: str,
+                                                               tmp_path: Path) -> None:
+    """A wrong password in --queue-url only (the --redis-url fine): the worker logged
+    worker_started, then `cannot reach Redis: AuthenticationError`, naming neither the URL at
+    fault nor that the server was reached and refused the login."""
+    import subprocess
+    import sys
+
+    from distbatch.testing import env_with_path
+
+    locked = RedisServer().start()
+    try:
+        redis.Redis.from_url(locked.url).config_set("requirepass", "right-password-0123456789")
+        queue = locked.url.replace("redis://", "redis://:wrong-password@")
+        out = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--redis-url",
+                              redis_server.url, "--queue-url", queue, "--namespace", namespace],
+                             env=env_with_path(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 1, out.stderr
+        assert "Error: Redis refused the login" in out.stderr and "--queue-url:" in out.stderr
+        assert "worker_started" not in out.stderr
+    finally:
+        locked.cleanup()
