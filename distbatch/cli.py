@@ -100,6 +100,16 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
             backoff = min(10.0, backoff * 2)
 
 
+def _look(redis_url: str, namespace: str) -> Batcher:
+    """A batcher to read a namespace with, writing nothing; on one with no binding, a word on
+    stderr: empty output there looked just like "nothing dead", "nothing ready"."""
+    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
+    if not batcher.bindings():
+        click.echo(f"namespace {namespace!r} has no binding registered (a typo'd --namespace? "
+                   "DISTBATCH_NAMESPACE sets it for every command)", err=True)
+    return batcher
+
+
 def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> None:
     """`serve` starts with Redis away (/healthz says so and requests get 503 until it is back),
     but not on a mistake no wait mends: a wrong password, an ACL refusal, a certificate this
@@ -440,7 +450,7 @@ def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: 
         raise click.UsageError("--count counts --watch's refreshes: use it with --watch")
     if events and watch:
         raise click.UsageError("--events reads every buffer and record: use it without --watch")
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
+    batcher = _look(redis_url, namespace)
     if watch:
         import contextlib
 
@@ -466,7 +476,7 @@ def triggers() -> None:
 @NS
 def triggers_list(redis_url: str, namespace: str) -> None:
     """Every registered binding with its source, handler and batch config."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
+    batcher = _look(redis_url, namespace)
     _echo_json({k: b.to_dict() for k, b in batcher.bindings().items()})
 
 
@@ -483,7 +493,7 @@ def dead_list(redis_url: str, namespace: str) -> None:
     for the whole traceback)."""
     from . import dead
 
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
+    batcher = _look(redis_url, namespace)
     for row in reversed(dead.rows(batcher)):  # oldest first, as a log reads
         error = (row.pop("error") or "").strip().splitlines()
         _echo_json({**row, "error": error[-1] if error else None})
@@ -497,7 +507,7 @@ def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     """One dead batch in full: record, whole traceback, events (or why they cannot be decoded)."""
     from . import dead
 
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
+    batcher = _look(redis_url, namespace)
     row = dead.detail(batcher, batch_id)
     if row is None:
         raise click.ClickException(f"batch {batch_id!r} is not dead")

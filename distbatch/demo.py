@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
     worker = make_worker(batcher, executor)
     interrupted = False
     with click.progressbar(length=events, label="delivered", item_show_func=lambda s: s,
-                           show_eta=False, file=click.get_text_stream("stderr")) as bar:
+                           show_eta=False, file=sys.stderr) as bar:
         done = 0
         while True:
             worker.work(burst=True, logging_level="ERROR")  # until no ticket waits

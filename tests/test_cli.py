@@ -431,3 +431,24 @@ def test_a_mistake_in_the_queue_url_is_named_as_the_queue_urls(redis_server: Red
         assert "worker_started" not in out.stderr
     finally:
         locked.cleanup()
+
+
+@pytest.mark.parametrize("argv", [["stats", "--json"], ["triggers", "list"], ["dead", "list"]])
+def test_a_look_at_a_namespace_with_no_binding_says_so(redis_server: RedisServer, namespace: str,
+                                                       argv: list[str]) -> None:
+    """`dead list` on a typo'd --namespace printed nothing, exactly as "no dead batch" does."""
+    import subprocess
+    import sys
+
+    from distbatch.testing import env_with_path
+
+    Batcher.from_url(redis_server.url, namespace=namespace).register(
+        "d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    for ns, hint in ((namespace + "x", True), (namespace, False)):
+        out = subprocess.run([sys.executable, "-m", "distbatch.cli", *argv, "--redis-url", redis_server.url,
+                              "--namespace", ns], env=env_with_path(), capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert (f"namespace '{ns}' has no binding registered (a typo'd --namespace?" in out.stderr) is hint
+        if argv[0] != "dead":
+            json.loads(out.stdout)  # stdout stays what scripts read
