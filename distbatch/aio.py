@@ -31,7 +31,7 @@ import redis.asyncio
 
 from .clients import check_async_client, connect, parsing_url, sync_twin
 from .clock import ManualClock, ServerClock
-from .coalesce import Coalescer
+from .coalesce import SENDING, Coalescer, Regroup
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
 from .errors import ConfigError, describe
@@ -315,6 +315,9 @@ class AsyncBatcher:
     async def _store(self, op: Store) -> list[Any]:
         assert self._calls_in_flight is not None
         async with self._calls_in_flight:  # emitter ids (and their call-id keys) <= connections
+            still = SENDING.get()
+            if still is not None and not still():
+                raise Regroup  # a coalesced caller was cancelled while the group waited: none sent
             return await self._store_as(self._emitters.pop() if self._emitters else self._new_emitter(), op)
 
     async def _store_as(self, emitter: tuple[str, Iterator[int]], op: Store) -> list[Any]:

@@ -10,14 +10,16 @@ into its own payloads) or its own error, as if it had called alone:
   when all of its events were stored);
 - any other error (a user's Mapping that fails as it is read) sends each call again alone, so
   it fails only its own;
-- a call cancelled (or timed out) before its group is sent sends nothing, and a group whose every
-  call was cancelled while in flight is cancelled too, as a call alone would be.
+- a call cancelled (or timed out) before its group's first script goes out sends nothing (also
+  while the group waits for a connection: it goes without it), and a group whose every call was
+  cancelled while in flight is cancelled too, as a call alone would be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +28,18 @@ from .models import EmitResult
 
 EmitMany = Callable[[str, list[Mapping[str, Any]]], Awaitable[list[EmitResult]]]
 Waiter = tuple[Sequence[Mapping[str, Any]], "asyncio.Future[list[EmitResult]]"]
+
+
+class Regroup(Exception):
+    """Raised by the driver before a group's first script call goes out when a caller of it was
+    cancelled meanwhile: nothing was sent, and the group goes again without that caller."""
+
+
+SENDING: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("SENDING", default=None)
+"""In a group's send: asked by the driver right before the call's first script goes out (after
+any wait for a connection), whether every caller still waits. A caller cancelled while the group
+waited (for a connection, the calls in flight, a registry read) stored events anyway: its
+`wait_for` timed out, and a retry of it stored them twice."""
 
 
 class Coalescer:
@@ -67,7 +81,8 @@ class Coalescer:
         task.add_done_callback(self._tasks.discard)
 
         def on_done(_: object) -> None:  # every caller gone: stop the send, as a call alone stops
-            if all(f.cancelled() for _, f in group) and not task.done():
+            # (done, not only cancelled: one already told of its bad payload waits no more either)
+            if all(f.done() for _, f in group) and not task.done():
                 task.cancel()
 
         for _, future in group:
@@ -79,8 +94,11 @@ class Coalescer:
             if not waiters:
                 return
             starts = _starts(waiters)
+            SENDING.set(_gate(waiters))
             try:
                 results = await self.emit_many(source, [p for ps, _ in waiters for p in ps])
+            except Regroup:
+                continue
             except PayloadError as exc:
                 if exc.event is None:
                     _fail_all(waiters, exc)
@@ -110,6 +128,19 @@ class Coalescer:
                 if not future.done():
                     future.set_result(mine[i])
             return
+
+
+def _gate(waiters: list[Waiter]) -> Callable[[], bool]:
+    """True while every caller waits, and for good once it said so (the call's first script has
+    gone out then: what follows belongs to the same call, as a call alone)."""
+    sent = False
+
+    def still() -> bool:
+        nonlocal sent
+        sent = sent or not any(f.done() for _, f in waiters)
+        return sent
+
+    return still
 
 
 def _starts(waiters: list[Waiter]) -> list[int]:

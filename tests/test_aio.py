@@ -391,3 +391,32 @@ def test_a_lost_reply_then_refused_retries_is_uncertain_not_unsent(
     assert err.uncertain == [0] and err.not_sent == [] and err.stored == []
     direct = redis.Redis.from_url(redis_server.url)
     assert direct.llen(Batcher(direct, namespace=namespace, handoff=False).keys.buffer("f@v1", None)) == 7
+
+
+def test_a_coalesced_caller_cancelled_while_its_group_waits_stores_nothing(
+        redis_server: RedisServer, namespace: str) -> None:
+    """Cancelled callers were dropped only before the group's `emit_many` began: one that timed
+    out while the group waited inside it (for the one connection, held by a call Redis had
+    paused) was told TimeoutError, and its event was stored anyway; a retry stored it twice."""
+    async def main() -> list[str]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False,
+                                        max_connections=1)
+        for s in ("s0", "s1"):
+            await b.register(f"t-{s}", version="v1", source=s, batch={"count": 100, "window": "1h"},
+                             handler="m.h")
+        pauser = redis.Redis.from_url(redis_server.url)
+        pause = asyncio.create_task(asyncio.to_thread(pauser.execute_command, "CLIENT", "PAUSE", "500"))
+        await asyncio.sleep(0.05)
+        held = asyncio.create_task(b.emit("s0", {"who": "A"}))  # the only connection, Redis paused
+        await asyncio.sleep(0.01)
+        gone = asyncio.create_task(b.emit("s1", {"who": "B"}))  # one group, waiting for the connection
+        later = asyncio.create_task(b.emit("s1", {"who": "C"}))
+        await asyncio.sleep(0.1)
+        gone.cancel()  # as its wait_for's timeout does
+        await asyncio.gather(later, held, pause)
+        assert gone.cancelled()
+        stored = [e.payload["who"] for e in await b.drop("t-s1@v1")]
+        await b.aclose()
+        return stored
+
+    assert asyncio.run(main()) == ["C"]
