@@ -38,7 +38,7 @@ from .errors import ConfigError, describe
 from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
 from .keys import Keys
 from .models import Batch, EmitResult, Event
-from .ops import Atomic, Call, Cmd, Eval, Op, Proc, Store
+from .ops import Atomic, Call, Cmd, Eval, Handoff, Op, Proc, Store
 from .scripts import NAMES, acall, apipelined, source
 from .sent import resend_failed
 from .shards import Layout
@@ -58,7 +58,8 @@ def connect_async(url: str, **options: Any) -> Any:
     options.setdefault("socket_connect_timeout", 5)
     scheme, sep, rest = url.partition("://")
     if sep and scheme.endswith("+cluster"):
-        options.pop("pool_timeout", None)
+        options.pop("pool_timeout", None)  # a node's pool raises when full: the batcher's calls in
+        options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)  # flight stay within it
         with parsing_url(url):
             return redis.asyncio.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}",
                                                        **options)
@@ -169,8 +170,13 @@ class AsyncBatcher:
                 layout = await self._drive(Layout.read(self.namespace, self._shards, lambda: masters,
                                                           self._fix_layout))
                 pool = getattr(self.client, "connection_pool", None)
-                self._calls_in_flight = asyncio.Semaphore(
-                    getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS)
+                if self.cluster:  # a node's pool raises MaxConnectionsError once full, and a call
+                    # may take a connection on one node for each of its shards
+                    per_node = self.client.connection_kwargs.get("max_connections") or DEFAULT_MAX_CONNECTIONS
+                    in_flight = max(1, per_node // layout.count)
+                else:
+                    in_flight = getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS
+                self._calls_in_flight = asyncio.Semaphore(in_flight)
                 core = Ingest(layout, cluster=self.cluster, **self._options)  # type: ignore[arg-type]
                 dispatcher = self.dispatcher
                 if self._queue_on_same_redis and dispatcher is not None and self.on_cut is dispatcher:
@@ -280,12 +286,19 @@ class AsyncBatcher:
     async def _do(self, op: Op) -> Any:
         if isinstance(op, Store):
             return await self._store(op)
+        if self.cluster and self._calls_in_flight is not None and isinstance(op, Eval | Cmd | Atomic):
+            async with self._calls_in_flight:  # a node's pool raises once full: reads wait too
+                return await self._read(op)
+        return await self._read(op)
+
+    async def _read(self, op: Op) -> Any:
         if isinstance(op, Eval):
             return await self._eval(op.script, list(op.keys), list(op.args))
         if isinstance(op, Cmd):  # on a cluster a multi-key one (EXISTS a b) can meet a slot on the move
             return await apatient(lambda: getattr(self.client, op.name)(*op.args), self.client)
         if isinstance(op, Atomic):
             return await self._atomic(op.cmds)
+        assert isinstance(op, Handoff)
         await self._handoff(op.batch_ids, op.queued)
         return None
 

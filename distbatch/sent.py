@@ -18,7 +18,8 @@ from typing import Any
 
 import redis
 
-REFUSED: tuple[type[BaseException], ...] = (ConnectionRefusedError, socket.gaierror)
+REFUSED: tuple[type[BaseException], ...] = (ConnectionRefusedError, socket.gaierror,
+                                            redis.exceptions.MaxConnectionsError)  # no connection to send on
 
 
 class NotSent(redis.ConnectionError):

@@ -521,3 +521,24 @@ def test_a_cluster_no_node_of_which_answers_is_an_outage_not_a_raw_error(queue: 
             worker.wait(15)
     finally:
         own.cleanup()
+
+
+def test_a_burst_of_async_emits_stays_within_a_small_node_pool(local_cluster: LocalCluster) -> None:
+    """`max_connections=4` on a cluster: each node's pool raises once full, and the batcher let
+    64 calls in flight at once: most of a burst of 400 emit_many calls failed (a bare
+    MaxConnectionsError, or an EmitError calling every event uncertain though none was sent)."""
+    async def main() -> tuple[int, int]:
+        async with await AsyncBatcher.from_url(local_cluster.url, namespace="poolburst", handoff=False,
+                                               max_connections=4) as ab:
+            for s in range(8):
+                await ab.register(f"b{s}", version="v1", source=f"s{s}", handler="m.h",
+                                  batch={"count": 1000, "window": "1h", "key": "k"})
+            calls = [ab.emit_many(f"s{i % 8}", [{"k": i * 31 + j} for j in range(1 + i % 30)])
+                     for i in range(400)]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            assert not failed, failed[:3]
+            return sum(1 + i % 30 for i in range(400)), sum((await ab.counters()).values())
+
+    sent, counted = asyncio.run(main())
+    assert counted == sent
