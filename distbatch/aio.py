@@ -367,13 +367,13 @@ class AsyncBatcher:
             return
         if hook is self.dispatcher and not self.dispatcher.wanted(max(1, len(batch_ids)), queued):
             return  # the script saw enough tickets waiting: no thread, no round trip
-        if inspect.iscoroutinefunction(hook):
-            try:
-                await hook(batch_ids)
-            except Exception as exc:
-                log.warning("handoff_failed batches=%d: %s; a sweeper will hand them off",
-                            len(batch_ids), describe(exc), extra={"event": "handoff_failed"})
-        elif hook is self.dispatcher:  # RQ is sync: its round trips go to a worker thread
+        if hook is self.dispatcher:  # RQ is sync: its round trips go to a worker thread
             await asyncio.to_thread(hand_off, hook, batch_ids, queued)
-        else:
-            hand_off(hook, batch_ids)
+            return
+        try:  # whatever it returns to await is awaited: an `async def`, an object with an async
+            ran = hook(batch_ids)  # __call__, a lambda or partial of one (only the first was)
+            if inspect.isawaitable(ran):
+                await ran
+        except Exception as exc:
+            log.warning("handoff_failed batches=%d: %s; a sweeper will hand them off",
+                        len(batch_ids), describe(exc), extra={"event": "handoff_failed"})

@@ -237,15 +237,25 @@ def test_concurrent_emit_many_calls_get_their_own_results(redis_server: RedisSer
     assert counters["events_in:c@v1"] == 21
 
 
-def test_an_async_on_cut_hook_is_awaited_with_the_cut_ids(redis_server: RedisServer, namespace: str) -> None:
+@pytest.mark.parametrize("kind", ["async def", "async __call__", "lambda"])
+def test_an_async_on_cut_hook_is_awaited_with_the_cut_ids(redis_server: RedisServer, namespace: str,
+                                                          kind: str) -> None:
+    """Only an `async def` was awaited: an object with an async __call__, or a lambda returning a
+    coroutine, was called and its coroutine dropped (the hook never ran)."""
     handed: list[list[str]] = []
 
     async def on_cut(ids: Any) -> None:
         await asyncio.sleep(0)
         handed.append(list(ids))
 
+    class Hook:
+        async def __call__(self, ids: Any) -> None:
+            await on_cut(ids)
+
+    hook: Any = {"async def": on_cut, "async __call__": Hook(), "lambda": lambda ids: on_cut(ids)}[kind]
+
     async def main() -> list[str]:
-        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, on_cut=on_cut)
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, on_cut=hook)
         await b.register("c", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
         results = await b.emit_many("s", [{"n": i} for i in range(5)])
         await b.aclose()
