@@ -15,7 +15,7 @@ keep redis-py's own path.
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +24,16 @@ from redis.exceptions import ResponseError
 
 from .sent import MaybeRan, refused
 
-_hiredis_pack: Any = None
-with contextlib.suppress(ImportError):  # hiredis is optional (the `fast` extra)
-    from hiredis import pack_command as _hiredis_pack
+
+def _optional_hiredis_pack() -> Any:
+    """hiredis is optional (the `fast` extra): its packer, or None."""
+    try:
+        return importlib.import_module("hiredis").pack_command
+    except ImportError:
+        return None
+
+
+_hiredis_pack: Any = _optional_hiredis_pack()
 _HiredisSerializer: Any = getattr(redis.connection, "HiredisRespSerializer", None)
 
 Argv = Sequence[Any]
