@@ -107,6 +107,7 @@ def test_same_config_again_is_noop_different_is_conflict(batcher: Batcher, clien
     with pytest.raises(ConfigError) as info:
         batcher.register("d", version="v1", source="s", batch={**cfg, "count": 4}, handler="m.h")
     assert info.value.code == "binding_conflict" and "d@v1" in str(info.value)
+    assert "batch.count: 3 stored, 4 asked" in str(info.value)  # the field that differs, named
     assert batcher.register("d", version="v2", source="s", batch={**cfg, "count": 4},
                             handler="m.h") == "d@v2"
     assert set(batcher.bindings()) == {"d@v1", "d@v2"}
