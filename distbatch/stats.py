@@ -86,13 +86,18 @@ def render(data: dict[str, Any]) -> str:
         f"{data['batches_dead_now']}; retries {data.get('retries_total', 0)}, given back "
         f"{data.get('given_back_total', 0)}, leases expired "
         f"{data.get('leases_expired_total', 0)}, went dead {data.get('went_dead_total', 0)} (totals)",
+        f"  sweepers live {data['sweepers_live']}"
+        + (f"; a window overdue by {data['oldest_overdue_ms'] / 1000:.1f}s (no sweeper cut it: is one "
+           "running?)" if data["oldest_overdue_ms"] > 1000 else "; no window overdue"),
     ]
     for key, row in data["bindings"].items():
         closes = row["next_window_closes_in_ms"]
+        close = ("-" if closes is None else f"{closes / 1000:.1f}s" if closes >= 0
+                 else f"overdue {-closes / 1000:.1f}s")
         lines.append(
             f"  {key:<24} {'' if row['registered'] else '(dropped) '}source={row['source']} "
             f"open={row['open_buffers_now']} next_close="
-            f"{'-' if closes is None else f'{closes / 1000:.1f}s'} "
+            f"{close} "
             f"in={row.get('events_in_total', 0)} delivered={row.get('events_delivered_total', 0)} "
             f"discarded={row.get('events_discarded_total', 0)} "
             f"overflowed={row.get('events_overflowed_total', 0)} "

@@ -452,3 +452,16 @@ def test_a_look_at_a_namespace_with_no_binding_says_so(redis_server: RedisServer
         assert (f"namespace '{ns}' has no binding registered (a typo'd --namespace?" in out.stderr) is hint
         if argv[0] != "dead":
             json.loads(out.stdout)  # stdout stays what scripts read
+
+
+def test_plain_stats_says_no_sweeper_cut_an_overdue_window(redis_server: RedisServer, namespace: str) -> None:
+    """`sweepers_live` and the overdue time were only in --json and --watch, and the plain view
+    showed an overdue window as `next_close=-289.5s`: the first command run when nothing fires."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 10, "window": "100ms"})
+    b.emit("s", {})
+    time.sleep(1.3)
+    result = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace])
+    assert result.exit_code == 0, result.output
+    assert "sweepers live 0; a window overdue by 1." in result.output
+    assert "next_close=overdue 1." in result.output
