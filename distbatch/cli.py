@@ -267,7 +267,8 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
 @URL
 @NS
 @click.option("--max-sleep", default="1s", show_default=True, callback=_duration,
-              help="Longest idle sleep between checks for orphans and expired leases.")
+              help="Longest idle sleep between checks for orphans and expired leases; at most 1s "
+              "(a sweeper renews its shards' leases every second, so a longer sleep is cut to it).")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 @SHARDS

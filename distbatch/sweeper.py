@@ -296,8 +296,13 @@ class Sweeper:
         stop = stop or threading.Event()
         wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         backoff = 0.0
+        if self.max_sleep_s > self.lease_ms / 3000:
+            log.warning("sweeper_max_sleep max_sleep=%.1fs is cut to %.1fs: a sweeper renews its shards' "
+                        "leases that often", self.max_sleep_s, self.lease_ms / 3000,
+                        extra={"event": "sweeper_max_sleep"})
         log.info("sweeper_started namespace=%s shards=%d limit=%d max_sleep=%.1fs",
-                 self.batcher.keys.namespace, self.batcher.layout.count, self.limit, self.max_sleep_s,
+                 self.batcher.keys.namespace, self.batcher.layout.count, self.limit,
+                 min(self.max_sleep_s, self.lease_ms / 3000),
                  extra={"event": "sweeper_started"})
         last_summary, last = time.monotonic(), (0, 0, 0, 0)
         channels = [k.wake for k in self.batcher.shards]

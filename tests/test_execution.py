@@ -909,3 +909,19 @@ def test_a_handler_defined_in_the_script_being_run_is_refused_at_register(batche
         with pytest.raises(ConfigError) as err:
             batcher.register("m", version="v1", source="s", handler=fn, batch={"count": 1, "window": "1h"})
         assert err.value.code == "handler_invalid" and "__main__" in str(err.value)
+
+
+def test_a_max_sleep_longer_than_the_lease_renewals_is_said_to_be_cut(
+        redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`--max-sleep 1h` was taken and logged as max_sleep=3600.0s, and slept at most 1 s."""
+    import logging
+
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+    stop = threading.Event()
+    stop.set()  # one look at the start, then out
+    with caplog.at_level(logging.INFO, logger="distbatch"):
+        Sweeper(b, max_sleep_s=3600).run(stop)
+    text = caplog.text
+    assert "max_sleep=3600.0s is cut to 1.0s" in text and "max_sleep=1.0s" in text
