@@ -30,7 +30,7 @@ import redis
 import redis.asyncio
 
 from .clients import check_async_client, connect, parsing_url, sync_twin
-from .clock import ManualClock, ServerClock
+from .clock import ManualClock, ServerClock, checked_clock
 from .coalesce import SENDING, Coalescer, Regroup
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
@@ -89,6 +89,7 @@ class AsyncBatcher:
         fix_layout: bool = True,
     ) -> None:
         self.namespace = Keys(namespace).namespace  # a bad namespace is the first thing to say
+        checked_clock(clock)
         self._queue_on_same_redis = False
         check_async_client(client)
         self.client = client

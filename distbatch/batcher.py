@@ -22,7 +22,7 @@ from .clock import ManualClock, ServerClock
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
 from .errors import ConfigError
-from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
+from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest, checked_source
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .onecall import pack
@@ -188,6 +188,7 @@ class Batcher:
         core = self.core
         entry = em.singles.get(source)
         if entry is None or entry[0] is not core.registry.cached:
+            checked_source(source)
             reg = core.registry.cached
             entry = (reg, None if self.cluster else core.single(source, em.id))
             if len(em.singles) >= 64:  # sources come and go: stay bounded

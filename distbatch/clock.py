@@ -59,3 +59,10 @@ def _checked_ms(value: object, field: str, after: str = "") -> int:
 
 
 Clock = ServerClock | ManualClock
+
+
+def checked_clock(clock: object) -> None:
+    """A batcher's `clock`: a ManualClock, a ServerClock, or None (the server's)."""
+    if clock is not None and not isinstance(clock, ManualClock | ServerClock):
+        raise ConfigError("clock_type", f"clock={clock!r} must be a distbatch.ManualClock (or None: the "
+                          "server's clock)")

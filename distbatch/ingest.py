@@ -21,7 +21,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import codec
-from .clock import ManualClock, ServerClock
+from .clock import ManualClock, ServerClock, checked_clock
 from .codec import (
     LazyEvents,
     as_text,
@@ -31,7 +31,7 @@ from .codec import (
     encode_events,
 )
 from .config import BUFFER_CAP, Binding, RetryPolicy
-from .errors import EmitError, PayloadError, describe
+from .errors import ConfigError, EmitError, PayloadError, describe, short
 from .handlers import handler as register_handler
 from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, member_bytes, members_cache
 from .models import Batch, EmitResult, Event
@@ -153,6 +153,7 @@ class Ingest:
 
     def __init__(self, layout: Layout, *, cluster: bool, clock: ManualClock | ServerClock | None = None,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD, chunk_size: int = 1000) -> None:
+        checked_clock(clock)
         self.layout = layout
         self.shards = layout.keys
         self.keys = self.shards[0]
@@ -218,6 +219,11 @@ class Ingest:
     # emitting ---------------------------------------------------------------------------
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> Proc[list[EmitResult]]:
+        checked_source(source)
+        if not isinstance(payloads, list) and isinstance(payloads, Mapping | str | bytes):
+            raise PayloadError("payloads_type", f"payloads={short(payloads)} is one "
+                               f"{type(payloads).__name__}: emit_many takes a list (an iterable) of "
+                               "payloads; emit takes one")
         now = self.clock.now_ms()
         stamp = now if now is not None else int(time.time() * 1000)
         prefix, ids = self.event_ids()
@@ -808,6 +814,8 @@ class Ingest:
     # expiry and drop --------------------------------------------------------------------
 
     def flush_expired(self, limit: int = 1000) -> Proc[list[Batch]]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError("limit_invalid", f"limit={limit!r} must be an integer >= 1")
         batches: list[Batch] = []
         for s in range(self.layout.count):
             while True:
@@ -854,6 +862,8 @@ class Ingest:
                          tuple(int(row[6]) for row in reply[4:]))
 
     def drop(self, binding: str) -> Proc[list[Event]]:
+        if not isinstance(binding, str):
+            raise ConfigError("binding_type", f"binding={binding!r} must be a binding key like 'digest@v1'")
         members = yield from self.registry.unbind(binding)  # first: no shard takes events for it any more
         events: list[Event] = []
         for k, open_members in zip(self.shards, members, strict=True):
@@ -892,3 +902,7 @@ class Ingest:
         return int(seconds) * 1000 + int(micros) // 1000
 
 
+def checked_source(source: object) -> None:
+    """A source that is no string never matches a binding: said, not a TypeError deep inside."""
+    if type(source) is not str:
+        raise ConfigError("source_type", f"source={source!r} must be a string, not {type(source).__name__}")

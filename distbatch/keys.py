@@ -119,7 +119,7 @@ class Keys:
     tag: str = ""
 
     def __post_init__(self) -> None:
-        if not _NAMESPACE.fullmatch(self.namespace):
+        if not isinstance(self.namespace, str) or not _NAMESPACE.fullmatch(self.namespace):
             from .errors import ConfigError
 
             raise ConfigError(

@@ -374,3 +374,32 @@ def test_a_handlers_prefix_typod_in_its_last_part_or_that_fails_to_import_gets_a
     assert "handlers_not_found prefix=brokenapp.handlers: it cannot be imported: SyntaxError" in out.stderr
     assert "handlers_not_found prefix=needy: it cannot be imported: ModuleNotFoundError" in out.stderr
     assert "prefix=tests.handlers.record" not in out.stderr  # a function's own path: allowed
+
+
+def test_library_arguments_of_the_wrong_kind_are_named() -> None:
+    """`emit(5, ...)`, `drop(5)`, `namespace=None` raised bare TypeErrors from deep inside,
+    `emit_many(5, ...)` and `flush_expired("10")` returned [] in silence, `clock=5` failed at
+    the first emit with an AttributeError, and `emit_many("s", {"i": 1})` (one dict) said
+    "payload='i' must be a mapping"."""
+    import fakeredis
+
+    from distbatch import ConfigError, PayloadError
+
+    b = Batcher(fakeredis.FakeRedis(), namespace="kinds", handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h"})
+    cases: list[tuple[Any, type[Exception], str, str]] = [
+        (lambda: b.emit(5, {}), ConfigError, "source_type", "source=5"),
+        (lambda: b.emit_many(5, [{}]), ConfigError, "source_type", "source=5"),
+        (lambda: b.emit_many("s", {"i": 1}), PayloadError, "payloads_type", "payloads={'i': 1} is one dict"),
+        (lambda: b.drop(5), ConfigError, "binding_type", "binding=5"),
+        (lambda: b.flush_expired("10"), ConfigError, "limit_invalid", "limit='10'"),
+        (lambda: Batcher(fakeredis.FakeRedis(), namespace=None), ConfigError, "namespace_invalid",
+         "namespace=None"),
+        (lambda: Batcher(fakeredis.FakeRedis(), namespace="k2", clock=5), ConfigError, "clock_type",
+         "clock=5"),
+    ]
+    for call, kind, code, named in cases:
+        with pytest.raises(kind) as err:
+            call()
+        assert getattr(err.value, "code", None) == code and named in str(err.value), err.value
+    assert b.counters().get("events_in:d@v1", 0) == 0
