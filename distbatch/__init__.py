@@ -2,10 +2,10 @@
 
 from .batcher import Batcher
 from .clock import ManualClock
-from .errors import ConfigError, DistbatchError, EmitError, PayloadError
+from .errors import ConfigError, DistbatchError, EmitError, HandlerTimeout, PayloadError
 from .models import Batch, EmitResult, Event
 
 __all__ = [
     "Batch", "Batcher", "ConfigError", "DistbatchError", "EmitError", "EmitResult", "Event",
-    "ManualClock", "PayloadError",
+    "HandlerTimeout", "ManualClock", "PayloadError",
 ]

@@ -207,6 +207,7 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})
+@click.version_option(package_name="distbatch", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", count=True, help="More logging (-v debug for distbatch, -vv for RQ too).")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(verbose: int, quiet: bool) -> None:

@@ -658,3 +658,15 @@ def test_a_number_json_has_not_is_named_where_it_is(api: httpx.Client, batcher: 
     r = _post(api, b'{"shop": "a", "n": 1e999}')
     assert r.status_code == 400 and r.json()["message"] == "n: number 1e999 is out of range for a float"
     assert batcher.counters().get("events_in:h@v1", 0) == 0
+
+
+def test_serve_says_where_it_listens_and_the_cli_its_version(server: Server) -> None:
+    """serve_started named the namespace and auth, never the address, even with -v."""
+    from click.testing import CliRunner
+
+    from distbatch.cli import main as cli
+
+    wait_for(lambda: "serve_started" in server.log.read_text(), 10, "the start line")
+    assert f"listening on http://127.0.0.1:{server.port}" in server.log.read_text()
+    version = CliRunner().invoke(cli, ["--version"])
+    assert version.exit_code == 0 and version.output.split()[-1][0].isdigit()

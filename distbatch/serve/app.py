@@ -58,7 +58,8 @@ def create_app(settings: ServeSettings, batcher: AsyncBatcher | None = None) -> 
             if not (isinstance(exc, redis.RedisError) or cluster_unreachable(exc)):
                 raise  # a node of no cluster: a mistake
             log.warning("redis_unavailable at startup: %s; serving, /healthz reports it", exc)
-        log.info("serve_started namespace=%s auth=%s", settings.namespace,
+        log.info("serve_started namespace=%s listening on http://%s:%d auth=%s", settings.namespace,
+                 f"[{settings.host}]" if ":" in settings.host else settings.host, settings.port,
                  "bearer" if settings.tokens else "none (loopback only)")
         sampler = asyncio.create_task(_sample(app.state.inspector))
         yield
