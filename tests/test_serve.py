@@ -670,3 +670,11 @@ def test_serve_says_where_it_listens_and_the_cli_its_version(server: Server) -> 
     assert f"listening on http://127.0.0.1:{server.port}" in server.log.read_text()
     version = CliRunner().invoke(cli, ["--version"])
     assert version.exit_code == 0 and version.output.split()[-1][0].isdigit()
+
+
+def test_an_unknown_query_parameter_is_refused_before_anything_is_stored(api: httpx.Client,
+                                                                         batcher: Batcher) -> None:
+    """`?reslts=cuts` (a typo) answered every result, as if nothing had been asked."""
+    r = api.post("/v1/sources/orders%2Fcreated/events?reslts=cuts", json={"shop": "a"})
+    assert r.status_code == 400 and r.json()["code"] == "query_invalid" and "reslts" in r.json()["message"]
+    assert batcher.counters().get("events_in:h@v1", 0) == 0

@@ -127,6 +127,11 @@ async def post_events(request: Request) -> Response:
     slot: idempotency.Slot | None = None
     key: str | None = None
     try:
+        unknown = sorted(set(request.query_params) - {"results"})
+        if unknown:  # `?reslts=cuts` answered every result, unseen
+            named = [u[:40] for u in unknown[:5]]
+            raise Refused(400, "query_invalid", f"unknown query parameter(s) {named}; known: results",
+                          parameters=named)
         results_mode = request.query_params.get("results", "all")
         if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
             raise Refused(400, "results_invalid", f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
