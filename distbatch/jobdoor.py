@@ -45,6 +45,8 @@ def refusal(raw: Mapping[Any, Any], queue_name: str, namespace: str) -> str | No
     for name in _EMPTY_OK:
         if raw.get(name):
             return f"job sets {name.decode()}={raw[name][:80]!r}; distbatch tickets set none"
+    if raw.get(b"timeout", b"-1") != b"-1":  # RQ would arm its alarm over the whole drain with it
+        return f"job sets timeout={raw[b'timeout'][:40]!r}; distbatch tickets set -1 (none)"
     if raw.get(b"origin", b"").decode(errors="replace") != queue_name:
         return f"job origin {raw.get(b'origin')!r} is not this worker's queue {queue_name!r}"
     try:
