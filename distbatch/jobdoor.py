@@ -62,7 +62,14 @@ def refusal(raw: Mapping[Any, Any], queue_name: str, namespace: str) -> str | No
 
 
 def refuse(connection: redis.Redis, job: Job, queue: Queue, reason: str) -> None:
-    """Leave the job failed in RQ (inspectable, expires after a day); nothing of it runs."""
+    """Leave the job failed in RQ (inspectable, expires after a day); nothing of it runs. A key
+    that holds no hash is no job at all: it is deleted (RQ's maintenance would meet it again)."""
+    if connection.type(job.key) not in (b"hash", b"none", "hash", "none"):
+        pipe = connection.pipeline()
+        pipe.delete(job.key)
+        pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job.id)
+        pipe.execute()
+        return
     pipe = connection.pipeline()
     pipe.hset(job.key, mapping={
         "status": "failed", "exc_info": zlib.compress(f"refused by distbatch worker: {reason}".encode())
@@ -84,6 +91,16 @@ class TicketJob(Job):
     queue_name = ""
     namespace = ""
     refusal: str | None = None
+
+    def refresh(self) -> None:
+        """RQ's reads the hash first: a job key of another type (a hostile writer's) raised
+        WRONGTYPE out of the worker's dequeue loop, which quit (a burst worker exited 0, its
+        batches undelivered). Such a job is refused like any other."""
+        try:
+            super().refresh()  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            self.refusal = f"its key {self.key} holds no job hash ({describe(exc)})"
+            super().restore({b"data": b"", b"origin": self.queue_name.encode()})
 
     def restore(self, raw_data: Mapping[Any, Any]) -> None:
         self.refusal = refusal(raw_data, self.queue_name, self.namespace)

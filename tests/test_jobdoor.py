@@ -197,3 +197,18 @@ def test_a_real_ticket_abandoned_by_a_killed_worker_is_failed_by_rqs_maintenance
     assert client.hget(Job.key_for(job_id), "status") == JobStatus.FAILED.value.encode()
     assert client.ttl(Job.key_for(job_id)) > 0
     assert job_id in FailedJobRegistry(queue.name, connection=client).get_job_ids()
+
+
+def test_a_job_key_of_another_type_is_refused_and_the_worker_goes_on(setup,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """`SET rq:job:x ...` queued as a job: RQ's own read of it raised WRONGTYPE out of the
+    dequeue loop; a burst worker exited 0 with the batches behind it undelivered."""
+    client, b, queue, _ = setup
+    client.set(Job.key_for("stringjob"), "not a hash")
+    client.lpush(queue.key, "stringjob")
+    b.emit("s", {"n": 1})  # the real ticket, behind it
+    with caplog.at_level(logging.ERROR, "distbatch.worker"):
+        run_worker(Batcher(client, namespace=b.keys.namespace), handlers=[__name__], burst=True)
+    assert any("job_refused job=stringjob" in m and "holds no job hash" in m for m in caplog.messages)
+    assert not client.exists(Job.key_for("stringjob"))
+    assert [e.payload for batch in delivered for e in batch.events] == [{"n": 1}]
