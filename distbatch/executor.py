@@ -230,6 +230,7 @@ class Executor:
         self._in_hand: deque[tuple[Claim, _Held]] = deque()  # claimed, leases held, not started yet
         self._none_ready = False  # the last claim found none: wait on the bell before asking again
         self._handler_times: deque[float] = deque(maxlen=HANDLER_TIMES)  # the latest handlers' seconds
+        self.refused = False  # the last drain Redis refused (a key of the wrong type): no fan-out
 
     def _binding(self, key: str) -> Binding | None:
         """A batch's binding, read at most every `_BINDING_TTL_S`; at most `_BINDINGS_KEPT` kept
@@ -314,7 +315,7 @@ class Executor:
 
     def _fan_out(self) -> None:
         """More than one batch waiting and no ticket queued: enqueue one, so an idle worker joins."""
-        if self.dispatcher is None:
+        if self.dispatcher is None or self.refused:
             return
         try:
             waiting = self.records.count("ready")

@@ -27,6 +27,8 @@ _executors: dict[str, Executor] = {}
 
 MAX_BATCHES_PER_JOB = 10_000
 MAX_SECONDS_PER_JOB = 10.0
+REFUSED_PAUSE_S = 5.0
+"""How long a worker whose drain Redis refused (a key of the wrong type) waits before its next."""
 """A ticket's budget. Between two tickets RQ's bookkeeping (~27 round trips) stalls the worker
 while batches keep coming, and that stall is what the tail of cut -> start is made of under a
 steady stream; 10 s amortises it. Other workers join through the tickets a drain leaves when
@@ -66,9 +68,24 @@ def run_batches(namespace: str) -> dict[str, int]:
     cluster's node) away mid-drain ends the ticket with one line, not a failed job and RQ's
     traceback: the batches not started were given back, the others come back when their leases
     run out, and a sweeper hands them off again."""
+    executor = _executor(namespace)
     try:
-        return _executor(namespace).drain(MAX_BATCHES_PER_JOB, MAX_SECONDS_PER_JOB)
+        counts = executor.drain(MAX_BATCHES_PER_JOB, MAX_SECONDS_PER_JOB)
+        executor.refused = False
+        return counts
     except OUTAGE as exc:
         log.warning("drain_interrupted namespace=%s: %s; the batches in hand come back to be run",
                     namespace, describe(exc), extra={"event": "drain_interrupted"})
         return {"interrupted": 1}
+    except redis.ResponseError as exc:  # a key of the wrong type: no step of the drain can go on
+        try:
+            wrong = executor.records.misfiled()
+        except redis.RedisError:
+            wrong = []
+        log.error("drain_refused namespace=%s: Redis refused a step (%s)%s; this worker takes its next "
+                  "ticket in %.0fs", namespace, describe(exc),
+                  f"; keys of the wrong type: {', '.join(wrong)}" if wrong else "", REFUSED_PAUSE_S,
+                  extra={"event": "drain_refused"})
+        executor.refused = True  # no ticket for other workers from it until a drain goes through
+        executor.stop.wait(REFUSED_PAUSE_S)  # each ticket failed at once, and a new one was queued
+        return {"refused": 1}  # at its start: a hot loop of tracebacks and failed jobs kept a day

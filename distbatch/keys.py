@@ -278,6 +278,15 @@ class Keys:
         return [self.ready, self.stats, self.rec_events, self.rec_info, self.rec_attempt]
 
     @property
+    def typed(self) -> list[tuple[str, str]]:
+        """This shard's keys a worker reads, each with the type distbatch keeps there."""
+        return [(self.ready, "zset"), (self.running, "zset"), (self.delayed, "zset"), (self.dead, "zset"),
+                (self.stats, "hash"), (self.rec_events, "hash"), (self.rec_info, "hash"),
+                (self.rec_attempt, "hash"), (self.rec_owner, "hash"), (self.rec_tokens, "hash"),
+                (self.rec_error, "hash"), (self.deadlines, "zset"), (self.bindings, "hash"),
+                (self.bell, "list"), (self.batch_seq, "string"), (self.registry_version, "string")]
+
+    @property
     def lifecycle(self) -> list[str]:
         """The 11 keys every lifecycle script takes first (see lua/includes/lifecycle.lua)."""
         return [self.ready, self.running, self.delayed, self.dead, self.stats, self.rec_events,

@@ -510,6 +510,18 @@ class Records:
         """How many ids all shards hold in `ready`, `running`, `delayed` or `dead`."""
         return sum(int(self.client.zcard(getattr(k, which))) for k in self.shards)
 
+    def misfiled(self) -> list[str]:
+        """The keys a worker reads that hold another type than distbatch keeps there (a hostile
+        writer's, an operator's mistake): `key (a string; distbatch keeps a zset there)`."""
+        out = []
+        for k in self.shards:
+            for name, kept in k.typed:
+                found = self.client.type(name)
+                found = found.decode() if isinstance(found, bytes) else str(found)
+                if found not in ("none", kept):
+                    out.append(f"{name} (a {found}; distbatch keeps a {kept} there)")
+        return out
+
 
 _BELL_MIN_SOCKET_TIMEOUT = 0.5
 """Redis answers a blocking wait up to ~2 of its `hz` ticks (100 ms each by default) late."""

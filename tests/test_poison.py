@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -513,3 +514,30 @@ def test_a_due_buffer_that_cannot_be_closed_holds_up_no_other(batcher: Batcher, 
         assert all(b.client.llen(k.buffer_prefix.encode() + m) == 1 for k, m in evil)
         if hostile == "unregistered":
             assert sorted(e.payload["k"] for e in b.drop("evil@v1")) == [f"x{i}" for i in range(6)]
+
+
+def test_a_wrong_typed_key_makes_no_hot_loop_of_failed_tickets(redis_server: RedisServer, namespace: str,
+                                                               tmp_path: Path) -> None:
+    """`SADD {ns}:running junk` with batches ready: each ticket failed at once with RQ's traceback
+    (a failed job kept a day), its drain having queued the next: one worker spun at a core, wrote
+    megabytes of log and job hashes a second, a burst worker never exited, and nothing said which
+    key was at fault."""
+    import subprocess
+    import sys
+
+    from distbatch.testing import env_with_path
+
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.emit_many("s", [{"n": i} for i in range(3)])  # three ready batches, tickets queued
+    client.sadd(b.keys.running, "junk")
+    out = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--redis-url",
+                          redis_server.url, "--namespace", namespace], env=env_with_path(),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"keys of the wrong type: {b.keys.running} (a set; distbatch keeps a zset there)" in out.stderr
+    # the two tickets queued, and the one the first drain queued before it failed; then no more
+    assert out.stderr.count("drain_refused") <= 3 and "Traceback" not in out.stderr
+    failed = [k for k in client.keys("rq:job:*") if client.hget(k, "status") == b"failed"]
+    assert failed == [] and b.records.count("ready") == 3  # nothing lost: they run once it is fixed
