@@ -476,8 +476,8 @@ class Executor:
         except (HandlerNotAllowed, ConfigError) as exc:  # ConfigError: its definition is unreadable
             self.leases.release(batch.id)
             rec.fail(batch.id, token, describe(exc), UNAVAILABLE_RETRY_MS, refund=True)
-            log.error("handler_unavailable batch=%s %s; left for a worker that can run it (again "
-                      "in %ds)", batch.id, exc, UNAVAILABLE_RETRY_MS // 1000,
+            log.error("handler_unavailable batch=%s binding=%s %s; left for a worker that can run it "
+                      "(again in %ds)", batch.id, batch.binding, exc, UNAVAILABLE_RETRY_MS // 1000,
                       extra={"event": "handler_unavailable", "batch": batch.id})
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
         if batch.attempt == 1 and batch.cut_at_ms:  # the handler starts now (not when given back)
@@ -506,8 +506,8 @@ class Executor:
 
     @staticmethod
     def _timed_out(batch: Batch) -> None:
-        log.error("handler_interrupted batch=%s binding=%s: past its timeout; failed, to be "
-                  "retried under its policy", batch.id, batch.binding,
+        log.error("handler_interrupted batch=%s binding=%s: past its timeout; failed (retried or kept "
+                  "dead, as its retry policy says)", batch.id, batch.binding,
                   extra={"event": "handler_interrupted", "batch": batch.id})
 
     def _failed(self, claim: Claim, held: _Held, binding: Binding, started: float,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import json
 import logging
 import os
 import signal
@@ -99,6 +100,26 @@ class BatchWorker(SimpleWorker):
             self.max_connection_wait_time, extra={"event": "worker_pubsub_unavailable"})
         time.sleep(pause)
 
+    def handle_payload(self, message: Any) -> None:
+        """RQ's remote commands (`rq.command.send_shutdown_command` and the like), which anyone who
+        can PUBLISH on this Redis may send: one stopped the worker with no word at all (RQ says
+        so at INFO) and exit status 0; one that was no JSON killed the pub/sub thread with a
+        traceback. Each is said now, and one that cannot be read is ignored."""
+        data = message.get("data") if isinstance(message, dict) else None
+        try:
+            payload = json.loads(data) if isinstance(data, bytes | str) else None
+            command = payload.get("command") if isinstance(payload, dict) else None
+        except ValueError:
+            command = None
+        if not isinstance(command, str):
+            log.warning("worker_command_ignored: a message on %s that is no RQ command: %r",
+                        message.get("channel") if isinstance(message, dict) else "?", str(data)[:100],
+                        extra={"event": "worker_command_ignored"})
+            return
+        log.warning("worker_command command=%s: sent on this worker's channel (RQ's send_command); "
+                    "acting on it", command[:40], extra={"event": "worker_command", "command": command[:40]})
+        super().handle_payload(message)  # type: ignore[no-untyped-call]
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         self._in_job = True
         try:
@@ -174,6 +195,9 @@ class BatchWorker(SimpleWorker):
         super().execute_job(job, queue)
 
     def handle_warm_shutdown_request(self) -> None:
+        if not self.executor.stop.is_set():  # the first signal: said once (RQ's line is INFO on its logger)
+            log.info("worker_stopping: the batch in hand finishes, no next is taken (a second signal "
+                     "exits at once)", extra={"event": "worker_stopping"})
         self.executor.stop.set()  # finish the batch in hand, take no more
         self._short_waits()
         super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]

@@ -129,11 +129,13 @@ def test_backoff_grows_and_is_capped() -> None:
     assert [p.delay_ms(a) for a in (1, 2, 3)] == [1000, 3000, 5000]
 
 
-def test_refused_handler_is_never_imported_and_batch_waits_uncounted(batcher: Batcher, client) -> None:
+def test_refused_handler_is_never_imported_and_batch_waits_uncounted(
+        batcher: Batcher, client, caplog: pytest.LogCaptureFixture) -> None:
     batcher.register("d", version="v1", source="s", handler="os.system", batch={"count": 1, "window": "1s"})
     bid = batcher.emit("s", {"cmd": "touch /tmp/pwned"})[0].batch.id
     out = run(batcher, bid, HandlerResolver(["tests.handlers", "osx"]))
     assert out.status == "unavailable"
+    assert f"handler_unavailable batch={bid} binding=d@v1 " in caplog.text  # which binding, every 5 s
     error = batcher.records.raw(bid)["error"]
     assert "HandlerNotAllowed" in error and "os.system" in error
     k = batcher.records.keys_for(bid)

@@ -332,3 +332,20 @@ def test_an_idle_worker_is_back_within_seconds_of_redis(
     # connect ... retrying in 2 seconds" every 2 s besides: now once
     assert procs.logs().count("worker_pubsub_unavailable") == 1, procs.logs()
     assert procs.logs().count("could not connect to Redis instance") <= 7, procs.logs()
+
+
+def test_rqs_remote_commands_are_said_and_a_garbled_one_is_ignored(
+        server: RedisServer, procs: Procs, client: redis.Redis) -> None:
+    """Anyone who can PUBLISH on the Redis stopped a worker with `{"command": "shutdown"}`: exit 0
+    and not a word (RQ says so at INFO); a message that was no JSON killed its pub/sub thread."""
+    w = procs.worker("--name", "cmdw")
+    channel = "rq:pubsub:cmdw"
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 30, "the worker", procs.logs)
+    client.publish(channel, b"\xff not json")
+    wait_for(lambda: "worker_command_ignored" in procs.logs(), 10, "the garbled message said", procs.logs)
+    time.sleep(0.5)
+    assert w.poll() is None and client.pubsub_numsub(channel)[0][1] == 1  # still listening
+    client.publish(channel, '{"command": "shutdown"}')
+    assert w.wait(30) == 0
+    assert "worker_command command=shutdown" in procs.logs()
+    assert "worker_stopping: the batch in hand finishes" in procs.logs()  # the first signal, said
