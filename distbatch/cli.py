@@ -146,6 +146,10 @@ def metrics_options(f: Any) -> Any:
 
 def _start_metrics(port: int | None, host: str, token_file: str | None, insecure: bool) -> None:
     if port is None:
+        given = [f for f, v in (("--metrics-insecure-no-auth", insecure), ("--token-file", token_file))
+                 if v]  # options of a metrics port that none serves: taken in silence before
+        if given:
+            raise click.UsageError(f"{' and '.join(given)}: an option of --metrics-port, which is not given")
         return
     from .exposure import check_exposure, read_tokens
     from .metrics import serve_process_metrics
@@ -307,10 +311,11 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
               "Tokens also come from DISTBATCH_API_TOKENS (comma-separated).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve without auth: refused unless --host is a loopback address.")
-@click.option("--max-body-bytes", default=8 << 20, show_default=True,
+@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=click.IntRange(min=1),
               help="Largest request body (413 above).")
-@click.option("--max-events", default=10_000, show_default=True, help="Most events per request (413 above).")
-@click.option("--max-event-bytes", default=1 << 20, show_default=True,
+@click.option("--max-events", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Most events per request (413 above).")
+@click.option("--max-event-bytes", default=1 << 20, show_default=True, type=click.IntRange(min=1),
               help="Largest event, msgpack-encoded (413 above).")
 @click.option("--body-timeout", default="30s", show_default=True, callback=_duration,
               help="Longest a request's body may take to arrive (408 above).")
@@ -450,6 +455,9 @@ def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: 
 
     if count is not None and not watch:
         raise click.UsageError("--count counts --watch's refreshes: use it with --watch")
+    source = click.get_current_context().get_parameter_source("interval")
+    if not watch and source not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--interval is --watch's refresh period: use it with --watch")
     if events and watch:
         raise click.UsageError("--events reads every buffer and record: use it without --watch")
     batcher = _look(redis_url, namespace)

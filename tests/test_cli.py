@@ -173,6 +173,10 @@ def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: Redis
     (["worker", "--lease", "2d"], "must be from 1s to 1d"),
     (["emit", "s", "--chunk", "0"], "0 is not in the range"),
     (["stats", "--count", "3"], "use it with --watch"),
+    (["stats", "--interval", "5s"], "--interval is --watch's refresh period"),  # taken in silence before
+    (["worker", "--metrics-insecure-no-auth"], "an option of --metrics-port, which is not given"),
+    (["sweeper", "--token-file", "/dev/null"], "an option of --metrics-port, which is not given"),
+    (["serve", "--max-events", "0"], "Invalid value for '--max-events'"),  # was max_events=0, exit 1
     (["demo", "--count", "2000"], "2000 is not in the range 1<=x<=1024"),
     (["demo", "--window", "abc"], "--window='abc' is not a duration"),  # it named batch.window
     (["demo", "--rate", "nan"], "'nan' is not a finite number"),  # passed the range: threads died, a hang
