@@ -26,6 +26,7 @@ exact integer in a Lua number, and a backoff one a worker can sleep through."""
 EXPIRE_ACTIONS = {"fire_partial": "fire_partial", "fire": "fire_partial", "discard": "discard"}
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")  # not \d: '٣s' is no duration
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNITS = ("d", "h", "m", "s", "ms")  # the order a duration's parts come in
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 _HANDLER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -39,20 +40,23 @@ def parse_duration(value: object, field: str = "batch.window") -> int:
     if value is None:
         raise ConfigError(f"{code}_missing", f"{field} is required (e.g. '30s')")
     if isinstance(value, timedelta):
+        if value % timedelta(milliseconds=1):  # 1.5 ms was 1 ms, and 1 µs "must be longer than 0ms"
+            raise ConfigError(f"{code}_format", f"{field}={value!r} is not a whole number of milliseconds")
         ms = int(value.total_seconds() * 1000)
     elif isinstance(value, str):
         text = value.strip().lower()
-        pos, total = 0, 0.0
+        pos, total, rank = 0, 0.0, -1
         for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
+            if m.start() != pos or _UNITS.index(m.group(2)) <= rank:  # '10m10m' was 20m, '30m1h' 90m
                 break
+            rank = _UNITS.index(m.group(2))
             total += float(m.group(1)) * _UNIT_MS[m.group(2)]
             pos = m.end()
         if not text or pos != len(text):
             raise ConfigError(
                 f"{code}_format",
                 f"{field}={value!r} is not a duration; use e.g. '250ms', '30s', '10m', "
-                "'2h', '1d' or '1h30m'",
+                "'2h', '1d' or '1h30m' (each unit once, the largest first)",
             )
         if total > MAX_DURATION_MS:  # also inf: float("9" * 400)
             raise ConfigError(f"{code}_range", f"{field}={_short(value)} must be at most 100 years")

@@ -40,6 +40,9 @@ def test_durations(text: object, ms: int) -> None:
         ({"count": 3, "window": [1]}, "window_type", "[1]"),
         ({"count": 3, "window": "10 minutes"}, "window_format", "'10 minutes'"),
         ({"count": 3, "window": "5x"}, "window_format", "'5x'"),
+        ({"count": 3, "window": "10m10m"}, "window_format", "'10m10m'"),  # was 20 minutes
+        ({"count": 3, "window": "30m1h"}, "window_format", "'30m1h'"),  # was 90 minutes
+        ({"count": 3, "window": timedelta(microseconds=1500)}, "window_format", "whole number of milli"),
         ({"count": 3, "window": ""}, "window_format", "''"),
         ({"count": 3, "window": "0s"}, "window_range", "'0s'"),
         ({"count": 3, "window": "36501d"}, "window_range", "'36501d'"),  # past 100 years
