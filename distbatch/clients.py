@@ -35,10 +35,18 @@ def redacted(url: str, text: str | None = None) -> str:
     secrets = _secrets(url)
     for secret in secrets:
         for piece in sorted({secret, *re.split(r"[/#?@:]", secret)}, key=len, reverse=True):
-            if len(piece) >= 3 or piece == secret:
+            if len(piece) >= 6:
                 out = out.replace(piece, "***")
+            elif len(piece) >= 3 or piece == secret:  # short: whole words only (a user 'u' once
+                # masked every u of the message: 'Invalid val***e for ...')
+                out = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", "***", out)
     if secrets and text is not None:  # a parser's message quotes what it could not read: maybe a
-        out = re.sub(r"'[^']*'", "'***'", out)  # piece of the password too short to find above
+        # piece of the password too short to find above; the option or port it names stays
+        pieces = {p for s in secrets for p in (s, *re.split(r"[/#?@:]", s)) if p}
+
+        def quoted(m: re.Match[str]) -> str:
+            return "'***'" if pieces & {m.group(1), *re.split(r"[/#?@:]", m.group(1))} else m.group(0)
+        out = re.sub(r"'([^']*)'", quoted, out)
     return out
 
 

@@ -140,6 +140,9 @@ def _failed_cleanly(result) -> str:
     (["stats", "--redis-url", "redis://127.0.0.1:1/0?ssl_cert_reqs=required"], "need rediss://"),
     (["stats", "--redis-url", "redis+cluster://127.0.0.1:1/0?socket_timout=5"], "'socket_timout' is no"),
     (["sweeper", "--redis-url", "redis://:s3cret@[::1/0"], "Invalid IPv6 URL"),  # a ValueError traceback
+    # a user alone was masked as a password (every "u" of the message), and every quoted word too:
+    (["stats", "--redis-url", "redis://u@127.0.0.1:1/0?socket_timout=5"], "'socket_timout' is no option"),
+    (["stats", "--redis-url", "redis://:s3cret@127.0.0.1:x/0"], "as 'x'"),  # the bad port named
 ])
 def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
     out = _failed_cleanly(CliRunner().invoke(cli, argv))
