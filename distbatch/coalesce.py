@@ -81,8 +81,9 @@ class Coalescer:
         task.add_done_callback(self._tasks.discard)
 
         def on_done(_: object) -> None:  # every caller gone: stop the send, as a call alone stops
-            # (done, not only cancelled: one already told of its bad payload waits no more either)
-            if all(f.done() for _, f in group) and not task.done():
+            # (done, not only cancelled: one already told of its bad payload waits no more either;
+            # the task first: a group answered whole calls this once per caller, O(n) each)
+            if not task.done() and all(f.done() for _, f in group):
                 task.cancel()
 
         for _, future in group:
