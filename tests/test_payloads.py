@@ -133,14 +133,15 @@ def test_a_payload_nested_deeper_than_msgpack_unpacks_is_refused(bound: Batcher,
             bound.emit_many("s", [{"k": "a", "ok": 1}, deep])
         else:  # not every payload a plain dict: the loop's path
             bound.emit_many("s", [{"k": "a", "ok": 1}, deep, dict_subclass(k="a")])
-    assert info.value.code == "payload_unencodable" and "decoding" in str(info.value)
+    assert info.value.code == "payload_unencodable"  # msgpack 1.0 packs no deeper than 511 levels
+    assert "decoding" in str(info.value) or "recursion limit" in str(info.value)
     assert _buffered(bound, client) == 0
-    bound.emit("s", {"k": "a", "deep": _nest(1000)})  # as deep as it decodes: taken
+    bound.emit("s", {"k": "a", "deep": _nest(500)})  # as deep as every msgpack takes: taken
     (event,) = bound.drop("d@v1")
     x, depth = event.payload["deep"], 0
     while x:
         x, depth = x[0], depth + 1
-    assert depth == 1000
+    assert depth == 500
 
 
 class dict_subclass(dict):
