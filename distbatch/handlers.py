@@ -9,7 +9,6 @@ if the path lies under one of the module prefixes it was started with (`--handle
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
