@@ -18,8 +18,17 @@ from .clients import cluster_unreachable
 from .config import parse_duration
 from .errors import DistbatchError, EmitError, PayloadError
 
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """The Redis URL and namespace a command uses, kept where an error it ends in can find them
+    (`_Commands` names the keys behind a WRONGTYPE)."""
+    ctx.meta[f"distbatch.{param.name}"] = value
+    return value
+
+
 URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
-                   show_default=True, help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
+                   callback=_remember, show_default=True,
+                   help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
                    "rediss+cluster:// (any node of a Redis Cluster) URL, with auth if needed. "
                    "Env: DISTBATCH_REDIS_URL.")
 QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None,
@@ -29,6 +38,7 @@ MAX_CONNECTIONS = 1000
 """`serve`'s connections and requests at once: 503 above (each holds up to a head's 64 KiB, or
 `--max-body-bytes` of body, in memory)."""
 NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
+                  callback=_remember,
                   help="Key namespace. Env: DISTBATCH_NAMESPACE.")
 SHARDS = click.option("--shards", envvar="DISTBATCH_SHARDS", type=click.IntRange(1, 16384), default=None,
                       help="Shards of a namespace this process may be the first to use (as the apps' "
@@ -205,9 +215,35 @@ class _Commands(click.Group):
         except redis.ResponseError as exc:  # e.g. a database index the server does not have
             hint = (": the database a URL names (its /N path) is not one that server has (its "
                     "`databases` setting)" if "DB index is out of range" in str(exc) else "")
+            if "WRONGTYPE" in str(exc):  # alone, or a pipeline's "Command # 2 (...) caused error: ..."
+                hint = _misfiled_hint(ctx, exc)
             raise click.ClickException(f"Redis refused: {describe(exc)}{hint}") from exc
         except redis.RedisError as exc:  # e.g. a URL naming something that speaks no RESP
             raise click.ClickException(f"Redis failed: {describe(exc)}") from exc
+
+
+def _misfiled_hint(ctx: click.Context, exc: BaseException) -> str:
+    """Which of the namespace's keys hold a type distbatch does not keep there (a hostile
+    writer's, an operator's `SET` on the wrong key): a bare WRONGTYPE named none of them."""
+    import redis
+
+    from .clients import connect
+    from .keys import Keys
+    from .records import Records
+    from .shards import Layout
+
+    url, namespace = ctx.meta.get("distbatch.redis_url"), ctx.meta.get("distbatch.namespace")
+    if not url or not namespace:
+        return ""
+    try:
+        client = connect(url)
+        try:
+            layout = Layout.load(client, namespace, None, fix=False)
+        except redis.ResponseError:  # its layout key is one of them: look at the first shard
+            layout = Layout(namespace, (Keys(namespace).tag,))
+        return Records(client, layout).misfiled_hint(exc)
+    except (redis.RedisError, DistbatchError):
+        return ""
 
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})

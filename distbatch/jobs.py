@@ -78,14 +78,9 @@ def run_batches(namespace: str) -> dict[str, int]:
                     namespace, describe(exc), extra={"event": "drain_interrupted"})
         return {"interrupted": 1}
     except redis.ResponseError as exc:  # a key of the wrong type: no step of the drain can go on
-        try:
-            wrong = executor.records.misfiled()
-        except redis.RedisError:
-            wrong = []
         log.error("drain_refused namespace=%s: Redis refused a step (%s)%s; this worker takes its next "
-                  "ticket in %.0fs", namespace, describe(exc),
-                  f"; keys of the wrong type: {', '.join(wrong)}" if wrong else "", REFUSED_PAUSE_S,
-                  extra={"event": "drain_refused"})
+                  "ticket in %.0fs", namespace, describe(exc), executor.records.misfiled_hint(exc),
+                  REFUSED_PAUSE_S, extra={"event": "drain_refused"})
         executor.refused = True  # no ticket for other workers from it until a drain goes through
         executor.stop.wait(REFUSED_PAUSE_S)  # each ticket failed at once, and a new one was queued
         return {"refused": 1}  # at its start: a hot loop of tracebacks and failed jobs kept a day

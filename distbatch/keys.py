@@ -287,6 +287,11 @@ class Keys:
                 (self.bell, "list"), (self.batch_seq, "string"), (self.registry_version, "string")]
 
     @property
+    def namespace_typed(self) -> list[tuple[str, str]]:
+        """The namespace-wide keys (on the `{ns}` tag), each with the type distbatch keeps there."""
+        return [(self.meta, "hash"), (self.workers, "zset"), (self.sweepers, "zset"), (self.lateness, "list")]
+
+    @property
     def lifecycle(self) -> list[str]:
         """The 11 keys every lifecycle script takes first (see lua/includes/lifecycle.lua)."""
         return [self.ready, self.running, self.delayed, self.dead, self.stats, self.rec_events,

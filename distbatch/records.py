@@ -511,16 +511,37 @@ class Records:
         return sum(int(self.client.zcard(getattr(k, which))) for k in self.shards)
 
     def misfiled(self) -> list[str]:
-        """The keys a worker reads that hold another type than distbatch keeps there (a hostile
-        writer's, an operator's mistake): `key (a string; distbatch keeps a zset there)`."""
-        out = []
+        """The keys of this namespace that hold another type than distbatch keeps there (a
+        hostile writer's, an operator's mistake), so that a refusal (WRONGTYPE) names them:
+        `key (a string; distbatch keeps a zset there)`. Its buffers are not looked at (a million
+        of them): the per-binding sets listing them are."""
+        typed = list(self.keys.namespace_typed)
         for k in self.shards:
-            for name, kept in k.typed:
-                found = self.client.type(name)
-                found = found.decode() if isinstance(found, bytes) else str(found)
-                if found not in ("none", kept):
-                    out.append(f"{name} (a {found}; distbatch keeps a {kept} there)")
+            typed += k.typed
+            if self._type(k.bindings) == "hash":
+                names = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)
+                         for b in self.client.hkeys(k.bindings)]
+                typed += [(k.open_buffers(name), "set") for name in names]
+        out = []
+        for name, kept in typed:
+            found = self._type(name)
+            if found not in ("none", kept):
+                out.append(f"{name} (a {found}; distbatch keeps a {kept} there)")
         return out
+
+    def misfiled_hint(self, exc: BaseException) -> str:
+        """What to add to the word on a refusal `exc`: the keys behind a WRONGTYPE, if any."""
+        if "WRONGTYPE" not in str(exc):
+            return ""
+        try:
+            wrong = self.misfiled()
+        except redis.RedisError:  # only a better word on an error said anyway
+            return ""
+        return f"; keys of the wrong type (delete or rename them): {', '.join(wrong)}" if wrong else ""
+
+    def _type(self, name: str) -> str:
+        found = self.client.type(name)
+        return found.decode() if isinstance(found, bytes) else str(found)
 
 
 _BELL_MIN_SOCKET_TIMEOUT = 0.5

@@ -164,6 +164,14 @@ class Sweeper:
                 log.warning("sweeper_shard_failed shard=%d: %s; the other shards go on, this one is tried "
                             "again in %.1fs", s, describe(exc), state.failed_for,
                             extra={"event": "sweeper_shard_failed", "shard": s})
+            except ResponseError as exc:  # a key of this shard's of another type, a hostile value:
+                # no wait mends it, but the other shards' windows still close on time
+                failed = failed or exc
+                waits.append(state.failed())
+                log.error("sweeper_shard_refused shard=%d: Redis refused a step (%s)%s; the other shards "
+                          "go on, this one is tried again in %.1fs", s, describe(exc),
+                          self.records.misfiled_hint(exc), state.failed_for,
+                          extra={"event": "sweeper_shard_refused", "shard": s})
         if failed is not None and all(self._state[s].failed_for for s in self.owned):
             raise failed  # every shard held is failing: the caller's backoff, as for any failed step
         waits += self._backup([s for s in range(self.batcher.layout.count) if s not in self.owned])

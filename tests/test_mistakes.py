@@ -403,3 +403,28 @@ def test_library_arguments_of_the_wrong_kind_are_named() -> None:
             call()
         assert getattr(err.value, "code", None) == code and named in str(err.value), err.value
     assert b.counters().get("events_in:d@v1", 0) == 0
+
+
+@pytest.mark.parametrize("which", ["stats", "dead", "meta", "bindings", "open"])
+def test_a_wrong_typed_key_is_named_by_the_commands_it_stops(redis_server: RedisServer, namespace: str,
+                                                             which: str) -> None:
+    """`SET {ns}:dead x` (a hostile writer, an operator's slip): `stats` and `dead list` ended
+    in a bare `WRONGTYPE ...`, naming no key, so nobody knew which of a namespace's keys to mend."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h", "key": "k"})
+    b.emit("s", {"k": "a"})
+    key = {"stats": b.keys.stats, "dead": b.keys.dead, "meta": b.keys.meta, "bindings": b.keys.bindings,
+           "open": b.keys.open_buffers("d@v1")}[which]
+    kept = {"stats": "hash", "dead": "zset", "meta": "hash", "bindings": "hash", "open": "set"}[which]
+    client.delete(key)
+    client.set(key, "x")
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    for command in (["stats"], ["dead", "list"]):
+        result = CliRunner().invoke(cli, [*command, *args])
+        if result.exit_code == 0:  # a command that reads no such key has nothing to say
+            assert which in ("stats", "open") and command == ["dead", "list"], result.output
+            continue
+        assert "WRONGTYPE" in result.output and "Traceback" not in result.output
+        assert f"keys of the wrong type (delete or rename them): {key} (a string; distbatch keeps a {kept} " \
+               "there)" in result.output, result.output

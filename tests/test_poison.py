@@ -536,9 +536,39 @@ def test_a_wrong_typed_key_makes_no_hot_loop_of_failed_tickets(redis_server: Red
                           redis_server.url, "--namespace", namespace], env=env_with_path(),
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert f"keys of the wrong type: {b.keys.running} (a set; distbatch keeps a zset there)" in out.stderr
+    assert (f"keys of the wrong type (delete or rename them): {b.keys.running} (a set; distbatch keeps a "
+            "zset there)") in out.stderr
     # the two tickets queued, and the one the first drain queued before it failed; then no more
     assert out.stderr.count("drain_refused") <= 3 and "Traceback" not in out.stderr
     failed = [k for k in client.keys("rq:job:*") if client.hget(k, "status") == b"failed"
               and client.hget(k, "origin") == b.keys.queue_name.encode()]  # the server is shared
     assert failed == [] and b.records.count("ready") == 3  # nothing lost: they run once it is fixed
+
+
+def test_a_wrong_typed_key_of_one_shard_holds_up_no_other_and_is_named(
+        redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`SADD {ns:0}:running junk` on a sharded namespace: every pass of the sweeper failed at that
+    shard's step and ended there, so the other shards' windows were never cut on time (and the
+    log said WRONGTYPE, naming no key)."""
+    import logging
+
+    from distbatch import ManualClock
+    from distbatch.sweeper import Sweeper
+
+    clock = ManualClock(now_ms=1_000_000)
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, shards=2, clock=clock,
+                handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 100, "window": "1s", "key": "k"})
+    b.emit_many("s", [{"k": f"p{i}"} for i in range(20)])
+    open_per_shard = [b.client.zcard(k.deadlines) for k in b.shards]
+    assert all(open_per_shard)  # windows open on both shards
+    bad = b.shards[0]
+    b.client.sadd(bad.running, "junk")
+    clock.advance("2s")
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        Sweeper(b).run_once()
+    assert b.client.zcard(b.shards[1].deadlines) == 0  # the healthy shard's windows cut
+    assert b.counters().get("batches_expired:d@v1") == open_per_shard[1] + open_per_shard[0]
+    said = [r.getMessage() for r in caplog.records if "sweeper_shard_refused" in r.getMessage()]
+    assert said and (f"keys of the wrong type (delete or rename them): {bad.running} (a set; distbatch "
+                     "keeps a zset there)") in said[0]
