@@ -57,6 +57,8 @@ class Registry:
         self.cluster = cluster
         self.cached = Snapshot()
         """The last snapshot read; `loaded` is False until the first read and after a change."""
+        self.own: dict[str, Binding] = {}
+        """The bindings this instance registered: stored again if Redis loses them (`_restore`)."""
 
     def invalidate(self) -> None:
         self.cached = Snapshot()
@@ -68,14 +70,47 @@ class Registry:
             snap = yield from self.load()
         return snap
 
-    def load(self) -> Proc[Snapshot]:
+    def load(self, restore: bool = True) -> Proc[Snapshot]:
         k = self.shards[0]
         # epoch first: a register in between makes the snapshot stale, never the reverse
         epoch, raw = yield Atomic((Cmd("get", (k.registry_version,)), Cmd("hgetall", (k.bindings,))))
         snap = self.cached
         if not (snap.loaded and snap.epoch == (epoch or b"") and snap.raw == raw):
             self.cached = snap = self.parse(epoch or b"", raw)
+        lost = restore and any(key.encode() not in raw for key in self.own)
+        if lost and (yield from self._restore(raw)):
+            snap = yield from self.load(restore=False)
         return snap  # unchanged: the same object, so what was made per snapshot stays
+
+    def _restore(self, raw: dict[bytes, bytes]) -> Proc[bool]:
+        """Store again the bindings this instance registered that Redis no longer has, neither
+        registered nor dropped: it lost them (restarted without persistence, flushed, evicted).
+        Before, a running app's events went nowhere from then on (`source_unbound`), until it was
+        restarted. A binding dropped meanwhile (its definition in `dropped`) is not taken back.
+        Returns whether anything was stored."""
+        from .shards import Layout
+
+        missing = [key for key in self.own if key.encode() not in raw]
+        dropped = yield Cmd("hmget", (self.shards[0].dropped, *missing))
+        lost = [key for key, d in zip(missing, dropped, strict=True) if d is None]
+        for key, d in zip(missing, dropped, strict=True):
+            if d is not None:
+                del self.own[key]  # dropped by another instance: theirs to decide
+        if not lost:
+            return False
+        namespace = self.shards[0].namespace  # its layout too, if that went with them
+        yield from Layout.read(namespace, len(self.shards), lambda: len(self.shards), fix=True)
+        log.warning("registry_restored namespace=%s bindings=%s: Redis no longer had them (restarted "
+                    "without persistence, flushed, or evicted); stored again from this process's "
+                    "definitions. Events buffered before are gone with Redis' data.", namespace, lost,
+                    extra={"event": "registry_restored"})
+        for key in lost:
+            try:
+                yield from self.register(self.own[key])
+            except ConfigError as exc:  # another instance stored a different one meanwhile
+                del self.own[key]
+                log.warning("registry_restore_conflict %s", exc, extra={"event": "registry_restore_conflict"})
+        return True
 
     @staticmethod
     def parse(epoch: bytes, raw: dict[bytes, bytes]) -> Snapshot:
@@ -118,11 +153,13 @@ class Registry:
                     )
                 seen = yield Cmd("get", (k.registry_version,))
                 yield from self.sync(i, seen or b"")  # a copy out of step
+        self.own[binding.key] = binding
         self.invalidate()
 
     def unbind(self, binding: str) -> Proc[list[list[bytes]]]:
         """First step of a drop, on every shard: the binding takes no more events (its definition
         moves to `dropped`). Returns each shard's open members of it."""
+        self.own.pop(binding, None)
         epoch = secrets.token_hex(8)
         members = []
         known = False

@@ -245,6 +245,40 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
         server.cleanup()
 
 
+def test_redis_restart_without_persistence_leaves_a_running_app_working(tmp_path: Path) -> None:
+    """Redis restarted with no persistence under a long-lived app, workers and a sweeper: what was
+    buffered is gone (README says so), but the app's events after it were stored nowhere before
+    (its bindings went with the data; `source_unbound`). It stores its bindings again and every
+    event acknowledged after the restart is delivered."""
+    server = RedisServer().start()
+    procs = Procs(server.url, NS, tmp_path)
+    try:
+        client = redis.Redis.from_url(server.url)
+        b = Batcher.from_url(server.url, namespace=NS)
+        b.register("r", version="v1", source="s", handler="tests.handlers.record",
+                   batch={"count": 10, "window": "300ms", "key": "k"})
+        procs.worker("--lease", "2s")
+        procs.sweeper()
+        b.emit_many("s", [{"k": i % 7, "n": i} for i in range(100)])
+        running = [p for p in procs.procs if p.poll() is None]
+        server.stop(kill=True)
+        time.sleep(1.5)
+        server.start()  # empty
+        acked = 0
+        for i in range(100, 600):
+            acked += len(b.emit("s", {"k": i % 7, "n": i}))
+        assert acked == 500
+        wait_for(lambda: len(_events(delivered(client))) >= 500, 60,
+                 "every event acknowledged after the restart delivered", procs.logs)
+        seen = _events(delivered(client))
+        assert len(seen) == 500 and set(seen.values()) == {1}  # each once
+        assert int(client.hget(b.keys.stats, "events_in:r@v1")) == 500
+        assert all(p.poll() is None for p in running), "a worker or sweeper exited on the restart"
+    finally:
+        procs.stop_all()
+        server.cleanup()
+
+
 def test_a_worker_paused_while_waiting_on_the_bell_never_runs_the_batch_its_claim_took(
     procs: Procs, client: redis.Redis, batcher: Batcher
 ) -> None:

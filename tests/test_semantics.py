@@ -407,3 +407,41 @@ def test_a_sweep_that_discards_a_window_logs_how_many_events_went(
         for shard in range(len(b.shards)):
             b.flush_step(100, with_events=False, shard=shard)
     assert any("batch_discarded" in m and "events=3" in m for m in caplog.messages), caplog.messages
+
+
+def _lose_namespace(b: Batcher) -> None:
+    """What a Redis restarted without persistence (or flushed) leaves of a namespace: nothing."""
+    for node_keys in [list(b.client.scan_iter(match=f"{{{b.keys.namespace}*", count=1000))]:
+        for key in node_keys:
+            b.client.delete(key)
+    assert not list(b.client.scan_iter(match=f"{{{b.keys.namespace}*"))
+
+
+def test_an_app_registers_its_bindings_again_after_redis_lost_them(
+        make_batcher, caplog: pytest.LogCaptureFixture) -> None:
+    """A running app's events went nowhere after Redis lost its data: emit returned [] with a
+    `source_unbound` warning until the app was restarted. Each instance now stores again the
+    bindings it registered (and the layout), then takes the event."""
+    app, other = make_batcher(), make_batcher()
+    reg(app, count=2)
+    other.register("audit", version="v1", source="src", handler=H, batch={"count": 5, "window": "1h"})
+    assert len(app.emit("src", {"n": 0})) == 2
+    _lose_namespace(app)
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        first = app.emit("src", {"n": 1})
+    assert [r.binding for r in first] == ["t@v1"]  # the other instance stores its own at its next call
+    assert any("registry_restored" in m and "t@v1" in m for m in caplog.messages)
+    assert not any("source_unbound" in m for m in caplog.messages)
+    assert app.client.exists(app.keys.meta)  # the layout stored again, for workers started after
+    second = app.emit("src", {"n": 2})
+    assert payloads(second) == [{"n": 1}, {"n": 2}]
+    assert sorted(r.binding for r in other.emit("src", {"n": 3})) == ["audit@v1", "t@v1"]
+
+
+def test_a_binding_dropped_by_another_instance_is_not_taken_back(make_batcher) -> None:
+    app, operator = make_batcher(), make_batcher()
+    key = reg(app)
+    app.emit("src", {"n": 1})
+    operator.drop(key)
+    assert app.emit("src", {"n": 2}) == []
+    assert key not in app.bindings() and key not in operator.bindings()
