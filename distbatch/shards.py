@@ -66,6 +66,13 @@ class Layout:
     def keys(self) -> list[Keys]:
         return [Keys(self.namespace, s, t) for s, t in enumerate(self.tags)]
 
+    def store(self) -> Cmd:
+        """Store this layout unless one is: on first use, and again from every process that holds
+        it (workers', sweepers' heartbeats, an app that finds its bindings gone) after Redis lost
+        its data. Before, the heartbeats of running workers came back without it, and every
+        instance started after that was refused (`layout_missing`) for good."""
+        return Cmd("hsetnx", (Keys(self.namespace).meta, "tags", json.dumps(list(self.tags))))
+
     def id_prefix(self, shard: int) -> str:
         return "" if self.count == 1 else f"{shard}."
 
@@ -98,13 +105,14 @@ class Layout:
                 raise ConfigError(  # its registry lives on shard tags no one can name now
                     "layout_missing",
                     f"namespace={namespace!r} is in use (workers', sweepers' or lateness keys on "
-                    f"{{{namespace}}}) but its layout {k.meta} is gone (deleted, or evicted: run Redis "
-                    "with maxmemory-policy noeviction): start one instance with the shards it had "
-                    "(shards=N, --shards N) to store it again; nothing was written",
+                    f"{{{namespace}}}) but its layout {k.meta} is gone (deleted, evicted: run Redis "
+                    "with maxmemory-policy noeviction; or lost in a restart without persistence, "
+                    "with no worker or sweeper running to store it again): start one instance with "
+                    "the shards it had (shards=N, --shards N) to store it again; nothing was written",
                 )
             tags = tuple(tags_for(namespace, want))
             if fix:
-                yield Cmd("hsetnx", (k.meta, "tags", json.dumps(list(tags))))
+                yield cls(namespace, tags).store()
                 tags = _stored_tags(namespace, (yield Cmd("hget", (k.meta, "tags"))), k.meta)
         if shards is not None and shards != len(tags):
             raise ConfigError(

@@ -96,6 +96,7 @@ class Sweeper:
             b.client.zadd(k.sweepers, {self.id: now_ms})
             b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 2 * self.lease_ms)
             self._live = max(1, int(b.client.zcard(k.sweepers)))
+            b.client.hsetnx(*b.layout.store().args)  # Redis lost it: as it was, for whoever starts next
         except TRANSIENT as exc:  # the namespace's own node away (a cluster): the shards go on
             log.warning("sweeper_heartbeat_failed: %s; sharing as at the last one (%d sweepers)",
                         describe(exc), self._live, extra={"event": "sweeper_heartbeat_failed"})

@@ -105,3 +105,31 @@ def test_a_sharded_namespace_whose_layout_was_lost_is_said_so_not_taken_for_a_ne
     again = Batcher(client, namespace=namespace, shards=4, handoff=False)
     assert again.records.count("ready") == 10 and set(again.bindings()) == {"d@v1"}
     assert Batcher(client, namespace=namespace, handoff=False).layout.count == 4
+
+
+@pytest.mark.parametrize("by", ["worker", "sweeper"])
+def test_a_running_process_stores_its_layout_again_after_redis_lost_it(server: RedisServer, tmp_path: Path,
+                                                                      by: str) -> None:
+    """Redis restarted without persistence under a worker or a sweeper of a 4-shard namespace:
+    their heartbeats came back, the layout did not, so every app and worker started after was
+    refused (`layout_missing`) until someone passed the shards by hand. Now the next heartbeat
+    stores it again, and a new app and a new worker start as before."""
+    client = redis.Redis.from_url(server.url)
+    ns = f"lost-{by}"
+    with Procs(server.url, ns, tmp_path) as procs:
+        first = getattr(procs, by)("--shards", "4")
+        wait_for(lambda: client.zcard(getattr(Keys(ns), f"{by}s")), 30, f"the {by} up", procs.logs)
+        server.stop(kill=True)
+        server.start()  # empty
+        wait_for(lambda: client.exists(Keys(ns).meta), 15, "the layout stored again", procs.logs)
+        app = Batcher.from_url(server.url, namespace=ns)  # no shards= given: read from Redis
+        assert app.layout.count == 4
+        app.register("e", version="v1", source="s", handler="tests.handlers.record",
+                     batch={"count": 2, "window": "200ms", "key": "k"})
+        procs.worker()  # no --shards either
+        if by == "worker":
+            procs.sweeper()
+        app.emit_many("s", [{"k": i % 5, "i": i} for i in range(25)])
+        wait_for(lambda: sum(len(r["events"]) for r in delivered(client)) >= 25, 30, "25 events delivered",
+                 procs.logs)
+        assert first.poll() is None
