@@ -870,11 +870,16 @@ class Ingest:
             prefix = k.buffer_prefix.encode()
             while True:
                 reply = yield Eval("drain_buffers", [k.deadlines, k.stats, k.open_buffers(binding),
-                                                     k.kept(secrets.token_hex(8)),
+                                                     k.kept(secrets.token_hex(8)), k.bindings,
                                                      *(prefix + m for m in open_members)],
                                    [binding, k.buffer_prefix])
                 for i in range(1, len(reply), 2):
                     events.extend(decode_events(reply[i + 1]))
+                if int(reply[0]) == -1:  # taken back meanwhile: what its buffers hold is its own
+                    log.warning("drop_overtaken binding=%s: registered again while this drop ran; its "
+                                "buffers on shard %s are left to it", binding, k.tag,
+                                extra={"event": "drop_overtaken", "binding": binding})
+                    break
                 if int(reply[0]) == 0:
                     break
                 open_members = list((yield Cmd("smembers", (k.open_buffers(binding),))))

@@ -1779,3 +1779,35 @@ def test_a_payload_failing_as_a_binding_registered_mid_call_reads_it_is_no_nothi
     assert err.value.stored == [0, 1] and err.value.uncertain == [] and err.value.not_sent == [2, 3]
     assert "cannot read 'shop'" in str(err.value.__cause__)
     assert b.counters()["events_in:h1@v1"] == 3  # the warm-up and the first chunk, once
+
+
+def test_a_drop_overtaken_by_a_register_of_the_same_binding_leaves_its_new_events_to_it(
+        make_batcher, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Another instance registered the binding again (same config: "takes it back") and emitted
+    to it between the drop's two steps: the drop's drain then took that acknowledged event too,
+    returned it as dropped and counted it so, out of a binding that was live again."""
+    import logging
+
+    from distbatch.registry import Registry
+
+    app, other = make_batcher(), make_batcher()
+    batch = {"count": 100, "window": "1h", "key": "k"}
+    app.register("d", version="v1", source="s", handler="m.h", batch=batch)
+    app.emit("s", {"k": "a", "i": "old"})
+    real_unbind = Registry.unbind
+
+    def unbind_then_take_back(self: Registry, binding: str) -> Any:
+        members = yield from real_unbind(self, binding)
+        other.register("d", version="v1", source="s", handler="m.h", batch=batch)
+        assert [r.binding for r in other.emit("s", {"k": "a", "i": "new"})] == ["d@v1"]
+        return members
+
+    monkeypatch.setattr(Registry, "unbind", unbind_then_take_back)
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        dropped = app.drop("d@v1")
+    monkeypatch.setattr(Registry, "unbind", real_unbind)
+    assert all(e.payload["i"] == "old" for e in dropped)  # never the event acknowledged to it since
+    assert any("drop_overtaken" in m for m in caplog.messages)
+    assert "d@v1" in other.bindings()
+    left = other.drop("d@v1")  # what is buffered for it now: the new event, once
+    assert sorted(e.payload["i"] for e in [*dropped, *left]) == ["new", "old"]
