@@ -34,6 +34,32 @@ def registered() -> list[str]:
     return sorted(_registered)
 
 
+def check_path(path: str) -> None:
+    """A handler path given to `register` that no worker could resolve, said there: a typo in the
+    function's name passed, and its batches were given back every 5 s and never ran nor went dead.
+    The module is imported as a worker would; one this process cannot import (the handlers live
+    with the workers only, a dependency missing here) is left to the workers to judge."""
+    from .errors import ConfigError
+
+    module_name, _, attr = path.rpartition(".")
+    if not module_name or attr.startswith("_"):
+        raise ConfigError("handler_invalid", f"handler={path!r} names no public function of a module "
+                          "(workers run `module.function`)")
+    if path in _registered:
+        return
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:
+        return
+    fn = getattr(module, attr, None)
+    if fn is None:
+        near = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
+        raise ConfigError("handler_unknown", f"handler={path!r}: module {module_name!r} has no {attr!r} "
+                          f"(a typo?); its functions: {sorted(near)[:20]}")
+    if not callable(fn) or inspect.isclass(fn):
+        raise ConfigError("handler_invalid", f"handler={path!r} is a {type(fn).__name__}, not a function")
+
+
 class HandlerResolver:
     def __init__(self, allow_prefixes: Iterable[str] = ()) -> None:
         self.allow_prefixes = tuple(p.strip().rstrip(".") for p in allow_prefixes if p.strip())

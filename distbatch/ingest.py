@@ -32,6 +32,7 @@ from .codec import (
 )
 from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import ConfigError, EmitError, PayloadError, describe, short
+from .handlers import check_path as check_handler_path
 from .handlers import handler as register_handler
 from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, member_bytes, members_cache
 from .models import Batch, EmitResult, Event
@@ -203,6 +204,8 @@ class Ingest:
         if callable(handler):
             register_handler(handler)
         binding = Binding.build(id, version=version, source=source, batch=batch, handler=handler, retry=retry)
+        if not callable(handler):
+            check_handler_path(binding.handler)
         yield from self.registry.register(binding)
         return binding.key
 

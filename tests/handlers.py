@@ -32,6 +32,10 @@ def describe(batch: Batch) -> str:
     })
 
 
+def noop(batch: Batch) -> None:
+    """For bindings no worker runs in the test."""
+
+
 def record(batch: Batch) -> None:
     client().rpush(DELIVERED, describe(batch))
 

@@ -428,3 +428,27 @@ def test_a_wrong_typed_key_is_named_by_the_commands_it_stops(redis_server: Redis
         assert "WRONGTYPE" in result.output and "Traceback" not in result.output
         assert f"keys of the wrong type (delete or rename them): {key} (a string; distbatch keeps a {kept} " \
                "there)" in result.output, result.output
+
+
+@pytest.mark.parametrize("path, code", [
+    ("tests.handlers.recrod", "handler_unknown"),  # the module imports here: a typo, said at once
+    ("tests.handlers.Batch", "handler_invalid"),  # a class it imports
+    ("tests.handlers._private", "handler_invalid"),  # no worker runs it
+])
+def test_a_handler_path_no_worker_could_run_is_refused_at_register(batcher: Batcher, path: str,
+                                                                   code: str) -> None:
+    """`register(..., handler="rvh.recrod")` with `rvh` importable passed: the worker said
+    `handler_unavailable` every 5 s, the batch was given back each time, never ran, never went dead."""
+    with pytest.raises(ConfigError) as err:
+        batcher.register("d", version="v1", source="s", handler=path, batch={"count": 2, "window": "1h"})
+    assert err.value.code == code and repr(path) in str(err.value)
+    if code == "handler_unknown":
+        assert "'record'" in str(err.value)  # what the module has, to spot the typo by
+    assert batcher.bindings() == {}  # nothing stored
+
+
+def test_a_handler_module_this_process_cannot_import_is_left_to_the_workers(batcher: Batcher) -> None:
+    """The handlers may live with the workers only."""
+    key = batcher.register("d", version="v1", source="s", handler="workers_only.handlers.digest",
+                           batch={"count": 2, "window": "1h"})
+    assert key in batcher.bindings()
