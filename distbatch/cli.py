@@ -556,7 +556,7 @@ def dead_show(redis_url: str, namespace: str, batch_id: str) -> None:
     batcher = _look(redis_url, namespace)
     row = dead.detail(batcher, batch_id)
     if row is None:
-        raise click.ClickException(f"batch {batch_id!r} is not dead")
+        raise click.ClickException(f"batch {batch_id!r} is {dead.whereabouts(batcher, batch_id)}")
     _echo_json(row)
 
 
@@ -582,12 +582,14 @@ def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tupl
 def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool,
                 queue_url: str | None) -> None:
     """Run dead batches again, with fresh attempts."""
+    from .dead import whereabouts
+
     batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
     replayed = []
     for bid in _dead_ids(batcher, batch_ids, replay_all):
         ok = batcher.records.replay(bid)
         replayed += [bid] if ok else []
-        click.echo(f"{bid}: {'replayed' if ok else 'not dead'}")
+        click.echo(f"{bid}: {'replayed' if ok else whereabouts(batcher, bid)}")
     if replayed and batcher.dispatcher is not None:
         batcher.dispatcher(replayed)
     missed = len(set(batch_ids)) - len(replayed) if not replay_all else 0

@@ -53,6 +53,26 @@ def detail(batcher: Batcher, batch_id: str) -> dict[str, Any] | None:
     return out
 
 
+def whereabouts(batcher: Batcher, batch_id: str) -> str:
+    """Where a batch that is not dead is, for the word on a `dead show`/`replay` of it: "not dead"
+    alone read the same for a running batch and a mistyped id."""
+    k = batcher.records.keys_for(batch_id)
+    pipe = batcher.client.pipeline(transaction=False)
+    for key in (k.ready, k.running, k.delayed, k.dead):
+        pipe.zscore(key, batch_id)
+    ready, running, delayed, dead = pipe.execute()
+    if dead is not None:
+        return "dead"
+    if running is not None:
+        return "not dead: running on a worker now"
+    if ready is not None:
+        return "not dead: ready, waiting for a worker"
+    if delayed is not None:
+        return "not dead: waiting for its next attempt"
+    return (f"not a batch of namespace {batcher.keys.namespace!r} (delivered batches leave no record; "
+            "see `distbatch dead list`)")
+
+
 def ids(batcher: Batcher) -> list[str]:
     """The dead batches' ids (a member that is no text, a hostile writer's, is left out)."""
     out = []

@@ -472,3 +472,20 @@ def test_plain_stats_says_no_sweeper_cut_an_overdue_window(redis_server: RedisSe
     assert result.exit_code == 0, result.output
     assert "sweepers live 0; a window overdue by 1." in result.output
     assert "next_close=overdue 1." in result.output
+
+
+def test_dead_show_and_replay_say_where_a_batch_that_is_not_dead_is(redis_server: RedisServer,
+                                                                    namespace: str) -> None:
+    """`dead show garbage` said "batch 'garbage' is not dead", as for a batch running now."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    ready, running = (r.batch.id for r in b.emit_many("s", [{"n": 1}, {"n": 2}]) if r.batch)
+    assert b.records.claim([running], 10_000) is not None
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    said = {bid: CliRunner().invoke(cli, ["dead", "show", bid, *args]).output
+            for bid in (ready, running, "garbage")}
+    assert f"batch {ready!r} is not dead: ready, waiting for a worker" in said[ready]
+    assert f"batch {running!r} is not dead: running on a worker now" in said[running]
+    assert f"batch 'garbage' is not a batch of namespace {namespace!r}" in said["garbage"]
+    out = CliRunner().invoke(cli, ["dead", "replay", running, *args]).output
+    assert f"{running}: not dead: running on a worker now" in out
