@@ -97,10 +97,13 @@ class EmitError(DistbatchError):
         why = ("the script failed" if isinstance(cause, redis.ResponseError)
                else "no reply from Redis" if isinstance(cause, redis.ConnectionError | redis.TimeoutError)
                else "stopped")  # e.g. a payload that failed as a binding registered meanwhile read it
-        super().__init__(
-            f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or may not "
-            f"be ({why}: {describe(cause)}), {len(self.not_sent)} not sent"
-        )
+        if total == 1:  # one event: no "part" of it
+            state = ("stored" if stored else "may or may not be stored" if uncertain else "not sent")
+            message = f"emit failed: the event {state} ({why}: {describe(cause)})"
+        else:
+            message = (f"emit failed part-way: {len(stored)} event(s) stored, {len(uncertain)} may or "
+                       f"may not be ({why}: {describe(cause)}), {len(self.not_sent)} not sent")
+        super().__init__(message)
 
 
 class HandlerTimeout(BaseException):
