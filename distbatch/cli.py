@@ -275,7 +275,9 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--name", default=None, help="Worker name (RQ).")
 @click.option("--path", "paths", envvar="DISTBATCH_WORKER_PATH", multiple=True, default=["."],
-              help="Directories put first on sys.path so handlers import (like `rq worker --path`).")
+              type=click.Path(exists=True, file_okay=False),
+              help="Directories put first on sys.path so handlers import (like `rq worker --path`). "
+              "Env: DISTBATCH_WORKER_PATH, os.pathsep-separated.")
 @QUEUE
 @click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 @SHARDS
@@ -421,6 +423,8 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 
     def stopped(lineno: int, why: str) -> click.ClickException:
         """Lines go in chunks as they are read: say exactly what is in Redis when one fails."""
+        if payload is not None:  # no lines: the argument
+            return click.ClickException(f"PAYLOAD: {why}; nothing was stored")
         first = numbers[0] if numbers else lineno  # the first line of the chunk not sent
         return click.ClickException(
             f"line {lineno}: {why}; nothing from line {first} on was stored"

@@ -164,11 +164,12 @@ def test_emit_says_exactly_what_was_stored_when_a_line_fails(redis_server: Redis
         assert "nothing from line 201 on was stored (the 200 event(s) of the lines before it were)" in out
         assert [e.payload["i"] for e in b.drop("d@v1")] == list(range(200))  # what Redis holds
         b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5000, "window": "1h"})
-    first = _failed_cleanly(CliRunner().invoke(cli, ["emit", "s", "[1]", *args]))
-    assert first.startswith("Error: line 1: ") and "nothing from line 1 on was stored" in first
+    first = _failed_cleanly(CliRunner().invoke(cli, ["emit", "s", "[1]", *args]))  # the argument: no lines
+    assert first.startswith("Error: PAYLOAD: ") and first.rstrip().endswith("; nothing was stored"), first
 
 
 @pytest.mark.parametrize("argv, said", [
+    (["worker", "--path", "/nonexistent/handlers"], "'/nonexistent/handlers' does not exist"),  # was taken
     (["serve", "--port", "70000", "--insecure-no-auth"], "70000 is not in the range 1<=x<=65535"),
     (["worker", "--metrics-port", "70000"], "70000 is not in the range"),
     (["sweeper", "--metrics-port", "0"], "0 is not in the range"),
