@@ -539,14 +539,15 @@ def dead() -> None:
 @URL
 @NS
 def dead_list(redis_url: str, namespace: str) -> None:
-    """Dead batches with their binding, size and the last line of their error (`dead show ID`
-    for the whole traceback)."""
+    """Dead batches, one JSON object a line (JSON lines): binding, size and the last line of the
+    error (`dead show ID` for the whole traceback)."""
     from . import dead
 
     batcher = _look(redis_url, namespace)
     for row in reversed(dead.rows(batcher)):  # oldest first, as a log reads
         error = (row.pop("error") or "").strip().splitlines()
-        _echo_json({**row, "error": error[-1] if error else None})
+        # one line each: indented objects back to back were neither one JSON document nor lines
+        click.echo(json.dumps({**row, "error": error[-1] if error else None}, default=str))
 
 
 @dead.command("show")

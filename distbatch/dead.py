@@ -3,6 +3,7 @@ poison record, always say what is wrong with it."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .batcher import Batcher
@@ -10,7 +11,12 @@ from .codec import as_text
 from .errors import BatchNotFound
 
 
-def row(batcher: Batcher, batch_id: str, when: int) -> dict[str, Any]:
+def _ms(score: float) -> int | None:
+    """A dead set's score as ms; None for +-inf (a hostile writer's), which no int holds."""
+    return int(score) if math.isfinite(score) else None
+
+
+def row(batcher: Batcher, batch_id: str, when: int | None) -> dict[str, Any]:
     raw = batcher.records.raw(batch_id)
     return {"id": batch_id, "binding": raw["binding"], "partition_key": raw["partition_key"],
             "events": raw.get("n"), "attempts": raw.get("attempt"),  # None: a garbled record's
@@ -27,11 +33,11 @@ def rows(batcher: Batcher, limit: int | None = None) -> list[dict[str, Any]]:
     out = []
     for bid, when in found[:limit]:
         try:
-            out.append(row(batcher, as_text(bid), int(when)))
+            out.append(row(batcher, as_text(bid), _ms(when)))
         except BatchNotFound:
             continue
         except UnicodeDecodeError:  # no batch id (those are text): a hostile writer's member, listed
-            out.append({"id": as_text(bid, "replace"), "dead_at_ms": int(when),  # as such, never raised
+            out.append({"id": as_text(bid, "replace"), "dead_at_ms": _ms(when),  # as such, never raised
                         "error": "not a batch id (not written by distbatch)"})
     return out
 
@@ -42,7 +48,7 @@ def detail(batcher: Batcher, batch_id: str) -> dict[str, Any] | None:
         when = batcher.client.zscore(batcher.records.keys_for(batch_id).dead, batch_id)
         if when is None:
             return None
-        out = row(batcher, batch_id, int(when))
+        out = row(batcher, batch_id, _ms(when))
     except BatchNotFound:
         return None
     try:

@@ -572,3 +572,100 @@ def test_a_wrong_typed_key_of_one_shard_holds_up_no_other_and_is_named(
     said = [r.getMessage() for r in caplog.records if "sweeper_shard_refused" in r.getMessage()]
     assert said and (f"keys of the wrong type (delete or rename them): {bad.running} (a set; distbatch "
                      "keeps a zset there)") in said[0]
+
+
+def _hostile_view(redis_server: RedisServer, namespace: str) -> tuple[Batcher, list[str]]:
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h", "key": "k"},
+               retry={"attempts": 1})
+    b.emit("s", {"k": "a"})
+    return b, ["--redis-url", redis_server.url, "--namespace", namespace]
+
+
+def test_infinite_scores_and_junk_chart_entries_are_skipped_by_every_reader(
+        redis_server: RedisServer, namespace: str) -> None:
+    """`ZADD {ns}:deadlines +inf x`, `ZADD {ns}:dead -inf y`, `LPUSH {ns}:lateness garbage`: stats,
+    dead list/show, /metrics and the dashboard's chart failed with a traceback or a bare 500
+    (`int(inf)`, a line that did not split in two)."""
+    from prometheus_client import generate_latest
+
+    from distbatch.metrics import namespace_registry
+    from distbatch.stats import collect, lateness
+
+    b, args = _hostile_view(redis_server, namespace)
+    b.client.zadd(b.keys.deadlines, {"d@v1|=evil": float("inf"), "d@v1|=evil2": float("-inf")})
+    (r,) = b.emit_many("s", [{"k": "x"}] * 5)[-1:]
+    assert r.batch is not None
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None
+    b.records.fail(r.batch.id, claim.token, "boom", None)
+    b.client.zadd(b.keys.dead, {r.batch.id: float("inf")})
+    b.client.lpush(b.keys.lateness, "garbage", "x y", "1 2 3")
+    data = collect(b)
+    assert data["bindings"]["d@v1"]["next_window_closes_in_ms"] > 3_500_000  # the real buffer's
+    assert lateness(b, b.server_ms())["series"] == []
+    assert b"distbatch_open_buffers" in generate_latest(namespace_registry(b))
+    for command in (["stats"], ["stats", "--json"], ["dead", "list"], ["dead", "show", r.batch.id]):
+        result = CliRunner().invoke(cli, [*command, *args])
+        assert "Traceback" not in result.output and not isinstance(result.exception, OverflowError), \
+            (command, result.output)
+    listed = CliRunner().invoke(cli, ["dead", "list", *args])
+    assert json.loads(listed.output.splitlines()[0])["dead_at_ms"] is None
+
+
+def test_counters_of_no_binding_and_negative_ones_are_left_out(redis_server: RedisServer,
+                                                              namespace: str) -> None:
+    """`HSET {ns}:stats events_in:<anything> 1` made a "(dropped)" binding row (and a dozen metric
+    series) per field, its name printed to the terminal as written; `-5` a negative counter."""
+    from distbatch.stats import collect
+
+    b, _ = _hostile_view(redis_server, namespace)
+    b.client.hset(b.keys.stats, mapping={"events_in:\x1b]0;pwned\x07": 1, "events_in:nobody@v1": 7,
+                                         "leases_expired": -3, "events_delivered:d@v1": -5})
+    data = collect(b)
+    assert list(data["bindings"]) == ["d@v1"]
+    assert data["leases_expired_total"] == 0 and data["bindings"]["d@v1"]["events_delivered_total"] == 0
+    assert data["bindings"]["d@v1"]["events_in_total"] == 1
+
+
+def test_stats_json_has_every_counter_from_the_start(redis_server: RedisServer, namespace: str) -> None:
+    """A new binding had no `events_delivered_total`, a namespace no `retries_total` before its
+    first retry: a reader got a KeyError where the answer was 0."""
+    _, args = _hostile_view(redis_server, namespace)
+    data = json.loads(CliRunner().invoke(cli, ["stats", "--json", *args]).output)
+    for field in ("retries_total", "given_back_total", "leases_expired_total", "went_dead_total"):
+        assert data[field] == 0, field
+    row = data["bindings"]["d@v1"]
+    assert row["events_in_total"] == 1 and row["events_delivered_total"] == 0
+    assert row["batches_count_total"] == 0 and row["events_purged_total"] == 0
+
+
+def test_next_close_is_the_earliest_window_however_many_buffers(redis_server: RedisServer,
+                                                                namespace: str) -> None:
+    """With more open buffers than the sample, the earliest was missed unless sampled: seconds off."""
+    from distbatch import ManualClock
+    from distbatch.stats import SAMPLE, collect
+
+    clock = ManualClock(now_ms=1_000_000)
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False, clock=clock)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h", "key": "k"})
+    b.emit("s", {"k": "first"})
+    clock.advance("2s")
+    b.emit_many("s", [{"k": i} for i in range(SAMPLE + 5000)])
+    first = b.client.zscore(b.keys.deadlines, "d@v1|=first")
+    data = collect(b)
+    assert data["bindings"]["d@v1"]["next_window_closes_in_ms"] == int(first) - data["server_time_ms"]
+
+
+def test_dead_list_prints_json_lines(redis_server: RedisServer, namespace: str) -> None:
+    """Indented objects back to back: neither one JSON document nor JSON lines."""
+    b, args = _hostile_view(redis_server, namespace)
+    for i in range(3):
+        (r,) = b.emit_many("s", [{"k": f"x{i}"}] * 5)[-1:]
+        assert r.batch is not None
+        claim = b.records.claim([r.batch.id], 10_000)
+        assert claim is not None
+        b.records.fail(r.batch.id, claim.token, "boom", None)
+    out = CliRunner().invoke(cli, ["dead", "list", *args]).output
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3 and all(row["error"] == "boom" for row in rows)
