@@ -110,10 +110,12 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
             backoff = min(10.0, backoff * 2)
 
 
-def _look(redis_url: str, namespace: str) -> Batcher:
-    """A batcher to read a namespace with, writing nothing; on one with no binding, a word on
-    stderr: empty output there looked just like "nothing dead", "nothing ready"."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False, fix_layout=False)
+def _look(redis_url: str, namespace: str, queue_url: str | None = None, handoff: bool = False) -> Batcher:
+    """A batcher for a command that stores no layout (on a typo'd --namespace `dead purge --all`
+    and the like wrote one); on a namespace with no binding, a word on stderr: empty output there
+    looked just like "nothing dead", "nothing ready"."""
+    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url, handoff=handoff,
+                               fix_layout=False)
     if not batcher.bindings():
         click.echo(f"namespace {namespace!r} has no binding registered (a typo'd --namespace? "
                    "DISTBATCH_NAMESPACE sets it for every command)", err=True)
@@ -410,7 +412,7 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
     if payload is not None and not payload.strip():  # a blank line of stdin is skipped; this is no line
         raise click.ClickException("PAYLOAD is empty: give a JSON object, or leave it out to read JSON "
                                    "lines from stdin")
-    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url, fix_layout=False)
     if not batcher.bindings() or not any(b.source == source for b in batcher.bindings().values()):
         raise click.ClickException(
             f"no trigger is bound to source {source!r} in namespace {namespace!r}; nothing would be "
@@ -589,7 +591,7 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
     """Run dead batches again, with fresh attempts."""
     from .dead import whereabouts
 
-    batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url)
+    batcher = _look(redis_url, namespace, queue_url, handoff=True)
     replayed = []
     for bid in _dead_ids(batcher, batch_ids, replay_all):
         ok = batcher.records.replay(bid)
@@ -610,7 +612,7 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
               help="Purge every dead batch.")
 def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge_all: bool) -> None:
     """Delete dead batches for good (their events are gone)."""
-    batcher = Batcher.from_url(redis_url, namespace=namespace, handoff=False)
+    batcher = _look(redis_url, namespace)
     purged = sum(batcher.records.purge(bid) for bid in _dead_ids(batcher, batch_ids, purge_all))
     click.echo(f"purged {purged} dead batches")
     if not purge_all and purged < len(set(batch_ids)):

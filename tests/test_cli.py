@@ -490,3 +490,18 @@ def test_dead_show_and_replay_say_where_a_batch_that_is_not_dead_is(redis_server
     assert f"batch 'garbage' is not a batch of namespace {namespace!r}" in said["garbage"]
     out = CliRunner().invoke(cli, ["dead", "replay", running, *args]).output
     assert f"{running}: not dead: running on a worker now" in out
+
+
+@pytest.mark.parametrize("argv", [["dead", "replay", "--all"], ["dead", "purge", "--all"],
+                                  ["emit", "s", "{}"]])
+def test_commands_on_a_typod_namespace_write_nothing(redis_server: RedisServer, namespace: str,
+                                                     argv: list[str]) -> None:
+    """`dead purge --all` on a typo'd --namespace said "purged 0 dead batches", exit 0, and like
+    `dead replay --all` and a refused `emit` stored a layout for the namespace that was never meant."""
+    result = CliRunner().invoke(cli, [*argv, "--redis-url", redis_server.url, "--namespace", namespace])
+    assert redis.Redis.from_url(redis_server.url).keys(f"*{namespace}*") == []
+    if argv[0] == "dead":
+        assert result.exit_code == 0, result.output
+        assert f"namespace '{namespace}' has no binding registered" in result.output  # stderr, mixed in
+    else:
+        assert result.exit_code == 1 and "no trigger is bound to source 's'" in result.output

@@ -678,3 +678,21 @@ def test_an_unknown_query_parameter_is_refused_before_anything_is_stored(api: ht
     r = api.post("/v1/sources/orders%2Fcreated/events?reslts=cuts", json={"shop": "a"})
     assert r.status_code == 400 and r.json()["code"] == "query_invalid" and "reslts" in r.json()["message"]
     assert batcher.counters().get("events_in:h@v1", 0) == 0
+
+
+def test_the_dashboards_data_fails_as_json_naming_what_went_wrong(api: httpx.Client,
+                                                                  batcher: Batcher) -> None:
+    """A key of the wrong type, a member that is no UTF-8: /api/overview and /metrics answered a
+    bare text 500, where every other error of serve's is JSON with a code."""
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    batcher.emit("s", {"n": 1})
+    batcher.client.sadd(batcher.keys.open_buffers("d@v1"), b"d@v1|=\xff\xfe")  # top_buffers decoded it
+    batcher.client.zadd(batcher.keys.deadlines, {b"d@v1|=\xff\xfe": 1})
+    assert api.get("/api/overview").status_code == 200
+    batcher.client.delete(batcher.keys.stats)
+    batcher.client.set(batcher.keys.stats, "x")
+    for path in ("/api/overview", "/metrics"):
+        r = api.get(path)
+        assert r.status_code == 500 and r.headers["content-type"].startswith("application/json"), r.text
+        assert r.json()["code"] == "redis_refused"
+        assert f"{batcher.keys.stats} (a string; distbatch keeps a hash there)" in r.json()["message"]

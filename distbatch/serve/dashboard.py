@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 
@@ -12,8 +13,11 @@ import redis
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from ..errors import describe
 from .events import json_response
 from .inspect import Inspector
+
+log = logging.getLogger("distbatch")
 
 _PAGE = files(__package__) / "static" / "dashboard.html"
 
@@ -26,13 +30,25 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def redis_errors_are_503(handler: Handler) -> Handler:
-    """Redis unreachable or stalled: a JSON 503 the page can show, never a bare 500."""
+    """Redis unreachable or stalled: a JSON 503 the page can show. Any other failure (a key of
+    the wrong type, a value no reader expected) a JSON 500 naming it, as every other error of
+    serve's: it was a bare text 500, for /metrics too."""
     @functools.wraps(handler)
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             return json_response({"code": "redis_unavailable", "message": f"Redis unreachable: {exc}"}, 503)
+        except redis.ResponseError as exc:
+            hint = await asyncio.to_thread(_inspector(request).misfiled_hint, exc)
+            log.error("dashboard_refused %s %s: %s%s", request.method, request.url.path, describe(exc), hint,
+                      extra={"event": "dashboard_refused"})
+            message = f"Redis refused: {describe(exc)}{hint}"
+            return json_response({"code": "redis_refused", "message": message}, 500)
+        except Exception as exc:
+            log.exception("dashboard_failed %s %s", request.method, request.url.path,
+                          extra={"event": "dashboard_failed"})
+            return json_response({"code": "internal_error", "message": describe(exc)}, 500)
 
     return guarded
 

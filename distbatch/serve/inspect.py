@@ -72,6 +72,13 @@ class Inspector:
         data["lateness"] = stats.lateness(b, data["server_time_ms"])
         return data
 
+    def misfiled_hint(self, exc: BaseException) -> str:
+        """The keys behind a WRONGTYPE, as the CLI names them (`Records.misfiled_hint`)."""
+        try:
+            return self.batcher().records.misfiled_hint(exc)
+        except Exception:  # only a better word on an error said anyway
+            return ""
+
     def dead(self, limit: int = 200) -> list[dict[str, Any]]:
         return dead.rows(self.batcher(), limit)
 
