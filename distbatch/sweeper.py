@@ -81,7 +81,8 @@ class Sweeper:
         self.tickets = 0
         self._state = [_ShardState() for _ in batcher.shards]
         self._leased_at = 0.0
-        self._free: set[int] = set()
+        self._free: dict[int, bytes | None] = {}
+        """Shards no live sweeper held at the last pass, with their holder then (None: free)."""
         self._live = 1  # sweepers seen at the last heartbeat
 
     # sharing the shards ---------------------------------------------------------------------
@@ -92,31 +93,39 @@ class Sweeper:
         n = b.layout.count
         k = b.keys
         try:
+            # the layout first: a heartbeat back after Redis lost its data, with no layout yet,
+            # is what makes a new instance call the layout lost (`layout_missing`)
+            b.client.hsetnx(*b.layout.store().args)
             now_ms = b.server_ms()  # Redis' clock, as `stats` and /healthz read it: a host's own can be off
             b.client.zadd(k.sweepers, {self.id: now_ms})
             b.client.zremrangebyscore(k.sweepers, "-inf", now_ms - 2 * self.lease_ms)
-            self._live = max(1, int(b.client.zcard(k.sweepers)))
-            b.client.hsetnx(*b.layout.store().args)  # Redis lost it: as it was, for whoever starts next
+            live = set(b.client.zrange(k.sweepers, 0, -1))
+            self._live = max(1, len(live))
         except TRANSIENT as exc:  # the namespace's own node away (a cluster): the shards go on
+            live = None
             log.warning("sweeper_heartbeat_failed: %s; sharing as at the last one (%d sweepers)",
                         describe(exc), self._live, extra={"event": "sweeper_heartbeat_failed"})
         target = math.ceil(n / self._live)
         start = int(self.id, 16) % n
         owned: list[int] = []
-        free: set[int] = set()
+        free: dict[int, bytes | None] = {}
         for i in range(n):
             s = (start + i) % n
             try:  # a shard whose node is away is not held this time; the others are
-                if len(owned) < target:
-                    if self._lease(s, "hold"):
-                        owned.append(s)
-                elif s in self.owned:  # more than our share: let a newcomer have it
+                if len(owned) >= target and s in self.owned:  # more than our share: a newcomer's
                     self._lease(s, "release")
-                elif b.client.get(b.shards[s].lease) is None:
-                    if s in self._free and self._lease(s, "hold"):
-                        owned.append(s)  # free at two passes in a row: its sweeper died, take it over
-                    else:
-                        free.add(s)
+                    continue
+                if len(owned) < target and self._lease(s, "hold"):
+                    owned.append(s)
+                    continue
+                holder: bytes | None = b.client.get(b.shards[s].lease)  # type: ignore[assignment]
+                if holder is not None and (live is None or holder in live):
+                    continue  # a live sweeper's
+                if s in self._free and self._free[s] == holder and (
+                        self._lease(s, "hold") if holder is None else self._take(s, holder)):
+                    owned.append(s)  # free (or held by no sweeper) at two passes in a row: its sweeper
+                else:  # died, or the value is no sweeper's: take it over
+                    free[s] = holder
             except TRANSIENT as exc:
                 log.warning("sweeper_shard_failed shard=%d: %s; not held this time", s, describe(exc),
                             extra={"event": "sweeper_shard_failed", "shard": s})
@@ -133,6 +142,16 @@ class Sweeper:
     def _lease(self, shard: int, mode: str) -> bool:
         k = self.batcher.shards[shard]
         return bool(call(self.batcher.scripts.shard_lease, [k.lease], [self.id, self.lease_ms, mode]))
+
+    def _take(self, shard: int, holder: bytes) -> bool:
+        k = self.batcher.shards[shard]
+        taken = bool(call(self.batcher.scripts.shard_lease, [k.lease],
+                          [self.id, self.lease_ms, "take", holder]))
+        if taken:
+            log.warning("shard_lease_taken shard=%d holder=%r: held by no live sweeper (not a sweeper's "
+                        "lease: written by another program?); taken over", shard, holder[:64],
+                        extra={"event": "shard_lease_taken", "shard": shard})
+        return taken
 
     def release(self) -> None:
         for s in self.owned:

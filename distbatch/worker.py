@@ -427,10 +427,10 @@ def _heartbeats(batcher: Batcher, worker_id: str, stop: threading.Event) -> None
     try:
         while True:
             with contextlib.suppress(redis.RedisError, OSError):
+                batcher.client.hsetnx(*batcher.layout.store().args)  # Redis lost it: first, as it was
                 now = batcher.server_ms()
                 batcher.client.zadd(key, {worker_id: now})
                 batcher.client.zremrangebyscore(key, "-inf", now - 600_000)
-                batcher.client.hsetnx(*batcher.layout.store().args)  # Redis lost it: as it was
             if stop.wait(HEARTBEAT_S):
                 return
     finally:

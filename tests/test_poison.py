@@ -669,3 +669,26 @@ def test_dead_list_prints_json_lines(redis_server: RedisServer, namespace: str) 
     out = CliRunner().invoke(cli, ["dead", "list", *args]).output
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 3 and all(row["error"] == "boom" for row in rows)
+
+
+@pytest.mark.parametrize("ttl", [None, 10**9])
+def test_a_shard_lease_no_sweeper_holds_is_taken_over(redis_server: RedisServer, namespace: str,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      ttl: int | None) -> None:
+    """`SET {ns}:sweeper evil`: no sweeper held the shard again, so a failed batch's retry was
+    never promoted (nor a dead worker's lease reclaimed), while `stats` still showed a live
+    sweeper. Now a value no live sweeper wrote is taken over at the second pass."""
+    import logging
+
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.client.set(b.shards[0].lease, "evil", ex=ttl)
+    sweeper = Sweeper(b)
+    assert sweeper._own() == []  # once may be a sweeper's that just started: it waits a pass
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        assert sweeper._own() == [0]
+    assert b.client.get(b.shards[0].lease) == sweeper.id.encode()
+    assert any("shard_lease_taken shard=0 holder=b'evil'" in m for m in caplog.messages)
+    other = Sweeper(b)  # a live sweeper's lease is never taken
+    assert other._own() == [] and other._own() == []
