@@ -692,3 +692,21 @@ def test_a_shard_lease_no_sweeper_holds_is_taken_over(redis_server: RedisServer,
     assert any("shard_lease_taken shard=0 holder=b'evil'" in m for m in caplog.messages)
     other = Sweeper(b)  # a live sweeper's lease is never taken
     assert other._own() == [] and other._own() == []
+
+
+def test_a_definition_listed_under_another_bindings_name_is_unreadable(
+        batcher: Batcher, caplog: pytest.LogCaptureFixture) -> None:
+    """`HSET {ns}:bindings evil <d@v1's definition>`: taken as a binding named `evil` whose events
+    went to d@v1's buffers (and whose name, control characters and all, went to stats)."""
+    import logging
+
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    good = batcher.client.hget(batcher.keys.bindings, "d@v1")
+    for k in batcher.shards:
+        batcher.client.hset(k.bindings, "evil\x1b]0;x\x07", good)
+        batcher.client.set(k.registry_version, "hostile")
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        results = batcher.emit("s", {"n": 1})
+    assert [r.binding for r in results] == ["d@v1"]  # once, under its own name
+    assert set(batcher.bindings()) == {"d@v1"}
+    assert any("binding_unreadable" in m and "is that of 'd@v1'" in m for m in caplog.messages)
