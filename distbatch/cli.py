@@ -21,7 +21,17 @@ from .errors import DistbatchError, EmitError, PayloadError
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """The Redis URL and namespace a command uses, kept where an error it ends in can find them
-    (`_Commands` names the keys behind a WRONGTYPE)."""
+    (`_Commands` names the keys behind a WRONGTYPE, masks the passwords). A variable set empty is
+    refused: click takes it for unset, and an unset `${REDIS_URL}` in a compose file sent every
+    process to the default, 127.0.0.1:6379, in silence."""
+    import os
+
+    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+    empty = [n for n in names if os.environ.get(n) == ""]
+    source = ctx.get_parameter_source(param.name or "")  # None in the callback on click 8.4
+    if empty and source in (None, click.core.ParameterSource.DEFAULT) and value == param.get_default(ctx):
+        raise click.BadParameter(f"{empty[0]} is set but empty (an unset variable in a compose file?): "
+                                 "give a value, or unset it for the default", ctx, param)
     ctx.meta[f"distbatch.{param.name}"] = value
     return value
 
@@ -31,7 +41,7 @@ URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis:/
                    help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
                    "rediss+cluster:// (any node of a Redis Cluster) URL, with auth if needed. "
                    "Env: DISTBATCH_REDIS_URL.")
-QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None,
+QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None, callback=_remember,
                      help="A standalone Redis for the RQ queue, if not the same one (required with a "
                      "redis+cluster:// --redis-url: RQ cannot live on a cluster). Env: DISTBATCH_QUEUE_URL.")
 MAX_CONNECTIONS = 1000
@@ -63,17 +73,38 @@ def _lease(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return ms
 
 
+_TLS_MISTAKES = ("certificate verify failed", "KEY_VALUES_MISMATCH", "bad decrypt", "BAD_DECRYPT",
+                 "certificate required", "PEM lib", "NO_START_LINE", "unknown ca", "bad certificate")
+"""What an SSL error says when this side's TLS setup is wrong (no outage a wait mends): the
+server's certificate untrusted, a key that is not the certificate's, a wrong key passphrase, no
+client certificate where the server asks for one, a file that holds no PEM."""
+
+
+def _masked(text: str, *urls: str | None) -> str:
+    """`text` with the passwords of `urls` masked: redis-py's errors quote hosts, and a host may
+    be made of a piece of a password (`redacted`)."""
+    from .clients import redacted
+
+    for url in urls:
+        if url:
+            text = redacted(url, text)
+    return text
+
+
 def _untrusted(exc: BaseException) -> bool:
-    """The server's TLS certificate failed verification (redis-py keeps the SSL error as the
-    context of its ConnectionError)."""
+    """A TLS mistake of this side (`_TLS_MISTAKES`), not an outage: workers and sweepers retried it
+    for ever, one `redis_unavailable` line a retry (redis-py keeps the SSL error as the context
+    of its ConnectionError)."""
     import ssl
 
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
             return True
+        if isinstance(seen, ssl.SSLError) and any(m in str(seen) for m in _TLS_MISTAKES):
+            return True
         seen = seen.__cause__ or seen.__context__
-    return "certificate verify failed" in str(exc)
+    return any(m in str(exc) for m in _TLS_MISTAKES)
 
 
 def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
@@ -104,7 +135,8 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException) as exc:
             if _untrusted(exc) or not (isinstance(exc, redis.RedisError) or cluster_unreachable(exc)):
                 raise  # a certificate this machine does not trust, a node of no cluster: no outage
-            logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs", exc, backoff)
+            logging.getLogger("distbatch").warning("redis_unavailable: %s; retrying in %.1fs",
+                                                   _masked(str(exc), redis_url, queue_url), backoff)
             if (stop or threading.Event()).wait(backoff):
                 return None
             backoff = min(10.0, backoff * 2)
@@ -128,16 +160,28 @@ def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> N
     machine does not trust, a database the server lacks — one `Error:` line, as `_patient_batcher`."""
     import redis
 
-    try:
-        Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url).bindings()
-    except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
-        raise
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        if _untrusted(exc):
+    for url, field in ((redis_url, None), (queue_url, "--queue-url")):
+        if url is None:
+            continue
+        try:  # the queue's Redis too: a wrong password there started serve, its hand-offs failing
+            if field is None:
+                Batcher.from_url(url, namespace=namespace, queue_url=queue_url, handoff=False).bindings()
+            else:
+                from .clients import connect
+
+                connect(url, "queue_url").ping()
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
+            if field:
+                exc.args = (f"{field}: {exc}",)
             raise
-    except redis.exceptions.RedisClusterException as exc:
-        if not cluster_unreachable(exc):
-            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if _untrusted(exc):
+                if field:
+                    exc.args = (f"{field}: {exc}",)
+                raise
+        except redis.exceptions.RedisClusterException as exc:
+            if not cluster_unreachable(exc):
+                raise
 
 
 def metrics_options(f: Any) -> Any:
@@ -199,6 +243,14 @@ class _Commands(click.Group):
     reach) end in one `Error: ...` line and exit status 1, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return self._invoke(ctx)
+        except click.ClickException as exc:  # no password in any of them, whatever quoted it
+            exc.message = _masked(exc.message, ctx.meta.get("distbatch.redis_url"),
+                                  ctx.meta.get("distbatch.queue_url"))
+            raise
+
+    def _invoke(self, ctx: click.Context) -> Any:
         import redis
 
         from .errors import describe
@@ -395,7 +447,15 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
         listener = socket.create_server((host, port), family=family)
     except OSError as exc:  # the port taken, an address not on this machine
         raise click.ClickException(f"--port {port} on --host {host}: {exc}") from exc
-    uvicorn.Server(config).run(sockets=[listener])
+    import contextlib
+    import signal
+
+    # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again: Ctrl-C then
+    # read as click's "Aborted!" and exit status 1 (a mistake's), SIGTERM as death by signal.
+    # A stop that went as asked exits 0, as a worker's and a sweeper's do.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 @main.command()

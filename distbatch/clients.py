@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -24,7 +25,7 @@ def _secrets(url: str) -> list[str]:
     if sep and "@" in rest:
         userinfo = rest.rsplit("@", 1)[0]
         found.append(userinfo.partition(":")[2] or userinfo)
-    found += re.findall(r"[?&]password=([^&#]*)", url)
+    found += re.findall(r"[?&][A-Za-z_]*password=([^&#]*)", url)  # ssl_password= too
     return [f for f in found if f]
 
 
@@ -75,8 +76,8 @@ def _check_db(url: str, field: str) -> None:
         return
     db = path[1:] if path.startswith("/") else path
     if db and not (db.isascii() and db.isdigit()):
-        raise ConfigError(field, f"{field}={redacted(url)!r}: the path {path!r} names no database "
-                                 "(a number, e.g. /0)")
+        raise ConfigError(field, redacted(url, f"{field}={redacted(url)!r}: the path {path!r} names no "
+                                               "database (a number, e.g. /0)"))
     if db and int(db) != 0 and scheme.endswith("+cluster"):
         raise ConfigError(field, f"{field}={redacted(url)!r}: a Redis Cluster has database 0 only")
 
@@ -100,11 +101,46 @@ def _check_options(url: str, field: str) -> None:
                                  f"connection{hint}") from None
 
 
+_HOST_END = re.compile(r"(\[[^\]/]*\]|[^/?#@=&\[\]:]+)(:\d+/\d*|:\d+|/\d*)(\?[^@]*)?")
+"""What follows the last `@` of a URL whose password holds a `/`, `?` or `#`: host and port or
+database, as no query value reads."""
+
+
+def _check_userinfo(url: str, field: str) -> None:
+    """A password (or user) with an unescaped `/`, `?` or `#` ends the host early for every URL
+    parser: redis-py connected to a host made of a piece of the password, and said so, that piece
+    in clear, in every retry's log line. Refused here, naming the fix, the password masked."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if sep and at and any(c in userinfo for c in "/?#") and _HOST_END.fullmatch(host):
+        raise ConfigError(field, f"{field}={redacted(url)!r}: its user or password holds a '/', '?' or "
+                                 "'#', which ends a URL's host: percent-encode them ('/' as %2F, '?' as "
+                                 "%3F, '#' as %23, '@' as %40, '%' as %25)")
+
+
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def _check_files(url: str, field: str) -> None:
+    """The TLS files a URL names are there to read: a missing one read as an outage ("Error 2
+    connecting to ...: No such file or directory"), retried for ever and naming no file."""
+    query = urlsplit(url).query
+    for name, value in re.findall(r"(?:^|&)([a-z_]+)=([^&]*)", query):
+        if name in _TLS_FILES:
+            path = unquote(value)
+            if not os.path.exists(path):
+                raise ConfigError(field, f"{field}={redacted(url)!r}: {name}={path!r} does not exist")
+            if not os.access(path, os.R_OK):
+                raise ConfigError(field, f"{field}={redacted(url)!r}: {name}={path!r} cannot be read")
+
+
 def check_url(url: str, field: str = "redis_url") -> None:
     """`ConfigError` (as `parsing_url`) for a URL redis-py cannot parse; connects to nothing."""
     with parsing_url(url, field):
+        _check_userinfo(url, field)
         _check_db(url, field)
         _check_options(url, field)
+        _check_files(url, field)
 
 
 SOCKET_TIMEOUT_S = 5.0
@@ -120,8 +156,10 @@ def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
     options.setdefault("socket_connect_timeout", SOCKET_TIMEOUT_S)
     scheme, sep, rest = url.partition("://")
     with parsing_url(url, field):
+        _check_userinfo(url, field)
         _check_db(url, field)
         _check_options(url, field)
+        _check_files(url, field)
         if sep and scheme.endswith("+cluster"):
             return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
         return redis.Redis.from_url(url, **options)

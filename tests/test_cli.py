@@ -58,6 +58,8 @@ def test_emit_stats_triggers(redis_server: RedisServer, namespace: str) -> None:
 
 def test_dead_commands_with_nothing_dead(redis_server: RedisServer, namespace: str) -> None:
     args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    Batcher.from_url(redis_server.url, namespace=namespace).register(  # a namespace in use: no hint
+        "d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
     runner = CliRunner()
     purge = runner.invoke(cli, ["dead", "purge", "--all", *args])
     assert purge.exit_code == 0 and "purged 0 dead batches" in purge.output
@@ -143,6 +145,11 @@ def _failed_cleanly(result) -> str:
     # a user alone was masked as a password (every "u" of the message), and every quoted word too:
     (["stats", "--redis-url", "redis://u@127.0.0.1:1/0?socket_timout=5"], "'socket_timout' is no option"),
     (["stats", "--redis-url", "redis://:s3cret@127.0.0.1:x/0"], "as 'x'"),  # the bad port named
+    # a TLS key's passphrase was shown as it is
+    (["stats", "--redis-url", "rediss://127.0.0.1:1/0?ssl_password=s3cret-pass&bogus=1"], "ssl_password=***"),
+    # a password with a '/' ended the host: a piece of it was quoted as the path, or as the host
+    (["stats", "--redis-url", "redis://:pa@ss/s3cretPart#z@127.0.0.1:1/0"], "percent-encode them"),
+    (["worker", "--redis-url", "redis://alice:Abc@s3cretHost/s3cretPath@127.0.0.1:1/0"], "%2F"),
 ])
 def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
     out = _failed_cleanly(CliRunner().invoke(cli, argv))
@@ -505,3 +512,10 @@ def test_commands_on_a_typod_namespace_write_nothing(redis_server: RedisServer, 
         assert f"namespace '{namespace}' has no binding registered" in result.output  # stderr, mixed in
     else:
         assert result.exit_code == 1 and "no trigger is bound to source 's'" in result.output
+
+
+def test_a_variable_set_empty_is_refused_not_taken_for_unset() -> None:
+    """An unset `${REDIS_URL}` in a compose file is an empty DISTBATCH_REDIS_URL: click took it for
+    no variable, and the process used 127.0.0.1:6379 without a word."""
+    result = CliRunner().invoke(cli, ["stats"], env={"DISTBATCH_REDIS_URL": ""})
+    assert result.exit_code == 2 and "DISTBATCH_REDIS_URL is set but empty" in result.output, result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -696,3 +697,30 @@ def test_the_dashboards_data_fails_as_json_naming_what_went_wrong(api: httpx.Cli
         assert r.status_code == 500 and r.headers["content-type"].startswith("application/json"), r.text
         assert r.json()["code"] == "redis_refused"
         assert f"{batcher.keys.stats} (a string; distbatch keeps a hash there)" in r.json()["message"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_graceful_stop_of_serve_exits_0(redis_server: RedisServer, tmp_path: Path, namespace: str,
+                                          sig: signal.Signals) -> None:
+    """Ctrl-C printed click's "Aborted!" and exit status 1, the status of a mistake; SIGTERM died
+    by the signal. Both stop gracefully (requests in flight finish), then exit 0, as a worker."""
+    server = Server(redis_server.url, tmp_path, namespace)
+    server.proc.send_signal(sig)
+    assert server.proc.wait(15) == 0, server.log.read_text()
+    assert "Aborted" not in server.log.read_text()
+
+
+def test_serve_refuses_a_queue_url_it_cannot_log_into(redis_server: RedisServer, namespace: str) -> None:
+    """worker and sweeper refused it; serve started, acknowledged events and failed every hand-off."""
+    locked = RedisServer().start()
+    redis.Redis.from_url(locked.url).config_set("requirepass", "right-password")
+    try:
+        out = subprocess.run([sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", redis_server.url,
+                              "--namespace", namespace, "--port", str(free_port()),
+                              "--queue-url", locked.url.replace("redis://", "redis://:wrong@")],
+                             env={**env_with_path(), "DISTBATCH_API_TOKENS": TOKEN}, capture_output=True,
+                             text=True, timeout=30)
+    finally:
+        locked.cleanup()
+    assert out.returncode == 1 and "--queue-url" in out.stderr and "wrong" not in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

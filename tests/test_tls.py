@@ -57,3 +57,28 @@ def test_a_worker_whose_server_certificate_is_not_trusted_stops_with_one_line(tl
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: ") and "certificate verify failed" in last, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("mistake", ["key_not_the_certificates", "missing_ca_file"])
+def test_a_worker_with_a_tls_mistake_of_its_own_stops_with_one_line(tls: tuple[int, Path], tmp_path: Path,
+                                                                    mistake: str) -> None:
+    """A client key that is not its certificate's, a CA file that is not there: taken for an outage
+    ("Error 2 connecting ...: No such file or directory", naming no file), retried for ever."""
+    port, cert = tls
+    if mistake == "missing_ca_file":
+        url, said = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path}/ca.pem", "does not exist"
+    else:
+        other = tmp_path / "other.pem"
+        subprocess.run(["openssl", "genrsa", "-out", str(other), "2048"], check=True, capture_output=True)
+        url = (f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}&ssl_certfile={cert}"
+               f"&ssl_keyfile={other}")
+        said = "KEY_VALUES_MISMATCH"
+    try:
+        done = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--redis-url", url,
+                               "--handlers", "tests.handlers"],
+                              env=env_with_path(), capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the worker kept retrying: {exc.stderr!r}") from None
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and said in last, done.stderr

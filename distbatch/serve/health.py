@@ -66,6 +66,9 @@ async def healthz(request: Request) -> Response:
                     workers = await asyncio.to_thread(_live_workers, batcher.dispatcher)
                 except redis.ResponseError as exc:  # a registry key of another type (a hostile writer's)
                     unread = f"workers cannot be counted: {exc}"
+                except (redis.RedisError, OSError) as exc:  # the queue's own Redis (--queue-url),
+                    # not the namespace's: ingest goes on, hand-offs wait for the sweepers
+                    workers, unread = None, f"the queue's Redis (--queue-url) is unreachable: {exc}"
     except (redis.ConnectionError, redis.TimeoutError, OSError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {CHECK_TIMEOUT_S}s"
         body.update(status="down", redis={"ok": False, "error": error})
