@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import redis
+
 from .clients import is_cluster
 from .errors import with_pool_hint
 from .ops import Atomic, Cmd, Eval, Op, Proc, Store
@@ -19,6 +21,7 @@ class SyncDriver:
                  handoff: Callable[[Sequence[str], int], None] | None = None) -> None:
         self.client = client
         self.cluster = is_cluster(client)
+        self._no_multi = False
         self.scripts = scripts or Scripts(client)
         self.transport = transport or Transport(client)
         self.handoff = handoff
@@ -54,9 +57,17 @@ class SyncDriver:
         return None
 
     def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:
-        if self.cluster:
+        if self.cluster or self._no_multi:
             return [getattr(self.client, c.name)(*c.args) for c in cmds]
         pipe = self.client.pipeline(transaction=True)
         for c in cmds:
             getattr(pipe, c.name)(*c.args)
-        return list(pipe.execute())
+        try:
+            return list(pipe.execute())
+        except redis.exceptions.NoPermissionError as exc:
+            if "'multi'" not in str(exc).lower():
+                raise
+            # a read-only ACL user (+@read: no MULTI) running `stats`: in order, one by one, as on
+            # a cluster (what reads as one is ordered for that), instead of refused
+            self._no_multi = True
+            return [getattr(self.client, c.name)(*c.args) for c in cmds]

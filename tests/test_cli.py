@@ -519,3 +519,22 @@ def test_a_variable_set_empty_is_refused_not_taken_for_unset() -> None:
     no variable, and the process used 127.0.0.1:6379 without a word."""
     result = CliRunner().invoke(cli, ["stats"], env={"DISTBATCH_REDIS_URL": ""})
     assert result.exit_code == 2 and "DISTBATCH_REDIS_URL is set but empty" in result.output, result.output
+
+
+def test_a_read_only_acl_user_can_look(redis_server: RedisServer, namespace: str) -> None:
+    """`stats` and `triggers list` as a user with +@read only: "no permissions to run the 'multi'
+    command" (the registry was read in a transaction)."""
+    client = redis.Redis.from_url(redis_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    user = f"ro-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+ro-password-123"], keys=["*"],
+                       commands=["+@read", "+ping", "+time", "+info", "+client", "+hello"])
+    try:
+        url = redis_server.url.replace("redis://", f"redis://{user}:ro-password-123@")
+        for command in (["stats", "--json"], ["triggers", "list"]):
+            result = CliRunner().invoke(cli, [*command, "--redis-url", url, "--namespace", namespace])
+            assert result.exit_code == 0, result.output
+            assert "d@v1" in result.output
+    finally:
+        client.acl_deluser(user)
