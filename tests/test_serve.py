@@ -724,3 +724,21 @@ def test_serve_refuses_a_queue_url_it_cannot_log_into(redis_server: RedisServer,
         locked.cleanup()
     assert out.returncode == 1 and "--queue-url" in out.stderr and "wrong" not in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_healthz_with_the_queues_redis_away_says_so_and_is_not_down(redis_server: RedisServer,
+                                                                    tmp_path: Path, namespace: str) -> None:
+    """No worker heartbeat yet and the queue's own Redis away: /healthz said 503 "down", the
+    namespace's Redis (fine) blamed with the queue's connection error."""
+    queue = RedisServer().start()
+    queue_url = queue.url
+    queue.cleanup()  # away
+    server = Server(redis_server.url, tmp_path, namespace, "--queue-url", queue_url)
+    try:
+        r = httpx.get(f"{server.url}/healthz", timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "degraded" and body["redis"]["ok"] is True
+        assert any("--queue-url" in w for w in body["warnings"]), body
+    finally:
+        server.stop()
