@@ -267,6 +267,17 @@ class Binding:
         return data
 
     @classmethod
+    def stored_as(cls, raw: str | bytes, key: str) -> Binding:
+        """`from_json` of the definition stored under the binding key `key`, which must be its own:
+        under another name its events went to the other's buffers, and its batches to a handler
+        that name was never registered with."""
+        binding = cls.from_json(raw, key[:200])
+        if binding.key != key:
+            raise ConfigError("binding_unreadable", f"binding {key[:200]!r}: its definition in Redis is "
+                              f"that of {binding.key!r}")
+        return binding
+
+    @classmethod
     def from_json(cls, raw: str | bytes, name: str = "?") -> Binding:
         """`from_dict` of a definition as stored (JSON text) under the binding key `name`."""
         try:

@@ -504,7 +504,7 @@ class Records:
         """A binding's definition: registered, or dropped after it cut batches still to deliver."""
         k = self.keys
         raw = self.client.hget(k.bindings, key) or self.client.hget(k.dropped, key)
-        return Binding.from_json(raw, key) if raw else None
+        return Binding.stored_as(raw, key) if raw else None
 
     def count(self, which: str) -> int:
         """How many ids all shards hold in `ready`, `running`, `delayed` or `dead`."""

@@ -118,12 +118,7 @@ class Registry:
         for name, v in sorted(raw.items()):
             try:
                 key = as_text(name, "replace")
-                binding = Binding.from_json(v, repr(key[:200]))
-                if binding.key != key:  # its events would go to buffers, and its batches to a
-                    # lookup, of another name than the one it is listed (and shown) under
-                    raise ConfigError("binding_unreadable", f"binding {key[:200]!r}: its definition in "
-                                      f"Redis is that of {binding.key!r}")
-                bindings[key] = binding
+                bindings[key] = Binding.stored_as(v, key)
             except ConfigError as exc:  # a hostile writer's: the others still take their events
                 log.warning("binding_unreadable %s; no event goes to it", exc,
                             extra={"event": "binding_unreadable"})

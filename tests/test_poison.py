@@ -710,3 +710,20 @@ def test_a_definition_listed_under_another_bindings_name_is_unreadable(
     assert [r.binding for r in results] == ["d@v1"]  # once, under its own name
     assert set(batcher.bindings()) == {"d@v1"}
     assert any("binding_unreadable" in m and "is that of 'd@v1'" in m for m in caplog.messages)
+
+
+def test_a_worker_runs_no_batch_under_a_definition_of_another_binding(batcher: Batcher) -> None:
+    """`HSET {ns}:bindings d@v1 <x@v1's definition>`: d's batches ran x's handler."""
+    batcher.register("d", version="v1", source="s", handler="tests.handlers.record",
+                     batch={"count": 1, "window": "1h"})
+    batcher.register("x", version="v1", source="t", handler="tests.handlers.boom",
+                     batch={"count": 1, "window": "1h"})
+    (r,) = batcher.emit("s", {"n": 1})
+    assert r.batch is not None
+    for k in batcher.shards:
+        batcher.client.hset(k.bindings, "d@v1", batcher.client.hget(k.bindings, "x@v1"))
+    out = Executor(batcher.records, HandlerResolver(["tests.handlers"]), 10_000).run(
+        batcher.records.claim([r.batch.id], 10_000))
+    assert out is not None and out.status == Status.UNAVAILABLE
+    assert "is that of 'x@v1'" in batcher.records.raw(r.batch.id)["error"]
+    assert batcher.records.raw(r.batch.id)["attempt"] == 0  # given back uncounted
