@@ -72,45 +72,45 @@ class Registry:
 
     def load(self, restore: bool = True) -> Proc[Snapshot]:
         k = self.shards[0]
+        own = self.own.copy()  # before the read: each was stored before it, so the read must show
+        # it (one another thread registers meanwhile may not be in the read, and is not lost)
         # epoch first: a register in between makes the snapshot stale, never the reverse
         epoch, raw = yield Atomic((Cmd("get", (k.registry_version,)), Cmd("hgetall", (k.bindings,))))
         snap = self.cached
         if not (snap.loaded and snap.epoch == (epoch or b"") and snap.raw == raw):
             self.cached = snap = self.parse(epoch or b"", raw)
-        lost = restore and any(key.encode() not in raw for key in self.own)
-        if lost and (yield from self._restore(raw)):
+        missing = [b for key, b in own.items() if key.encode() not in raw] if restore else []
+        if missing and (yield from self._restore(missing)):
             snap = yield from self.load(restore=False)
         return snap  # unchanged: the same object, so what was made per snapshot stays
 
-    def _restore(self, raw: dict[bytes, bytes]) -> Proc[bool]:
+    def _restore(self, missing: list[Binding]) -> Proc[bool]:
         """Store again the bindings this instance registered that Redis no longer has, neither
         registered nor dropped: it lost them (restarted without persistence, flushed, evicted).
         Before, a running app's events went nowhere from then on (`source_unbound`), until it was
-        restarted. A binding dropped meanwhile (its definition in `dropped`) is not taken back.
-        Returns whether anything was stored."""
+        restarted. A binding dropped (its definition in `dropped`), by another instance, before
+        or while this runs, is left dropped: `register.lua` decides it in the same step that
+        stores. Returns whether anything was stored."""
         from .shards import Layout
 
-        missing = [key for key in self.own if key.encode() not in raw]
-        dropped = yield Cmd("hmget", (self.shards[0].dropped, *missing))
-        lost = [key for key, d in zip(missing, dropped, strict=True) if d is None]
-        for key, d in zip(missing, dropped, strict=True):
-            if d is not None:
-                del self.own[key]  # dropped by another instance: theirs to decide
-        if not lost:
-            return False
         namespace = self.shards[0].namespace  # its layout too, if that went with them
         yield from Layout.read(namespace, len(self.shards), lambda: len(self.shards), fix=True)
-        log.warning("registry_restored namespace=%s bindings=%s: Redis no longer had them (restarted "
-                    "without persistence, flushed, or evicted); stored again from this process's "
-                    "definitions. Events buffered before are gone with Redis' data.", namespace, lost,
-                    extra={"event": "registry_restored"})
-        for key in lost:
+        stored = []
+        for binding in missing:
             try:
-                yield from self.register(self.own[key])
+                if (yield from self.register(binding, restore=True)):
+                    stored.append(binding.key)
+                else:  # dropped by another instance: theirs to decide
+                    self.own.pop(binding.key, None)
             except ConfigError as exc:  # another instance stored a different one meanwhile
-                del self.own[key]
+                self.own.pop(binding.key, None)
                 log.warning("registry_restore_conflict %s", exc, extra={"event": "registry_restore_conflict"})
-        return True
+        if stored:
+            log.warning("registry_restored namespace=%s bindings=%s: Redis no longer had them (restarted "
+                        "without persistence, flushed, or evicted); stored again from this process's "
+                        "definitions. Events buffered before are gone with Redis' data.", namespace, stored,
+                        extra={"event": "registry_restored"})
+        return bool(stored)
 
     @staticmethod
     def parse(epoch: bytes, raw: dict[bytes, bytes]) -> Snapshot:
@@ -133,14 +133,18 @@ class Registry:
         epoch: bytes = (yield Cmd("get", (self.shards[0].registry_version,))) or b""
         return epoch
 
-    def register(self, binding: Binding) -> Proc[None]:
-        """Store `binding` on every shard under one new epoch; a conflict is a ConfigError."""
+    def register(self, binding: Binding, restore: bool = False) -> Proc[bool]:
+        """Store `binding` on every shard under one new epoch; a conflict is a ConfigError.
+        `restore`: storing again what Redis lost, unless it is dropped (then nothing is written,
+        and False returned)."""
         definition = json.dumps(binding.to_dict(), sort_keys=True, separators=(",", ":"))
         epoch = secrets.token_hex(8)
         for i, k in enumerate(self.shards):  # the first shard decides; the others are copies
             stored = yield Eval("register", [k.bindings, k.registry_version, k.dropped],
-                                [binding.key, definition, epoch])
-            if isinstance(stored, list):
+                                [binding.key, definition, epoch, "1" if restore else "0"])
+            if stored == 2 and i == 0:
+                return False
+            if isinstance(stored, list) or stored == 2:
                 if i == 0:
                     existing, state = (x.decode() for x in stored)
                     how = ("is already registered" if state == "registered" else
@@ -155,6 +159,7 @@ class Registry:
                 yield from self.sync(i, seen or b"")  # a copy out of step
         self.own[binding.key] = binding
         self.invalidate()
+        return True
 
     def unbind(self, binding: str) -> Proc[list[list[bytes]]]:
         """First step of a drop, on every shard: the binding takes no more events (its definition

@@ -1811,3 +1811,47 @@ def test_a_drop_overtaken_by_a_register_of_the_same_binding_leaves_its_new_event
     assert "d@v1" in other.bindings()
     left = other.drop("d@v1")  # what is buffered for it now: the new event, once
     assert sorted(e.payload["i"] for e in [*dropped, *left]) == ["new", "old"]
+
+
+def test_threads_emitting_through_a_drop_and_a_register_elsewhere_fail_none(
+        client, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One Batcher, many threads: another instance's drop made each of them find the binding
+    missing at once, and all but the first raised KeyError out of `emit` (the event not stored);
+    a binding registered by one thread while others read the registry was taken for one Redis
+    lost (`registry_restored`, and a register per emit)."""
+    import logging
+    import threading
+
+    app = Batcher(client, namespace=namespace, handoff=False)
+    other = Batcher(client, namespace=namespace, handoff=False)
+    batch = {"count": 1000, "window": "1h"}
+    app.register("x", version="v1", source="s", handler="m.h", batch=batch)
+    app.register("y", version="v1", source="s", handler="m.h", batch=batch)
+    app.emit("s", {"n": 0})
+    errors: list[BaseException] = []
+    go = threading.Barrier(9)
+
+    def emit_some(t: int) -> None:
+        go.wait()
+        for i in range(30):
+            try:
+                app.emit("s", {"t": t, "i": i})
+            except BaseException as exc:
+                errors.append(exc)
+
+    def register_some() -> None:
+        go.wait()
+        for i in range(10):
+            app.register(f"z{i}", version="v1", source="other", handler="m.h", batch=batch)
+
+    threads = [threading.Thread(target=emit_some, args=(t,)) for t in range(8)]
+    threads.append(threading.Thread(target=register_some))
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        other.drop("x@v1")
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert errors == []
+    assert not any("registry_restored" in m for m in caplog.messages)
+    assert app.counters().get("events_in:y@v1") == 1 + 8 * 30
