@@ -62,7 +62,12 @@ def detail(batcher: Batcher, batch_id: str) -> dict[str, Any] | None:
 def whereabouts(batcher: Batcher, batch_id: str) -> str:
     """Where a batch that is not dead is, for the word on a `dead show`/`replay` of it: "not dead"
     alone read the same for a running batch and a mistyped id."""
-    k = batcher.records.keys_for(batch_id)
+    gone = (f"not a batch of namespace {batcher.keys.namespace!r} (delivered batches leave no record; "
+            "see `distbatch dead list`)")
+    try:
+        k = batcher.records.keys_for(batch_id)
+    except BatchNotFound:  # an id naming no shard of the namespace
+        return gone
     pipe = batcher.client.pipeline(transaction=False)
     for key in (k.ready, k.running, k.delayed, k.dead):
         pipe.zscore(key, batch_id)
@@ -75,8 +80,7 @@ def whereabouts(batcher: Batcher, batch_id: str) -> str:
         return "not dead: ready, waiting for a worker"
     if delayed is not None:
         return "not dead: waiting for its next attempt"
-    return (f"not a batch of namespace {batcher.keys.namespace!r} (delivered batches leave no record; "
-            "see `distbatch dead list`)")
+    return gone
 
 
 def ids(batcher: Batcher) -> list[str]:

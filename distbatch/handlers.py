@@ -49,13 +49,16 @@ def check_path(path: str) -> None:
         return
     try:
         module = importlib.import_module(module_name)
-    except Exception:
+    except (Exception, SystemExit):  # not importable here: the workers say why, if they cannot either
         return
+    if getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return  # being imported (it imports the app that registers its handlers): not all there yet
     fn = getattr(module, attr, None)
     if fn is None:
         near = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n, None))]
-        raise ConfigError("handler_unknown", f"handler={path!r}: module {module_name!r} has no {attr!r} "
-                          f"(a typo?); its functions: {sorted(near)[:20]}")
+        raise ConfigError("handler_unknown", f"handler={path!r}: module {module_name!r} (here "
+                          f"{getattr(module, '__file__', None)}) has no {attr!r} (a typo?); its functions: "
+                          f"{sorted(near)[:20]}")
     if not callable(fn) or inspect.isclass(fn):
         raise ConfigError("handler_invalid", f"handler={path!r} is a {type(fn).__name__}, not a function")
 

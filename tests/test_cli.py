@@ -553,3 +553,25 @@ def test_the_demo_runs_as_the_acl_user_the_readme_names(redis_server: RedisServe
         assert result.exit_code == 0 and "NoPermission" not in result.output, result.output
     finally:
         client.acl_deluser(user)
+
+
+def test_dead_show_and_replay_of_an_id_naming_no_shard_say_so(redis_server: RedisServer,
+                                                              namespace: str) -> None:
+    """`dead replay <dead id> 7.1` replayed the first, then ended on a bare `Error: '7.1'`, before
+    the replayed batch was handed to the workers (a sweeper's nudge only, seconds later)."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
+               retry={"attempts": 1})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None
+    b.records.fail(r.batch.id, claim.token, "boom", None)
+    b.client.delete(f"rq:queue:{b.keys.queue_name}")  # the emit's ticket, long taken
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    out = CliRunner().invoke(cli, ["dead", "replay", r.batch.id, "7.1", *args]).output
+    assert f"{r.batch.id}: replayed" in out and "7.1: not a batch of namespace" in out, out
+    assert out.rstrip().endswith("Error: 1 of the batches named are not dead (see `distbatch dead list`)")
+    assert b.client.llen(f"rq:queue:{b.keys.queue_name}") == 1  # handed off
+    shown = CliRunner().invoke(cli, ["dead", "show", "7.1", *args]).output
+    assert "batch '7.1' is not a batch of namespace" in shown, shown

@@ -452,3 +452,32 @@ def test_a_handler_module_this_process_cannot_import_is_left_to_the_workers(batc
     key = batcher.register("d", version="v1", source="s", handler="workers_only.handlers.digest",
                            batch={"count": 2, "window": "1h"})
     assert key in batcher.bindings()
+
+
+def test_a_handler_module_that_imports_the_app_registering_it_still_resolves(
+        redis_server: RedisServer, namespace: str, tmp_path: Path) -> None:
+    """handlers.py imports the app (to emit follow-up events), whose import registers
+    `handler="myapp.handlers.digest"`: imported handlers-first (a worker resolving the path, an
+    entry point importing its handlers), register met the module half-imported, found no
+    `digest` yet and refused it, so the import failed and the batches never ran."""
+    pkg = tmp_path / "myapp"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "app.py").write_text(textwrap.dedent(f"""
+        from distbatch import Batcher
+        batcher = Batcher.from_url({redis_server.url!r}, namespace={namespace!r}, handoff=False)
+        batcher.register("digest", version="v1", source="s", batch={{"count": 2, "window": "1m"}},
+                         handler="myapp.handlers.digest")
+    """))
+    (pkg / "handlers.py").write_text(textwrap.dedent("""
+        from myapp.app import batcher
+
+        def digest(batch):
+            batcher.emit("done", {"n": len(batch.events)})
+    """))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        from distbatch.handlers import HandlerResolver
+        print(HandlerResolver(["myapp"]).resolve("myapp.handlers.digest").__name__)
+    """)], cwd=tmp_path, env={**env_with_path(), "PYTHONPATH": f"{tmp_path}:{env_with_path()['PYTHONPATH']}"},
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "digest", out.stderr
