@@ -12,7 +12,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from distbatch import Batcher
+from distbatch import Batcher, EmitResult
 from distbatch.cli import main as cli
 
 from .redis_server import RedisServer
@@ -250,17 +250,23 @@ def test_serve_on_a_port_taken_is_one_clear_line(redis_server: RedisServer) -> N
     assert f"--port {port} on --host 127.0.0.1" in out and "in use" in out
 
 
-def test_dead_replay_of_a_batch_named_twice_replays_it_once_and_succeeds(redis_server: RedisServer,
-                                                                          namespace: str) -> None:
-    """It said "replayed", then "not dead", and failed: each name was counted as a batch."""
-    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+def _one_dead(b: Batcher) -> EmitResult:
+    """A binding with one try, and one batch of it gone dead."""
     b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
                retry={"attempts": 1})
     (r,) = b.emit("s", {"n": 1})
     assert r.batch is not None
     claim = b.records.claim([r.batch.id], 10_000)
     assert claim is not None
-    b.records.fail(r.batch.id, claim.token, "boom", None)  # dead
+    b.records.fail(r.batch.id, claim.token, "boom", None)
+    return r
+
+
+def test_dead_replay_of_a_batch_named_twice_replays_it_once_and_succeeds(redis_server: RedisServer,
+                                                                          namespace: str) -> None:
+    """It said "replayed", then "not dead", and failed: each name was counted as a batch."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    r = _one_dead(b)
     result = CliRunner().invoke(cli, ["dead", "replay", r.batch.id, r.batch.id,
                                       "--redis-url", redis_server.url, "--namespace", namespace])
     assert result.exit_code == 0, result.output
@@ -560,13 +566,7 @@ def test_dead_show_and_replay_of_an_id_naming_no_shard_say_so(redis_server: Redi
     """`dead replay <dead id> 7.1` replayed the first, then ended on a bare `Error: '7.1'`, before
     the replayed batch was handed to the workers (a sweeper's nudge only, seconds later)."""
     b = Batcher.from_url(redis_server.url, namespace=namespace)
-    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
-               retry={"attempts": 1})
-    (r,) = b.emit("s", {"n": 1})
-    assert r.batch is not None
-    claim = b.records.claim([r.batch.id], 10_000)
-    assert claim is not None
-    b.records.fail(r.batch.id, claim.token, "boom", None)
+    r = _one_dead(b)
     b.client.delete(f"rq:queue:{b.keys.queue_name}")  # the emit's ticket, long taken
     args = ["--redis-url", redis_server.url, "--namespace", namespace]
     out = CliRunner().invoke(cli, ["dead", "replay", r.batch.id, "7.1", *args]).output
