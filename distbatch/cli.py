@@ -21,23 +21,30 @@ from .errors import DistbatchError, EmitError, PayloadError
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """The Redis URL and namespace a command uses, kept where an error it ends in can find them
-    (`_Commands` names the keys behind a WRONGTYPE, masks the passwords). A variable set empty is
-    refused: click takes it for unset, and an unset `${REDIS_URL}` in a compose file sent every
-    process to the default, 127.0.0.1:6379, in silence."""
-    import os
-
-    names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
-    empty = [n for n in names if os.environ.get(n) == ""]
-    source = ctx.get_parameter_source(param.name or "")  # None in the callback on click 8.4
-    if empty and source in (None, click.core.ParameterSource.DEFAULT) and value == param.get_default(ctx):
-        raise click.BadParameter(f"{empty[0]} is set but empty (an unset variable in a compose file?): "
-                                 "give a value, or unset it for the default", ctx, param)
+    (`_Commands` names the keys behind a WRONGTYPE, masks the passwords)."""
     ctx.meta[f"distbatch.{param.name}"] = value
     return value
 
 
+class _NoEmptyEnv(click.Option):
+    """An option whose variable set empty is refused unless the option is given: click takes an
+    empty one for unset, and an unset `${REDIS_URL}` in a compose file sent every process to the
+    default, 127.0.0.1:6379, in silence."""
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
+        import os
+
+        value, source = super().consume_value(ctx, opts)
+        names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or [])
+        empty = [n for n in names if os.environ.get(n) == ""]
+        if empty and source is click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(f"{empty[0]} is set but empty (an unset variable in a compose "
+                                     "file?): give a value, or unset it for the default", ctx, self)
+        return value, source
+
+
 URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
-                   callback=_remember, show_default=True,
+                   callback=_remember, cls=_NoEmptyEnv, show_default=True,
                    help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
                    "rediss+cluster:// (any node of a Redis Cluster) URL, with auth if needed. "
                    "Env: DISTBATCH_REDIS_URL.")
@@ -48,7 +55,7 @@ MAX_CONNECTIONS = 1000
 """`serve`'s connections and requests at once: 503 above (each holds up to a head's 64 KiB, or
 `--max-body-bytes` of body, in memory)."""
 NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
-                  callback=_remember,
+                  callback=_remember, cls=_NoEmptyEnv,
                   help="Key namespace. Env: DISTBATCH_NAMESPACE.")
 SHARDS = click.option("--shards", envvar="DISTBATCH_SHARDS", type=click.IntRange(1, 16384), default=None,
                       help="Shards of a namespace this process may be the first to use (as the apps' "

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 import redis.asyncio
@@ -109,10 +109,17 @@ database, as no query value reads."""
 def _check_userinfo(url: str, field: str) -> None:
     """A password (or user) with an unescaped `/`, `?` or `#` ends the host early for every URL
     parser: redis-py connected to a host made of a piece of the password, and said so, that piece
-    in clear, in every retry's log line. Refused here, naming the fix, the password masked."""
-    _, sep, rest = url.partition("://")
+    in clear, in every retry's log line. Refused here, naming the fix, the password masked. The
+    tell: an `@` where a redis:// URL has none, in its path (a database number), its fragment, or
+    its query before any `=` (a query value may hold one: `?client_name=app@host`)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.removesuffix("+cluster") not in ("redis", "rediss"):
+        return  # unix:// paths may hold an `@`
+    parts = urlsplit(url)
+    query_head = parts.query.split("=", 1)[0]
+    broken = "@" in parts.path or "@" in parts.fragment or "@" in query_head
     userinfo, at, host = rest.rpartition("@")
-    if sep and at and any(c in userinfo for c in "/?#") and _HOST_END.fullmatch(host):
+    if broken and at and any(c in userinfo for c in "/?#") and _HOST_END.fullmatch(host):
         raise ConfigError(field, f"{field}={redacted(url)!r}: its user or password holds a '/', '?' or "
                                  "'#', which ends a URL's host: percent-encode them ('/' as %2F, '?' as "
                                  "%3F, '#' as %23, '@' as %40, '%' as %25)")
@@ -124,10 +131,8 @@ _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 def _check_files(url: str, field: str) -> None:
     """The TLS files a URL names are there to read: a missing one read as an outage ("Error 2
     connecting to ...: No such file or directory"), retried for ever and naming no file."""
-    query = urlsplit(url).query
-    for name, value in re.findall(r"(?:^|&)([a-z_]+)=([^&]*)", query):
+    for name, path in parse_qsl(urlsplit(url).query):  # decoded as redis-py does: `+` is a space
         if name in _TLS_FILES:
-            path = unquote(value)
             if not os.path.exists(path):
                 raise ConfigError(field, f"{field}={redacted(url)!r}: {name}={path!r} does not exist")
             if not os.access(path, os.R_OK):

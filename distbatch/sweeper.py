@@ -36,6 +36,9 @@ log = logging.getLogger("distbatch.sweeper")
 
 
 SHARD_BACKOFF_MAX_S = 5.0
+MAX_LEASE_MS = 60_000
+"""The longest shard lease a sweeper is expected to set (`lease_s`, 3 s from the CLI): a lease key
+living longer, or with no TTL, is no live sweeper's and is taken over (`shard_lease.lua`)."""
 
 
 @dataclass(slots=True)
@@ -146,7 +149,7 @@ class Sweeper:
     def _take(self, shard: int, holder: bytes) -> bool:
         k = self.batcher.shards[shard]
         taken = bool(call(self.batcher.scripts.shard_lease, [k.lease],
-                          [self.id, self.lease_ms, "take", holder]))
+                          [self.id, self.lease_ms, "take", holder, max(MAX_LEASE_MS, self.lease_ms)]))
         if taken:
             log.warning("shard_lease_taken shard=%d holder=%r: held by no live sweeper (not a sweeper's "
                         "lease: written by another program?); taken over", shard, holder[:64],

@@ -150,6 +150,10 @@ def _failed_cleanly(result) -> str:
     # a password with a '/' ended the host: a piece of it was quoted as the path, or as the host
     (["stats", "--redis-url", "redis://:pa@ss/s3cretPart#z@127.0.0.1:1/0"], "percent-encode them"),
     (["worker", "--redis-url", "redis://alice:Abc@s3cretHost/s3cretPath@127.0.0.1:1/0"], "%2F"),
+    # ... but an '@' in a query value is no password's
+    (["stats", "--redis-url", "redis://127.0.0.1:1/0?client_name=app@host:7000"], "cannot reach Redis"),
+    (["stats", "--redis-url", "rediss://127.0.0.1:1/0?ssl_ca_certs=/no/such+ca.pem"],
+     "ssl_ca_certs='/no/such ca.pem' does not exist"),  # read as redis-py reads it: '+' is a space
 ])
 def test_mistakes_and_an_unreachable_redis_get_one_clear_line(argv: list[str], said: str) -> None:
     out = _failed_cleanly(CliRunner().invoke(cli, argv))
@@ -525,6 +529,10 @@ def test_a_variable_set_empty_is_refused_not_taken_for_unset() -> None:
     no variable, and the process used 127.0.0.1:6379 without a word."""
     result = CliRunner().invoke(cli, ["stats"], env={"DISTBATCH_REDIS_URL": ""})
     assert result.exit_code == 2 and "DISTBATCH_REDIS_URL is set but empty" in result.output, result.output
+    # given on the command line, the default's value included, the variable is not read at all
+    result = CliRunner().invoke(cli, ["stats", "--namespace", "distbatch", "--redis-url", "redis://127.0.0.1:1/0"],
+                                env={"DISTBATCH_NAMESPACE": ""})
+    assert "set but empty" not in result.output and "cannot reach Redis" in result.output, result.output
 
 
 def test_a_read_only_acl_user_can_look(redis_server: RedisServer, namespace: str) -> None:

@@ -727,3 +727,19 @@ def test_a_worker_runs_no_batch_under_a_definition_of_another_binding(batcher: B
     assert out is not None and out.status == Status.UNAVAILABLE
     assert "is that of 'x@v1'" in batcher.records.raw(r.batch.id)["error"]
     assert batcher.records.raw(r.batch.id)["attempt"] == 0  # given back uncounted
+
+
+def test_a_live_sweeper_with_a_longer_lease_keeps_its_shard(redis_server: RedisServer,
+                                                            namespace: str) -> None:
+    """A sweeper with a 1 s lease pruned the heartbeat of one with a 30 s lease as old, took that
+    live sweeper for none, and took its shard over."""
+    import time
+
+    from distbatch.sweeper import Sweeper
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    long, short = Sweeper(b, lease_s=30), Sweeper(b, lease_s=1)
+    assert long._own() == [0]
+    time.sleep(2.2)  # its heartbeat now older than twice the short lease
+    assert short._own() == [] and short._own() == []
+    assert b.client.get(b.shards[0].lease) == long.id.encode()

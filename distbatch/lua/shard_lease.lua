@@ -2,7 +2,10 @@
 -- from a holder that is no live sweeper (a hostile writer's value, a key set with no TTL: it
 -- held the shard for good, and no sweeper promoted its retries or reclaimed its leases).
 -- KEYS: the shard's lease key
--- ARGV: sweeper id, lease_ms, 'hold', 'release' or 'take', and for 'take' the holder seen
+-- ARGV: sweeper id, lease_ms, 'hold', 'release' or 'take', and for 'take' the holder seen and
+--       the longest lease a sweeper sets (ms): a holder whose key lives no longer than that may
+--       be a live sweeper's with a longer lease than the caller's (whose heartbeats the caller
+--       pruned as old), and is left alone; with no TTL, or a longer one, it is no sweeper's
 -- Returns 1 if the caller holds the shard now, 0 if not.
 local holder = redis.call('GET', KEYS[1])
 if ARGV[3] == 'release' then
@@ -11,6 +14,8 @@ if ARGV[3] == 'release' then
 end
 if ARGV[3] == 'take' then
   if holder ~= ARGV[4] then return 0 end  -- it changed since: a sweeper's own now, or gone
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl >= 0 and ttl <= tonumber(ARGV[5]) then return 0 end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
