@@ -253,9 +253,13 @@ class _Commands(click.Group):
         try:
             return self._invoke(ctx)
         except click.ClickException as exc:  # no password in any of them, whatever quoted it
-            exc.message = _masked(exc.message, ctx.meta.get("distbatch.redis_url"),
-                                  ctx.meta.get("distbatch.queue_url"))
-            raise
+            masked = _masked(exc.message, ctx.meta.get("distbatch.redis_url"),
+                             ctx.meta.get("distbatch.queue_url"))
+            if masked == exc.message:
+                raise
+            if isinstance(exc, click.UsageError):  # its exit status (2) and usage line kept
+                raise click.UsageError(masked, exc.ctx) from exc
+            raise click.ClickException(masked) from exc
 
     def _invoke(self, ctx: click.Context) -> Any:
         import redis

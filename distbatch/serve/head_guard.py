@@ -26,6 +26,8 @@ class HeadGuard(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head, self._head_bytes, self._began = True, 0, False
+        self._parsed = 0  # the head's line and headers as the parser handed them over
+        self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -48,15 +50,44 @@ class HeadGuard(HttpToolsProtocol):
                 self._refuse(431, f"request head above {HEAD_MAX_BYTES} bytes")
 
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
+        self._parsed = 0
         if not self._in_head:  # the next request on a kept connection
             self._in_head, self._head_bytes, self._began = True, 0, True
             self._arm()
 
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            self._parsed += len(url) + 16  # with the method and the protocol
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            self._parsed += len(name) + len(value) + 4
+            super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        # The read that ends a head is counted here, exactly: after it, `data_received` no longer
+        # sees a head (a 100 KB head that ended in its second read passed)
+        if self._refused:
+            return
         self._in_head = False
         self._disarm()
+        if self._parsed > HEAD_MAX_BYTES:
+            self._refused = True  # the rest of this read is not parsed into a request: none runs
+            self._refuse(431, f"request head above {HEAD_MAX_BYTES} bytes")
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def _arm(self) -> None:
         self._disarm()
