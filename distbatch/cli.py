@@ -692,6 +692,17 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
 
 
 @main.command()
+@click.argument("name", type=click.Choice(["accumulate", "accumulate_one"]))
+@click.option("--sha", is_flag=True, help="Print the SHA1 Redis knows it by (for EVALSHA), not its text.")
+def script(name: str, sha: bool) -> None:
+    """Print an emit script, its includes expanded, as distbatch loads it: for an emitter in
+    another language (README: Emitting from another language), which SCRIPT LOADs this text."""
+    from .scripts import sha_of, source
+
+    click.echo(sha_of(name) if sha else source(name), nl=sha)
+
+
+@main.command()
 @click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default=None,
               help="Redis to use; embedded fakeredis when neither this nor DISTBATCH_REDIS_URL is given.")
 @click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch-demo", show_default=True,

@@ -15,6 +15,8 @@ import redis
 from distbatch import Batcher, ManualClock
 from distbatch.scripts import source
 
+from .redis_server import RedisServer
+
 
 def test_foreign_emitter_following_the_documented_format(client, namespace: str) -> None:
     b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
@@ -238,3 +240,19 @@ def test_an_event_array_with_more_than_four_fields_is_read_by_its_first_four(cli
     assert claim is not None
     assert [e.payload for e in claim.batch.events] == [{"i": 0}, {"i": 1}]
     assert claim.batch.events[0].id == "go-0" and claim.batch.events[0].emitted_at_ms == 1700000000000
+
+
+@pytest.mark.parametrize("name", ["accumulate", "accumulate_one"])
+def test_the_cli_prints_the_script_an_emitter_in_another_language_loads(redis_server: RedisServer,
+                                                                        name: str) -> None:
+    """README's recipe ("accumulate.lua with its @include lines expanded") expanded each once and
+    missed includes within includes: the script failed at the first cut. `distbatch script` gives
+    the text as distbatch loads it, and the SHA distbatch calls it by."""
+    from click.testing import CliRunner
+
+    from distbatch.cli import main as cli
+
+    text = CliRunner().invoke(cli, ["script", name]).output
+    sha = CliRunner().invoke(cli, ["script", name, "--sha"]).output.strip()
+    assert "@include" not in text
+    assert redis.Redis.from_url(redis_server.url).script_load(text) == sha
