@@ -282,6 +282,11 @@ class _Commands(click.Group):
                     "`databases` setting)" if "DB index is out of range" in str(exc) else "")
             if "WRONGTYPE" in str(exc):  # alone, or a pipeline's "Command # 2 (...) caused error: ..."
                 hint = _misfiled_hint(ctx, exc)
+            elif isinstance(exc, redis.exceptions.NoPermissionError):  # RQ's on --queue-url named neither
+                queue = (" or --queue-url's (RQ's keys are there)" if ctx.meta.get("distbatch.queue_url")
+                         else "")
+                hint = (f": the ACL user of --redis-url{queue} lacks it (README, 'ACL users': what each "
+                        "process needs)")
             raise click.ClickException(f"Redis refused: {describe(exc)}{hint}") from exc
         except redis.RedisError as exc:  # e.g. a URL naming something that speaks no RESP
             raise click.ClickException(f"Redis failed: {describe(exc)}") from exc

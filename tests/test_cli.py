@@ -583,3 +583,23 @@ def test_dead_show_and_replay_of_an_id_naming_no_shard_say_so(redis_server: Redi
     assert b.client.llen(f"rq:queue:{b.keys.queue_name}") == 1  # handed off
     shown = CliRunner().invoke(cli, ["dead", "show", "7.1", *args]).output
     assert "batch '7.1' is not a batch of namespace" in shown, shown
+
+
+def test_a_queue_user_without_write_permission_is_said_so(redis_server: RedisServer,
+                                                          namespace: str) -> None:
+    """A worker whose --queue-url user may only read exited with RQ's bare NoPermissionError,
+    naming neither the option nor what the user needs."""
+    client = redis.Redis.from_url(redis_server.url)
+    user = f"rq-ro-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+rq-ro-password-1"], keys=["*"], channels=["*"],
+                       commands=["+@read", "+@connection", "+time"])
+    try:
+        queue = redis_server.url.replace("redis://", f"redis://{user}:rq-ro-password-1@")
+        result = CliRunner().invoke(cli, ["worker", "--burst", "--redis-url", redis_server.url,
+                                          "--namespace", namespace, "--queue-url", queue])
+        assert result.exit_code == 1, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert "NoPermissionError" in last and "--queue-url" in last and "ACL users" in last, last
+        assert "rq-ro-password-1" not in result.output
+    finally:
+        client.acl_deluser(user)
