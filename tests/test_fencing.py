@@ -1530,13 +1530,15 @@ def test_a_batch_settled_mid_round_is_not_reported_lost(
     lease keeper must stop renewing it then, or its next renewal, refused, logs a false
     `lease_lost` (the chaos soak counts those lines)."""
     ids = _one_per_batch(batcher, {"s": "record", "b": "boom", "t": "wait_for_gate"}, "sbt")
-    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=150)
+    # 400 ms, not 150: on the cluster, under a full suite's load, a stall of the machine once let
+    # a lease of 150 ms run out (as in the test above)
+    ex = Executor(batcher.records, HandlerResolver([__name__]), lease_ms=400)
     with caplog.at_level(logging.WARNING, "distbatch.worker"):
         t, counts = _draining(ex)
         deadline = time.monotonic() + 5
         while states(batcher, ids[1]) != ["delayed"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.3)  # six renewals of the round's other batch
+        time.sleep(0.8)  # six renewals of the round's other batch
         gate.set()
         t.join(5)
     assert counts == [{"delivered": 2, "retry": 1}]
