@@ -35,12 +35,12 @@ from .coalesce import SENDING, Coalescer, Regroup
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
 from .errors import ConfigError, describe
-from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest
+from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest, positive_int
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Handoff, Op, Proc, Store
 from .scripts import NAMES, acall, apipelined, source
-from .sent import resend_failed
+from .sent import REFUSED_WRITE, after_resend, resend_failed
 from .shards import Layout
 from .transport import TRANSIENT, apatient, slot_moving
 
@@ -105,7 +105,9 @@ class AsyncBatcher:
             self._queue_on_same_redis = True
         self.dispatcher = Dispatcher(queue_client, Keys(namespace)) if handoff and queue_client else None
         self.on_cut: OnCut | None = on_cut or self.dispatcher
-        self._options = {"clock": clock, "max_payload_bytes": max_payload_bytes, "chunk_size": chunk_size}
+        self._options = {"clock": clock,
+                         "max_payload_bytes": positive_int("max_payload_bytes", max_payload_bytes),
+                         "chunk_size": positive_int("chunk_size", chunk_size)}
         self._shards, self._fix_layout = shards, fix_layout
         self._scripts = {name: client.register_script(source(name)) for name in NAMES}
         self._core: Ingest | None = None
@@ -312,6 +314,8 @@ class AsyncBatcher:
                 raise
             try:
                 return await apatient(lambda: acall(script, keys, args), self.client)
+            except REFUSED_WRITE as second:
+                raise after_resend(second) from second
             except TRANSIENT as second:
                 err = resend_failed(first, second)
                 if err is second:
@@ -343,7 +347,7 @@ class AsyncBatcher:
                 return await self._pipeline(op.script, calls)
             except TRANSIENT as first:
                 try:
-                    return await self._pipeline(op.script, calls)
+                    return [after_resend(r) for r in await self._pipeline(op.script, calls)]
                 except TRANSIENT as exc:
                     return [resend_failed(first, exc)] * len(calls)
         finally:

@@ -22,7 +22,7 @@ from .clock import ManualClock, ServerClock
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
 from .errors import ConfigError
-from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest, checked_source
+from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest, checked_source, positive_int
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .onecall import pack
@@ -101,7 +101,7 @@ class Batcher:
 
     @chunk_size.setter
     def chunk_size(self, value: int) -> None:
-        self.core.chunk_size = value
+        self.core.chunk_size = positive_int("chunk_size", value)
 
     @property
     def max_payload_bytes(self) -> int:

@@ -96,9 +96,9 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
     try:
         data: bytes = _packer().pack([event_id, source, emitted_at_ms, payload])
     except (TypeError, ValueError, OverflowError, UnicodeEncodeError) as exc:
-        raise PayloadError(
-            "payload_unencodable", f"payload={_short(payload)} cannot be msgpack-encoded: {exc}"
-        ) from exc
+        where = _culprit(payload)
+        what = f"payload field {where[0]}={_short(where[1])}" if where else f"payload={_short(payload)}"
+        raise PayloadError("payload_unencodable", f"{what} cannot be msgpack-encoded: {exc}") from exc
     if len(data) > limit:
         raise PayloadError(
             "payload_too_large",
@@ -107,6 +107,34 @@ def encode_event(event_id: str, source: str, emitted_at_ms: int, payload: object
             f"serve --max-event-bytes)",
         )
     return data
+
+
+def _culprit(payload: object) -> tuple[str, object] | None:
+    """The first value (or map key) of `payload` that does not pack, in document order, and its
+    path (`order.lines[2].when`): a payload's repr, cut short, named neither. None when each
+    packs alone (the whole is too deep, say)."""
+    pack = msgpack.Packer(use_bin_type=True, datetime=False, strict_types=True, default=_default).pack
+    stack: list[tuple[object, str]] = [(payload, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Mapping):
+            items = []
+            for k, v in node.items():
+                at = f"{path}.{k}" if path else str(k)
+                try:
+                    pack(k)
+                except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+                    return f"{at} (its key)", k
+                items.append((v, at))
+            stack.extend(reversed(items))
+        elif isinstance(node, list | tuple):
+            stack.extend(reversed([(v, f"{path}[{i}]") for i, v in enumerate(node)]))
+        elif path:
+            try:
+                pack(node)
+            except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+                return path, node
+    return None
 
 
 ONLY_DICTS = {dict}

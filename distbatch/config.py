@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from fractions import Fraction
 from typing import Any
 
 from .errors import ConfigError
@@ -42,15 +43,15 @@ def parse_duration(value: object, field: str = "batch.window") -> int:
     if isinstance(value, timedelta):
         if value % timedelta(milliseconds=1):  # 1.5 ms was 1 ms, and 1 µs "must be longer than 0ms"
             raise ConfigError(f"{code}_format", f"{field}={value!r} is not a whole number of milliseconds")
-        ms = int(value.total_seconds() * 1000)
+        ms = value // timedelta(milliseconds=1)  # exact: total_seconds() * 1000 made 1001 ms 1000
     elif isinstance(value, str):
         text = value.strip().lower()
-        pos, total, rank = 0, 0.0, -1
+        pos, total, rank = 0, Fraction(0), -1
         for m in _DURATION_PART.finditer(text):
             if m.start() != pos or _UNITS.index(m.group(2)) <= rank:  # '10m10m' was 20m, '30m1h' 90m
                 break
             rank = _UNITS.index(m.group(2))
-            total += float(m.group(1)) * _UNIT_MS[m.group(2)]
+            total += Fraction(m.group(1)) * _UNIT_MS[m.group(2)]  # exact: as floats, '1.001s' was 1000 ms
             pos = m.end()
         if not text or pos != len(text):
             raise ConfigError(
@@ -58,8 +59,10 @@ def parse_duration(value: object, field: str = "batch.window") -> int:
                 f"{field}={value!r} is not a duration; use e.g. '250ms', '30s', '10m', "
                 "'2h', '1d' or '1h30m' (each unit once, the largest first)",
             )
-        if total > MAX_DURATION_MS:  # also inf: float("9" * 400)
+        if total > MAX_DURATION_MS:
             raise ConfigError(f"{code}_range", f"{field}={_short(value)} must be at most 100 years")
+        if total.denominator != 1:  # '1.5ms' was 1 ms, where timedelta(microseconds=1500) is refused
+            raise ConfigError(f"{code}_format", f"{field}={value!r} is not a whole number of milliseconds")
         ms = int(total)
     else:
         raise ConfigError(

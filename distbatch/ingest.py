@@ -34,14 +34,14 @@ from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import ConfigError, EmitError, PayloadError, describe, short
 from .handlers import check_path as check_handler_path
 from .handlers import handler as register_handler
-from .keys import MEMBER_CACHE_SIZE, build_member, full_misses, member_bytes, members_cache
+from .keys import MEMBER_CACHE_SIZE, MEMBER_KEY_LENGTH, build_member, full_misses, member_bytes, members_cache
 from .models import Batch, EmitResult, Event
 from .onecall import Known, OneCall, OneHead, Single, one_head
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
 from .partition import partition_key
 from .registry import Registry, Route, Snapshot
 from .scripts import sha_of
-from .sent import NotSent
+from .sent import not_stored
 from .shards import Layout, shard_of
 from .transport import TRANSIENT
 
@@ -159,8 +159,8 @@ class Ingest:
         self.shards = layout.keys
         self.keys = self.shards[0]
         self.clock = clock or ServerClock()
-        self.max_payload_bytes = max_payload_bytes
-        self.chunk_size = chunk_size
+        self.max_payload_bytes = positive_int("max_payload_bytes", max_payload_bytes)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         self.registry = Registry(self.shards, cluster)
         self._cluster = cluster
         self._event_ids = (os.getpid(), secrets.token_hex(6), itertools.count())
@@ -501,7 +501,7 @@ class Ingest:
         a resend that ran before, cuts to hand off."""
         items = [one.item]
         if isinstance(reply, BaseException):
-            refused = frozenset(id(it) for it in items) if isinstance(reply, NotSent) else frozenset()
+            refused = frozenset(id(it) for it in items) if not_stored(reply) else frozenset()
             raise _emit_error([], items, refused, 1, reply) from reply
         if reply[0] == -1:  # the registry changed (nothing was stored): plan again on the new one
             try:
@@ -587,11 +587,11 @@ class Ingest:
                 hit = cached(pkey)
                 if hit is None:
                     hit = build_member(key, pkey)
-                    if len(cache) < MEMBER_CACHE_SIZE:
-                        cache[pkey] = hit
-                    else:
+                    if len(cache) >= MEMBER_CACHE_SIZE:
                         full = True
                         missed += 1
+                    elif pkey is None or len(pkey) <= MEMBER_KEY_LENGTH:
+                        cache[pkey] = hit
                 member = hit
             add_pkey(pkey)
             add_member(member)
@@ -666,7 +666,7 @@ class Ingest:
             for s, reply in zip(shards, replies, strict=True):
                 if isinstance(reply, BaseException):
                     failed = reply
-                    if isinstance(reply, NotSent):
+                    if not_stored(reply):
                         unsent += by_shard[s]
                 elif reply[0] == -1:
                     stale += by_shard[s]
@@ -908,6 +908,15 @@ class Ingest:
     def server_ms() -> Proc[int]:
         seconds, micros = yield Cmd("time")
         return int(seconds) * 1000 + int(micros) // 1000
+
+
+def positive_int(option: str, value: object) -> int:
+    """A size option, checked where it is given: unchecked, a string or None was a bare
+    TypeError at the first `emit_many`, naming neither the option nor the value."""
+    if type(value) is not int or value < 1:
+        raise ConfigError(f"{option}_invalid",
+                          f"{option}={short(value)} must be a whole number of at least 1")
+    return value
 
 
 def checked_source(source: object) -> None:

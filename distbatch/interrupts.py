@@ -70,7 +70,10 @@ def taken_by_thread(on_signal: Callable[[int], None],
     def watch() -> None:
         while not done.is_set():
             got = signal.sigtimedwait(signals, 0.1)
-            if got is not None:
+            # A SIGCONT that ends the wait past its timeout (the process was stopped, SIGSTOP)
+            # makes CPython return a siginfo of uninitialised memory: taken for a stop signal, it
+            # stopped sweepers in silence. Only a signal of `signals` is one.
+            if got is not None and got.si_signo in signals:
                 on_signal(got.si_signo)
 
     watcher = threading.Thread(target=watch, name="distbatch-signals", daemon=True)
@@ -80,8 +83,8 @@ def taken_by_thread(on_signal: Callable[[int], None],
     finally:
         done.set()
         watcher.join()
-        while (got := signal.sigtimedwait(signals, 0)) is not None:  # one that came just now
-            on_signal(got.si_signo)
+        while (got := signal.sigtimedwait(signals, 0)) is not None and got.si_signo in signals:
+            on_signal(got.si_signo)  # one that came just now
         for s, h in handlers.items():
             if h is not None:
                 signal.signal(s, h)

@@ -44,6 +44,9 @@ def decode_partition(segment: str) -> str | None:
 
 
 MEMBER_CACHE_SIZE = 1 << 16
+MEMBER_KEY_LENGTH = 256
+"""Longer partition keys are not cached: the cache is bounded in entries, and 65,536 keys of a
+megabyte each (an HTTP client's) would have stayed in the process for good."""
 _members: dict[str, dict[str | None, bytes]] = {}  # binding -> partition key -> member bytes
 _full_misses = 0
 
@@ -60,10 +63,10 @@ def member_bytes(binding: str, partition_key: str | None) -> bytes:
     cached = per.get(partition_key)
     if cached is None:
         cached = build_member(binding, partition_key)
-        if len(per) < MEMBER_CACHE_SIZE:
-            per[partition_key] = cached
-        else:
+        if len(per) >= MEMBER_CACHE_SIZE:
             full_misses(per, 1)
+        elif partition_key is None or len(partition_key) <= MEMBER_KEY_LENGTH:
+            per[partition_key] = cached
     return cached
 
 

@@ -18,8 +18,25 @@ def _stringify(value: Any) -> str:
         return "true" if value else "false"
     try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):  # e.g. an object with int and str keys: keys not sortable
+    except (TypeError, ValueError):  # an object with int and str keys: not sortable as they are
+        pass
+    try:
+        return json.dumps(_json_keys(value), separators=(",", ":"), ensure_ascii=False, sort_keys=True,
+                          default=str)
+    except (TypeError, ValueError, RecursionError):
         return str(value)
+
+
+def _json_keys(value: Any) -> Any:
+    """`value` with every object's keys as the text JSON gives them (`1` -> "1", `True` ->
+    "true"), so they sort: equal objects are one key whatever their keys' order (Python's repr,
+    the fallback before, kept the order they were inserted in)."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else json.dumps(k, default=str).strip('"'): _json_keys(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_keys(v) for v in value]
+    return value
 
 
 def partition_key(payload: Mapping[str, Any], path: tuple[str, ...] | None) -> str | None:

@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
 from .roundtrip import execute, execute_one, supported
-from .sent import driven_by_redis_py
+from .sent import after_resend, driven_by_redis_py, hides_retries
 
 _INCLUDE = re.compile(r"^([ \t]*)-- @include (\w+)$", re.MULTILINE)
 NAMES = (
@@ -167,7 +167,12 @@ def _send(client: Any, calls: Sequence[ScriptCall | Command], *, by_text: bool) 
         else:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
     with driven_by_redis_py(client):
-        return list(pipe.execute(raise_on_error=False))
+        return _seen(client, pipe.execute(raise_on_error=False))
+
+
+def _seen(client: Any, replies: Sequence[Any]) -> list[Any]:
+    """A pipeline's replies where redis-py may have sent it more than once (`after_resend`)."""
+    return list(map(after_resend, replies)) if hides_retries(client) else list(replies)
 
 
 def _argv(script: Script, keys: Sequence[Any], args: Sequence[Any], *, by_text: bool) -> tuple[Any, ...]:
@@ -195,4 +200,4 @@ async def _asend(client: Any, calls: Sequence[AsyncScriptCall], *, by_text: bool
                     pipe.eval(script.script, len(keys), *keys, *args)
                 else:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+            return _seen(client, await pipe.execute(raise_on_error=False))

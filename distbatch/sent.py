@@ -22,6 +22,17 @@ REFUSED: tuple[type[BaseException], ...] = (ConnectionRefusedError, socket.gaier
                                             redis.exceptions.MaxConnectionsError)  # no connection to send on
 
 
+REFUSED_WRITE: tuple[type[BaseException], ...] = (redis.exceptions.OutOfMemoryError,
+                                                 redis.exceptions.ReadOnlyError)
+"""What Redis answers a script at its first write (past `maxmemory`, on a replica) and never
+after one: that attempt wrote nothing."""
+
+
+class MaybeWrote(redis.ResponseError):
+    """A refusal to write (`REFUSED_WRITE`) of a call sent again: the attempt before it may have
+    run."""
+
+
 class NotSent(redis.ConnectionError):
     """Nothing of the call can have run: every attempt failed to even connect (refused, unknown
     host), or was refused by a cluster slot that stayed on the move (`transport.patient`)."""
@@ -48,6 +59,21 @@ def refused(exc: BaseException, sure: tuple[type[BaseException], ...] = REFUSED)
 def never_sent(exc: BaseException) -> bool:
     """Nothing of the call reached Redis."""
     return refused(exc, (NotSent, *REFUSED))
+
+
+def not_stored(exc: BaseException) -> bool:
+    """Nothing of the call was stored: never sent, or its one attempt refused before it wrote
+    (an out-of-memory refusal was reported as "may or may not be stored")."""
+    return isinstance(exc, (NotSent, *REFUSED_WRITE))
+
+
+def after_resend(reply: Any) -> Any:
+    """A reply to a call sent again: a refusal to write says nothing of the attempt before it."""
+    if isinstance(reply, REFUSED_WRITE):
+        err = MaybeWrote(f"{reply} (the call was sent again: the attempt before may have run)")
+        err.__cause__ = reply
+        return err
+    return reply
 
 
 def hides_retries(client: Any) -> bool:
@@ -81,6 +107,10 @@ def driven_by_redis_py(client: Any) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise unsure(exc, client)  # noqa: B904 (its cause is set)
+    except REFUSED_WRITE as exc:
+        if hides_retries(client):  # redis-py may have sent it before
+            raise after_resend(exc)  # noqa: B904 (its cause is set)
+        raise
 
 
 def resend_failed(first: BaseException, second: BaseException) -> BaseException:

@@ -59,6 +59,7 @@ def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
             earliest[owner] = min(score, earliest.get(owner, score))
     oldest = min(earliest.values(), default=None)
     window_now = b.clock.now_ms()  # deadlines are on the window clock (a ManualClock in tests)
+    window_ms = now_ms if window_now is None else window_now  # a ManualClock at 0 is a time
     sweepers = int(b.client.zcount(b.keys.sweepers, now_ms - 10_000, "+inf"))
     per_binding = {}
     dropped = {key: _dropped(b, key) for key in set(counters) - set(bindings)}
@@ -83,7 +84,7 @@ def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
             "source": defined.source if defined else None,
             "handler": defined.handler if defined else None,
             "open_buffers_now": open_now,
-            "next_window_closes_in_ms": int(min(scores)) - now_ms if scores else None,
+            "next_window_closes_in_ms": int(min(scores)) - window_ms if scores else None,
             **{f"{name}_total": 0 for name in PER_BINDING},
             **counters.get(key, {}),
         }
@@ -98,7 +99,7 @@ def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
         "batches_running_now": sizes["running"],
         "batches_waiting_retry_now": sizes["delayed"],
         "batches_dead_now": sizes["dead"],
-        "oldest_overdue_ms": 0 if oldest is None else max(0, (window_now or now_ms) - int(oldest)),
+        "oldest_overdue_ms": 0 if oldest is None else max(0, window_ms - int(oldest)),
         "sweepers_live": sweepers,
         **totals,
         "bindings": per_binding,
@@ -144,7 +145,8 @@ def top_buffers(batcher: Batcher, binding: str, n: int = 5, sample: int = 200) -
     b = batcher
     definition = b.binding(binding)
     window = definition.batch.window_ms if definition is not None else 0
-    now = b.clock.now_ms() or b.server_ms()
+    manual = b.clock.now_ms()
+    now = b.server_ms() if manual is None else manual  # a ManualClock at 0 is a time
     rows: list[dict[str, Any]] = []
     for k in b.shards:
         members: list[Any] = list(b.client.srandmember(k.open_buffers(binding), sample) or [])

@@ -47,7 +47,7 @@ from .onecall import Single
 from .registry import Snapshot
 from .roundtrip import execute_packed
 from .scripts import call, pipelined
-from .sent import MaybeRan, NotSent, hides_retries, never_sent, resend_failed
+from .sent import REFUSED_WRITE, MaybeRan, NotSent, after_resend, hides_retries, never_sent, resend_failed
 
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 PASSING = (*TRANSIENT, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
@@ -211,7 +211,7 @@ class Transport:
         except TRANSIENT as first:
             client.connection.disconnect()
             try:
-                return self._pipeline(script, calls, client)
+                return [after_resend(r) for r in self._pipeline(script, calls, client)]
             except TRANSIENT as exc:
                 return [resend_failed(first, exc)] * len(calls)
 
@@ -298,6 +298,8 @@ def _twice(send: Callable[[], Any]) -> Any:
             raise
         try:
             return send()
+        except REFUSED_WRITE as second:
+            raise after_resend(second) from second
         except TRANSIENT as second:
             err = resend_failed(first, second)
             if err is second:

@@ -195,7 +195,10 @@ async def _store(request: Request, batcher: AsyncBatcher, settings: ServeSetting
     except ConfigError as exc:
         return Refused(400, exc.code, str(exc)).response(), False
     except EmitError as exc:
-        if not exc.stored and not exc.uncertain:  # nothing reached Redis
+        if not exc.stored and not exc.uncertain:  # nothing reached Redis, or it wrote nothing
+            if isinstance(exc.__cause__, redis.ResponseError):  # out of memory, read-only
+                return Refused(503, "redis_refused", f"Redis refused the request, nothing was stored: "
+                               f"{describe(exc.__cause__)}").response(), False
             return Refused(503, "redis_unavailable", f"Redis unreachable, nothing was stored: "
                            f"{exc.__cause__ or exc}").response(), False
         return json_response({
