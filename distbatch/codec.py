@@ -226,18 +226,37 @@ def check_round_trip(encoded: Sequence[bytes], payloads: Sequence[object]) -> No
             ) from exc
 
 
-def decode_events(blob: bytes) -> list[Event]:
-    """A record's events. An event array longer than the four fields of the wire format (an
-    emitter of a later version, or another language's that added one) is read by its first four,
-    so it does not make every event of its batch undecodable; anything shorter still is."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(blob) or 1)
+def decode_events(blob: bytes, n: int | None = None) -> list[Event]:
+    """A record's events; `n`: how many its cut took, where the caller knows it. An event array
+    longer than the four fields of the wire format (an emitter of a later version, or another
+    language's that added one) is read by its first four, so it does not make every event of its
+    batch undecodable. What another language's emitter spoiled is refused, by name, rather than
+    read as something else: a record that ends inside an event, a number of values other than `n`
+    (an event cut short reads on into the next one, which then hides in its payload; an empty
+    one, or two in one), a value that is no array (a map's four keys were read as its fields).
+    Strings that are no UTF-8 (a JavaScript string holding half of a surrogate pair) come back
+    with surrogate escapes, as partition keys do, instead of failing the batch."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(blob) or 1,
+                                unicode_errors="surrogateescape")
     unpacker.feed(blob)
     objects = list(unpacker)
+    if unpacker.tell() != len(blob):
+        raise ValueError(f"the record ends inside an event: its last {len(blob) - unpacker.tell()} bytes are "
+                         "an event cut short")
+    if n is not None and len(objects) != n:
+        raise ValueError(f"the record holds {len(objects)} msgpack values where its cut took {n} events: "
+                         "an event of it is no single msgpack value (cut short, empty, or two in one)")
+    if objects and {*map(type, objects)} != _LISTS:
+        kind = next(type(o).__name__ for o in objects if type(o) is not list)
+        raise ValueError(f"an event of the record is a msgpack {kind}, not the array [id, source, "
+                         "emitted_at_ms, payload]")
     try:
         return [Event(eid, source, payload, ts) for eid, source, ts, payload in objects]
     except ValueError:
-        return [Event(o[0], o[1], o[3], o[2]) if isinstance(o, list) and len(o) > 4 else Event(*_four(o))
-                for o in objects]
+        return [Event(o[0], o[1], o[3], o[2]) if len(o) > 4 else Event(*_four(o)) for o in objects]
+
+
+_LISTS = {list}
 
 
 def _four(o: Any) -> tuple[Any, Any, Any, Any]:
@@ -303,14 +322,14 @@ _text = as_text
 
 def decode_batch(batch_id: str, info: Any, events: Any, attempt: Any) -> Batch:
     """A record's fields (rec:info, rec:events, rec:attempt) -> Batch."""
-    member, reason, cut_ms, _n = as_text(info).split("\n", 3)
+    member, reason, cut_ms, n = as_text(info).split("\n", 3)
     binding, partition = split_member(member)
     return Batch(
         id=batch_id,
         binding=binding,
         partition_key=partition,
         reason=reason,
-        events=decode_events(events or b""),
+        events=decode_events(events or b"", int(n) if n.isdigit() else None),
         discarded=False,
         attempt=int(attempt or 0),
         cut_at_ms=int(cut_ms),

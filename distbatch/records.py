@@ -228,11 +228,11 @@ class Records:
 
     @staticmethod
     def _claimed(reply: Any, sent: float, wait_s: float, lease_ms: int) -> list[Claim]:
-        """`claim.lua`'s reply: batches still ready, then seven fields per batch taken."""
+        """`claim.lua`'s reply: batches still ready, then eight fields per batch taken."""
         left = int(reply[0])
         claims = []
-        for i in range(1, len(reply), 7):
-            bid, member, reason, cut_ms, attempt, blob, t = reply[i:i + 7]
+        for i in range(1, len(reply), 8):
+            bid, member, reason, cut_ms, attempt, blob, t, n = reply[i:i + 8]
             batch_id = as_text(bid)  # digits and dots, or the claim buried it
             error, events = None, []
             try:
@@ -245,7 +245,7 @@ class Records:
                 error = f"garbled batch record: {type(exc).__name__}: {exc}"
             else:
                 try:
-                    events = decode_events(blob)
+                    events = decode_events(blob, int(n))
                 except (ValueError, TypeError, msgpack.UnpackException) as exc:
                     error = f"undecodable batch record: {type(exc).__name__}: {exc}"
             batch = Batch(batch_id, binding, pkey, why, events, attempt=tries, cut_at_ms=cut)

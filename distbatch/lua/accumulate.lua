@@ -26,6 +26,63 @@ local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
 local B = 6
 local call_id, expected_regver = ARGV[2], ARGV[1]
 local keep_ttl = false
+-- What a caller in another language may get wrong is refused here, by name, before anything is
+-- written (an error after a write leaves the call half-done): the numbers, each item's route,
+-- and of the first item of each route its event's first byte (a msgpack array: an event sent as
+-- a map, or its bytes sent as text, is refused; a client that gets one wrong gets all wrong) and
+-- its buffer key (the prefix and binding its member is read by). An event spoiled otherwise (cut
+-- short) makes the batch it joins undecodable (`codec.decode_events`), by name.
+local bad = nil
+do
+  local function whole(s)
+    local v = tonumber(s)
+    return v and v >= 1 and v % 1 == 0 and v
+  end
+  local function quoted(name, s) return name .. '="' .. tostring(s) .. '"' end
+  local nr = whole(ARGV[7])
+  if not whole(ARGV[4]) then bad = quoted('cap', ARGV[4]) .. ' is not a whole number of at least 1'
+  elseif not nr or #ARGV < 7 + 3 * nr then bad = quoted('n_routes', ARGV[7]) .. ' is not the number of routes given'
+  elseif ARGV[3] ~= '' and not tonumber(ARGV[3]) then bad = quoted('window_now', ARGV[3]) .. " is neither '' nor a number"
+  else
+    for r = 1, nr do
+      if not whole(ARGV[6 + 3 * r]) then
+        bad = quoted('count', ARGV[6 + 3 * r]) .. ' of route ' .. r .. ' is not a whole number of at least 1'
+      elseif not whole(ARGV[7 + 3 * r]) then
+        bad = quoted('window_ms', ARGV[7 + 3 * r]) .. ' of route ' .. r .. ' is not a whole number of at least 1'
+      end
+      if bad then break end
+    end
+    local first_ev, bufp = 7 + 3 * nr, ARGV[6]
+    local items = #ARGV - first_ev
+    if nr > 1 then items = items / 2 end
+    if not bad and items % 1 ~= 0 then bad = 'the last item has no event after its route number' end
+    local seen = {}
+    for item = 1, bad and 0 or items do
+      local r, data = 1, ARGV[first_ev + item]
+      if nr > 1 then
+        r, data = whole(ARGV[first_ev + 2 * item - 1]), ARGV[first_ev + 2 * item]
+        if not r or r > nr then
+          bad = quoted('route', ARGV[first_ev + 2 * item - 1]) .. ' of item ' .. item .. ' is not 1 to ' .. nr
+          break
+        end
+      end
+      if not seen[r] then
+        seen[r] = true
+        local b, key, binding = string.byte(data, 1), KEYS[11 + nr + item], ARGV[5 + 3 * r]
+        if not b or b < 0x94 or (b > 0x9f and b ~= 0xdc and b ~= 0xdd) then
+          bad = 'item ' .. item .. ': its event is no msgpack array [id, source, emitted_at_ms, payload] ('
+            .. (b and string.format('first byte 0x%02x', b) or 'it is empty') .. ')'
+        elseif not key or string.find(key, bufp, 1, true) ~= 1 or string.find(key, binding, #bufp + 1, true) ~= #bufp + 1
+            or string.byte(key, #bufp + #binding + 1) ~= 124 then
+          bad = 'item ' .. item .. ': ' .. quoted('buffer key', key) .. ' does not start with the buffer key prefix '
+            .. 'and its route\'s binding, ' .. quoted('prefix', bufp) .. ' .. ' .. quoted('binding', binding) .. " .. '|'"
+        end
+        if bad then break end
+      end
+    end
+  end
+end
+if bad then return redis.error_reply(bad .. '; nothing was written') end
 -- @include call_once
 -- @include clock
 -- @include cut_keys

@@ -14,6 +14,35 @@ local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
 local call_id, expected_regver, keep_ttl = ARGV[9], ARGV[1], ARGV[11] == '1'
+-- As accumulate.lua: what another language's caller may get wrong is refused, by name, before
+-- anything is written.
+local cap, count, key, binding = tonumber(ARGV[2]), tonumber(ARGV[6]), KEYS[#KEYS], ARGV[5]
+local bad = nil
+if #ARGV < 10 then
+  return redis.error_reply(#ARGV .. ' arguments, where accumulate_one takes 10 or 11; nothing was written')
+end
+if not cap or cap < 1 or cap % 1 ~= 0 then bad = 'cap="' .. tostring(ARGV[2]) .. '"'
+elseif not count or count < 1 or count % 1 ~= 0 then bad = 'count="' .. tostring(ARGV[6]) .. '"'
+else
+  local w = tonumber(ARGV[7])
+  if not w or w < 1 or w % 1 ~= 0 then bad = 'window_ms="' .. tostring(ARGV[7]) .. '"' end
+end
+if bad then
+  bad = bad .. ' is not a whole number of at least 1'
+elseif ARGV[8] ~= '' and not tonumber(ARGV[8]) then
+  bad = 'window_now="' .. tostring(ARGV[8]) .. "\" is neither '' nor a number"
+else
+  local b, n = string.byte(ARGV[10], 1), #ARGV[4]
+  if not b or b < 0x94 or (b > 0x9f and b ~= 0xdc and b ~= 0xdd) then
+    bad = 'the event is no msgpack array [id, source, emitted_at_ms, payload] ('
+      .. (b and string.format('first byte 0x%02x', b) or 'it is empty') .. ')'
+  elseif string.find(key, ARGV[4], 1, true) ~= 1 or string.find(key, binding, n + 1, true) ~= n + 1
+      or string.byte(key, n + #binding + 1) ~= 124 then
+    bad = 'buffer key="' .. key .. '" does not start with the buffer key prefix and the binding, prefix="'
+      .. ARGV[4] .. '" .. binding="' .. binding .. "\" .. '|'"
+  end
+end
+if bad then return redis.error_reply(bad .. '; nothing was written') end
 -- @include call_once
 -- @include clock
 local now = real_now
@@ -48,17 +77,17 @@ if n == 1 then
   redis.call('SADD', open_key, member)
   woke = (earliest == nil or closes < earliest) and closes
 end
-if n > tonumber(ARGV[2]) then
+if n > cap then
   -- @include one_steps
   local ok, err = pcall(steps.drop_oldest, key, binding)
   if not ok then steps.undo_push(key, err) end
-  n = tonumber(ARGV[2])  -- as accumulate.lua: at the cap
+  n = cap  -- as accumulate.lua: at the cap
   steps.report('overflow', '', '')
 end
-if n >= tonumber(ARGV[6]) then
+if n >= count then
   -- @include one_steps
   local ok, id, blob = pcall(steps.cut_full, key, member or string.sub(key, member_at), open_key, binding,
-                             n, tonumber(ARGV[6]))
+                             n, count)
   if not ok then steps.undo_push(key, id) end
   steps.report('count', id, blob)
   made_ready = made_ready + 1

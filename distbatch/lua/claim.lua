@@ -10,7 +10,7 @@
 --       lost), the shard's id prefix ('' on a one-shard namespace, else '<shard>.'), then
 --       optionally candidate ids
 -- Returns {batches still ready, then per claim: id, member, reason, cut_ms, attempt, events,
---          token}.
+--          token, how many events the cut took}.
 local B = 0
 -- @include clock
 -- @include lifecycle
@@ -29,7 +29,7 @@ local function add(id, info, t)
   local o = #out
   out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, info.member, info.reason, info.cut_ms
   out[o + 5] = tonumber(redis.call('HGET', k_attempt, id))
-  out[o + 6], out[o + 7] = redis.call('HGET', k_events, id), t
+  out[o + 6], out[o + 7], out[o + 8] = redis.call('HGET', k_events, id), t, info.n
 end
 
 local function finish()

@@ -36,6 +36,20 @@ if prior and #prior > #call_id + 2 and string.byte(prior, #call_id + 1) == 124
   end
   return out
 end
+-- Call ids that are numbers only grow per emitter (distbatch's are a counter): an older one is a
+-- call resent after a later call of its emitter ran, whose id the call key no longer holds, so
+-- whether it ran cannot be told. It runs nothing, and says so (the wire format asks for one call
+-- in flight per emitter id; a caller that keeps to it never meets this).
+local older = tonumber(call_id)
+if older and prior then
+  local last = tonumber(prior) or tonumber(string.match(prior, '^(%d+)|'))
+  if last and older < last then
+    redis.call('SET', k_call, prior, 'PX', 600000)
+    return redis.error_reply('call_id=' .. call_id .. ' is older than the last call of its emitter (' .. last
+      .. '): a resend after a later call under the same emitter id ran, so whether it ran before cannot be '
+      .. 'told; nothing was written now (one call in flight per emitter id)')
+  end
+end
 local current = redis.call('GET', k_regver) or ''
 if current ~= expected_regver then
   if prior then redis.call('SET', k_call, prior, 'PX', 600000) else redis.call('DEL', k_call) end
