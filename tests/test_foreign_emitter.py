@@ -194,6 +194,21 @@ def test_a_buffer_prefix_that_does_not_match_the_buffer_key_is_refused(redis_ser
     assert members == ["d@v1|*"], members
 
 
+def test_buffer_keys_and_prefix_agreeing_without_the_tag_are_refused(redis_server: RedisServer,
+                                                                     namespace: str) -> None:
+    """A prefix and buffer keys that agree with each other but not with the namespace's keys (the
+    tag left out of both): the member is right, but a sweeper or `drop` looks for the buffer
+    under the tag, and the events would sit in Redis for ever."""
+    client, _b, f = _setup(redis_server, namespace, 2)
+    t = f.tag
+    keys = [f"{t}:{k.format(emitter='node-1')}" for k in NAMES] + [f"{t}:open:d@v1", "buf:d@v1|*"]
+    args = [client.get(f"{t}:regver"), "1", "", 1024, "", "buf:", 1, "d@v1", 2, 3_600_000,
+            msgpack.packb(["n", "orders", 1, {}])]
+    with pytest.raises(redis.ResponseError, match=r"prefix=\"buf:\" is not the tag of the deadlines"):
+        client.evalsha(f.sha, len(keys), *keys, *args)
+    assert client.llen("buf:d@v1|*") == 0 and client.zcard(f"{t}:deadlines") == 0
+
+
 NODE_EMIT = r"""
 const Redis = require('ioredis');
 const { encode } = require('@msgpack/msgpack');
@@ -265,7 +280,7 @@ def test_a_node_emitters_uint8array_is_refused_not_stored_as_text(redis_server: 
 @pytest.mark.parametrize("pos,value,said", [
     (1, "", 'cap=""'), (5, "abc", 'count="abc"'), (6, "1h", 'window_ms="1h"'),
     (7, "soon", 'window_now="soon"'), (9, b'\x84\xa2id', "first byte 0x84"),
-    (9, b"", "it is empty"), (3, "buf:", 'buffer key="{'),
+    (9, b"", "it is empty"), (3, "buf:", 'buffer key prefix="buf:" is not the tag'),
 ])
 def test_accumulate_one_refuses_an_argument_by_name_before_writing(redis_server: RedisServer, namespace: str,
                                                                     pos: int, value: Any, said: str) -> None:

@@ -53,6 +53,10 @@ do
       if bad then break end
     end
     local first_ev, bufp = 7 + 3 * nr, ARGV[6]
+    if not bad and (string.sub(KEYS[3], 1, -11) .. ':buf:' ~= bufp or string.sub(KEYS[3], -10) ~= ':deadlines') then
+      bad = quoted('buffer key prefix', bufp) .. ' is not the tag of the deadlines key ' .. quoted('', KEYS[3])
+        .. " followed by ':buf:'"
+    end
     local items = #ARGV - first_ev
     if nr > 1 then items = items / 2 end
     if not bad and items % 1 ~= 0 then bad = 'the last item has no event after its route number' end

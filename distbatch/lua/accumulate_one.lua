@@ -33,7 +33,10 @@ elseif ARGV[8] ~= '' and not tonumber(ARGV[8]) then
   bad = 'window_now="' .. tostring(ARGV[8]) .. "\" is neither '' nor a number"
 else
   local b, n = string.byte(ARGV[10], 1), #ARGV[4]
-  if not b or b < 0x94 or (b > 0x9f and b ~= 0xdc and b ~= 0xdd) then
+  if string.sub(KEYS[3], 1, -11) .. ':buf:' ~= ARGV[4] or string.sub(KEYS[3], -10) ~= ':deadlines' then
+    bad = 'buffer key prefix="' .. ARGV[4] .. '" is not the tag of the deadlines key "' .. KEYS[3]
+      .. "\" followed by ':buf:'"
+  elseif not b or b < 0x94 or (b > 0x9f and b ~= 0xdc and b ~= 0xdd) then
     bad = 'the event is no msgpack array [id, source, emitted_at_ms, payload] ('
       .. (b and string.format('first byte 0x%02x', b) or 'it is empty') .. ')'
   elseif string.find(key, ARGV[4], 1, true) ~= 1 or string.find(key, binding, n + 1, true) ~= n + 1
