@@ -239,10 +239,16 @@ def decode_events(blob: bytes, n: int | None = None) -> list[Event]:
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(blob) or 1,
                                 unicode_errors="surrogateescape")
     unpacker.feed(blob)
-    objects = list(unpacker)
-    if unpacker.tell() != len(blob):
-        raise ValueError(f"the record ends inside an event: its last {len(blob) - unpacker.tell()} bytes are "
-                         "an event cut short")
+    if n is None:  # where each value ends: an incomplete one is left unread, yet `tell()` counts it
+        objects, end = [], 0
+        for o in unpacker:
+            objects.append(o)
+            end = unpacker.tell()
+        if end != len(blob):
+            raise ValueError(f"the record ends inside an event: its last {len(blob) - end} bytes are an "
+                             "event cut short")
+    else:  # one cut short reads on into the next, or is left out: fewer values than its cut took
+        objects = list(unpacker)
     if n is not None and len(objects) != n:
         raise ValueError(f"the record holds {len(objects)} msgpack values where its cut took {n} events: "
                          "an event of it is no single msgpack value (cut short, empty, or two in one)")
@@ -257,6 +263,8 @@ def decode_events(blob: bytes, n: int | None = None) -> list[Event]:
 
 
 _LISTS = {list}
+UNDECODABLE = (ValueError, TypeError, msgpack.UnpackException)
+"""What `decode_events` raises for a record it cannot read (a list as a map key: TypeError)."""
 
 
 def _four(o: Any) -> tuple[Any, Any, Any, Any]:

@@ -876,8 +876,13 @@ class Ingest:
                                                      k.kept(secrets.token_hex(8)), k.bindings,
                                                      *(prefix + m for m in open_members)],
                                    [binding, k.buffer_prefix])
-                for i in range(1, len(reply), 2):
-                    events.extend(decode_events(reply[i + 1]))
+                for i in range(1, len(reply), 3):
+                    try:
+                        events.extend(decode_events(reply[i + 2], int(reply[i + 1])))
+                    except codec.UNDECODABLE as exc:  # spoiled by another language's emitter: go on
+                        log.warning("drop_undecodable binding=%s buffer=%s: its events, dropped and counted, "
+                                    "cannot be returned: %s", binding, as_text(reply[i], "replace"), exc,
+                                    extra={"event": "drop_undecodable", "binding": binding})
                 if int(reply[0]) == -1:  # taken back meanwhile: what its buffers hold is its own
                     log.warning("drop_overtaken binding=%s: registered again while this drop ran; its "
                                 "buffers on shard %s are left to it", binding, k.tag,

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from .sent import MaybeRan, refused
+from .sent import MaybeRan, after_resend, refused
 
 
 def _optional_hiredis_pack() -> Any:
@@ -110,6 +110,8 @@ def _exchange(conn: Any, packed: list[bytes], n: int) -> list[Any]:
         if any(reached[:-1]) and refused(exc):
             raise MaybeRan(f"{exc}; an earlier attempt of the retry policy may have run") from exc
         raise
+    if any(reached):  # an attempt before the last may have run: a refusal to write says nothing of it
+        replies = [after_resend(r) for r in replies]
     return replies
 
 

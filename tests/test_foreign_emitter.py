@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from distbatch import Batcher
+from distbatch.codec import decode_events
 from distbatch.scripts import source
 
 from .redis_server import RedisServer
@@ -207,6 +208,47 @@ def test_buffer_keys_and_prefix_agreeing_without_the_tag_are_refused(redis_serve
     with pytest.raises(redis.ResponseError, match=r"prefix=\"buf:\" is not the tag of the deadlines"):
         client.evalsha(f.sha, len(keys), *keys, *args)
     assert client.llen("buf:d@v1|*") == 0 and client.zcard(f"{t}:deadlines") == 0
+
+
+def test_decode_events_refuses_a_record_ending_inside_an_event() -> None:
+    """codec.decode_events checks `unpacker.tell() != len(blob)` after `list(unpacker)`; but
+    msgpack's tell() after a failed partial read counts the partial bytes, so the check never
+    fires and the event cut short is dropped in silence (drop(), LazyEvents, notes)."""
+    good = msgpack.packb(["a", "s", 1, {"i": 0}])
+    short = msgpack.packb(["node-1", "orders", 1700000000000, {"x": 1}])[:-1]
+    with pytest.raises(ValueError, match="ends inside an event"):
+        decode_events(good + short)
+
+
+def test_drop_returns_what_decodes_and_names_a_buffer_that_does_not(redis_server: RedisServer, namespace: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A buffer holding an event cut short: its events were returned short of one, in silence
+    (the next event hid in its payload: 2 returned, 3 counted dropped); a raise half-way would
+    lose what the drop drained before. The drain's count per buffer tells."""
+    client, b, f = _setup(redis_server, namespace, 10)
+    b.register("k", version="v1", source="orders", handler="m.h",
+               batch={"count": 10, "window": "1h", "key": "p"})
+    b.emit("orders", {"i": 0})
+    short = msgpack.packb(["node-1", "orders", 1700000000000, {"x": 1}])[:-1]
+    f.call("d@v1", 10, 3_600_000, "d@v1|*", [short])
+    b.emit("orders", {"i": 1, "p": "x"})
+    with caplog.at_level("WARNING", logger="distbatch"):
+        assert b.drop("d@v1") == []
+        assert sorted(e.payload["i"] for e in b.drop("k@v1")) == [0, 1]  # another binding's buffers
+    # the event after the one cut short hid in its payload: the drain's count of 3 says so
+    assert "drop_undecodable binding=d@v1 buffer=d@v1|*" in caplog.text and "3 events" in caplog.text
+    assert int(client.hget(b.keys.stats, "events_dropped:d@v1") or 0) == 3  # counted as dropped
+
+
+def test_a_hex_call_id_is_not_taken_for_a_number(redis_server: RedisServer, namespace: str) -> None:
+    """call_once.lua reads a call id as a number with Lua's tonumber, which takes '12e45678'
+    (random hex) as 1.2e45679 = inf, and also '0x1f', ' 5', 'inf': a random-hex emitter's next
+    all-digit id is then refused as 'older than the last call (inf)'."""
+    client, b, f = _setup(redis_server, namespace, 10)
+    ev = msgpack.packb(["n", "orders", 1, {}])
+    f.call("d@v1", 10, 3_600_000, "d@v1|*", [ev], call_id="12e45678")
+    f.call("d@v1", 10, 3_600_000, "d@v1|*", [ev], call_id="31415926")  # HEAD: ResponseError
+    assert client.llen(b.keys.buffer("d@v1", None)) == 2
 
 
 NODE_EMIT = r"""

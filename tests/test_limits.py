@@ -7,12 +7,13 @@ import datetime
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from distbatch import Batcher, ConfigError, EmitError, ManualClock, PayloadError
+from distbatch import Batcher, ConfigError, EmitError, ManualClock, PayloadError, roundtrip
 from distbatch import keys as keys_mod
 from distbatch.errors import short
 from distbatch.testing import RedisServer
@@ -138,6 +139,42 @@ def test_http_out_of_memory_without_idempotency_key_is_redis_refused(
     finally:
         server.stop()
         b.close()
+
+
+def test_oom_on_a_hidden_retry_of_the_roundtrip_is_not_reported_as_not_sent(
+        small_redis: RedisServer, namespace: str, clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`roundtrip._exchange` retries under the connection's own policy (redis.Redis()'s default:
+    10 retries). Its first attempt ran the script (stored the event), the reply was lost, and the
+    hidden retry met `maxmemory`: the OutOfMemoryError is taken by `not_stored` as "nothing was
+    written" and the event is reported not_sent, though it is stored (a re-emit duplicates it)."""
+    client = redis.Redis(host="127.0.0.1", port=small_redis.port)  # default: connections retry
+    admin = redis.Redis(host="127.0.0.1", port=small_redis.port)
+    b = Batcher(client, namespace=namespace, clock=clock, handoff=False)
+    b.register("a", version="v1", source="s", batch={"count": 10, "window": "10m"},
+               handler="tests.handlers.record")
+    b.emit("s", {"k": "warm"})  # scripts loaded, registry and single head cached
+    real = roundtrip._round_trip
+    calls: list[int] = []
+
+    def lossy(conn: Any, packed: list[bytes], n: int) -> list[Any]:
+        replies = real(conn, packed, n)
+        if not calls and isinstance(replies[0], list):  # it ran; then Redis fills up, the reply is lost
+            calls.append(1)
+            admin.config_set("maxmemory", "1")
+            conn.disconnect()
+            raise redis.ConnectionError("reply lost")
+        return replies
+
+    monkeypatch.setattr(roundtrip, "_round_trip", lossy)
+    try:
+        with pytest.raises(EmitError) as info:
+            b.emit("s", {"k": "x"})
+    finally:
+        monkeypatch.setattr(roundtrip, "_round_trip", real)
+        admin.config_set("maxmemory", "0")
+    assert b.counters()["events_in:a@v1"] == 2  # the event IS stored
+    assert info.value.not_sent == [], str(info.value)  # HEAD: [0] ("nothing was stored")
 
 
 # 5 -------------------------------------------------------------------------------------------

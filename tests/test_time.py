@@ -48,6 +48,15 @@ def test_sub_ms_string_duration_is_refused_like_a_sub_ms_timedelta(text: str) ->
     assert err.value.code == "window_format" and text in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["9" * 5000 + "ms", "1." + "0" * 5000 + "1s"], ids=["int", "frac"])
+def test_a_duration_of_many_digits_is_a_config_error(text: str) -> None:
+    """Fraction(m.group(1)) raises a bare ValueError past Python's 4300-digit limit (float gave
+    inf, refused as 'at most 100 years'): no field named, and the CLI's `_duration`, which
+    catches DistbatchError, prints a traceback."""
+    with pytest.raises(ConfigError):
+        parse_duration(text, "batch.window")
+
+
 # 2. A sweeper paused (SIGSTOP) and resumed (SIGCONT) stops sweeping --------------------------------
 
 @pytest.fixture

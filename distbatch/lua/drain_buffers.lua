@@ -2,7 +2,8 @@
 -- KEYS: deadlines, stats, open-set key of the binding, this call's kept reply, bindings, then the
 --       buffer keys
 -- ARGV: binding, buffer key prefix
--- Returns {members still open (not passed: call again), then per buffer: member, events}; a
+-- Returns {members still open (not passed: call again), then per buffer: member, how many
+-- events (a string, as a kept reply's every element is), events}; a
 -- resend of the call returns the same (the buffers are gone by then). {-1} when the binding was
 -- registered again since the first step (nothing drained): its buffers hold events acknowledged
 -- to it since, no longer the drop's.
@@ -23,11 +24,12 @@ for i = F, #KEYS do
   local events = redis.call('LRANGE', KEYS[i], 0, -1)
   dropped = dropped + #events
   out[#out + 1] = string.sub(KEYS[i], #ARGV[2] + 1)
+  out[#out + 1] = tostring(#events)
   out[#out + 1] = table.concat(events)
 end
 if dropped > 0 then redis.call('HINCRBY', k_stats, 'events_dropped:' .. ARGV[1], dropped) end
 for i = F, #KEYS do
-  local member = out[2 * (i - F) + 2]
+  local member = out[3 * (i - F) + 2]
   redis.call('DEL', KEYS[i])
   redis.call('ZREM', k_deadlines, member)
   redis.call('SREM', open_key, member)

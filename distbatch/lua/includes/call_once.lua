@@ -40,9 +40,13 @@ end
 -- call resent after a later call of its emitter ran, whose id the call key no longer holds, so
 -- whether it ran cannot be told. It runs nothing, and says so (the wire format asks for one call
 -- in flight per emitter id; a caller that keeps to it never meets this).
-local older = tonumber(call_id)
-if older and prior then
-  local last = tonumber(prior) or tonumber(string.match(prior, '^(%d+)|'))
+-- Only digits count, and few enough to compare exactly ('12e45678', random hex, is no number);
+-- inline: a function here would be a closure made on every call.
+local older = prior and #call_id <= 15 and not string.find(call_id, '%D') and tonumber(call_id)
+if older then
+  local last = prior
+  if #last > 15 or string.find(last, '%D') then last = string.match(prior, '^(%d+)|') or '' end
+  last = last ~= '' and #last <= 15 and tonumber(last)
   if last and older < last then
     redis.call('SET', k_call, prior, 'PX', 600000)
     return redis.error_reply('call_id=' .. call_id .. ' is older than the last call of its emitter (' .. last
