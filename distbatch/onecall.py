@@ -24,7 +24,9 @@ KNOWN_KEYS = 1 << 14
 planned path."""
 KNOWN_KEY_LENGTH = 256
 """Longer partition keys are not kept (nor is a key whose payload failed before its call)."""
-_KEEP, _SET = b"$1\r\n1\r\n", b"$0\r\n\r\n"  # the last argument: keep the call key's TTL or not
+_KEEP, _SET = b"$2\r\n1c\r\n", b"$1\r\nc\r\n"
+"""The last argument: keep the call key's TTL ('1') or not, and 'c': the call was built by this
+client, which checked what the script would check for a caller in another language."""
 
 
 def _resp(args: list[Any]) -> bytes:
@@ -78,7 +80,7 @@ class OneCall(NamedTuple):
     def lists(self) -> Call:
         h = self.head
         return [*h.keys, self.buffer_key], [*h.args, self.window_now, self.call_id, self.event,
-                                             b"1" if self.keep_ttl else b""]
+                                             b"1c" if self.keep_ttl else b"c"]
 
 
 Known = tuple[bytes, EmitResult, bytes]

@@ -25,7 +25,7 @@ local k_regver, k_call, k_deadlines, k_wake, k_seq, k_bindings =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local B = 6
 local call_id, expected_regver = ARGV[2], ARGV[1]
-local keep_ttl = false
+local keep_ttl, checked = false, false
 -- What a caller in another language may get wrong is refused here, by name, before anything is
 -- written (an error after a write leaves the call half-done): the numbers, each item's route,
 -- and of the first item of each route its event's first byte (a msgpack array: an event sent as

@@ -4,7 +4,8 @@
 -- A call that had something to report (a cut, an expired buffer closed, an overflow) left its
 -- notes after its id and a '|' (`remember_notes`; a call id holding '|' is refused): its resend
 -- reports them again, so the caller learns which batches its lost reply named.
--- Needs locals: k_call, k_regver, call_id, expected_regver, B (the cut keys' offset), and
+-- Needs locals: k_call, k_regver, call_id, expected_regver, B (the cut keys' offset), checked
+-- (the call comes from distbatch's own client, which never sends an older call id), and
 -- keep_ttl: true where the caller knows its call key has a TTL set within the last half of it
 -- (`SET ... KEEPTTL` costs less than setting the TTL anew on every call). Returns
 -- from the script: {-2} when this call id already ran and reported nothing, {-2, then what it
@@ -42,7 +43,7 @@ end
 -- in flight per emitter id; a caller that keeps to it never meets this).
 -- Only digits count, and few enough to compare exactly ('12e45678', random hex, is no number);
 -- inline: a function here would be a closure made on every call.
-local older = prior and #call_id <= 15 and not string.find(call_id, '%D') and tonumber(call_id)
+local older = not checked and prior and #call_id <= 15 and not string.find(call_id, '%D') and tonumber(call_id)
 if older then
   local last = prior
   if #last > 15 or string.find(last, '%D') then last = string.match(prior, '^(%d+)|') or '' end
