@@ -24,8 +24,17 @@ class DistbatchError(Exception):
 def describe(exc: BaseException) -> str:
     """`Type: message`, for logs and error texts: redis-py 6+ leaves the message out of its
     errors' repr (`server:ResponseError`), which would hide why a call failed."""
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # a handler's exception whose __str__ raises: failing here broke the drain
+        text = "<its message could not be read>"
+    if len(text) > DESCRIBE_LIMIT:  # a handler's megabyte message was logged whole on every try
+        text = f"{text[:DESCRIBE_LIMIT]}... ({len(text) - DESCRIBE_LIMIT:,} more characters)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+DESCRIBE_LIMIT = 2000
+"""Characters of an error's message in a log line or error text."""
 
 
 POOL_EXHAUSTED = ("Too many connections", "No connection available")

@@ -24,7 +24,7 @@ from .handler_timeout import bounded
 from .handlers import HandlerResolver
 from .interrupts import StopFlag
 from .models import Batch
-from .records import Claim, Outcome, Records, lease_over_by
+from .records import ERROR_TAIL, Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
 from .transport import OUTAGE
 
@@ -56,6 +56,20 @@ blocking timeouts resolve at its `hz` (100 ms by default)."""
 LINGER_S = 1.0
 """How long a drain waits for the next batch before it gives its ticket back (a burst worker:
 20 ms)."""
+
+
+def formatted(exc: BaseException) -> str:
+    """The traceback kept on a failed batch (`ERROR_TAIL` characters): its head, where the
+    frames and the exception's type are, and its tail, where the message ends. The tail alone was
+    all message when the message was long (a megabyte: no type, no line that raised)."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception as failed:  # a message whose str() raises is shown as such by traceback
+        text = f"{type(exc).__name__} (its traceback could not be formatted: {describe(failed)})"
+    if len(text) <= ERROR_TAIL:
+        return text
+    half = ERROR_TAIL // 2 - 40
+    return f"{text[:half]}\n... ({len(text) - 2 * half:,} characters left out) ...\n{text[-half:]}"
 
 
 def _finish(ran: object, path: str) -> None:
@@ -496,7 +510,9 @@ class Executor:
             if not returned:  # else the alarm came as it returned: delivered
                 self._timed_out(batch)
                 return self._failed(claim, held, binding, started, exc)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, its own: failed too
+            # (the signals that stop a worker are taken by a thread, never raised in a handler;
+            # uncaught, it waited out the lease and went dead as "the worker stopped renewing")
             return self._failed(claim, held, binding, started, exc)
         handler_s = time.perf_counter() - started
         self._note(handler_s)
@@ -520,7 +536,7 @@ class Executor:
         self.leases.release(batch.id)
         retry = binding.retry
         delay = retry.delay_ms(batch.attempt) if batch.attempt < retry.attempts else None
-        outcome = rec.fail(batch.id, token, "".join(traceback.format_exception(exc)), delay)
+        outcome = rec.fail(batch.id, token, formatted(exc), delay)
         if outcome in (Outcome.STALE, Outcome.GONE):
             return self._lost(batch.id, batch.attempt, held.lost)
         log.warning("handler_failed batch=%s binding=%s attempt=%d/%d -> %s: %s",

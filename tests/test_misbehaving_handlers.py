@@ -1,0 +1,104 @@
+"""Handlers that misbehave, run by real `distbatch worker` processes (review findings)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from distbatch import Batcher, dead
+
+from .processes import Procs, wait_for
+from .redis_server import RedisServer
+
+NS = "rev"
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    s = RedisServer().start()
+    yield s
+    s.cleanup()
+
+
+@pytest.fixture
+def procs(server: RedisServer, tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(server.url, NS, tmp_path)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def client(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url)
+
+
+@pytest.fixture
+def batcher(server: RedisServer) -> Batcher:
+    return Batcher.from_url(server.url, namespace=NS)
+
+
+def _worker(procs: Procs, lease: str = "1s"):
+    return procs.spawn("-m", "distbatch.cli", "worker", "--redis-url", procs.url, "--namespace", NS,
+                       "--handlers", "tests.misbehaving_handlers", "--lease", lease, name="worker")
+
+
+def _rows(client: redis.Redis, key: str) -> list[dict]:
+    return [json.loads(x) for x in client.lrange(key, 0, -1)]
+
+
+def _quiet(client: redis.Redis, batcher: Batcher) -> bool:
+    k = batcher.keys
+    return client.zcard(k.ready) + client.zcard(k.running) + client.zcard(k.delayed) == 0
+
+
+def test_handler_raising_systemexit_fails_its_batch_with_its_traceback(procs: Procs, client, batcher) -> None:
+    """A handler that calls sys.exit (or raises KeyboardInterrupt, GeneratorExit, any
+    BaseException but HandlerTimeout) is not failed: the batch sits in `running` until its lease
+    runs out (`--lease`, up to a day), its retry backoff ignored, and goes dead with "lease
+    expired: the worker ... stopped renewing (killed, paused or cut off from Redis)" instead of
+    its traceback (README: "kept as a dead batch with its traceback")."""
+    batcher.register("exits", version="v1", source="s", handler="tests.misbehaving_handlers.exits",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    batcher.emit("s", {"i": 0})
+    _worker(procs, lease="30s")
+    wait_for(lambda: client.llen("test:started") >= 1, 20, "the handler started", procs.logs)
+    wait_for(lambda: client.zcard(batcher.keys.dead) == 1, 8,
+             "the batch failed (dead: attempts=1) without waiting out its 30 s lease", procs.logs)
+    (row,) = dead.rows(batcher)
+    assert "SystemExit" in row["error"] and "handler gave up" in row["error"], row["error"]
+
+
+def test_huge_exception_message_keeps_what_raised_in_the_dead_record(procs: Procs, client, batcher,
+                                                                     tmp_path: Path) -> None:
+    """An exception whose message is 1 MiB: the dead record keeps the last 4000 characters of
+    the formatted traceback, all of them message: `dead show` says neither the exception's type
+    nor where it was raised. The worker logs the whole message on every try (1 MiB a line)."""
+    batcher.register("huge", version="v1", source="s", handler="tests.misbehaving_handlers.huge_message",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    batcher.emit("s", {"i": 0})
+    _worker(procs)
+    wait_for(lambda: client.zcard(batcher.keys.dead) == 1, 20, "the batch dead", procs.logs)
+    (row,) = dead.rows(batcher)
+    assert "HugeMessage" in row["error"] and "misbehaving_handlers.py" in row["error"], row["error"][:200]
+    size = sum(f.stat().st_size for f in tmp_path.glob("worker-*.log"))
+    assert size < 100_000, f"worker log is {size} bytes for one failed batch"
+
+
+def test_exception_whose_str_raises_is_failed_without_breaking_the_drain(procs: Procs, client,
+                                                                         batcher) -> None:
+    """`str(exc)` raising (in `describe`, for the handler_failed log line, after the batch was
+    failed): the drain aborts with distbatch's own traceback inside RQ (a failed RQ job), no
+    handler_failed line is logged and the round's batches in hand are given back."""
+    batcher.register("badstr", version="v1", source="s", handler="tests.misbehaving_handlers.bad_str",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    batcher.emit("s", {"i": 0})
+    _worker(procs)
+    wait_for(lambda: client.zcard(batcher.keys.dead) == 1, 20, "the batch dead", procs.logs)
+    time.sleep(0.5)
+    logs = procs.logs()
+    assert "handler_failed" in logs and "str of BadStr failed" not in logs, logs
