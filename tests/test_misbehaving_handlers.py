@@ -1,45 +1,20 @@
-"""Handlers that misbehave, run by real `distbatch worker` processes (review findings)."""
+"""Handlers that misbehave, run by real `distbatch worker` processes."""
+# ruff: noqa: F811  # (the fixtures imported below are the tests' parameters)
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from distbatch import Batcher, dead
 
 from .processes import Procs, wait_for
-from .redis_server import RedisServer
 
-NS = "rev"
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    s = RedisServer().start()
-    yield s
-    s.cleanup()
-
-
-@pytest.fixture
-def procs(server: RedisServer, tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(server.url, NS, tmp_path)
-    yield p
-    p.stop_all()
-
-
-@pytest.fixture
-def client(server: RedisServer) -> redis.Redis:
-    return redis.Redis.from_url(server.url)
-
-
-@pytest.fixture
-def batcher(server: RedisServer) -> Batcher:
-    return Batcher.from_url(server.url, namespace=NS)
+# the real-process fixtures of the distributed tests: a private redis-server, its processes
+from .test_distributed import NS, batcher, client, procs, server  # noqa: F401
 
 
 def _worker(procs: Procs, lease: str = "1s"):
