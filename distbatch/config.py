@@ -51,8 +51,12 @@ def parse_duration(value: object, field: str = "batch.window") -> int:
             if m.start() != pos or _UNITS.index(m.group(2)) <= rank:  # '10m10m' was 20m, '30m1h' 90m
                 break
             rank = _UNITS.index(m.group(2))
-            if len(m.group(1)) > 30:  # past Python's 4,300 digits Fraction raises a bare ValueError
-                raise ConfigError(f"{code}_format", f"{field}={_short(value)} has a number of over 30 digits")
+            # Fraction raises a bare ValueError past Python's 4,300 digits: a number this long is
+            # past 100 years in any unit, or a fraction finer than a millisecond can be
+            if len(m.group(1).partition(".")[0].lstrip("0")) > 15:
+                raise ConfigError(f"{code}_range", f"{field}={_short(value)} must be at most 100 years")
+            if len(m.group(1)) > 40:
+                raise ConfigError(f"{code}_format", f"{field}={_short(value)} has a number of over 40 digits")
             total += Fraction(m.group(1)) * _UNIT_MS[m.group(2)]  # exact: as floats, '1.001s' was 1000 ms
             pos = m.end()
         if not text or pos != len(text):

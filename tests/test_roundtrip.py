@@ -160,7 +160,7 @@ def test_a_single_emits_packed_call_is_the_command_its_lists_make(client: redis.
         assert single is not None
         known = single.learn(k)
         assert pack(single.head, known[0], one.window_now, call_id, one.events[0], keep_ttl) == packed
-        assert args[-4:] == [b"1234", call_id, one.events[0], b"1" if keep_ttl else b""]
+        assert args[-4:] == [b"1234", call_id, one.events[0], b"1c" if keep_ttl else b"c"]  # c: checked
         client.script_load(source("accumulate_one"))
         reply = execute_packed(client, packed)
         assert len(reply) == 1 and reply[0] > 10**12  # stored; the server's own time comes back
