@@ -249,9 +249,10 @@ def decode_events(blob: bytes, n: int | None = None) -> list[Event]:
                              "event cut short")
     else:  # one cut short reads on into the next, or is left out: fewer values than its cut took
         objects = list(unpacker)
-    if n is not None and len(objects) != n:
-        raise ValueError(f"the record holds {len(objects)} msgpack values where its cut took {n} events: "
-                         "an event of it is no single msgpack value (cut short, empty, or two in one)")
+        if len(objects) != n:
+            raise ValueError(f"the record holds {len(objects)} msgpack values where its cut took {n} "
+                             "events: an event of it is no single msgpack value (cut short, empty, or two "
+                             "in one)")
     if objects and {*map(type, objects)} != _LISTS:
         kind = next(type(o).__name__ for o in objects if type(o) is not list)
         raise ValueError(f"an event of the record is a msgpack {kind}, not the array [id, source, "

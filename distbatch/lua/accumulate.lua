@@ -60,7 +60,7 @@ do
     local items = #ARGV - first_ev
     if nr > 1 then items = items / 2 end
     if not bad and items % 1 ~= 0 then bad = 'the last item has no event after its route number' end
-    local seen, unseen = {}, nr
+    local seen = {}
     for item = 1, bad and 0 or items do
       local r, data = 1, ARGV[first_ev + item]
       if nr > 1 then
@@ -71,7 +71,7 @@ do
         end
       end
       if not seen[r] then
-        seen[r], unseen = true, unseen - 1
+        seen[r] = true
         local b, key, binding = string.byte(data, 1), KEYS[11 + nr + item], ARGV[5 + 3 * r]
         if not b or b < 0x94 or (b > 0x9f and b ~= 0xdc and b ~= 0xdd) then
           bad = 'item ' .. item .. ': its event is no msgpack array [id, source, emitted_at_ms, payload] ('
@@ -81,7 +81,7 @@ do
           bad = 'item ' .. item .. ': ' .. quoted('buffer key', key) .. ' does not start with the buffer key prefix '
             .. 'and its route\'s binding, ' .. quoted('prefix', bufp) .. ' .. ' .. quoted('binding', binding) .. " .. '|'"
         end
-        if bad or (unseen == 0 and nr == 1) then break end  -- one route: its first item is all
+        if bad or nr == 1 then break end  -- one route: its first item is all
       end
     end
   end
