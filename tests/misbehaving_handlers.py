@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 from distbatch import Batch
 
-from .handlers import client
+from .handlers import client, record
 
 
 def _note(batch: Batch, key: str) -> None:
@@ -39,3 +40,12 @@ class BadStr(Exception):
 def bad_str(batch: Batch) -> None:
     _note(batch, "test:started")
     raise BadStr()
+
+
+def kills_if_asked(batch: Batch) -> None:
+    """A handler that takes its worker process down (SIGKILL: an out-of-memory kill, a segfault
+    in a C extension) when an event says so; else it records the batch as delivered."""
+    _note(batch, "test:started")
+    if any(e.payload.get("kill") for e in batch.events):
+        os.kill(os.getpid(), signal.SIGKILL)
+    record(batch)

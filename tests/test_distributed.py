@@ -392,7 +392,9 @@ def test_a_worker_killed_mid_round_sends_no_batch_it_had_not_started_to_the_dead
         procs: Procs, client, batcher) -> None:
     """A warm worker claims the batches a handler's 10 ms allow at once (up to 16) and runs them
     in turn. SIGKILLed while the first ran, every batch in its hand lost a try: with one attempt,
-    those no handler had seen went dead (helper's run: 7 of 16)."""
+    those no handler had seen went dead (helper's run: 7 of 16). Now none of them is counted:
+    each runs again alone, and the one that was running goes dead when it takes its worker down
+    a second time, alone."""
     batcher.register("one", version="v1", source="s", handler="tests.handlers.sleep_if_asked",
                      batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
     w = procs.worker("--lease", "1s")
@@ -401,11 +403,18 @@ def test_a_worker_killed_mid_round_sends_no_batch_it_had_not_started_to_the_dead
     wait_for(lambda: len(delivered(client)) == 20, 30, "the warm-up", procs.logs)
     batcher.emit_many("s", [{"n": 100, "sleep": 30}, *({"n": 101 + i} for i in range(10))])
     wait_for(lambda: client.get(f"test:inflight:{w.pid}") is not None, 30, "the long handler", procs.logs)
+    long_one = client.get(f"test:inflight:{w.pid}")
     assert batcher.records.count("running") > 1  # claimed together: the others wait behind it
     w.send_signal(signal.SIGKILL)
     w.wait()
-    procs.worker("--lease", "1s")
+    again = [procs.worker("--lease", "1s") for _ in range(2)]  # one runs the long one again, alone
     wait_for(lambda: len(delivered(client)) >= 30, 30, "the batches behind the killed one", procs.logs)
+    wait_for(lambda: any(client.get(f"test:inflight:{p.pid}") == long_one for p in again), 30,
+             "the long one, alone", procs.logs)
+    (holder,) = [p for p in again if client.get(f"test:inflight:{p.pid}") == long_one]
+    assert batcher.records.count("running") == 1
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
     wait_for(lambda: batcher.records.count("dead") == 1, 30, "the killed one to go dead", procs.logs)
     got = sorted(p["n"] for r in delivered(client) for p in r["payloads"])
     assert got == list(range(20)) + list(range(101, 111)), procs.logs()

@@ -85,23 +85,52 @@ def test_expired_lease_can_be_reclaimed(batcher: Batcher) -> None:
     assert c is not None and c.batch.attempt == 2
 
 
-def test_a_worker_killed_mid_round_spends_a_try_only_of_the_batch_it_was_running(
+def test_a_worker_killed_mid_round_spends_no_try_of_its_batches_they_run_alone_next(
         batcher: Batcher, client) -> None:
-    """A worker claims several batches at once and runs them in turn; killed mid-round, the
-    reclaim counted a try of every one: with `attempts: 1` the batches waiting in its hand went
-    dead although no handler had seen them. The first of the claim (the one it was running) is
-    counted; those behind it are given back with their tries, and run as attempt 1."""
+    """A worker claims several batches at once, runs them in turn and completes them together:
+    killed mid-round, Redis cannot tell which one was running. The reclaim counted a try of the
+    first of the claim: when a later one had killed the worker, the first (its handler had
+    returned) went dead with `attempts: 1`, and the killer ran again uncounted. Now none is
+    counted; each is suspect and is claimed alone, where a death is its own."""
     batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"},
                      retry={"attempts": 1})
-    ids = [r.batch.id for i in range(3) for r in batcher.emit("s", {"n": i})]
+    ids = [r.batch.id for i in range(4) for r in batcher.emit("s", {"n": i})]
     claims = batcher.records.claim_some(-1, 3)  # leases already over: its worker is gone
-    assert [c.batch.id for c in claims] == ids and [c.batch.attempt for c in claims] == [1, 1, 1]
-    assert [batcher.records.reclaim(bid) for bid in ids] == ["dead", "retry", "retry"]
-    error = batcher.records.raw(ids[1])["error"]
-    assert "waited behind another batch of its round" in error
+    assert [c.batch.id for c in claims] == ids[:3] and [c.batch.attempt for c in claims] == [1, 1, 1]
+    assert len({c.token for c in claims}) == 3 and all("." in c.token for c in claims)
+    assert [batcher.records.reclaim(bid) for bid in ids[:3]] == ["retry", "retry", "retry"]
+    error = batcher.records.raw(ids[0])["error"]
+    assert "claimed with other batches" in error and "runs alone next" in error
+    alone = batcher.records.claim_some(-1, 3)  # a suspect is taken alone, under a plain token
+    assert [(c.batch.id, c.batch.attempt) for c in alone] == [(ids[0], 1)] and "." not in alone[0].token
+    assert batcher.records.reclaim(ids[0]) == "dead"  # alone, its worker's death is its own
     again = batcher.records.claim_some(60_000, 3)
-    assert [(c.batch.id, c.batch.attempt) for c in again] == [(ids[1], 1), (ids[2], 1)]
+    assert [(c.batch.id, c.batch.attempt) for c in again] == [(ids[1], 1)]
+    assert batcher.records.complete(again[0].batch.id, again[0].token) == 1
+    again = batcher.records.claim_some(60_000, 3)
+    assert [(c.batch.id, c.batch.attempt) for c in again] == [(ids[2], 1)]
+    assert batcher.records.complete(again[0].batch.id, again[0].token) == 1
+    rest = batcher.records.claim_some(60_000, 3)  # no suspect left: claims of several again
+    assert [(c.batch.id, c.batch.attempt) for c in rest] == [(ids[3], 1)]
     assert batcher.records.count("dead") == 1
+
+
+def test_a_claim_of_several_stops_before_a_suspect_batch(batcher: Batcher, client) -> None:
+    """A suspect met behind other ready batches (ids given, or older ones retried meanwhile)
+    ends the claim before it, so it is first, and alone, in the next."""
+    batcher.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1s"})
+    ids = [r.batch.id for i in range(5) for r in batcher.emit("s", {"n": i})]
+    first = batcher.records.claim_some(60_000, 1)
+    assert [c.batch.id for c in first] == ids[:1]
+    two = batcher.records.claim_some(-1, 2)
+    assert [c.batch.id for c in two] == ids[1:3]
+    assert [batcher.records.reclaim(c.batch.id) for c in two] == ["retry", "retry"]
+    took = batcher.records._claim(batcher.records.keys_for(ids[0]), [ids[3], ids[1], ids[4]],
+                                  60_000, None, 3)
+    assert [c.batch.id for c in took] == [ids[3]]  # ends before the suspect
+    assert [c.batch.id for c in batcher.records.claim_some(60_000, 3)] == [ids[1]]
+    assert [c.batch.id for c in batcher.records.claim_some(60_000, 3)] == [ids[2]]
+    assert [c.batch.id for c in batcher.records.claim_some(60_000, 3)] == [ids[4]]
 
 
 def test_retries_with_attempt_then_dead_then_replay(batcher: Batcher, client) -> None:

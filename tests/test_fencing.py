@@ -177,10 +177,11 @@ def test_a_claim_of_several_is_idempotent_per_token(batcher: Batcher) -> None:
     first = rec._claim(k, [], 60_000, "t-1", 3)
     again = rec._claim(k, [], 60_000, "t-1", 3)
     assert [(c.batch.id, c.token, c.batch.attempt, c.left) for c in first] == [
-        (ids[0], "t-1", 1, 2), (ids[1], "t-1.2", 1, 2), (ids[2], "t-1.3", 1, 2)]
+        (ids[0], "t-1.1", 1, 2), (ids[1], "t-1.2", 1, 2), (ids[2], "t-1.3", 1, 2)]
     assert [(c.batch.id, c.token, c.batch.attempt) for c in again] == [
         (c.batch.id, c.token, c.batch.attempt) for c in first]
-    assert rec.complete(ids[1], "t-1") is None  # another batch's token changes nothing
+    assert rec.complete(ids[1], "t-1.1") is None  # another batch's token changes nothing
+    assert rec.complete(ids[0], "t-1") is None  # the call's token names none of several
     assert [rec.complete(c.batch.id, c.token) for c in first] == [1, 1, 1]
     assert [c.batch.id for c in rec.claim_some(60_000, 3)] == ids[3:]
 
@@ -197,7 +198,7 @@ def test_a_resent_claim_of_several_whose_first_batch_was_completed_claims_nothin
     k = rec.keys_for(ids[0])
     first = rec._claim(k, [], 60_000, "t-1", 3)
     assert [c.batch.id for c in first] == ids[:3]
-    assert rec.complete(ids[0], "t-1") == 1
+    assert rec.complete(ids[0], "t-1.1") == 1
     again = rec._claim(k, [], 60_000, "t-1", 3)
     assert [(c.batch.id, c.token, c.batch.attempt) for c in again] == [(ids[1], "t-1.2", 1),
                                                                        (ids[2], "t-1.3", 1)]

@@ -11,6 +11,7 @@ import redis
 
 from distbatch import Batcher, dead
 
+from .handlers import DELIVERED
 from .processes import Procs, wait_for
 
 # the real-process fixtures of the distributed tests: a private redis-server, its processes
@@ -77,3 +78,36 @@ def test_exception_whose_str_raises_is_failed_without_breaking_the_drain(procs: 
     time.sleep(0.5)
     logs = procs.logs()
     assert "handler_failed" in logs and "str of BadStr failed" not in logs, logs
+
+
+def test_a_batch_that_kills_its_worker_mid_round_goes_dead_and_none_of_its_round_does(
+        procs: Procs, client, batcher) -> None:
+    """A warm worker claims several batches at once. When one that is not first of the claim
+    kills it (SIGKILL from inside the handler), the reclaim counted the try of the first of the
+    claim, whose handler had returned: with `attempts: 1` that innocent batch went dead, while
+    the killer ran again uncounted, killing a worker each time until it came first. Now every
+    batch of the round comes back uncounted and runs alone: the killer goes dead after killing
+    one more worker, and every other batch is delivered."""
+    batcher.register("k", version="v1", source="s", handler="tests.misbehaving_handlers.kills_if_asked",
+                     batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    workers = [_worker(procs)]
+    procs.sweeper("--max-sleep", "200ms")
+    batcher.emit_many("s", [{"n": i} for i in range(20)])  # fast handlers: the worker warms up
+    wait_for(lambda: client.llen(DELIVERED) == 20, 30, "the warm-up", procs.logs)
+    batcher.emit_many("s", [{"n": 100 + i, "kill": i == 5} for i in range(11)])
+    deadline = time.monotonic() + 60
+    while not (client.zcard(batcher.keys.dead) >= 1 and _quiet(client, batcher)):
+        assert time.monotonic() < deadline, procs.logs()
+        if workers[-1].poll() is not None:  # killed by the handler: an operator's restart
+            assert len(workers) < 6, f"{len(workers)} workers killed\n{procs.logs()}"
+            workers.append(_worker(procs))
+        time.sleep(0.05)
+    rows = dead.rows(batcher)
+    payloads = [e["payload"] for r in rows for e in dead.detail(batcher, r["id"])["events"]]
+    assert payloads == [{"n": 105, "kill": True}], rows
+    (row,) = rows
+    starts = [r for r in _rows(client, "test:started") if r["id"] == row["id"]]
+    assert len(starts) == 2, starts  # in its round, then alone
+    got = sorted(json.loads(r)["payloads"][0]["n"] for r in client.lrange(DELIVERED, 0, -1))
+    assert sorted(set(got)) == [*range(20), *(100 + i for i in range(11) if i != 5)], procs.logs()
+    assert len(workers) == 3, procs.logs()  # two killed: in the round, then alone

@@ -1,7 +1,11 @@
 -- Take up to n ready batches to run: count each attempt, hold a lease on each under its own token
--- (the caller's token for the first, `<token>.<i>` for the i-th). With ids, those of them still
--- ready; without, the oldest ready batches. Idempotent per token: a retry after a lost reply gets
--- the same claims back.
+-- (the caller's token when it takes one batch; `<token>.<i>` for the i-th of several, so that a
+-- reclaim knows the batch was not alone in its worker's hand: `reclaim.lua`). With ids, those of
+-- them still ready; without, the oldest ready batches. Idempotent per token: a retry after a lost
+-- reply gets the same claims back.
+-- A suspect batch (its owner field is SUSPECT: reclaimed from a claim of several, so it may be
+-- the one that took its worker down) is taken alone: first of a claim, the claim ends with it;
+-- met behind another, the claim ends before it (it stays first in line for the next).
 -- When no batch is left ready, the shard's bell is silenced: its tokens stand for batches already
 -- claimed, and a worker waiting on it must not wake for them.
 -- KEYS: the 11 lifecycle keys, the bell
@@ -47,6 +51,10 @@ local resent = false
 for i = 1, width do
   local t = token_of(i)
   local id = redis.call('HGET', k_tokens, t)
+  if not id and i == 1 then  -- the first batch of a claim of several
+    t = token .. '.1'
+    id = redis.call('HGET', k_tokens, t)
+  end
   if id then
     resent = true
     local info = check_owner(id, t) == 'ok' and record_info(id, prefix)
@@ -58,7 +66,7 @@ for i = 1, width do
 end
 if resent then return finish() end
 
-local taken = 0
+local taken, alone = 0, false
 -- A batch leaves `ready` last (as in every lifecycle step): a write that a hostile writer's
 -- value fails leaves it ready, never in no set at all.
 local function take(id)
@@ -68,6 +76,10 @@ local function take(id)
     if info then bury(id) end  -- can never run
     redis.call('ZREM', k_ready, id)  -- purged or buried: look further
     return
+  end
+  if redis.call('HGET', k_owner, id) == SUSPECT then
+    alone = true
+    if taken > 0 then return end
   end
   taken = taken + 1
   local t = token_of(taken)
@@ -79,17 +91,32 @@ local function take(id)
   add(id, info, t)
 end
 
-if #ARGV > 5 then
-  for i = 6, #ARGV do
-    if taken == n then break end
-    take(ARGV[i])
+-- The first batch of a claim of several is held under `<token>.1`, like the batches behind it.
+local function several()
+  if taken > 1 then
+    local id = out[2]
+    redis.call('HDEL', k_tokens, token)
+    redis.call('HSET', k_tokens, token .. '.1', id)
+    redis.call('HSET', k_owner, id, token .. '.1')
+    out[8] = token .. '.1'
   end
   return finish()
 end
+
+if #ARGV > 5 then
+  for i = 6, #ARGV do
+    if taken == n or alone then break end
+    take(ARGV[i])
+  end
+  return several()
+end
 for _ = 1, 100 do
-  if taken == n then break end
+  if taken == n or alone then break end
   local heads = redis.call('ZRANGE', k_ready, 0, n - taken - 1)
   if #heads == 0 then break end
-  for _, id in ipairs(heads) do take(id) end
+  for _, id in ipairs(heads) do
+    take(id)
+    if alone then break end
+  end
 end
-return finish()
+return several()

@@ -1,12 +1,12 @@
 -- A lease ran out (its worker was killed, paused or cut off): take the batch back from that
 -- claim — ready again at the front, or dead when its binding's attempts are used up.
--- A batch its claim took behind another (token `<token>.<i>`, i >= 2: `claim.lua`) waited in
--- its worker's hand for the handlers before it: a worker killed mid-round had most likely not
--- started it, so its try is given back, as a worker that stops cleanly gives back the batches
--- it has not started. Counted, a worker killed with 16 batches in hand spent a try of each, and
--- with `attempts: 1` sent batches no handler ever saw to the dead. One that did start and took
--- its worker down is counted once it is first of a claim: reclaimed batches go back to their
--- place in cut order, so it comes first once the older ones are settled.
+-- A batch its claim took with others (token `<token>.<i>`: `claim.lua`) was in its worker's hand
+-- with them: the worker ran them in turn and completes them together, so when it died Redis
+-- cannot tell which batch was running, which had returned and which had not started. Its try is
+-- given back and it is marked SUSPECT: the next claim takes it alone, and a death then is counted
+-- against it. Counting the first of the claim instead (as before) sent innocent batches to the
+-- dead when a later one killed its worker, while that one ran again uncounted, killing a worker
+-- each time, until it came first.
 -- KEYS: the 11 lifecycle keys, bindings, dropped, the bell
 -- ARGV: batch_id, the id prefix of the shard whose running set holds it (as claim.lua)
 -- Returns 'retry', 'dead', 'live' (lease renewed meanwhile: nothing changed) or 'gone'.
@@ -47,7 +47,8 @@ local outcome = attempt >= attempts and 'dead' or 'retry'
 -- where it goes first, out of `running` last (as fail.lua)
 set_error(id, '', outcome, 'lease expired: the worker ' .. (behind and 'holding' or 'running') ..
           ' it stopped renewing (killed, paused or cut off from Redis)' ..
-          (behind and '; it waited behind another batch of its round: its try is not counted' or ''))
+          (behind and '; it was claimed with other batches and which one stopped the worker is not known: ' ..
+           'its try is not counted, and it runs alone next' or ''))
 redis.call('HINCRBY', k_stats, 'leases_expired', 1)
 if outcome == 'dead' then
   redis.call('ZADD', k_dead, real_now, id)
@@ -57,5 +58,6 @@ else
 end
 redis.call('ZREM', k_running, id)
 disown(id)
+if behind and outcome == 'retry' then redis.call('HSET', k_owner, id, SUSPECT) end
 if outcome == 'retry' then ring(KEYS[14], 1) end
 return outcome

@@ -51,6 +51,11 @@ local function attempt_of(id)
   return tonumber(a)
 end
 
+-- The owner field of a ready batch that `reclaim.lua` took back from a claim of several: its
+-- worker died with all of them in hand, so which one took it down is not known. `claim.lua`
+-- takes it alone next, where a death is its own (no token is this: tokens are hex).
+local SUSPECT = '!'
+
 -- A claim's token stops being valid: it leaves the owner and tokens hashes.
 local function disown(id)
   local token = redis.call('HGET', k_owner, id)
