@@ -8,7 +8,8 @@ import math
 import socket
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -26,41 +27,53 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
 class _NoEmptyEnv(click.Option):
     """An option whose variable set empty is refused unless the option is given: click takes an
     empty one for unset, and an unset `${REDIS_URL}` in a compose file sent every process to the
-    default, 127.0.0.1:6379, in silence."""
+    default, 127.0.0.1:6379, in silence (an empty DISTBATCH_QUEUE_URL put tickets on the main
+    Redis). Every option of the CLI is one (`option`), its DISTBATCH_<COMMAND>_<OPTION> variable
+    included; a flag's empty variable is off, as click reads it."""
 
     def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
         import os
 
         value, source = super().consume_value(ctx, opts)
         names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or [])
+        if self.allow_from_autoenv and ctx.auto_envvar_prefix is not None and self.name is not None:
+            names.append(f"{ctx.auto_envvar_prefix}_{self.name.upper()}")
         empty = [n for n in names if os.environ.get(n) == ""]
-        if empty and source is click.core.ParameterSource.DEFAULT:
+        if empty and source is click.core.ParameterSource.DEFAULT and not self.is_flag:
             raise click.BadParameter(f"{empty[0]} is set but empty (an unset variable in a compose "
                                      "file?): give a value, or unset it for the default", ctx, self)
         return value, source
 
 
-URL = click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
-                   callback=_remember, cls=_NoEmptyEnv, show_default=True,
-                   help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
-                   "rediss+cluster:// (any node of a Redis Cluster) URL, with auth if needed. "
-                   "Env: DISTBATCH_REDIS_URL.")
-QUEUE = click.option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None, callback=_remember,
-                     help="A standalone Redis for the RQ queue, if not the same one (required with a "
-                     "redis+cluster:// --redis-url: RQ cannot live on a cluster). Env: DISTBATCH_QUEUE_URL.")
+def option(*decls: str, **attrs: Any) -> Callable[[_F], _F]:
+    """`click.option` for every option here: its variable set empty is refused (`_NoEmptyEnv`)."""
+    return click.option(*decls, cls=_NoEmptyEnv, **attrs)
+
+
+URL = option("--redis-url", envvar="DISTBATCH_REDIS_URL", default="redis://127.0.0.1:6379/0",
+             callback=_remember, show_default=True,
+             help="redis://, rediss:// (TLS), unix://, or redis+cluster:// / "
+             "rediss+cluster:// (any node of a Redis Cluster) URL, with auth if needed. "
+             "Env: DISTBATCH_REDIS_URL.")
+QUEUE = option("--queue-url", envvar="DISTBATCH_QUEUE_URL", default=None, callback=_remember,
+               help="A standalone Redis for the RQ queue, if not the same one (required with a "
+               "redis+cluster:// --redis-url: RQ cannot live on a cluster). Env: DISTBATCH_QUEUE_URL.")
 MAX_CONNECTIONS = 1000
 """`serve`'s connections and requests at once: 503 above (each holds up to a head's 64 KiB, or
 `--max-body-bytes` of body, in memory)."""
-NS = click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
-                  callback=_remember, cls=_NoEmptyEnv,
-                  help="Key namespace. Env: DISTBATCH_NAMESPACE.")
-SHARDS = click.option("--shards", envvar="DISTBATCH_SHARDS", type=click.IntRange(1, 16384), default=None,
-                      help="Shards of a namespace this process may be the first to use (as the apps' "
-                      "`shards=`; default 1 on one Redis, a cluster's masters); once fixed, another "
-                      "number is refused. Env: DISTBATCH_SHARDS.")
+NS = option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch", show_default=True,
+            callback=_remember,
+            help="Key namespace. Env: DISTBATCH_NAMESPACE.")
+SHARDS = option("--shards", envvar="DISTBATCH_SHARDS", type=click.IntRange(1, 16384), default=None,
+                help="Shards of a namespace this process may be the first to use (as the apps' "
+                "`shards=`; default 1 on one Redis, a cluster's masters); once fixed, another "
+                "number is refused. Env: DISTBATCH_SHARDS.")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -131,10 +144,10 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
                 except redis.RedisError as exc:
                     exc.args = (f"--queue-url: {exc}",)
                     raise
-            if not batcher.bindings():  # workers may start first, so a word, not an error
+            empty = _no_binding(batcher)
+            if empty:  # workers may start first, so a word, not an error
                 logging.getLogger("distbatch").warning(
-                    "namespace_empty namespace=%s: no binding is registered in it yet (a typo'd "
-                    "--namespace? `distbatch triggers list` shows a namespace's bindings)", namespace,
+                    "namespace_empty namespace=%s: %s", namespace, empty,
                     extra={"event": "namespace_empty", "namespace": namespace})
             return batcher
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
@@ -155,10 +168,24 @@ def _look(redis_url: str, namespace: str, queue_url: str | None = None, handoff:
     looked just like "nothing dead", "nothing ready"."""
     batcher = Batcher.from_url(redis_url, namespace=namespace, queue_url=queue_url, handoff=handoff,
                                fix_layout=False)
-    if not batcher.bindings():
-        click.echo(f"namespace {namespace!r} has no binding registered (a typo'd --namespace? "
-                   "DISTBATCH_NAMESPACE sets it for every command)", err=True)
+    empty = _no_binding(batcher)
+    if empty:
+        click.echo(f"namespace {namespace!r}: {empty}", err=True)
     return batcher
+
+
+def _no_binding(batcher: Batcher) -> str | None:
+    """Why a namespace with no binding registered may be a typo'd --namespace, or None when it
+    has one. A namespace whose bindings were all dropped is no typo: its dead batches are still
+    listed and replayed (under the dropped definitions), and were told "a typo'd --namespace?"."""
+    if batcher.bindings():
+        return None
+    dropped = batcher.client.hlen(batcher.keys.dropped)
+    if dropped:
+        return (f"no binding is registered now ({dropped} dropped; their batches are still run, "
+                "listed and replayed)")
+    return ("no binding is registered in it (a typo'd --namespace? DISTBATCH_NAMESPACE sets it for "
+            "every command; `distbatch triggers list` shows a namespace's bindings)")
 
 
 def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> None:
@@ -193,17 +220,17 @@ def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> N
 
 def metrics_options(f: Any) -> Any:
     """--metrics-port and its auth, shared by worker and sweeper."""
-    for option in reversed([
-        click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
-                     help="Serve this process's Prometheus metrics on this port (/metrics)."),
-        click.option("--metrics-host", default="127.0.0.1", show_default=True,
-                     help="Address of the metrics port."),
-        click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-                     help="API tokens for the metrics port, one per line (also DISTBATCH_API_TOKENS)."),
-        click.option("--metrics-insecure-no-auth", is_flag=True,
-                     help="Metrics without auth: refused unless --metrics-host is a loopback address."),
+    for add in reversed([
+        option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+               help="Serve this process's Prometheus metrics on this port (/metrics)."),
+        option("--metrics-host", default="127.0.0.1", show_default=True,
+               help="Address of the metrics port."),
+        option("--token-file", type=click.Path(dir_okay=False), default=None,
+               help="API tokens for the metrics port, one per line (also DISTBATCH_API_TOKENS)."),
+        option("--metrics-insecure-no-auth", is_flag=True,
+               help="Metrics without auth: refused unless --metrics-host is a loopback address."),
     ]):
-        f = option(f)
+        f = add(f)
     return f
 
 
@@ -318,8 +345,8 @@ def _misfiled_hint(ctx: click.Context, exc: BaseException) -> str:
 
 @click.group(cls=_Commands, context_settings={"auto_envvar_prefix": "DISTBATCH", "show_default": True})
 @click.version_option(package_name="distbatch", message="%(prog)s %(version)s")
-@click.option("-v", "--verbose", count=True, help="More logging (-v debug for distbatch, -vv for RQ too).")
-@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@option("-v", "--verbose", count=True, help="More logging (-v debug for distbatch, -vv for RQ too).")
+@option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(verbose: int, quiet: bool) -> None:
     """distbatch: batch events across processes and machines on Redis.
 
@@ -335,21 +362,21 @@ def main(verbose: int, quiet: bool) -> None:
 @main.command()
 @URL
 @NS
-@click.option("--handlers", envvar=["DISTBATCH_HANDLERS", "DISTBATCH_WORKER_HANDLERS"], default="",
-              show_default=True,
-              help="Comma-separated module prefixes whose handlers this worker may run "
-              "(e.g. myapp.handlers). Env: DISTBATCH_HANDLERS.")
-@click.option("--lease", default="10s", show_default=True, callback=_lease,
-              help="How long a batch stays with a worker that stops renewing it (killed); 1s to 1d.")
-@click.option("--with-sweeper", is_flag=True, help="Also run a sweeper in this process.")
-@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
-@click.option("--name", default=None, help="Worker name (RQ).")
-@click.option("--path", "paths", envvar="DISTBATCH_WORKER_PATH", multiple=True, default=["."],
-              type=click.Path(exists=True, file_okay=False),
-              help="Directories put first on sys.path so handlers import (like `rq worker --path`). "
-              "Env: DISTBATCH_WORKER_PATH, os.pathsep-separated.")
+@option("--handlers", envvar=["DISTBATCH_HANDLERS", "DISTBATCH_WORKER_HANDLERS"], default="",
+        show_default=True,
+        help="Comma-separated module prefixes whose handlers this worker may run "
+        "(e.g. myapp.handlers). Env: DISTBATCH_HANDLERS.")
+@option("--lease", default="10s", show_default=True, callback=_lease,
+        help="How long a batch stays with a worker that stops renewing it (killed); 1s to 1d.")
+@option("--with-sweeper", is_flag=True, help="Also run a sweeper in this process.")
+@option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@option("--name", default=None, help="Worker name (RQ).")
+@option("--path", "paths", envvar="DISTBATCH_WORKER_PATH", multiple=True, default=["."],
+        type=click.Path(exists=True, file_okay=False),
+        help="Directories put first on sys.path so handlers import (like `rq worker --path`). "
+        "Env: DISTBATCH_WORKER_PATH, os.pathsep-separated.")
 @QUEUE
-@click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+@option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 @SHARDS
 @metrics_options
 def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweeper: bool,
@@ -379,11 +406,11 @@ def worker(redis_url: str, namespace: str, handlers: str, lease: int, with_sweep
 @main.command()
 @URL
 @NS
-@click.option("--max-sleep", default="1s", show_default=True, callback=_duration,
-              help="Longest idle sleep between checks for orphans and expired leases; at most 1s "
-              "(a sweeper renews its shards' leases every second, so a longer sleep is cut to it).")
+@option("--max-sleep", default="1s", show_default=True, callback=_duration,
+        help="Longest idle sleep between checks for orphans and expired leases; at most 1s "
+        "(a sweeper renews its shards' leases every second, so a longer sleep is cut to it).")
 @QUEUE
-@click.option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
+@option("--summary-every", default="60s", callback=_duration, help="Period of the summary line.")
 @SHARDS
 @metrics_options
 def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | None,
@@ -411,27 +438,27 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @URL
 @NS
 @QUEUE
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
-              help="Port to listen on.")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-              help="File of API tokens, one per line (# comments, first on a line or after a space). "
-              "Tokens also come from DISTBATCH_API_TOKENS (comma-separated).")
-@click.option("--insecure-no-auth", is_flag=True,
-              help="Serve without auth: refused unless --host is a loopback address.")
-@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=click.IntRange(min=1),
-              help="Largest request body (413 above).")
-@click.option("--max-events", default=10_000, show_default=True, type=click.IntRange(min=1),
-              help="Most events per request (413 above).")
-@click.option("--max-event-bytes", default=1 << 20, show_default=True, type=click.IntRange(min=1),
-              help="Largest event, msgpack-encoded (413 above).")
-@click.option("--body-timeout", default="30s", show_default=True, callback=_duration,
-              help="Longest a request's body may take to arrive (408 above).")
-@click.option("--header-timeout", default="10s", show_default=True, callback=_duration,
-              help="Longest a request's line and headers may take to arrive, and a new connection "
-              "its first request (408 above; a head above 64 KiB is a 431).")
-@click.option("--shutdown-grace", default="10s", show_default=True, callback=_duration,
-              help="On SIGTERM, how long requests in flight may take before they are cut.")
+@option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+        help="Port to listen on.")
+@option("--token-file", type=click.Path(dir_okay=False), default=None,
+        help="File of API tokens, one per line (# comments, first on a line or after a space). "
+        "Tokens also come from DISTBATCH_API_TOKENS (comma-separated).")
+@option("--insecure-no-auth", is_flag=True,
+        help="Serve without auth: refused unless --host is a loopback address.")
+@option("--max-body-bytes", default=8 << 20, show_default=True, type=click.IntRange(min=1),
+        help="Largest request body (413 above).")
+@option("--max-events", default=10_000, show_default=True, type=click.IntRange(min=1),
+        help="Most events per request (413 above).")
+@option("--max-event-bytes", default=1 << 20, show_default=True, type=click.IntRange(min=1),
+        help="Largest event, msgpack-encoded (413 above).")
+@option("--body-timeout", default="30s", show_default=True, callback=_duration,
+        help="Longest a request's body may take to arrive (408 above).")
+@option("--header-timeout", default="10s", show_default=True, callback=_duration,
+        help="Longest a request's line and headers may take to arrive, and a new connection "
+        "its first request (408 above; a head above 64 KiB is a 431).")
+@option("--shutdown-grace", default="10s", show_default=True, callback=_duration,
+        help="On SIGTERM, how long requests in flight may take before they are cut.")
 def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port: int,
           token_file: str | None, insecure_no_auth: bool, max_body_bytes: int, max_events: int,
           max_event_bytes: int, body_timeout: int, header_timeout: int, shutdown_grace: int) -> None:
@@ -479,8 +506,8 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
 @NS
 @click.argument("source")
 @click.argument("payload", required=False)
-@click.option("--chunk", default=1000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Events per round trip from stdin.")
+@option("--chunk", default=1000, show_default=True, type=click.IntRange(1, 100_000),
+        help="Events per round trip from stdin.")
 @QUEUE
 def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk: int,
          queue_url: str | None) -> None:
@@ -521,6 +548,9 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
             raise click.ClickException(
                 f"{exc}; the chunk began at line {numbers[0]}, and the {n} event(s) before it were "
                 "stored") from exc
+        if events and not results:  # every binding of the source was dropped meanwhile
+            raise stopped(numbers[0], f"no trigger is bound to source {source!r} any more (dropped "
+                          "while the lines were read?)")
         for r in results:  # a full buffer cut, and an expired one this event closed (unless discarded)
             fired += (r.batch is not None) + (r.expired is not None and not r.expired.discarded)
             buffered += r.batch is None
@@ -555,16 +585,16 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
 @main.command()
 @URL
 @NS
-@click.option("--json", "as_json", envvar="DISTBATCH_STATS_JSON", is_flag=True,
-              help="Machine-readable JSON (times in ms); with --watch, one JSON line per refresh.")
-@click.option("--watch", is_flag=True, help="Live view: rates, open buffers, ready/running/dead, "
-              "cut lateness; Ctrl-C ends it.")
-@click.option("--interval", default="2s", callback=_duration, help="Refresh period of --watch.")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="With --watch: stop after this many refreshes.")
-@click.option("--events", is_flag=True,
-              help="Also count the events in every open buffer and batch record, and check each "
-              "binding's books (unaccounted = in - left - inside; 0 at rest). Reads them all.")
+@option("--json", "as_json", envvar="DISTBATCH_STATS_JSON", is_flag=True,
+        help="Machine-readable JSON (times in ms); with --watch, one JSON line per refresh.")
+@option("--watch", is_flag=True, help="Live view: rates, open buffers, ready/running/dead, "
+        "cut lateness; Ctrl-C ends it.")
+@option("--interval", default="2s", callback=_duration, help="Refresh period of --watch.")
+@option("--count", type=click.IntRange(min=1), default=None,
+        help="With --watch: stop after this many refreshes.")
+@option("--events", is_flag=True,
+        help="Also count the events in every open buffer and batch record, and check each "
+        "binding's books (unaccounted = in - left - inside; 0 at rest). Reads them all.")
 def stats(redis_url: str, namespace: str, as_json: bool, watch: bool, interval: int,
           count: int | None, events: bool) -> None:
     """Batches ready/running/waiting/dead now; per binding: open buffers, next window to close,
@@ -659,8 +689,8 @@ def _dead_ids(batcher: Batcher, batch_ids: tuple[str, ...], every: bool) -> tupl
 @URL
 @NS
 @click.argument("batch_ids", nargs=-1)
-@click.option("--all", "replay_all", envvar="DISTBATCH_DEAD_REPLAY_ALL", is_flag=True,
-              help="Replay every dead batch.")
+@option("--all", "replay_all", envvar="DISTBATCH_DEAD_REPLAY_ALL", is_flag=True,
+        help="Replay every dead batch.")
 @QUEUE
 def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], replay_all: bool,
                 queue_url: str | None) -> None:
@@ -684,8 +714,8 @@ def dead_replay(redis_url: str, namespace: str, batch_ids: tuple[str, ...], repl
 @URL
 @NS
 @click.argument("batch_ids", nargs=-1)
-@click.option("--all", "purge_all", envvar="DISTBATCH_DEAD_PURGE_ALL", is_flag=True,
-              help="Purge every dead batch.")
+@option("--all", "purge_all", envvar="DISTBATCH_DEAD_PURGE_ALL", is_flag=True,
+        help="Purge every dead batch.")
 def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge_all: bool) -> None:
     """Delete dead batches for good (their events are gone)."""
     batcher = _look(redis_url, namespace)
@@ -698,7 +728,7 @@ def dead_purge(redis_url: str, namespace: str, batch_ids: tuple[str, ...], purge
 
 @main.command()
 @click.argument("name", type=click.Choice(["accumulate", "accumulate_one"]))
-@click.option("--sha", is_flag=True, help="Print the SHA1 Redis knows it by (for EVALSHA), not its text.")
+@option("--sha", is_flag=True, help="Print the SHA1 Redis knows it by (for EVALSHA), not its text.")
 def script(name: str, sha: bool) -> None:
     """Print an emit script, its includes expanded, as distbatch loads it: for an emitter in
     another language (README: Emitting from another language), which SCRIPT LOADs this text."""
@@ -708,24 +738,24 @@ def script(name: str, sha: bool) -> None:
 
 
 @main.command()
-@click.option("--redis-url", envvar="DISTBATCH_REDIS_URL", default=None,
-              help="Redis to use; embedded fakeredis when neither this nor DISTBATCH_REDIS_URL is given.")
-@click.option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch-demo", show_default=True,
-              help="Key namespace, the demo's own: one holding bindings the demo did not make is "
-              "refused. Env: DISTBATCH_NAMESPACE.")
-@click.option("--events", default=5000, show_default=True, type=click.IntRange(min=1), help="Events to emit.")
-@click.option("--producers", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Producer threads.")
-@click.option("--keys", "n_keys", envvar="DISTBATCH_DEMO_KEYS", default=20, show_default=True,
-              type=click.IntRange(min=1),
-              help="Distinct repos (partitions).")
-@click.option("--count", default=10, show_default=True, type=click.IntRange(1, 1024),
-              help="Batch size (at most the buffer cap, 1024: above it a buffer drops its oldest).")
-@click.option("--window", default="200ms", show_default=True, help="Batch window.",
-              callback=lambda ctx, param, value: _duration(ctx, param, value) and value)
-@click.option("--rate", default=2000.0, show_default=True, type=_FiniteFloat(min=0, min_open=True),
-              help="Events per second, all producers.")
-@click.option("--print-batches", is_flag=True, help="Print every batch as its handler runs.")
+@option("--redis-url", envvar="DISTBATCH_REDIS_URL", default=None,
+        help="Redis to use; embedded fakeredis when neither this nor DISTBATCH_REDIS_URL is given.")
+@option("--namespace", envvar="DISTBATCH_NAMESPACE", default="distbatch-demo", show_default=True,
+        help="Key namespace, the demo's own: one holding bindings the demo did not make is "
+        "refused. Env: DISTBATCH_NAMESPACE.")
+@option("--events", default=5000, show_default=True, type=click.IntRange(min=1), help="Events to emit.")
+@option("--producers", default=3, show_default=True, type=click.IntRange(min=1),
+        help="Producer threads.")
+@option("--keys", "n_keys", envvar="DISTBATCH_DEMO_KEYS", default=20, show_default=True,
+        type=click.IntRange(min=1),
+        help="Distinct repos (partitions).")
+@option("--count", default=10, show_default=True, type=click.IntRange(1, 1024),
+        help="Batch size (at most the buffer cap, 1024: above it a buffer drops its oldest).")
+@option("--window", default="200ms", show_default=True, help="Batch window.",
+        callback=lambda ctx, param, value: _duration(ctx, param, value) and value)
+@option("--rate", default=2000.0, show_default=True, type=_FiniteFloat(min=0, min_open=True),
+        help="Events per second, all producers.")
+@option("--print-batches", is_flag=True, help="Print every batch as its handler runs.")
 def demo(redis_url: str | None, namespace: str, events: int, producers: int, n_keys: int,
          count: int, window: str, rate: float, print_batches: bool) -> None:
     """The whole pipeline in one process: producers, a sweeper and a worker, with a summary."""

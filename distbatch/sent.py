@@ -23,9 +23,12 @@ REFUSED: tuple[type[BaseException], ...] = (ConnectionRefusedError, socket.gaier
 
 
 REFUSED_WRITE: tuple[type[BaseException], ...] = (redis.exceptions.OutOfMemoryError,
-                                                 redis.exceptions.ReadOnlyError)
+                                                 redis.exceptions.ReadOnlyError,
+                                                 redis.exceptions.NoPermissionError)
 """What Redis answers a script at its first write (past `maxmemory`, on a replica) and never
-after one: that attempt wrote nothing."""
+after one, or before it runs at all (an ACL user without EVALSHA or without a key it names:
+`NOPERM`; a command refused inside the script is a plain error naming the script, and may come
+after writes): that attempt wrote nothing."""
 
 
 class MaybeWrote(redis.ResponseError):

@@ -30,7 +30,7 @@ from .ingest import FlushStep
 from .records import Outcome
 from .scripts import call
 from .stats import LATENESS_KEPT
-from .transport import TRANSIENT
+from .transport import TRANSIENT, refused_by_acl
 
 log = logging.getLogger("distbatch.sweeper")
 
@@ -322,7 +322,8 @@ class Sweeper:
         The wait is client-side (`get_message(timeout=...)` on a subscribed connection): a
         server-side BLPOP timeout only fires on Redis's `hz` tick, up to 100 ms late on an idle
         server. accumulate publishes on its shard's wake channel when a new earliest deadline
-        appears. A failing step (Redis down or restarting) logs one line and retries with backoff.
+        appears. A failing step (Redis down or restarting) logs one line and retries with backoff;
+        a login or ACL refusal (`refused_by_acl`) is raised: no wait mends it.
         """
         stop = stop or threading.Event()
         wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
@@ -354,6 +355,8 @@ class Sweeper:
                     if wait >= 0.001:
                         wake.get_message(timeout=wait)
                 except Exception as exc:
+                    if refused_by_acl(exc):  # a mistake no wait mends: one clear error (the CLI's)
+                        raise
                     backoff = min(5.0, max(0.1, backoff * 2))
                     log.warning("sweeper_step_failed: %s; retrying in %.1fs", describe(exc), backoff,
                                 extra={"event": "sweeper_step_failed"})

@@ -61,6 +61,17 @@ ELSEWHERE = (*TRANSIENT, MovedError, AskError, TryAgainError, ClusterDownError)
 sent again through the cluster client. Any other error (a script that failed part-way: Redis keeps
 what it wrote before the error) is the call's outcome, never resent: a resend would meet its call
 id and report "ran before", as if it had run to its end."""
+
+
+def refused_by_acl(exc: BaseException) -> bool:
+    """A login or an ACL refusal: a mistake no wait mends (the URL's user lacks a command, a key or
+    a channel), to end a long-running process with one clear error instead of a retry for ever.
+    A command refused inside a script comes as a plain error that names the script."""
+    return (isinstance(exc, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                             redis.exceptions.NoPermissionError))
+            or (isinstance(exc, ResponseError) and "user executing the script can't" in str(exc)))
+
+
 SLOT_MOVE_WAIT_S = 10.0
 """How long a call waits for a cluster slot on the move to settle."""
 Call = tuple[list[Any], list[Any]]  # (keys, args)

@@ -16,13 +16,14 @@ import functools
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import FrameType
 from typing import Any
@@ -47,7 +48,7 @@ from .executor import LINGER_S, Executor
 from .handlers import HandlerResolver, registered
 from .interrupts import StopFlag
 from .sweeper import Sweeper
-from .transport import PASSING
+from .transport import PASSING, refused_by_acl
 
 log = logging.getLogger("distbatch.worker")
 
@@ -86,6 +87,12 @@ class BatchWorker(SimpleWorker):
         """RQ's pub/sub thread, Redis away, logged an error and retried every 2 s for the whole
         outage; here it says so once and backs off as the dequeue does (`run_worker` and the
         dequeue say the rest)."""
+        if refused_by_acl(exc):  # no wait mends it; RQ's own handler ended with a traceback
+            log.error("worker_pubsub_refused: %s; RQ's commands (`rq` shutdown, kill-horse) cannot "
+                      "reach this worker: its ACL user needs the channels (&* +@pubsub: README, 'ACL "
+                      "users')", describe(exc), extra={"event": "worker_pubsub_refused"})
+            pubsub_thread.stop()
+            return
         if not isinstance(exc, redis.ConnectionError):
             super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
             return
@@ -234,8 +241,10 @@ class BatchWorker(SimpleWorker):
         return self._stop_requested or self.executor.stop.is_set()
 
 
-def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> threading.Thread:
-    """An in-process sweeper thread with its own connections (it listens on the wake channel)."""
+def start_sweeper(batcher: Batcher, stop: threading.Event,
+                  refused: Callable[[BaseException], None] | None = None, **options: Any) -> threading.Thread:
+    """An in-process sweeper thread with its own connections (it listens on the wake channel).
+    `refused` is told of a login or ACL refusal that ended it (`refused_by_acl`)."""
     own = Batcher(
         batcher.client.__class__(connection_pool=batcher.client.connection_pool),
         namespace=batcher.keys.namespace,
@@ -243,7 +252,16 @@ def start_sweeper(batcher: Batcher, stop: threading.Event, **options: Any) -> th
         queue_client=batcher.dispatcher.client if batcher.dispatcher else None,
     )
     sweeper = Sweeper(own, **options)
-    thread = threading.Thread(target=sweeper.run, args=(stop,), name="distbatch-sweeper", daemon=True)
+
+    def run() -> None:
+        try:
+            sweeper.run(stop)
+        except Exception as exc:
+            if refused is None or not refused_by_acl(exc):
+                raise
+            refused(exc)
+
+    thread = threading.Thread(target=run, name="distbatch-sweeper", daemon=True)
     thread.start()
     return thread
 
@@ -338,9 +356,22 @@ def run_worker(
             signal.signal(signum, functools.partial(_stop_at_start, executor))
     helpers: list[threading.Thread] = []  # joined on the way out: each removes its own entry
     worked = False
+    refusals: list[BaseException] = []
+
+    def sweeper_refused(exc: BaseException) -> None:
+        """Its sweeper cannot work as this URL's user: a mistake, raised once the worker stopped
+        (warm, as on SIGTERM), instead of a worker that goes on without its sweeper in silence."""
+        log.error("sweeper_refused: %s; the worker stops (--with-sweeper needs a sweeper's "
+                  "permissions)", describe(exc), extra={"event": "sweeper_refused"})
+        refusals.append(exc)
+        executor.stop.set()
+        if on_main_thread:  # RQ's loop waits on its queue: its signal handler stops it
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
     try:
         if with_sweeper:
-            helpers.append(start_sweeper(batcher, stop))
+            helpers.append(start_sweeper(batcher, stop, sweeper_refused))
         queue = make_queue(queue_client, batcher.keys)
         log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
                  batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
@@ -370,6 +401,8 @@ def run_worker(
             try:
                 worker = previous = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
+                if burst and not executor.stop.is_set():
+                    worked = _drain_unannounced(executor) or worked
                 backoff = 0.0
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
                 raise  # a wrong password is a mistake to report, not an outage to wait out
@@ -408,6 +441,21 @@ def run_worker(
         for thread in helpers:
             thread.join(max(0.0, deadline - time.monotonic()))
         gc.unfreeze()
+        if refusals and sys.exc_info()[1] is None:
+            raise refusals[0]
+
+
+def _drain_unannounced(executor: Executor) -> bool:
+    """A burst worker's last look, in distbatch's own keys: batches ready with no ticket queued
+    (cut by an app with hand-off off, or whose producer died before its hand-off and no sweeper
+    has noticed yet). RQ's burst loop ends once its queue is empty: such a worker exited at once,
+    running none of them and saying nothing."""
+    counts = executor.drain(max_batches=sys.maxsize, max_seconds=math.inf, linger_s=0.0)
+    if counts:
+        log.info("burst_drained %s: batches that were ready with no ticket queued",
+                 " ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+                 extra={"event": "burst_drained"})
+    return bool(counts)
 
 
 def _stop_at_start(executor: Executor, signum: int, frame: FrameType | None) -> None:

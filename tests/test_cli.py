@@ -474,7 +474,7 @@ def test_a_look_at_a_namespace_with_no_binding_says_so(redis_server: RedisServer
                               "--namespace", ns], env=env_with_path(), capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 0, out.stderr
-        assert (f"namespace '{ns}' has no binding registered (a typo'd --namespace?" in out.stderr) is hint
+        assert (f"namespace '{ns}': no binding is registered in it (a typo'd --namespace?" in out.stderr) is hint
         if argv[0] != "dead":
             json.loads(out.stdout)  # stdout stays what scripts read
 
@@ -519,7 +519,7 @@ def test_commands_on_a_typod_namespace_write_nothing(redis_server: RedisServer, 
     assert redis.Redis.from_url(redis_server.url).keys(f"*{namespace}*") == []
     if argv[0] == "dead":
         assert result.exit_code == 0, result.output
-        assert f"namespace '{namespace}' has no binding registered" in result.output  # stderr, mixed in
+        assert f"namespace '{namespace}': no binding is registered in it" in result.output  # stderr, mixed in
     else:
         assert result.exit_code == 1 and "no trigger is bound to source 's'" in result.output
 

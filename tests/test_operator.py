@@ -1,0 +1,263 @@
+"""An operator at the CLI of a live namespace: every mistake gets a clear word (found by an
+operator's review; each test failed on the code before its fix)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import redis
+from click.testing import CliRunner
+
+from distbatch import Batcher, EmitError
+from distbatch.cli import main as cli
+
+from .redis_server import RedisServer, env_with_path
+
+
+def _counter(client: redis.Redis, namespace: str, name: str) -> int:
+    return int(client.hget(f"{{{namespace}}}:stats", name) or 0)
+
+
+def test_emit_from_stdin_whose_binding_is_dropped_midstream_does_not_claim_success(
+        redis_server: RedisServer, namespace: str) -> None:
+    """`distbatch emit` checks that SOURCE is bound once, at start. An operator drops the binding
+    while lines stream in on stdin: every later line is silently not stored (emit_many finds no
+    binding and returns no result), yet the command exits 0 and prints `"events": 6`, as if all
+    six were emitted. README: "non-zero exit if SOURCE is unbound"; and a failing line must say
+    which lines were stored."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("e", version="v1", source="s", handler="tests.handlers.noop",
+               batch={"count": 1000, "window": "1h"})
+    p = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "emit", "s", "--chunk", "1",
+                          "--redis-url", redis_server.url, "--namespace", namespace],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env_with_path())
+    try:
+        assert p.stdin is not None
+        for i in range(3):
+            p.stdin.write(json.dumps({"i": i}).encode() + b"\n")
+        p.stdin.flush()
+        deadline = time.monotonic() + 30
+        while _counter(client, namespace, "events_in:e@v1") < 3:
+            assert time.monotonic() < deadline, "the first 3 lines were never stored"
+            time.sleep(0.05)
+        assert len(b.drop("e@v1")) == 3  # the operator retires the binding mid-stream
+        out, err = p.communicate(b"".join(json.dumps({"i": i}).encode() + b"\n" for i in range(3, 6)),
+                                 timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert _counter(client, namespace, "events_in:e@v1") == 3  # lines 4-6 were not stored
+    summary = out.decode().strip()
+    # What should happen: a non-zero exit that says lines 4 on were not stored (no binding).
+    assert p.returncode != 0, (f"exit 0 with {summary!r}, though lines 4-6 were not stored "
+                               f"(stderr: {err.decode()[-300:]!r})")
+
+
+def test_an_empty_queue_url_variable_is_refused_like_the_redis_url(redis_server: RedisServer,
+                                                                   namespace: str) -> None:
+    """`DISTBATCH_REDIS_URL=""` and `DISTBATCH_NAMESPACE=""` are refused ("set but empty (an unset
+    variable in a compose file?)"), but `DISTBATCH_QUEUE_URL=""` is taken in silence as "no queue
+    URL": that process puts (or waits for) tickets on the main Redis while the others use the
+    queue's Redis. A worker so started never sees the tickets the producers and sweepers put on
+    the queue's Redis."""
+    Batcher.from_url(redis_server.url, namespace=namespace, handoff=False).register(
+        "q", version="v1", source="s", handler="tests.handlers.noop", batch={"count": 5, "window": "1h"})
+    result = CliRunner().invoke(cli, ["emit", "s", "{}", "--redis-url", redis_server.url,
+                                      "--namespace", namespace], env={"DISTBATCH_QUEUE_URL": ""})
+    assert result.exit_code == 2, result.output
+    assert "DISTBATCH_QUEUE_URL is set but empty" in result.output
+
+
+def test_a_burst_worker_does_not_exit_silently_with_batches_ready(redis_server: RedisServer,
+                                                                  namespace: str) -> None:
+    """`distbatch worker --burst` ("Exit when the queue is empty") exits 0 at once when batches are
+    ready but no ticket is queued (cut by an app with handoff=False / `on_cut`, or by a producer
+    killed before its hand-off, before a sweeper noticed): it runs none of them and says nothing.
+    Hand-off state lives in distbatch's keys (README, "How a batch travels"), so a burst worker
+    run to drain a namespace should drain what is ready, or at least say it left batches."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("r", version="v1", source="s", handler="tests.handlers.noop",
+               batch={"count": 2, "window": "1h"})
+    b.emit_many("s", [{"i": i} for i in range(6)])
+    assert b.records.count("ready") == 3
+    done = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--handlers",
+                           "tests.handlers", "--redis-url", redis_server.url, "--namespace", namespace],
+                          env=env_with_path(), capture_output=True, text=True, timeout=60)
+    left = b.records.count("ready")
+    said = "ready" in done.stderr.replace("batches ready 0", "")
+    assert left == 0 or said, (f"exit {done.returncode}, {left} batches left ready, not a word: "
+                               f"{done.stderr[-500:]!r}")
+    assert int(client.hget(b.keys.stats, "events_delivered:r@v1") or 0) == 6
+
+
+def _acl_user(client: redis.Redis, name: str, commands: list[str]) -> str:
+    client.acl_setuser(name, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
+                       commands=commands)
+    return name
+
+
+def test_a_sweeper_whose_acl_user_cannot_write_ends_with_one_error(redis_server: RedisServer,
+                                                                   namespace: str) -> None:
+    """A worker started as an ACL user that may only read ends with one `Error: Redis refused:
+    NoPermissionError ... the ACL user of --redis-url lacks it` line; a sweeper started the same
+    way never ends: `sweeper_step_failed: NoPermissionError ...; retrying in 5.0s`, for ever. A
+    permission is a mistake no wait mends (`_patient_batcher`: "a wrong password or an ACL refusal
+    is no outage to wait out, but a mistake: one clear error")."""
+    client = redis.Redis.from_url(redis_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    user = _acl_user(client, f"ro-sw-{namespace}", ["+@read", "+time"])  # README's look-only user
+    url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+    p = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "sweeper", "--redis-url", url,
+                          "--namespace", namespace], env=env_with_path(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        try:
+            out, _ = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            out, _ = p.communicate(timeout=30)
+            raise AssertionError("the sweeper was still running after 20 s, retrying a permission "
+                                 f"refusal: {out[-600:]!r}") from None
+        assert p.returncode == 1, out
+        assert "Error: Redis refused" in out and "Traceback" not in out, out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        client.acl_deluser(user)
+
+
+def test_an_emit_the_acl_refuses_is_not_sent_not_uncertain(redis_server: RedisServer,
+                                                           namespace: str) -> None:
+    """An emit by a user without EVALSHA is refused by Redis before the script runs: nothing can
+    be stored. EmitError calls the events `uncertain` ("may or may not be stored"), so an operator
+    cannot tell whether re-emitting duplicates them (README: re-emitting `not_sent` never
+    duplicates; `uncertain` may), and `distbatch emit` says "the event may or may not be stored"."""
+    client = redis.Redis.from_url(redis_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    user = _acl_user(client, f"ro-emit-{namespace}", ["+@read", "+time"])
+    try:
+        url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+        b = Batcher.from_url(url, namespace=namespace, handoff=False)
+        try:
+            b.emit_many("s", [{"n": 1}, {"n": 2}])
+        except EmitError as exc:
+            err = exc
+        else:
+            raise AssertionError("the emit was not refused")
+        assert _counter(client, namespace, "events_in:d@v1") == 0  # nothing was stored
+        assert (err.stored, err.uncertain, err.not_sent) == ([], [], [0, 1]), str(err)
+    finally:
+        client.acl_deluser(user)
+
+
+def test_a_look_at_a_namespace_with_dead_batches_of_a_dropped_binding_calls_it_no_typo(
+        redis_server: RedisServer, namespace: str) -> None:
+    """Once its last binding is dropped, `dead list` / `dead replay --all` on a namespace that still
+    holds dead batches (still delivered: workers find the dropped definition) say "namespace 'x'
+    has no binding registered (a typo'd --namespace? ...)" beside the batches they list: the
+    operator is told they typed the wrong namespace while looking at the right one."""
+    from distbatch.executor import Executor
+    from distbatch.handlers import HandlerResolver
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="tests.handlers.boom",
+               batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None
+    Executor(b.records, HandlerResolver(["tests.handlers"]), 10_000).run(claim)
+    assert b.records.count("dead") == 1
+    b.drop("d@v1")
+    done = subprocess.run([sys.executable, "-m", "distbatch.cli", "dead", "list", "--redis-url",
+                           redis_server.url, "--namespace", namespace], env=env_with_path(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and r.batch.id in done.stdout, done.stderr
+    assert "a typo'd --namespace?" not in done.stderr, done.stderr
+
+
+def test_a_worker_whose_sweeper_the_acl_refuses_stops_with_one_error(redis_server: RedisServer,
+                                                                     namespace: str) -> None:
+    """`worker --with-sweeper` as a user the worker's own calls pass but its sweeper's do not (RQ's
+    channels only, not the wake channels): the sweeper thread ended with a traceback and the
+    worker went on without it, so no window was cut on time and no dead worker's batch
+    reclaimed."""
+    client = redis.Redis.from_url(redis_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    user = f"nochan-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"],
+                       commands=["+@all"], channels=["rq:*"])
+    url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+    try:
+        done = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--with-sweeper",
+                               "--handlers", "tests.handlers", "--redis-url", url, "--namespace",
+                               namespace], env=env_with_path(), capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1, done.stderr[-800:]
+        assert "sweeper_refused" in done.stderr and "Error: Redis refused" in done.stderr, done.stderr[-800:]
+        assert "Traceback" not in done.stderr, done.stderr[-800:]
+    finally:
+        client.acl_deluser(user)
+
+
+def test_an_option_variable_set_empty_is_refused_for_every_option(redis_server: RedisServer,
+                                                                  namespace: str) -> None:
+    """Every option reads DISTBATCH_<COMMAND>_<OPTION> too; set empty (an unset variable in a
+    compose file), click took it for unset and the default ran in silence (a 10 s lease where the
+    operator meant to set one; no --shards check)."""
+    for env, args in ((("DISTBATCH_WORKER_LEASE", ""), ["worker", "--burst"]),
+                      (("DISTBATCH_SHARDS", ""), ["worker", "--burst"]),
+                      (("DISTBATCH_REDIS_URL", ""), ["demo", "--count", "1"])):
+        result = CliRunner().invoke(cli, args if env[0] == "DISTBATCH_REDIS_URL" else
+                                    [*args, "--redis-url", redis_server.url, "--namespace", namespace],
+                                    env=dict([env]))
+        assert result.exit_code == 2, (env, result.output)
+        assert f"{env[0]} is set but empty" in result.output, (env, result.output)
+    flag = CliRunner().invoke(cli, ["stats", "--redis-url", redis_server.url, "--namespace", namespace],
+                              env={"DISTBATCH_STATS_JSON": ""})  # a flag's empty variable is off
+    assert flag.exit_code == 0, flag.output
+
+
+def test_a_worker_whose_user_has_no_channel_says_so_in_one_line(redis_server: RedisServer,
+                                                                namespace: str) -> None:
+    """RQ's pub/sub thread (its commands: shutdown, kill-horse) refused by the ACL ended with a
+    traceback on stderr, and RQ's commands never reached the worker; now one line says which
+    permission is missing, and the worker runs its batches."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher.from_url(redis_server.url, namespace=namespace)  # a ticket for the worker
+    b.register("d", version="v1", source="s", handler="tests.handlers.noop",
+               batch={"count": 1, "window": "1h"})
+    b.emit("s", {"n": 1})
+    user = f"nochan-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"],
+                       commands=["+@all"], reset_channels=True)
+    url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "worker", "--handlers",
+                              "tests.handlers", "--redis-url", url, "--namespace", namespace],
+                             env=env_with_path(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while b.records.count("ready"):  # the batch runs, though RQ's channel is refused
+                assert time.monotonic() < deadline and p.poll() is None, "the batch never ran"
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            p.terminate()
+            out, _ = p.communicate(timeout=30)
+        assert "worker_pubsub_refused" in out and "&* +@pubsub" in out, out[-800:]
+        assert "Traceback" not in out, out[-1500:]
+    finally:
+        client.acl_deluser(user)
