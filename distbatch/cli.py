@@ -37,13 +37,32 @@ class _NoEmptyEnv(click.Option):
     Redis). Every option of the CLI is one (`option`), its DISTBATCH_<COMMAND>_<OPTION> variable
     included; a flag's empty variable is off, as click reads it."""
 
+    def _names(self, ctx: click.Context) -> list[str]:
+        names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or [])
+        if self.allow_from_autoenv and ctx.auto_envvar_prefix is not None and self.name is not None:
+            names.append(f"{ctx.auto_envvar_prefix}_{self.name.upper()}")
+        return names
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        """A value from the environment that the option refuses is blamed on its variable: "Invalid
+        value for '--lease'" named an option the operator never typed."""
+        import os
+
+        try:
+            return super().process_value(ctx, value)
+        except click.BadParameter as exc:
+            if ctx.meta.get(f"distbatch.source.{self.name}") is click.core.ParameterSource.ENVIRONMENT:
+                given = [n for n in self._names(ctx) if os.environ.get(n)]
+                if given:
+                    exc.param_hint = f"{given[0]}={os.environ[given[0]]!r} (the environment's {self.opts[0]})"
+            raise
+
     def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
         import os
 
         value, source = super().consume_value(ctx, opts)
-        names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or [])
-        if self.allow_from_autoenv and ctx.auto_envvar_prefix is not None and self.name is not None:
-            names.append(f"{ctx.auto_envvar_prefix}_{self.name.upper()}")
+        ctx.meta[f"distbatch.source.{self.name}"] = source  # click sets its own after process_value
+        names = self._names(ctx)
         empty = [n for n in names if os.environ.get(n) == ""]
         if empty and source is click.core.ParameterSource.DEFAULT and not self.is_flag:
             raise click.BadParameter(f"{empty[0]} is set but empty (an unset variable in a compose "

@@ -474,7 +474,8 @@ def test_a_look_at_a_namespace_with_no_binding_says_so(redis_server: RedisServer
                               "--namespace", ns], env=env_with_path(), capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 0, out.stderr
-        assert (f"namespace '{ns}': no binding is registered in it (a typo'd --namespace?" in out.stderr) is hint
+        said = f"namespace '{ns}': no binding is registered in it (a typo'd --namespace?"
+        assert (said in out.stderr) is hint
         if argv[0] != "dead":
             json.loads(out.stdout)  # stdout stays what scripts read
 

@@ -261,3 +261,19 @@ def test_a_worker_whose_user_has_no_channel_says_so_in_one_line(redis_server: Re
         assert "Traceback" not in out, out[-1500:]
     finally:
         client.acl_deluser(user)
+
+
+def test_a_bad_value_from_the_environment_is_blamed_on_its_variable(redis_server: RedisServer,
+                                                                    namespace: str) -> None:
+    """`DISTBATCH_WORKER_LEASE=500ms` was refused as "Invalid value for '--lease'", an option the
+    operator never typed: the word names the variable the value came from, and the option."""
+    for env, name in (({"DISTBATCH_WORKER_LEASE": "500ms"}, "DISTBATCH_WORKER_LEASE"),
+                      ({"DISTBATCH_SHARDS": "0"}, "DISTBATCH_SHARDS")):
+        result = CliRunner().invoke(cli, ["worker", "--burst", "--redis-url", redis_server.url,
+                                          "--namespace", namespace], env=env)
+        assert result.exit_code == 2, result.output
+        assert name in result.output and env[name] in result.output, result.output
+    typed = CliRunner().invoke(cli, ["worker", "--burst", "--lease", "500ms", "--redis-url",
+                                     redis_server.url, "--namespace", namespace])
+    assert typed.exit_code == 2 and "'--lease'" in typed.output, typed.output
+    assert "DISTBATCH_WORKER_LEASE" not in typed.output, typed.output
