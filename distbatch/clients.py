@@ -154,6 +154,17 @@ waits 5 s by default, redis-py 6 (the lowest this project supports) forever, so 
 hangs a lease renewal, a hand-off or a stop never ended."""
 
 
+class Cluster(redis.RedisCluster):
+    """redis-py's cluster client, but a call that timed out is not sent again by redis-py itself:
+    its own loop sent it up to four times to the same node (the slot map still names a node that
+    hangs), each after a socket timeout, under distbatch's own resend (`transport.once_more`), so
+    an emit to a paused master blocked for two minutes and a worker's claim on one held up the
+    other shards' batches. A refused connection is still retried (a failover under way)."""
+
+    ERRORS_ALLOW_RETRY = tuple(e for e in redis.RedisCluster.ERRORS_ALLOW_RETRY  # type: ignore[assignment]
+                               if e is not redis.exceptions.TimeoutError)
+
+
 def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
     """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster. The
     URL's own `socket_timeout` / `socket_connect_timeout` win over `SOCKET_TIMEOUT_S`."""
@@ -166,7 +177,7 @@ def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
         _check_options(url, field)
         _check_files(url, field)
         if sep and scheme.endswith("+cluster"):
-            return redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+            return Cluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
         return redis.Redis.from_url(url, **options)
 
 

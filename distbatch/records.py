@@ -39,6 +39,8 @@ from .transport import TRANSIENT, once_more
 
 log = logging.getLogger("distbatch.worker")
 
+AWAY_S = 5.0
+"""How long a worker passes over a cluster shard whose claim failed (its node away or hanging)."""
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
 
@@ -106,6 +108,7 @@ class Records:
         goes with the same token, which gets them back at once (`claim.lua` is idempotent per
         token), and claims afresh if they are gone meanwhile."""
         self._cluster = isinstance(client, redis.RedisCluster)
+        self._away: dict[int, tuple[float, Exception]] = {}  # a cluster shard passed over until then
         timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
         self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
         """`wait_and_claim` blocks on the shards' bell: not on a cluster (one BLPOP cannot wait across
@@ -160,17 +163,28 @@ class Records:
     def claim_some(self, lease_ms: int, n: int) -> list[Claim]:
         """Claim up to `n` of the oldest ready batches of the first shard that has any (shards
         taken in turn); [] when none is ready anywhere. One script call per shard looked at. On a
-        cluster a shard whose node is away is passed over (raised only when every one is)."""
+        cluster a shard whose node is away is passed over (raised only when every one is), and
+        for `AWAY_S` after: a node that hangs costs a socket timeout a look, and looked at every
+        round it held up the other shards' batches (its claim is sent once; the next claim on
+        it carries its token, as after any claim whose reply was lost)."""
         count = len(self.shards)
         failed: list[Exception] = []
+        now = time.monotonic()
         for i in range(count):
             s = (self._next + i) % count
+            away = self._away.get(s)
+            if away is not None:
+                if away[0] > now:
+                    failed.append(away[1])
+                    continue
+                del self._away[s]
             try:
-                claims = self._claim(self.shards[s], [], lease_ms, None, n)
+                claims = self._claim(self.shards[s], [], lease_ms, None, n, resend=not self._cluster)
             except TRANSIENT as exc:
                 if not self._cluster:  # one Redis: the other shards are no nearer
                     raise
                 failed.append(exc)  # a cluster: this shard's node is away, not the others'
+                self._away[s] = (time.monotonic() + AWAY_S, exc)
                 continue
             if claims:
                 self._next, self._rung = (s + 1) % count, s
@@ -184,8 +198,9 @@ class Records:
         claims = self._claim(self.keys_for(batch_ids[0]), batch_ids, lease_ms, token, 1)
         return claims[0] if claims else None
 
-    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int
-               ) -> list[Claim]:
+    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int,
+               resend: bool = True) -> list[Claim]:
+        """`resend`: a claim with no reply is sent again until answered (`_until_answered`)."""
         width, recovered = n, False
         if token is None and not batch_ids:
             token, width, recovered = self._claim_token(k, n)
@@ -200,7 +215,7 @@ class Records:
             try:
                 reply = send()
             except TRANSIENT as exc:
-                if batch_ids:
+                if batch_ids or not resend:
                     raise
                 reply, sent = self._until_answered(send, lease_ms, exc)
         except Exception:  # no reply, or not one to read: the claim may have run

@@ -36,6 +36,9 @@ log = logging.getLogger("distbatch.sweeper")
 
 
 SHARD_BACKOFF_MAX_S = 5.0
+WAKE_RETRY_S = 5.0
+"""How often a sweeper whose wake channel failed twice in a row subscribes afresh (a node that
+hangs holds each attempt for a socket timeout); it sweeps every `max_sleep` meanwhile."""
 MAX_LEASE_MS = 60_000
 """The longest shard lease a sweeper is expected to set (`lease_s`, 3 s from the CLI): a lease key
 living longer, or with no TTL, is no live sweeper's and is taken over (`shard_lease.lua`)."""
@@ -323,10 +326,15 @@ class Sweeper:
         server-side BLPOP timeout only fires on Redis's `hz` tick, up to 100 ms late on an idle
         server. accumulate publishes on its shard's wake channel when a new earliest deadline
         appears. A failing step (Redis down or restarting) logs one line and retries with backoff;
-        a login or ACL refusal (`refused_by_acl`) is raised: no wait mends it.
+        a login or ACL refusal (`refused_by_acl`) is raised: no wait mends it. The wake channel
+        is a help, never a condition: while it fails the sweeper sweeps every `max_sleep`, and
+        it subscribes afresh every `WAKE_RETRY_S` (a new pub/sub: on a cluster redis-py pins one
+        to the node it first used, and after a failover it reconnected to the dead node for
+        ever, while every shard's sweep waited on it).
         """
         stop = stop or threading.Event()
-        wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        wake: Any = None
+        wake_failures, wake_retry_at = 0, 0.0
         backoff = 0.0
         if self.max_sleep_s > self.lease_ms / 3000:
             log.warning("sweeper_max_sleep max_sleep=%.1fs is cut to %.1fs: a sweeper renews its shards' "
@@ -338,6 +346,22 @@ class Sweeper:
                  extra={"event": "sweeper_started"})
         last_summary, last = time.monotonic(), (0, 0, 0, 0)
         channels = [k.wake for k in self.batcher.shards]
+
+        def drop_wake(exc: BaseException) -> None:
+            """Close it; subscribe afresh at once the first time (Redis restarted), then every
+            `WAKE_RETRY_S`."""
+            nonlocal wake, wake_failures, wake_retry_at
+            wake_failures += 1
+            if wake_failures == 2:
+                log.warning("sweeper_wake_unavailable: %s; sweeping every %.1fs until it is back",
+                            describe(exc), min(self.max_sleep_s, self.lease_ms / 3000),
+                            extra={"event": "sweeper_wake_unavailable"})
+            if wake is not None:
+                with contextlib.suppress(Exception):
+                    wake.close()
+            wake = None
+            wake_retry_at = time.monotonic() + (WAKE_RETRY_S if wake_failures > 1 else 0.0)
+
         try:
             while not stop.is_set():
                 if self.summary_every_s > 0 and time.monotonic() - last_summary >= self.summary_every_s:
@@ -347,23 +371,43 @@ class Sweeper:
                              *(a - b for a, b in zip(now, last, strict=True)), sorted(self.owned),
                              extra={"event": "sweeper_summary"})
                     last_summary, last = time.monotonic(), now
-                try:
-                    if not wake.subscribed:  # before reading state, so no wake is missed
+                if wake is None and time.monotonic() >= wake_retry_at:
+                    try:  # before reading state, so no wake is missed
+                        wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                         wake.subscribe(*channels)
+                    except Exception as exc:
+                        if refused_by_acl(exc):  # a mistake no wait mends: one clear error (the CLI's)
+                            raise
+                        drop_wake(exc)
+                try:
                     wait = self.run_once()
                     backoff = 0.0
-                    if wait >= 0.001:
-                        wake.get_message(timeout=wait)
                 except Exception as exc:
-                    if refused_by_acl(exc):  # a mistake no wait mends: one clear error (the CLI's)
+                    if refused_by_acl(exc):
                         raise
                     backoff = min(5.0, max(0.1, backoff * 2))
                     log.warning("sweeper_step_failed: %s; retrying in %.1fs", describe(exc), backoff,
                                 extra={"event": "sweeper_step_failed"})
                     log.debug("sweeper step failed", exc_info=True)
-                    with contextlib.suppress(Exception):
-                        wake.reset()
                     stop.wait(backoff)
+                    continue
+                if wait < 0.001:
+                    continue
+                if wake is None:
+                    stop.wait(wait)
+                    continue
+                try:
+                    wake.get_message(timeout=wait)
+                except Exception as exc:
+                    if refused_by_acl(exc):
+                        raise
+                    drop_wake(exc)
+                    continue
+                if wake_failures > 1:
+                    log.info("sweeper_wake_restored", extra={"event": "sweeper_wake_restored"})
+                wake_failures = 0
         finally:
-            wake.close()
+            if wake is not None:
+                with contextlib.suppress(Exception):
+                    wake.close()
             self.release()

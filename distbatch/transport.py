@@ -273,15 +273,25 @@ class Transport:
             list(self._pool.map(on_node, groups))
         moved = False
         deadline: float | None = None
+        hung: dict[str, BaseException] = {}  # node -> the error of a resend that timed out there too
+        node_of = {i: name for name, idx in groups.items() for i in idx}
         for i, reply in enumerate(replies):
             if isinstance(reply, ELSEWHERE):  # a slot on the move, a node gone: via the cluster client
                 moved = True
                 keys, args = calls[i]
                 if deadline is None:  # one wait for a slot on the move, for all of them
                     deadline = time.monotonic() + SLOT_MOVE_WAIT_S
+                timed_out = isinstance(reply, redis.TimeoutError)
                 try:
-                    replies[i] = once_more(script, keys, args, self.client, deadline)
+                    if timed_out and node_of[i] in hung:  # its node hangs: no third socket timeout
+                        raise hung[node_of[i]]
+                    # after a timeout the node's own attempt was the first: one more send (a node
+                    # that hangs costs two socket timeouts, as the README says), else two
+                    resend = once if timed_out else once_more
+                    replies[i] = resend(script, keys, args, self.client, deadline)
                 except (*TRANSIENT, ResponseError) as exc:
+                    if timed_out and isinstance(exc, redis.TimeoutError):
+                        hung[node_of[i]] = exc
                     # not sent only if the node's own attempt was not either (a redirect runs nothing)
                     first_unsent = isinstance(reply, ResponseError) or never_sent(reply)
                     replies[i] = exc if first_unsent or not isinstance(exc, NotSent) else MaybeRan(
@@ -290,6 +300,12 @@ class Transport:
             with contextlib.suppress(RedisClusterException, *TRANSIENT):
                 self.client.nodes_manager.initialize()
         return replies
+
+
+def once(script: Script, keys: list[Any], args: list[Any], client: Any,
+         deadline: float | None = None) -> Any:
+    """Call a script once (a slot on the move waited out until `deadline`: `patient`)."""
+    return patient(lambda: call(script, keys, args, client), client, deadline)
 
 
 def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = None,

@@ -463,18 +463,20 @@ def test_a_claim_passes_over_a_shard_whose_node_is_away(local_cluster: LocalClus
     assert all(ready.values())
     real, away = b.records._claim, {0}
 
-    def node_away(k: Keys, batch_ids: Any, lease_ms: int, token: Any, n: int) -> Any:
+    def node_away(k: Keys, batch_ids: Any, lease_ms: int, token: Any, n: int, **kw: Any) -> Any:
         if k.ready == b.shards[0].ready and 0 in away:
             raise redis.ConnectionError("the node of shard 0 is away")
-        return real(k, batch_ids, lease_ms, token, n)
+        return real(k, batch_ids, lease_ms, token, n, **kw)
 
     b.records._claim = node_away  # type: ignore[method-assign]
     got = {c.batch.id for _ in range(6) for c in b.records.claim_some(60_000, 16)}
     assert got == ready[1] | ready[2]
     away.clear()
+    assert b.records.claim_some(60_000, 16) == []  # passed over for AWAY_S after it failed
+    b.records._away.clear()  # AWAY_S later
     assert {c.batch.id for c in b.records.claim_some(60_000, 16)} == ready[0]  # back: claimed
 
-    def all_away(k: Keys, batch_ids: Any, lease_ms: int, token: Any, n: int) -> Any:
+    def all_away(k: Keys, batch_ids: Any, lease_ms: int, token: Any, n: int, **kw: Any) -> Any:
         raise redis.ConnectionError("every node is away")
 
     b.records._claim = all_away  # type: ignore[method-assign]
