@@ -18,29 +18,38 @@ Hand-off: RQ is sync-only, so a cut's ticket is enqueued on a sync client in a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
 
-from .clients import check_async_client, connect, parsing_url, sync_twin
+from .clients import AsyncCluster, check_async_client, connect, parsing_url, sync_twin
 from .clock import ManualClock, ServerClock, checked_clock
 from .coalesce import SENDING, Coalescer, Regroup
 from .config import Binding, RetryPolicy
 from .dispatch import Dispatcher, OnCut, hand_off
 from .errors import ConfigError, describe
-from .ingest import BATCHER_OPTIONS, DEFAULT_MAX_PAYLOAD, FlushStep, Ingest, positive_int
+from .ingest import (
+    BATCHER_OPTIONS,
+    DEFAULT_MAX_PAYLOAD,
+    FlushStep,
+    Ingest,
+    checked_payloads,
+    checked_source,
+    positive_int,
+)
 from .keys import Keys
 from .models import Batch, EmitResult, Event
 from .ops import Atomic, Call, Cmd, Eval, Handoff, Op, Proc, Store
 from .scripts import NAMES, acall, apipelined, source
-from .sent import REFUSED_WRITE, after_resend, resend_failed
+from .sent import REFUSED_WRITE, NotSent, after_resend, resend_failed
 from .shards import Layout
 from .transport import TRANSIENT, apatient, slot_moving
 
@@ -61,8 +70,7 @@ def connect_async(url: str, **options: Any) -> Any:
         options.pop("pool_timeout", None)  # a node's pool raises when full: the batcher's calls in
         options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)  # flight stay within it
         with parsing_url(url):
-            return redis.asyncio.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}",
-                                                       **options)
+            return AsyncCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
     with parsing_url(url):
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url, max_connections=options.pop("max_connections", DEFAULT_MAX_CONNECTIONS),
@@ -115,6 +123,7 @@ class AsyncBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._emitters: list[tuple[str, Iterator[int]]] = []
         self._calls_in_flight: asyncio.Semaphore | None = None
+        self._pool_timeout: float | None = None
         self._emitter_ids = itertools.count()
         self._coalescer = Coalescer(self._emit_many) if coalesce else None
 
@@ -180,6 +189,7 @@ class AsyncBatcher:
                 else:
                     in_flight = getattr(pool, "max_connections", None) or DEFAULT_MAX_CONNECTIONS
                 self._calls_in_flight = asyncio.Semaphore(in_flight)
+                self._pool_timeout = getattr(pool, "timeout", None) if not self.cluster else None
                 core = Ingest(layout, cluster=self.cluster, **self._options)  # type: ignore[arg-type]
                 dispatcher = self.dispatcher
                 if self._queue_on_same_redis and dispatcher is not None and self.on_cut is dispatcher:
@@ -230,6 +240,7 @@ class AsyncBatcher:
         each caller still gets exactly its own results or its own error (`coalesce.py`)."""
         self._own_loop()
         if self._coalescer is not None:
+            checked_source(source)  # the coalescer groups calls by source: a hashable one
             return await self._coalescer.emit(source, [payload])
         return await self._drive((await self.start()).emit_one(source, payload))
 
@@ -240,6 +251,8 @@ class AsyncBatcher:
         """As `Batcher.emit_many`: checked before anything is written, `EmitError` on a failure
         part-way. Concurrent calls share script calls, as `emit`'s do."""
         self._own_loop()
+        checked_source(source)
+        checked_payloads(payloads)  # before `list()` makes one dict its keys
         batch = payloads if isinstance(payloads, list) else list(payloads)
         if self._coalescer is not None:
             return await self._coalescer.emit(source, batch)
@@ -261,6 +274,7 @@ class AsyncBatcher:
         return await self._drive((await self.start()).open_buffers())
 
     async def server_ms(self) -> int:
+        self._own_loop()  # on another loop the client is not this loop's
         return await self._drive(Ingest.server_ms())
 
     async def run(self, proc: Proc[T]) -> T:
@@ -289,10 +303,36 @@ class AsyncBatcher:
     async def _do(self, op: Op) -> Any:
         if isinstance(op, Store):
             return await self._store(op)
-        if self.cluster and self._calls_in_flight is not None and isinstance(op, Eval | Cmd | Atomic):
-            async with self._calls_in_flight:  # a node's pool raises once full: reads wait too
+        if self._calls_in_flight is not None and isinstance(op, Eval | Cmd | Atomic):
+            async with self._connection():
                 return await self._read(op)
         return await self._read(op)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[None]:
+        await self._take_connection()
+        try:
+            yield
+        finally:
+            self._give_connection()
+
+    async def _take_connection(self) -> None:
+        """A connection of the pool for one call: every call of this batcher takes its turn here,
+        so none past this point waits inside redis-py's pool. A coalesced group's gate (`SENDING`)
+        is asked past it: a group waiting there for a connection that reads held (a registry
+        reload, `counters`) had passed the gate, and a caller cancelled meanwhile was stored. A
+        cluster node's pool raises once full instead of waiting. Waits at most the pool's own
+        `pool_timeout`: past it nothing was sent (reported as such: it was "uncertain")."""
+        assert self._calls_in_flight is not None
+        try:
+            await asyncio.wait_for(self._calls_in_flight.acquire(), self._pool_timeout)
+        except TimeoutError as exc:
+            raise NotSent(f"no connection of the pool came free within pool_timeout="
+                          f"{self._pool_timeout}s: nothing was sent") from exc
+
+    def _give_connection(self) -> None:
+        assert self._calls_in_flight is not None
+        self._calls_in_flight.release()
 
     async def _read(self, op: Op) -> Any:
         if isinstance(op, Eval):
@@ -331,12 +371,17 @@ class AsyncBatcher:
             return list(await pipe.execute())
 
     async def _store(self, op: Store) -> list[Any]:
-        assert self._calls_in_flight is not None
-        async with self._calls_in_flight:  # emitter ids (and their call-id keys) <= connections
+        try:
+            await self._take_connection()  # emitter ids (and their call-id keys) <= connections
+        except NotSent as exc:  # no connection came free: each call's reply is that it was not sent
+            return [exc] * len(op.build(*self._new_emitter()))
+        try:
             still = SENDING.get()
             if still is not None and not still():
                 raise Regroup  # a coalesced caller was cancelled while the group waited: none sent
             return await self._store_as(self._emitters.pop() if self._emitters else self._new_emitter(), op)
+        finally:
+            self._give_connection()
 
     async def _store_as(self, emitter: tuple[str, Iterator[int]], op: Store) -> list[Any]:
         try:

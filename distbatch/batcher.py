@@ -186,7 +186,11 @@ class Batcher:
         `Ingest.one_done`, and other emits take `Ingest.emit_one`'s planned path."""
         em = self.transport.emitter()
         core = self.core
-        entry = em.singles.get(source)
+        try:
+            entry = em.singles.get(source)
+        except TypeError:  # unhashable: no source
+            checked_source(source)
+            raise
         if entry is None or entry[0] is not core.registry.cached:
             checked_source(source)
             reg = core.registry.cached

@@ -165,6 +165,14 @@ class Cluster(redis.RedisCluster):
                                if e is not redis.exceptions.TimeoutError)
 
 
+class AsyncCluster(redis.asyncio.RedisCluster):
+    """redis.asyncio's cluster client, a timed-out call not sent again by redis-py itself (as
+    `Cluster`)."""
+
+    ERRORS_ALLOW_RETRY = tuple(e for e in redis.asyncio.RedisCluster.ERRORS_ALLOW_RETRY  # type: ignore[assignment]
+                               if e is not redis.exceptions.TimeoutError)
+
+
 def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
     """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster. The
     URL's own `socket_timeout` / `socket_connect_timeout` win over `SOCKET_TIMEOUT_S`."""

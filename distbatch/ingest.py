@@ -223,10 +223,7 @@ class Ingest:
 
     def emit_many(self, source: str, payloads: Iterable[Mapping[str, Any]]) -> Proc[list[EmitResult]]:
         checked_source(source)
-        if not isinstance(payloads, list) and isinstance(payloads, Mapping | str | bytes):
-            raise PayloadError("payloads_type", f"payloads={short(payloads)} is one "
-                               f"{type(payloads).__name__}: emit_many takes a list (an iterable) of "
-                               "payloads; emit takes one")
+        checked_payloads(payloads)
         now = self.clock.now_ms()
         stamp = now if now is not None else int(time.time() * 1000)
         prefix, ids = self.event_ids()
@@ -922,6 +919,15 @@ def positive_int(option: str, value: object) -> int:
         raise ConfigError(f"{option}_invalid",
                           f"{option}={short(value)} must be a whole number of at least 1")
     return value
+
+
+def checked_payloads(payloads: object) -> None:
+    """One payload where `emit_many` takes many: said before it is iterated (a dict's keys, a
+    string's characters would each be refused as "no mapping")."""
+    if not isinstance(payloads, list) and isinstance(payloads, Mapping | str | bytes):
+        raise PayloadError("payloads_type", f"payloads={short(payloads)} is one "
+                           f"{type(payloads).__name__}: emit_many takes a list (an iterable) of "
+                           "payloads; emit takes one")
 
 
 def checked_source(source: object) -> None:
