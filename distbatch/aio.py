@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
-from .clients import AsyncCluster, check_async_client, connect, parsing_url, sync_twin
+from .clients import AsyncCluster, check_async_client, cluster_nodes, connect, parsing_url, sync_twin
 from .clock import ManualClock, ServerClock, checked_clock
 from .coalesce import SENDING, Coalescer, Regroup
 from .config import Binding, RetryPolicy
@@ -65,12 +65,15 @@ def connect_async(url: str, **options: Any) -> Any:
     connect), so an unreachable or stalled Redis fails a call instead of hanging it."""
     options.setdefault("socket_timeout", 10)
     options.setdefault("socket_connect_timeout", 5)
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
     if sep and scheme.endswith("+cluster"):
         options.pop("pool_timeout", None)  # a node's pool raises when full: the batcher's calls in
         options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)  # flight stay within it
+        url, more = cluster_nodes(url)
+        if more:
+            options["startup_nodes"] = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in more]
         with parsing_url(url):
-            return AsyncCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
+            return AsyncCluster.from_url(url.replace("+cluster", "", 1), **options)
     with parsing_url(url):
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url, max_connections=options.pop("max_connections", DEFAULT_MAX_CONNECTIONS),

@@ -173,18 +173,45 @@ class AsyncCluster(redis.asyncio.RedisCluster):
                                if e is not redis.exceptions.TimeoutError)
 
 
+def cluster_nodes(url: str, field: str = "redis_url") -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL may name several nodes to start from (`redis+cluster://h1:7000,h2:7000/`):
+    the URL with its first alone, and the others as (host, port). One node alone was all a
+    process could start from: a worker restarted while that node was down waited for it for ever,
+    the cluster healthy."""
+    scheme, sep, rest = url.partition("://")
+    cut = [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0]
+    netloc, tail = rest[:min(cut, default=len(rest))], rest[min(cut, default=len(rest)):]
+    auth, at, hosts = netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    more = []
+    for node in others:
+        host, colon, port = node.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(field, f"{field}={redacted(url)!r}: {node!r} is no host:port of a "
+                                     "cluster node (nodes are separated by commas)")
+        more.append((host.strip("[]"), int(port)))
+    return f"{scheme}{sep}{auth}{at}{first}{tail}", more
+
+
 def connect(url: str, field: str = "redis_url", **options: Any) -> Any:
-    """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster. The
-    URL's own `socket_timeout` / `socket_connect_timeout` win over `SOCKET_TIMEOUT_S`."""
+    """A client for `url`; `redis+cluster://` and `rediss+cluster://` give a RedisCluster (from
+    any of the nodes it names, `cluster_nodes`). The URL's own `socket_timeout` /
+    `socket_connect_timeout` win over `SOCKET_TIMEOUT_S`."""
     options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
     options.setdefault("socket_connect_timeout", SOCKET_TIMEOUT_S)
     scheme, sep, rest = url.partition("://")
+    more: list[tuple[str, int]] = []
+    if sep and scheme.endswith("+cluster"):
+        url, more = cluster_nodes(url, field)
+        rest = url.partition("://")[2]
     with parsing_url(url, field):
         _check_userinfo(url, field)
         _check_db(url, field)
         _check_options(url, field)
         _check_files(url, field)
         if sep and scheme.endswith("+cluster"):
+            if more:
+                options["startup_nodes"] = [redis.cluster.ClusterNode(h, p) for h, p in more]  # type: ignore[no-untyped-call]
             return Cluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **options)
         return redis.Redis.from_url(url, **options)
 

@@ -544,3 +544,33 @@ def test_a_burst_of_async_emits_stays_within_a_small_node_pool(local_cluster: Lo
 
     sent, counted = asyncio.run(main())
     assert counted == sent
+
+
+def test_a_cluster_url_may_name_several_nodes_and_starts_from_any_that_answers(
+        local_cluster: LocalCluster, queue: RedisServer) -> None:
+    """A URL names one node: a worker, sweeper or app (re)started while that node was down waited
+    for it for ever, the cluster healthy. `redis+cluster://a:1,b:2/` starts from any of them,
+    sync and async; a node that is no host:port is refused by name."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on: a node that is down
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]
+    live = local_cluster.nodes[1].port
+    url = f"redis+cluster://127.0.0.1:{down},127.0.0.1:{live}/0"
+    b = Batcher.from_url(url, namespace="several", queue_url=queue.url)
+    b.register("c", version="v1", source="s", handler="m.h", batch={"count": 2, "window": "1h", "key": "k"})
+    assert [r.batch for r in b.emit_many("s", [{"k": "a"}, {"k": "a"}])][1] is not None
+
+    async def asynchronous() -> int:
+        a = await AsyncBatcher.from_url(url, namespace="several", queue_url=queue.url)
+        try:
+            return len(await a.emit("s", {"k": "b"}))
+        finally:
+            await a.aclose()
+
+    assert asyncio.run(asynchronous()) == 1
+    result = CliRunner().invoke(cli, ["stats", "--json", "--redis-url", url, "--namespace", "several"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(cli, ["stats", "--redis-url", f"redis+cluster://127.0.0.1:{live},nohost/0"])
+    assert bad.exit_code == 1 and "'nohost' is no host:port of a cluster node" in bad.output, bad.output
