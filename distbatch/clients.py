@@ -141,6 +141,9 @@ def _check_files(url: str, field: str) -> None:
 
 def check_url(url: str, field: str = "redis_url") -> None:
     """`ConfigError` (as `parsing_url`) for a URL redis-py cannot parse; connects to nothing."""
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme.endswith("+cluster"):
+        url, _more = cluster_nodes(url, field)
     with parsing_url(url, field):
         _check_userinfo(url, field)
         _check_db(url, field)

@@ -570,6 +570,9 @@ def test_a_cluster_url_may_name_several_nodes_and_starts_from_any_that_answers(
             await a.aclose()
 
     assert asyncio.run(asynchronous()) == 1
+    from distbatch.clients import check_url
+
+    check_url(url)  # serve's settings check, which connects to nothing
     result = CliRunner().invoke(cli, ["stats", "--json", "--redis-url", url, "--namespace", "several"])
     assert result.exit_code == 0, result.output
     bad = CliRunner().invoke(cli, ["stats", "--redis-url", f"redis+cluster://127.0.0.1:{live},nohost/0"])
