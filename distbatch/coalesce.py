@@ -23,6 +23,8 @@ import contextvars
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import redis
+
 from .errors import EmitError, PayloadError
 from .models import EmitResult
 
@@ -114,6 +116,9 @@ class Coalescer:
                 continue
             except EmitError as exc:
                 _split_emit_error(waiters, starts, exc)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:  # Redis away: nobody's call; each
+                _fail_all(waiters, exc)  # alone again waited out another socket timeout, every one
                 return
             except Exception as exc:
                 if len(waiters) > 1:  # whose? each call alone says (nothing was written: it

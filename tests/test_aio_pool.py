@@ -79,3 +79,37 @@ def test_pool_timeout_is_not_sent_not_uncertain(redis_server: RedisServer, names
     for coalesce in (True, False):
         err = asyncio.run(main(coalesce))
         assert (err.stored, err.uncertain, err.not_sent) == ([], [], [0]), (coalesce, repr(err.__cause__))
+
+
+def test_a_group_whose_read_meets_redis_away_fails_every_caller_at_once(redis_server: RedisServer,
+                                                                        namespace: str) -> None:
+    """A coalesced group's registry read timed out (Redis hung): the group was split and every
+    call sent again alone, each waiting out another socket timeout on a Redis that was away for
+    all of them. Redis away is nobody's call: each caller gets the error of the group's call."""
+    async def main() -> tuple[list[BaseException | list[Any]], int]:
+        first = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+        await first.register("t", version="v1", source="s", batch={"count": 100, "window": "1h"},
+                             handler="m.h")
+        await first.aclose()
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False,
+                                        socket_timeout=0.3)  # the registry not read yet
+        reads = 0
+        real = b._read
+
+        async def counted(op: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await real(op)
+
+        b._read = counted  # type: ignore[method-assign]
+        pauser = redis.Redis.from_url(redis_server.url)
+        pause = asyncio.create_task(asyncio.to_thread(pauser.execute_command, "CLIENT", "PAUSE", "2000"))
+        await asyncio.sleep(0.05)
+        got = await asyncio.gather(*(b.emit("s", {"n": i}) for i in range(20)), return_exceptions=True)
+        await pause
+        await b.aclose()
+        return got, reads
+
+    got, reads = asyncio.run(main())
+    assert all(isinstance(g, redis.TimeoutError | redis.ConnectionError) for g in got), got
+    assert reads == 1, f"{reads} reads: the group's calls were sent again one by one"
