@@ -327,8 +327,9 @@ class AsyncBatcher:
         cluster node's pool raises once full instead of waiting. Waits at most the pool's own
         `pool_timeout`: past it nothing was sent (reported as such: it was "uncertain")."""
         assert self._calls_in_flight is not None
-        try:
-            await asyncio.wait_for(self._calls_in_flight.acquire(), self._pool_timeout)
+        try:  # not `wait_for`: on Python 3.11 it returned a slot that came free as the caller was
+            async with asyncio.timeout(self._pool_timeout):  # cancelled, and dropped the cancellation
+                await self._calls_in_flight.acquire()
         except TimeoutError as exc:
             raise NotSent(f"no connection of the pool came free within pool_timeout="
                           f"{self._pool_timeout}s: nothing was sent") from exc

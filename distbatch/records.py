@@ -35,12 +35,14 @@ from .models import Batch
 from .scripts import Command, ScriptCall, Scripts, pipelined
 from .sent import never_sent
 from .shards import Layout, batch_id_shard
-from .transport import TRANSIENT, once_more
+from .transport import TRANSIENT, once, once_more
 
 log = logging.getLogger("distbatch.worker")
 
 AWAY_S = 5.0
-"""How long a worker passes over a cluster shard whose claim failed (its node away or hanging)."""
+"""How long a worker passes over a cluster shard whose claim failed (its node away or hanging),
+doubling while it fails, up to `AWAY_MAX_S`."""
+AWAY_MAX_S = 30.0
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
 
@@ -108,7 +110,7 @@ class Records:
         goes with the same token, which gets them back at once (`claim.lua` is idempotent per
         token), and claims afresh if they are gone meanwhile."""
         self._cluster = isinstance(client, redis.RedisCluster)
-        self._away: dict[int, tuple[float, Exception]] = {}  # a cluster shard passed over until then
+        self._away: dict[int, tuple[float, float]] = {}  # a cluster shard passed over: until, for how long
         timeout = None if self._cluster else client.connection_pool.connection_kwargs.get("socket_timeout")
         self.has_bell = not self._cluster and (timeout is None or timeout >= _BELL_MIN_SOCKET_TIMEOUT)
         """`wait_and_claim` blocks on the shards' bell: not on a cluster (one BLPOP cannot wait across
@@ -164,32 +166,29 @@ class Records:
         """Claim up to `n` of the oldest ready batches of the first shard that has any (shards
         taken in turn); [] when none is ready anywhere. One script call per shard looked at. On a
         cluster a shard whose node is away is passed over (raised only when every one is), and
-        for `AWAY_S` after: a node that hangs costs a socket timeout a look, and looked at every
-        round it held up the other shards' batches (its claim is sent once; the next claim on
-        it carries its token, as after any claim whose reply was lost)."""
+        for `AWAY_S` after (doubling while it stays away, up to `AWAY_MAX_S`): a node that hangs
+        costs socket timeouts a look, and looked at every round it held up the other shards'
+        batches. When every shard is passed over, all are looked at (there is nothing else)."""
         count = len(self.shards)
         failed: list[Exception] = []
         now = time.monotonic()
-        for i in range(count):
-            s = (self._next + i) % count
-            away = self._away.get(s)
-            if away is not None:
-                if away[0] > now:
-                    failed.append(away[1])
-                    continue
-                del self._away[s]
+        order = [(self._next + i) % count for i in range(count)]
+        look = [s for s in order if s not in self._away or self._away[s][0] <= now] or order
+        for s in look:
             try:
-                claims = self._claim(self.shards[s], [], lease_ms, None, n, resend=not self._cluster)
+                claims = self._claim(self.shards[s], [], lease_ms, None, n)
             except TRANSIENT as exc:
                 if not self._cluster:  # one Redis: the other shards are no nearer
                     raise
                 failed.append(exc)  # a cluster: this shard's node is away, not the others'
-                self._away[s] = (time.monotonic() + AWAY_S, exc)
+                wait = min(AWAY_MAX_S, 2 * self._away[s][1]) if s in self._away else AWAY_S
+                self._away[s] = (time.monotonic() + wait, wait)
                 continue
+            self._away.pop(s, None)
             if claims:
                 self._next, self._rung = (s + 1) % count, s
                 return claims
-        if len(failed) == count:
+        if len(failed) == len(look):
             raise failed[0]
         return []
 
@@ -198,24 +197,26 @@ class Records:
         claims = self._claim(self.keys_for(batch_ids[0]), batch_ids, lease_ms, token, 1)
         return claims[0] if claims else None
 
-    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int,
-               resend: bool = True) -> list[Claim]:
-        """`resend`: a claim with no reply is sent again until answered (`_until_answered`)."""
+    def _claim(self, k: Keys, batch_ids: Sequence[str], lease_ms: int, token: str | None, n: int
+               ) -> list[Claim]:
         width, recovered = n, False
         if token is None and not batch_ids:
             token, width, recovered = self._claim_token(k, n)
         token = token or secrets.token_hex(8)
         sent = time.monotonic()
 
-        def send() -> Any:
-            return once_more(self.scripts.claim, [*k.lifecycle, k.bell],
-                             [token, lease_ms, n, width, self._id_prefix[k.ready], *batch_ids])
+        def send() -> Any:  # on a cluster sent once: `_until_answered` sends it again (a node that
+            # hangs costs a socket timeout a send, and `claim_some` passes over it after)
+            return (once if self._cluster else once_more)(
+                self.scripts.claim, [*k.lifecycle, k.bell],
+                [token, lease_ms, n, width, self._id_prefix[k.ready], *batch_ids],
+                self.client if self._cluster else None)
 
         try:
             try:
                 reply = send()
             except TRANSIENT as exc:
-                if batch_ids or not resend:
+                if batch_ids:
                     raise
                 reply, sent = self._until_answered(send, lease_ms, exc)
         except Exception:  # no reply, or not one to read: the claim may have run

@@ -402,7 +402,7 @@ def run_worker(
                 worker = previous = make_worker(batcher, executor, name)
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
                 if burst and not executor.stop.is_set():
-                    worked = _drain_unannounced(executor) or worked
+                    worked = _drain_unannounced(executor, worker) or worked
                 backoff = 0.0
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
                 raise  # a wrong password is a mistake to report, not an outage to wait out
@@ -445,12 +445,17 @@ def run_worker(
             raise refusals[0]
 
 
-def _drain_unannounced(executor: Executor) -> bool:
+def _drain_unannounced(executor: Executor, worker: BatchWorker) -> bool:
     """A burst worker's last look, in distbatch's own keys: batches ready with no ticket queued
     (cut by an app with hand-off off, or whose producer died before its hand-off and no sweeper
     has noticed yet). RQ's burst loop ends once its queue is empty: such a worker exited at once,
-    running none of them and saying nothing."""
-    counts = executor.drain(max_batches=sys.maxsize, max_seconds=math.inf, linger_s=0.0)
+    running none of them and saying nothing. Run as a job is (`_in_job`), so a SIGTERM meanwhile
+    is a warm stop: it raised StopRequested inside the running handler, failing its batch."""
+    worker._in_job = True
+    try:
+        counts = executor.drain(max_batches=sys.maxsize, max_seconds=math.inf, linger_s=0.0)
+    finally:
+        worker._in_job = False
     if counts:
         log.info("burst_drained %s: batches that were ready with no ticket queued",
                  " ".join(f"{k}={v}" for k, v in sorted(counts.items())),

@@ -113,3 +113,37 @@ def test_a_group_whose_read_meets_redis_away_fails_every_caller_at_once(redis_se
     got, reads = asyncio.run(main())
     assert all(isinstance(g, redis.TimeoutError | redis.ConnectionError) for g in got), got
     assert reads == 1, f"{reads} reads: the group's calls were sent again one by one"
+
+
+def test_a_call_cancelled_as_a_connection_comes_free_sends_nothing(redis_server: RedisServer,
+                                                                   namespace: str) -> None:
+    """A connection comes free and the caller gives up in the same turn of the loop: on Python
+    3.11 `asyncio.wait_for` returned the slot and dropped the cancellation, so the call went on
+    and stored its event, and its caller, told "cancelled" by nothing, stored it again on a retry
+    (found by the second review)."""
+    async def main() -> tuple[object, int]:
+        b = await AsyncBatcher.from_url(redis_server.url, namespace=namespace, handoff=False,
+                                        coalesce=False, max_connections=4)
+        await b.register("w", version="v1", source="s", handler="m.h", batch={"count": 1000, "window": "1h"})
+        await b.emit("s", {"n": 0})
+        sem = b._calls_in_flight
+        assert sem is not None
+        for _ in range(4):  # every connection in use
+            await sem.acquire()
+        task = asyncio.create_task(b.emit("s", {"n": 1}))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.done()
+        sem.release()  # a connection comes free ...
+        task.cancel()  # ... as the caller gives up
+        try:
+            outcome: object = await task
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        for _ in range(3):
+            sem.release()
+        stored = len(await b.drop("w@v1"))
+        await b.aclose()
+        return outcome, stored
+
+    assert asyncio.run(main()) == ("cancelled", 1)

@@ -577,3 +577,74 @@ def test_a_cluster_url_may_name_several_nodes_and_starts_from_any_that_answers(
     assert result.exit_code == 0, result.output
     bad = CliRunner().invoke(cli, ["stats", "--redis-url", f"redis+cluster://127.0.0.1:{live},nohost/0"])
     assert bad.exit_code == 1 and "'nohost' is no host:port of a cluster node" in bad.output, bad.output
+
+
+RAN: list[str] = []
+
+
+def ran_here(batch: Any) -> None:
+    RAN.append(batch.id)
+
+
+def test_a_cluster_claim_whose_reply_was_lost_runs_its_batch_not_sends_it_dead(
+        local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim ran on its node and the reply was lost: its batch is this worker's, leased. A
+    cluster worker that then passed over the shard without sending the claim again (to keep a
+    hung node from holding up the others) left the batch to wait out its lease: reclaimed, its
+    try counted, dead with `attempts: 1` without running (found by the second review)."""
+    from distbatch import records as records_mod
+    from distbatch.executor import Executor
+    from distbatch.handlers import HandlerResolver
+
+    b = Batcher.from_url(local_cluster.url, namespace="lostclaim", handoff=False)
+    b.register("w", version="v1", source="s", handler=ran_here, batch={"count": 1, "window": "1h"},
+               retry={"attempts": 1})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    bid, lease_ms = r.batch.id, 1500
+    lost: list[Any] = []
+
+    def reply_lost(real: Any) -> Any:
+        def send(script: Any, keys: Any, args: Any, *rest: Any, **kw: Any) -> Any:
+            reply = real(script, keys, args, *rest, **kw)
+            if script is b.records.scripts.claim and not lost and len(reply) > 1:
+                lost.append(reply)  # it ran on the node; its reply never came back
+                raise redis.TimeoutError("Timeout reading from socket")
+            return reply
+        return send
+
+    for name in ("once", "once_more"):
+        monkeypatch.setattr(records_mod, name, reply_lost(getattr(records_mod, name)))
+    executor = Executor(b.records, HandlerResolver(), lease_ms)
+    executor.drain(max_batches=10, max_seconds=0.5, linger_s=0.0)
+    assert lost
+    deadline = time.monotonic() + lease_ms / 1000 + 0.3
+    while time.monotonic() < deadline and bid not in RAN:
+        executor.drain(max_batches=10, max_seconds=0.2, linger_s=0.0)
+        time.sleep(0.05)
+    time.sleep(0.2)
+    Sweeper(b).run_once()  # a lease that ran out is reclaimed
+    dead = [x.decode() for x in b.client.zrange(b.records.keys_for(bid).dead, 0, -1)]
+    assert bid in RAN and bid not in dead, (bid in RAN, dead, b.records.raw(bid).get("error"))
+
+
+def test_a_cluster_worker_claims_again_at_once_after_a_blip_on_every_shard(
+        local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shard's claim failed once (the worker's own network): every shard was marked away,
+    and for `AWAY_S` each claim raised that stale error without sending anything, the cluster
+    answering again. With no other shard to take from, the shards are looked at again."""
+    b = Batcher.from_url(local_cluster.url, namespace="blip", handoff=False)
+    b.register("w", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h", "key": "k"})
+    real, blip = b.records._claim, [True]
+
+    def network_blip(*a: Any, **kw: Any) -> Any:
+        if blip[0]:
+            raise redis.ConnectionError("Error 104 while writing to socket. Connection reset by peer.")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(b.records, "_claim", network_blip)
+    with pytest.raises(redis.ConnectionError):
+        b.records.claim_some(60_000, 16)  # every shard failed: raised
+    blip[0] = False
+    b.emit_many("s", [{"k": i} for i in range(6)])
+    assert b.records.claim_some(60_000, 16)

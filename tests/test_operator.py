@@ -4,6 +4,7 @@ operator's review; each test failed on the code before its fix)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -277,3 +278,36 @@ def test_a_bad_value_from_the_environment_is_blamed_on_its_variable(redis_server
                                      redis_server.url, "--namespace", namespace])
     assert typed.exit_code == 2 and "'--lease'" in typed.output, typed.output
     assert "DISTBATCH_WORKER_LEASE" not in typed.output, typed.output
+
+
+def test_sigterm_while_a_burst_worker_runs_an_unannounced_batch_lets_it_finish(
+        redis_server: RedisServer, namespace: str) -> None:
+    """`worker --burst` runs the batches no ticket announced after RQ's loop ends; a SIGTERM then
+    (a deploy, Ctrl-C) met RQ's handler outside any job, which raised StopRequested inside the
+    running handler: the batch failed, dead with `attempts: 1`, instead of the warm stop the log
+    line promised (found by the second review)."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)  # no ticket
+    b.register("w", version="v1", source="s", handler="tests.handlers.slow_record",
+               batch={"count": 1, "window": "1h"}, retry={"attempts": 1})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    p = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--handlers",
+                          "tests.handlers", "--redis-url", redis_server.url, "--namespace", namespace],
+                         env={**env_with_path(), "DISTBATCH_REDIS_URL": redis_server.url,
+                              "TEST_HANDLER_SLEEP": "2"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while client.get(f"test:inflight:{p.pid}") is None:
+            assert time.monotonic() < deadline and p.poll() is None, "the handler never started"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)  # a warm stop: the batch in hand finishes
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    delivered = [json.loads(x)["id"] for x in client.lrange("test:delivered", 0, -1)]
+    assert delivered == [r.batch.id] and b.records.count("dead") == 0, out[-1500:]
+    client.delete("test:delivered")
