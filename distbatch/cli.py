@@ -502,7 +502,7 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
 
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
                             access_log=False, proxy_headers=False, server_header=False,
-                            http=guarded(header_timeout / 1000), limit_concurrency=MAX_CONNECTIONS,
+                            http=guarded(header_timeout / 1000, body_timeout / 1000, MAX_CONNECTIONS),
                             timeout_graceful_shutdown=math.ceil(shutdown_grace / 1000))
     try:  # bound here, not by uvicorn: a port taken is one `Error:` line, as for --metrics-port
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]

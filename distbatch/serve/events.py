@@ -91,9 +91,22 @@ def parse_events(body: bytes, content_type: str, max_events: int) -> list[dict[s
         raise _too_many(max_events)
     for i, e in enumerate(events):
         if not isinstance(e, dict):
-            raise Refused(422, "payload_type", f"event {i} is a JSON {type(e).__name__}, not an object",
+            raise Refused(422, "payload_type", f"event {i} is a JSON {_json_type(e)}, not an object",
                           event=i)
     return events
+
+
+def _json_type(value: object) -> str:
+    """What a client in any language calls the value (Python's names were no JSON's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else type(value).__name__
 
 
 def _too_many(limit: int) -> Refused:
@@ -132,9 +145,13 @@ async def post_events(request: Request) -> Response:
             named = [u[:40] for u in unknown[:5]]
             raise Refused(400, "query_invalid", f"unknown query parameter(s) {named}; known: results",
                           parameters=named)
-        results_mode = request.query_params.get("results", "all")
-        if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
-            raise Refused(400, "results_invalid", f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
+        modes = request.query_params.getlist("results") or ["all"]
+        for results_mode in modes:  # each: `?results=everything&results=cuts` passed on the last
+            if results_mode not in ("all", "cuts"):  # refused before anything is read or stored
+                raise Refused(400, "results_invalid",
+                              f"results={results_mode[:100]!r}: use 'all' or 'cuts'")
+        if len(set(modes)) > 1:
+            raise Refused(400, "results_invalid", f"results given as {modes[:5]}: give one")
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout_ms / 1000)
         content_type = request.headers.get("content-type", "")
         key = request.headers.get(idempotency.HEADER)

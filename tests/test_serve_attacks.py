@@ -1,0 +1,188 @@
+# ruff: noqa: F811  # (the fixture imported below is the tests' parameter)
+"""`distbatch serve` under an attacker and a demanding client (found by a review of the HTTP side;
+each test failed before its fix): a connection answered before its body was read, the connection
+cap's refusal, a repeated query parameter, JSON type names, the OpenAPI document, the size of a
+kept Idempotency-Key response. Own redis-server and serve processes on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from distbatch import Batcher
+from distbatch.testing import RedisServer
+
+from .test_serve import TOKEN, Server, api  # noqa: F401  (api: the fixture, on this module's server)
+
+SOURCE = "orders/created"
+
+
+@pytest.fixture
+def own_batcher(redis_server: RedisServer, namespace: str) -> Batcher:
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("h", version="v1", source=SOURCE, handler="tests.handlers.record",
+               batch={"count": 3, "window": "1h", "key": "shop"})
+    return b
+
+
+@pytest.fixture
+def server(redis_server: RedisServer, own_batcher: Batcher, namespace: str,
+           tmp_path: Path) -> Iterator[Server]:
+    """serve with short head and body timeouts (`api` takes it)."""
+    s = Server(redis_server.url, tmp_path, namespace, "--header-timeout", "1s", "--body-timeout", "2s")
+    yield s
+    s.stop()
+
+
+def _held_open(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server keeps `sock` open (sends nothing, closes nothing) for `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        data = sock.recv(4096)
+    except TimeoutError:
+        return True
+    except OSError:  # reset by the server: closed
+        return False
+    return bool(data) and _held_open(sock, seconds)  # b"" = closed
+
+
+# --- 1. A client WITHOUT a token holds a connection for ever (and 999 of them shut serve out) ---
+
+def test_unauthenticated_body_after_401_holds_connection_forever(server: Server) -> None:
+    """README: a head must arrive within --header-timeout, a body within --body-timeout, "a client
+    stalled mid-body holds no connection ... for ever". A client with no token declares a body,
+    gets its 401 (the body is never read), sends one more byte and goes quiet: no timer is left
+    (head timer disarmed, body timer never started, uvicorn's keep-alive timer cancelled by the
+    byte). With --header-timeout 1s, --body-timeout 2s and uvicorn's 5 s keep-alive the server
+    should have closed it within ~8 s; it is still open after 12 s. 999 such sockets make every
+    request (ingest and /healthz) a 503 for as long as the attacker likes."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(b"POST /v1/sources/orders%2Fcreated/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 401")
+        time.sleep(0.3)
+        sock.sendall(b"x")  # one byte of the declared body, then nothing
+        assert not _held_open(sock, 12), "a client with no token holds this connection indefinitely"
+    finally:
+        sock.close()
+
+
+def test_early_refusal_with_token_leaves_body_unbounded_too(server: Server) -> None:
+    """Same root cause with a token: a request refused before its body is read (here 400
+    results_invalid; also 413 on a declared Content-Length above the limit) leaves the rest of
+    the declared body with no --body-timeout."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(b"POST /v1/sources/orders%2Fcreated/events?results=bogus HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+        time.sleep(0.3)
+        sock.sendall(b"[")
+        assert not _held_open(sock, 12), "the body of a refused request has no timeout"
+    finally:
+        sock.close()
+
+
+# --- 2. Over the connection cap: a text/plain 503 with no code -------------------------------
+
+def test_connection_cap_503_is_json_with_a_code(server: Server) -> None:
+    """README, Errors: "Errors are JSON {"code", "message", ...} with a stable code: ... above
+    1,000 connections at once, 503." The 503 is uvicorn's `text/plain` "Service Unavailable".
+    (1,000 idle loopback sockets for a few seconds; --header-timeout is 1 s so open them fast.)"""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            socks.append(socket.create_connection(("127.0.0.1", server.port)))
+        r = httpx.post(f"{server.url}/v1/sources/orders%2Fcreated/events", json={"shop": "a"},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    finally:
+        for s in socks:
+            s.close()
+    assert r.status_code == 503
+    assert r.headers["content-type"].startswith("application/json"), (r.headers["content-type"], r.text)
+    assert "code" in r.json()
+
+
+# --- 3. ?results=<invalid>&results=cuts is taken --------------------------------------------
+
+def test_a_repeated_results_parameter_with_a_bad_value_is_refused(
+        api: httpx.Client, own_batcher: Batcher) -> None:
+    """`results` is checked on its last value only (Starlette's query_params.get): a bad value
+    before a good one is stored and answered 200, though "an unknown results mode is refused
+    before anything is read or stored"."""
+    r = api.post("/v1/sources/orders%2Fcreated/events", json={"shop": "a"},
+                    params=[("results", "everything"), ("results", "cuts")])
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "results_invalid"
+    assert own_batcher.counters().get("events_in:h@v1", 0) == 0
+
+
+# --- 4. payload_type names Python types, not JSON ones --------------------------------------
+
+@pytest.mark.parametrize(("body", "json_type", "python_name"), [
+    (b"[null]", "null", "NoneType"), (b"[[1]]", "array", "list"), (b'["x"]', "string", "str"),
+    (b"[1.5]", "number", "float"), (b"[true]", "boolean", "bool")])
+def test_payload_type_message_names_the_json_type(
+        api: httpx.Client, body: bytes, json_type: str, python_name: str) -> None:
+    """"event 0 is a JSON NoneType, not an object": an HTTP client in any language is told a
+    Python type name (NoneType, list, str, float, bool) where JSON's (null, array, string,
+    number, boolean) is meant."""
+    r = api.post("/v1/sources/orders%2Fcreated/events", content=body,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["code"] == "payload_type"
+    assert python_name not in r.json()["message"].split(), r.json()["message"]
+    assert json_type in r.json()["message"], r.json()["message"]
+
+
+# --- 5. The OpenAPI document omits statuses the README promises for ingest -------------------
+
+def test_openapi_lists_every_documented_ingest_status(api: httpx.Client) -> None:
+    """README lists for POST /v1/sources/<source>/events: 431 head_too_large (real, seen below)
+    and 500 internal_error (an answer an Idempotency-Key replays); the OpenAPI document has
+    neither (nor 405, 403 not_local, the /metrics and /api/... routes)."""
+    big = api.post("/v1/sources/orders%2Fcreated/events", json={"shop": "a"},
+                       headers={"X-Pad": "a" * 70_000})
+    assert big.status_code == 431
+    paths = api.get("/openapi.json").json()["paths"]
+    responses = paths["/v1/sources/{source}/events"]["post"]["responses"]
+    missing = [s for s in ("403", "405", "431", "500") if s not in responses]
+    assert "/metrics" in paths and "/api/overview" in paths
+    assert not missing, f"statuses the server answers but the document omits: {missing}"
+
+
+# --- 6. Idempotency records cost ~7x the request, for a day ---------------------------------
+
+def test_an_idempotent_request_does_not_keep_more_than_it_sent(
+        api: httpx.Client, redis_server: RedisServer, namespace: str) -> None:
+    """A client that sends every request with an Idempotency-Key (as README advises for retries)
+    leaves, per 1,000-event request of 14 KB, a ~98 KB record in Redis for 24 h (the whole
+    per-event result list). At README's 26,800 events/s in 1,000-event arrays that is ~230 GB
+    held at once, with `maxmemory-policy noeviction` as advised: ingest then fails (OOM). A token
+    holder gets ~7x (30x with `{}` events) amplification of Redis memory per byte sent."""
+    body = json.dumps([{"shop": f"s{i % 50}"} for i in range(1000)]).encode()
+    key = uuid.uuid4().hex
+    r = api.post("/v1/sources/orders%2Fcreated/events", content=body,
+                    headers={"Content-Type": "application/json", "Idempotency-Key": key})
+    assert r.status_code == 200
+    client = redis.Redis(port=redis_server.port)
+    keys = list(client.scan_iter(f"{{{namespace}}}:request:*"))
+    assert len(keys) == 1
+    kept = client.memory_usage(keys[0])
+    assert kept is not None and kept <= len(body), (
+        f"replay record of {kept} bytes kept {client.pttl(keys[0]) // 3_600_000} h for a "
+        f"{len(body)}-byte request")
+    again = api.post("/v1/sources/orders%2Fcreated/events", content=body,
+                         headers={"Content-Type": "application/json", "Idempotency-Key": key})
+    assert again.headers.get("idempotent-replayed") == "true" and again.content == r.content
