@@ -207,6 +207,30 @@ def _no_binding(batcher: Batcher) -> str | None:
             "every command; `distbatch triggers list` shows a namespace's bindings)")
 
 
+def _check_tls(cert: str | None, key: str | None, host: str) -> None:
+    """Both or neither, and a pair that loads (one `Error:` line, not uvicorn's traceback at
+    start); off a loopback address without TLS, a word: tokens and events go in clear."""
+    import ipaddress
+    import ssl
+
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both, or neither")
+    if cert is not None and key is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise click.ClickException(f"--tls-cert={cert!r} --tls-key={key!r}: {exc}") from exc
+        return
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host.lower().rstrip(".") == "localhost"
+    if not local:
+        logging.getLogger("distbatch.serve").warning(
+            "serve_plaintext host=%s: bearer tokens and events travel in clear; give --tls-cert and "
+            "--tls-key, or put a TLS proxy in front", host, extra={"event": "serve_plaintext"})
+
+
 def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> None:
     """`serve` starts with Redis away (/healthz says so and requests get 503 until it is back),
     but not on a mistake no wait mends: a wrong password, an ACL refusal, a certificate this
@@ -478,9 +502,14 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
         "its first request (408 above; a head above 64 KiB is a 431).")
 @option("--shutdown-grace", default="10s", show_default=True, callback=_duration,
         help="On SIGTERM, how long requests in flight may take before they are cut.")
+@option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+        help="Serve HTTPS with this certificate (PEM, its chain after it); with --tls-key.")
+@option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+        help="The private key of --tls-cert (PEM).")
 def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port: int,
           token_file: str | None, insecure_no_auth: bool, max_body_bytes: int, max_events: int,
-          max_event_bytes: int, body_timeout: int, header_timeout: int, shutdown_grace: int) -> None:
+          max_event_bytes: int, body_timeout: int, header_timeout: int, shutdown_grace: int,
+          tls_cert: str | None, tls_key: str | None) -> None:
     """HTTP ingest: POST /v1/sources/<source>/events (JSON or NDJSON), GET /healthz, /openapi.json."""
     try:
         import uvicorn
@@ -497,13 +526,15 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
             body_timeout_ms=body_timeout)
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
+    _check_tls(tls_cert, tls_key, host)
     _mistake_or_away(redis_url, namespace, queue_url)
     from .serve.head_guard import guarded
 
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
                             access_log=False, proxy_headers=False, server_header=False,
                             http=guarded(header_timeout / 1000, body_timeout / 1000, MAX_CONNECTIONS),
-                            timeout_graceful_shutdown=math.ceil(shutdown_grace / 1000))
+                            timeout_graceful_shutdown=math.ceil(shutdown_grace / 1000),
+                            ssl_certfile=tls_cert, ssl_keyfile=tls_key)
     try:  # bound here, not by uvicorn: a port taken is one `Error:` line, as for --metrics-port
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         listener = socket.create_server((host, port), family=family)

@@ -1,10 +1,12 @@
 """`rediss://` URLs, against a redis-server of its own serving TLS with a certificate made here:
-the library, the CLI and a worker take the URL's TLS options as redis-py reads them."""
+the library, the CLI and a worker take the URL's TLS options as redis-py reads them; and `serve`
+speaks HTTPS with a certificate of its own."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +84,52 @@ def test_a_worker_with_a_tls_mistake_of_its_own_stops_with_one_line(tls: tuple[i
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: ") and said in last, done.stderr
+
+
+def test_serve_over_https_with_its_certificate(tls: tuple[int, Path], redis_server: RedisServer,
+                                               namespace: str, tmp_path: Path) -> None:
+    """`serve` spoke plain HTTP only: bearer tokens and events crossed the network in clear
+    wherever it listened beyond loopback. With --tls-cert/--tls-key it speaks HTTPS (plain HTTP
+    is refused); a key that is not the certificate's is one `Error:` line; off loopback without
+    TLS it says so."""
+    import ssl
+
+    import httpx
+
+    _, cert = tls
+    trusted = ssl.create_default_context(cafile=str(cert))
+    key = cert.with_name("key.pem")
+    Batcher.from_url(redis_server.url, namespace=namespace, handoff=False).register(
+        "h", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    port = free_port()
+    token = "a-token-for-the-https-test-0123"
+    env = {**env_with_path(), "DISTBATCH_API_TOKENS": token}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:  # the child keeps its own
+        p = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", redis_server.url,
+                              "--namespace", namespace, "--port", str(port), "--tls-cert", str(cert),
+                              "--tls-key", str(key)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.post(f"https://127.0.0.1:{port}/v1/sources/s/events", json={"n": 1},
+                               headers={"Authorization": f"Bearer {token}"}, verify=trusted, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and p.poll() is None, log.read_text()
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["events"] == 1, r.text
+        with pytest.raises(httpx.TransportError):  # plain HTTP on the HTTPS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        p.terminate()
+        p.wait(15)
+    other = tmp_path / "other.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(other), "2048"], check=True, capture_output=True)
+    bad = CliRunner().invoke(cli, ["serve", "--redis-url", redis_server.url, "--port", str(free_port()),
+                                   "--tls-cert", str(cert), "--tls-key", str(other)],
+                             env={"DISTBATCH_API_TOKENS": token})
+    assert bad.exit_code == 1 and "--tls-cert=" in bad.output and "Traceback" not in bad.output, bad.output
+    half = CliRunner().invoke(cli, ["serve", "--tls-cert", str(cert)], env={"DISTBATCH_API_TOKENS": token})
+    assert half.exit_code == 2 and "go together" in half.output, half.output
