@@ -40,6 +40,7 @@ class HeadGuard(HttpToolsProtocol):
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_in = True  # the current request's body was read whole (or it has none)
+        self._answered = False  # the current request's response went out before its body was in
         self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -67,7 +68,8 @@ class HeadGuard(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._parsed = 0
-        self._body_in = False
+        self._body_in, self._answered = False, False
+        self._body_done()  # the next request: the head timer bounds it now
         if not self._in_head:  # the next request on a kept connection
             self._in_head, self._head_bytes, self._began = True, 0, True
             self._arm()
@@ -107,12 +109,19 @@ class HeadGuard(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_in = True
         self._body_done()
+        if self._answered and not self.transport.is_closing():
+            # its body's bytes cancelled uvicorn's keep-alive timer, armed when the answer went
+            # out: an idle connection is closed as any other, not held for ever
+            self._body_timer = self.loop.call_later(self.timeout_keep_alive, self.transport.close)
         if not self._refused:
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self._body_in and not self.transport.is_closing():  # answered before its body
+        cycle = self.cycle  # the request parsed last: the one answered unless others are pipelined
+        if (not self._body_in and cycle is not None and cycle.response_complete
+                and not self.transport.is_closing()):  # answered before its body
+            self._answered = True
             self._body_done()
             self._body_timer = self.loop.call_later(self.body_timeout_s, self.transport.close)
 

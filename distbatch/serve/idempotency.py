@@ -28,8 +28,10 @@ PENDING_MS = 60_000
 KEPT_MS = 86_400_000
 _VALID = re.compile(r"[\x21-\x7e]{1,255}")
 REPLAYED = "idempotent-replayed"
-ZIPPED = b"z:"
-"""Before a kept response compressed with zlib (a JSON response never starts so)."""
+ZIPPED = b"z"
+"""Before the status of a kept response compressed with zlib: a serve of a version before, which
+reads no such status, answers 500 (and the client sends again) instead of replaying the zlib
+bytes as the response during a rolling deploy."""
 
 
 class KeyRefused(Exception):
@@ -79,8 +81,8 @@ async def take(client: Any, namespace: str, key: str | None, request: bytes, bod
                          f"Idempotency-Key={key!r}: the first request with it is still being stored; send "
                          "again in a moment")
     status, _, response = kept.partition(b" ")
-    if response.startswith(ZIPPED):
-        response = zlib.decompress(response[len(ZIPPED):])
+    if status.startswith(ZIPPED):
+        status, response = status[len(ZIPPED):], zlib.decompress(response)
     return Response(response, status_code=int(status), media_type="application/json",
                     headers={REPLAYED: "true"})
 
@@ -92,8 +94,8 @@ async def settle(client: Any, slot: Slot | None, response: Response, stored: boo
         return
     if stored:  # compressed: a response is a result per event and binding, ~7x the request
         # it answers, kept a day (a key per request at full rate held hundreds of GB)
-        zipped = ZIPPED + zlib.compress(bytes(response.body), 1)
-        record = b"done %b %d %b" % (slot.digest, response.status_code, zipped)
+        record = b"done %b %b%d %b" % (slot.digest, ZIPPED, response.status_code,
+                                         zlib.compress(bytes(response.body), 1))
         await client.set(slot.key, record, px=KEPT_MS)
     else:
         await client.delete(slot.key)
