@@ -68,9 +68,14 @@ def run_batches(namespace: str) -> dict[str, int]:
     cluster's node) away mid-drain ends the ticket with one line, not a failed job and RQ's
     traceback: the batches not started were given back, the others come back when their leases
     run out, and a sweeper hands them off again."""
-    executor = _executor(namespace)
+    return drain_reported(_executor(namespace), namespace, MAX_BATCHES_PER_JOB, MAX_SECONDS_PER_JOB)
+
+
+def drain_reported(executor: Executor, namespace: str, max_batches: int, max_seconds: float,
+                   linger_s: float | None = None) -> dict[str, int]:
+    """`executor.drain`, a failure said in one line (`run_batches`)."""
     try:
-        counts = executor.drain(MAX_BATCHES_PER_JOB, MAX_SECONDS_PER_JOB)
+        counts = executor.drain(max_batches, max_seconds, linger_s)
         executor.refused = False
         return counts
     except OUTAGE as exc:

@@ -451,11 +451,14 @@ def _drain_unannounced(executor: Executor, worker: BatchWorker) -> bool:
     has noticed yet). RQ's burst loop ends once its queue is empty: such a worker exited at once,
     running none of them and saying nothing. Run as a job is (`_in_job`), so a SIGTERM meanwhile
     is a warm stop: it raised StopRequested inside the running handler, failing its batch."""
+    if executor.refused:  # a key of the wrong type refused the drains of RQ's loop: said there
+        return False
     worker._in_job = True
     try:
-        counts = executor.drain(max_batches=sys.maxsize, max_seconds=math.inf, linger_s=0.0)
+        counts = jobs.drain_reported(executor, worker.namespace, sys.maxsize, math.inf, linger_s=0.0)
     finally:
         worker._in_job = False
+    counts = {k: v for k, v in counts.items() if k not in ("interrupted", "refused")}
     if counts:
         log.info("burst_drained %s: batches that were ready with no ticket queued",
                  " ".join(f"{k}={v}" for k, v in sorted(counts.items())),

@@ -308,6 +308,5 @@ def test_sigterm_while_a_burst_worker_runs_an_unannounced_batch_lets_it_finish(
         if p.poll() is None:
             p.kill()
             p.wait()
-    delivered = [json.loads(x)["id"] for x in client.lrange("test:delivered", 0, -1)]
-    assert delivered == [r.batch.id] and b.records.count("dead") == 0, out[-1500:]
-    client.delete("test:delivered")
+    delivered = [json.loads(x)["id"] for x in client.lrange("test:delivered", 0, -1)]  # shared
+    assert delivered.count(r.batch.id) == 1 and b.records.count("dead") == 0, out[-1500:]
