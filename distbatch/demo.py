@@ -78,7 +78,7 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
     RECORD.show = show
     executor = configure(batcher, HandlerResolver(), stop=stop)
     sweeping = threading.Event()
-    start_sweeper(batcher, sweeping)
+    sweeper = start_sweeper(batcher, sweeping)
     sent = [0] * producers
 
     def produce(p: int) -> None:
@@ -122,6 +122,7 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
             time.sleep(0.02)
     click.echo(status() + (" | interrupted" if interrupted else ""), err=True)  # the last word
     sweeping.set()
+    sweeper.join(3)  # ended, not left running past the demo (on a Redis, past its user's deletion)
     elapsed = time.monotonic() - started
     stats = collect(batcher)
     batcher.drop(key)

@@ -376,14 +376,14 @@ class Sweeper:
                         wake = self.batcher.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                         wake.subscribe(*channels)
                     except Exception as exc:
-                        if refused_by_acl(exc):  # a mistake no wait mends: one clear error (the CLI's)
-                            raise
+                        if refused_by_acl(exc) and not stop.is_set():  # a mistake no wait mends:
+                            raise  # one clear error (the CLI's)
                         drop_wake(exc)
                 try:
                     wait = self.run_once()
                     backoff = 0.0
                 except Exception as exc:
-                    if refused_by_acl(exc):
+                    if refused_by_acl(exc) and not stop.is_set():
                         raise
                     backoff = min(5.0, max(0.1, backoff * 2))
                     log.warning("sweeper_step_failed: %s; retrying in %.1fs", describe(exc), backoff,
@@ -399,7 +399,7 @@ class Sweeper:
                 try:
                     wake.get_message(timeout=wait)
                 except Exception as exc:
-                    if refused_by_acl(exc):
+                    if refused_by_acl(exc) and not stop.is_set():
                         raise
                     drop_wake(exc)
                     continue

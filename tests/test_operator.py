@@ -310,3 +310,37 @@ def test_sigterm_while_a_burst_worker_runs_an_unannounced_batch_lets_it_finish(
             p.wait()
     delivered = [json.loads(x)["id"] for x in client.lrange("test:delivered", 0, -1)]  # shared
     assert delivered.count(r.batch.id) == 1 and b.records.count("dead") == 0, out[-1500:]
+
+
+def test_a_sweeper_stopped_as_its_user_is_deleted_ends_quietly(redis_server: RedisServer,
+                                                                namespace: str) -> None:
+    """The demo's (or a worker's) sweeper thread told to stop while it waited on its wake channel,
+    its ACL user deleted then (its connections closed, the reconnect refused): it raised the
+    refusal out of the thread, a traceback on stderr, where it was stopping anyway."""
+    import threading
+
+    from distbatch.sweeper import Sweeper
+
+    client = redis.Redis.from_url(redis_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    user = f"sw-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
+                       commands=["+@all"])
+    url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+    sweeper = Sweeper(Batcher.from_url(url, namespace=namespace, handoff=False), max_sleep_s=2.0)
+    stop, raised = threading.Event(), []
+
+    def run() -> None:
+        try:
+            sweeper.run(stop)
+        except Exception as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # subscribed, waiting on its wake channel (nothing due for 2 s)
+    stop.set()
+    client.acl_deluser(user)  # its connections are closed; a reconnect is refused
+    thread.join(15)
+    assert not thread.is_alive() and raised == [], raised
