@@ -326,10 +326,14 @@ class AsyncBatcher:
         reload, `counters`) had passed the gate, and a caller cancelled meanwhile was stored. A
         cluster node's pool raises once full instead of waiting. Waits at most the pool's own
         `pool_timeout`: past it nothing was sent (reported as such: it was "uncertain")."""
-        assert self._calls_in_flight is not None
+        sem = self._calls_in_flight
+        assert sem is not None
+        if not sem.locked():  # a slot free: taken at once, with no wait to bound (a timer per call
+            await sem.acquire()  # cost async emits 10-15%)
+            return
         try:  # not `wait_for`: on Python 3.11 it returned a slot that came free as the caller was
             async with asyncio.timeout(self._pool_timeout):  # cancelled, and dropped the cancellation
-                await self._calls_in_flight.acquire()
+                await sem.acquire()
         except TimeoutError as exc:
             raise NotSent(f"no connection of the pool came free within pool_timeout="
                           f"{self._pool_timeout}s: nothing was sent") from exc
