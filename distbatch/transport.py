@@ -314,7 +314,7 @@ def once_more(script: Script, keys: list[Any], args: list[Any], client: Any = No
     every distbatch script is idempotent per call id or token (whatever redis-py's own retry
     setting is). A slot on the move is waited out until `deadline` (`patient`)."""
     c = script.registered_client if client is None else client
-    return _twice(lambda: patient(lambda: call(script, keys, args, c), c, deadline))
+    return _twice(lambda: once(script, keys, args, c, deadline))
 
 
 def _twice(send: Callable[[], Any]) -> Any:
