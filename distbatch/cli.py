@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -547,8 +548,15 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
     # read as click's "Aborted!" and exit status 1 (a mistake's), SIGTERM as death by signal.
     # A stop that went as asked exits 0, as a worker's and a sweeper's do.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=[listener])
+        if tls_cert is None:
+            server.run(sockets=[listener])
+        else:  # uvicorn would leave the TLS handshake unbounded (60 s): bound it as a head
+            from .serve.tls_loop import bounded_handshake_loop
+
+            with asyncio.Runner(loop_factory=bounded_handshake_loop(header_timeout / 1000)) as runner:
+                runner.run(server.serve(sockets=[listener]))
 
 
 @main.command()

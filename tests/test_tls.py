@@ -133,3 +133,53 @@ def test_serve_over_https_with_its_certificate(tls: tuple[int, Path], redis_serv
     assert bad.exit_code == 1 and "--tls-cert=" in bad.output and "Traceback" not in bad.output, bad.output
     half = CliRunner().invoke(cli, ["serve", "--tls-cert", str(cert)], env={"DISTBATCH_API_TOKENS": token})
     assert half.exit_code == 2 and "go together" in half.output, half.output
+
+
+def test_a_tls_handshake_never_begun_is_bounded_by_the_header_timeout(
+        tls: tuple[int, Path], redis_server: RedisServer, namespace: str, tmp_path: Path) -> None:
+    """uvicorn passes no handshake timeout: a connection that never began its TLS handshake was
+    held for asyncio's 60 s, before the head timer (which starts after the handshake) could run;
+    a client with no token held sockets and SSL state a minute each. Now --header-timeout bounds
+    the handshake as it bounds a plain connection's first request; a handshake done in time
+    still serves."""
+    import socket
+    import ssl
+
+    import httpx
+
+    _, cert = tls
+    port = free_port()
+    token = "a-token-for-the-https-test-0123"
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", redis_server.url,
+                              "--namespace", namespace, "--port", str(port), "--tls-cert", str(cert),
+                              "--tls-key", str(cert.with_name("key.pem")), "--header-timeout", "1s"],
+                             env={**env_with_path(), "DISTBATCH_API_TOKENS": token}, stdout=out,
+                             stderr=subprocess.STDOUT)
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trusted, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and p.poll() is None, log.read_text()
+                time.sleep(0.1)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=20)
+        began = time.monotonic()
+        try:
+            closed = idle.recv(1) == b""  # no ClientHello: the server ends it, or recv times out
+        except (TimeoutError, ConnectionResetError) as exc:
+            closed = isinstance(exc, ConnectionResetError)
+        held = time.monotonic() - began
+        idle.close()
+        assert closed and held < 8, (closed, held)
+        served = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trusted, timeout=5)
+        assert served.status_code in (200, 503), served.text  # a handshake done in time is served
+        p.terminate()
+        assert p.wait(15) == 0, log.read_text()  # a SIGTERM stop is still a clean one
+    finally:
+        p.terminate()
+        p.wait(15)
