@@ -32,6 +32,22 @@ def _host_of(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+ONE_ONLY = (b"authorization", b"host", b"origin", b"sec-fetch-site", b"content-type", b"idempotency-key")
+"""Headers a request may carry once: given twice, one reader takes the first and another (a
+proxy, a dict) the last, so a proxy could check one token or key and distbatch act on another."""
+
+
+def repeated_header(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The first of `ONE_ONLY` given more than once, or None."""
+    seen: set[bytes] = set()
+    for name, _ in headers:
+        if name in ONE_ONLY:
+            if name in seen:
+                return name
+            seen.add(name)
+    return None
+
+
 def local_only_refusal(headers: dict[bytes, bytes]) -> str | None:
     """Why a request to a service without auth (on loopback) must be refused, or None. Listening
     on loopback keeps other machines out, not a web page in the user's own browser: it can post

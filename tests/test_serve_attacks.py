@@ -292,3 +292,36 @@ def test_a_kept_response_record_is_refused_by_a_serve_of_the_version_before(name
     assert not status.isdigit(), record[:40]  # the version before: int(status) raises, a 500
     for got in (replayed, old):
         assert isinstance(got, Response) and got.body == body and got.status_code == 200
+
+
+@pytest.mark.parametrize("name", ["Authorization", "Idempotency-Key", "Content-Type", "Host"])
+def test_a_header_given_twice_is_refused_and_nothing_is_stored(server: Server, own_batcher: Batcher,
+                                                               name: str) -> None:
+    """A header that a request carries once, given twice, was read as the last one (auth, via a
+    dict) or the first (starlette's `headers.get`): a proxy in front that checked the other
+    copy (one token, one Idempotency-Key) let the request act on one it never saw. Refused with
+    400 `header_repeated`, naming the header; nothing stored."""
+    good = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": f"k-{uuid.uuid4()}",
+            "Content-Type": "application/json", "Host": f"127.0.0.1:{server.port}"}
+    second = {"Authorization": "Bearer someone-elses-token-0123456789", "Idempotency-Key": "other-key",
+              "Content-Type": "application/x-ndjson", "Host": "127.0.0.1"}
+
+    def post(head: list[tuple[str, str]], body: bytes) -> tuple[int, dict[str, str]]:
+        """Raw: httpx refuses to send a second Host."""
+        lines = "".join(f"{k}: {v}\r\n" for k, v in head)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"POST /v1/sources/{SOURCE}/events HTTP/1.1\r\n{lines}Content-Length: "
+                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            answer = _read_response(sock)
+        status = int(answer.split(b" ", 2)[1])
+        return status, json.loads(answer.partition(b"\r\n\r\n")[2])
+
+    status, body = post([*good.items(), (name, second[name])], b'{"shop": "a"}')
+    assert status == 400 and body["code"] == "header_repeated", body
+    assert name.lower() in body["message"], body
+    status, body = post(list(good.items()), b'{"shop": "b"}')
+    assert status == 200 and body["events"] == 1, body  # one copy of each: served
+    from distbatch.stats import collect
+
+    stats = collect(own_batcher)["bindings"]["h@v1"]
+    assert stats["events_in_total"] == 1, stats  # the refused one stored nothing

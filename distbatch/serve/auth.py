@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..exposure import bearer_ok, local_only_refusal
+from ..exposure import bearer_ok, local_only_refusal, repeated_header
 
 OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/"})
 """Open: probes, the API document, and the dashboard's page (its data calls need a token)."""
@@ -23,6 +23,14 @@ class BearerAuth:
         self.tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        repeated = repeated_header(scope["headers"]) if scope["type"] == "http" else None
+        if repeated is not None:
+            name = repeated.decode("latin-1")
+            refused = JSONResponse({"code": "header_repeated",
+                                    "message": f"header {name} given more than once; it takes one"},
+                                   status_code=400)
+            await refused(scope, receive, send)
+            return
         if scope["type"] == "http" and not self.tokens:
             why = local_only_refusal(dict(scope["headers"]))
             if why is not None:

@@ -84,7 +84,8 @@ def document(version: str) -> dict[str, Any]:
                                                 "items": {"$ref": "#/components/schemas/Result"}}}}}}},
                     "400": _error("Malformed JSON (invalid_json), an unknown query parameter "
                                   "(query_invalid), a bad results value (results_invalid), a bad "
-                                  "Idempotency-Key (idempotency_key_invalid), or bad configuration"),
+                                  "Idempotency-Key (idempotency_key_invalid), a header given twice "
+                                  "that a request carries once (header_repeated), or bad configuration"),
                     "401": _error("No or unknown bearer token (auth_missing, auth_invalid)"),
                     "403": _error("Without auth (--insecure-no-auth): a request from off this machine "
                                   "or a browser page of another origin (not_local)"),
