@@ -104,6 +104,9 @@ def test_one_event_an_array_and_ndjson_are_stored_with_per_event_results(
     (b'{"shop": "a"', "application/json", 400, "invalid_json"),
     (b'{"shop": "a"}\n{oops}\n', "application/x-ndjson", 400, "invalid_json"),
     (b'[{"shop": "a"}, 7]', "application/json", 422, "payload_type"),
+    (b'{"shop": "a"}\n7\n', "application/x-ndjson", 422, "payload_type"),
+    (b'{"shop": "a"}\n{"shop": "a", "n": 99999999999999999999999}\n', "application/x-ndjson", 422,
+     "payload_unencodable"),
     (b'[{"shop": "a"}, {"shop": "a", "n": 99999999999999999999999}]', "application/json", 422,
      "payload_unencodable"),  # msgpack has no integers past 64 bits: refused, never rounded
     (b'[{"shop": "a"}, {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}]", "application/json", 400,

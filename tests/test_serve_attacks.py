@@ -146,6 +146,22 @@ def test_payload_type_message_names_the_json_type(
     assert json_type in r.json()["message"], r.json()["message"]
 
 
+def test_an_ndjson_event_refused_is_named_by_its_line_too(api: httpx.Client) -> None:
+    """An NDJSON event refused after parsing (`payload_type`, `payload_unencodable`) was named by
+    its index alone, which blank lines (skipped) set apart from its line: a client reading its
+    file was sent to the wrong line. Now `line` comes with `event`, as for `invalid_json`."""
+    body = b'\n{"shop": "a"}\n\n\n[1]\n'
+    r = api.post("/v1/sources/orders%2Fcreated/events", content=body,
+                 headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 422 and r.json()["code"] == "payload_type", r.text
+    assert (r.json()["event"], r.json()["line"]) == (1, 5) and "line 5" in r.json()["message"], r.text
+    big = b'{"shop": "a"}\n\n{"shop": "b", "n": 99999999999999999999999}\n'
+    r = api.post("/v1/sources/orders%2Fcreated/events", content=big,
+                 headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 422 and r.json()["code"] == "payload_unencodable", r.text
+    assert (r.json()["event"], r.json()["line"]) == (1, 3) and "line 3" in r.json()["message"], r.text
+
+
 # --- 5. The OpenAPI document omits statuses the README promises for ingest -------------------
 
 def test_openapi_lists_every_documented_ingest_status(api: httpx.Client) -> None:

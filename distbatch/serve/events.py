@@ -71,14 +71,19 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def parse_events(body: bytes, content_type: str, max_events: int) -> list[dict[str, Any]]:
-    """One object, an array of objects (JSON), or one object per line (NDJSON)."""
+def parse_events(body: bytes, content_type: str,
+                 max_events: int) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """One object, an array of objects (JSON), or one object per line (NDJSON); and for NDJSON
+    each event's line, which an error about an event names beside its index (blank lines are
+    skipped, so the two differ)."""
     media = content_type.split(";", 1)[0].strip().lower()
+    lines: list[int] | None = None
     if media in NDJSON_TYPES:
-        events = []
+        events, lines = [], []
         for line_no, line in enumerate(body.splitlines(), 1):
             if line.strip():
                 events.append(_json(line, line=line_no))
+                lines.append(line_no)
                 if len(events) > max_events:
                     raise _too_many(max_events)
     elif media in ("", "application/json") or media.endswith("+json"):
@@ -91,9 +96,18 @@ def parse_events(body: bytes, content_type: str, max_events: int) -> list[dict[s
         raise _too_many(max_events)
     for i, e in enumerate(events):
         if not isinstance(e, dict):
-            raise Refused(422, "payload_type", f"event {i} is a JSON {_json_type(e)}, not an object",
-                          event=i)
-    return events
+            raise Refused(422, "payload_type", f"event {i}{_on_line(lines, i)} is a JSON {_json_type(e)}, "
+                          "not an object", **_where(lines, i))
+    return events, lines
+
+
+def _where(lines: list[int] | None, event: int) -> dict[str, int]:
+    """An error's `event`, and its `line` for NDJSON."""
+    return {"event": event} if lines is None else {"event": event, "line": lines[event]}
+
+
+def _on_line(lines: list[int] | None, event: int) -> str:
+    return "" if lines is None else f" (line {lines[event]})"
 
 
 def _json_type(value: object) -> str:
@@ -189,8 +203,9 @@ async def post_events(request: Request) -> Response:
 async def _store(request: Request, batcher: AsyncBatcher, settings: ServeSettings, source: str,
                  body: bytes, content_type: str) -> tuple[Response, bool]:
     """The response, and whether anything of the request may have been stored."""
+    lines: list[int] | None = None
     try:
-        events = parse_events(body, content_type, settings.max_events)
+        events, lines = parse_events(body, content_type, settings.max_events)
         traceparent = request.headers.get("traceparent", "")
         if TRACEPARENT.fullmatch(traceparent):  # the request's trace, for events without their own
             for e in events:
@@ -207,8 +222,10 @@ async def _store(request: Request, batcher: AsyncBatcher, settings: ServeSetting
                           f"{settings.namespace!r}; nothing was stored", source=source)
     except PayloadError as exc:
         status = 413 if exc.code == "payload_too_large" else 422
-        extra = {} if exc.event is None else {"event": exc.event}
-        return Refused(status, exc.code, str(exc), **extra).response(), False
+        if exc.event is None:
+            return Refused(status, exc.code, str(exc)).response(), False
+        return Refused(status, exc.code, f"{exc}{_on_line(lines, exc.event)}",
+                       **_where(lines, exc.event)).response(), False
     except ConfigError as exc:
         return Refused(400, exc.code, str(exc)).response(), False
     except EmitError as exc:
