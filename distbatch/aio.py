@@ -47,7 +47,7 @@ from .ingest import (
 )
 from .keys import Keys
 from .models import Batch, EmitResult, Event
-from .ops import Atomic, Call, Cmd, Eval, Handoff, Op, Proc, Store
+from .ops import Atomic, Call, Cmd, Eval, Handoff, Op, Proc, Store, multi_refused
 from .scripts import NAMES, acall, apipelined, source
 from .sent import REFUSED_WRITE, NotSent, after_resend, resend_failed
 from .shards import Layout
@@ -105,6 +105,7 @@ class AsyncBatcher:
         check_async_client(client)
         self.client = client
         self.cluster = isinstance(client, redis.asyncio.RedisCluster)
+        self._no_multi = False  # a look-only ACL user: what reads as one is read in order
         if handoff and on_cut is None and queue_client is None:
             if self.cluster:
                 raise ConfigError(
@@ -371,12 +372,18 @@ class AsyncBatcher:
                 raise err from second
 
     async def _atomic(self, cmds: tuple[Cmd, ...]) -> list[Any]:
-        if self.cluster:
-            return [await getattr(self.client, c.name)(*c.args) for c in cmds]
-        async with self.client.pipeline(transaction=True) as pipe:
-            for c in cmds:
-                getattr(pipe, c.name)(*c.args)
-            return list(await pipe.execute())
+        if not self.cluster and not self._no_multi:
+            try:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    for c in cmds:
+                        getattr(pipe, c.name)(*c.args)
+                    return list(await pipe.execute())
+            except redis.RedisError as exc:
+                why = multi_refused(exc)  # as the sync driver: read in order instead
+                if why is None:
+                    raise
+                self._no_multi = why == "acl"
+        return [await getattr(self.client, c.name)(*c.args) for c in cmds]
 
     async def _store(self, op: Store) -> list[Any]:
         try:

@@ -28,9 +28,24 @@ class Cmd:
 @dataclass(frozen=True, slots=True)
 class Atomic:
     """Commands read as one (MULTI/EXEC on one Redis; on a cluster, in order, one by one — so
-    put the one that must be read first first). The list of replies is sent back."""
+    put the one that must be read first first). The list of replies is sent back. Reads only:
+    where MULTI is refused (`multi_refused`) they are read in order, one by one, too."""
 
     cmds: tuple[Cmd, ...]
+
+
+def multi_refused(exc: BaseException) -> str | None:
+    """Why Redis refused an `Atomic`'s MULTI/EXEC, where reading in order would be answered:
+    'acl' (a look-only user, +@read, has no MULTI: for good), 'oom' (past `maxmemory` Redis
+    queues nothing in a MULTI, though it answers the same reads alone: `stats`, `triggers list`
+    and `dead list` failed exactly when an operator looks), or None."""
+    import redis
+
+    if isinstance(exc, redis.exceptions.NoPermissionError) and "'multi'" in str(exc).lower():
+        return "acl"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "oom"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import redis
 
 from .clients import is_cluster
 from .errors import with_pool_hint
-from .ops import Atomic, Cmd, Eval, Op, Proc, Store
+from .ops import Atomic, Cmd, Eval, Op, Proc, Store, multi_refused
 from .scripts import Scripts
 from .transport import Transport, once_more, patient
 
@@ -64,10 +64,11 @@ class SyncDriver:
             getattr(pipe, c.name)(*c.args)
         try:
             return list(pipe.execute())
-        except redis.exceptions.NoPermissionError as exc:
-            if "'multi'" not in str(exc).lower():
+        except redis.RedisError as exc:
+            why = multi_refused(exc)
+            if why is None:
                 raise
-            # a read-only ACL user (+@read: no MULTI) running `stats`: in order, one by one, as on
-            # a cluster (what reads as one is ordered for that), instead of refused
-            self._no_multi = True
+            # in order, one by one, as on a cluster (what reads as one is ordered for that),
+            # instead of refused; a look-only user for good, a Redis past maxmemory this time
+            self._no_multi = why == "acl"
             return [getattr(self.client, c.name)(*c.args) for c in cmds]

@@ -1,0 +1,56 @@
+"""What the Redis server's own life does to distbatch (found by a review of maxmemory, restarts
+and a Redis replaced by an empty one; each test failed before its fix): a Redis past
+`maxmemory`, an evicting policy, an unbound source's recheck with Redis away, a registry lost
+under a running producer. Own redis-server processes on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from distbatch import Batcher
+from distbatch.aio import AsyncBatcher
+from distbatch.cli import main as cli
+from distbatch.testing import RedisServer
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of this test's own: its memory settings change."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+def test_look_only_commands_answer_on_a_redis_past_maxmemory(own_server: RedisServer, namespace: str) -> None:
+    """Past `maxmemory` (the README's `noeviction`) Redis queues nothing inside MULTI, though it
+    answers the same reads alone: `stats`, `triggers list` and `dead list` failed with
+    `OutOfMemoryError ... GET regver of pipeline` (the registry was read in a transaction),
+    exactly when an operator looks. Read in order instead, as for a look-only ACL user."""
+    client = redis.Redis.from_url(own_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # far below what the server holds: every write refused
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("x", "y")
+    args = ["--redis-url", own_server.url, "--namespace", namespace]
+    for command in (["stats", "--json"], ["triggers", "list"], ["dead", "list"]):
+        result = CliRunner().invoke(cli, [*command, *args])
+        assert result.exit_code == 0 and "OutOfMemory" not in result.output, (command, result.output)
+    assert "d@v1" in json.loads(CliRunner().invoke(cli, ["stats", "--json", *args]).output)["bindings"]
+    assert list(Batcher(client, namespace=namespace).bindings()) == ["d@v1"]
+
+    async def async_bindings() -> list[str]:
+        b = AsyncBatcher(redis.asyncio.Redis.from_url(own_server.url), namespace=namespace)
+        try:
+            return list(await b.bindings())
+        finally:
+            await b.aclose()
+
+    assert asyncio.run(async_bindings()) == ["d@v1"]
