@@ -239,15 +239,19 @@ class Ingest:
             return []
         if codec.unusual():  # a tuple, a subclass...: only then can a payload fail to decode
             check_round_trip(events, payload_list)
-        reg = self.registry.cached
-        if not reg.loaded:
-            reg = yield from self.registry.load()
-        routes = reg.routes.get(source, [])
-        if not routes:
-            reg = yield from self._recheck_unbound(source, reg)
+        try:  # Redis away while the bindings are read: an EmitError as any other (it was a bare
+            # ConnectionError, which a caller that re-sends `not_sent` did not catch)
+            reg = self.registry.cached
+            if not reg.loaded:
+                reg = yield from self.registry.load()
             routes = reg.routes.get(source, [])
             if not routes:
-                return []
+                reg = yield from self._recheck_unbound(source, reg)
+                routes = reg.routes.get(source, [])
+                if not routes:
+                    return []
+        except TRANSIENT as exc:
+            raise EmitError([], [], [], len(payload_list), exc) from exc
         window_now = b"" if now is None else b"%d" % now
         return (yield from self._emit_compact(source, reg, routes, payload_list, events, window_now,
                                               self.chunk_size, only_dicts))

@@ -111,7 +111,8 @@ def test_a_group_whose_read_meets_redis_away_fails_every_caller_at_once(redis_se
         return got, reads
 
     got, reads = asyncio.run(main())
-    assert all(isinstance(g, redis.TimeoutError | redis.ConnectionError) for g in got), got
+    assert all(isinstance(g, EmitError) and g.not_sent == [0]  # the registry read: nothing sent
+               and isinstance(g.__cause__, redis.TimeoutError | redis.ConnectionError) for g in got), got
     assert reads == 1, f"{reads} reads: the group's calls were sent again one by one"
 
 

@@ -54,3 +54,38 @@ def test_look_only_commands_answer_on_a_redis_past_maxmemory(own_server: RedisSe
             await b.aclose()
 
     assert asyncio.run(async_bindings()) == ["d@v1"]
+
+
+def test_an_emit_to_an_unbound_source_with_redis_away_is_an_emit_error(namespace: str) -> None:
+    """A source with no binding in the cached copy is looked up again (one GET): with Redis away
+    that GET raised a bare `redis.ConnectionError` out of `emit` / `emit_many`, where the README
+    promises `EmitError` (a caller that re-sends `not_sent` crashed instead). Both APIs."""
+    from distbatch import EmitError
+
+    server = RedisServer().start()
+    try:
+        b = Batcher.from_url(server.url, namespace=namespace, handoff=False)
+        b.register("d", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+        assert len(b.emit("s", {"n": 1})) == 1  # the registry is cached
+
+        async def bound_async() -> AsyncBatcher:
+            a = AsyncBatcher(redis.asyncio.Redis.from_url(server.url), namespace=namespace, handoff=False)
+            assert len(await a.emit("s", {"n": 2})) == 1
+            return a
+
+        loop = asyncio.new_event_loop()
+        a = loop.run_until_complete(bound_async())
+    finally:
+        server.cleanup()
+    try:
+        for call, n in ((lambda: b.emit("typo", {"n": 1}), 1),
+                        (lambda: b.emit_many("typo", [{"n": 1}, {"n": 2}, {"n": 3}]), 3),
+                        (lambda: loop.run_until_complete(a.emit("typo", {"n": 1})), 1),
+                        (lambda: loop.run_until_complete(a.emit_many("typo", [{"n": 1}] * 2)), 2)):
+            with pytest.raises(EmitError) as info:
+                call()
+            assert info.value.not_sent == list(range(n)) and not info.value.stored, info.value
+            assert isinstance(info.value.__cause__, redis.ConnectionError)
+    finally:
+        loop.run_until_complete(a.aclose())
+        loop.close()
