@@ -19,6 +19,7 @@ from .batcher import Batcher
 from .clients import cluster_unreachable
 from .config import parse_duration
 from .errors import DistbatchError, EmitError, PayloadError
+from .eviction import eviction_risk, warn_if_evicting
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -169,6 +170,7 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
                 logging.getLogger("distbatch").warning(
                     "namespace_empty namespace=%s: %s", namespace, empty,
                     extra={"event": "namespace_empty", "namespace": namespace})
+            warn_if_evicting(batcher.client)
             return batcher
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
             raise
@@ -191,6 +193,9 @@ def _look(redis_url: str, namespace: str, queue_url: str | None = None, handoff:
     empty = _no_binding(batcher)
     if empty:
         click.echo(f"namespace {namespace!r}: {empty}", err=True)
+    risk = eviction_risk(batcher.client)
+    if risk:
+        click.echo(f"warning: {risk}", err=True)
     return batcher
 
 
@@ -243,7 +248,9 @@ def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> N
             continue
         try:  # the queue's Redis too: a wrong password there started serve, its hand-offs failing
             if field is None:
-                Batcher.from_url(url, namespace=namespace, queue_url=queue_url, handoff=False).bindings()
+                look = Batcher.from_url(url, namespace=namespace, queue_url=queue_url, handoff=False)
+                look.bindings()
+                warn_if_evicting(look.client)
             else:
                 from .clients import connect
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from click.testing import CliRunner
@@ -16,7 +20,7 @@ from click.testing import CliRunner
 from distbatch import Batcher
 from distbatch.aio import AsyncBatcher
 from distbatch.cli import main as cli
-from distbatch.testing import RedisServer
+from distbatch.testing import RedisServer, env_with_path
 
 
 @pytest.fixture
@@ -89,3 +93,42 @@ def test_an_emit_to_an_unbound_source_with_redis_away_is_an_emit_error(namespace
     finally:
         loop.run_until_complete(a.aclose())
         loop.close()
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_a_redis_that_evicts_is_said_so_where_an_operator_looks(own_server: RedisServer, namespace: str,
+                                                                tmp_path: Path, policy: str) -> None:
+    """An evicting `maxmemory-policy` dropped buffers, records and the bindings themselves
+    (allkeys-*: 9,405 of 15,001 acknowledged events gone in the review's run) or the keys that
+    make a resent call run once (volatile-*), and no process said a word. Now a worker, a
+    sweeper and `serve` log `redis_evicts` at start, look-only commands say so on stderr and
+    /healthz is degraded with it; a Redis that evicts nothing (noeviction, or no maxmemory) is
+    not named."""
+    from .processes import Procs, wait_for
+    from .test_serve import Server
+
+    client = redis.Redis.from_url(own_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                   batch={"count": 3, "window": "1h"})
+    args = ["--redis-url", own_server.url, "--namespace", namespace]
+    quiet = CliRunner().invoke(cli, ["triggers", "list", *args])
+    assert quiet.exit_code == 0 and "maxmemory" not in quiet.output, quiet.output
+    client.config_set("maxmemory-policy", policy)
+    assert "maxmemory" not in CliRunner().invoke(cli, ["triggers", "list", *args]).output  # no limit set
+    client.config_set("maxmemory", str(512 << 20))
+    said = subprocess.run([sys.executable, "-m", "distbatch.cli", "stats", "--json", *args],
+                          env=env_with_path(), capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0 and f"maxmemory-policy={policy}" in said.stderr, said
+    assert json.loads(said.stdout)["bindings"]  # stdout stays JSON
+    with Procs(own_server.url, namespace, tmp_path) as procs:
+        procs.sweeper()
+        procs.worker()
+        wait_for(lambda: procs.logs().count("redis_evicts") >= 2, 20, "both to say redis_evicts", procs.logs)
+    server = Server(own_server.url, tmp_path, namespace)
+    try:
+        health = httpx.get(f"{server.url}/healthz", timeout=10).json()
+        assert health["status"] == "degraded", health
+        assert any(f"maxmemory-policy={policy}" in w for w in health["warnings"]), health
+        assert "redis_evicts" in server.log.read_text()
+    finally:
+        server.stop()

@@ -1,12 +1,14 @@
 """GET /healthz: Redis reachable (else 503), and whether sweepers and workers were seen lately.
 
-No sweeper or no worker is `degraded` with 200 (ingest still works; batches wait in Redis);
-`?strict=1` makes that a 503 too, for probes that should page on it."""
+No sweeper or no worker, or a Redis that may evict distbatch's keys, is `degraded` with 200
+(ingest still works; batches wait in Redis); `?strict=1` makes that a 503 too, for probes that
+should page on it."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from typing import Any
 
 import redis
@@ -17,9 +19,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..aio import AsyncBatcher
 from ..dispatch import Dispatcher
+from ..eviction import eviction_risk_async
 
 SEEN_WITHIN_MS = 30_000
 CHECK_TIMEOUT_S = 3.0
+EVICTION_EVERY_S = 60.0
 
 
 def _live_workers(dispatcher: Dispatcher) -> int:
@@ -43,6 +47,15 @@ def _live_workers(dispatcher: Dispatcher) -> int:
     return live
 
 
+async def _eviction(request: Request, batcher: AsyncBatcher) -> str | None:
+    """`eviction_risk`, read at most once a minute (a setting, not a state)."""
+    checked = getattr(request.app.state, "eviction", None)
+    if checked is None or time.monotonic() - checked[0] > EVICTION_EVERY_S:
+        checked = request.app.state.eviction = (time.monotonic(), await eviction_risk_async(batcher.client))
+    risk: str | None = checked[1]
+    return risk
+
+
 async def healthz(request: Request) -> Response:
     batcher: AsyncBatcher = request.app.state.batcher
     body: dict[str, Any] = {"namespace": batcher.namespace}
@@ -60,6 +73,7 @@ async def healthz(request: Request) -> Response:
             # distbatch workers' own heartbeats (rebuilt after Redis lost its data, unlike RQ's
             # registry), or, for plain `rq worker`s running the tickets, RQ's registry
             workers: int | None = await batcher.client.zcount(core.keys.workers, now - SEEN_WITHIN_MS, "+inf")
+            evicts = await _eviction(request, batcher)
             unread = None
             if not workers and batcher.dispatcher is not None:
                 try:
@@ -73,7 +87,7 @@ async def healthz(request: Request) -> Response:
         error = str(exc) or f"no answer within {CHECK_TIMEOUT_S}s"
         body.update(status="down", redis={"ok": False, "error": error})
         return JSONResponse(body, status_code=503)
-    warnings = [unread] if unread else []
+    warnings = [w for w in (unread, evicts) if w]
     if not sweepers:
         warnings.append(f"no sweeper seen in the last {SEEN_WITHIN_MS // 1000}s: expired windows wait")
     if workers == 0:
