@@ -23,6 +23,7 @@ from .errors import ConfigError, HandlerNotAllowed, HandlerTimeout, describe
 from .handler_timeout import bounded
 from .handlers import HandlerResolver
 from .interrupts import StopFlag
+from .logbudget import LogBudget
 from .models import Batch
 from .records import ERROR_TAIL, Claim, Outcome, Records, lease_over_by
 from .tracing import handler_span
@@ -235,6 +236,7 @@ class Executor:
         self.records = records
         self.linger_s = linger_s
         self.resolver = resolver
+        self._unavailable_lines = LogBudget(20)
         self.lease_ms = lease_ms
         self.dispatcher = dispatcher
         self.leases = LeaseKeeper(records, lease_ms)
@@ -490,9 +492,11 @@ class Executor:
         except (HandlerNotAllowed, ConfigError) as exc:  # ConfigError: its definition is unreadable
             self.leases.release(batch.id)
             rec.fail(batch.id, token, describe(exc), UNAVAILABLE_RETRY_MS, refund=True)
-            log.error("handler_unavailable batch=%s binding=%s %s; left for a worker that can run it "
-                      "(again in %ds)", batch.id, batch.binding, exc, UNAVAILABLE_RETRY_MS // 1000,
-                      extra={"event": "handler_unavailable", "batch": batch.id})
+            more = self._unavailable_lines.take()  # a line per batch every 5 s, for as long as it waits
+            if more is not None:
+                log.error("handler_unavailable batch=%s binding=%s %s; left for a worker that can run "
+                          "it (again in %ds)%s", batch.id, batch.binding, exc, UNAVAILABLE_RETRY_MS // 1000,
+                          more, extra={"event": "handler_unavailable", "batch": batch.id})
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
         if batch.attempt == 1 and batch.cut_at_ms:  # the handler starts now (not when given back)
             waited = max(0.0, time.time() - batch.cut_at_ms / 1000)

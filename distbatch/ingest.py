@@ -35,6 +35,7 @@ from .errors import ConfigError, EmitError, PayloadError, describe, short
 from .handlers import check_path as check_handler_path
 from .handlers import handler as register_handler
 from .keys import MEMBER_CACHE_SIZE, MEMBER_KEY_LENGTH, build_member, full_misses, member_bytes, members_cache
+from .logbudget import LogBudget, clipped, shown
 from .models import Batch, EmitResult, Event
 from .onecall import Known, OneCall, OneHead, Single, one_head
 from .ops import Call, Cmd, Eval, Handoff, Proc, Store
@@ -173,6 +174,7 @@ class Ingest:
         """The RQ queue of this namespace's tickets when it lives on the same (standalone) Redis:
         each call passes it, so the hand-off knows how many tickets wait without asking."""
         self._warned_sources: set[str] = set()
+        self._unbound_lines, self._overflow_lines = LogBudget(20), LogBudget(20)  # per batcher
 
     def event_ids_of(self, pid: int) -> tuple[int, str, Iterator[int]]:
         """`event_ids` for a caller that read `os.getpid()` already."""
@@ -620,11 +622,14 @@ class Ingest:
         if len(self._warned_sources) >= _WARNED_SOURCES:
             self._warned_sources.clear()
         self._warned_sources.add(source)
-        shown = source if len(source) <= 200 else source[:200] + "…"
+        more = self._unbound_lines.take()  # a caller inventing names would get a line per request
+        if more is None:
+            return
+        named = shown(source)
         log.warning(
-            "source_unbound source=%r namespace=%r: no trigger is bound to this source, events "
-            "emitted to it are not stored (a typo, or the wrong namespace?)",
-            shown, self.keys.namespace, extra={"event": "source_unbound", "source": shown},
+            "source_unbound source=%s namespace=%r: no trigger is bound to this source, events "
+            "emitted to it are not stored (a typo, or the wrong namespace?)%s",
+            named, self.keys.namespace, more, extra={"event": "source_unbound", "source": named},
         )
 
     def _send(self, source: str, reg: Snapshot, payloads: Sequence[Mapping[str, Any]], chunk: list[_Item],
@@ -757,8 +762,7 @@ class Ingest:
             args += (r.key, r.count, r.window)
         return keys, args, prefix
 
-    @staticmethod
-    def results(items: list[_Item], reply: list[Any]) -> list[str]:
+    def results(self, items: list[_Item], reply: list[Any]) -> list[str]:
         """Fill each item's result; the reply lists only items that cut, closed or overflowed.
         Returns the ids of the batches cut (to hand off)."""
         new = tuple.__new__  # a named tuple without its Python-level __new__: one per item
@@ -768,14 +772,13 @@ class Ingest:
             reply = reply[1:]
             if not reply:
                 return []
-        notes, cuts = Ingest._notes(reply, lambda n: (items[n].route.key, items[n].pkey))
+        notes, cuts = self._notes(reply, lambda n: (items[n].route.key, items[n].pkey))
         for i, note in notes.items():
             it = items[i]
             it.result = EmitResult(it.route.key, it.pkey, event=it.event, **note)
         return cuts
 
-    @staticmethod
-    def _notes(reply: list[Any], where: Callable[[int], tuple[str, str | None]]
+    def _notes(self, reply: list[Any], where: Callable[[int], tuple[str, str | None]]
                ) -> tuple[dict[int, dict[str, Any]], list[str]]:
         """What a stored call's reply says of the items it lists (cut, closed or overflowed), by
         item number from 0, and the ids of the batches cut (to hand off). `where`: an item's
@@ -804,15 +807,18 @@ class Ingest:
                 if not discarded:
                     cuts.append(bid)
                 else:  # as the sweeper says of the windows it discards
-                    log.info("batch_discarded binding=%s partition=%r events=%d", binding, pkey,
+                    log.info("batch_discarded binding=%s partition=%s events=%d", binding, shown(pkey),
                              len(note["expired"].events),
                              extra={"event": "batch_discarded", "binding": binding})
         for (binding, pkey), n in dropped.items():
-            log.warning(
-                "buffer_overflow binding=%s partition=%r: buffer at its cap of %d events, %d oldest "
-                "event(s) dropped", binding, pkey, BUFFER_CAP, n,
-                extra={"event": "buffer_overflow", "binding": binding, "partition": pkey, "dropped": n},
-            )
+            more = self._overflow_lines.take()  # a line per emit into a full buffer, at the producer's rate
+            if more is not None:
+                log.warning(
+                    "buffer_overflow binding=%s partition=%s: buffer at its cap of %d events, %d oldest "
+                    "event(s) dropped%s", binding, shown(pkey), BUFFER_CAP, n, more,
+                    extra={"event": "buffer_overflow", "binding": binding, "partition": clipped(pkey),
+                           "dropped": n},
+                )
         return notes, cuts
 
     # expiry and drop --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -149,6 +150,21 @@ def test_retries_with_attempt_then_dead_then_replay(batcher: Batcher, client) ->
     assert batcher.records.claim([bid], 1000) is None
     assert batcher.records.replay(bid)
     assert run(batcher, bid, resolver).attempt == 1
+
+
+def test_batches_no_worker_can_run_keep_the_log_bounded(batcher: Batcher,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A batch whose handler this worker may not run is given back and looked at again every 5 s,
+    logging a `handler_unavailable` error each time: 200 such batches wrote 1,200 lines in 30 s
+    (a review's run; a rolling deploy's missing module does it). Now at most 20 lines a minute
+    per worker; every batch is still given back, uncounted."""
+    batcher.register("d", version="v1", source="s", handler="os.system", batch={"count": 1, "window": "1s"})
+    ids = [r.batch.id for r in batcher.emit_many("s", [{"n": i} for i in range(40)])]
+    executor = Executor(batcher.records, HandlerResolver(["tests.handlers"]), 10_000)
+    with caplog.at_level(logging.ERROR, logger="distbatch"):
+        outs = [executor.run(batcher.records.claim([bid], 10_000)) for bid in ids]
+    assert [o.status for o in outs] == ["unavailable"] * 40
+    assert len([m for m in caplog.messages if "handler_unavailable" in m]) == 20
 
 
 def test_backoff_grows_and_is_capped() -> None:

@@ -165,6 +165,24 @@ def test_cap_drops_oldest_with_warning_and_counter(
     assert [e.payload["n"] for e in batch.events] == list(range(6, 1030))
 
 
+def test_emits_into_a_full_buffer_keep_the_log_bounded(
+    batcher: Batcher, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each emit into a buffer at its cap logged a `buffer_overflow` line with the whole partition
+    key: 100 emits with a 100 KB key wrote 10 MB of log (the review's run). Now a line holds at
+    most 200 characters of the key, and a batcher writes at most 20 such lines a minute."""
+    reg(batcher, count=2000, window="1h", key="k")
+    big = "p" * 100_000
+    batcher.emit_many("src", [{"k": big, "n": i} for i in range(1024)])
+    with caplog.at_level(logging.WARNING, logger="distbatch"):
+        for i in range(100):
+            (r,) = batcher.emit("src", {"k": big, "n": i})
+            assert r.overflowed == 1  # every one still counted and reported
+    lines = [m for m in caplog.messages if "buffer_overflow" in m]
+    assert len(lines) == 20 and max(map(len, lines)) < 500, (len(lines), max(map(len, lines)))
+    assert batcher.counters().get("events_overflowed:t@v1") == 100
+
+
 def test_drop_returns_pending_and_nothing_fires_after(
     batcher: Batcher, clock: ManualClock, client
 ) -> None:
