@@ -246,6 +246,7 @@ class Executor:
         self._in_hand: deque[tuple[Claim, _Held]] = deque()  # claimed, leases held, not started yet
         self._none_ready = False  # the last claim found none: wait on the bell before asking again
         self._handler_times: deque[float] = deque(maxlen=HANDLER_TIMES)  # the latest handlers' seconds
+        self.mistake: BaseException | None = None  # a drain refused by the ACL: the worker raises it
         self.refused = False  # the last drain Redis refused (a key of the wrong type): no fan-out
 
     def _binding(self, key: str) -> Binding | None:

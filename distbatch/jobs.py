@@ -18,7 +18,7 @@ from .handlers import HandlerResolver
 from .keys import Keys
 from .records import Records
 from .shards import Layout
-from .transport import OUTAGE
+from .transport import OUTAGE, refused_by_acl
 
 log = logging.getLogger("distbatch.worker")
 
@@ -83,6 +83,13 @@ def drain_reported(executor: Executor, namespace: str, max_batches: int, max_sec
                     namespace, describe(exc), extra={"event": "drain_interrupted"})
         return {"interrupted": 1}
     except redis.ResponseError as exc:  # a key of the wrong type: no step of the drain can go on
+        if refused_by_acl(exc):  # the URL's user lacks a command or a key: no wait mends it, and
+            # a worker that went on took every ticket (and counted in /healthz) running nothing
+            log.error("drain_refused_by_acl namespace=%s: %s; the worker stops", namespace, describe(exc),
+                      extra={"event": "drain_refused_by_acl"})
+            executor.mistake = exc
+            executor.stop.set()  # no next job: RQ's loop ends, and the worker raises it
+            return {"refused": 1}
         log.error("drain_refused namespace=%s: Redis refused a step (%s)%s; this worker takes its next "
                   "ticket in %.0fs", namespace, describe(exc), executor.records.misfiled_hint(exc),
                   REFUSED_PAUSE_S, extra={"event": "drain_refused"})

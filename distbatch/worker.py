@@ -441,8 +441,9 @@ def run_worker(
         for thread in helpers:
             thread.join(max(0.0, deadline - time.monotonic()))
         gc.unfreeze()
-        if refusals and sys.exc_info()[1] is None:
-            raise refusals[0]
+        mistake = refusals[0] if refusals else executor.mistake
+        if mistake is not None and sys.exc_info()[1] is None:
+            raise mistake
 
 
 def _drain_unannounced(executor: Executor, worker: BatchWorker) -> bool:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 from click.testing import CliRunner
 
@@ -344,3 +345,31 @@ def test_a_sweeper_stopped_as_its_user_is_deleted_ends_quietly(redis_server: Red
     client.acl_deluser(user)  # its connections are closed; a reconnect is refused
     thread.join(15)
     assert not thread.is_alive() and raised == [], raised
+
+
+@pytest.mark.parametrize("burst", [False, True])
+def test_a_worker_whose_acl_user_cannot_run_scripts_stops_with_one_error(redis_server: RedisServer,
+                                                                         namespace: str, burst: bool) -> None:
+    """README: "A login or ACL refusal ends a worker ... with one `Error:` line". A worker whose
+    user may not run scripts (no EVALSHA) logged `drain_refused` as for a key of the wrong type,
+    paused 5 s, and took the next ticket for ever (its heartbeat counted in /healthz, no batch
+    ran); with --burst it exited 0 (found by the README review)."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="tests.handlers.noop",
+               batch={"count": 1, "window": "1h"})
+    assert b.emit("s", {"n": 1})[0].batch is not None  # a ready batch and its ticket
+    user = f"noscript-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
+                       commands=["+@all", "-@scripting"])
+    url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+    try:
+        done = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--handlers",
+                               "tests.handlers", "--redis-url", url, "--namespace", namespace,
+                               *(["--burst"] if burst else [])],
+                              env=env_with_path(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr[-800:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: Redis refused") and "Traceback" not in done.stderr, done.stderr[-800:]
+    finally:
+        client.acl_deluser(user)
