@@ -129,7 +129,8 @@ def test_missing_path_goes_to_keyless_buffer(batcher: Batcher, payload: dict) ->
     ("value", "expected"),
     [(None, "null"), (True, "true"), (False, "false"), (42, "42"), (1.5, "1.5"),
      ({"a": 1, "b": [1, 2]}, '{"a":1,"b":[1,2]}'), ([1, "x"], '[1,"x"]'), ("", ""),
-     ("plain", "plain")],
+     ("plain", "plain"), (1e16, "1e+16"), (1e-07, "1e-07"),
+     (b"ab", "\"b'ab'\""), (b"\x00x", "\"b'\\\\x00x'\"")],  # as the README's wire format says
 )
 def test_partition_key_stringification(batcher: Batcher, value: object, expected: str) -> None:
     reg(batcher, count=2, key="k")
