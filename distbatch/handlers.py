@@ -61,6 +61,14 @@ def check_path(path: str) -> None:
                           f"{sorted(near)[:20]}")
     if not callable(fn) or inspect.isclass(fn):
         raise ConfigError("handler_invalid", f"handler={path!r} is a {type(fn).__name__}, not a function")
+    home = getattr(fn, "__module__", None)
+    if isinstance(home, str) and home.partition(".")[0] != module_name.partition(".")[0]:
+        # workers refuse what an allowlisted module merely imported (`HandlerResolver.resolve`):
+        # its batches went back every 5 s for ever, never run, never dead
+        name = getattr(fn, "__qualname__", attr)
+        raise ConfigError("handler_invalid", f"handler={path!r} is {home}.{name}, "
+                          f"which {module_name!r} only imports, and workers run only what their "
+                          f"allowlisted modules define: define the handler in {module_name!r}")
 
 
 class HandlerResolver:

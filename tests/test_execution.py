@@ -158,7 +158,8 @@ def test_batches_no_worker_can_run_keep_the_log_bounded(batcher: Batcher,
     logging a `handler_unavailable` error each time: 200 such batches wrote 1,200 lines in 30 s
     (a review's run; a rolling deploy's missing module does it). Now at most 20 lines a minute
     per worker; every batch is still given back, uncounted."""
-    batcher.register("d", version="v1", source="s", handler="os.system", batch={"count": 1, "window": "1s"})
+    batcher.register("d", version="v1", source="s", handler="shutil.rmtree",
+                     batch={"count": 1, "window": "1s"})
     ids = [r.batch.id for r in batcher.emit_many("s", [{"n": i} for i in range(40)])]
     executor = Executor(batcher.records, HandlerResolver(["tests.handlers"]), 10_000)
     with caplog.at_level(logging.ERROR, logger="distbatch"):
@@ -176,13 +177,14 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_refused_handler_is_never_imported_and_batch_waits_uncounted(
         batcher: Batcher, client, caplog: pytest.LogCaptureFixture) -> None:
-    batcher.register("d", version="v1", source="s", handler="os.system", batch={"count": 1, "window": "1s"})
-    bid = batcher.emit("s", {"cmd": "touch /tmp/pwned"})[0].batch.id
-    out = run(batcher, bid, HandlerResolver(["tests.handlers", "osx"]))
+    batcher.register("d", version="v1", source="s", handler="shutil.rmtree",
+                     batch={"count": 1, "window": "1s"})  # os.system is posix.system: refused at register
+    bid = batcher.emit("s", {"path": "/tmp/pwned"})[0].batch.id
+    out = run(batcher, bid, HandlerResolver(["tests.handlers", "shutilx"]))
     assert out.status == "unavailable"
     assert f"handler_unavailable batch={bid} binding=d@v1 " in caplog.text  # which binding, every 5 s
     error = batcher.records.raw(bid)["error"]
-    assert "HandlerNotAllowed" in error and "os.system" in error
+    assert "HandlerNotAllowed" in error and "shutil.rmtree" in error
     k = batcher.records.keys_for(bid)
     assert client.zscore(k.dead, bid) is None and client.zscore(k.delayed, bid)
     assert batcher.records.raw(bid)["attempt"] == 0  # the try was given back

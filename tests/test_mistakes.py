@@ -437,7 +437,8 @@ def test_a_wrong_typed_key_is_named_by_the_commands_it_stops(redis_server: Redis
     ("tests.handlers.recrod", "handler_unknown"),  # the module imports here: a typo, said at once
     ("tests.handlers.Batch", "handler_invalid"),  # a class it imports
     ("tests.handlers._private", "handler_invalid"),  # no worker runs it
-])
+    ("tests.handlers.cache", "handler_invalid"),  # functools.cache, which it only imports: workers
+])  # refuse what an allowlisted module did not define (found by the README review)
 def test_a_handler_path_no_worker_could_run_is_refused_at_register(batcher: Batcher, path: str,
                                                                    code: str) -> None:
     """`register(..., handler="rvh.recrod")` with `rvh` importable passed: the worker said
