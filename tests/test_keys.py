@@ -85,6 +85,20 @@ def test_member_cache_is_bounded_and_agrees_with_keys() -> None:
         assert keys.member_bytes("c@v1", pk) == member("c@v1", pk).encode("utf-8", "surrogatepass")
 
 
+def test_member_caches_are_kept_for_the_latest_bindings_only() -> None:
+    """A member cache per binding ever emitted to stayed for the process's life (every version a
+    long-running producer or `serve` saw: up to ~40 MB each). The least recently used go past
+    `MEMBER_CACHE_BINDINGS`; one in use stays, and members still agree with `member`."""
+    from distbatch import keys
+
+    keys.members_cache("kept@v1")["x"] = b"kept@v1|=x"
+    for i in range(keys.MEMBER_CACHE_BINDINGS * 3):
+        assert keys.member_bytes(f"gone{i}@v1", f"k{i}") == member(f"gone{i}@v1", f"k{i}").encode()
+        keys.members_cache("kept@v1")  # used all along
+    assert len(keys._members) <= keys.MEMBER_CACHE_BINDINGS
+    assert "kept@v1" in keys._members and "gone0@v1" not in keys._members
+
+
 def test_emit_with_a_full_member_cache_builds_the_same_buffers(make_batcher, monkeypatch) -> None:
     """More live keys than the cache holds: the emit path stops looking in it and builds each
     member; every event still lands in the buffer `Keys.buffer` names, hostile keys included."""
