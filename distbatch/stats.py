@@ -23,12 +23,23 @@ PER_BINDING = ("events_in", "events_delivered", "events_discarded", "events_over
 binding without `events_in_total`, and no `retries_total` before a first retry)."""
 
 
-def _dropped(batcher: Batcher, key: str) -> Binding | None:
-    """A dropped binding's definition, kept for the batches it cut; None if unreadable or gone."""
-    try:
-        return batcher.records.binding(key)
-    except ConfigError:
-        return None
+def _dropped_all(batcher: Batcher, names: list[str]) -> dict[str, Binding | None]:
+    """Dropped bindings' definitions, kept for the batches they cut (None: unreadable or gone),
+    read in one round trip."""
+    k = batcher.records.keys
+    pipe = batcher.client.pipeline(transaction=False)
+    for key in names:
+        pipe.hget(k.bindings, key)
+        pipe.hget(k.dropped, key)
+    replies = pipe.execute() if names else []
+    out: dict[str, Binding | None] = {}
+    for key, registered, dropped in zip(names, replies[::2], replies[1::2], strict=True):
+        raw = registered or dropped
+        try:
+            out[key] = Binding.stored_as(raw, key) if raw else None
+        except ConfigError:
+            out[key] = None
+    return out
 
 
 def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
@@ -62,28 +73,46 @@ def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
     window_ms = now_ms if window_now is None else window_now  # a ManualClock at 0 is a time
     sweepers = int(b.client.zcount(b.keys.sweepers, now_ms - 10_000, "+inf"))
     per_binding = {}
-    dropped = {key: _dropped(b, key) for key in set(counters) - set(bindings)}
-    for key in sorted(set(bindings) | {key for key, d in dropped.items() if d is not None}):
+    # Every binding's reads go in one pipeline per step, not a round trip each: a dropped
+    # binding keeps its counters (and a row) for good, and at one round trip per read a scrape
+    # of 2,000 dropped versions took 1.4 s (a review's run), toward Prometheus' 10 s timeout.
+    dropped = _dropped_all(b, sorted(set(counters) - set(bindings)))
+    keys = sorted(set(bindings) | {key for key, d in dropped.items() if d is not None})
+    per_shard = [(key, k) for key in keys for k in b.shards]
+    pipe = b.client.pipeline(transaction=False)
+    for key, k in per_shard:
+        pipe.scard(k.open_buffers(key))
+    open_counts = dict.fromkeys(keys, 0)
+    for (key, _), n in zip(per_shard, pipe.execute() if per_shard else [], strict=True):
+        open_counts[key] += int(n)
+    # none of its buffers among the earliest read: a sample of them, a step for each read
+    unseen = [(key, k) for key, k in per_shard
+              if earliest.get(key.encode("utf-8", "surrogateescape")) is None and open_counts[key]]
+    pipe = b.client.pipeline(transaction=False)
+    for key, k in unseen:
+        pipe.srandmember(k.open_buffers(key), SAMPLE)
+    samples = [list(m or []) for m in (pipe.execute() if unseen else [])]
+    pipe = b.client.pipeline(transaction=False)
+    for (_, k), members in zip(unseen, samples, strict=True):
+        if members:
+            pipe.zmscore(k.deadlines, members)
+    found = iter(pipe.execute() if any(samples) else [])
+    sampled: dict[str, list[float]] = {}
+    for (key, _), members in zip(unseen, samples, strict=True):
+        scores = next(found) if members else []
+        sampled.setdefault(key, []).extend(x for x in scores if x is not None and math.isfinite(x))
+    for key in keys:
         # counters of no binding registered or dropped (a hostile writer's `events_in:<anything>`)
         # are left out: each made a "(dropped)" row and a dozen metric series, and went to the
         # terminal as written
-        open_now = 0
-        scores: list[float] = []
         first = earliest.get(key.encode("utf-8", "surrogateescape"))
-        for k in b.shards:
-            open_now += int(b.client.scard(k.open_buffers(key)))
-            if first is None:  # none of its buffers among the earliest read: a sample of them
-                members: list[Any] = list(b.client.srandmember(k.open_buffers(key), SAMPLE) or [])
-                found = b.client.zmscore(k.deadlines, members) if members else []
-                scores += [x for x in found if x is not None and math.isfinite(x)]
-        if first is not None:
-            scores = [first]
+        scores = [first] if first is not None else sampled.get(key, [])
         defined = bindings.get(key) or dropped.get(key)
         per_binding[key] = {
             "registered": key in bindings,
             "source": defined.source if defined else None,
             "handler": defined.handler if defined else None,
-            "open_buffers_now": open_now,
+            "open_buffers_now": open_counts[key],
             "next_window_closes_in_ms": int(min(scores)) - window_ms if scores else None,
             **{f"{name}_total": 0 for name in PER_BINDING},
             **counters.get(key, {}),
