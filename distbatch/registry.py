@@ -77,11 +77,21 @@ class Registry:
         # epoch first: a register in between makes the snapshot stale, never the reverse
         epoch, raw = yield Atomic((Cmd("get", (k.registry_version,)), Cmd("hgetall", (k.bindings,))))
         snap = self.cached
+        # no epoch and no binding where there were: not a drop (that moves the epoch on) but
+        # Redis' data gone
+        lost = len(snap.bindings) if snap.loaded and not epoch and not raw else 0
         if not (snap.loaded and snap.epoch == (epoch or b"") and snap.raw == raw):
             self.cached = snap = self.parse(epoch or b"", raw)
         missing = [b for key, b in own.items() if key.encode() not in raw] if restore else []
         if missing and (yield from self._restore(missing)):
             snap = yield from self.load(restore=False)
+        elif lost and restore:  # and this process registered none of them to store again: its
+            # events to their sources go nowhere from now (`source_unbound`, which says no why)
+            log.error("registry_lost namespace=%s: Redis no longer holds any binding (%d were there: "
+                      "restarted without persistence, flushed, or evicted), and this process "
+                      "registered none of them; events to their sources are not stored until a "
+                      "process registers them again", self.shards[0].namespace, lost,
+                      extra={"event": "registry_lost"})
         return snap  # unchanged: the same object, so what was made per snapshot stays
 
     def _restore(self, missing: list[Binding]) -> Proc[bool]:

@@ -457,6 +457,32 @@ def test_an_app_registers_its_bindings_again_after_redis_lost_them(
     assert sorted(r.binding for r in other.emit("src", {"n": 3})) == ["audit@v1", "t@v1"]
 
 
+def test_a_producer_that_registered_nothing_says_when_redis_lost_the_bindings(
+        make_batcher, caplog: pytest.LogCaptureFixture) -> None:
+    """A producer that registers nothing (another service, or an app after its deploy step
+    registered) has nothing to store again when Redis loses its data: its emits returned [] with
+    one `source_unbound` warning per source, "a typo, or the wrong namespace?", about ~2,480
+    events of the lifecycle review's run. Now an error says the bindings are gone and why, once
+    per loss; a drop of the last binding (the epoch moves on) is no loss."""
+    app, producer = make_batcher(), make_batcher()
+    key = reg(app, count=5)
+    assert len(producer.emit("src", {"n": 0})) == 1
+    app.drop(key)
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        assert producer.emit("src", {"n": 1}) == []
+    assert not any("registry_lost" in m for m in caplog.messages)  # dropped, not lost
+    app.register("t", version="v2", source="src", handler=H, batch={"count": 5, "window": "10s"})
+    assert len(producer.emit("src", {"n": 2})) == 1
+    _lose_namespace(app)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        assert producer.emit("src", {"n": 3}) == []
+        assert producer.emit_many("src", [{"n": 4}, {"n": 5}]) == []
+    lost = [r for r in caplog.records if getattr(r, "event", "") == "registry_lost"]
+    assert len(lost) == 1 and lost[0].levelname == "ERROR", caplog.messages
+    assert "restarted without persistence" in lost[0].getMessage()
+
+
 def test_a_binding_dropped_by_another_instance_is_not_taken_back(make_batcher) -> None:
     app, operator = make_batcher(), make_batcher()
     key = reg(app)
