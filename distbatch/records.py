@@ -260,10 +260,16 @@ class Records:
                 binding, pkey, why, tries, cut = "?", None, "count", 1, 0
                 error = f"garbled batch record: {type(exc).__name__}: {exc}"
             else:
-                try:
-                    events = decode_events(blob, int(n))
-                except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                    error = f"undecodable batch record: {type(exc).__name__}: {exc}"
+                if blob is None:  # its info and tries are there, its events are not: what an
+                    # evicting Redis (maxmemory-policy allkeys-*) leaves, said as such (it was a
+                    # TypeError of a record that does not decode)
+                    error = ("batch record without its events: they are gone from Redis (evicted? "
+                             "see maxmemory-policy)")
+                else:
+                    try:
+                        events = decode_events(blob, int(n))
+                    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                        error = f"undecodable batch record: {type(exc).__name__}: {exc}"
             batch = Batch(batch_id, binding, pkey, why, events, attempt=tries, cut_at_ms=cut)
             claims.append(Claim(batch, as_text(t), error, left, lease_over_by(sent, wait_s, lease_ms),
                                 sent + lease_ms / 1000))

@@ -54,6 +54,22 @@ def test_poisoned_record_goes_dead_at_once_and_the_cli_shows_it(redis_server: Re
     assert "cannot decode" in json.loads(shown.output)["events"]
 
 
+def test_a_record_whose_events_were_evicted_is_named_so(redis_server: RedisServer, namespace: str) -> None:
+    """An evicting Redis (allkeys-*) dropped a batch's events and kept its info and tries: the
+    worker buried it as "undecodable batch record: TypeError: object of type 'NoneType' has no
+    len()" (the lifecycle review's run). Now the dead batch says its events are gone, and why."""
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    b.client.hdel(b.records.keys_for(r.batch.id).rec_events, r.batch.id)  # what eviction leaves
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None and claim.error is not None
+    assert "without its events" in claim.error and "maxmemory-policy" in claim.error, claim.error
+    assert "TypeError" not in claim.error
+    assert Executor(b.records, HandlerResolver(["m"])).run(claim).status == Status.POISON
+
+
 # A hostile writer with access to Redis: whatever it writes into distbatch's keys, a script fails
 # before it changes anything (no event lost, no batch left in none of ready / running / delayed /
 # dead), and one garbled batch holds up no other.
