@@ -508,6 +508,9 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
 @option("--header-timeout", default="10s", show_default=True, callback=_duration,
         help="Longest a request's line and headers may take to arrive, and a new connection "
         "its first request (408 above; a head above 64 KiB is a 431).")
+@option("--idempotency-keep", default="1d", show_default=True, callback=_duration,
+        help="How long a response is kept for retries sent with its Idempotency-Key (a retry "
+        "after it stores its events again); each costs Redis ~0.3-0.7 KB that long.")
 @option("--shutdown-grace", default="10s", show_default=True, callback=_duration,
         help="On SIGTERM, how long requests in flight may take before they are cut.")
 @option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -516,8 +519,8 @@ def sweeper(redis_url: str, namespace: str, max_sleep: int, queue_url: str | Non
         help="The private key of --tls-cert (PEM).")
 def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port: int,
           token_file: str | None, insecure_no_auth: bool, max_body_bytes: int, max_events: int,
-          max_event_bytes: int, body_timeout: int, header_timeout: int, shutdown_grace: int,
-          tls_cert: str | None, tls_key: str | None) -> None:
+          max_event_bytes: int, body_timeout: int, header_timeout: int, idempotency_keep: int,
+          shutdown_grace: int, tls_cert: str | None, tls_key: str | None) -> None:
     """HTTP ingest: POST /v1/sources/<source>/events (JSON or NDJSON), GET /healthz, /openapi.json."""
     try:
         import uvicorn
@@ -531,7 +534,7 @@ def serve(redis_url: str, namespace: str, queue_url: str | None, host: str, port
             redis_url=redis_url, namespace=namespace, queue_url=queue_url, host=host, port=port,
             tokens=read_tokens(token_file=token_file), insecure_no_auth=insecure_no_auth,
             max_body_bytes=max_body_bytes, max_events=max_events, max_event_bytes=max_event_bytes,
-            body_timeout_ms=body_timeout)
+            body_timeout_ms=body_timeout, idempotency_keep_ms=idempotency_keep)
     except DistbatchError as exc:
         raise click.ClickException(str(exc)) from exc
     _check_tls(tls_cert, tls_key, host)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 import redis
 
 from distbatch import Batcher
-from distbatch.testing import RedisServer
+from distbatch.testing import RedisServer, env_with_path
 
 from .test_serve import TOKEN, Server, api  # noqa: F401  (api: the fixture, on this module's server)
 
@@ -341,3 +343,25 @@ def test_a_header_given_twice_is_refused_and_nothing_is_stored(server: Server, o
 
     stats = collect(own_batcher)["bindings"]["h@v1"]
     assert stats["events_in_total"] == 1, stats  # the refused one stored nothing
+
+
+def test_how_long_an_idempotency_key_is_kept_is_an_option(redis_server: RedisServer, own_batcher: Batcher,
+                                                          namespace: str, tmp_path: Path) -> None:
+    """A kept response held Redis for a day, fixed: at 1,000 keyed requests a second that is tens
+    of GB (the growth review's sizing), with no way to shorten it. `--idempotency-keep` sets it;
+    a retry within it replays, and a bad value is refused by name."""
+    s = Server(redis_server.url, tmp_path, namespace, "--idempotency-keep", "90s")
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "keep-1"}
+        first = httpx.post(f"{s.url}/v1/sources/{SOURCE}/events", json={"shop": "a"}, headers=headers)
+        again = httpx.post(f"{s.url}/v1/sources/{SOURCE}/events", json={"shop": "a"}, headers=headers)
+    finally:
+        s.stop()
+    assert first.status_code == 200 and again.headers.get("idempotent-replayed") == "true", again.headers
+    client = redis.Redis.from_url(redis_server.url)
+    (key,) = client.keys(f"{{{namespace}}}:request:*")
+    assert 80_000 < client.pttl(key) <= 90_000, client.pttl(key)
+    bad = subprocess.run([sys.executable, "-m", "distbatch.cli", "serve", "--redis-url", redis_server.url,
+                          "--idempotency-keep", "soon"], capture_output=True, text=True, timeout=60,
+                         env={**env_with_path(), "DISTBATCH_API_TOKENS": TOKEN})
+    assert bad.returncode == 2 and "--idempotency-keep" in bad.stderr, bad.stderr

@@ -196,7 +196,7 @@ async def post_events(request: Request) -> Response:
         stored = True
     # a failure leaves the key pending for its minute: a retry meanwhile is told so, then runs
     with contextlib.suppress(redis.RedisError):
-        await idempotency.settle(batcher.client, slot, response, stored)
+        await idempotency.settle(batcher.client, slot, response, stored, settings.idempotency_keep_ms)
     return response
 
 

@@ -87,7 +87,8 @@ async def take(client: Any, namespace: str, key: str | None, request: bytes, bod
                     headers={REPLAYED: "true"})
 
 
-async def settle(client: Any, slot: Slot | None, response: Response, stored: bool) -> None:
+async def settle(client: Any, slot: Slot | None, response: Response, stored: bool,
+                 kept_ms: int = KEPT_MS) -> None:
     """Keep the response for the key's retries when anything may have been stored; else free the
     key. A failure here leaves the key pending until its minute runs out."""
     if slot is None:
@@ -96,6 +97,6 @@ async def settle(client: Any, slot: Slot | None, response: Response, stored: boo
         # it answers, kept a day (a key per request at full rate held hundreds of GB)
         record = b"done %b %b%d %b" % (slot.digest, ZIPPED, response.status_code,
                                          zlib.compress(bytes(response.body), 1))
-        await client.set(slot.key, record, px=KEPT_MS)
+        await client.set(slot.key, record, px=kept_ms)
     else:
         await client.delete(slot.key)
