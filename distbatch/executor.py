@@ -436,12 +436,13 @@ class Executor:
 
     def _observed(self, claim: Claim, result: Result) -> Result:
         batch = claim.batch
+        binding = metrics.binding_label(batch.binding)
         if result.status in (Status.DELIVERED, Status.RETRY, Status.DEAD):
-            metrics.HANDLER_DURATION.labels(batch.binding).observe(result.handler_s)
-            metrics.BATCH_SIZE.labels(batch.binding).observe(len(batch.events))
+            metrics.HANDLER_DURATION.labels(binding).observe(result.handler_s)
+            metrics.BATCH_SIZE.labels(binding).observe(len(batch.events))
         elif result.status is Status.LEASE_LOST:
             metrics.LEASES_LOST.inc()
-        metrics.HANDLER_RUNS.labels(batch.binding, result.status.value).inc()
+        metrics.HANDLER_RUNS.labels(binding, result.status.value).inc()
         return result
 
     def _start(self, claim: Claim, held: _Held) -> Result | float | None:
@@ -501,7 +502,7 @@ class Executor:
             return Result(Status.UNAVAILABLE, batch.id, batch.attempt)
         if batch.attempt == 1 and batch.cut_at_ms:  # the handler starts now (not when given back)
             waited = max(0.0, time.time() - batch.cut_at_ms / 1000)
-            metrics.HANDLER_START_DELAY.labels(batch.binding).observe(waited)
+            metrics.HANDLER_START_DELAY.labels(metrics.binding_label(batch.binding)).observe(waited)
         self.leases.limit(held, binding.retry.timeout_ms)
         started = time.perf_counter()
         returned = False
