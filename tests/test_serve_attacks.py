@@ -365,3 +365,40 @@ def test_how_long_an_idempotency_key_is_kept_is_an_option(redis_server: RedisSer
                           "--idempotency-keep", "soon"], capture_output=True, text=True, timeout=60,
                          env={**env_with_path(), "DISTBATCH_API_TOKENS": TOKEN})
     assert bad.returncode == 2 and "--idempotency-keep" in bad.stderr, bad.stderr
+
+
+def test_above_a_thousand_connections_a_request_gets_a_json_503(
+        redis_server: RedisServer, own_batcher: Batcher, namespace: str, tmp_path: Path) -> None:
+    """README: above 1,000 connections or requests at once, 503 `too_many_connections` (nothing
+    read; the connection closed); once they go, requests are served again."""
+    s = Server(redis_server.url, tmp_path, namespace, "--header-timeout", "60s")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            held.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
+        time.sleep(0.5)  # all accepted
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as extra:
+            extra.sendall(f"POST /v1/sources/{SOURCE}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+                          "Content-Length: 13\r\n\r\n{\"shop\": \"a\"}".encode())
+            answer = _read_response(extra, 10)
+        assert answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer, answer[:300]
+        assert b"application/json" in answer.lower()
+        for sock in held:
+            sock.close()
+        held.clear()
+        deadline = time.monotonic() + 10  # the server sees the closes as its loop gets to them
+        while True:
+            served = httpx.post(f"{s.url}/v1/sources/{SOURCE}/events", json={"shop": "b"},
+                                headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+            if served.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert served.status_code == 200, served.text
+    finally:
+        for sock in held:
+            sock.close()
+        s.stop()
+    from distbatch.stats import collect
+
+    assert collect(own_batcher)["bindings"]["h@v1"]["events_in_total"] == 1  # the refused one: nothing
