@@ -107,8 +107,10 @@ class Layout:
                     f"namespace={namespace!r} is in use (workers', sweepers' or lateness keys on "
                     f"{{{namespace}}}) but its layout {k.meta} is gone (deleted, evicted: run Redis "
                     "with maxmemory-policy noeviction; or lost in a restart without persistence, "
-                    "with no worker or sweeper running to store it again): start one instance with "
-                    "the shards it had (shards=N, --shards N) to store it again; nothing was written",
+                    "with no worker or sweeper running to store it again; or never stored, by "
+                    "processes of a version before 2026-11-27 on one shard): start one instance "
+                    "with the shards it had (shards=N, --shards N; 1 for such a version) to store "
+                    "it again; nothing was written",
                 )
             tags = tuple(tags_for(namespace, want))
             if fix:
