@@ -123,6 +123,8 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
     click.echo(status() + (" | interrupted" if interrupted else ""), err=True)  # the last word
     sweeping.set()
     sweeper.join(3)  # ended, not left running past the demo (on a Redis, past its user's deletion)
+    if executor.mistake is not None:  # its drain refused by the ACL: an `Error:`, not "interrupted"
+        raise executor.mistake
     elapsed = time.monotonic() - started
     stats = collect(batcher)
     batcher.drop(key)

@@ -232,7 +232,10 @@ class LeaseKeeper:
 class Executor:
     def __init__(self, records: Records, resolver: HandlerResolver, lease_ms: int = 10_000,
                  dispatcher: Dispatcher | None = None, linger_s: float = LINGER_S,
-                 stop: StopFlag | None = None) -> None:
+                 stop: StopFlag | None = None, stop_on_refusal: bool = False) -> None:
+        """`stop_on_refusal`: a drain the ACL refuses stops this executor and keeps the error
+        (`mistake`), for its worker to end with; `distbatch worker` asks it, a plain `rq worker`
+        cannot be ended from a job and pauses instead."""
         self.records = records
         self.linger_s = linger_s
         self.resolver = resolver
@@ -247,6 +250,7 @@ class Executor:
         self._none_ready = False  # the last claim found none: wait on the bell before asking again
         self._handler_times: deque[float] = deque(maxlen=HANDLER_TIMES)  # the latest handlers' seconds
         self.mistake: BaseException | None = None  # a drain refused by the ACL: the worker raises it
+        self.stop_on_refusal = stop_on_refusal
         self.refused = False  # the last drain Redis refused (a key of the wrong type): no fan-out
 
     def _binding(self, key: str) -> Binding | None:

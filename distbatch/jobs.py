@@ -83,16 +83,22 @@ def drain_reported(executor: Executor, namespace: str, max_batches: int, max_sec
                     namespace, describe(exc), extra={"event": "drain_interrupted"})
         return {"interrupted": 1}
     except redis.ResponseError as exc:  # a key of the wrong type: no step of the drain can go on
+        executor.refused = True  # no ticket for other workers from it until a drain goes through
         if refused_by_acl(exc):  # the URL's user lacks a command or a key: no wait mends it, and
             # a worker that went on took every ticket (and counted in /healthz) running nothing
-            log.error("drain_refused_by_acl namespace=%s: %s; the worker stops", namespace, describe(exc),
-                      extra={"event": "drain_refused_by_acl"})
-            executor.mistake = exc
-            executor.stop.set()  # no next job: RQ's loop ends, and the worker raises it
+            if executor.stop_on_refusal:  # `distbatch worker`: it ends, raising it
+                log.error("drain_refused_by_acl namespace=%s: %s; the worker stops", namespace,
+                          describe(exc), extra={"event": "drain_refused_by_acl"})
+                executor.mistake = exc
+                executor.stop.set()  # no next job: RQ's loop ends, and the worker raises it
+                return {"refused": 1}
+            log.error("drain_refused_by_acl namespace=%s: %s; give the worker's user the permissions "
+                      "(README, ACL users); this rq worker takes its next ticket in %.0fs", namespace,
+                      describe(exc), REFUSED_PAUSE_S, extra={"event": "drain_refused_by_acl"})
+            executor.stop.wait(REFUSED_PAUSE_S)  # a plain `rq worker`, which distbatch does not end
             return {"refused": 1}
         log.error("drain_refused namespace=%s: Redis refused a step (%s)%s; this worker takes its next "
                   "ticket in %.0fs", namespace, describe(exc), executor.records.misfiled_hint(exc),
                   REFUSED_PAUSE_S, extra={"event": "drain_refused"})
-        executor.refused = True  # no ticket for other workers from it until a drain goes through
         executor.stop.wait(REFUSED_PAUSE_S)  # each ticket failed at once, and a new one was queued
         return {"refused": 1}  # at its start: a hot loop of tracebacks and failed jobs kept a day

@@ -270,7 +270,7 @@ def configure(batcher: Batcher, resolver: HandlerResolver, lease_ms: int = 10_00
               linger_s: float = LINGER_S, stop: StopFlag | None = None) -> Executor:
     """The executor the ticket job uses in this process."""
     return jobs.configure(Executor(batcher.records, resolver, lease_ms, batcher.dispatcher, linger_s,
-                                   stop))
+                                   stop, stop_on_refusal=True))
 
 
 def make_worker(batcher: Batcher, executor: Executor, name: str | None = None) -> BatchWorker:

@@ -373,3 +373,36 @@ def test_a_worker_whose_acl_user_cannot_run_scripts_stops_with_one_error(redis_s
         assert last.startswith("Error: Redis refused") and "Traceback" not in done.stderr, done.stderr[-800:]
     finally:
         client.acl_deluser(user)
+
+
+def test_a_plain_rq_workers_drain_the_acl_refuses_pauses_and_runs_once_fixed(
+        redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain `rq worker` runs the same ticket job, which cannot end it: the first version of the
+    ACL stop set its executor's stop there, so every later drain ran nothing while the ticket
+    still fanned out another (6,859 tickets in 25 s in the diff review's run), and nothing ran
+    after the user was fixed. Now it pauses as for any refusal, hands no ticket on, and runs the
+    batch once the user may."""
+    from distbatch import jobs
+    from distbatch.executor import Executor
+    from distbatch.handlers import HandlerResolver
+
+    monkeypatch.setattr(jobs, "REFUSED_PAUSE_S", 0.1)
+    admin = redis.Redis.from_url(redis_server.url)
+    user = f"noscript-rq-{namespace}"
+    admin.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-@scripting"])
+    try:
+        b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+        b.register("d", version="v1", source="s", handler="tests.handlers.noop",
+                   batch={"count": 1, "window": "1h"})
+        assert b.emit("s", {"n": 1})[0].batch is not None
+        url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+        as_user = Batcher.from_url(url, namespace=namespace, handoff=False)
+        executor = Executor(as_user.records, HandlerResolver(["tests.handlers"]), 5000)  # as jobs makes it
+        assert jobs.drain_reported(executor, namespace, 10, 5.0) == {"refused": 1}
+        assert not executor.stop.is_set() and executor.refused and executor.mistake is None
+        admin.acl_setuser(user, commands=["+@scripting"])
+        assert jobs.drain_reported(executor, namespace, 10, 5.0).get("delivered") == 1
+        assert not executor.refused
+    finally:
+        admin.acl_deluser(user)
