@@ -619,12 +619,12 @@ class Ingest:
         nor write megabytes per line."""
         if source in self._warned_sources:
             return
+        more = self._unbound_lines.take()  # a caller inventing names would get a line per request
+        if more is None:  # not named yet: its next emit tries again (a typo among inventions)
+            return
         if len(self._warned_sources) >= _WARNED_SOURCES:
             self._warned_sources.clear()
         self._warned_sources.add(source)
-        more = self._unbound_lines.take()  # a caller inventing names would get a line per request
-        if more is None:
-            return
         named = shown(source)
         log.warning(
             "source_unbound source=%s namespace=%r: no trigger is bound to this source, events "

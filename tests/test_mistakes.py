@@ -47,6 +47,12 @@ def test_ever_new_unbound_sources_keep_the_warnings_bounded(batcher: Batcher,
     warnings = [m for m in caplog.messages if "source_unbound" in m]
     assert len(warnings) == 20 and max(len(m) for m in warnings) < 400, len(warnings)
     assert len(batcher.core._warned_sources) <= 1024
+    batcher.core._unbound_lines._began = -1e9  # a minute on: a source left out is named then
+    with caplog.at_level(logging.WARNING, "distbatch"):
+        caplog.clear()
+        assert batcher.emit("nobody-2999", {"n": 1}) == []
+    (line,) = [m for m in caplog.messages if "source_unbound" in m]
+    assert "'nobody-2999'" in line and "left out" in line, line  # the diff review: never named
 
 
 def test_cli_emit_to_an_unbound_source_fails(redis_server: RedisServer, namespace: str) -> None:
