@@ -44,7 +44,7 @@ from .registry import Registry, Route, Snapshot
 from .scripts import sha_of
 from .sent import not_stored
 from .shards import Layout, shard_of
-from .transport import TRANSIENT
+from .transport import OUTAGE, TRANSIENT
 
 log = logging.getLogger("distbatch")
 
@@ -252,7 +252,7 @@ class Ingest:
                 routes = reg.routes.get(source, [])
                 if not routes:
                     return []
-        except TRANSIENT as exc:
+        except OUTAGE as exc:  # on a cluster, also a node down (a read redis-py drives itself)
             raise EmitError([], [], [], len(payload_list), exc) from exc
         window_now = b"" if now is None else b"%d" % now
         return (yield from self._emit_compact(source, reg, routes, payload_list, events, window_now,

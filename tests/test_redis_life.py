@@ -166,3 +166,28 @@ def test_stats_reads_dropped_bindings_in_a_bounded_number_of_round_trips(redis_s
     assert rows["d@v3"]["events_in_total"] == 1 and rows["d@v3"]["source"] == "s", rows["d@v3"]
     assert rows["d@v59"]["open_buffers_now"] == 1 and rows["d@v59"]["next_window_closes_in_ms"] > 0
     assert sent < 30, f"{sent} round trips for 59 dropped bindings"
+
+
+def test_a_cluster_down_while_the_bindings_are_read_is_an_emit_error(namespace: str) -> None:
+    """The bindings are read as one (`Atomic`), which redis-py drives itself: on a cluster its
+    own ClusterDownError (a node down) is no ConnectionError, and escaped `emit` as a bare error
+    where every other call's is an EmitError (the diff review)."""
+    import fakeredis
+    from redis.exceptions import ClusterDownError
+
+    from distbatch import EmitError
+
+    b = Batcher(fakeredis.FakeRedis(), namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+    b.core.registry.invalidate()  # the next emit reads the bindings
+
+    class Down:
+        def __getattr__(self, name: str) -> object:
+            def fail(*args: object, **kwargs: object) -> None:
+                raise ClusterDownError("CLUSTERDOWN The cluster is down")
+            return fail
+
+    b.client.pipeline = lambda *a, **k: Down()  # type: ignore[method-assign]
+    with pytest.raises(EmitError) as info:
+        b.emit_many("s", [{"n": 1}, {"n": 2}])
+    assert info.value.not_sent == [0, 1] and isinstance(info.value.__cause__, ClusterDownError)
