@@ -18,8 +18,10 @@ import redis
 log = logging.getLogger("distbatch")
 
 
-def risk_of(config: Mapping[Any, Any]) -> str | None:
-    """The warning for one server's `CONFIG GET maxmemory*`, or None where nothing is evicted."""
+def risk_of(config: Mapping[Any, Any], data_only: bool = False) -> str | None:
+    """The warning for one server's `CONFIG GET maxmemory*`, or None where nothing is evicted
+    (`data_only`: or only keys with a TTL are, which costs a resent call its run-once, not data:
+    `/healthz` is degraded by the first alone, managed Redis often defaulting to the second)."""
     def text(x: Any) -> str:
         return x.decode() if isinstance(x, bytes) else str(x)
 
@@ -31,6 +33,8 @@ def risk_of(config: Mapping[Any, Any]) -> str | None:
         limit = 0
     if policy == "noeviction" or limit <= 0:  # no limit: no eviction, whatever the policy
         return None
+    if data_only and not policy.startswith("allkeys"):
+        return None
     lost = ("buffers, batch records and bindings" if policy.startswith("allkeys")
             else "the keys with a TTL, which make a resent emit, drop or HTTP retry run once")
     return (f"Redis evicts past maxmemory={limit} bytes (maxmemory-policy={policy}): it would drop "
@@ -38,11 +42,11 @@ def risk_of(config: Mapping[Any, Any]) -> str | None:
             "refuses emits, reported as not stored)")
 
 
-def _risk(reply: Any) -> str | None:
+def _risk(reply: Any, data_only: bool = False) -> str | None:
     """A reply of one server, or a cluster's {node: reply}: the first risk found."""
     if reply and all(isinstance(v, Mapping) for v in reply.values()):
-        return next(filter(None, (risk_of(v) for v in reply.values())), None)
-    return risk_of(reply or {})
+        return next(filter(None, (risk_of(v, data_only) for v in reply.values())), None)
+    return risk_of(reply or {}, data_only)
 
 
 def eviction_risk(client: Any) -> str | None:
@@ -56,12 +60,12 @@ def eviction_risk(client: Any) -> str | None:
         return None
 
 
-async def eviction_risk_async(client: Any) -> str | None:
+async def eviction_risk_async(client: Any, data_only: bool = False) -> str | None:
     try:
         if isinstance(client, redis.asyncio.RedisCluster):
             primaries = redis.asyncio.RedisCluster.PRIMARIES
-            return _risk(await client.config_get("maxmemory*", target_nodes=primaries))
-        return _risk(await client.config_get("maxmemory*"))
+            return _risk(await client.config_get("maxmemory*", target_nodes=primaries), data_only)
+        return _risk(await client.config_get("maxmemory*"), data_only)
     except redis.RedisError:
         return None
 

@@ -102,8 +102,8 @@ def test_a_redis_that_evicts_is_said_so_where_an_operator_looks(own_server: Redi
     (allkeys-*: 9,405 of 15,001 acknowledged events gone in the review's run) or the keys that
     make a resent call run once (volatile-*), and no process said a word. Now a worker, a
     sweeper and `serve` log `redis_evicts` at start, look-only commands say so on stderr and
-    /healthz is degraded with it; a Redis that evicts nothing (noeviction, or no maxmemory) is
-    not named."""
+    /healthz is degraded by a policy that evicts data (allkeys-*); a Redis that evicts nothing
+    (noeviction, or no maxmemory) is not named."""
     from .processes import Procs, wait_for
     from .test_serve import Server
 
@@ -127,8 +127,10 @@ def test_a_redis_that_evicts_is_said_so_where_an_operator_looks(own_server: Redi
     server = Server(own_server.url, tmp_path, namespace)
     try:
         health = httpx.get(f"{server.url}/healthz", timeout=10).json()
-        assert health["status"] == "degraded", health
-        assert any(f"maxmemory-policy={policy}" in w for w in health["warnings"]), health
+        # degraded by a policy that evicts data; volatile-* (managed Redis' usual default) costs
+        # a resent call its run-once, which is said at start, not made a failed probe (strict=1)
+        said_in_health = any(f"maxmemory-policy={policy}" in w for w in health["warnings"])
+        assert said_in_health == policy.startswith("allkeys"), health
         assert "redis_evicts" in server.log.read_text()
     finally:
         server.stop()

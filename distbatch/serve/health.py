@@ -48,10 +48,11 @@ def _live_workers(dispatcher: Dispatcher) -> int:
 
 
 async def _eviction(request: Request, batcher: AsyncBatcher) -> str | None:
-    """`eviction_risk`, read at most once a minute (a setting, not a state)."""
+    """`eviction_risk` to data (allkeys-*), read at most once a minute (a setting, not a state)."""
     checked = getattr(request.app.state, "eviction", None)
     if checked is None or time.monotonic() - checked[0] > EVICTION_EVERY_S:
-        checked = request.app.state.eviction = (time.monotonic(), await eviction_risk_async(batcher.client))
+        checked = request.app.state.eviction = (time.monotonic(),
+                                                 await eviction_risk_async(batcher.client, data_only=True))
     risk: str | None = checked[1]
     return risk
 
