@@ -171,6 +171,8 @@ def _patient_batcher(redis_url: str, namespace: str, queue_url: str | None,
                     "namespace_empty namespace=%s: %s", namespace, empty,
                     extra={"event": "namespace_empty", "namespace": namespace})
             warn_if_evicting(batcher.client)
+            if batcher.dispatcher is not None and batcher.dispatcher.client is not batcher.client:
+                warn_if_evicting(batcher.dispatcher.client, "--queue-url")  # RQ's tickets and jobs
             return batcher
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
             raise

@@ -70,9 +70,11 @@ async def eviction_risk_async(client: Any, data_only: bool = False) -> str | Non
         return None
 
 
-def warn_if_evicting(client: Any) -> str | None:
-    """Log the risk once (a long-running process's start); returns it."""
+def warn_if_evicting(client: Any, which: str = "") -> str | None:
+    """Log the risk once (a long-running process's start); returns it. `which`: the option
+    naming another Redis than the namespace's (`--queue-url`)."""
     risk = eviction_risk(client)
     if risk is not None:
-        log.warning("redis_evicts: %s", risk, extra={"event": "redis_evicts"})
+        log.warning("redis_evicts: %s%s", f"{which}: " if which else "", risk,
+                    extra={"event": "redis_evicts"})
     return risk

@@ -193,3 +193,24 @@ def test_a_cluster_down_while_the_bindings_are_read_is_an_emit_error(namespace: 
     with pytest.raises(EmitError) as info:
         b.emit_many("s", [{"n": 1}, {"n": 2}])
     assert info.value.not_sent == [0, 1] and isinstance(info.value.__cause__, ClusterDownError)
+
+
+def test_a_queue_redis_that_evicts_is_named_by_its_option(own_server: RedisServer, namespace: str,
+                                                          tmp_path: Path) -> None:
+    """The ticket queue may live on another Redis (`--queue-url`): an evicting one there drops RQ's
+    tickets and jobs as silently; a worker names it by its option (the diff review)."""
+    from .processes import Procs, wait_for
+
+    queue = RedisServer().start()
+    try:
+        redis.Redis.from_url(queue.url).config_set("maxmemory-policy", "allkeys-lru")
+        redis.Redis.from_url(queue.url).config_set("maxmemory", str(512 << 20))
+        Batcher(redis.Redis.from_url(own_server.url), namespace=namespace).register(
+            "d", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+        with Procs(own_server.url, namespace, tmp_path) as procs:
+            procs.worker("--queue-url", queue.url)
+            wait_for(lambda: "redis_evicts: --queue-url: " in procs.logs(), 20, "the queue's Redis named",
+                     procs.logs)
+        assert procs.logs().count("redis_evicts") == 1, procs.logs()  # the namespace's Redis evicts nothing
+    finally:
+        queue.cleanup()
