@@ -34,7 +34,7 @@ from .config import BUFFER_CAP, Binding, RetryPolicy
 from .errors import ConfigError, EmitError, PayloadError, describe, short
 from .handlers import check_path as check_handler_path
 from .handlers import handler as register_handler
-from .keys import MEMBER_CACHE_SIZE, MEMBER_KEY_LENGTH, build_member, full_misses, member_bytes, members_cache
+from .keys import MEMBER_KEY_LENGTH, build_member, full_misses, member_bytes, member_cap, members_cache
 from .logbudget import LogBudget, clipped, shown
 from .models import Batch, EmitResult, Event
 from .onecall import Known, OneCall, OneHead, Single, one_head
@@ -553,7 +553,8 @@ class Ingest:
         field = path[0] if path is not None and len(path) == 1 else None
         # A full cache means more live keys than it holds (1M open buffers): building the member
         # then costs less than a lookup that misses in a big dict, so build it straight away.
-        full = len(cache) >= MEMBER_CACHE_SIZE
+        cap = member_cap()
+        full = len(cache) >= cap
         if path is None:  # no partition key: one buffer
             return [None] * len(payloads), [member_bytes(key, None)] * len(payloads)
         if only_dicts is None:
@@ -590,7 +591,7 @@ class Ingest:
                 hit = cached(pkey)
                 if hit is None:
                     hit = build_member(key, pkey)
-                    if len(cache) >= MEMBER_CACHE_SIZE:
+                    if len(cache) >= cap:
                         full = True
                         missed += 1
                     elif pkey is None or len(pkey) <= MEMBER_KEY_LENGTH:

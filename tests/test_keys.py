@@ -99,13 +99,31 @@ def test_member_caches_are_kept_for_the_latest_bindings_only() -> None:
     assert "kept@v1" in keys._members and "gone0@v1" not in keys._members
 
 
+def test_many_bindings_share_what_their_member_caches_hold() -> None:
+    """64 bindings' caches of 65,536 keys each held 2.6 GB (the second diff review's run, keys of
+    256 characters). A binding's cache now takes keys up to its share of `MEMBER_CACHE_TOTAL`
+    (at least 4,096); a few bindings keep a whole `MEMBER_CACHE_SIZE` each."""
+    from distbatch import keys
+
+    keys._members.clear()
+    keys.member_bytes("one@v1", "k")
+    assert keys.member_cap() == keys.MEMBER_CACHE_SIZE
+    for i in range(40):
+        keys.member_bytes(f"many{i}@v1", "k")
+    cap = keys.member_cap()
+    assert cap == max(4096, keys.MEMBER_CACHE_TOTAL // len(keys._members)) < keys.MEMBER_CACHE_SIZE
+    for n in range(cap + 500):
+        assert keys.member_bytes("many39@v1", f"p{n}") == member("many39@v1", f"p{n}").encode()
+    assert len(keys._members["many39@v1"]) == cap
+
+
 def test_emit_with_a_full_member_cache_builds_the_same_buffers(make_batcher, monkeypatch) -> None:
     """More live keys than the cache holds: the emit path stops looking in it and builds each
     member; every event still lands in the buffer `Keys.buffer` names, hostile keys included."""
     from distbatch import ingest, keys
 
     monkeypatch.setattr(keys, "MEMBER_CACHE_SIZE", 3)
-    monkeypatch.setattr(ingest, "MEMBER_CACHE_SIZE", 3)
+    monkeypatch.setattr(ingest, "member_cap", lambda: 3)
     b = make_batcher()
     b.register("fc", version="v1", source="s", handler="m.h",
                batch={"count": 1000, "window": "1h", "key": "k"})
