@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -54,30 +55,39 @@ HANDOFF_TICKETS = Counter(
 
 
 OUTCOMES = ("delivered", "retry", "dead", "lease_lost", "unavailable", "poison")
-LABELLED_BINDINGS = 64
-"""Bindings this process keeps per-binding series of, the least recently run dropped past it:
-a long-running worker kept ~50 series for every binding version it ever ran (5,087 series and
-477 KB a scrape after 100 versions, in a review's run), for good."""
-_labelled: OrderedDict[str, None] = OrderedDict()
+LABELLED_IDLE_S = 3600.0
+"""A binding's series this process has not observed for this long go (its next run starts them
+again): a long-running worker kept ~50 series for every binding version it ever ran (5,087 series
+and 477 KB a scrape after 100 versions, in a review's run), for good. By idleness, not by count:
+a worker running more bindings than any count must never reset a live one's series (a count of
+64 reset every series of a worker running 65 in turn, and `increase()` saw no run)."""
+_labelled: OrderedDict[str, float] = OrderedDict()  # binding -> when last observed, oldest first
 _labelled_lock = threading.Lock()
+_monotonic = time.monotonic  # this module's clock (a test moves it alone)
 
 
 def binding_label(binding: str) -> str:
-    """`binding`, as the label of this process's per-binding series (`LABELLED_BINDINGS`)."""
+    """`binding`, as the label of this process's per-binding series (`LABELLED_IDLE_S`)."""
+    now = _monotonic()
+    idle: list[str] = []
     with _labelled_lock:
-        if binding in _labelled:
-            _labelled.move_to_end(binding)
-            return binding
-        _labelled[binding] = None
-        if len(_labelled) <= LABELLED_BINDINGS:
-            return binding
-        old, _ = _labelled.popitem(last=False)
-    for metric in (HANDLER_START_DELAY, HANDLER_DURATION, BATCH_SIZE):
-        with contextlib.suppress(KeyError):
-            metric.remove(old)
-    for outcome in OUTCOMES:
-        with contextlib.suppress(KeyError):
-            HANDLER_RUNS.remove(old, outcome)
+        fresh = binding not in _labelled
+        _labelled[binding] = now
+        _labelled.move_to_end(binding)
+        if fresh:  # a binding not seen lately: the ones idle past the limit go
+            while _labelled:
+                oldest, seen = next(iter(_labelled.items()))
+                if now - seen <= LABELLED_IDLE_S:
+                    break
+                del _labelled[oldest]
+                idle.append(oldest)
+        for old in idle:  # under the lock: a binding labelled again meanwhile is not removed after
+            for metric in (HANDLER_START_DELAY, HANDLER_DURATION, BATCH_SIZE):
+                with contextlib.suppress(KeyError):
+                    metric.remove(old)
+            for outcome in OUTCOMES:
+                with contextlib.suppress(KeyError):
+                    HANDLER_RUNS.remove(old, outcome)
     return binding
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,33 +167,45 @@ def test_the_start_delay_counts_a_handler_that_started_not_a_batch_given_back(ba
     assert count() == before + 1
 
 
-def test_a_worker_keeps_series_for_the_bindings_it_ran_last_only(batcher: Batcher) -> None:
+def test_a_worker_drops_the_series_of_bindings_it_no_longer_runs_and_keeps_live_ones(
+        batcher: Batcher, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every binding version a long-running worker ran kept ~50 series for good (5,087 series
     after 100 versions, in the growth review's run): each deploy that changes a binding adds a
-    version. Past `LABELLED_BINDINGS` the least recently run binding's series go."""
+    version. A binding not run for `LABELLED_IDLE_S` loses its series; one still running never
+    does, however many there are (a cap of 64 reset the series of a worker running 65 in turn,
+    so `increase()` saw no run: the second diff review)."""
     from prometheus_client import REGISTRY
 
     from distbatch import metrics
     from distbatch.executor import Executor, Status
     from distbatch.handlers import HandlerResolver
 
+    now = [max([*metrics._labelled.values(), time.monotonic()]) + 1]  # on from what is there
+    monkeypatch.setattr(metrics, "_monotonic", lambda: now[0])
     able = Executor(batcher.records, HandlerResolver([__name__]), 10_000)
-    n = metrics.LABELLED_BINDINGS + 6
-    for v in range(n):
-        batcher.register("lru", version=f"v{v}", source="s", handler=f"{__name__}.noop",
+
+    def run(binding: str) -> None:
+        name, _, version = binding.partition("@")
+        batcher.register(name, version=version, source="s", handler=f"{__name__}.noop",
                          batch={"count": 1, "window": "1h"})
-        (r,) = batcher.emit("s", {"v": v})
+        (r,) = batcher.emit("s", {"n": 1})
         assert able.run(batcher.records.claim([r.batch.id], 10_000)).status == Status.DELIVERED
-        batcher.drop(f"lru@v{v}")
+        batcher.drop(binding)
 
     def runs(binding: str) -> float | None:
         return REGISTRY.get_sample_value("distbatch_handler_runs_total",
                                          {"binding": binding, "outcome": "delivered"})
 
-    labelled = {s.labels["binding"] for m in REGISTRY.collect() if m.name.startswith("distbatch_handler")
-                for s in m.samples if "binding" in s.labels}
-    assert len(labelled) <= metrics.LABELLED_BINDINGS, len(labelled)
-    assert runs(f"lru@v{n - 1}") == 1 and runs("lru@v0") is None
+    tag = uuid.uuid4().hex[:8]  # the series are the process's: each backend's run its own names
+    live = [f"live{i}x{tag}@v1" for i in range(70)]
+    for _ in range(2):  # 70 bindings run in turn, twice: every series counts both runs
+        for binding in live:
+            run(binding)
+            now[0] += 1
+    assert all(runs(b) == 2 for b in live)
+    now[0] += metrics.LABELLED_IDLE_S + 1  # an hour on, one binding runs: the idle ones go
+    run(f"new{tag}@v1")
+    assert runs(f"new{tag}@v1") == 1 and all(runs(b) is None for b in live)
     assert set(metrics.OUTCOMES) == {s.value for s in Status}  # each one's series is removed
 
 
