@@ -103,7 +103,8 @@ class EmitError(DistbatchError):
         self.stored = stored
         self.uncertain = uncertain
         self.not_sent = sorted(set(range(total)) - set(stored) - set(uncertain))
-        why = ("the script failed" if isinstance(cause, redis.ResponseError)
+        why = ("the cluster is down" if isinstance(cause, redis.exceptions.ClusterError)  # no script ran
+               else "the script failed" if isinstance(cause, redis.ResponseError)
                else "no reply from Redis" if isinstance(cause, redis.ConnectionError | redis.TimeoutError)
                else "stopped")  # e.g. a payload that failed as a binding registered meanwhile read it
         if total == 1:  # one event: no "part" of it

@@ -44,7 +44,7 @@ from .registry import Registry, Route, Snapshot
 from .scripts import sha_of
 from .sent import not_stored
 from .shards import Layout, shard_of
-from .transport import OUTAGE, TRANSIENT
+from .transport import OUTAGE
 
 log = logging.getLogger("distbatch")
 
@@ -276,9 +276,8 @@ class Ingest:
                                                     sent)
             except _SendFailed as err:
                 raise _emit_error(done, err.items, err.refused, len(events), err.cause) from err.cause
-            except TRANSIENT as exc:  # a read between two chunks' calls
-                if not done:
-                    raise  # nothing stored
+            except OUTAGE as exc:  # a read between two chunks' calls (on a cluster, its own errors
+                # too): what was stored said, nothing else sent (a bare error said neither)
                 raise _emit_error(done, [], frozenset(), len(events), exc) from exc
             done += stored
             sent = None
@@ -509,7 +508,7 @@ class Ingest:
         if reply[0] == -1:  # the registry changed (nothing was stored): plan again on the new one
             try:
                 yield from self.registry.load()
-            except TRANSIENT as exc:
+            except OUTAGE as exc:
                 raise _emit_error([], items, frozenset(id(it) for it in items), 1, exc) from exc
             return (yield from self.emit_many(one.source, one.payloads))
         queued = reply.pop() if self.queue_key is not None and reply[0] != -2 else -1
@@ -699,7 +698,7 @@ class Ingest:
                 for s in seen:
                     if s != 0:
                         reg = yield from self.registry.sync(s, seen[s])
-            except TRANSIENT as exc:
+            except OUTAGE as exc:
                 raise _SendFailed(exc, in_order(), frozenset(id(it) for it in stale)) from exc
             live = {r.key for rs in reg.routes.values() for r in rs}
             pending = []

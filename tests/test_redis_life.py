@@ -193,6 +193,20 @@ def test_a_cluster_down_while_the_bindings_are_read_is_an_emit_error(namespace: 
     with pytest.raises(EmitError) as info:
         b.emit_many("s", [{"n": 1}, {"n": 2}])
     assert info.value.not_sent == [0, 1] and isinstance(info.value.__cause__, ClusterDownError)
+    assert "the cluster is down" in str(info.value), info.value  # no script ran
+    # the reads after a stale reply (another instance registered meanwhile), single and planned
+    del b.client.pipeline
+    assert len(b.emit("s", {"n": 0})) == 1
+    other = Batcher(b.client, namespace=namespace, handoff=False)
+    for v in ("v2", "v3"):
+        other.register("d", version=v, source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+        b.client.pipeline = lambda *a, **k: Down()  # type: ignore[method-assign]
+        with pytest.raises(EmitError) as info:
+            b.emit("s", {"n": 1}) if v == "v2" else b.emit_many("s", [{"n": 1}, {"n": 2}])
+        assert isinstance(info.value.__cause__, ClusterDownError) and not info.value.stored, info.value
+        del b.client.pipeline
+        b.core.registry.invalidate()
+        assert b.emit("s", {"n": 2})  # and on once the cluster is back
 
 
 def test_a_queue_redis_that_evicts_is_named_by_its_option(own_server: RedisServer, namespace: str,
