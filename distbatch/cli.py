@@ -256,7 +256,9 @@ def _mistake_or_away(redis_url: str, namespace: str, queue_url: str | None) -> N
             else:
                 from .clients import connect
 
-                connect(url, "queue_url").ping()
+                queue = connect(url, "queue_url")
+                queue.ping()
+                warn_if_evicting(queue, "--queue-url")  # RQ's tickets and jobs
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError, redis.ResponseError) as exc:
             if field:
                 exc.args = (f"{field}: {exc}",)

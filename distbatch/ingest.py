@@ -619,7 +619,7 @@ class Ingest:
         nor write megabytes per line."""
         if source in self._warned_sources:
             return
-        more = self._unbound_lines.take()  # a caller inventing names would get a line per request
+        more = self._unbound_lines.take(source)  # a caller inventing names: a line per request
         if more is None:  # not named yet: its next emit tries again (a typo among inventions)
             return
         if len(self._warned_sources) >= _WARNED_SOURCES:

@@ -36,16 +36,22 @@ class LogBudget:
         self._lock = threading.Lock()
         self._began = -window_s
         self._written = self._held = 0
+        self._held_keys: set[object] = set()
 
-    def take(self) -> str | None:
-        """None: leave this line out (it is counted). Else the line may be written, with this
-        text after it: '' or how many were left out before it."""
+    def take(self, key: object = None) -> str | None:
+        """None: leave this line out (it is counted, once per `key` a window, where one is
+        given: a source emitted to 500 times is one line left out). Else the line may be
+        written, with this text after it: '' or how many were left out before it."""
         now = time.monotonic()
         with self._lock:
             if now - self._began >= self.window_s:
                 self._began, self._written = now, 0
+                self._held_keys.clear()
             if self._written >= self.lines:
-                self._held += 1
+                if key is None or (key not in self._held_keys and len(self._held_keys) < 4096):
+                    self._held += 1
+                    if key is not None:
+                        self._held_keys.add(key)
                 return None
             self._written += 1
             held, self._held = self._held, 0

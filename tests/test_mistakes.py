@@ -522,4 +522,8 @@ def test_a_log_budget_says_how_many_lines_it_left_out(monkeypatch: pytest.Monkey
     now[0] += 60
     assert budget.take() == " (3 more such line(s) left out before this one)"
     assert budget.take() == ""
+    now[0] += 60  # a key left out again in its window is not counted again (a source emitted to
+    assert [budget.take(k) for k in "aabbbc"] == ["", "", None, None, None, None]  # 500 times)
+    now[0] += 60
+    assert budget.take("d") == " (2 more such line(s) left out before this one)"
     assert logbudget.shown("k" * 10_000).endswith("…") and len(logbudget.shown("k" * 10_000)) < 210

@@ -226,5 +226,10 @@ def test_a_queue_redis_that_evicts_is_named_by_its_option(own_server: RedisServe
             wait_for(lambda: "redis_evicts: --queue-url: " in procs.logs(), 20, "the queue's Redis named",
                      procs.logs)
         assert procs.logs().count("redis_evicts") == 1, procs.logs()  # the namespace's Redis evicts nothing
+        from .test_serve import Server
+
+        server = Server(own_server.url, tmp_path, namespace, "--queue-url", queue.url)
+        server.stop()
+        assert "redis_evicts: --queue-url: " in server.log.read_text(), server.log.read_text()
     finally:
         queue.cleanup()
