@@ -29,7 +29,8 @@ def clipped(value: str | None) -> str | None:
 
 
 class LogBudget:
-    """At most `lines` lines per `window_s` (per process, for one kind of line)."""
+    """At most `lines` lines per `window_s`, for one kind of line of one owner (a batcher's, a
+    worker's executor's)."""
 
     def __init__(self, lines: int = 10, window_s: float = 60.0) -> None:
         self.lines, self.window_s = lines, window_s
