@@ -49,23 +49,27 @@ def _risk(reply: Any, data_only: bool = False) -> str | None:
     return risk_of(reply or {}, data_only)
 
 
-def eviction_risk(client: Any) -> str | None:
+def _where(client: Any) -> dict[str, Any]:
+    """`config_get`'s options: a cluster's every primary (its default asks one node)."""
+    for cluster in (redis.RedisCluster, redis.asyncio.RedisCluster):
+        if isinstance(client, cluster):
+            return {"target_nodes": cluster.PRIMARIES}
+    return {}
+
+
+def eviction_risk(client: Any, data_only: bool = False) -> str | None:
     """None also where CONFIG is refused (an ACL user without it, a managed Redis that renamed
     it): unknown is not said to be a risk."""
     try:
-        if isinstance(client, redis.RedisCluster):
-            return _risk(client.config_get("maxmemory*", target_nodes=redis.RedisCluster.PRIMARIES))
-        return _risk(client.config_get("maxmemory*"))
+        return _risk(client.config_get("maxmemory*", **_where(client)), data_only)
     except redis.RedisError:
         return None
 
 
 async def eviction_risk_async(client: Any, data_only: bool = False) -> str | None:
+    """`eviction_risk` on a `redis.asyncio` client."""
     try:
-        if isinstance(client, redis.asyncio.RedisCluster):
-            primaries = redis.asyncio.RedisCluster.PRIMARIES
-            return _risk(await client.config_get("maxmemory*", target_nodes=primaries), data_only)
-        return _risk(await client.config_get("maxmemory*"), data_only)
+        return _risk(await client.config_get("maxmemory*", **_where(client)), data_only)
     except redis.RedisError:
         return None
 

@@ -1,6 +1,6 @@
 """GET /healthz: Redis reachable (else 503), and whether sweepers and workers were seen lately.
 
-No sweeper or no worker, or a Redis that may evict distbatch's keys, is `degraded` with 200
+No sweeper or no worker, or a Redis that may evict distbatch's data, is `degraded` with 200
 (ingest still works; batches wait in Redis); `?strict=1` makes that a 503 too, for probes that
 should page on it."""
 
