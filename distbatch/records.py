@@ -29,7 +29,7 @@ from redis.exceptions import ClusterError, ResponseError
 
 from .codec import as_text, decode_batch, decode_events
 from .config import Binding
-from .errors import BatchNotFound, describe
+from .errors import BatchNotFound, ConfigError, describe
 from .keys import Keys, split_member
 from .models import Batch
 from .scripts import Command, ScriptCall, Scripts, pipelined
@@ -527,6 +527,24 @@ class Records:
         k = self.keys
         raw = self.client.hget(k.bindings, key) or self.client.hget(k.dropped, key)
         return Binding.stored_as(raw, key) if raw else None
+
+    def bindings_of(self, keys: list[str]) -> dict[str, Binding | None]:
+        """`binding` for each of `keys` in one round trip (`stats` reads every dropped version's
+        at each scrape); None for one gone or unreadable."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(k.bindings, key)
+            pipe.hget(k.dropped, key)
+        replies = pipe.execute() if keys else []
+        out: dict[str, Binding | None] = {}
+        for key, registered, dropped in zip(keys, replies[::2], replies[1::2], strict=True):
+            raw = registered or dropped
+            try:
+                out[key] = Binding.stored_as(raw, key) if raw else None
+            except ConfigError:
+                out[key] = None
+        return out
 
     def count(self, which: str) -> int:
         """How many ids all shards hold in `ready`, `running`, `delayed` or `dead`."""

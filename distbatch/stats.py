@@ -8,8 +8,6 @@ from typing import Any
 from . import census
 from .batcher import Batcher
 from .codec import as_text
-from .config import Binding
-from .errors import ConfigError
 from .keys import split_member
 
 SAMPLE = 10_000
@@ -21,25 +19,6 @@ PER_BINDING = ("events_in", "events_delivered", "events_discarded", "events_over
 """The counters the scripts keep per binding (`<name>:<binding>` in the stats hash): each one in
 `--json` from the start, at 0 until it moves, so a reader finds every field (it found a new
 binding without `events_in_total`, and no `retries_total` before a first retry)."""
-
-
-def _dropped_all(batcher: Batcher, names: list[str]) -> dict[str, Binding | None]:
-    """Dropped bindings' definitions, kept for the batches they cut (None: unreadable or gone),
-    read in one round trip."""
-    k = batcher.records.keys
-    pipe = batcher.client.pipeline(transaction=False)
-    for key in names:
-        pipe.hget(k.bindings, key)
-        pipe.hget(k.dropped, key)
-    replies = pipe.execute() if names else []
-    out: dict[str, Binding | None] = {}
-    for key, registered, dropped in zip(names, replies[::2], replies[1::2], strict=True):
-        raw = registered or dropped
-        try:
-            out[key] = Binding.stored_as(raw, key) if raw else None
-        except ConfigError:
-            out[key] = None
-    return out
 
 
 def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
@@ -76,7 +55,7 @@ def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
     # Every binding's reads go in one pipeline per step, not a round trip each: a dropped
     # binding keeps its counters (and a row) for good, and at one round trip per read a scrape
     # of 2,000 dropped versions took 1.4 s (a review's run), toward Prometheus' 10 s timeout.
-    dropped = _dropped_all(b, sorted(set(counters) - set(bindings)))
+    dropped = b.records.bindings_of(sorted(set(counters) - set(bindings)))  # kept for their batches
     keys = sorted(set(bindings) | {key for key, d in dropped.items() if d is not None})
     per_shard = [(key, k) for key in keys for k in b.shards]
     pipe = b.client.pipeline(transaction=False)
