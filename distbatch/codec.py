@@ -222,7 +222,8 @@ def check_round_trip(encoded: Sequence[bytes], payloads: Sequence[object]) -> No
             raise PayloadError(
                 "payload_unencodable",
                 f"event {i}: payload={_short(payloads[i])} does not survive msgpack decoding "
-                f"({type(exc).__name__}: {exc}); use str map keys and JSON-like values", event=i,
+                f"({type(exc).__name__}: {exc}); use str map keys and JSON-like values; nothing was stored",
+                event=i,
             ) from exc
 
 

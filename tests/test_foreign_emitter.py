@@ -108,10 +108,10 @@ def test_an_event_sent_as_a_msgpack_map_is_not_delivered_as_its_key_names(redis_
     """Defect 3. `encode({id, source, emitted_at_ms, payload})` (a JS object, not the array)
     decodes as Event(id='id', source='source', payload='payload', emitted_at_ms=...): a tuple
     unpack of a 4-key dict yields its keys. The handler gets garbage, nothing says so."""
-    client, b, f = _setup(redis_server, namespace, 1)
+    client, b, f = _setup(redis_server, namespace, 2)
     as_map = msgpack.packb({"id": "node-1", "source": "orders", "emitted_at_ms": 1, "payload": {"i": 0}})
     with pytest.raises(redis.ResponseError, match=r"item 1: its event is no msgpack array .*first byte 0x84"):
-        f.call("d@v1", 1, 3_600_000, "d@v1|*", [as_map])
+        f.call("d@v1", 2, 3_600_000, "d@v1|*", [as_map])
     assert client.llen(b.keys.buffer("d@v1", None)) == 0
     # the same map after a well-formed event of the call (the script looks at a route's first):
     # the record does not decode, by name, instead of running with the map's keys as its fields

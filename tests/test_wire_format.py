@@ -185,7 +185,8 @@ def test_a_foreign_call_id_holding_a_bar_is_refused_by_name(redis_server: Any, n
         return client.evalsha(sha, len(keys), *keys, *args)
 
     assert call(0, "job6")[0] > 0
-    with pytest.raises(redis.ResponseError, match=r'call_id must not contain "\|": job7\|a'):
+    with pytest.raises(redis.ResponseError,
+                       match=r'call_id must not contain "\|": job7\|a; nothing was written$'):
         call(1, "job7|a")
     assert call(2, "job7")[0] > 0
     assert call(2, "job7") == [-2]  # its resend
@@ -256,3 +257,51 @@ def test_the_cli_prints_the_script_an_emitter_in_another_language_loads(redis_se
     sha = CliRunner().invoke(cli, ["script", name, "--sha"]).output.strip()
     assert "@include" not in text
     assert redis.Redis.from_url(redis_server.url).script_load(text) == sha
+
+
+@pytest.mark.parametrize("script", ["accumulate", "accumulate_one"])
+@pytest.mark.parametrize("case", ["unregistered", "count", "window", "open_set"])
+def test_a_foreign_route_not_the_registered_bindings_is_refused_and_writes_nothing(
+    redis_server: Any, namespace: str, script: str, case: str
+) -> None:
+    """A caller in another language names each route's binding, count, window and open set
+    itself. Before, the script trusted them: an unregistered binding's events were stored and
+    counted, and never delivered; a count of 5 for a binding registered with 2 cut a batch of
+    5; another binding's open set let that binding's `drop` take these buffers. Each is refused
+    now, naming the field and the value, and nothing is written (the call key is as before, so
+    the call sent again put right runs)."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False, shards=1)
+    b.register("d", version="v1", source="orders", handler="m.h", batch={"count": 2, "window": "1m"})
+    b.register("o", version="v1", source="other", handler="m.h", batch={"count": 2, "window": "1m"})
+    ns = "{" + namespace + "}"
+    sha = client.script_load(source(script).encode())
+    head = [f"{ns}:{k}" for k in ("regver", "call:go-app-6", "deadlines", "wake", "batchseq", "bindings",
+                                  "ready", "stats", "rec:events", "rec:info", "rec:attempt")]
+
+    def call(call_id: str, binding: str, count: int, window_ms: int, open_set: str, i: int) -> Any:
+        event = msgpack.packb([f"go-{i}", "orders", 1700000000000 + i, {"i": i}])
+        buf = f"{ns}:buf:{binding}|*"
+        version = client.get(f"{ns}:regver")
+        if script == "accumulate":
+            return client.evalsha(sha, len(head) + 2, *head, f"{ns}:{open_set}", buf, version, call_id, "",
+                                  1024, "", f"{ns}:buf:", 1, binding, count, window_ms, event)
+        return client.evalsha(sha, len(head) + 2, *head, f"{ns}:{open_set}", buf, version, 1024, "",
+                              f"{ns}:buf:", binding, count, window_ms, "", call_id, event)
+
+    assert call("c-0", "d@v1", 2, 60000, "open:d@v1", 0)[1:] == []  # one event in, a call key set
+    before = {k: client.dump(k) for k in client.keys(f"{ns}:*")}
+    wrong = {"unregistered": ("nope@v1", 2, 60000, "open:nope@v1", r'binding="nope@v1" of route 1 is not '
+                              r"registered \(its events would never be delivered\)"),
+             "count": ("d@v1", 5, 60000, "open:d@v1", r'count="5", window_ms="60000" of route 1 are not '
+                       r'binding "d@v1"\'s registered count=2, window_ms=60000'),
+             "window": ("d@v1", 2, 1000, "open:d@v1", r'count="2", window_ms="1000" of route 1 are not '),
+             "open_set": ("d@v1", 2, 60000, "open:o@v1",
+                          rf'open set key="{{{namespace}}}:open:o@v1" of route 1 '
+                          rf'is not "{{{namespace}}}:open:d@v1"'),
+             }[case]
+    with pytest.raises(redis.ResponseError, match=wrong[-1] + ".*; nothing was written"):
+        call("c-1", *wrong[:-1], 1)
+    assert {k: client.dump(k) for k in client.keys(f"{ns}:*")} == before  # not a byte written
+    reply = call("c-1", "d@v1", 2, 60000, "open:d@v1", 1)  # the same call id, put right: runs
+    assert reply[1:3] == [1, b"count"] and len(b.records.get_batch(reply[3].decode()).events) == 2

@@ -88,6 +88,11 @@ do
 end
 if bad then return redis.error_reply(bad .. '; nothing was written') end
 -- @include call_once
+-- @include route_registered
+for r = 1, tonumber(ARGV[7]) do
+  local refused = route_refused(r, ARGV[5 + 3 * r], ARGV[6 + 3 * r], ARGV[7 + 3 * r], KEYS[11 + r])
+  if refused then return refused end
+end
 -- @include clock
 -- @include cut_keys
 local cap, id_prefix, bufp, nroutes = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])

@@ -50,6 +50,11 @@ if not checked then
   if bad then return redis.error_reply(bad .. '; nothing was written') end
 end
 -- @include call_once
+if not checked then
+  -- @include route_registered
+  local refused = route_refused(1, ARGV[5], ARGV[6], ARGV[7], KEYS[12])
+  if refused then return refused end
+end
 -- @include clock
 local now = real_now
 if ARGV[8] ~= '' then now = tonumber(ARGV[8]) end

@@ -12,7 +12,7 @@
 -- reported} when it did (each batch's events as its record holds them, '' once delivered or
 -- discarded), {-1, current_regver} when the caller's bindings are stale.
 if string.find(call_id, '|', 1, true) then  -- it would read as one followed by notes
-  return redis.error_reply('call_id must not contain "|": ' .. call_id)
+  return redis.error_reply('call_id must not contain "|": ' .. call_id .. '; nothing was written')
 end
 local prior
 if keep_ttl then
