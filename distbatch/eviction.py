@@ -35,10 +35,10 @@ def risk_of(config: Mapping[Any, Any], data_only: bool = False) -> str | None:
         return None
     if data_only and not policy.startswith("allkeys"):
         return None
-    lost = ("buffers, batch records and bindings" if policy.startswith("allkeys")
-            else "the keys with a TTL, which make a resent emit, drop or HTTP retry run once")
+    lost = ("distbatch's buffers, batch records and bindings" if policy.startswith("allkeys")
+            else "distbatch's keys with a TTL, which make a resent emit, drop or HTTP retry run once")
     return (f"Redis evicts past maxmemory={limit} bytes (maxmemory-policy={policy}): it would drop "
-            f"distbatch's {lost} in silence; set maxmemory-policy noeviction (a full Redis then "
+            f"{lost} in silence; set maxmemory-policy noeviction (a full Redis then "
             "refuses emits, reported as not stored)")
 
 

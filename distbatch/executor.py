@@ -418,7 +418,8 @@ class Executor:
             self.records.complete_and_claim([(c.batch.id, c.token) for c, _, _ in delivered],
                                             self.lease_ms, 0)
         except Exception as exc:
-            log.warning("complete_failed batches=%s: %s; they run again once their leases run out",
+            log.warning("complete_failed batches=%s: %s; each whose complete Redis did not run runs "
+                        "again once its lease runs out",
                         ",".join(c.batch.id for c, _, _ in delivered), describe(exc),
                         extra={"event": "complete_failed"})
 

@@ -43,6 +43,11 @@ AWAY_S = 5.0
 """How long a worker passes over a cluster shard whose claim failed (its node away or hanging),
 doubling while it fails, up to `AWAY_MAX_S`."""
 AWAY_MAX_S = 30.0
+DONE_KEPT_MS = 60_000
+"""How long `complete.lua` keeps a claim's done marker, by which a resent complete knows it ran
+(one marker per delivered batch: longer adds up)."""
+RESEND_WITHIN_DONE_S = DONE_KEPT_MS / 1000 - 15
+"""How long a complete whose every reply was lost is sent again: well within its marker's life."""
 ERROR_TAIL = 4000
 """Characters of a traceback kept on a failed batch: the tail, where the exception line is."""
 
@@ -135,17 +140,24 @@ class Records:
             return pipelined(self.client, calls)
 
     @staticmethod
-    def _until_answered(send: Callable[[], Any], lease_ms: int, first: BaseException) -> tuple[Any, float]:
+    def _until_answered(send: Callable[[], Any], lease_ms: int, first: BaseException,
+                        settles: bool = False) -> tuple[Any, float]:
         """The reply of a call carrying a claim whose every reply was lost, sent again (each call
         idempotent, the claim by its token) until Redis answers, for up to half a lease; with the
         time of the send answered. Redis may have run it: its batches are then this worker's,
         leased, where no other claim sees them, and a worker with no next claim to carry the
         token (nothing else ready, no ticket) left them to wait out the lease and spend a try
         each unrun; with one attempt, dead, never run. Raises `first` at once when no attempt
-        can have reached Redis, and the last error once half the lease is gone."""
+        can have reached Redis, and the last error once half the lease is gone. A call that
+        `settles` (completes batches) stops well within its done markers' life: a complete resent
+        after its marker ran out finds neither record nor marker, and a batch it delivered would
+        read as lost (the books review: `lease_lost` for a batch delivered once)."""
         if never_sent(first):
             raise first
-        give_up, pause = time.monotonic() + lease_ms / 2000, 0.05
+        window_s = lease_ms / 2000
+        if settles:
+            window_s = min(window_s, RESEND_WITHIN_DONE_S)
+        give_up, pause = time.monotonic() + window_s, 0.05
         while time.monotonic() + pause < give_up:
             time.sleep(pause)
             pause = min(2 * pause, 0.4)
@@ -317,7 +329,8 @@ class Records:
                 replies = self._pipelined_twice(calls)
             except TRANSIENT as exc:  # asked again without the wait: it is over
                 again = [*before, calls[-1]]
-                replies, sent = self._until_answered(lambda: self._pipelined_twice(again), lease_ms, exc)
+                replies, sent = self._until_answered(lambda: self._pipelined_twice(again), lease_ms, exc,
+                                                     settles=bool(before))
                 replies.insert(-1, None)  # no bell known to have rung
             *settled, rung, reply = replies
             # An error answered to a call before the claim (a hostile writer's WRONGTYPE) raises
@@ -383,7 +396,7 @@ class Records:
         it already (a resent call), None if this claim lost the batch (nothing changed)."""
         k = self.keys_for(batch_id)
         return _delivered(int(once_more(self.scripts.complete, [*k.lifecycle, k.done(token)],
-                                        [batch_id, token])))
+                                        [batch_id, token, DONE_KEPT_MS])))
 
     def complete_and_claim(self, done: Sequence[tuple[str, str]], lease_ms: int, n: int = 1,
                            wait_s: float = 0.0) -> tuple[list[int | None], list[Claim]]:
@@ -399,7 +412,8 @@ class Records:
         completes: list[ScriptCall] = []
         for bid, token in done:
             k = self.keys_for(bid)
-            completes.append((self.scripts.complete, [*k.lifecycle, k.done(token)], [bid, token]))
+            completes.append((self.scripts.complete, [*k.lifecycle, k.done(token)],
+                              [bid, token, DONE_KEPT_MS]))
         if n == 0:
             return [_delivered(int(r)) for r in _raised(self._pipelined_twice([*completes]))], []
         shard = batch_id_shard(done[-1][0])
@@ -416,7 +430,8 @@ class Records:
             try:
                 replies = self._pipelined_twice(calls)
             except TRANSIENT as exc:
-                replies, sent = self._until_answered(lambda: self._pipelined_twice(calls), lease_ms, exc)
+                replies, sent = self._until_answered(lambda: self._pipelined_twice(calls), lease_ms, exc,
+                                                     settles=bool(completes))
             *completed, reply = _raised(replies)
         except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
             self._unanswered[k.ready] = (next_token, width)

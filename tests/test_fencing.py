@@ -1860,3 +1860,46 @@ def test_threads_emitting_through_a_drop_and_a_register_elsewhere_fail_none(
     assert errors == []
     assert not any("registry_restored" in m for m in caplog.messages)
     assert app.counters().get("events_in:y@v1") == 1 + 8 * 30
+
+
+def test_a_complete_is_not_resent_past_its_done_markers_life(redis_server: RedisServer, proxy: FaultProxy,
+                                                             namespace: str, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """A complete whose every reply is lost is sent again until Redis answers, and a resend knows
+    it ran by its done marker (`T:done:<token>`, kept `DONE_KEPT_MS`). With a 10 min lease it was
+    sent again for up to 5 min: past the marker's life the resend found neither record nor marker,
+    and the batch it had delivered (record gone, events counted) came back as lost: the worker
+    logged `lease_lost` and counted it so (the books review). A complete is now sent again only
+    well within its marker's life; past that its outcome is unknown (an error), never lost."""
+    from distbatch import records as records_module
+
+    from .processes import wait_for
+
+    monkeypatch.setattr(records_module, "RESEND_WITHIN_DONE_S", 1.0, raising=False)
+    direct = redis.Redis.from_url(redis_server.url)
+    b = Batcher(direct, namespace=namespace, handoff=False)
+    b.register("lost", version="v1", source="src", batch={"count": 1, "window": "1h"}, handler="m.h")
+    b.emit("src", {"i": 1})
+    via = Batcher(redis.Redis.from_url(proxy.url), namespace=namespace, handoff=False).records
+    for script in (via.scripts.complete, via.scripts.claim):
+        direct.script_load(script.script)  # a dropped NOSCRIPT reply would hide what ran
+    claim = via.claim_next(600_000)
+    assert claim is not None
+    out: dict[str, Any] = {}
+
+    def settle() -> None:
+        try:
+            out["settled"] = via.complete_and_claim([(claim.batch.id, claim.token)], 600_000, 1)[0]
+        except Exception as exc:
+            out["error"] = exc
+
+    proxy.drop_all(True)  # Redis runs every call; no reply gets back
+    t = threading.Thread(target=settle)
+    t.start()
+    wait_for(lambda: b.counters().get("events_delivered:lost@v1") == 1, 10, "the complete to run")
+    time.sleep(2.0)
+    direct.delete(b.layout.keys[0].done(claim.token))  # what its TTL does in a longer outage
+    proxy.drop_all(False)
+    t.join(30)
+    assert "settled" not in out, f"a delivered batch came back as {out['settled']!r} (None: lost)"
+    assert isinstance(out.get("error"), redis.ConnectionError), out

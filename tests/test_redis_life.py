@@ -17,9 +17,11 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from distbatch import Batcher
+from distbatch import Batcher, EmitError, ManualClock
 from distbatch.aio import AsyncBatcher
 from distbatch.cli import main as cli
+from distbatch.records import Outcome
+from distbatch.scripts import source
 from distbatch.testing import RedisServer, env_with_path
 
 
@@ -119,6 +121,8 @@ def test_a_redis_that_evicts_is_said_so_where_an_operator_looks(own_server: Redi
     said = subprocess.run([sys.executable, "-m", "distbatch.cli", "stats", "--json", *args],
                           env=env_with_path(), capture_output=True, text=True, timeout=60)
     assert said.returncode == 0 and f"maxmemory-policy={policy}" in said.stderr, said
+    lost = "buffers, batch records and bindings" if policy.startswith("allkeys") else "keys with a TTL"
+    assert f"it would drop distbatch's {lost}" in said.stderr, said.stderr
     assert json.loads(said.stdout)["bindings"]  # stdout stays JSON
     with Procs(own_server.url, namespace, tmp_path) as procs:
         procs.sweeper()
@@ -233,3 +237,47 @@ def test_a_queue_redis_that_evicts_is_named_by_its_option(own_server: RedisServe
         assert "redis_evicts: --queue-url: " in server.log.read_text(), server.log.read_text()
     finally:
         queue.cleanup()
+
+
+def test_what_moves_or_frees_what_distbatch_holds_runs_past_maxmemory(own_server: RedisServer,
+                                                                        namespace: str) -> None:
+    """Past `maxmemory` with `noeviction` (the README's setting) Redis refuses a script's first
+    write that may grow memory. Every script opened with one (a counter, a done marker, a lease's
+    score), so once Redis was full no `dead purge` or `drop` could get memory back, no worker
+    could complete, renew or fail a batch it held, and no sweeper could cut an expired window or
+    reclaim a lease: `purge` raised OutOfMemoryError with all its dead batches still there (the
+    books review). They open with a write Redis never refuses for memory now; emits are still
+    refused, as they should be."""
+    client = redis.Redis.from_url(own_server.url)
+    clock = ManualClock(0)
+    b = Batcher(client, namespace=namespace, handoff=False, clock=clock)
+    b.register("m", version="v1", source="m", handler="m.h", batch={"count": 1, "window": "1h"},
+               retry={"attempts": 1})
+    b.register("w", version="v1", source="w", handler="m.h", batch={"count": 10, "window": "1s"})
+    b.register("d", version="v1", source="d", handler="m.h", batch={"count": 10, "window": "1h"})
+    pad = "x" * 20_000
+    b.emit_many("m", [{"i": i, "pad": pad} for i in range(6)])  # six batches ready
+    b.emit_many("w", [{"i": i, "pad": pad} for i in range(2)])  # a window that runs out
+    b.emit_many("d", [{"i": i, "pad": pad} for i in range(3)])  # a binding to drop
+    rec = b.records
+    dead, held, failing = (rec.claim_next(10_000) for _ in range(3))
+    expiring = rec.claim_next(1)  # its lease runs out at once
+    assert dead and held and failing and expiring
+    assert rec.fail(dead.batch.id, dead.token, "boom", None) is Outcome.DEAD
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 30_000)
+    with pytest.raises(EmitError):
+        b.emit("m", {"i": 99})  # new events are refused
+    assert rec.renew(held.batch.id, held.token, 10_000)
+    assert rec.complete(held.batch.id, held.token) == 1
+    assert rec.fail(failing.batch.id, failing.token, "boom", None) is Outcome.DEAD
+    assert rec.purge(dead.batch.id) and rec.replay(failing.batch.id)
+    assert rec.reclaim(expiring.batch.id) is Outcome.DEAD  # its one try counted
+    assert rec.claim_next(10_000) is not None
+    clock.advance("2s")
+    (flushed,) = b.flush_expired()
+    assert len(flushed.events) == 2
+    assert len(b.drop("d@v1")) == 3
+    k = b.layout.keys[0]
+    client.delete(k.lease)
+    assert client.eval(source("shard_lease"), 1, k.lease, "sweeper-1", 5000, "hold") == 1

@@ -18,6 +18,8 @@
 local B = 0
 -- @include clock
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 local k_bell = KEYS[12]
 local token, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local width = math.max(n, tonumber(ARGV[4] or '') or 0)

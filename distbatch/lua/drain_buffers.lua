@@ -9,6 +9,8 @@
 -- to it since, no longer the drop's.
 local k_deadlines, k_stats, open_key, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local F = 6  -- the first buffer key
+local k_full = k_stats
+-- @include runs_when_full
 -- @include kept_reply
 local kept = kept_reply()
 if #kept > 0 then

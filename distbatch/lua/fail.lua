@@ -9,6 +9,8 @@
 local B = 0
 -- @include clock
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 -- @include bell
 local k_bell = KEYS[12]
 local id, token = ARGV[1], ARGV[2]

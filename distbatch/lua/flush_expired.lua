@@ -21,6 +21,8 @@
 local k_deadlines, k_seq, k_bindings, k_kept = KEYS[1], KEYS[2], KEYS[3], KEYS[9]
 local B = 3
 -- @include cut_keys
+local k_full = k_stats
+-- @include runs_when_full
 local with_events = ARGV[4] == '1'
 -- @include kept_reply
 local kept = with_events and kept_reply() or {}  -- kept only with events (below)

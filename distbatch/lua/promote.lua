@@ -5,6 +5,8 @@
 local B = 0
 -- @include clock
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 -- @include bell
 local due = redis.call('ZRANGEBYSCORE', k_delayed, '-inf', real_now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do

@@ -5,6 +5,8 @@
 -- Returns 1 if it was dead and is gone now, else 0; a resend of a call that did it, 1.
 local B = 0
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 -- @include binding_of
 local k_kept = KEYS[12]
 -- @include kept_reply

@@ -13,6 +13,8 @@
 local B = 0
 -- @include clock
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 -- @include binding_of
 -- @include bell
 local k_bindings, k_dropped = KEYS[12], KEYS[13]

@@ -5,6 +5,8 @@
 local B = 0
 -- @include clock
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 if check_owner(ARGV[1], ARGV[2]) ~= 'ok' then return 0 end
 redis.call('ZADD', k_running, real_now + tonumber(ARGV[3]), ARGV[1])
 return 1

@@ -4,6 +4,8 @@
 -- Returns 1 if it was dead and is ready again, else 0; a resend of a call that did it, 1.
 local B = 0
 -- @include lifecycle
+local k_full = k_stats
+-- @include runs_when_full
 local k_kept = KEYS[12]
 -- @include bell
 -- @include kept_reply

@@ -16,6 +16,7 @@ if ARGV[3] == 'take' then
   if holder ~= ARGV[4] then return 0 end  -- it changed since: a sweeper's own now, or gone
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl >= 0 and ttl <= tonumber(ARGV[5]) then return 0 end
+  redis.call('DEL', KEYS[1])  -- first, a write Redis never refuses for memory (`runs_when_full`)
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -24,5 +25,6 @@ if holder == ARGV[1] then
   return 1
 end
 if holder then return 0 end
+redis.call('DEL', KEYS[1])  -- as above: a sweeper takes its lease at maxmemory too
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1

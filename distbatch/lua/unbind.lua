@@ -5,6 +5,8 @@
 -- ARGV: binding, new registry epoch (random)
 -- Returns {registered 0/1, dropped before 0/1, members...}. A binding neither registered nor
 -- dropped before (a typo) changes nothing: the epoch stays, so no emitter reloads for it.
+local k_full = KEYS[1]
+-- @include runs_when_full
 local def = redis.call('HGET', KEYS[1], ARGV[1])
 local dropped_before = redis.call('HEXISTS', KEYS[3], ARGV[1])
 if def then
