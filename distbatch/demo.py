@@ -127,10 +127,15 @@ def run_demo(batcher: Batcher, *, events: int, producers: int, keys: int, count:
         raise executor.mistake
     elapsed = time.monotonic() - started
     stats = collect(batcher)
-    batcher.drop(key)
+    # what an interrupted demo did not deliver is said, so the summary adds up: the events still
+    # in open buffers go with its binding, and the batches cut and not run stay in Redis
+    dropped = len(batcher.drop(key))
     return {
         "events_in": sum(sent), "batches_count": RECORD.batches["count"],
         "batches_expired": RECORD.batches["expired"], "events_delivered": RECORD.events,
+        "events_dropped": dropped, "events_in_batches_left": sum(sent) - RECORD.events - dropped,
+        "batches_left": stats["batches_ready_now"] + stats["batches_running_now"]
+        + stats["batches_waiting_retry_now"],
         "seconds": round(elapsed, 2),
         "cut_lateness_ms": {"p50": _pct(RECORD.cut_late_ms, 0.5), "p99": _pct(RECORD.cut_late_ms, 0.99),
                             "max": max(RECORD.cut_late_ms, default=0)},

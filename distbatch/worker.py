@@ -43,7 +43,7 @@ except ImportError:  # RQ 2.x
 from . import jobdoor, jobs
 from .batcher import Batcher
 from .dispatch import make_queue
-from .errors import describe
+from .errors import HandlerNotAllowed, describe
 from .executor import LINGER_S, Executor
 from .handlers import HandlerResolver, registered
 from .interrupts import StopFlag
@@ -348,6 +348,7 @@ def run_worker(
     for prefix, why in resolver.unfound().items():
         log.warning("handlers_not_found prefix=%s: %s; batches of its handlers go back untouched",
                     prefix, why, extra={"event": "handlers_not_found", "prefix": prefix})
+    _say_unrunnable(batcher, resolver)
     queue_client = batcher.dispatcher.client if batcher.dispatcher else batcher.client
     executor = configure(batcher, resolver, lease_ms, 0.02 if burst else LINGER_S)  # burst: done is done
     stop = threading.Event()
@@ -444,6 +445,25 @@ def run_worker(
         mistake = refusals[0] if refusals else executor.mistake
         if mistake is not None and sys.exc_info()[1] is None:
             raise mistake
+
+
+def _say_unrunnable(batcher: Batcher, resolver: HandlerResolver) -> None:
+    """Each registered binding whose handler this worker cannot run, named as it starts: a
+    module `register` could not import is left to the workers (the handlers live with them),
+    and one they cannot import either (a typo in the module's name) was said only once a batch
+    came, then every 5 s, its batches never run nor dead. Bindings another pool of workers
+    runs (outside this one's --handlers) are named too, once, as left to them. Redis away at
+    start: the worker's own loop says so."""
+    try:
+        bindings = batcher.bindings()
+    except Exception:  # away, or a look the ACL refuses: the loop below reports what matters
+        return
+    for key, binding in sorted(bindings.items()):
+        try:
+            resolver.resolve(binding.handler)
+        except HandlerNotAllowed as exc:
+            log.warning("handler_unavailable binding=%s %s; its batches are left for a worker that can "
+                        "run it", key, exc, extra={"event": "handler_unavailable", "binding": key})
 
 
 def _drain_unannounced(executor: Executor, worker: BatchWorker) -> bool:

@@ -75,6 +75,11 @@ def test_demo_ends_on_the_first_ctrl_c_with_its_summary(signum: int, after_s: fl
         summary = json.loads(out[out.index("\n{") + 1:])  # after the batches it printed
         assert summary["interrupted"] is True and "Traceback" not in err
         assert 0 < summary["events_delivered"] <= summary["events_in"] < 100_000
+        # what it did not deliver is said (before, `events_in` exceeded `events_delivered` by
+        # events the summary named nowhere): dropped with its binding, or in batches left
+        left = summary["events_in"] - summary["events_delivered"] - summary["events_dropped"]
+        assert summary["events_in_batches_left"] == left >= 0
+        assert (summary["batches_left"] > 0) == (left > 0), summary
     finally:
         if proc.poll() is None:
             proc.kill()

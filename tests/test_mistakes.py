@@ -244,6 +244,35 @@ def test_a_typo_in_the_namespace_or_the_handlers_gets_a_word_at_start(tmp_path: 
     assert "prefix=tests.handlers" not in out.stderr  # that one imports
 
 
+def test_a_binding_whose_handler_module_does_not_import_is_named_as_the_worker_starts(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """`register` leaves a module it cannot import to the workers (the handlers live with them),
+    which the README says name it as they start. They did not: a typo in the module's name
+    (`myapp.handlerz.digest`) was said only once a batch came, then every 5 s, and its batches
+    never ran nor went dead (the new-user review). A binding another pool runs is named as left
+    to it; one this worker runs, not at all."""
+    app = tmp_path / "myapp"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    (app / "handlers.py").write_text("def digest(batch):\n    pass\n")
+    ns = "unrunnable"
+    b = Batcher.from_url(redis_server.url, namespace=ns)
+    for name, handler in (("ok", "myapp.handlers.digest"), ("typo", "myapp.handlerz.digest"),
+                          ("elsewhere", "otherpool.handlers.digest")):
+        b.register(name, version="v1", source="s", handler=handler, batch={"count": 5, "window": "1h"})
+    env = {**env_with_path(), "DISTBATCH_REDIS_URL": redis_server.url}
+    out = subprocess.run([sys.executable, "-m", "distbatch.cli", "worker", "--burst", "--namespace", ns,
+                          "--handlers", "myapp"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    said = [line for line in out.stderr.splitlines() if "handler_unavailable" in line]
+    assert len(said) == 2, out.stderr
+    typo = "binding=typo@v1 handler='myapp.handlerz.digest' cannot be imported: ModuleNotFoundError"
+    assert typo in said[1]
+    assert "binding=elsewhere@v1 handler='otherpool.handlers.digest' is neither registered" in said[0]
+    assert all("left for a worker that can run it" in line for line in said)
+
+
 @pytest.mark.parametrize("role", ["worker", "sweeper"])
 def test_started_while_redis_is_down_it_waits_quietly_and_then_works(role: str, tmp_path: Path) -> None:
     port = free_port()
