@@ -313,7 +313,7 @@ def _start_metrics(port: int | None, host: str, token_file: str | None, insecure
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(strictjson.dumps(data, indent=2, default=str))
 
 
 class _FiniteFloat(click.FloatRange):
@@ -727,7 +727,7 @@ def dead_list(redis_url: str, namespace: str) -> None:
     for row in reversed(dead.rows(batcher)):  # oldest first, as a log reads
         error = (row.pop("error") or "").strip().splitlines()
         # one line each: indented objects back to back were neither one JSON document nor lines
-        click.echo(json.dumps({**row, "error": error[-1] if error else None}, default=str))
+        click.echo(strictjson.dumps({**row, "error": error[-1] if error else None}, default=str))
 
 
 @dead.command("show")

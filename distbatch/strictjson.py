@@ -1,10 +1,12 @@
-"""JSON from outside (the CLI's and the HTTP service's events): what Python's json module would
-take beyond JSON is refused, so every door stores the same payloads."""
+"""JSON as readers elsewhere take it. Read from outside (the CLI's and the HTTP service's events):
+what Python's json module would take beyond JSON is refused, so every door stores the same
+payloads. Written (what the CLI prints, the dashboard's dead batches): never NaN or Infinity."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 
@@ -60,3 +62,29 @@ def _path_of_bad(value: Any) -> str:
         elif isinstance(node, list):
             stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
     return ""
+
+
+def dumps(value: Any, *, default: Callable[[Any], Any] = str, indent: int | None = None) -> str:
+    """`json.dumps` that writes no NaN or Infinity, which no JSON reader elsewhere takes (`jq`,
+    a browser's `JSON.parse`): a payload emitted through the library may hold them (only the
+    CLI's and HTTP's doors refuse them), and `dead show` printed them as they were. Such a float
+    is written as the string "NaN", "Infinity" or "-Infinity" (looked for only when there is one)."""
+    try:
+        return json.dumps(value, default=default, indent=indent, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_only(value), default=default, indent=indent, allow_nan=False)
+
+
+def _named(number: float) -> str:
+    return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+
+
+def _finite_only(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _named(value)
+    if isinstance(value, dict):
+        return {(_named(k) if isinstance(k, float) and not math.isfinite(k) else k): _finite_only(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_only(v) for v in value]
+    return value

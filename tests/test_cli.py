@@ -510,6 +510,36 @@ def test_dead_show_and_replay_say_where_a_batch_that_is_not_dead_is(redis_server
     assert f"{running}: not dead: running on a worker now" in out
 
 
+def test_a_dead_payload_holding_nan_is_shown_as_json_every_reader_takes(redis_server: RedisServer,
+                                                                       namespace: str) -> None:
+    """The library stores NaN and Infinity (only the CLI's and HTTP's doors refuse them), and
+    `dead show` printed `"v": NaN, "w": Infinity`, as did /api/dead/<id> on a payload orjson
+    could not write: text no JSON reader but Python's takes (jq, a browser's JSON.parse). Such a
+    float is shown as the string "NaN" / "Infinity" / "-Infinity" now."""
+    from distbatch import strictjson
+    from distbatch.records import Outcome
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"},
+               retry={"attempts": 1})
+    (r,) = b.emit("s", {"v": float("nan"), "w": [float("inf"), -float("inf"), 1.5], "raw": b"\x00"})
+    assert r.batch is not None
+    claim = b.records.claim([r.batch.id], 10_000)
+    assert claim is not None and b.records.fail(r.batch.id, claim.token, "boom", None) is Outcome.DEAD
+    args = ["--redis-url", redis_server.url, "--namespace", namespace]
+    shown = CliRunner().invoke(cli, ["dead", "show", r.batch.id, *args])
+    assert shown.exit_code == 0, shown.output
+    (event,) = strictjson.loads(shown.output)["events"]  # refuses NaN, as jq does
+    assert event["payload"]["v"] == "NaN" and event["payload"]["w"] == ["Infinity", "-Infinity", 1.5]
+    listed = CliRunner().invoke(cli, ["dead", "list", *args])
+    assert strictjson.loads(listed.output.splitlines()[0])["id"] == r.batch.id
+    from distbatch.serve.events import inspection_response
+
+    detail = {"events": [{"payload": {"v": float("nan"), "raw": b"\x00"}}], 7: -float("inf")}
+    assert strictjson.loads(inspection_response(detail).body) == {
+        "events": [{"payload": {"v": "NaN", "raw": "b'\\x00'"}}], "7": "-Infinity"}
+
+
 @pytest.mark.parametrize("argv", [["dead", "replay", "--all"], ["dead", "purge", "--all"],
                                   ["emit", "s", "{}"]])
 def test_commands_on_a_typod_namespace_write_nothing(redis_server: RedisServer, namespace: str,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from ..errors import describe
-from .events import json_response
+from .events import inspection_response, json_response
 from .inspect import Inspector
 
 log = logging.getLogger("distbatch")
@@ -65,7 +65,7 @@ async def overview(request: Request) -> Response:
 
 @redis_errors_are_503
 async def dead_list(request: Request) -> Response:
-    return json_response(await asyncio.to_thread(_inspector(request).dead))
+    return inspection_response(await asyncio.to_thread(_inspector(request).dead))
 
 
 @redis_errors_are_503
@@ -73,7 +73,7 @@ async def dead_detail(request: Request) -> Response:
     found = await asyncio.to_thread(_inspector(request).dead_detail, request.path_params["batch_id"])
     if found is None:
         return json_response({"code": "not_dead", "message": "no dead batch with that id"}, 404)
-    return json_response(found)
+    return inspection_response(found)
 
 
 async def _act(request: Request, action: str, done: str) -> Response:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -47,8 +46,15 @@ def json_response(body: Any, status: int = 200) -> Response:
     try:
         data = orjson.dumps(body)
     except TypeError:
-        data = json.dumps(body, default=repr).encode()
+        data = strictjson.dumps(body, default=repr).encode()
     return Response(data, status_code=status, media_type="application/json")
+
+
+def inspection_response(body: Any) -> Response:
+    """A dead batch as the dashboard shows it: a payload's NaN or Infinity (which the library
+    lets through) as the string "NaN" / "Infinity" (orjson writes null, hiding what is there;
+    the stdlib wrote NaN, which no browser parses), what JSON has no type for as its repr."""
+    return Response(strictjson.dumps(body, default=repr).encode(), media_type="application/json")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
