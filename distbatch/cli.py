@@ -594,6 +594,9 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
             f"stored (bound sources: {sorted({b.source for b in batcher.bindings().values()})})"
         )
     lines = [payload] if payload is not None else sys.stdin
+    if payload is None and sys.stdin.isatty():  # it would wait in silence for lines typed
+        click.echo(f"reading events for {source!r} from stdin, one JSON object per line; end with "
+                   "Ctrl-D (or give PAYLOAD)", err=True)
     buffered = fired = n = 0
     events: list[Any] = []
     numbers: list[int] = []  # the line of each event waiting in `events`
@@ -617,6 +620,8 @@ def emit(redis_url: str, namespace: str, source: str, payload: str | None, chunk
         except PayloadError as exc:  # emit_many checks every payload first: this chunk stored nothing
             raise stopped(numbers[exc.event or 0], exc.reason) from exc
         except EmitError as exc:
+            if payload is not None:  # no lines: the error says what of the one event is stored
+                raise click.ClickException(f"PAYLOAD: {exc}") from exc
             raise click.ClickException(
                 f"{exc}; the chunk began at line {numbers[0]}, and the {n} event(s) before it were "
                 "stored") from exc

@@ -634,3 +634,48 @@ def test_a_queue_user_without_write_permission_is_said_so(redis_server: RedisSer
         assert "rq-ro-password-1" not in result.output
     finally:
         client.acl_deluser(user)
+
+
+def test_emit_of_one_payload_refused_speaks_of_it_not_of_lines(redis_server: RedisServer,
+                                                                namespace: str) -> None:
+    """`distbatch emit SOURCE PAYLOAD` refused by Redis (an ACL that may only read) said "the chunk
+    began at line 1, and the 0 event(s) before it were stored", words for stdin's lines."""
+    client = redis.Redis.from_url(redis_server.url)
+    Batcher(client, namespace=namespace).register("d", version="v1", source="s", handler="m.h",
+                                                  batch={"count": 5, "window": "1h"})
+    user = f"look-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+pw-pw-pw"], keys=["*"],
+                       commands=["+@read", "+@connection"])
+    try:
+        url = redis_server.url.replace("redis://", f"redis://{user}:pw-pw-pw@")
+        out = CliRunner().invoke(cli, ["emit", "s", '{"a": 1}', "--redis-url", url, "--namespace", namespace])
+    finally:
+        client.acl_deluser(user)
+    assert out.exit_code == 1 and out.output.startswith("Error: PAYLOAD: "), out.output
+    assert "line" not in out.output, out.output
+
+
+def test_emit_reading_a_terminal_says_so(redis_server: RedisServer, namespace: str) -> None:
+    """`distbatch emit SOURCE` with no PAYLOAD at a terminal waited for lines in silence."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from .redis_server import env_with_path
+
+    Batcher.from_url(redis_server.url, namespace=namespace).register(
+        "d", version="v1", source="s", handler="m.h", batch={"count": 5, "window": "1h"})
+    main_fd, tty = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "distbatch.cli", "emit", "s", "--redis-url",
+                             redis_server.url, "--namespace", namespace], stdin=tty, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env_with_path(), text=True)
+    try:
+        os.write(main_fd, b'{"a": 1}\n\x04')  # a line, then Ctrl-D
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main_fd)
+        os.close(tty)
+    assert proc.returncode == 0, err
+    assert "reading events for 's' from stdin, one JSON object per line; end with Ctrl-D" in err
+    assert json.loads(out)["events"] == 1
