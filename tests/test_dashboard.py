@@ -133,9 +133,12 @@ def test_dashboard_data_needs_the_token(browser: Any, redis_server: RedisServer,
     server = Server(redis_server.url, tmp_path, namespace)
     try:
         page = browser.new_page()
-        page.goto(server.url + "/")
+        with page.expect_response(lambda r: r.status == 401):  # the first look, with no token
+            page.goto(server.url + "/")
         page.wait_for_selector("#login", state="visible")
         assert not page.is_visible("#app")
+        page.wait_for_timeout(100)  # its handler has run
+        assert page.inner_text("#error") == ""  # a first visit: no word of a refused token
         page.fill("#token", "x" * 40)
         page.click("#login-form button")
         page.wait_for_selector("#error:has-text('refused')")
