@@ -353,10 +353,18 @@ class _Commands(click.Group):
         except DistbatchError as exc:
             raise click.ClickException(str(exc)) from exc
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            if "HELLO must be called" in str(exc) or "NOAUTH" in str(exc):  # redis-py's HELLO, no AUTH
+                raise click.ClickException(
+                    "Redis requires a password, and the URL gives none (redis://[user]:PASSWORD@host"
+                    ":port/db; percent-encode what a URL cannot hold)") from exc
             raise click.ClickException(f"Redis refused the login (the user or password in the URL): "
                                        f"{describe(exc)}") from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise click.ClickException(f"cannot reach Redis: {describe(exc)}") from exc
+            urls = (ctx.meta.get("distbatch.redis_url"), ctx.meta.get("distbatch.queue_url"))
+            tls = any(isinstance(u, str) and u.startswith("rediss") for u in urls)
+            hint = (" (a rediss:// URL to a port that does not speak TLS times out so: is that "
+                    "server's port a TLS one?)" if tls and isinstance(exc, redis.TimeoutError) else "")
+            raise click.ClickException(f"cannot reach Redis: {describe(exc)}{hint}") from exc
         except redis.exceptions.RedisClusterException as exc:  # no node reachable, or not a cluster
             raise click.ClickException(f"cannot use the Redis Cluster: {describe(exc)}") from exc
         except redis.ResponseError as exc:  # e.g. a database index the server does not have

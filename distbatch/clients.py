@@ -61,8 +61,10 @@ def parsing_url(url: str, field: str = "redis_url") -> Iterator[None]:
     except ConfigError:
         raise
     except ValueError as exc:
-        raise ConfigError(field, f"{field}={redacted(url)!r} is not a Redis URL: {redacted(url, str(exc))}"
-                          ) from None
+        said = redacted(url, str(exc))
+        if "schemes" in said:  # redis-py lists its own; distbatch also takes a cluster's
+            said += "; for a Redis Cluster, redis+cluster:// or rediss+cluster://"
+        raise ConfigError(field, f"{field}={redacted(url)!r} is not a Redis URL: {said}") from None
 
 
 def _check_db(url: str, field: str) -> None:

@@ -679,3 +679,22 @@ def test_emit_reading_a_terminal_says_so(redis_server: RedisServer, namespace: s
     assert proc.returncode == 0, err
     assert "reading events for 's' from stdin, one JSON object per line; end with Ctrl-D" in err
     assert json.loads(out)["events"] == 1
+
+
+def test_redis_url_mistakes_get_a_word_on_what_to_fix(redis_server: RedisServer) -> None:
+    """Three a new user makes (the new-user review): a URL with no scheme was told the schemes
+    redis-py takes, not a cluster's; `rediss://` to a port that speaks no TLS said only
+    `TimeoutError` after 6 s; a URL with no password, to a Redis that asks for one, showed
+    redis-py's raw "HELLO must be called with the client already authenticated"."""
+    host_port = redis_server.url.removeprefix("redis://").split("/")[0]
+    said = CliRunner().invoke(cli, ["triggers", "list", "--redis-url", host_port]).output
+    assert "is not a Redis URL" in said and "redis+cluster:// or rediss+cluster://" in said, said
+    said = CliRunner().invoke(cli, ["triggers", "list", "--redis-url", f"rediss://{host_port}/0"]).output
+    assert "is that server's port a TLS one?" in said, said
+    locked = RedisServer().start()
+    try:
+        redis.Redis.from_url(locked.url).config_set("requirepass", "a-password-0123456789")
+        said = CliRunner().invoke(cli, ["triggers", "list", "--redis-url", locked.url]).output
+    finally:
+        locked.cleanup()
+    assert "Redis requires a password, and the URL gives none" in said and "HELLO" not in said, said
