@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 KEYLESS = "*"
+SEEN_LIVE_MS = 30_000
+"""A sweeper or worker whose last heartbeat (`Keys.sweepers`, `Keys.workers`) is older is gone,
+for `stats`, `/metrics` and `/healthz` alike (they said 10 s and 30 s, and disagreed for 20 s
+after a sweeper stopped). A worker beats every 5 s, a sweeper every pass (at most 1 s apart)."""
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch  # exactly what `quote` leaves as it is
 

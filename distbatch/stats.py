@@ -8,7 +8,7 @@ from typing import Any
 from . import census
 from .batcher import Batcher
 from .codec import as_text
-from .keys import split_member
+from .keys import SEEN_LIVE_MS, split_member
 
 SAMPLE = 10_000
 _TOTALS = {"batches_dead": "went_dead_total", "batch_retries": "retries_total",
@@ -50,7 +50,7 @@ def collect(batcher: Batcher, events: bool = False) -> dict[str, Any]:
     oldest = min(earliest.values(), default=None)
     window_now = b.clock.now_ms()  # deadlines are on the window clock (a ManualClock in tests)
     window_ms = now_ms if window_now is None else window_now  # a ManualClock at 0 is a time
-    sweepers = int(b.client.zcount(b.keys.sweepers, now_ms - 10_000, "+inf"))
+    sweepers = int(b.client.zcount(b.keys.sweepers, now_ms - SEEN_LIVE_MS, "+inf"))
     per_binding = {}
     # Every binding's reads go in one pipeline per step, not a round trip each: a dropped
     # binding keeps its counters (and a row) for good, and at one round trip per read a scrape

@@ -757,3 +757,23 @@ def test_healthz_with_the_queues_redis_away_says_so_and_is_not_down(redis_server
         assert any("--queue-url" in w for w in body["warnings"]), body
     finally:
         server.stop()
+
+
+def test_stats_metrics_and_healthz_count_the_same_live_sweepers(redis_server: RedisServer, tmp_path: Path,
+                                                                  namespace: str) -> None:
+    """`stats` and `/metrics` counted a sweeper live for 10 s after its last heartbeat, `/healthz`
+    for 30 s: for 20 s after a sweeper stopped, one said none and the other one (the style
+    review). One window now (`keys.SEEN_LIVE_MS`)."""
+    from distbatch.stats import collect
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("x", version="v1", source="x", handler="m.h", batch={"count": 100, "window": "1h"})
+    b.client.zadd(b.keys.sweepers, {"gone-a-while": b.server_ms() - 20_000})
+    s = Server(redis_server.url, tmp_path, namespace)
+    try:
+        health = httpx.get(f"{s.url}/healthz").json()
+        metrics = httpx.get(f"{s.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    finally:
+        s.stop()
+    assert health["sweepers"] == collect(b)["sweepers_live"] == 1, health
+    assert "distbatch_sweepers_live 1.0" in metrics

@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, Response
 from ..aio import AsyncBatcher
 from ..dispatch import Dispatcher
 from ..eviction import eviction_risk_async
+from ..keys import SEEN_LIVE_MS
 
-SEEN_WITHIN_MS = 30_000
 CHECK_TIMEOUT_S = 3.0
 EVICTION_EVERY_S = 60.0
 
@@ -43,7 +43,7 @@ def _live_workers(dispatcher: Dispatcher) -> int:
             continue
         if beat.tzinfo is None:  # RQ before 2.1 parses to naive UTC
             beat = beat.replace(tzinfo=datetime.UTC)
-        live += (now - beat).total_seconds() * 1000 <= SEEN_WITHIN_MS
+        live += (now - beat).total_seconds() * 1000 <= SEEN_LIVE_MS
     return live
 
 
@@ -70,10 +70,10 @@ async def healthz(request: Request) -> Response:
                 except redis.ConnectionError:
                     if attempt == 2:
                         raise
-            sweepers = await batcher.client.zcount(core.keys.sweepers, now - SEEN_WITHIN_MS, "+inf")
+            sweepers = await batcher.client.zcount(core.keys.sweepers, now - SEEN_LIVE_MS, "+inf")
             # distbatch workers' own heartbeats (rebuilt after Redis lost its data, unlike RQ's
             # registry), or, for plain `rq worker`s running the tickets, RQ's registry
-            workers: int | None = await batcher.client.zcount(core.keys.workers, now - SEEN_WITHIN_MS, "+inf")
+            workers: int | None = await batcher.client.zcount(core.keys.workers, now - SEEN_LIVE_MS, "+inf")
             evicts = await _eviction(request, batcher)
             unread = None
             if not workers and batcher.dispatcher is not None:
@@ -90,9 +90,9 @@ async def healthz(request: Request) -> Response:
         return JSONResponse(body, status_code=503)
     warnings = [w for w in (unread, evicts) if w]
     if not sweepers:
-        warnings.append(f"no sweeper seen in the last {SEEN_WITHIN_MS // 1000}s: expired windows wait")
+        warnings.append(f"no sweeper seen in the last {SEEN_LIVE_MS // 1000}s: expired windows wait")
     if workers == 0:
-        warnings.append(f"no worker seen in the last {SEEN_WITHIN_MS // 1000}s: batches wait in Redis")
+        warnings.append(f"no worker seen in the last {SEEN_LIVE_MS // 1000}s: batches wait in Redis")
     body.update(status="degraded" if warnings else "ok", redis={"ok": True, "server_ms": now},
                 sweepers=int(sweepers), workers=workers, warnings=warnings)
     strict = request.query_params.get("strict") in ("1", "true", "yes")
