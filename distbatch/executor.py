@@ -296,11 +296,11 @@ class Executor:
         ticket that found nothing to run ends at once.
         """
         linger = self.linger_s if linger_s is None else linger_s
-        self._fan_out()
         counts: dict[str, int] = {}
         started = time.monotonic()
         idle_since: float | None = None
         n = 0
+        fanned = False
         while not self.stop.is_set() or self._in_hand:  # batches claimed are run
             if not self._in_hand:
                 if n >= max_batches or time.monotonic() - started > max_seconds:
@@ -309,6 +309,9 @@ class Executor:
                 none_ready, self._none_ready = self._none_ready, False  # the last look found none
                 if not none_ready:
                     self._take(self.records.claim_some(self.lease_ms, min(self._want(), max_batches - n)))
+            if not fanned:  # after the first claim went through: a drain Redis refuses (the ACL)
+                fanned = True  # fans out no ticket, in a forking worker's fresh child too
+                self._fan_out()
             if not self._in_hand:
                 now = time.monotonic()
                 if idle_since is None:

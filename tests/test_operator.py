@@ -406,3 +406,42 @@ def test_a_plain_rq_workers_drain_the_acl_refuses_pauses_and_runs_once_fixed(
         assert not executor.refused
     finally:
         admin.acl_deluser(user)
+
+
+def test_a_forking_rq_workers_drain_the_acl_refuses_fans_no_ticket_out(
+        redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forking `rq worker` (RQ's default) runs each ticket in a fresh child with a fresh
+    executor, which knew nothing of the last drain's refusal: each fanned a ticket out at its
+    start, before its claim was refused, so a worker whose user may not run scripts took one
+    empty job every 5 s, for as long as the permission lacked (the second diff review). The
+    fan-out comes after the drain's first claim went through now."""
+    from distbatch import jobs
+    from distbatch.dispatch import Dispatcher
+    from distbatch.executor import Executor
+    from distbatch.handlers import HandlerResolver
+    from distbatch.keys import Keys
+
+    monkeypatch.setattr(jobs, "REFUSED_PAUSE_S", 0.01)
+    admin = redis.Redis.from_url(redis_server.url)
+    user = f"noscript-fork-{namespace}"
+    admin.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-@scripting"])
+    try:
+        b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+        b.register("d", version="v1", source="s", handler="tests.handlers.noop",
+                   batch={"count": 1, "window": "1h"})
+        b.emit_many("s", [{"n": n} for n in range(3)])  # three ready: a drain would fan out
+        url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+        as_user = Batcher.from_url(url, namespace=namespace, handoff=False)
+        queue = f"rq:queue:{Keys(namespace).queue_name}"
+        for _ in range(3):  # one fresh child per ticket, as a forking worker runs them
+            executor = Executor(as_user.records, HandlerResolver(["tests.handlers"]), 5000,
+                                dispatcher=Dispatcher(as_user.client, Keys(namespace)))
+            assert jobs.drain_reported(executor, namespace, 10, 5.0) == {"refused": 1}
+            assert admin.llen(queue) == 0, "a refused drain fanned a ticket out"
+        admin.acl_setuser(user, commands=["+@scripting"])  # fixed: the next ticket runs and fans out
+        executor = Executor(as_user.records, HandlerResolver(["tests.handlers"]), 5000,
+                            dispatcher=Dispatcher(as_user.client, Keys(namespace)))
+        assert jobs.drain_reported(executor, namespace, 1, 5.0).get("delivered") == 1
+    finally:
+        admin.acl_deluser(user)
