@@ -388,9 +388,7 @@ def test_a_plain_rq_workers_drain_the_acl_refuses_pauses_and_runs_once_fixed(
 
     monkeypatch.setattr(jobs, "REFUSED_PAUSE_S", 0.1)
     admin = redis.Redis.from_url(redis_server.url)
-    user = f"noscript-rq-{namespace}"
-    admin.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
-                      commands=["+@all", "-@scripting"])
+    user = _acl_user(admin, f"noscript-rq-{namespace}", ["+@all", "-@scripting"])
     try:
         b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
         b.register("d", version="v1", source="s", handler="tests.handlers.noop",
@@ -423,9 +421,7 @@ def test_a_forking_rq_workers_drain_the_acl_refuses_fans_no_ticket_out(
 
     monkeypatch.setattr(jobs, "REFUSED_PAUSE_S", 0.01)
     admin = redis.Redis.from_url(redis_server.url)
-    user = f"noscript-fork-{namespace}"
-    admin.acl_setuser(user, enabled=True, passwords=["+op-password-123"], keys=["*"], channels=["*"],
-                      commands=["+@all", "-@scripting"])
+    user = _acl_user(admin, f"noscript-fork-{namespace}", ["+@all", "-@scripting"])
     try:
         b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
         b.register("d", version="v1", source="s", handler="tests.handlers.noop",
