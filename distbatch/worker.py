@@ -82,6 +82,15 @@ class BatchWorker(SimpleWorker):
 
     _pubsub_failures = 0
     _pubsub_failed_at = 0.0
+    on_birth: Callable[[], None] | None = None
+    """Called once RQ registered this worker (`run_worker` logs `worker_started` then: logged
+    before, it came ahead of `worker_name_taken`, and a worker that then took the freed name
+    said nothing more, its last line "waiting")."""
+
+    def register_birth(self) -> None:
+        super().register_birth()  # type: ignore[no-untyped-call]  # RQ ships no types for it
+        if self.on_birth is not None:
+            self.on_birth()
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
         """RQ's pub/sub thread, Redis away, logged an error and retried every 2 s for the whole
@@ -374,9 +383,14 @@ def run_worker(
         if with_sweeper:
             helpers.append(start_sweeper(batcher, stop, sweeper_refused))
         queue = make_queue(queue_client, batcher.keys)
-        log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
-                 batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
-                 lease_ms, with_sweeper, extra={"event": "worker_started"})
+        started: list[bool] = []
+
+        def announce() -> None:  # once, the first time RQ registered the worker (not at restarts)
+            if not started:
+                started.append(True)
+                log.info("worker_started namespace=%s queue=%s handlers=%s lease=%dms sweeper=%s",
+                         batcher.keys.namespace, queue.name, list(resolver.allow_prefixes) + registered(),
+                         lease_ms, with_sweeper, extra={"event": "worker_started"})
         if summary_every_s > 0:
             threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
                              name="distbatch-summary").start()
@@ -401,6 +415,7 @@ def run_worker(
                     previous.teardown()
             try:
                 worker = previous = make_worker(batcher, executor, name)
+                worker.on_birth = announce
                 worked = bool(worker.work(burst=burst, max_jobs=max_jobs, logging_level=logging_level))
                 if burst and not executor.stop.is_set():
                     worked = _drain_unannounced(executor, worker) or worked

@@ -221,6 +221,13 @@ def test_a_second_worker_of_the_same_name_waits_and_takes_nothing_from_the_live_
     assert first.wait(15) == 0
     wait_for(lambda: client.hget("rq:worker:w1", "pid") == str(second.pid).encode(), 30,
              "the second to start once the name is free", procs.logs)
+    # its lines in order: it waited, then started (it said `worker_started` first, and nothing
+    # once it took the name, its last line "waiting")
+    log = procs.logdir / f"worker-{procs.procs.index(second)}.log"
+    wait_for(lambda: "worker_started" in log.read_text(), 10, "the second to say it started", procs.logs)
+    said = log.read_text()
+    assert said.index("worker_name_taken") < said.index("worker_started")
+    assert said.count("worker_started") == 1
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
