@@ -140,7 +140,7 @@ class Records:
             return pipelined(self.client, calls)
 
     @staticmethod
-    def _until_answered(send: Callable[[], Any], lease_ms: int, first: BaseException,
+    def _until_answered(send: Callable[[], Any], lease_ms: int, first: BaseException, since: float,
                         settles: bool = False) -> tuple[Any, float]:
         """The reply of a call carrying a claim whose every reply was lost, sent again (each call
         idempotent, the claim by its token) until Redis answers, for up to half a lease; with the
@@ -148,16 +148,18 @@ class Records:
         leased, where no other claim sees them, and a worker with no next claim to carry the
         token (nothing else ready, no ticket) left them to wait out the lease and spend a try
         each unrun; with one attempt, dead, never run. Raises `first` at once when no attempt
-        can have reached Redis, and the last error once half the lease is gone. A call that
-        `settles` (completes batches) stops well within its done markers' life: a complete resent
-        after its marker ran out finds neither record nor marker, and a batch it delivered would
-        read as lost (the books review: `lease_lost` for a batch delivered once)."""
+        can have reached Redis, and the last error once half the lease is gone, counted from
+        `since`, the call's first send. A call that `settles` (completes batches) stops well
+        within its done markers' life: a complete resent after its marker ran out finds neither
+        record nor marker, and a batch it delivered would read as lost (the books review:
+        `lease_lost` for a batch delivered once). From the first send, not from here: the sends
+        before took up to two socket timeouts (the diff review: 20 s + 45 s, past the marker)."""
         if never_sent(first):
             raise first
         window_s = lease_ms / 2000
         if settles:
             window_s = min(window_s, RESEND_WITHIN_DONE_S)
-        give_up, pause = time.monotonic() + window_s, 0.05
+        give_up, pause = since + window_s, 0.05
         while time.monotonic() + pause < give_up:
             time.sleep(pause)
             pause = min(2 * pause, 0.4)
@@ -230,7 +232,7 @@ class Records:
             except TRANSIENT as exc:
                 if batch_ids:
                     raise
-                reply, sent = self._until_answered(send, lease_ms, exc)
+                reply, sent = self._until_answered(send, lease_ms, exc, sent)
         except Exception:  # no reply, or not one to read: the claim may have run
             if not batch_ids:
                 self._unanswered[k.ready] = (token, width)
@@ -330,7 +332,7 @@ class Records:
             except TRANSIENT as exc:  # asked again without the wait: it is over
                 again = [*before, calls[-1]]
                 replies, sent = self._until_answered(lambda: self._pipelined_twice(again), lease_ms, exc,
-                                                     settles=bool(before))
+                                                     sent, settles=bool(before))
                 replies.insert(-1, None)  # no bell known to have rung
             *settled, rung, reply = replies
             # An error answered to a call before the claim (a hostile writer's WRONGTYPE) raises
@@ -431,7 +433,7 @@ class Records:
                 replies = self._pipelined_twice(calls)
             except TRANSIENT as exc:
                 replies, sent = self._until_answered(lambda: self._pipelined_twice(calls), lease_ms, exc,
-                                                     settles=bool(completes))
+                                                     sent, settles=bool(completes))
             *completed, reply = _raised(replies)
         except Exception:  # every reply lost, or one an error (a complete's): the claim may have run
             self._unanswered[k.ready] = (next_token, width)

@@ -83,8 +83,14 @@ def _finite_only(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return _named(value)
     if isinstance(value, dict):
-        return {(_named(k) if isinstance(k, float) and not math.isfinite(k) else k): _finite_only(v)
-                for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, float) and not math.isfinite(k):
+                k = _named(k)
+                while k in value or k in out:  # a str key of that name beside it: both shown
+                    k = f"{k} (a float key)"
+            out[k] = _finite_only(v)
+        return out
     if isinstance(value, list | tuple):
         return [_finite_only(v) for v in value]
     return value

@@ -462,23 +462,45 @@ def run_worker(
             raise mistake
 
 
+SAY_UNRUNNABLE = 10
+"""Bindings named, at most, in each of the start-up lines on what a worker cannot run."""
+
+
 def _say_unrunnable(batcher: Batcher, resolver: HandlerResolver) -> None:
-    """Each registered binding whose handler this worker cannot run, named as it starts: a
+    """The registered bindings whose handler this worker cannot run, said as it starts: a
     module `register` could not import is left to the workers (the handlers live with them),
     and one they cannot import either (a typo in the module's name) was said only once a batch
-    came, then every 5 s, its batches never run nor dead. Bindings another pool of workers
-    runs (outside this one's --handlers) are named too, once, as left to them. Redis away at
-    start: the worker's own loop says so."""
+    came, then every 5 s, its batches never run nor dead: a warning, with why. Those outside
+    its --handlers (another pool's, or a worker started with too narrow a list) are named at
+    info. One line each, naming at most `SAY_UNRUNNABLE` (a namespace of 200 bindings of
+    another pool wrote 200 lines at every start: the diff review). Redis away at start: the
+    worker's own loop says so."""
     try:
         bindings = batcher.bindings()
     except Exception:  # away, or a look the ACL refuses: the loop below reports what matters
         return
+    broken: list[str] = []
+    elsewhere: list[str] = []
     for key, binding in sorted(bindings.items()):
+        if not resolver.allowed(binding.handler):
+            elsewhere.append(key)
+            continue
         try:
             resolver.resolve(binding.handler)
         except HandlerNotAllowed as exc:
-            log.warning("handler_unavailable binding=%s %s; its batches are left for a worker that can "
-                        "run it", key, exc, extra={"event": "handler_unavailable", "binding": key})
+            broken.append(f"{key} ({exc})")
+
+    def named(items: list[str]) -> str:
+        more = len(items) - SAY_UNRUNNABLE
+        return "; ".join(items[:SAY_UNRUNNABLE]) + (f"; and {more} more" if more > 0 else "")
+
+    if broken:
+        log.warning("handler_unavailable bindings=%d: %s; their batches wait for a worker that can run "
+                    "them", len(broken), named(broken), extra={"event": "handler_unavailable"})
+    if elsewhere:
+        log.info("handlers_elsewhere bindings=%d: %s; outside this worker's --handlers %s: their "
+                 "batches are left to workers that allow them", len(elsewhere), named(elsewhere),
+                 list(resolver.allow_prefixes), extra={"event": "handlers_elsewhere"})
 
 
 def _drain_unannounced(executor: Executor, worker: BatchWorker) -> bool:

@@ -538,6 +538,9 @@ def test_a_dead_payload_holding_nan_is_shown_as_json_every_reader_takes(redis_se
     detail = {"events": [{"payload": {"v": float("nan"), "raw": b"\x00"}}], 7: -float("inf")}
     assert strictjson.loads(inspection_response(detail).body) == {
         "events": [{"payload": {"v": "NaN", "raw": "b'\\x00'"}}], "7": "-Infinity"}
+    # a foreign emitter's float map key beside a str key of the name it is shown by: both shown
+    shown = strictjson.loads(strictjson.dumps({float("nan"): 1, "NaN": 2}))
+    assert shown == {"NaN (a float key)": 1, "NaN": 2}
 
 
 @pytest.mark.parametrize("argv", [["dead", "replay", "--all"], ["dead", "purge", "--all"],

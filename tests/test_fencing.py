@@ -1903,3 +1903,41 @@ def test_a_complete_is_not_resent_past_its_done_markers_life(redis_server: Redis
     t.join(30)
     assert "settled" not in out, f"a delivered batch came back as {out['settled']!r} (None: lost)"
     assert isinstance(out.get("error"), redis.ConnectionError), out
+
+
+def test_a_completes_resends_are_counted_from_its_first_send(redis_server: RedisServer, namespace: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap on a complete's resends was counted from where the resending began, after two sends
+    that may each have waited a socket timeout (the async client's default is 10 s: 20 s + 45 s,
+    past the done marker's 60 s): the last resend found neither record nor marker, and a batch
+    delivered came back as lost (the diff review). Counted from the first send now. Scaled: a
+    marker of 2.9 s, the cap 3/4 of it, each lost send 0.5 s, Redis back after the marker ran out."""
+    from distbatch import records as records_module
+
+    monkeypatch.setattr(records_module, "DONE_KEPT_MS", 2900)
+    monkeypatch.setattr(records_module, "RESEND_WITHIN_DONE_S", 2.9 * 45 / 60)
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+    b.register("r", version="v1", source="src", batch={"count": 1, "window": "1h"}, handler="m.h")
+    b.emit("src", {"i": 1})
+    claim = b.records.claim_next(600_000)
+    assert claim is not None
+    real = records_module.pipelined
+    t0 = time.monotonic()
+    sends: list[float] = []
+
+    def lossy(c: Any, calls: Any) -> list[Any]:
+        sends.append(time.monotonic() - t0)
+        if len(sends) == 1:  # Redis runs it (the complete, the marker); the reply is lost
+            real(c, calls)
+            time.sleep(0.5)
+            raise redis.TimeoutError("reply lost")
+        if len(sends) == 2:  # the second send of `_pipelined_twice`: lost too
+            time.sleep(0.5)
+            raise redis.TimeoutError("reply lost")
+        if time.monotonic() - t0 < 2.95:  # Redis away a little longer (a failover)
+            raise redis.ConnectionError("away")
+        return real(c, calls)
+
+    monkeypatch.setattr(records_module, "pipelined", lossy)
+    with pytest.raises(redis.ConnectionError):  # the outcome not known, said so; never "lost"
+        b.records.complete_and_claim([(claim.batch.id, claim.token)], 600_000, 1)

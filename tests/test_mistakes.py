@@ -265,12 +265,31 @@ def test_a_binding_whose_handler_module_does_not_import_is_named_as_the_worker_s
                           "--handlers", "myapp"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    said = [line for line in out.stderr.splitlines() if "handler_unavailable" in line]
-    assert len(said) == 2, out.stderr
-    typo = "binding=typo@v1 handler='myapp.handlerz.digest' cannot be imported: ModuleNotFoundError"
-    assert typo in said[1]
-    assert "binding=elsewhere@v1 handler='otherpool.handlers.digest' is neither registered" in said[0]
-    assert all("left for a worker that can run it" in line for line in said)
+    (said,) = [line for line in out.stderr.splitlines() if "handler_unavailable" in line]
+    assert "WARNING" in said and "bindings=1: typo@v1 (handler='myapp.handlerz.digest' cannot be " \
+        "imported: ModuleNotFoundError" in said, said
+    (elsewhere,) = [line for line in out.stderr.splitlines() if "handlers_elsewhere" in line]
+    assert "bindings=1: elsewhere@v1; outside this worker's --handlers ['myapp']" in elsewhere
+    assert "ok@v1" not in said + elsewhere
+
+
+def test_the_start_up_word_on_unrunnable_bindings_is_one_line_whatever_their_number(
+        redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker of one pool on a namespace holding 200 bindings of another wrote 200 warnings at
+    every start (the diff review): one line each for what it cannot import and what is outside
+    its --handlers, naming ten."""
+    from distbatch.handlers import HandlerResolver
+    from distbatch.worker import _say_unrunnable
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    for i in range(200):
+        b.register(f"other{i}", version="v1", source="s", handler="teamb.handlers.digest",
+                   batch={"count": 5, "window": "1h"})
+    with caplog.at_level(logging.INFO, logger="distbatch"):
+        _say_unrunnable(b, HandlerResolver(["teama"]))
+    (line,) = [r.getMessage() for r in caplog.records if "handlers_elsewhere" in r.getMessage()]
+    assert line.startswith("handlers_elsewhere bindings=200: other0@v1; other100@v1;")
+    assert "and 190 more" in line
 
 
 @pytest.mark.parametrize("role", ["worker", "sweeper"])

@@ -281,3 +281,21 @@ def test_what_moves_or_frees_what_distbatch_holds_runs_past_maxmemory(own_server
     k = b.layout.keys[0]
     client.delete(k.lease)
     assert client.eval(source("shard_lease"), 1, k.lease, "sweeper-1", 5000, "hold") == 1
+
+
+def test_a_counters_key_of_the_wrong_type_stops_no_claim_nor_renewal(redis_server: RedisServer,
+                                                                       namespace: str) -> None:
+    """Claim, renew, promote and replay touch no counter, but opened with `HDEL <stats> ''` (what
+    lets them run past maxmemory): a counters key a hostile writer made a string failed every
+    claim and renewal with WRONGTYPE, where before only the counters failed (the diff review).
+    The opening write goes under pcall: it lifts the refusal all the same."""
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    b.emit_many("s", [{"i": 1}, {"i": 2}])
+    held = b.records.claim_next(10_000)
+    assert held is not None
+    client.delete(b.keys.stats)
+    client.set(b.keys.stats, "x")
+    assert b.records.renew(held.batch.id, held.token, 10_000)
+    assert b.records.claim_next(10_000) is not None

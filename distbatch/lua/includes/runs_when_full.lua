@@ -4,6 +4,9 @@
 -- back (complete, purge, drop), how a running batch keeps its lease, and how batches already
 -- in keep moving; so it opens with a write that Redis never refuses for memory and that changes
 -- nothing: HDEL of the empty field, which no binding, counter or batch id is. Emits and
--- registrations go without it: past `maxmemory` Redis refuses them, as it should.
+-- registrations go without it: past `maxmemory` Redis refuses them, as it should. Under pcall:
+-- a key of the wrong type (a hostile writer's) fails only the steps that use it, as before,
+-- not a claim or a renewal that never touches it (Redis marks the script as written before it
+-- runs the command, so the refusal is lifted even then).
 -- Needs: k_full, a hash key of the call.
-redis.call('HDEL', k_full, '')
+redis.pcall('HDEL', k_full, '')
