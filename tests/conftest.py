@@ -18,6 +18,16 @@ from .redis_server import LocalCluster, RedisServer
 _namespaces = itertools.count()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _never_the_shared_redis() -> Iterator[None]:
+    """The CLI's default URL is 127.0.0.1:6379, a Redis this machine shares, which no test may
+    touch: a CLI call or a child process that forgets its --redis-url reaches a closed port (and
+    fails, naming it) instead. Tests give their own servers' URLs explicitly."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DISTBATCH_REDIS_URL", "redis://127.0.0.1:1/0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()

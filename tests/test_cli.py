@@ -77,7 +77,8 @@ def test_bad_durations_name_the_option() -> None:
 
 
 def test_demo_runs_whole_pipeline_on_fakeredis() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--events", "600", "--rate", "20000", "--window", "100ms"])
+    result = CliRunner().invoke(cli, ["demo", "--events", "600", "--rate", "20000", "--window", "100ms"],
+                                env={"DISTBATCH_REDIS_URL": None})  # none given: the embedded one
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["events_in"] == summary["events_delivered"] == 600
@@ -430,7 +431,7 @@ def test_a_demo_that_could_not_deliver_everything_says_so(monkeypatch: pytest.Mo
         return {"events_in": 10, "events_delivered": 0, "seconds": 120.0, "interrupted": False}
 
     monkeypatch.setattr(distbatch.demo, "run_demo", short)
-    result = CliRunner().invoke(cli, ["demo"])
+    result = CliRunner().invoke(cli, ["demo"], env={"DISTBATCH_REDIS_URL": None})
     assert result.exit_code == 1 and "Error: 10 events in, 0 delivered within 120.0s" in result.output
 
 
