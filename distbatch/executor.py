@@ -133,6 +133,7 @@ class LeaseKeeper:
         self._held: dict[str, _Held] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._errors = LogBudget(3)  # a failure that is no outage comes back at every renewal
 
     def hold(self, batch_id: str, token: str, timeout_ms: int | None,
              over_by: float = math.inf, sure_until: float = math.inf) -> _Held:
@@ -225,8 +226,13 @@ class LeaseKeeper:
                     return
             try:
                 self.renew_now()
-            except Exception as exc:  # a blip must not stop renewals; the lease has slack
+            except OUTAGE as exc:  # a blip must not stop renewals; the lease has slack
                 log.warning("lease renewal failed: %s", describe(exc))
+            except Exception as exc:  # no outage (a refusal, a bug): said with its traceback,
+                more = self._errors.take()  # which the one-line warning above left out, a few
+                if more is not None:  # times a minute (it comes back at every renewal)
+                    log.error("lease_renewal_error: %s; renewals go on%s", describe(exc), more,
+                              exc_info=True, extra={"event": "lease_renewal_error"})
 
 
 class Executor:

@@ -974,3 +974,38 @@ def test_a_max_sleep_longer_than_the_lease_renewals_is_said_to_be_cut(
         Sweeper(b, max_sleep_s=3600).run(stop)
     text = caplog.text
     assert "max_sleep=3600.0s is cut to 1.0s" in text and "max_sleep=1.0s" in text
+
+
+def test_a_lease_renewal_that_fails_for_no_outage_says_why_a_few_times_a_minute(
+        redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The lease keeper took any failure for a blip: one warning line at every renewal (every
+    lease/3, for as long as it lasted), with no traceback, so a bug in it, or an ACL that refuses
+    the renewal, said neither where nor why (the structure review). An outage still gets its
+    one line; anything else is an error with its traceback, at most three a minute, and the
+    renewals go on."""
+    b = Batcher(redis.Redis.from_url(redis_server.url), namespace=namespace, handoff=False)
+    b.register("f", version="v1", source="s", handler="m.h", batch={"count": 1, "window": "1h"})
+    (r,) = b.emit("s", {"n": 1})
+    assert r.batch is not None
+    rec = b.records
+    claim = rec.claim([r.batch.id], 300)
+    assert claim is not None
+    tries: list[int] = []
+
+    def broken(held: Any, lease_ms: int) -> list[bool | None]:
+        tries.append(len(held))
+        raise RuntimeError("a bug in the renewal")
+
+    monkeypatch.setattr(rec, "renew_many", broken)
+    ex = Executor(rec, HandlerResolver(["m"]), lease_ms=300)
+    with caplog.at_level(logging.WARNING, logger="distbatch"):
+        ex.leases.hold(r.batch.id, claim.token, None)
+        try:
+            wait_for(lambda: len(tries) >= 8, 10, "eight renewals")
+        finally:
+            ex.leases.release(r.batch.id)
+    said = [x for x in caplog.records if "renewal" in x.getMessage()]
+    assert len(said) == 3, [x.getMessage() for x in said]
+    assert all("lease_renewal_error: RuntimeError: a bug in the renewal" in x.getMessage() and x.exc_info
+               for x in said)
