@@ -64,10 +64,19 @@ def never_sent(exc: BaseException) -> bool:
     return refused(exc, (NotSent, *REFUSED))
 
 
+NOTHING_WRITTEN = "; nothing was written"
+"""How the emit scripts end an error they raise before any write: an argument or a route that
+is not the registered binding's. A resend gets the same (its first attempt had the same
+arguments, and one that ran answers its resend `[-2]` before any check)."""
+
+
 def not_stored(exc: BaseException) -> bool:
     """Nothing of the call was stored: never sent, or its one attempt refused before it wrote
-    (an out-of-memory refusal was reported as "may or may not be stored")."""
-    return isinstance(exc, (NotSent, *REFUSED_WRITE))
+    (an out-of-memory refusal was reported as "may or may not be stored", and so was a refusal
+    the script says wrote nothing)."""
+    return isinstance(exc, (NotSent, *REFUSED_WRITE)) or (
+        isinstance(exc, redis.ResponseError) and not isinstance(exc, MaybeWrote)
+        and str(exc).endswith(NOTHING_WRITTEN))
 
 
 def after_resend(reply: Any) -> Any:

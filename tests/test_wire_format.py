@@ -331,3 +331,27 @@ def test_own_emits_are_not_refused_while_a_register_is_under_way_on_another_shar
     assert [r.partition_key for r in results] == keys
     assert b.emit("ys", {"k": keys[0]})[0].partition_key == keys[0]  # the single emit too
     assert client.hexists(b.layout.keys[1].bindings, "y@v1")  # the copy brought up to shard 0's
+
+
+def test_a_route_the_script_refuses_writing_nothing_is_reported_not_sent(redis_server: Any,
+                                                                        namespace: str) -> None:
+    """A definition changed under the emitter's cached registry without a new epoch (a hostile
+    writer's) makes the route check refuse distbatch's own call, writing nothing, as the error
+    says. The emitter reported those events as "may or may not be stored" (the diff review):
+    re-emitting them looked like it might duplicate. They are `not_sent` now."""
+    import json as _json
+
+    from distbatch import EmitError
+
+    client = redis.Redis.from_url(redis_server.url)
+    b = Batcher(client, namespace=namespace, clock=ManualClock(0), handoff=False)
+    b.register("d", version="v1", source="s", handler="m.h", batch={"count": 3, "window": "1h"})
+    b.emit_many("s", [{"n": 0}])  # the registry is cached
+    k = b.layout.keys[0]
+    definition = _json.loads(client.hget(k.bindings, "d@v1"))
+    definition["batch"]["count"] = 5
+    client.hset(k.bindings, "d@v1", _json.dumps(definition, sort_keys=True, separators=(",", ":")))
+    with pytest.raises(EmitError) as err:
+        b.emit_many("s", [{"n": 1}, {"n": 2}])
+    assert (err.value.stored, err.value.uncertain, err.value.not_sent) == ([], [], [0, 1]), str(err.value)
+    assert """are not binding "d@v1"'s registered count=5""" in str(err.value)
