@@ -353,7 +353,8 @@ class _Commands(click.Group):
         except DistbatchError as exc:
             raise click.ClickException(str(exc)) from exc
         except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-            if "HELLO must be called" in str(exc) or "NOAUTH" in str(exc):  # redis-py's HELLO, no AUTH
+            said = str(exc)  # no AUTH sent: redis-py 7+ sends HELLO first, older ones the command
+            if "HELLO must be called" in said or said.startswith(("Authentication required", "NOAUTH")):
                 raise click.ClickException(
                     "Redis requires a password, and the URL gives none (redis://[user]:PASSWORD@host"
                     ":port/db; percent-encode what a URL cannot hold)") from exc
