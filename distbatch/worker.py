@@ -395,9 +395,10 @@ def run_worker(
             threading.Thread(target=_summaries, args=(executor, summary_every_s, stop), daemon=True,
                              name="distbatch-summary").start()
         worker_id = name or f"{socket.gethostname()}.{os.getpid()}"
-        helpers.append(threading.Thread(target=_heartbeats, args=(batcher, worker_id, stop),
-                                        daemon=True, name="distbatch-heartbeat"))
-        helpers[-1].start()
+        beating = threading.Thread(target=_heartbeats, args=(batcher, worker_id, stop), daemon=True,
+                                   name="distbatch-heartbeat")
+        beating.start()
+        helpers.append(beating)
         rq_log = logging.getLogger("rq.worker")
         if not any(isinstance(f, _OneLine) for f in rq_log.filters):
             rq_log.addFilter(_OneLine())
@@ -455,7 +456,8 @@ def run_worker(
         # counted a stopped worker for a minute); bounded, should Redis not answer
         deadline = time.monotonic() + 3
         for thread in helpers:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.ident is not None:  # a stop signal can land between a thread's making and
+                thread.join(max(0.0, deadline - time.monotonic()))  # its start: never started
         gc.unfreeze()
         mistake = refusals[0] if refusals else executor.mistake
         if mistake is not None and sys.exc_info()[1] is None:
