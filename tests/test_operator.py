@@ -441,3 +441,28 @@ def test_a_forking_rq_workers_drain_the_acl_refuses_fans_no_ticket_out(
         assert jobs.drain_reported(executor, namespace, 1, 5.0).get("delivered") == 1
     finally:
         admin.acl_deluser(user)
+
+
+def test_a_stop_as_the_heartbeat_thread_starts_ends_the_worker_cleanly(
+        redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop signal (a refused sweeper sends the worker one) that landed between the heartbeat
+    thread's making and its start: the way out joined a thread never started, and the worker
+    ended in `RuntimeError: cannot join thread before it is started` (the min-versions run, on a
+    loaded machine, in `test_a_worker_whose_sweeper_the_acl_refuses_stops_with_one_error`). The
+    stop is made to land exactly there."""
+    import threading
+
+    from distbatch import worker as worker_module
+
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name == "distbatch-heartbeat":
+            raise worker_module.StopRequested()
+        real_start(self)
+
+    b = Batcher.from_url(redis_server.url, namespace=namespace)
+    b.register("d", version="v1", source="s", handler="tests.handlers.noop",
+               batch={"count": 3, "window": "1h"})
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert worker_module.run_worker(b, handlers=["tests.handlers"], burst=True, summary_every_s=0) is False
