@@ -105,6 +105,20 @@ def _acl_user(client: redis.Redis, name: str, commands: list[str]) -> str:
     return name
 
 
+def _as_noscript_user(redis_server: RedisServer, namespace: str, tag: str,
+                      events: int) -> tuple[str, Batcher]:
+    """`events` ready batches of one binding, and a batcher of a user that may do all but run
+    scripts (what a drain needs): the user's name and that batcher."""
+    user = _acl_user(redis.Redis.from_url(redis_server.url), f"noscript-{tag}-{namespace}",
+                     ["+@all", "-@scripting"])
+    b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
+    b.register("d", version="v1", source="s", handler="tests.handlers.noop",
+               batch={"count": 1, "window": "1h"})
+    assert all(r.batch is not None for r in b.emit_many("s", [{"n": n} for n in range(events)]))
+    url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
+    return user, Batcher.from_url(url, namespace=namespace, handoff=False)
+
+
 def test_a_sweeper_whose_acl_user_cannot_write_ends_with_one_error(redis_server: RedisServer,
                                                                    namespace: str) -> None:
     """A worker started as an ACL user that may only read ends with one `Error: Redis refused:
@@ -388,14 +402,8 @@ def test_a_plain_rq_workers_drain_the_acl_refuses_pauses_and_runs_once_fixed(
 
     monkeypatch.setattr(jobs, "REFUSED_PAUSE_S", 0.1)
     admin = redis.Redis.from_url(redis_server.url)
-    user = _acl_user(admin, f"noscript-rq-{namespace}", ["+@all", "-@scripting"])
+    user, as_user = _as_noscript_user(redis_server, namespace, "rq", 1)
     try:
-        b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
-        b.register("d", version="v1", source="s", handler="tests.handlers.noop",
-                   batch={"count": 1, "window": "1h"})
-        assert b.emit("s", {"n": 1})[0].batch is not None
-        url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
-        as_user = Batcher.from_url(url, namespace=namespace, handoff=False)
         executor = Executor(as_user.records, HandlerResolver(["tests.handlers"]), 5000)  # as jobs makes it
         assert jobs.drain_reported(executor, namespace, 10, 5.0) == {"refused": 1}
         assert not executor.stop.is_set() and executor.refused and executor.mistake is None
@@ -421,14 +429,8 @@ def test_a_forking_rq_workers_drain_the_acl_refuses_fans_no_ticket_out(
 
     monkeypatch.setattr(jobs, "REFUSED_PAUSE_S", 0.01)
     admin = redis.Redis.from_url(redis_server.url)
-    user = _acl_user(admin, f"noscript-fork-{namespace}", ["+@all", "-@scripting"])
+    user, as_user = _as_noscript_user(redis_server, namespace, "fork", 3)  # a drain would fan out
     try:
-        b = Batcher.from_url(redis_server.url, namespace=namespace, handoff=False)
-        b.register("d", version="v1", source="s", handler="tests.handlers.noop",
-                   batch={"count": 1, "window": "1h"})
-        b.emit_many("s", [{"n": n} for n in range(3)])  # three ready: a drain would fan out
-        url = redis_server.url.replace("redis://", f"redis://{user}:op-password-123@")
-        as_user = Batcher.from_url(url, namespace=namespace, handoff=False)
         queue = f"rq:queue:{Keys(namespace).queue_name}"
         for _ in range(3):  # one fresh child per ticket, as a forking worker runs them
             executor = Executor(as_user.records, HandlerResolver(["tests.handlers"]), 5000,
